@@ -1,0 +1,121 @@
+"""Media actions, registered by name with a parameter schema.
+
+Built-in modules and third-party plugins (entry point group ``mediaq.actions``)
+register with :func:`action`; the engine looks actions up with :func:`get_action`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import jsonschema
+
+from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.errors import ActionNotAvailable, InvalidParameters
+
+ActionFn = Callable[[ActionContext], ActionResult]
+
+__all__ = [
+    "ActionContext",
+    "ActionResult",
+    "OutputFile",
+    "RegisteredAction",
+    "action",
+    "available_actions",
+    "get_action",
+]
+
+ENTRY_POINT_GROUP = "mediaq.actions"
+BUILTIN_MODULES = ("mediaq.actions.diagnostic", "mediaq.actions.image")
+
+
+@dataclass(frozen=True)
+class RegisteredAction:
+    name: str
+    fn: ActionFn
+    schema: dict[str, Any]
+    description: str
+    produces_primary: bool
+
+    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Return ``params`` with schema defaults applied, or raise InvalidParameters."""
+        try:
+            jsonschema.validate(params, self.schema)
+        except jsonschema.ValidationError as exc:
+            where = ".".join(str(p) for p in exc.absolute_path) or "parameters"
+            raise InvalidParameters(f"action '{self.name}': {where}: {exc.message}") from None
+        merged = {
+            key: copy.deepcopy(spec["default"])
+            for key, spec in self.schema.get("properties", {}).items()
+            if "default" in spec
+        }
+        merged.update(params)
+        return merged
+
+
+_registry: dict[str, RegisteredAction] = {}
+_loaded = False
+
+
+def action(
+    name: str,
+    schema: dict[str, Any] | None = None,
+    *,
+    produces_primary: bool = False,
+) -> Callable[[ActionFn], ActionFn]:
+    """Register ``fn`` as the action ``name``.
+
+    ``schema`` is a JSON Schema for the step's parameters (an object; unknown keys
+    are refused unless the schema says otherwise). ``produces_primary`` marks
+    actions whose primary output becomes the next step's source.
+    """
+    full_schema: dict[str, Any] = {"type": "object", "additionalProperties": False}
+    full_schema.update(schema or {})
+
+    def register(fn: ActionFn) -> ActionFn:
+        _registry[name] = RegisteredAction(
+            name=name,
+            fn=fn,
+            schema=full_schema,
+            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+            produces_primary=produces_primary,
+        )
+        return fn
+
+    return register
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value in BUILTIN_MODULES:
+            continue
+        loaded = ep.load()
+        if callable(loaded):
+            loaded()
+
+
+def get_action(name: str) -> RegisteredAction:
+    """The registered action ``name``; ActionNotAvailable (permanent) if none."""
+    _load_plugins()
+    try:
+        return _registry[name]
+    except KeyError:
+        raise ActionNotAvailable(
+            f"action '{name}' is not available yet (no installed plugin provides it)"
+        ) from None
+
+
+def available_actions() -> dict[str, RegisteredAction]:
+    _load_plugins()
+    return dict(sorted(_registry.items()))

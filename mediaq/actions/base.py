@@ -1,0 +1,105 @@
+"""What an action sees and returns.
+
+Actions are plain functions ``fn(ctx: ActionContext) -> ActionResult``. They never
+touch the database: the engine hands them paths and parameters and records what
+they return. They write files only under ``ctx.output_path(...)`` (a staging
+directory); the engine renames them into place once the step is committed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mediaq.errors import Cancelled, StepTimedOut
+
+
+@dataclass
+class OutputFile:
+    """A file an action produced in its staging directory."""
+
+    staging_path: Path
+    role: str = "primary"  # primary | thumbnail | sidecar | report
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActionResult:
+    """What a step produced: files and a JSON-able summary for ``output_data``."""
+
+    outputs: list[OutputFile] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressFn = Callable[[float, str | None], None]
+
+
+class ActionContext:
+    """Everything one step attempt needs, and its two ways to talk back:
+    ``progress()`` and ``check()`` (call it between frames or chunks)."""
+
+    def __init__(
+        self,
+        *,
+        job_code: str,
+        step_number: int,
+        step_name: str,
+        input_path: Path,
+        source_path: Path,
+        params: dict[str, Any],
+        staging_dir: Path,
+        attempt: int = 0,
+        deadline: float | None = None,
+        cancel_event: threading.Event | None = None,
+        on_progress: ProgressFn | None = None,
+        on_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.job_code = job_code
+        self.step_number = step_number
+        self.step_name = step_name
+        self.input_path = input_path
+        self.source_path = source_path
+        self.params = params
+        self.attempt = attempt  # earlier executions of this step for this job
+        self.staging_dir = staging_dir
+        self.deadline = deadline
+        self.cancel_event = cancel_event or threading.Event()
+        self._on_progress = on_progress
+        self._on_log = on_log
+
+    def output_path(self, filename: str) -> Path:
+        """A staging path for an output called ``filename`` in the job's output folder."""
+        name = Path(filename).name  # never let an action escape its folder
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        return self.staging_dir / name
+
+    def check(self) -> None:
+        """Raise if the job was cancelled, paused, lost or ran out of time."""
+        if self.cancel_event.is_set():
+            reason = getattr(self.cancel_event, "reason", None)
+            raise reason if isinstance(reason, BaseException) else Cancelled()
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise StepTimedOut(f"step '{self.step_name}' ran past its timeout")
+
+    def progress(self, fraction: float, stage: str | None = None) -> None:
+        """Report this step's progress, 0.0 to 1.0 (cheap to call often)."""
+        self.check()
+        if self._on_progress is not None:
+            self._on_progress(min(max(fraction, 0.0), 1.0), stage)
+
+    def log(self, message: str) -> None:
+        """Append a line to the job's log."""
+        if self._on_log is not None:
+            self._on_log(message)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking at once on cancel."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.check()
+            self.cancel_event.wait(min(left, 0.05))
+        self.check()

@@ -1,0 +1,46 @@
+"""Diagnostic actions: test pipelines, alerts and retries without media."""
+
+from __future__ import annotations
+
+from mediaq.actions import action
+from mediaq.actions.base import ActionContext, ActionResult
+from mediaq.errors import PermanentError, TransientError
+
+
+@action("noop", {"properties": {}})
+def noop(ctx: ActionContext) -> ActionResult:
+    """Do nothing and succeed."""
+    return ActionResult(data={"noop": True})
+
+
+@action(
+    "sleep",
+    {"properties": {"seconds": {"type": "number", "minimum": 0, "default": 1}}},
+)
+def sleep(ctx: ActionContext) -> ActionResult:
+    """Sleep for ``seconds``, reporting progress and honouring cancel."""
+    seconds = float(ctx.params["seconds"])
+    ticks = max(1, int(seconds * 10))
+    for i in range(ticks):
+        ctx.sleep(seconds / ticks)
+        ctx.progress((i + 1) / ticks, "sleeping")
+    return ActionResult(data={"slept_seconds": seconds})
+
+
+@action(
+    "fail",
+    {
+        "properties": {
+            "kind": {"enum": ["permanent", "transient"], "default": "permanent"},
+            "times": {"type": "integer", "minimum": 0},
+            "message": {"type": "string", "default": "failed on purpose"},
+        }
+    },
+)
+def fail(ctx: ActionContext) -> ActionResult:
+    """Fail (``kind`` permanent|transient); with ``times`` only the first N attempts fail."""
+    times = ctx.params.get("times")
+    if times is not None and ctx.attempt >= times:
+        return ActionResult(data={"failed_attempts": times})
+    error = PermanentError if ctx.params["kind"] == "permanent" else TransientError
+    raise error(str(ctx.params["message"]))

@@ -1,0 +1,139 @@
+"""Effective settings: environment variables over an optional TOML file over defaults.
+
+Every setting is ``MEDIAQ_<NAME>`` in the environment, or ``name = …`` in the file
+named by ``MEDIAQ_CONFIG`` (default ``$MEDIAQ_HOME/mediaq.toml``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mediaq.errors import ConfigError
+
+DEFAULT_HOME = "~/.local/share/mediaq"
+SECRET_WORDS = ("password", "secret", "token")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """mediaq's configuration. Each field documents its default."""
+
+    home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).expanduser())
+    """Where the embedded database, outputs and staging live (MEDIAQ_HOME)."""
+    database_url: str | None = None
+    """A PostgreSQL ≥ 14 server shared by all workers; unset: the embedded server."""
+    input_roots: tuple[Path, ...] = ()
+    """Folders inputs must be in (colon- or comma-separated); empty: the home's inputs/."""
+    output_root: Path | None = None
+    """Outputs go to <output_root>/<job_code>/; default $MEDIAQ_HOME/outputs."""
+    lease_seconds: int = 30
+    """How long a claimed job stays owned without a heartbeat (at most 30 by default)."""
+    poll_seconds: float = 1.0
+    """Polling fallback when no NOTIFY arrives."""
+    max_rescues: int = 5
+    """A job whose worker was lost more often than this fails."""
+    retry_base_seconds: float = 5.0
+    """Back-off base: retry n waits base·2^n seconds, with jitter."""
+    retry_max_seconds: float = 3600.0
+    """Back-off cap."""
+    shutdown_grace_seconds: float = 30.0
+    """On SIGTERM, running jobs get this long to finish before they are handed back."""
+    host_id: str = field(default_factory=socket.gethostname)
+    """The machine name that per-machine limits and VRAM budgets are kept under."""
+    log_format: str = "console"
+    """console or json."""
+    log_level: str = "info"
+
+    @property
+    def outputs(self) -> Path:
+        return self.output_root or self.home / "outputs"
+
+    @property
+    def staging(self) -> Path:
+        return self.outputs / ".staging"
+
+    @property
+    def effective_input_roots(self) -> tuple[Path, ...]:
+        return self.input_roots or (self.home / "inputs",)
+
+    @property
+    def uses_embedded(self) -> bool:
+        return not self.database_url
+
+    def describe(self) -> dict[str, str]:
+        """Settings as printable strings, secrets masked."""
+        shown = {
+            "home": str(self.home),
+            "database": mask_url(self.database_url) if self.database_url
+            else f"embedded PostgreSQL in {self.home / 'pgdata'}",
+            "input_roots": ", ".join(str(p) for p in self.effective_input_roots),
+            "output_root": str(self.outputs),
+        }
+        for f in fields(self):
+            if f.name in ("home", "database_url", "input_roots", "output_root"):
+                continue
+            shown[f.name] = str(getattr(self, f.name))
+        return shown
+
+
+def mask_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _split_paths(raw: str | list[str]) -> tuple[Path, ...]:
+    items = raw if isinstance(raw, list) else raw.replace(",", ":").split(":")
+    return tuple(Path(p).expanduser().resolve() for p in items if p.strip())
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if name == "input_roots":
+            return _split_paths(raw)
+        if name in ("home", "output_root"):
+            return Path(str(raw)).expanduser().resolve()
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"setting {name}: {raw!r} is not a valid {kind}") from None
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the effective settings (``overrides`` win over everything)."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("MEDIAQ_HOME", DEFAULT_HOME)).expanduser().resolve()
+    values: dict[str, Any] = {"home": home}
+    config_file = Path(env.get("MEDIAQ_CONFIG", home / "mediaq.toml")).expanduser()
+    if config_file.is_file():
+        try:
+            file_values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: {exc}") from None
+        values.update(file_values)
+    known = {f.name for f in fields(Settings)}
+    for name in known:
+        env_value = env.get(f"MEDIAQ_{name.upper()}")
+        if env_value not in (None, ""):
+            values[name] = env_value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    settings = Settings(**{k: _coerce(k, v) for k, v in values.items()})
+    if settings.lease_seconds < 2:
+        raise ConfigError("lease_seconds must be at least 2")
+    return settings

@@ -1,0 +1,35 @@
+"""Named SQL statements, loaded from ``sql/queries.sql``.
+
+Each statement follows a ``-- name: NAME`` line (and a one-line description),
+as procrastinate does; code refers to them as ``queries["job_claim_next"]``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+_NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a queries file into ``{name: statement}``."""
+    parts = _NAME_LINE.split(text)
+    found: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in found:
+            raise ValueError(f"query {name!r} is defined twice")
+        statement = "\n".join(
+            line for line in body.strip().splitlines() if not line.startswith("-- ")
+        ).strip()
+        found[name] = statement.rstrip(";").strip()
+    return found
+
+
+def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
+    return parse_queries(path.read_text(encoding="utf-8"))
+
+
+queries: dict[str, str] = load_queries()

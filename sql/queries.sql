@@ -1,0 +1,538 @@
+-- Every runtime statement of mediaq, by name. Loaded by mediaq/queries.py.
+-- Format: a "-- name: NAME" line, a one-line description, then the statement.
+-- Worker writes about a job carry the fence (worker_id, attempt, status) so a
+-- worker that lost its lease changes nothing: a fenced statement then touches 0 rows.
+
+-- name: schema_version
+-- The Alembic revision the database is at.
+SELECT version_num FROM mediaq.alembic_version;
+
+-- ===========================================================================
+-- Workers, hosts, slots
+-- ===========================================================================
+
+-- name: worker_register
+-- Record a starting worker (a restarted worker with the same id takes its row over).
+INSERT INTO workers (worker_id, host, pid, categories, limits, queues, vram_budget_mb, version)
+VALUES (%(worker_id)s, %(host)s, %(pid)s, %(categories)s, %(limits)s, %(queues)s,
+        %(vram_budget_mb)s, %(version)s)
+ON CONFLICT (worker_id) DO UPDATE
+   SET host = EXCLUDED.host, pid = EXCLUDED.pid, categories = EXCLUDED.categories,
+       limits = EXCLUDED.limits, queues = EXCLUDED.queues,
+       vram_budget_mb = EXCLUDED.vram_budget_mb, version = EXCLUDED.version,
+       status = 'running', started_at = now(), heartbeat_at = now(), stopped_at = NULL;
+
+-- name: worker_heartbeat
+-- Show the worker alive.
+UPDATE workers SET heartbeat_at = now(), status = %(status)s WHERE worker_id = %(worker_id)s;
+
+-- name: worker_stopped
+-- Mark the worker stopped on a clean exit.
+UPDATE workers SET status = 'stopped', stopped_at = now(), heartbeat_at = now()
+ WHERE worker_id = %(worker_id)s;
+
+-- name: workers_mark_lost
+-- Workers silent for longer than a lease are shown stopped.
+UPDATE workers SET status = 'stopped', stopped_at = heartbeat_at
+ WHERE status <> 'stopped' AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s);
+
+-- name: host_ensure
+-- Create this machine's row; the VRAM budget is the one the latest worker declared.
+INSERT INTO worker_hosts (host, vram_budget_mb) VALUES (%(host)s, %(vram_budget_mb)s)
+ON CONFLICT (host) DO UPDATE SET vram_budget_mb = EXCLUDED.vram_budget_mb, updated_at = now();
+
+-- name: slots_ensure
+-- Create numbered slots 1..limit for one category on this machine.
+INSERT INTO worker_slots (host, category, slot)
+SELECT %(host)s, %(category)s, n FROM generate_series(1, %(limit)s) AS n
+ON CONFLICT DO NOTHING;
+
+-- name: host_lock
+-- Lock this machine's VRAM ledger for a GPU claim. Lock order: host, slot, job.
+SELECT vram_budget_mb, vram_reserved_mb FROM worker_hosts WHERE host = %(host)s FOR UPDATE;
+
+-- name: host_reserve_vram
+-- Take VRAM from this machine's budget for a claimed job (host row is locked).
+UPDATE worker_hosts SET vram_reserved_mb = vram_reserved_mb + %(vram_mb)s, updated_at = now()
+ WHERE host = %(host)s;
+
+-- name: slot_acquire
+-- A free numbered slot of this category on this machine, at most the worker's limit.
+-- SKIP LOCKED: workers of one machine race for slots without waiting on each other.
+SELECT slot FROM worker_slots
+ WHERE host = %(host)s AND category = %(category)s AND slot <= %(limit)s AND job_id IS NULL
+ ORDER BY slot
+ LIMIT 1
+ FOR UPDATE SKIP LOCKED;
+
+-- name: slot_assign
+-- Give a locked free slot to the job just claimed.
+UPDATE worker_slots
+   SET job_id = %(job_id)s, job_attempt = %(attempt)s, vram_mb = %(vram_mb)s,
+       worker_id = %(worker_id)s, taken_at = now()
+ WHERE host = %(host)s AND category = %(category)s AND slot = %(slot)s;
+
+-- name: slots_release_orphans
+-- Free slots whose job is no longer running under that attempt (a belt to the trigger's braces).
+UPDATE worker_slots s
+   SET job_id = NULL, job_attempt = NULL, worker_id = NULL, taken_at = NULL, vram_mb = 0
+ WHERE s.job_id IS NOT NULL
+   AND s.taken_at < now() - interval '5 seconds'
+   AND NOT EXISTS (SELECT 1 FROM workflow_jobs j
+                    WHERE j.id = s.job_id AND j.attempt = s.job_attempt
+                      AND j.status = 'processing');
+
+-- ===========================================================================
+-- Claiming
+-- ===========================================================================
+
+-- name: job_claim_next
+-- Claim the most urgent runnable job of one category that fits the free VRAM.
+-- The CTE is an optimisation fence: the planner cannot lock or update more rows
+-- than the LIMIT, and SKIP LOCKED lets concurrent claimers pass each other.
+-- Priority: larger is more urgent; FIFO (id) within a priority.
+WITH candidate AS (
+    SELECT j.id
+      FROM workflow_jobs j
+     WHERE j.status IN ('pending', 'queued')
+       AND j.resource_category = %(category)s
+       AND (j.retry_after IS NULL OR j.retry_after <= now())
+       AND j.vram_required <= %(vram_free_mb)s
+       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
+       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = j.queue_name AND q.paused)
+     ORDER BY j.priority DESC, j.id
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE workflow_jobs j
+   SET status = 'processing',
+       attempt = j.attempt + 1,
+       worker_id = %(worker_id)s,
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       started_at = coalesce(j.started_at, now()),
+       waiting_reason = NULL,
+       progress_stage = 'starting',
+       updated_at = now(),
+       log = j.log || %(log_line)s
+  FROM candidate
+ WHERE j.id = candidate.id
+RETURNING j.id, j.job_code, j.attempt, j.workflow_id, j.input_file_path, j.params,
+          j.vram_required, j.resource_category, j.started_at, j.retry_count, j.max_retries;
+
+-- name: jobs_mark_waiting
+-- Tell operators why runnable jobs of a category are not starting on this machine.
+-- Only rows whose reason changes are written, so this stays cheap when repeated.
+UPDATE workflow_jobs j
+   SET status = 'queued', waiting_reason = %(reason)s, updated_at = now()
+ WHERE j.id IN (SELECT id FROM workflow_jobs
+                 WHERE status IN ('pending', 'queued')
+                   AND resource_category = %(category)s
+                   AND vram_required > %(vram_free_mb)s
+                   AND (retry_after IS NULL OR retry_after <= now())
+                   AND waiting_reason IS DISTINCT FROM %(reason)s
+                 ORDER BY priority DESC, id
+                 LIMIT 100
+                   FOR UPDATE SKIP LOCKED);
+
+-- name: jobs_runnable_exists
+-- Is any job runnable now or due within a horizon, for the given categories (burst mode exit)?
+SELECT EXISTS (
+    SELECT 1 FROM workflow_jobs j
+     WHERE j.status IN ('pending', 'queued')
+       AND j.resource_category = ANY (%(categories)s::text[])
+       AND (j.retry_after IS NULL OR j.retry_after <= now() + make_interval(secs => %(horizon_seconds)s))
+       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
+       AND j.vram_required <= %(vram_budget_mb)s
+       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = j.queue_name AND q.paused)
+) AS runnable;
+
+-- ===========================================================================
+-- Leases and operator requests
+-- ===========================================================================
+
+-- name: leases_renew
+-- Extend the leases of the jobs this worker still owns; returns those it still owns.
+UPDATE workflow_jobs j
+   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[]) AS mine (id, attempt)
+ WHERE j.id = mine.id AND j.attempt = mine.attempt
+   AND j.worker_id = %(worker_id)s AND j.status = 'processing'
+RETURNING j.id;
+
+-- name: jobs_control_flags
+-- Cancel and pause requests for the jobs this worker runs (polled every second).
+SELECT j.id, j.cancel_requested, j.pause_requested,
+       (j.status = 'processing' AND j.worker_id = %(worker_id)s AND j.attempt = mine.attempt) AS owned
+  FROM workflow_jobs j
+  JOIN unnest(%(job_ids)s::bigint[], %(attempts)s::integer[]) AS mine (id, attempt)
+    ON j.id = mine.id;
+
+-- name: jobs_rescue_expired
+-- Hand jobs whose lease ran out back to the queue (no retry spent: the worker died,
+-- not the job), or fail them once they were rescued too often. Their running step
+-- executions are closed as failed with the "system" class.
+WITH expired AS (
+    SELECT id FROM workflow_jobs
+     WHERE status = 'processing'
+       AND coalesce(lease_expires_at, '-infinity') < now()
+     ORDER BY id
+     LIMIT 100
+       FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE workflow_jobs j
+       SET status = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'failed' ELSE 'pending' END,
+           error_class = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'system' END,
+           error_message = CASE WHEN j.rescue_count >= %(max_rescues)s
+               THEN format('worker lost %%s times (last: %%s); giving up', j.rescue_count + 1,
+                           coalesce(j.worker_id, 'unknown'))
+               ELSE j.error_message END,
+           completed_at = CASE WHEN j.rescue_count >= %(max_rescues)s THEN now() END,
+           rescue_count = j.rescue_count + 1,
+           lease_expires_at = NULL,
+           progress_stage = NULL,
+           updated_at = now(),
+           log = j.log || format(E'[%%s] Lease of %%s expired; rescued by %%s\n',
+                                 to_char(now(), 'YYYY-MM-DD HH24:MI:SS'),
+                                 coalesce(j.worker_id, 'an unknown worker'), %(worker_id)s::text)
+      FROM expired
+     WHERE j.id = expired.id
+    RETURNING j.id, j.job_code, j.status, j.attempt
+), closed_steps AS (
+    UPDATE step_executions se
+       SET status = 'failed', error_class = 'system', completed_at = now(),
+           error_message = 'worker lost during the step',
+           duration_seconds = extract(epoch FROM now() - se.started_at)::integer
+      FROM rescued r
+     WHERE se.job_id = r.id AND se.job_attempt = r.attempt AND se.status = 'running'
+    RETURNING se.id
+)
+SELECT r.id, r.job_code, r.status FROM rescued r;
+
+-- ===========================================================================
+-- Executing a job (all fenced)
+-- ===========================================================================
+
+-- name: job_context
+-- What the executor needs about a claimed job and its workflow version.
+SELECT j.id, j.job_code, j.attempt, j.input_file_path, j.params, j.started_at,
+       j.retry_count, j.max_retries, j.input_metadata,
+       wd.workflow_code, wd.version AS workflow_version, wd.timeout_minutes,
+       extract(epoch FROM (j.started_at + make_interval(mins => coalesce(wd.timeout_minutes, 60))
+                           - now()))::double precision AS seconds_left
+  FROM workflow_jobs j JOIN workflow_definitions wd ON wd.id = j.workflow_id
+ WHERE j.id = %(job_id)s;
+
+-- name: workflow_steps_of
+-- The steps of one workflow version, in order.
+SELECT id, step_number, step_name, step_type, action, parameters, timeout_seconds, on_failure
+  FROM workflow_steps WHERE workflow_id = %(workflow_id)s
+ ORDER BY step_number, id;
+
+-- name: step_history_of_job
+-- Per step: how many executions so far, and the output of the completed one (resume).
+SELECT step_id,
+       count(*) AS executions,
+       bool_or(status = 'completed') AS completed,
+       bool_or(status = 'failed' AND error_class IS DISTINCT FROM 'system') AS failed,
+       (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data
+  FROM step_executions WHERE job_id = %(job_id)s
+ GROUP BY step_id;
+
+-- name: job_lock_fenced
+-- Lock the job row if this worker still owns it; nothing else may change it until commit.
+SELECT id FROM workflow_jobs
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+   FOR UPDATE;
+
+-- name: step_start
+-- Open a step execution and point the job at the step, if this worker still owns the job.
+WITH fenced AS (
+    UPDATE workflow_jobs
+       SET current_step = %(step_number)s, progress_stage = %(step_name)s, updated_at = now(),
+           progress_percent = %(progress_percent)s,
+           log = log || %(log_line)s
+     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+       AND status = 'processing'
+    RETURNING id
+)
+INSERT INTO step_executions (job_id, step_id, status, input_data, started_at, retry_attempt,
+                             job_attempt, worker_id)
+SELECT fenced.id, %(step_id)s, 'running', %(input_data)s, now(), %(retry_attempt)s,
+       %(attempt)s, %(worker_id)s
+  FROM fenced
+RETURNING id;
+
+-- name: step_finish
+-- Close a step execution (the job row is locked by job_lock_fenced in this transaction).
+UPDATE step_executions
+   SET status = %(status)s, output_data = %(output_data)s, error_message = %(error_message)s,
+       error_class = %(error_class)s, completed_at = now(),
+       duration_seconds = round(extract(epoch FROM now() - started_at))::integer,
+       duration_ms = round(extract(epoch FROM now() - started_at) * 1000)::integer
+ WHERE id = %(execution_id)s AND status = 'running';
+
+-- name: job_progress
+-- Record progress of the running step, if this worker still owns the job.
+UPDATE workflow_jobs
+   SET progress_percent = %(progress_percent)s, progress_stage = %(stage)s, updated_at = now()
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_append_log
+-- Append lines to the job log, if this worker still owns the job.
+UPDATE workflow_jobs SET log = log || %(log_line)s
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_complete
+-- Finish a job successfully, if this worker still owns it.
+UPDATE workflow_jobs
+   SET status = 'completed', completed_at = now(), progress_percent = 100,
+       progress_stage = NULL, lease_expires_at = NULL, waiting_reason = NULL,
+       output_metadata = %(output_metadata)s, output_file_path = %(output_file_path)s,
+       error_message = NULL, error_class = NULL, retry_after = NULL, updated_at = now(),
+       log = log || %(log_line)s
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_fail
+-- Fail a job for good (a dead letter), if this worker still owns it.
+UPDATE workflow_jobs
+   SET status = 'failed', completed_at = now(), progress_stage = NULL, lease_expires_at = NULL,
+       error_message = %(error_message)s, error_class = %(error_class)s,
+       output_metadata = %(output_metadata)s, updated_at = now(),
+       log = log || %(log_line)s
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_schedule_retry
+-- Send a job back to wait out its back-off; it resumes at its first unfinished step.
+UPDATE workflow_jobs
+   SET status = 'pending', retry_count = retry_count + 1,
+       retry_after = now() + make_interval(secs => %(delay_seconds)s),
+       error_message = %(error_message)s, error_class = 'transient',
+       progress_stage = NULL, lease_expires_at = NULL, updated_at = now(),
+       log = log || %(log_line)s
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_cancelled
+-- Record that a running job stopped on an operator's cancel.
+UPDATE workflow_jobs
+   SET status = 'cancelled', completed_at = now(), progress_stage = NULL,
+       lease_expires_at = NULL, error_class = 'cancelled', cancel_requested = FALSE,
+       updated_at = now(), log = log || %(log_line)s
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_hand_back
+-- Give a running job back without spending a retry (worker draining, or paused by an operator).
+UPDATE workflow_jobs
+   SET status = CASE WHEN pause_requested THEN 'paused' ELSE 'pending' END,
+       pause_requested = FALSE, progress_stage = NULL, lease_expires_at = NULL,
+       updated_at = now(), log = log || %(log_line)s
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING status;
+
+-- ===========================================================================
+-- Operators
+-- ===========================================================================
+
+-- name: job_find
+-- A job by its code or numeric id.
+SELECT j.*, wd.workflow_code, wd.workflow_name, wd.version AS workflow_version
+  FROM workflow_jobs j JOIN workflow_definitions wd ON wd.id = j.workflow_id
+ WHERE j.job_code = %(ref)s OR j.id::text = %(ref)s;
+
+-- name: job_steps_detail
+-- Every step of a job's workflow with its latest execution (for `mediaq show`).
+SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure,
+       se.status, se.retry_attempt, se.started_at, se.completed_at, se.duration_ms,
+       se.error_message, se.output_data,
+       (SELECT count(*) FROM step_executions x
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS executions
+  FROM workflow_steps ws
+  LEFT JOIN LATERAL (SELECT * FROM step_executions e
+                      WHERE e.job_id = %(job_id)s AND e.step_id = ws.id
+                      ORDER BY e.id DESC LIMIT 1) se ON TRUE
+ WHERE ws.workflow_id = %(workflow_id)s
+ ORDER BY ws.step_number, ws.id;
+
+-- name: job_watch
+-- The few fields a live progress bar needs.
+SELECT status, progress_percent, progress_stage, current_step, error_message, waiting_reason,
+       (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps
+  FROM workflow_jobs j WHERE j.id = %(job_id)s;
+
+-- name: job_cancel
+-- Cancel: a waiting job at once; a running one is asked to stop (its worker checks every second).
+UPDATE workflow_jobs
+   SET status = CASE WHEN status = 'processing' THEN status ELSE 'cancelled' END,
+       cancel_requested = (status = 'processing'),
+       completed_at = CASE WHEN status = 'processing' THEN completed_at ELSE now() END,
+       error_class = CASE WHEN status = 'processing' THEN error_class ELSE 'cancelled' END,
+       updated_at = now(),
+       log = log || %(log_line)s
+ WHERE id = %(job_id)s AND status IN ('pending', 'queued', 'paused', 'processing')
+RETURNING status, cancel_requested;
+
+-- name: job_pause
+-- Pause: a waiting job at once; a running one is handed back at its next step boundary.
+UPDATE workflow_jobs
+   SET status = CASE WHEN status = 'processing' THEN status ELSE 'paused' END,
+       pause_requested = (status = 'processing'),
+       updated_at = now(), log = log || %(log_line)s
+ WHERE id = %(job_id)s AND status IN ('pending', 'queued', 'processing')
+RETURNING status, pause_requested;
+
+-- name: job_resume
+-- Resume a paused job (or withdraw a pause request).
+UPDATE workflow_jobs
+   SET status = CASE WHEN status = 'paused' THEN 'pending' ELSE status END,
+       pause_requested = FALSE, updated_at = now(), log = log || %(log_line)s
+ WHERE id = %(job_id)s AND (status = 'paused' OR pause_requested)
+RETURNING status;
+
+-- name: job_retry
+-- Send a failed or cancelled job back to the queue; it resumes at its first unfinished step.
+UPDATE workflow_jobs
+   SET status = 'pending', retry_count = retry_count + 1, retry_after = NULL,
+       max_retries = greatest(max_retries, retry_count + 1),
+       rescue_count = 0, error_message = NULL, error_class = NULL, completed_at = NULL,
+       cancel_requested = FALSE, pause_requested = FALSE, waiting_reason = NULL,
+       updated_at = now(), log = log || %(log_line)s
+ WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
+RETURNING status, retry_count;
+
+-- name: queue_set_paused
+-- Pause or resume a whole queue.
+INSERT INTO queues (queue_name, paused, paused_at, paused_by)
+VALUES (%(queue_name)s, %(paused)s, CASE WHEN %(paused)s THEN now() END, %(by)s)
+ON CONFLICT (queue_name) DO UPDATE
+   SET paused = EXCLUDED.paused, paused_at = EXCLUDED.paused_at, paused_by = EXCLUDED.paused_by;
+
+-- name: queue_resumed_wakeup
+-- Wake workers after a queue is resumed.
+SELECT pg_notify('mediaq_jobs', 'resume');
+
+-- name: jobs_dashboard
+-- Seed 000 step 12: the job status dashboard (optionally filtered, most recent first within a status).
+SELECT wj.job_code, wd.workflow_name, wj.status, wj.current_step,
+       (SELECT COUNT(*) FROM workflow_steps WHERE workflow_id = wd.id) AS total_steps,
+       wj.progress_percent, wj.priority, wj.submitted_by, wj.submitted_at, wj.started_at,
+       wj.completed_at, wj.error_message, wj.waiting_reason
+  FROM workflow_jobs wj
+ INNER JOIN workflow_definitions wd ON wj.workflow_id = wd.id
+ WHERE (%(status)s::text IS NULL OR wj.status = %(status)s)
+   AND (%(workflow_code)s::text IS NULL OR wd.workflow_code = %(workflow_code)s)
+ ORDER BY CASE wj.status
+              WHEN 'failed' THEN 1 WHEN 'processing' THEN 2 WHEN 'queued' THEN 3
+              WHEN 'pending' THEN 4 WHEN 'completed' THEN 5 END,
+          wj.priority DESC, wj.id
+ LIMIT %(limit)s;
+
+-- name: queue_monitor
+-- Seed 000 step 13: the processing queue monitor, with each queue's pause switch.
+SELECT mq.queue_name,
+       COUNT(*) AS jobs_in_queue,
+       COUNT(CASE WHEN mq.status = 'queued' THEN 1 END) AS waiting,
+       COUNT(CASE WHEN mq.status = 'processing' THEN 1 END) AS processing,
+       AVG(wj.priority) AS avg_priority,
+       MIN(mq.scheduled_time) AS next_scheduled,
+       coalesce(bool_or(q.paused), FALSE) AS paused
+  FROM media_queue mq
+ INNER JOIN workflow_jobs wj ON mq.job_id = wj.id
+  LEFT JOIN queues q ON q.queue_name = mq.queue_name
+ WHERE mq.status IN ('queued', 'processing')
+ GROUP BY mq.queue_name
+ ORDER BY waiting DESC;
+
+-- name: queues_paused
+-- Queues paused by operators (they may hold no jobs right now).
+SELECT queue_name, paused_at, paused_by FROM queues WHERE paused ORDER BY queue_name;
+
+-- name: job_stats
+-- Seed 001's stats endpoint: counts per status, VRAM, average processing time, jobs per workflow.
+SELECT
+    count(*) FILTER (WHERE status = 'pending') AS pending,
+    count(*) FILTER (WHERE status = 'queued') AS queued,
+    count(*) FILTER (WHERE status = 'processing') AS running,
+    count(*) FILTER (WHERE status = 'completed') AS completed,
+    count(*) FILTER (WHERE status = 'failed') AS failed,
+    count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+    count(*) FILTER (WHERE status = 'paused') AS paused,
+    coalesce(sum(vram_required) FILTER (WHERE status = 'processing'), 0) AS total_vram_used,
+    (SELECT coalesce(sum(vram_budget_mb), 0) FROM worker_hosts h
+      WHERE EXISTS (SELECT 1 FROM workers w WHERE w.host = h.host AND w.status <> 'stopped'))
+        AS total_vram_available,
+    round(avg(extract(epoch FROM completed_at - started_at))
+          FILTER (WHERE status = 'completed'))::integer AS average_processing_time,
+    (SELECT coalesce(jsonb_object_agg(code, n), '{}'::jsonb) FROM (
+        SELECT wd.workflow_code AS code, count(*) AS n
+          FROM workflow_jobs x JOIN workflow_definitions wd ON wd.id = x.workflow_id
+         GROUP BY wd.workflow_code) t) AS jobs_by_type,
+    (SELECT count(*) FROM workers WHERE status <> 'stopped') AS workers
+  FROM workflow_jobs;
+
+-- ===========================================================================
+-- Workflows
+-- ===========================================================================
+
+-- name: workflow_current
+-- The current version of a workflow.
+SELECT * FROM workflow_definitions WHERE workflow_code = %(workflow_code)s AND is_current;
+
+-- name: workflow_retire_current
+-- Make the current version of a workflow an older one (jobs keep pointing at it).
+UPDATE workflow_definitions SET is_current = FALSE
+ WHERE workflow_code = %(workflow_code)s AND is_current
+RETURNING version;
+
+-- name: workflow_insert
+-- A new version of a workflow.
+INSERT INTO workflow_definitions
+    (workflow_code, workflow_name, description, workflow_type, input_types, output_types,
+     steps_json, default_priority, timeout_minutes, retry_count, is_active, created_by,
+     version, resource_category, vram_required, queue_name, sla_minutes, notify)
+VALUES
+    (%(workflow_code)s, %(workflow_name)s, %(description)s, %(workflow_type)s, %(input_types)s,
+     %(output_types)s, %(steps_json)s, %(default_priority)s, %(timeout_minutes)s,
+     %(retry_count)s, %(is_active)s, %(created_by)s, %(version)s, %(resource_category)s,
+     %(vram_required)s, %(queue_name)s, %(sla_minutes)s, %(notify)s)
+RETURNING id;
+
+-- name: workflow_step_insert
+-- One step of a workflow version.
+INSERT INTO workflow_steps
+    (workflow_id, step_number, step_name, step_type, action, parameters, required_inputs,
+     expected_outputs, timeout_seconds, on_failure, sla_seconds)
+VALUES
+    (%(workflow_id)s, %(step_number)s, %(step_name)s, %(step_type)s, %(action)s, %(parameters)s,
+     %(required_inputs)s, %(expected_outputs)s, %(timeout_seconds)s, %(on_failure)s,
+     %(sla_seconds)s);
+
+-- name: workflows_list
+-- Current workflows with their step counts and job counts.
+SELECT wd.workflow_code, wd.workflow_name, wd.workflow_type, wd.version, wd.is_active,
+       wd.resource_category, wd.vram_required, wd.default_priority, wd.queue_name,
+       (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = wd.id) AS steps,
+       (SELECT count(*) FROM workflow_jobs wj
+          JOIN workflow_definitions v ON v.id = wj.workflow_id
+         WHERE v.workflow_code = wd.workflow_code) AS jobs
+  FROM workflow_definitions wd
+ WHERE wd.is_current
+ ORDER BY wd.workflow_code;
+
+-- name: workflow_set_active
+-- Enable or disable the current version of a workflow.
+UPDATE workflow_definitions SET is_active = %(active)s
+ WHERE workflow_code = %(workflow_code)s AND is_current
+RETURNING id;
