@@ -32,8 +32,8 @@ class Settings:
     """Folders inputs must be in (colon- or comma-separated); empty: the home's inputs/."""
     output_root: Path | None = None
     """Outputs go to <output_root>/<job_code>/; default $MEDIAQ_HOME/outputs."""
-    lease_seconds: int = 30
-    """How long a claimed job stays owned without a heartbeat (at most 30 by default)."""
+    lease_seconds: int = 10
+    """How long a claimed job stays owned without a heartbeat; renewed every third of it."""
     poll_seconds: float = 1.0
     """Polling fallback when no NOTIFY arrives."""
     max_rescues: int = 5

@@ -536,3 +536,17 @@ SELECT wd.workflow_code, wd.workflow_name, wd.workflow_type, wd.version, wd.is_a
 UPDATE workflow_definitions SET is_active = %(active)s
  WHERE workflow_code = %(workflow_code)s AND is_current
 RETURNING id;
+
+-- ===========================================================================
+-- Submission
+-- ===========================================================================
+
+-- name: job_submit
+-- Create a job through the SQL API (or get the one with the same idempotency key).
+SELECT * FROM mediaq.submit_job(
+    %(workflow_code)s, %(input_file_path)s, %(priority)s, %(params)s, %(metadata)s,
+    %(notify)s::text[], %(idempotency_key)s, %(submitted_by)s);
+
+-- name: workflow_steps_full
+-- Every column of a workflow version's steps (for export).
+SELECT * FROM workflow_steps WHERE workflow_id = %(workflow_id)s ORDER BY step_number, id;

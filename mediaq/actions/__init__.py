@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -59,6 +60,8 @@ class RegisteredAction:
 
 
 _registry: dict[str, RegisteredAction] = {}
+_load_errors: dict[str, str] = {}
+_load_lock = threading.Lock()
 _loaded = False
 
 
@@ -91,18 +94,27 @@ def action(
 
 
 def _load_plugins() -> None:
+    """Import built-in action modules and plugins once; a broken plugin only loses its own."""
     global _loaded
-    if _loaded:
+    with _load_lock:
+        if _loaded:
+            return
+        for module in BUILTIN_MODULES:
+            _load(module, lambda m=module: importlib.import_module(m))
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.value not in BUILTIN_MODULES:
+                _load(ep.value, ep.load)
+        _loaded = True
+
+
+def _load(name: str, loader: Callable[[], object]) -> None:
+    try:
+        loaded = loader()
+    except Exception as exc:
+        _load_errors[name] = f"{type(exc).__name__}: {exc}"
         return
-    _loaded = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value in BUILTIN_MODULES:
-            continue
-        loaded = ep.load()
-        if callable(loaded):
-            loaded()
+    if callable(loaded):
+        loaded()
 
 
 def get_action(name: str) -> RegisteredAction:
@@ -111,8 +123,10 @@ def get_action(name: str) -> RegisteredAction:
     try:
         return _registry[name]
     except KeyError:
+        broken = "; ".join(f"{m} failed to load ({e})" for m, e in _load_errors.items())
         raise ActionNotAvailable(
             f"action '{name}' is not available yet (no installed plugin provides it)"
+            + (f"; {broken}" if broken else "")
         ) from None
 
 

@@ -315,11 +315,12 @@ CREATE OR REPLACE FUNCTION submit_job(
     submitted_by    text DEFAULT NULL
 ) RETURNS workflow_jobs
     LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
     wd workflow_definitions;
     job workflow_jobs;
 BEGIN
-    IF idempotency_key IS NOT NULL THEN
+    IF submit_job.idempotency_key IS NOT NULL THEN
         SELECT * INTO job FROM workflow_jobs j WHERE j.idempotency_key = submit_job.idempotency_key;
         IF FOUND THEN
             RETURN job;
@@ -335,7 +336,7 @@ BEGIN
         RAISE EXCEPTION 'workflow % is disabled', submit_job.workflow_code
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    IF coalesce(input_file_path, '') = '' THEN
+    IF coalesce(submit_job.input_file_path, '') = '' THEN
         RAISE EXCEPTION 'an input file path is required' USING ERRCODE = 'not_null_violation';
     END IF;
     INSERT INTO workflow_jobs (workflow_id, input_file_path, input_metadata, priority, params,

@@ -1,0 +1,219 @@
+"""Submitting and operating jobs: submit, jobs, show, watch, retry, cancel, pause, resume,
+queue, queues, stats."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+from mediaq import db, operations
+from mediaq.cli import Env, pass_env
+from mediaq.cli.render import as_json, console, fmt, table
+from mediaq.errors import SubmissionRefused
+from mediaq.outputs import check_input
+from mediaq.submit import params_from_pairs, submit
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@click.command("submit")
+@click.argument("workflow_code")
+@click.argument("input_path")
+@click.option("--priority", type=click.IntRange(1, 10), help="1..10, larger is more urgent.")
+@click.option("--param", "params", multiple=True, metavar="STEP.KEY=VALUE",
+              help="Override a step parameter (step number, name or action).")
+@click.option("--metadata", help="JSON object stored as the job's input_metadata.")
+@click.option("--notify", multiple=True, metavar="URL|mailto:ADDR", help="Who to tell.")
+@click.option("--key", "idempotency_key", help="Idempotency key: the same key, the same job.")
+@pass_env
+def submit_command(
+    env: Env, workflow_code: str, input_path: str, priority: int | None,
+    params: tuple[str, ...], metadata: str | None, notify: tuple[str, ...],
+    idempotency_key: str | None,
+) -> None:
+    """Submit INPUT_PATH to a workflow; prints the job code as the last word."""
+    path = Path(input_path).expanduser()
+    resolved = check_input(str(path if path.is_absolute() else Path.cwd() / path),
+                           env.settings.effective_input_roots)
+    meta = _parse_metadata(metadata)
+    with env.connect() as conn:
+        job = submit(conn, workflow_code, resolved, priority=priority,
+                     params=params_from_pairs(params), metadata=meta, notify=notify,
+                     idempotency_key=idempotency_key, submitted_by=getpass.getuser())
+    click.echo(f"submitted {job['job_code']}")
+
+
+def _parse_metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SubmissionRefused(f"--metadata is not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise SubmissionRefused("--metadata must be a JSON object")
+    return value
+
+
+@click.command("jobs")
+@click.option("--status", help="Only jobs in this status.")
+@click.option("--workflow", "workflow_code", help="Only jobs of this workflow.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON.")
+@pass_env
+def jobs(env: Env, status: str | None, workflow_code: str | None, limit: int,
+         as_json_output: bool) -> None:
+    """The job status dashboard (seed 000, step 12)."""
+    with env.connect() as conn:
+        rows = db.fetch_all(conn, "jobs_dashboard",
+                            {"status": status, "workflow_code": workflow_code, "limit": limit})
+    if as_json_output:
+        click.echo(as_json(rows))
+        return
+    table(rows, ["job_code", "workflow_name", "status", "current_step", "total_steps",
+                 "progress_percent", "priority", "submitted_by", "submitted_at", "started_at",
+                 "completed_at", "error_message"], title="Job status dashboard")
+
+
+@click.command("show")
+@click.argument("job")
+@pass_env
+def show(env: Env, job: str) -> None:
+    """A job's details: steps, timings, outputs, log and error."""
+    with env.connect() as conn:
+        row = operations.find_job(conn, job)
+        steps = db.fetch_all(conn, "job_steps_detail",
+                             {"job_id": row["id"], "workflow_id": row["workflow_id"]})
+    for key in ("job_code", "workflow_code", "workflow_version", "status", "progress_percent",
+                "priority", "resource_category", "vram_required", "input_file_path",
+                "output_file_path", "retry_count", "max_retries", "retry_after", "rescue_count",
+                "worker_id", "attempt", "waiting_reason", "submitted_by", "submitted_at",
+                "started_at", "completed_at", "error_message"):
+        if row.get(key) not in (None, ""):
+            click.echo(f"{key:18} {fmt(row[key])}")
+    table(steps, ["step_number", "step_name", "action", "status", "executions", "duration_ms",
+                  "error_message"], title="Steps")
+    outputs = (row.get("output_metadata") or {}).get("outputs", [])
+    if outputs:
+        table(outputs, ["path", "role", "format", "width", "height", "size_bytes"],
+              title="Outputs")
+    if row["log"]:
+        console.print("[bold]Log[/bold]")
+        click.echo(row["log"].rstrip())
+
+
+@click.command("watch")
+@click.argument("job")
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between reads.")
+@pass_env
+def watch(env: Env, job: str, interval: float) -> None:
+    """A live progress bar until the job ends; exits 1 if it failed."""
+    with env.connect() as conn:
+        found = operations.find_job(conn, job)
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[stage]}"))
+    with Progress(*columns, console=console, transient=False) as bar, \
+            db.connect(env.url, autocommit=True) as conn:
+        task = bar.add_task(found["job_code"], total=100, stage="")
+        while True:
+            state = db.fetch_one(conn, "job_watch", {"job_id": found["id"]})
+            assert state is not None
+            stage = f"{state['status']} · step {state['current_step']}/{state['total_steps']}"
+            if state["progress_stage"]:
+                stage += f" · {state['progress_stage']}"
+            if state["waiting_reason"]:
+                stage += f" · waiting: {state['waiting_reason']}"
+            bar.update(task, completed=float(state["progress_percent"] or 0), stage=stage)
+            if state["status"] in TERMINAL:
+                break
+            time.sleep(interval)
+    click.echo(f"{found['job_code']} {state['status']}"
+               + (f": {state['error_message']}" if state["error_message"] else ""))
+    if state["status"] != "completed":
+        raise SystemExit(1)
+
+
+def _operator_command(name: str, fn: Any, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @click.argument("job")
+    @pass_env
+    def command(env: Env, job: str) -> None:
+        with env.connect() as conn:
+            result = fn(conn, job, by=getpass.getuser())
+        note = ""
+        if result.get("cancel_requested"):
+            note = " (cancel requested; the worker stops it within seconds)"
+        elif result.get("pause_requested"):
+            note = " (pause requested; the worker hands it back within seconds)"
+        click.echo(f"{result['job_code']}: {result['status']}{note}")
+
+    return command
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """Pause or resume a whole queue."""
+
+
+@queue_group.command("pause")
+@click.argument("name")
+@pass_env
+def queue_pause(env: Env, name: str) -> None:
+    """Stop starting jobs of queue NAME (running ones finish)."""
+    with env.connect() as conn:
+        operations.set_queue_paused(conn, name, True, getpass.getuser())
+    click.echo(f"queue {name}: paused")
+
+
+@queue_group.command("resume")
+@click.argument("name")
+@pass_env
+def queue_resume(env: Env, name: str) -> None:
+    """Start jobs of queue NAME again."""
+    with env.connect() as conn:
+        operations.set_queue_paused(conn, name, False, getpass.getuser())
+    click.echo(f"queue {name}: resumed")
+
+
+@click.command("queues")
+@pass_env
+def queues(env: Env) -> None:
+    """The processing queue monitor (seed 000, step 13)."""
+    with env.connect() as conn:
+        rows = db.fetch_all(conn, "queue_monitor")
+        paused = db.fetch_all(conn, "queues_paused")
+    table(rows, ["queue_name", "jobs_in_queue", "waiting", "processing", "avg_priority",
+                 "next_scheduled", "paused"], title="Processing queues")
+    idle_paused = [p["queue_name"] for p in paused
+                   if p["queue_name"] not in {r["queue_name"] for r in rows}]
+    if idle_paused:
+        click.echo(f"paused (no jobs waiting): {', '.join(idle_paused)}")
+
+
+@click.command("stats")
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON.")
+@pass_env
+def stats(env: Env, as_json_output: bool) -> None:
+    """Queue counters, VRAM used/available, average processing time."""
+    with env.connect() as conn:
+        data = operations.stats(conn)
+    if as_json_output:
+        click.echo(as_json(data))
+        return
+    for key, value in data.items():
+        click.echo(f"{key:26} {fmt(value)}")
+
+
+COMMANDS = [
+    submit_command, jobs, show, watch, queue_group, queues, stats,
+    _operator_command("retry", operations.retry, "Send a failed or cancelled job back to the queue."),
+    _operator_command("cancel", operations.cancel, "Cancel a job (a running one within seconds)."),
+    _operator_command("pause", operations.pause, "Hold a job back (a running one is handed back)."),
+    _operator_command("resume", operations.resume, "Let a paused job run again."),
+]

@@ -1,0 +1,38 @@
+"""mediaq worker, mediaq demo."""
+
+from __future__ import annotations
+
+import click
+
+from mediaq import logs, migrate
+from mediaq.cli import Env, pass_env
+from mediaq.worker.daemon import Worker, WorkerOptions
+from mediaq.worker.resources import parse_categories, parse_limits
+
+
+@click.command("worker")
+@click.option("--categories", help="cpu,gpu_encode,gpu_ai (default: all).")
+@click.option("--limits", help="Per-machine limits, e.g. cpu=5,gpu_encode=2,gpu_ai=1.")
+@click.option("--vram-mb", type=int, help="VRAM budget in MB (default: the GPU's, via NVML).")
+@click.option("--queues", help="Only these queues (comma-separated).")
+@click.option("--burst", is_flag=True, help="Exit when no work is left.")
+@click.option("--id", "worker_id", help="Worker id (default: host:pid:random).")
+@pass_env
+def worker(env: Env, categories: str | None, limits: str | None, vram_mb: int | None,
+           queues: str | None, burst: bool, worker_id: str | None) -> None:
+    """Run a worker daemon."""
+    settings = env.settings
+    logs.configure(settings.log_format, settings.log_level)
+    migrate.require_current_schema(env.url)
+    options = WorkerOptions(
+        categories=parse_categories(categories), limits=parse_limits(limits), vram_mb=vram_mb,
+        queues=[q.strip() for q in queues.split(",") if q.strip()] if queues else None,
+        burst=burst, worker_id=worker_id,
+    )
+    daemon = Worker(settings, env.url, options)
+    daemon.install_signal_handlers()
+    processed = daemon.run()
+    click.echo(f"worker {daemon.worker_id} stopped after {processed} job(s)")
+
+
+COMMANDS = [worker]

@@ -1,0 +1,111 @@
+"""mediaq workflows …, mediaq actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from mediaq import db, workflows
+from mediaq.actions import available_actions
+from mediaq.cli import Env, pass_env
+from mediaq.cli.render import table
+
+
+@click.group("workflows")
+def workflows_group() -> None:
+    """Workflow definitions (versioned data)."""
+
+
+def _report(results: list[workflows.ApplyResult]) -> None:
+    for r in results:
+        state = f"version {r.version}" + ("" if r.changed else " (unchanged)")
+        click.echo(f"{r.workflow_code}: {state}")
+
+
+@workflows_group.command("seed")
+@pass_env
+def seed(env: Env) -> None:
+    """Install the five workflows of seed 000 (idempotent)."""
+    with env.connect() as conn:
+        _report(workflows.seed(conn))
+
+
+@workflows_group.command("apply")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@pass_env
+def apply(env: Env, files: tuple[Path, ...]) -> None:
+    """Create or update workflows from YAML files (a change makes a new version)."""
+    docs = [workflows.load_file(f) for f in files]  # all valid before any is applied
+    with env.connect() as conn:
+        _report([workflows.apply(conn, d) for d in docs])
+
+
+@workflows_group.command("list")
+@pass_env
+def list_workflows(env: Env) -> None:
+    """List current workflows."""
+    with env.connect() as conn:
+        rows = db.fetch_all(conn, "workflows_list")
+    table(rows, ["workflow_code", "workflow_name", "version", "is_active", "resource_category",
+                 "vram_required", "default_priority", "queue_name", "steps", "jobs"])
+
+
+@workflows_group.command("show")
+@click.argument("code")
+@pass_env
+def show(env: Env, code: str) -> None:
+    """Show a workflow and its steps."""
+    with env.connect() as conn:
+        doc = workflows.export(conn, code)
+    steps = doc.pop("steps")
+    for key, value in doc.items():
+        click.echo(f"{key:18} {value}")
+    table(steps, ["step_number", "step_name", "action", "parameters", "timeout_seconds",
+                  "on_failure"])
+
+
+@workflows_group.command("export")
+@click.argument("code")
+@pass_env
+def export(env: Env, code: str) -> None:
+    """Print a workflow as YAML (edit it and `apply` it to make a new version)."""
+    with env.connect() as conn:
+        doc = workflows.export(conn, code)
+    doc.pop("version", None)
+    click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@workflows_group.command("disable")
+@click.argument("code")
+@pass_env
+def disable(env: Env, code: str) -> None:
+    """Refuse new submissions to a workflow (queued jobs still run)."""
+    with env.connect() as conn:
+        workflows.set_active(conn, code, False)
+    click.echo(f"{code}: disabled")
+
+
+@workflows_group.command("enable")
+@click.argument("code")
+@pass_env
+def enable(env: Env, code: str) -> None:
+    """Accept submissions to a workflow again."""
+    with env.connect() as conn:
+        workflows.set_active(conn, code, True)
+    click.echo(f"{code}: enabled")
+
+
+@click.command("actions")
+def actions() -> None:
+    """List the actions steps can use, with their parameters."""
+    rows = [
+        {"action": name, "parameters": ", ".join(a.schema.get("properties", {})),
+         "description": a.description}
+        for name, a in available_actions().items()
+    ]
+    table(rows, ["action", "parameters", "description"])
+
+
+COMMANDS = [workflows_group, actions]

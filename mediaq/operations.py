@@ -1,0 +1,63 @@
+"""What operators do to jobs and queues (shared by the CLI and, later, the HTTP API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mediaq import db
+from mediaq.errors import MediaqError
+from mediaq.logs import log_line
+
+
+class JobNotFound(MediaqError):
+    """No such job."""
+
+
+class InvalidTransition(MediaqError):
+    """The job is not in a state that allows this."""
+
+
+def find_job(conn: db.Connection, ref: str) -> db.Row:
+    row = db.fetch_one(conn, "job_find", {"ref": ref})
+    if row is None:
+        raise JobNotFound(f"job {ref} does not exist")
+    return row
+
+
+def _transition(conn: db.Connection, ref: str, query: str, verb: str, line: str) -> db.Row:
+    job = find_job(conn, ref)
+    row = db.fetch_one(conn, query, {"job_id": job["id"], "log_line": log_line(line)})
+    if row is None:
+        raise InvalidTransition(f"job {job['job_code']} is {job['status']}: cannot {verb} it")
+    return {"job_code": job["job_code"], **row}
+
+
+def cancel(conn: db.Connection, ref: str, by: str = "admin") -> db.Row:
+    """Cancel a waiting job at once; ask a running one to stop."""
+    return _transition(conn, ref, "job_cancel", "cancel", f"--- JOB CANCELLED BY {by.upper()} ---")
+
+
+def pause(conn: db.Connection, ref: str, by: str = "admin") -> db.Row:
+    return _transition(conn, ref, "job_pause", "pause", f"--- JOB PAUSED BY {by.upper()} ---")
+
+
+def resume(conn: db.Connection, ref: str, by: str = "admin") -> db.Row:
+    return _transition(conn, ref, "job_resume", "resume", f"--- JOB RESUMED BY {by.upper()} ---")
+
+
+def retry(conn: db.Connection, ref: str, by: str = "admin") -> db.Row:
+    job = find_job(conn, ref)
+    attempt = int(job["retry_count"] or 0) + 1
+    return _transition(conn, ref, "job_retry", "retry", f"--- RETRY ATTEMPT {attempt} ---")
+
+
+def set_queue_paused(conn: db.Connection, queue_name: str, paused: bool, by: str) -> None:
+    db.execute(conn, "queue_set_paused", {"queue_name": queue_name, "paused": paused, "by": by})
+    if not paused:
+        db.execute(conn, "queue_resumed_wakeup")
+
+
+def stats(conn: db.Connection) -> dict[str, Any]:
+    row = db.fetch_one(conn, "job_stats")
+    assert row is not None
+    return dict(row)

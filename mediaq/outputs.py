@@ -1,0 +1,60 @@
+"""Where inputs may come from and where outputs go, and the atomic move into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from mediaq.errors import InputRefused
+
+
+def check_input(path_text: str | None, roots: tuple[Path, ...]) -> Path:
+    """The resolved input path, or InputRefused naming the file and the reason."""
+    if not path_text:
+        raise InputRefused("no input file given")
+    if "\x00" in path_text:
+        raise InputRefused("input path contains a NUL byte")
+    if "://" in path_text:
+        raise InputRefused(f"{path_text}: only local files are accepted")
+    path = Path(path_text).expanduser()
+    if not path.is_absolute():
+        raise InputRefused(f"{path_text}: input paths must be absolute")
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in roots):
+        allowed = ", ".join(str(r) for r in roots)
+        raise InputRefused(f"{path_text}: outside the input roots ({allowed})")
+    if not resolved.exists():
+        raise InputRefused(f"{path_text}: file does not exist")
+    if not resolved.is_file():
+        raise InputRefused(f"{path_text}: not a regular file")
+    if not os.access(resolved, os.R_OK):
+        raise InputRefused(f"{path_text}: not readable")
+    return resolved
+
+
+def job_output_dir(output_root: Path, job_code: str) -> Path:
+    return output_root / job_code
+
+
+def staging_dir(staging_root: Path, job_code: str, attempt: int, step_number: int) -> Path:
+    """A folder private to one step attempt; nothing in it is ever a finished output."""
+    return staging_root / f"{job_code}.a{attempt}.s{step_number}"
+
+
+def publish(staged: Path, final_dir: Path) -> Path:
+    """Rename a staged file into the job's output folder (atomic on one filesystem)."""
+    final_dir.mkdir(parents=True, exist_ok=True)
+    final = final_dir / staged.name
+    tmp = final_dir / f".{staged.name}.tmp"
+    try:
+        os.replace(staged, final)
+    except OSError:  # another filesystem: copy beside the target, then rename
+        shutil.copy2(staged, tmp)
+        os.replace(tmp, final)
+        staged.unlink(missing_ok=True)
+    return final
+
+
+def discard(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

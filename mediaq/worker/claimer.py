@@ -1,0 +1,135 @@
+"""Claiming: one short transaction that takes a machine slot, the VRAM and a job.
+
+Lock order is always host row → slot → job, so claimers never deadlock with each
+other or with the trigger that frees slots (which locks job → slot → host, but only
+ever waits on the host row, which a claimer holds without waiting on anything).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from mediaq import db
+from mediaq.logs import log_line
+from mediaq.worker.resources import GPU_CATEGORIES, Capacity
+
+NO_VRAM_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    job_code: str
+    attempt: int
+    workflow_id: int
+    category: str
+    vram_required: int
+
+
+class Claimer:
+    def __init__(
+        self,
+        pool: ConnectionPool[db.Connection],
+        *,
+        worker_id: str,
+        host: str,
+        capacity: Capacity,
+        queues: list[str] | None,
+        lease_seconds: int,
+    ) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.host = host
+        self.capacity = capacity
+        self.queues = queues
+        self.lease_seconds = lease_seconds
+
+    def register(self, version: str) -> None:
+        """Record the worker, its machine and the machine's numbered slots."""
+        cap = self.capacity
+        with db.transaction(self.pool) as conn:
+            db.execute(conn, "host_ensure", {"host": self.host, "vram_budget_mb": cap.vram_budget_mb})
+            for category in cap.categories:
+                db.execute(conn, "slots_ensure", {
+                    "host": self.host, "category": category,
+                    "limit": cap.limits.get(category, 0),
+                })
+            db.execute(conn, "worker_register", {
+                "worker_id": self.worker_id, "host": self.host, "pid": _pid(),
+                "categories": list(cap.categories), "limits": Jsonb(cap.limits),
+                "queues": self.queues, "vram_budget_mb": cap.vram_budget_mb,
+                "version": version,
+            })
+
+    def claim(self, category: str) -> ClaimedJob | None:
+        """Claim the next job of ``category`` this machine has room for, or None."""
+        with db.transaction(self.pool) as conn:
+            vram_free = self._vram_free(conn, category)
+            slot = db.fetch_one(conn, "slot_acquire", {
+                "host": self.host, "category": category,
+                "limit": self.capacity.limits.get(category, 0),
+            })
+            if slot is None:
+                return None  # every slot of this category on this machine is busy
+            row = db.fetch_one(conn, "job_claim_next", self._claim_params(category, vram_free))
+            if row is None:
+                if category in GPU_CATEGORIES:
+                    self._explain_waiting(conn, category, vram_free)
+                return None
+            vram = int(row["vram_required"] or 0) if category in GPU_CATEGORIES else 0
+            db.execute(conn, "slot_assign", {
+                "host": self.host, "category": category, "slot": slot["slot"],
+                "job_id": row["id"], "attempt": row["attempt"], "vram_mb": vram,
+                "worker_id": self.worker_id,
+            })
+            if vram:
+                db.execute(conn, "host_reserve_vram", {"host": self.host, "vram_mb": vram})
+        return ClaimedJob(id=row["id"], job_code=row["job_code"], attempt=row["attempt"],
+                          workflow_id=row["workflow_id"], category=category, vram_required=vram)
+
+    def _claim_params(self, category: str, vram_free: int) -> dict[str, Any]:
+        return {
+            "category": category, "vram_free_mb": vram_free, "queues": self.queues,
+            "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
+            "log_line": log_line(f"Claimed by {self.worker_id} on {self.host}"),
+        }
+
+    def _vram_free(self, conn: db.Connection, category: str) -> int:
+        if category not in GPU_CATEGORIES:
+            return NO_VRAM_LIMIT
+        ledger = db.fetch_one(conn, "host_lock", {"host": self.host})
+        if ledger is None:
+            return 0
+        free = int(ledger["vram_budget_mb"]) - int(ledger["vram_reserved_mb"])
+        live = self.capacity.live_vram_free_mb()
+        return max(0, min(free, live) if live is not None else free)
+
+    def _explain_waiting(self, conn: db.Connection, category: str, vram_free: int) -> None:
+        budget = self.capacity.vram_budget_mb
+        reason = (
+            f"needs more VRAM than is free on {self.host} "
+            f"({vram_free} MB free of a {budget} MB budget)"
+        )
+        db.execute(conn, "jobs_mark_waiting", {
+            "category": category, "vram_free_mb": vram_free, "reason": reason,
+        })
+
+    def runnable_soon(self, horizon_seconds: float) -> bool:
+        with db.transaction(self.pool) as conn:
+            row = db.fetch_one(conn, "jobs_runnable_exists", {
+                "categories": list(self.capacity.categories), "queues": self.queues,
+                "horizon_seconds": horizon_seconds,
+                "vram_budget_mb": max(self.capacity.vram_budget_mb, 0)
+                if any(c in GPU_CATEGORIES for c in self.capacity.categories) else NO_VRAM_LIMIT,
+            })
+        return bool(row and row["runnable"])
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

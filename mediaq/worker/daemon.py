@@ -1,0 +1,193 @@
+"""The worker daemon: the producer loop that claims work and hands it to job threads.
+
+Wakes on LISTEN/NOTIFY (channel ``mediaq_jobs``) with a polling fallback; never
+holds a transaction open while media is processed; on SIGTERM stops claiming,
+lets running jobs finish within the grace time, hands back the rest, and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import FrameType
+
+import psycopg
+import structlog
+
+from mediaq import __version__, db
+from mediaq.config import Settings
+from mediaq.errors import Paused
+from mediaq.worker.claimer import Claimer, ClaimedJob
+from mediaq.worker.executor import Executor
+from mediaq.worker.heartbeat import Heartbeat
+from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.maintenance.rescuer import Rescuer
+from mediaq.worker.resources import Capacity, read_gpu, vram_budget
+
+log = structlog.get_logger("mediaq.worker")
+
+BURST_RETRY_HORIZON_S = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    categories: tuple[str, ...]
+    limits: dict[str, int]
+    vram_mb: int | None = None
+    queues: list[str] | None = None
+    burst: bool = False
+    worker_id: str | None = None
+
+
+class Worker:
+    def __init__(self, settings: Settings, url: str, options: WorkerOptions) -> None:
+        self.settings = settings
+        self.url = url
+        self.options = options
+        self.worker_id = options.worker_id or (
+            f"{settings.host_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+        gpu = read_gpu()
+        self.capacity = Capacity(
+            categories=options.categories, limits=options.limits,
+            vram_budget_mb=vram_budget(options.vram_mb, gpu), gpu=gpu,
+        )
+        self.pool = db.make_pool(url, size=self.capacity.max_parallel + 4)
+        self.claimer = Claimer(
+            self.pool, worker_id=self.worker_id, host=settings.host_id, capacity=self.capacity,
+            queues=options.queues, lease_seconds=settings.lease_seconds,
+        )
+        self.executor = Executor(settings)
+        self.running: dict[int, JobHandle] = {}
+        self.running_lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.lease_seconds,
+                                   self.running, self.running_lock, self.stopping)
+        self.rescuer = Rescuer(self.pool, self.worker_id, settings.max_rescues,
+                               settings.lease_seconds, self.wake)
+        self.jobs_pool = ThreadPoolExecutor(max_workers=max(1, self.capacity.max_parallel),
+                                            thread_name_prefix="mediaq-job")
+        self.log = log.bind(worker_id=self.worker_id)
+        self.processed = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped (or, in burst mode, until nothing is left); jobs processed."""
+        self.claimer.register(__version__)
+        self.log.info("worker:started", categories=list(self.capacity.categories),
+                      limits=self.capacity.limits, vram_budget_mb=self.capacity.vram_budget_mb,
+                      gpu=self.capacity.gpu.name if self.capacity.gpu else None)
+        listener = threading.Thread(target=self._listen, name="mediaq-listen", daemon=True)
+        listener.start()
+        self.heartbeat.start()
+        self.rescuer.start()
+        try:
+            self._produce()
+        finally:
+            self._drain()
+        return self.processed
+
+    def stop(self) -> None:
+        """Stop claiming (SIGTERM/SIGINT); running jobs drain within the grace time."""
+        if not self.stopping.is_set():
+            self.log.info("worker:stopping", running=len(self.running))
+            self.heartbeat.status = "draining"
+            self.stopping.set()
+            self.wake.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- the producer ------------------------------------------------------------------
+
+    def _produce(self) -> None:
+        while not self.stopping.is_set():
+            claimed = self._claim_while_room()
+            if claimed:
+                continue
+            if self.options.burst and self.capacity.total_running == 0 \
+                    and not self.claimer.runnable_soon(BURST_RETRY_HORIZON_S):
+                self.log.info("worker:queue_empty")
+                return
+            self.wake.wait(self.settings.poll_seconds)
+            self.wake.clear()
+
+    def _claim_while_room(self) -> bool:
+        claimed_any = False
+        for category in self.capacity.free_categories():
+            if self.stopping.is_set():
+                break
+            try:
+                job = self.claimer.claim(category)
+            except psycopg.OperationalError as exc:
+                self.log.warning("claim:database_error", error=str(exc))
+                time.sleep(self.settings.poll_seconds)
+                return False
+            if job is not None:
+                self._start(job)
+                claimed_any = True
+        return claimed_any
+
+    def _start(self, job: ClaimedJob) -> None:
+        handle = JobHandle(self.pool, self.worker_id, job.id, job.job_code, job.attempt,
+                           job.category)
+        self.capacity.take(job.category)
+        with self.running_lock:
+            self.running[job.id] = handle
+        self.log.info("job:claimed", job_id=job.id, job_code=job.job_code, attempt=job.attempt,
+                      category=job.category)
+        future = self.jobs_pool.submit(self.executor.run, handle, job.workflow_id)
+        future.add_done_callback(lambda f, h=handle: self._finished(h, f))
+
+    def _finished(self, handle: JobHandle, future: Future[str]) -> None:
+        with self.running_lock:
+            self.running.pop(handle.job_id, None)
+        self.capacity.give_back(handle.category)
+        self.processed += 1
+        error = future.exception()
+        if error is not None:
+            # A database outage mid-write: the lease runs out and another worker rescues.
+            self.log.error("job:crashed", job_id=handle.job_id, error=repr(error))
+        self.wake.set()
+
+    def _listen(self) -> None:
+        """Wake the producer on NOTIFY; reconnect after outages."""
+        while not self.stopping.is_set():
+            try:
+                with db.connect(self.url, autocommit=True, application="mediaq-listen") as conn:
+                    conn.execute("LISTEN mediaq_jobs")
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+            except psycopg.Error as exc:
+                self.log.warning("listen:error", error=str(exc))
+                self.stopping.wait(1.0)
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        while self.capacity.total_running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self.running_lock:
+            leftovers = list(self.running.values())
+        for handle in leftovers:
+            handle.stop_signal.stop(Paused("worker shutting down"))
+        self.jobs_pool.shutdown(wait=True)
+        self.heartbeat.halt.set()
+        self.rescuer.halt.set()
+        try:
+            with db.transaction(self.pool) as conn:
+                db.execute(conn, "worker_stopped", {"worker_id": self.worker_id})
+        except psycopg.Error:
+            pass
+        self.pool.close()
+        self.log.info("worker:stopped", processed=self.processed)

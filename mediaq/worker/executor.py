@@ -1,0 +1,344 @@
+"""Run one claimed job: its workflow's steps in order, resuming after finished ones.
+
+Reads as a pipeline: load the job → check the input → for each unfinished step:
+start (fenced) → run the action (no transaction open) → commit outputs (fenced)
+→ finish the job. Every outcome is classified here and only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from psycopg.types.json import Jsonb
+
+from mediaq import db
+from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.backoff import retry_delay
+from mediaq.config import Settings
+from mediaq.errors import (
+    Cancelled,
+    InputRefused,
+    JobTimedOut,
+    LeaseLost,
+    Paused,
+    PermanentError,
+    StepTimedOut,
+    TransientError,
+)
+from mediaq.logs import log_line
+from mediaq.outputs import check_input, discard, job_output_dir, staging_dir
+from mediaq.worker.job_handle import JobHandle
+
+log = structlog.get_logger("mediaq.executor")
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    number: int
+    name: str
+    action: str
+    parameters: dict[str, Any]
+    timeout_seconds: int
+    on_failure: str
+
+
+@dataclass
+class JobRun:
+    """What one run of a job knows and accumulates."""
+
+    context: db.Row
+    steps: list[Step]
+    history: dict[int, db.Row]
+    input_path: Path | None = None
+    source_path: Path | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    failed_steps: list[dict[str, Any]] = field(default_factory=list)
+    job_deadline: float = 0.0
+
+    def step_overrides(self, step: Step) -> dict[str, Any]:
+        """Per-job parameters for a step, keyed by step number, name or action."""
+        params: dict[str, Any] = self.context["params"] or {}
+        merged: dict[str, Any] = {}
+        for key in (step.action, step.name, str(step.number)):
+            value = params.get(key)
+            if isinstance(value, dict):
+                merged.update(value)
+        return merged
+
+
+class StepFailed(Exception):
+    """A step failed; carries its class ('permanent' or 'transient') and message."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_run(handle: JobHandle, workflow_id: int) -> JobRun:
+    with db.transaction(handle.pool) as conn:
+        context = db.fetch_one(conn, "job_context", {"job_id": handle.job_id})
+        step_rows = db.fetch_all(conn, "workflow_steps_of", {"workflow_id": workflow_id})
+        history = db.fetch_all(conn, "step_history_of_job", {"job_id": handle.job_id})
+    assert context is not None
+    steps = [
+        Step(
+            id=r["id"], number=r["step_number"] or 0,
+            name=r["step_name"] or f"step {r['step_number']}",
+            action=r["action"] or "", parameters=r["parameters"] or {},
+            timeout_seconds=r["timeout_seconds"] or 300, on_failure=r["on_failure"] or "stop",
+        )
+        for r in step_rows
+    ]
+    run = JobRun(context=context, steps=steps, history={h["step_id"]: h for h in history})
+    run.job_deadline = time.monotonic() + float(context["seconds_left"])
+    return run
+
+
+class Executor:
+    """Runs claimed jobs; one instance per worker, called from its job threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, handle: JobHandle, workflow_id: int) -> str:
+        """Run the job to an outcome; returns the job's status as this worker left it."""
+        bound = log.bind(job_id=handle.job_id, job_code=handle.job_code, attempt=handle.attempt)
+        try:
+            run = load_run(handle, workflow_id)
+            if not run.steps:
+                raise StepFailed("permanent", "the workflow has no steps")
+            run.input_path = check_input(run.context["input_file_path"],
+                                         self.settings.effective_input_roots)
+            run.source_path = run.input_path
+            for step in run.steps:
+                self._run_or_skip(handle, run, step)
+            self._complete(handle, run)
+            bound.info("job:completed")
+            return "completed"
+        except LeaseLost:
+            bound.warning("job:lease_lost")
+            return "lost"
+        except InputRefused as exc:
+            self._fail_job(handle, "permanent", exc.message)
+            bound.info("job:failed", error=exc.message)
+            return "failed"
+        except StepFailed as exc:
+            if exc.error_class == "retry_scheduled":
+                return "pending"
+            self._fail_job(handle, exc.error_class, exc.message)
+            bound.info("job:failed", error=exc.message)
+            return "failed"
+        except Cancelled:
+            return "cancelled"
+        except Paused:
+            return "handed_back"
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _run_or_skip(self, handle: JobHandle, run: JobRun, step: Step) -> None:
+        past = run.history.get(step.id)
+        if past is not None and past["completed"]:
+            self._remember_outputs(run, step, past["output_data"] or {})
+            return
+        if past is not None and past["failed"] and step.on_failure == "continue":
+            run.failed_steps.append({"step": step.number, "name": step.name})
+            return
+        signal = handle.stop_signal
+        if signal.is_set() and signal.reason is not None:
+            self._stop_between_steps(handle, signal.reason)
+        self._run_step(handle, run, step, retry_attempt=int(past["executions"]) if past else 0)
+
+    def _run_step(self, handle: JobHandle, run: JobRun, step: Step, retry_attempt: int) -> None:
+        assert run.input_path is not None and run.source_path is not None
+        done_before = run.steps.index(step)
+        total = len(run.steps)
+        percent_at_start = 100.0 * done_before / total
+        execution_id = handle.start_step(
+            step_id=step.id, step_number=step.number, step_name=step.name,
+            retry_attempt=retry_attempt, progress_percent=percent_at_start,
+            input_data={"source": str(run.source_path), "action": step.action},
+        )
+        stage_dir = staging_dir(self.settings.staging, handle.job_code, handle.attempt, step.number)
+        started = time.monotonic()
+        try:
+            result = self._call_action(handle, run, step, stage_dir, retry_attempt,
+                                       lambda f, stage: handle.progress(
+                                           percent_at_start + 100.0 * f / total, stage or step.name))
+        except (Cancelled, Paused, LeaseLost) as exc:
+            discard(stage_dir)
+            self._close_interrupted(handle, execution_id, exc)
+            raise
+        except StepFailed as failure:
+            discard(stage_dir)
+            self._handle_failure(handle, run, step, execution_id, failure)
+            return
+        output_dir = job_output_dir(self.settings.outputs, handle.job_code)
+        staged = [o.staging_path for o in result.outputs]
+        output_data = self._describe_outputs(result, output_dir, step, time.monotonic() - started)
+        handle.commit_step(execution_id, status="completed", output_data=output_data,
+                           staged_files=staged, output_dir=output_dir)
+        discard(stage_dir)
+        self._remember_outputs(run, step, output_data)
+        handle.log(f"Step {step.number} '{step.name}' completed")
+
+    def _call_action(
+        self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path, retry_attempt: int,
+        on_progress: Any,
+    ) -> ActionResult:
+        """Run the action with no transaction open; classify what it raises."""
+        assert run.input_path is not None and run.source_path is not None
+        step_deadline = time.monotonic() + step.timeout_seconds
+        try:
+            registered = get_action(step.action)
+            params = registered.validate({**step.parameters, **run.step_overrides(step)})
+            ctx = ActionContext(
+                job_code=handle.job_code, step_number=step.number, step_name=step.name,
+                input_path=run.input_path, source_path=run.source_path, params=params,
+                staging_dir=stage_dir, attempt=retry_attempt,
+                deadline=min(step_deadline, run.job_deadline),
+                cancel_event=handle.stop_signal, on_progress=on_progress,
+                on_log=handle.log,
+            )
+            ctx.check()
+            return registered.fn(ctx)
+        except (Cancelled, Paused, LeaseLost):
+            raise
+        except StepTimedOut:
+            if time.monotonic() >= run.job_deadline:
+                minutes = run.context["timeout_minutes"]
+                raise StepFailed("permanent", JobTimedOut(
+                    f"job ran past its workflow timeout of {minutes} minutes").message) from None
+            raise StepFailed("transient",
+                             f"step '{step.name}' ran past its timeout of {step.timeout_seconds} s"
+                             ) from None
+        except PermanentError as exc:
+            raise StepFailed("permanent", exc.message) from None
+        except TransientError as exc:
+            raise StepFailed("transient", exc.message) from None
+        except MemoryError:
+            raise StepFailed("transient", "out of memory") from None
+        except Exception as exc:  # an action's bug or an unforeseen library error
+            # `retry` steps give unclassified errors another chance; others fail at once.
+            error_class = "transient" if step.on_failure == "retry" else "permanent"
+            raise StepFailed(error_class, f"{type(exc).__name__}: {exc}") from None
+
+    def _describe_outputs(
+        self, result: ActionResult, output_dir: Path, step: Step, seconds: float
+    ) -> dict[str, Any]:
+        outputs = []
+        for out in result.outputs:
+            final = output_dir / out.staging_path.name
+            outputs.append({
+                "path": str(final),
+                "role": out.role,
+                "size_bytes": out.staging_path.stat().st_size,
+                "sha256": sha256_of(out.staging_path),
+                "step": step.number,
+                **out.meta,
+            })
+        primary = next((o["path"] for o in outputs if o["role"] == "primary"), None)
+        return {**result.data, "outputs": outputs, "primary": primary,
+                "seconds": round(seconds, 3)}
+
+    @staticmethod
+    def _remember_outputs(run: JobRun, step: Step, output_data: dict[str, Any]) -> None:
+        run.outputs.extend(output_data.get("outputs", []))
+        primary = output_data.get("primary")
+        if primary:
+            run.source_path = Path(primary)
+
+    # -- failures and interruptions -----------------------------------------------------
+
+    def _handle_failure(
+        self, handle: JobHandle, run: JobRun, step: Step, execution_id: int, failure: StepFailed
+    ) -> None:
+        retries_used = int(run.context["retry_count"] or 0)
+        max_retries = int(run.context["max_retries"] or 0)
+        if failure.error_class == "transient" and retries_used < max_retries:
+            delay = retry_delay(retries_used, self.settings.retry_base_seconds,
+                                self.settings.retry_max_seconds)
+            handle.commit_step(
+                execution_id, status="failed", error_message=failure.message,
+                error_class="transient",
+                then=("job_schedule_retry", {
+                    "delay_seconds": delay, "error_message": failure.message,
+                    "log_line": log_line(
+                        f"Step {step.number} '{step.name}' failed: {failure.message}; "
+                        f"retry {retries_used + 1}/{max_retries} in {delay:.1f} s"),
+                }),
+            )
+            raise StepFailed("retry_scheduled", failure.message)
+        final_class = failure.error_class if failure.error_class == "permanent" else "exhausted"
+        if step.on_failure == "continue":
+            handle.commit_step(execution_id, status="failed", error_message=failure.message,
+                               error_class=final_class)
+            handle.log(f"Step {step.number} '{step.name}' failed: {failure.message}; continuing")
+            run.failed_steps.append({"step": step.number, "name": step.name,
+                                     "error": failure.message})
+            return
+        handle.commit_step(execution_id, status="failed", error_message=failure.message,
+                           error_class=final_class)
+        message = f"step {step.number} '{step.name}' failed: {failure.message}"
+        if final_class == "exhausted":
+            message += f" (after {retries_used} retries)"
+        raise StepFailed("transient" if final_class == "exhausted" else "permanent", message)
+
+    def _close_interrupted(self, handle: JobHandle, execution_id: int, exc: BaseException) -> None:
+        if isinstance(exc, LeaseLost):
+            return  # not ours any more: write nothing
+        reason = "cancelled by an operator" if isinstance(exc, Cancelled) else "handed back"
+        transition = self._interruption_transition(exc)
+        try:
+            handle.commit_step(execution_id, status="cancelled", error_message=reason,
+                               error_class="cancelled", then=transition)
+        except LeaseLost:
+            raise Cancelled() from None
+
+    def _stop_between_steps(self, handle: JobHandle, reason: BaseException) -> None:
+        if isinstance(reason, LeaseLost):
+            raise reason
+        name, params = self._interruption_transition(reason)
+        handle.finish(name, **params)
+        raise reason
+
+    @staticmethod
+    def _interruption_transition(exc: BaseException) -> tuple[str, dict[str, Any]]:
+        if isinstance(exc, Cancelled):
+            return "job_cancelled", {"log_line": log_line("--- JOB CANCELLED BY ADMIN ---")}
+        return "job_hand_back", {"log_line": log_line("Job handed back by its worker")}
+
+    # -- job outcomes -------------------------------------------------------------------
+
+    def _complete(self, handle: JobHandle, run: JobRun) -> None:
+        primary = next((o["path"] for o in reversed(run.outputs) if o.get("role") == "primary"),
+                       None)
+        metadata = {"outputs": run.outputs, "failed_steps": run.failed_steps,
+                    "workflow_code": run.context["workflow_code"],
+                    "workflow_version": run.context["workflow_version"]}
+        summary = f"Completed successfully: {len(run.outputs)} output(s)"
+        if run.failed_steps:
+            summary += f", {len(run.failed_steps)} step(s) failed and were skipped"
+        handle.finish("job_complete", output_metadata=Jsonb(metadata),
+                      output_file_path=primary, log_line=log_line(summary))
+
+    def _fail_job(self, handle: JobHandle, error_class: str, message: str) -> None:
+        try:
+            handle.finish("job_fail", error_message=message, error_class=error_class,
+                          output_metadata=None, log_line=log_line(f"FAILED: {message}"))
+        except LeaseLost:
+            pass

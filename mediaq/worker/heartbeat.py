@@ -1,0 +1,87 @@
+"""Leases and operator requests, kept by a thread apart from the media work.
+
+Every second it reads cancel/pause flags of the jobs this worker runs; every third
+of a lease it renews the leases. A job this worker no longer owns is told to stop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import structlog
+from psycopg_pool import ConnectionPool
+
+from mediaq import db
+from mediaq.errors import Cancelled, LeaseLost, Paused
+from mediaq.worker.job_handle import JobHandle
+
+log = structlog.get_logger("mediaq.heartbeat")
+CONTROL_INTERVAL_S = 1.0
+
+
+class Heartbeat(threading.Thread):
+    def __init__(
+        self, pool: ConnectionPool[db.Connection], worker_id: str, lease_seconds: int,
+        running: dict[int, JobHandle], running_lock: threading.Lock, stopping: threading.Event,
+    ) -> None:
+        super().__init__(name="mediaq-heartbeat", daemon=True)
+        self.pool = pool
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+        self.running = running
+        self.running_lock = running_lock
+        self.stopping = stopping
+        self.halt = threading.Event()
+        self.status = "running"
+
+    def run(self) -> None:
+        renew_every = max(0.5, self.lease_seconds / 3)
+        next_renew = 0.0
+        while not self.halt.is_set():
+            try:
+                handles = self._snapshot()
+                if handles:
+                    self._apply_control_flags(handles)
+                if time.monotonic() >= next_renew:
+                    next_renew = time.monotonic() + renew_every
+                    self._renew(handles)
+            except Exception as exc:  # a database outage: keep trying, leases decide
+                log.warning("heartbeat:error", error=str(exc))
+            self.halt.wait(CONTROL_INTERVAL_S)
+
+    def _snapshot(self) -> list[JobHandle]:
+        with self.running_lock:
+            return list(self.running.values())
+
+    @staticmethod
+    def _ids(handles: list[JobHandle]) -> dict[str, list[int]]:
+        return {"job_ids": [h.job_id for h in handles], "attempts": [h.attempt for h in handles]}
+
+    def _apply_control_flags(self, handles: list[JobHandle]) -> None:
+        with db.transaction(self.pool) as conn:
+            rows = db.fetch_all(conn, "jobs_control_flags",
+                                {"worker_id": self.worker_id, **self._ids(handles)})
+        by_id = {h.job_id: h for h in handles}
+        for row in rows:
+            handle = by_id[row["id"]]
+            if not row["owned"]:
+                handle.stop_signal.stop(LeaseLost(f"{handle.job_code} is owned elsewhere now"))
+            elif row["cancel_requested"]:
+                handle.stop_signal.stop(Cancelled())
+            elif row["pause_requested"]:
+                handle.stop_signal.stop(Paused())
+
+    def _renew(self, handles: list[JobHandle]) -> None:
+        with db.transaction(self.pool) as conn:
+            db.execute(conn, "worker_heartbeat", {"worker_id": self.worker_id,
+                                                  "status": self.status})
+            if not handles:
+                return
+            kept = {r["id"] for r in db.fetch_all(conn, "leases_renew", {
+                "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
+                **self._ids(handles),
+            })}
+        for handle in handles:
+            if handle.job_id not in kept:
+                handle.stop_signal.stop(LeaseLost(f"lease of {handle.job_code} was lost"))

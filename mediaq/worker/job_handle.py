@@ -1,0 +1,129 @@
+"""Every write a worker makes about one claimed job, each fenced by (worker, attempt).
+
+A fenced statement that touches no row means another worker owns the job now:
+the handle raises LeaseLost and the executor stops without writing anything else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from mediaq import db
+from mediaq.errors import LeaseLost
+from mediaq.logs import log_line
+from mediaq.outputs import publish
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+class StopSignal(threading.Event):
+    """A cancel event that remembers why (Cancelled, Paused or LeaseLost)."""
+
+    reason: BaseException | None = None
+
+    def stop(self, reason: BaseException) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+
+@dataclass
+class JobHandle:
+    pool: ConnectionPool[db.Connection]
+    worker_id: str
+    job_id: int
+    job_code: str
+    attempt: int
+    category: str
+    stop_signal: StopSignal = field(default_factory=StopSignal)
+    _last_progress: float = 0.0
+
+    @property
+    def fence(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "worker_id": self.worker_id, "attempt": self.attempt}
+
+    def _lost(self) -> LeaseLost:
+        error = LeaseLost(f"{self.job_code}: attempt {self.attempt} is no longer owned by {self.worker_id}")
+        self.stop_signal.stop(error)
+        return error
+
+    def _fenced(self, name: str, **params: Any) -> db.Row:
+        with db.transaction(self.pool) as conn:
+            row = db.fetch_one(conn, name, {**self.fence, **params})
+        if row is None:
+            raise self._lost()
+        return row
+
+    def log(self, message: str) -> None:
+        self._fenced("job_append_log", log_line=log_line(message))
+
+    def start_step(
+        self, *, step_id: int, step_number: int, step_name: str, retry_attempt: int,
+        progress_percent: float, input_data: dict[str, Any],
+    ) -> int:
+        row = self._fenced(
+            "step_start",
+            step_id=step_id, step_number=step_number, step_name=step_name,
+            retry_attempt=retry_attempt, progress_percent=progress_percent,
+            input_data=Jsonb(input_data),
+            log_line=log_line(f"Step {step_number} '{step_name}' started"
+                              + (f" (attempt {retry_attempt + 1})" if retry_attempt else "")),
+        )
+        return int(row["id"])
+
+    def progress(self, percent: float, stage: str | None, *, force: bool = False) -> None:
+        """Write progress at most every half second (and always when ``force``)."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress = now
+        self._fenced("job_progress", progress_percent=round(percent, 2), stage=stage)
+
+    def commit_step(
+        self,
+        execution_id: int,
+        *,
+        status: str,
+        output_data: dict[str, Any] | None = None,
+        error_message: str | None = None,
+        error_class: str | None = None,
+        staged_files: list[Path] | None = None,
+        output_dir: Path | None = None,
+        then: tuple[str, dict[str, Any]] | None = None,
+    ) -> list[Path]:
+        """Close a step and (optionally) move the job on, in one transaction.
+
+        The job row stays locked while staged outputs are renamed into place, so a
+        rescuer cannot hand the job to someone else half-way, and a worker that lost
+        the job publishes nothing.
+        """
+        published: list[Path] = []
+        with db.transaction(self.pool) as conn:
+            if db.fetch_one(conn, "job_lock_fenced", self.fence) is None:
+                raise self._lost()
+            for staged in staged_files or []:
+                assert output_dir is not None
+                published.append(publish(staged, output_dir))
+            db.execute(conn, "step_finish", {
+                "execution_id": execution_id,
+                "status": status,
+                "output_data": Jsonb(output_data) if output_data is not None else None,
+                "error_message": error_message,
+                "error_class": error_class,
+            })
+            if then is not None:
+                name, params = then
+                if db.fetch_one(conn, name, {**self.fence, **params}) is None:
+                    raise self._lost()
+        return published
+
+    def finish(self, name: str, **params: Any) -> db.Row:
+        """A job-level transition outside a step (complete, fail, hand back…)."""
+        return self._fenced(name, **params)

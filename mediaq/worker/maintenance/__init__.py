@@ -1,0 +1,1 @@
+"""Background services every worker runs: rescuing expired leases, tidying slots."""

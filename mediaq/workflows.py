@@ -1,0 +1,159 @@
+"""Workflows are data: YAML files in, versioned rows out.
+
+A YAML workflow has the columns of ``workflow_definitions`` (plus
+``resource_category``, ``vram_required``, ``queue_name``, ``sla_minutes``,
+``notify``) and a ``steps:`` list with the columns of ``workflow_steps``.
+Applying a changed workflow makes a new version; jobs keep the version they
+were submitted with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from psycopg.types.json import Jsonb
+
+from mediaq import db
+from mediaq.errors import MediaqError
+
+SEED_DIR = Path(__file__).resolve().parent / "seed_workflows"
+
+DEFINITION_FIELDS: dict[str, Any] = {
+    "workflow_name": None, "description": None, "workflow_type": None, "input_types": None,
+    "output_types": None, "default_priority": 5, "timeout_minutes": 60, "retry_count": 3,
+    "is_active": True, "created_by": None, "resource_category": "cpu", "vram_required": 0,
+    "queue_name": None, "sla_minutes": None, "notify": {},
+}
+STEP_FIELDS: dict[str, Any] = {
+    "step_number": None, "step_name": None, "step_type": None, "action": None, "parameters": {},
+    "required_inputs": None, "expected_outputs": None, "timeout_seconds": 300,
+    "on_failure": "stop", "sla_seconds": None,
+}
+CATEGORIES = ("cpu", "gpu_encode", "gpu_ai")
+ON_FAILURE = ("stop", "continue", "retry")
+
+
+class WorkflowError(MediaqError):
+    """The workflow definition is invalid."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    workflow_code: str
+    version: int
+    changed: bool
+
+
+def normalise(doc: dict[str, Any], source: str = "workflow") -> dict[str, Any]:
+    """Check a workflow document and fill defaults; WorkflowError names the problem."""
+    if not isinstance(doc, dict):
+        raise WorkflowError(f"{source}: expected a mapping at the top level")
+    code = doc.get("workflow_code")
+    if not isinstance(code, str) or not code.strip() or len(code) > 50:
+        raise WorkflowError(f"{source}: workflow_code is required (at most 50 characters)")
+    known = {"workflow_code", "steps", "steps_json", "version", *DEFINITION_FIELDS}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise WorkflowError(f"{source}: unknown keys: {', '.join(unknown)}")
+    out: dict[str, Any] = {"workflow_code": code.strip()}
+    for key, default in DEFINITION_FIELDS.items():
+        out[key] = doc.get(key, default)
+    if out["resource_category"] not in CATEGORIES:
+        raise WorkflowError(f"{source}: resource_category must be one of {', '.join(CATEGORIES)}")
+    if not isinstance(out["vram_required"], int) or out["vram_required"] < 0:
+        raise WorkflowError(f"{source}: vram_required must be a whole number of MB ≥ 0")
+    if not isinstance(out["default_priority"], int) or not 1 <= out["default_priority"] <= 10:
+        raise WorkflowError(f"{source}: default_priority must be 1..10")
+    steps = doc.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise WorkflowError(f"{source}: steps must be a non-empty list")
+    out["steps"] = [_normalise_step(s, i, source) for i, s in enumerate(steps, start=1)]
+    numbers = [s["step_number"] for s in out["steps"]]
+    if len(set(numbers)) != len(numbers):
+        raise WorkflowError(f"{source}: step numbers must be unique")
+    return out
+
+
+def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:
+    if not isinstance(step, dict):
+        raise WorkflowError(f"{source}: step {index} must be a mapping")
+    unknown = sorted(set(step) - set(STEP_FIELDS))
+    if unknown:
+        raise WorkflowError(f"{source}: step {index}: unknown keys: {', '.join(unknown)}")
+    out = {key: step.get(key, default) for key, default in STEP_FIELDS.items()}
+    out["step_number"] = out["step_number"] or index
+    out["step_name"] = out["step_name"] or f"Step {out['step_number']}"
+    if not out["action"]:
+        raise WorkflowError(f"{source}: step {index}: action is required")
+    if out["on_failure"] not in ON_FAILURE:
+        raise WorkflowError(f"{source}: step {index}: on_failure must be one of "
+                            f"{', '.join(ON_FAILURE)}")
+    if not isinstance(out["parameters"], dict):
+        raise WorkflowError(f"{source}: step {index}: parameters must be a mapping")
+    return out
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise WorkflowError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise WorkflowError(f"{path}: not valid YAML ({exc})") from None
+    return normalise(doc, str(path))
+
+
+def export(conn: db.Connection, workflow_code: str) -> dict[str, Any]:
+    """The current version of a workflow as a YAML-ready document."""
+    current = db.fetch_one(conn, "workflow_current", {"workflow_code": workflow_code})
+    if current is None:
+        raise WorkflowError(f"workflow {workflow_code} does not exist")
+    doc: dict[str, Any] = {"workflow_code": current["workflow_code"]}
+    doc.update({k: current[k] for k in DEFINITION_FIELDS})
+    steps = db.fetch_all(conn, "workflow_steps_full", {"workflow_id": current["id"]})
+    doc["steps"] = [{k: s[k] for k in STEP_FIELDS} for s in steps]
+    doc["version"] = current["version"]
+    return doc
+
+
+def _comparable(doc: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in doc.items() if k != "version"}, sort_keys=True,
+                      default=str)
+
+
+def apply(conn: db.Connection, doc: dict[str, Any]) -> ApplyResult:
+    """Create or update a workflow (a new version only when something changed)."""
+    code = doc["workflow_code"]
+    current = db.fetch_one(conn, "workflow_current", {"workflow_code": code})
+    if current is not None:
+        if _comparable(export(conn, code)) == _comparable(doc):
+            return ApplyResult(code, int(current["version"]), changed=False)
+        db.execute(conn, "workflow_retire_current", {"workflow_code": code})
+    version = int(current["version"]) + 1 if current else 1
+    steps_json = json.dumps(doc["steps"])
+    row = db.fetch_one(conn, "workflow_insert", {
+        **{k: doc[k] for k in DEFINITION_FIELDS if k != "notify"},
+        "workflow_code": code, "version": version, "steps_json": steps_json,
+        "notify": Jsonb(doc["notify"] or {}),
+    })
+    assert row is not None
+    for step in doc["steps"]:
+        db.execute(conn, "workflow_step_insert", {
+            **step, "workflow_id": row["id"], "parameters": Jsonb(step["parameters"] or {}),
+        })
+    return ApplyResult(code, version, changed=True)
+
+
+def seed(conn: db.Connection) -> list[ApplyResult]:
+    """Install (or update) the five workflows of seed 000."""
+    return [apply(conn, load_file(path)) for path in sorted(SEED_DIR.glob("*.yaml"))]
+
+
+def set_active(conn: db.Connection, workflow_code: str, active: bool) -> None:
+    if db.fetch_one(conn, "workflow_set_active",
+                    {"workflow_code": workflow_code, "active": active}) is None:
+        raise WorkflowError(f"workflow {workflow_code} does not exist")
