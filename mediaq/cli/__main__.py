@@ -1,0 +1,3 @@
+from mediaq.cli import main
+
+main()

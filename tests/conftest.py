@@ -1,0 +1,94 @@
+"""Test fixtures: a real PostgreSQL (embedded, or MEDIAQ_TEST_DATABASE_URL), one migrated
+template database per session, and a fresh database per test cloned from it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from mediaq import migrate
+from mediaq.config import Settings, load_settings
+from tests.helpers import MediaqEnv
+
+TEMPLATE = f"mediaq_template_{os.getpid()}"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """An admin URL of a real PostgreSQL server for the whole session."""
+    external = os.environ.get("MEDIAQ_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    from mediaq import embedded
+
+    home = Path(tempfile.mkdtemp(prefix="mediaq-test-pg-"))
+    os.chmod(home, 0o755)
+    url = embedded.ensure_running(home)
+    try:
+        yield _with_database(url, "postgres")
+    finally:
+        embedded.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_url(server_url: str) -> Iterator[str]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
+        conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
+    url = _with_database(server_url, TEMPLATE)
+    migrate.upgrade(url)
+    yield url
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(server_url: str, template_url: str) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"mediaq_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
+    yield _with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    """A fresh database with no mediaq schema."""
+    name = f"mediaq_empty_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _with_database(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def mq(tmp_path: Path, database_url: str) -> Iterator[MediaqEnv]:
+    """A mediaq installation: database, home, input root, and helpers to drive it."""
+    env = MediaqEnv.create(tmp_path, database_url)
+    try:
+        yield env
+    finally:
+        env.stop_workers()
+
+
+@pytest.fixture
+def settings(mq: MediaqEnv) -> Settings:
+    return load_settings(mq.env)

@@ -1,0 +1,155 @@
+"""Driving mediaq as a user does: the CLI, worker processes, SQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from psycopg.rows import dict_row
+
+from mediaq import workflows
+
+MEDIAQ = [sys.executable, "-m", "mediaq.cli"]
+
+
+@dataclass
+class MediaqEnv:
+    root: Path
+    url: str
+    env: dict[str, str]
+    inputs: Path
+    outputs: Path
+    workers: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, root: Path, url: str, **settings: str) -> MediaqEnv:
+        home, inputs, outputs = root / "home", root / "inputs", root / "outputs"
+        for folder in (home, inputs, outputs):
+            folder.mkdir(parents=True, exist_ok=True)
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")},
+            "MEDIAQ_HOME": str(home),
+            "MEDIAQ_DATABASE_URL": url,
+            "MEDIAQ_INPUT_ROOTS": str(inputs),
+            "MEDIAQ_OUTPUT_ROOT": str(outputs),
+            "MEDIAQ_LEASE_SECONDS": "3",
+            "MEDIAQ_POLL_SECONDS": "0.5",
+            "MEDIAQ_RETRY_BASE_SECONDS": "0.2",
+            "MEDIAQ_RETRY_MAX_SECONDS": "1",
+            "MEDIAQ_SHUTDOWN_GRACE_SECONDS": "5",
+            "MEDIAQ_LOG_FORMAT": "json",
+            **{f"MEDIAQ_{k.upper()}": v for k, v in settings.items()},
+        }
+        return cls(root=root, url=url, env=env, inputs=inputs, outputs=outputs)
+
+    # -- CLI ---------------------------------------------------------------------------
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*MEDIAQ, *args], env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"mediaq {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def submit(self, workflow: str, path: Path | str, *args: str) -> str:
+        """Submit through the CLI; the job code is the last word of the output."""
+        return self.cli("submit", workflow, str(path), *args).stdout.split()[-1]
+
+    # -- workers -----------------------------------------------------------------------
+
+    def start_worker(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
+        env = {**self.env, **{f"MEDIAQ_{k.upper()}": v for k, v in extra_env.items()}}
+        proc = subprocess.Popen([*MEDIAQ, "worker", *args], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return proc
+
+    def run_burst(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.cli("worker", "--burst", *args, timeout=timeout)
+
+    def stop_workers(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                    proc.terminate()
+                    proc.wait(15)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    proc.kill()
+            if proc.stdout:
+                proc.stdout.close()
+        self.workers.clear()
+
+    # -- SQL ---------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                             options="-c search_path=mediaq,public") as conn:
+            yield conn
+
+    def query(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        with self.connect() as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def one(self, sql: str, params: Any = None) -> dict[str, Any]:
+        rows = self.query(sql, params)
+        assert len(rows) == 1, rows
+        return rows[0]
+
+    def job(self, code: str) -> dict[str, Any]:
+        return self.one("SELECT * FROM workflow_jobs WHERE job_code = %s", (code,))
+
+    def apply_workflow(self, doc: dict[str, Any]) -> None:
+        with psycopg.connect(self.url, row_factory=dict_row,
+                             options="-c search_path=mediaq,public") as conn:
+            workflows.apply(conn, workflows.normalise(doc))
+            conn.commit()
+
+    def seed(self) -> None:
+        self.cli("workflows", "seed")
+
+    def write_yaml(self, name: str, doc: dict[str, Any]) -> Path:
+        path = self.root / name
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        return path
+
+    def input_file(self, name: str, data: bytes = b"x") -> Path:
+        path = self.inputs / name
+        path.write_bytes(data)
+        return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; its value, or AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def diagnostic_workflow(code: str, *steps: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A workflow of diagnostic steps (noop, sleep, fail) for engine tests."""
+    numbered = [
+        {"step_number": i, "step_name": s.get("step_name", f"{s['action']} {i}"), **s}
+        for i, s in enumerate(steps, start=1)
+    ]
+    return {"workflow_code": code, "workflow_name": code, "workflow_type": "test",
+            "retry_count": 3, "steps": numbered, **fields}
