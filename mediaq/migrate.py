@@ -2,29 +2,46 @@
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
 from mediaq.errors import SchemaOutdated
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_REVISION = re.compile(r'^revision\s*=\s*"([^"]+)"', re.MULTILINE)
+_DOWN_REVISION = re.compile(r'^down_revision\s*=\s*"([^"]+)"', re.MULTILINE)
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config  # imported on demand: it is slow, and rarely needed
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["mediaq_url"] = url
     return cfg
 
 
+@cache
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config("")).get_current_head()
-    assert head is not None
-    return head
+    """The newest revision, read from the migration files (without importing Alembic,
+    which every CLI command would otherwise pay for)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if match := _REVISION.search(text):
+            revisions.add(match.group(1))
+        parents.update(_DOWN_REVISION.findall(text))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"migrations must have exactly one head, found {sorted(heads)}")
+    return heads.pop()
 
 
 def current_revision(url: str) -> str | None:
@@ -38,6 +55,8 @@ def current_revision(url: str) -> str | None:
 
 def upgrade(url: str) -> tuple[str | None, str]:
     """Bring the schema to the newest revision (idempotent); (before, after)."""
+    from alembic import command
+
     before = current_revision(url)
     command.upgrade(alembic_config(url), "head")
     return before, head_revision()

@@ -9,21 +9,15 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
 from mediaq import migrate
 from mediaq.config import Settings, load_settings
-from tests.helpers import MediaqEnv
+from tests.helpers import MediaqEnv, with_database
 
 TEMPLATE = f"mediaq_template_{os.getpid()}"
-
-
-def _with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +33,7 @@ def server_url() -> Iterator[str]:
     os.chmod(home, 0o755)
     url = embedded.ensure_running(home)
     try:
-        yield _with_database(url, "postgres")
+        yield with_database(url, "postgres")
     finally:
         embedded.stop(home)
         shutil.rmtree(home, ignore_errors=True)
@@ -50,7 +44,7 @@ def template_url(server_url: str) -> Iterator[str]:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}"')
         conn.execute(f'CREATE DATABASE "{TEMPLATE}"')
-    url = _with_database(server_url, TEMPLATE)
+    url = with_database(server_url, TEMPLATE)
     migrate.upgrade(url)
     yield url
     with psycopg.connect(server_url, autocommit=True) as conn:
@@ -63,7 +57,7 @@ def database_url(server_url: str, template_url: str) -> Iterator[str]:
     name = f"mediaq_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"')
-    yield _with_database(server_url, name)
+    yield with_database(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -74,7 +68,7 @@ def empty_database_url(server_url: str) -> Iterator[str]:
     name = f"mediaq_empty_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield _with_database(server_url, name)
+    yield with_database(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

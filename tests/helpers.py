@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import yaml
@@ -20,6 +21,11 @@ from psycopg.rows import dict_row
 from mediaq import workflows
 
 MEDIAQ = [sys.executable, "-m", "mediaq.cli"]
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL, pointing at database ``name``."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 @dataclass
@@ -69,11 +75,18 @@ class MediaqEnv:
     # -- workers -----------------------------------------------------------------------
 
     def start_worker(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
+        """A worker process; its log goes to a file (see ``worker_log``), never a pipe
+        nobody reads, which would block the worker once the pipe is full."""
         env = {**self.env, **{f"MEDIAQ_{k.upper()}": v for k, v in extra_env.items()}}
-        proc = subprocess.Popen([*MEDIAQ, "worker", *args], env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        log_path = self.root / f"worker-{len(self.workers)}.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen([*MEDIAQ, "worker", *args], env=env, text=True,
+                                    stdout=log_file, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc
+
+    def worker_log(self, proc: subprocess.Popen[str]) -> str:
+        return (self.root / f"worker-{self.workers.index(proc)}.log").read_text()
 
     def run_burst(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.cli("worker", "--burst", *args, timeout=timeout)
@@ -87,8 +100,6 @@ class MediaqEnv:
                     proc.wait(15)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     proc.kill()
-            if proc.stdout:
-                proc.stdout.close()
         self.workers.clear()
 
     # -- SQL ---------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+# mediaq — run `make help` for the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+MQ     := $(BIN)/mediaq
+STAMP  := $(VENV)/.installed
+DEMO_HOME ?= $(CURDIR)/.demo
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint test test-fast bench demo clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create the virtual environment and install mediaq with its dev tools
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check mediaq tests migrations
+	$(BIN)/mypy
+
+test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real processes)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
+
+bench: $(STAMP) ## Throughput and latency figures (no-op jobs/s with 1 and 3 workers, enqueue-to-start, rescue)
+	$(BIN)/python -m benchmarks.core
+
+demo: $(STAMP) ## Embedded PostgreSQL, the five workflows, real sample media, a worker, the dashboard
+	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db upgrade
+	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) workflows seed
+	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) demo
+	@echo "The embedded database keeps running: try 'MEDIAQ_HOME=$(DEMO_HOME) $(MQ) show JOB'."
+	@echo "Stop it with 'MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db stop'."
+
+clean: ## Stop the demo database and remove the virtual environment and demo data
+	-MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db stop
+	rm -rf $(VENV) $(DEMO_HOME)
