@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from mediaq.submit import submit  # noqa: E402
+from mediaq.submit import submit
 
 __all__ = ["__version__", "submit"]

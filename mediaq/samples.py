@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 from PIL import ExifTags, Image, ImageDraw, ImageFont
 
-Writer = Callable[[Path], None]
+Writer = Callable[[Path], object]
 
 AUDIO_RATE = 44_100
 TONE_HZ = 440
@@ -137,8 +137,9 @@ def _document_page(number: int) -> Image.Image:
     draw = ImageDraw.Draw(page)
     draw.text((60, 60), f"mediaq sample document - page {number}", fill="black", font=_font(24))
     for line in range(12):
-        draw.text((60, 140 + 40 * line), f"Line {line + 1} of sample text.", fill="black",
-                  font=_font(16))
+        draw.text(
+            (60, 140 + 40 * line), f"Line {line + 1} of sample text.", fill="black", font=_font(16)
+        )
     return page
 
 
@@ -190,10 +191,10 @@ def _write_clip(path: Path) -> None:
         video.pix_fmt = "yuv420p"
         video.options = {"preset": "ultrafast"}
         audio = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
-        for frame in _video_frames():
-            container.mux(video.encode(frame))
-        for frame in _audio_frames():
-            container.mux(audio.encode(frame))
+        for picture in _video_frames():
+            container.mux(video.encode(picture))
+        for sound in _audio_frames():
+            container.mux(audio.encode(sound))
         container.mux(video.encode(None))
         container.mux(audio.encode(None))
 
@@ -206,7 +207,7 @@ def _video_frames() -> list[av.VideoFrame]:
         picture = background.copy()
         x = index * (VIDEO_SIZE[0] - 40) // (count - 1)
         ImageDraw.Draw(picture).rectangle((x, 100, x + 40, 140), fill="red")
-        frame = av.VideoFrame.from_image(picture)
+        frame = av.VideoFrame.from_image(picture)  # type: ignore[no-untyped-call]
         frame.pts = index
         frame.time_base = Fraction(1, VIDEO_FPS)
         frames.append(frame)

@@ -56,22 +56,6 @@ SELECT vram_budget_mb, vram_reserved_mb FROM worker_hosts WHERE host = %(host)s 
 UPDATE worker_hosts SET vram_reserved_mb = vram_reserved_mb + %(vram_mb)s, updated_at = now()
  WHERE host = %(host)s;
 
--- name: slot_acquire
--- A free numbered slot of this category on this machine, at most the worker's limit.
--- SKIP LOCKED: workers of one machine race for slots without waiting on each other.
-SELECT slot FROM worker_slots
- WHERE host = %(host)s AND category = %(category)s AND slot <= %(limit)s AND job_id IS NULL
- ORDER BY slot
- LIMIT 1
- FOR UPDATE SKIP LOCKED;
-
--- name: slot_assign
--- Give a locked free slot to the job just claimed.
-UPDATE worker_slots
-   SET job_id = %(job_id)s, job_attempt = %(attempt)s, vram_mb = %(vram_mb)s,
-       worker_id = %(worker_id)s, taken_at = now()
- WHERE host = %(host)s AND category = %(category)s AND slot = %(slot)s;
-
 -- name: slots_release_orphans
 -- Free slots whose job is no longer running under that attempt (a belt to the trigger's braces).
 UPDATE worker_slots s
@@ -87,14 +71,25 @@ UPDATE worker_slots s
 -- ===========================================================================
 
 -- name: job_claim_next
--- Claim the most urgent runnable job of one category that fits the free VRAM.
--- The CTE is an optimisation fence: the planner cannot lock or update more rows
--- than the LIMIT, and SKIP LOCKED lets concurrent claimers pass each other.
+-- Claim the most urgent runnable job of one category that fits the free VRAM, together
+-- with a free numbered slot of this machine, in one statement.
+-- The CTEs are optimisation fences: the planner cannot lock or update more rows than
+-- the LIMITs, and SKIP LOCKED lets concurrent claimers (other processes of this
+-- machine racing for slots, other machines racing for jobs) pass each other.
 -- Priority: larger is more urgent; FIFO (id) within a priority.
-WITH candidate AS (
+WITH slot AS (
+    SELECT host, category, slot
+      FROM worker_slots
+     WHERE host = %(host)s AND category = %(category)s AND slot <= %(limit)s
+       AND job_id IS NULL
+     ORDER BY slot
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+), candidate AS (
     SELECT j.id
       FROM workflow_jobs j
-     WHERE j.status IN ('pending', 'queued')
+     WHERE EXISTS (SELECT 1 FROM slot)
+       AND j.status IN ('pending', 'queued')
        AND j.resource_category = %(category)s
        AND (j.retry_after IS NULL OR j.retry_after <= now())
        AND j.vram_required <= %(vram_free_mb)s
@@ -103,21 +98,32 @@ WITH candidate AS (
      ORDER BY j.priority DESC, j.id
      LIMIT 1
        FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE workflow_jobs j
+       SET status = 'processing',
+           attempt = j.attempt + 1,
+           worker_id = %(worker_id)s,
+           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+           started_at = coalesce(j.started_at, now()),
+           waiting_reason = NULL,
+           progress_stage = 'starting',
+           updated_at = now(),
+           log = j.log || %(log_line)s
+      FROM candidate
+     WHERE j.id = candidate.id
+    RETURNING j.id, j.job_code, j.attempt, j.workflow_id, j.vram_required, j.resource_category
+), assigned AS (
+    UPDATE worker_slots s
+       SET job_id = claimed.id, job_attempt = claimed.attempt, worker_id = %(worker_id)s,
+           vram_mb = CASE WHEN %(category)s = 'cpu' THEN 0 ELSE claimed.vram_required END,
+           taken_at = now()
+      FROM slot, claimed
+     WHERE s.host = slot.host AND s.category = slot.category AND s.slot = slot.slot
+    RETURNING s.slot, s.vram_mb
 )
-UPDATE workflow_jobs j
-   SET status = 'processing',
-       attempt = j.attempt + 1,
-       worker_id = %(worker_id)s,
-       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-       started_at = coalesce(j.started_at, now()),
-       waiting_reason = NULL,
-       progress_stage = 'starting',
-       updated_at = now(),
-       log = j.log || %(log_line)s
-  FROM candidate
- WHERE j.id = candidate.id
-RETURNING j.id, j.job_code, j.attempt, j.workflow_id, j.input_file_path, j.params,
-          j.vram_required, j.resource_category, j.started_at, j.retry_count, j.max_retries;
+SELECT claimed.*, assigned.slot, assigned.vram_mb,
+       (SELECT count(*) FROM slot) AS slot_free
+  FROM claimed, assigned;
 
 -- name: jobs_mark_waiting
 -- Tell operators why runnable jobs of a category are not starting on this machine.
@@ -238,12 +244,14 @@ SELECT step_id,
   FROM step_executions WHERE job_id = %(job_id)s
  GROUP BY step_id;
 
--- name: job_lock_fenced
--- Lock the job row if this worker still owns it; nothing else may change it until commit.
-SELECT id FROM workflow_jobs
+-- name: job_step_committed
+-- Lock the job row if this worker still owns it (nothing else may change it until
+-- commit) and log the step's outcome and the job's progress.
+UPDATE workflow_jobs
+   SET log = log || %(log_line)s, progress_percent = %(progress_percent)s, updated_at = now()
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
-   FOR UPDATE;
+RETURNING id;
 
 -- name: step_start
 -- Open a step execution and point the job at the step, if this worker still owns the job.

@@ -60,7 +60,9 @@ class MediaqEnv:
 
     # -- CLI ---------------------------------------------------------------------------
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([*MEDIAQ, *args], env=self.env, capture_output=True, text=True,
                                 timeout=timeout)
         if check and result.returncode != 0:

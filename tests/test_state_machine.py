@@ -14,12 +14,13 @@ A Python model predicts every outcome; invariants read the database after each s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, event
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -51,7 +52,8 @@ TERMINAL = ("completed", "failed", "cancelled")
 WAITING = ("pending", "queued")
 
 RUN_SETTINGS = hypothesis_settings(
-    max_examples=50,
+    # MEDIAQ_STATE_MACHINE_EXAMPLES=2000 for a long hunt
+    max_examples=int(os.environ.get("MEDIAQ_STATE_MACHINE_EXAMPLES", "50")),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -247,7 +249,9 @@ class JobLifecycle(RuleBasedStateMachine):
             assert not owner, f"{action} by the owner {held} raised LeaseLost"
             after = self._snapshot(h.job_id)
             assert after == before, f"{action} through stale {held} changed the database"
+            event(f"stale handle refused: {action}")
             return
+        event(f"owner wrote: {action}")
         assert owner, (f"{action} through stale {held} was accepted "
                        f"(job {job.id} is {job.status}, attempt {job.attempt}, {job.worker})")
 
@@ -318,6 +322,7 @@ class JobLifecycle(RuleBasedStateMachine):
             job.stop_running("failed" if job.rescue_count >= MAX_RESCUES else "pending")
             job.rescue_count += 1
             expected[job_id] = job.status
+            event(f"rescued to {job.status}")
         assert {r["id"]: r["status"] for r in rescued} == expected
 
     @rule()
@@ -343,7 +348,9 @@ class JobLifecycle(RuleBasedStateMachine):
         except InvalidTransition:
             assert not allowed, f"operator {verb} refused on a {status} job {job_id}"
             assert self._snapshot(job_id) == before, f"a refused {verb} changed the database"
+            event(f"operator {verb} refused ({status})")
             return
+        event(f"operator {verb} accepted ({status})")
         assert allowed, f"operator {verb} accepted on a {status} job {job_id}"
         if verb == "cancel":
             if status == "processing":

@@ -7,6 +7,7 @@ register with :func:`action`; the engine looks actions up with :func:`get_action
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import threading
 from collections.abc import Callable
@@ -100,7 +101,7 @@ def _load_plugins() -> None:
         if _loaded:
             return
         for module in BUILTIN_MODULES:
-            _load(module, lambda m=module: importlib.import_module(m))
+            _load(module, functools.partial(importlib.import_module, module))
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.value not in BUILTIN_MODULES:
                 _load(ep.value, ep.load)

@@ -142,13 +142,14 @@ def load_upright(
 
 
 @contextmanager
-def _open_checked(
-    path: Path, formats: tuple[str, ...], max_pixels: int
-) -> Iterator[Image.Image]:
+def _open_checked(path: Path, formats: tuple[str, ...], max_pixels: int) -> Iterator[Image.Image]:
     """Open ``path`` (header only) after refusing missing, empty and oversized files."""
     _check_input_file(path)
     with _reading(path, max_pixels):
-        im = Image.open(path, formats=list(formats))
+        try:
+            im = Image.open(path, formats=list(formats))
+        except UnidentifiedImageError:
+            raise PermanentError(f"{path.name}: {_unidentified_reason(path, formats)}") from None
     try:
         _check_pixels(path, im.size, max_pixels)
         yield im
@@ -181,8 +182,6 @@ def _reading(path: Path, max_pixels: int) -> Iterator[None]:
         yield
     except Image.DecompressionBombError as exc:
         raise _bomb_refused(name, exc, max_pixels) from None
-    except UnidentifiedImageError:
-        raise PermanentError(f"{name}: {_unidentified_reason(path)}") from None
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         raise InputRefused(f"{name}: cannot be read ({exc.strerror})") from None
     except OSError as exc:
@@ -205,12 +204,13 @@ def _bomb_refused(name: str, exc: Exception, max_pixels: int) -> PermanentError:
     return PermanentError(f"{name}: {pixels} pixels exceeds the limit of {limit}")
 
 
-def _unidentified_reason(path: Path) -> str:
+def _unidentified_reason(path: Path, formats: tuple[str, ...]) -> str:
     with path.open("rb") as fp:
-        head = fp.read(16)
-    claimed = _claimed_format(head)
+        claimed = _claimed_format(fp.read(16))
     if claimed is None:
         return "not a supported image (format not recognised)"
+    if claimed not in formats:
+        return f"{claimed} images are not allowed here (allowed: {', '.join(formats)})"
     return f"corrupt image (looks like {claimed} but the header cannot be read)"
 
 
@@ -331,10 +331,11 @@ def encoding_for(
     progressive: bool = False,
     lossless: bool = False,
 ) -> Encoding:
-    """Save options for ``fmt``; ``optimize`` trades encoding time for size."""
+    """Save options for ``fmt``; ``optimize`` trades encoding time for size
+    (JPEG Huffman tables are always optimised: it costs next to nothing)."""
     options: dict[str, Any]
     if fmt == "JPEG":
-        options = {"quality": quality, "optimize": optimize, "progressive": progressive}
+        options = {"quality": quality, "optimize": True, "progressive": progressive}
     elif fmt == "WEBP":
         options = {"quality": quality, "lossless": lossless, "method": 6 if optimize else 4}
     else:
@@ -466,7 +467,7 @@ def resize_image(ctx: ActionContext) -> ActionResult:
         box=max_dimension,
         upscale=bool(ctx.params["upscale"]),
         requested_format=ctx.params.get("format"),
-        encoding_options={"quality": int(ctx.params["quality"]), "optimize": True},
+        encoding_options={"quality": int(ctx.params["quality"])},
         suffix=f"_{max_dimension}",
     )
     return ActionResult(

@@ -212,7 +212,8 @@ def stats(env: Env, as_json_output: bool) -> None:
 
 COMMANDS = [
     submit_command, jobs, show, watch, queue_group, queues, stats,
-    _operator_command("retry", operations.retry, "Send a failed or cancelled job back to the queue."),
+    _operator_command("retry", operations.retry,
+                      "Send a failed or cancelled job back to the queue."),
     _operator_command("cancel", operations.cancel, "Cancel a job (a running one within seconds)."),
     _operator_command("pause", operations.pause, "Hold a job back (a running one is handed back)."),
     _operator_command("resume", operations.resume, "Let a paused job run again."),

@@ -8,7 +8,6 @@ ever waits on the host row, which a claimer holds without waiting on anything).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -52,7 +51,8 @@ class Claimer:
         """Record the worker, its machine and the machine's numbered slots."""
         cap = self.capacity
         with db.transaction(self.pool) as conn:
-            db.execute(conn, "host_ensure", {"host": self.host, "vram_budget_mb": cap.vram_budget_mb})
+            db.execute(conn, "host_ensure",
+                       {"host": self.host, "vram_budget_mb": cap.vram_budget_mb})
             for category in cap.categories:
                 db.execute(conn, "slots_ensure", {
                     "host": self.host, "category": category,
@@ -69,34 +69,23 @@ class Claimer:
         """Claim the next job of ``category`` this machine has room for, or None."""
         with db.transaction(self.pool) as conn:
             vram_free = self._vram_free(conn, category)
-            slot = db.fetch_one(conn, "slot_acquire", {
+            row = db.fetch_one(conn, "job_claim_next", {
                 "host": self.host, "category": category,
                 "limit": self.capacity.limits.get(category, 0),
+                "vram_free_mb": vram_free, "queues": self.queues,
+                "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
+                "log_line": log_line(f"Claimed by {self.worker_id} on {self.host}"),
             })
-            if slot is None:
-                return None  # every slot of this category on this machine is busy
-            row = db.fetch_one(conn, "job_claim_next", self._claim_params(category, vram_free))
             if row is None:
                 if category in GPU_CATEGORIES:
                     self._explain_waiting(conn, category, vram_free)
                 return None
-            vram = int(row["vram_required"] or 0) if category in GPU_CATEGORIES else 0
-            db.execute(conn, "slot_assign", {
-                "host": self.host, "category": category, "slot": slot["slot"],
-                "job_id": row["id"], "attempt": row["attempt"], "vram_mb": vram,
-                "worker_id": self.worker_id,
-            })
-            if vram:
-                db.execute(conn, "host_reserve_vram", {"host": self.host, "vram_mb": vram})
+            if row["vram_mb"]:
+                db.execute(conn, "host_reserve_vram", {"host": self.host,
+                                                       "vram_mb": row["vram_mb"]})
         return ClaimedJob(id=row["id"], job_code=row["job_code"], attempt=row["attempt"],
-                          workflow_id=row["workflow_id"], category=category, vram_required=vram)
-
-    def _claim_params(self, category: str, vram_free: int) -> dict[str, Any]:
-        return {
-            "category": category, "vram_free_mb": vram_free, "queues": self.queues,
-            "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
-            "log_line": log_line(f"Claimed by {self.worker_id} on {self.host}"),
-        }
+                          workflow_id=row["workflow_id"], category=category,
+                          vram_required=int(row["vram_mb"]))
 
     def _vram_free(self, conn: db.Connection, category: str) -> int:
         if category not in GPU_CATEGORIES:

@@ -7,6 +7,7 @@ lets running jobs finish within the grace time, hands back the rest, and exits.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -22,7 +23,7 @@ import structlog
 from mediaq import __version__, db
 from mediaq.config import Settings
 from mediaq.errors import Paused
-from mediaq.worker.claimer import Claimer, ClaimedJob
+from mediaq.worker.claimer import ClaimedJob, Claimer
 from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
 from mediaq.worker.job_handle import JobHandle
@@ -147,7 +148,7 @@ class Worker:
         self.log.info("job:claimed", job_id=job.id, job_code=job.job_code, attempt=job.attempt,
                       category=job.category)
         future = self.jobs_pool.submit(self.executor.run, handle, job.workflow_id)
-        future.add_done_callback(lambda f, h=handle: self._finished(h, f))
+        future.add_done_callback(functools.partial(self._finished, handle))
 
     def _finished(self, handle: JobHandle, future: Future[str]) -> None:
         with self.running_lock:

@@ -7,6 +7,7 @@ start (fenced) → run the action (no transaction open) → commit outputs (fenc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,10 @@ class JobRun:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_steps: list[dict[str, Any]] = field(default_factory=list)
     job_deadline: float = 0.0
+
+    def percent(self, step: Step, *, done: bool) -> float:
+        """The job's progress at the start (or the end) of ``step``."""
+        return 100.0 * (self.steps.index(step) + (1 if done else 0)) / len(self.steps)
 
     def step_overrides(self, step: Step) -> dict[str, Any]:
         """Per-job parameters for a step, keyed by step number, name or action."""
@@ -165,9 +170,8 @@ class Executor:
 
     def _run_step(self, handle: JobHandle, run: JobRun, step: Step, retry_attempt: int) -> None:
         assert run.input_path is not None and run.source_path is not None
-        done_before = run.steps.index(step)
-        total = len(run.steps)
-        percent_at_start = 100.0 * done_before / total
+        percent_at_start = run.percent(step, done=False)
+        step_share = run.percent(step, done=True) - percent_at_start
         execution_id = handle.start_step(
             step_id=step.id, step_number=step.number, step_name=step.name,
             retry_attempt=retry_attempt, progress_percent=percent_at_start,
@@ -178,10 +182,10 @@ class Executor:
         try:
             result = self._call_action(handle, run, step, stage_dir, retry_attempt,
                                        lambda f, stage: handle.progress(
-                                           percent_at_start + 100.0 * f / total, stage or step.name))
+                                           percent_at_start + step_share * f, stage or step.name))
         except (Cancelled, Paused, LeaseLost) as exc:
             discard(stage_dir)
-            self._close_interrupted(handle, execution_id, exc)
+            self._close_interrupted(handle, run, step, execution_id, exc)
             raise
         except StepFailed as failure:
             discard(stage_dir)
@@ -191,10 +195,11 @@ class Executor:
         staged = [o.staging_path for o in result.outputs]
         output_data = self._describe_outputs(result, output_dir, step, time.monotonic() - started)
         handle.commit_step(execution_id, status="completed", output_data=output_data,
-                           staged_files=staged, output_dir=output_dir)
+                           staged_files=staged, output_dir=output_dir,
+                           log_message=f"Step {step.number} '{step.name}' completed",
+                           progress_percent=run.percent(step, done=True))
         discard(stage_dir)
         self._remember_outputs(run, step, output_data)
-        handle.log(f"Step {step.number} '{step.name}' completed")
 
     def _call_action(
         self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path, retry_attempt: int,
@@ -275,37 +280,44 @@ class Executor:
             handle.commit_step(
                 execution_id, status="failed", error_message=failure.message,
                 error_class="transient",
+                log_message=f"Step {step.number} '{step.name}' failed: {failure.message}; "
+                            f"retry {retries_used + 1}/{max_retries} in {delay:.1f} s",
+                progress_percent=run.percent(step, done=False),
                 then=("job_schedule_retry", {
-                    "delay_seconds": delay, "error_message": failure.message,
-                    "log_line": log_line(
-                        f"Step {step.number} '{step.name}' failed: {failure.message}; "
-                        f"retry {retries_used + 1}/{max_retries} in {delay:.1f} s"),
+                    "delay_seconds": delay, "error_message": failure.message, "log_line": "",
                 }),
             )
             raise StepFailed("retry_scheduled", failure.message)
         final_class = failure.error_class if failure.error_class == "permanent" else "exhausted"
         if step.on_failure == "continue":
             handle.commit_step(execution_id, status="failed", error_message=failure.message,
-                               error_class=final_class)
-            handle.log(f"Step {step.number} '{step.name}' failed: {failure.message}; continuing")
+                               error_class=final_class,
+                               log_message=f"Step {step.number} '{step.name}' failed: "
+                                           f"{failure.message}; continuing",
+                               progress_percent=run.percent(step, done=True))
             run.failed_steps.append({"step": step.number, "name": step.name,
                                      "error": failure.message})
             return
-        handle.commit_step(execution_id, status="failed", error_message=failure.message,
-                           error_class=final_class)
         message = f"step {step.number} '{step.name}' failed: {failure.message}"
+        handle.commit_step(execution_id, status="failed", error_message=failure.message,
+                           error_class=final_class, log_message=message,
+                           progress_percent=run.percent(step, done=False))
         if final_class == "exhausted":
             message += f" (after {retries_used} retries)"
         raise StepFailed("transient" if final_class == "exhausted" else "permanent", message)
 
-    def _close_interrupted(self, handle: JobHandle, execution_id: int, exc: BaseException) -> None:
+    def _close_interrupted(
+        self, handle: JobHandle, run: JobRun, step: Step, execution_id: int, exc: BaseException
+    ) -> None:
         if isinstance(exc, LeaseLost):
             return  # not ours any more: write nothing
         reason = "cancelled by an operator" if isinstance(exc, Cancelled) else "handed back"
         transition = self._interruption_transition(exc)
         try:
             handle.commit_step(execution_id, status="cancelled", error_message=reason,
-                               error_class="cancelled", then=transition)
+                               error_class="cancelled",
+                               log_message=f"Step {step.number} '{step.name}' {reason}",
+                               progress_percent=run.percent(step, done=False), then=transition)
         except LeaseLost:
             raise Cancelled() from None
 
@@ -337,8 +349,6 @@ class Executor:
                       output_file_path=primary, log_line=log_line(summary))
 
     def _fail_job(self, handle: JobHandle, error_class: str, message: str) -> None:
-        try:
+        with contextlib.suppress(LeaseLost):  # another worker owns the job now
             handle.finish("job_fail", error_message=message, error_class=error_class,
                           output_metadata=None, log_line=log_line(f"FAILED: {message}"))
-        except LeaseLost:
-            pass

@@ -50,7 +50,8 @@ class JobHandle:
         return {"job_id": self.job_id, "worker_id": self.worker_id, "attempt": self.attempt}
 
     def _lost(self) -> LeaseLost:
-        error = LeaseLost(f"{self.job_code}: attempt {self.attempt} is no longer owned by {self.worker_id}")
+        error = LeaseLost(
+            f"{self.job_code}: attempt {self.attempt} is no longer owned by {self.worker_id}")
         self.stop_signal.stop(error)
         return error
 
@@ -96,6 +97,8 @@ class JobHandle:
         error_class: str | None = None,
         staged_files: list[Path] | None = None,
         output_dir: Path | None = None,
+        log_message: str,
+        progress_percent: float,
         then: tuple[str, dict[str, Any]] | None = None,
     ) -> list[Path]:
         """Close a step and (optionally) move the job on, in one transaction.
@@ -106,7 +109,11 @@ class JobHandle:
         """
         published: list[Path] = []
         with db.transaction(self.pool) as conn:
-            if db.fetch_one(conn, "job_lock_fenced", self.fence) is None:
+            locked = db.fetch_one(conn, "job_step_committed", {
+                **self.fence, "log_line": log_line(log_message),
+                "progress_percent": round(progress_percent, 2),
+            })
+            if locked is None:
                 raise self._lost()
             for staged in staged_files or []:
                 assert output_dir is not None
