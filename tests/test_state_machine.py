@@ -281,7 +281,8 @@ class JobLifecycle(RuleBasedStateMachine):
             execution_id, number = held.execution
             h.commit_step(execution_id, status="completed" if step_ok else "failed",
                           output_data={"sm": True}, error_message=None if step_ok else "e",
-                          error_class=None if step_ok else "transient")
+                          error_class=None if step_ok else "transient",
+                          log_message="step closed", progress_percent=50.0)
             held.execution = None
             if step_ok:
                 job.done_steps.add(number)
@@ -292,7 +293,9 @@ class JobLifecycle(RuleBasedStateMachine):
             else:
                 execution_id, number = held.execution
                 h.commit_step(execution_id, status=step_status, output_data=None,
-                              error_message=None, error_class=None, then=(name, params))
+                              error_message=None, error_class=None,
+                              log_message="step closed", progress_percent=50.0,
+                              then=(name, params))
                 held.execution = None
                 if step_status == "completed":
                     job.done_steps.add(number)

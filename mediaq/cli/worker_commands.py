@@ -35,4 +35,21 @@ def worker(env: Env, categories: str | None, limits: str | None, vram_mb: int | 
     click.echo(f"worker {daemon.worker_id} stopped after {processed} job(s)")
 
 
-COMMANDS = [worker]
+@click.command("demo")
+@pass_env
+def demo(env: Env) -> None:
+    """Generate sample media, submit it to every seeded workflow, process it, show it."""
+    from mediaq import demo as demo_module
+
+    settings = env.settings
+    logs.configure(settings.log_format, "warning")
+    migrate.require_current_schema(env.url)
+    samples = demo_module.prepare_samples(settings)
+    codes = demo_module.submit_samples(env.url, samples)
+    click.echo(f"submitted {len(codes)} jobs: {', '.join(codes)}")
+    processed = demo_module.run_worker_with_progress(settings, env.url, codes)
+    click.echo(f"worker processed {processed} job(s); outputs are in {settings.outputs}")
+    demo_module.show_results(env.url, codes)
+
+
+COMMANDS = [worker, demo]
