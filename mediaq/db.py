@@ -38,15 +38,21 @@ def connect(url: str, *, autocommit: bool = False, application: str = "mediaq") 
 
 
 def make_pool(
-    url: str, size: int, application: str = "mediaq-worker"
+    url: str, size: int, application: str = "mediaq-worker", idle_in_transaction_ms: int = 0
 ) -> ConnectionPool[Connection]:
+    """A pool for a worker. ``idle_in_transaction_ms``: the server ends a session that
+    sits in an open transaction that long (a frozen worker must not keep row locks
+    that would hide its jobs from the rescuers)."""
+    options = CONNECT_OPTIONS
+    if idle_in_transaction_ms:
+        options += f" -c idle_in_transaction_session_timeout={idle_in_transaction_ms}"
     return ConnectionPool(
         url,
         min_size=1,
         max_size=size,
         kwargs={
             "row_factory": dict_row,
-            "options": CONNECT_OPTIONS,
+            "options": options,
             "application_name": application,
         },
         connection_class=psycopg.Connection,

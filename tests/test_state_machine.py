@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
+    initialize,
     invariant,
     multiple,
     precondition,
@@ -73,6 +74,9 @@ TRANSITIONS: dict[str, tuple[str, dict[str, Any], str]] = {
     "hand_back": ("job_hand_back", {"log_line": "x\n"}, "cancelled"),
     "stop_cancelled": ("job_cancelled", {"log_line": "x\n"}, "cancelled"),
 }
+
+OPERATOR_VERBS = ("cancel", "pause", "resume", "retry")
+PRIORITIES = st.sampled_from([None, 1, 5, 10])
 
 RESET_SQL = (
     "TRUNCATE mediaq.workflow_jobs, mediaq.step_executions, mediaq.media_queue,"
@@ -196,8 +200,7 @@ class JobLifecycle(RuleBasedStateMachine):
 
     # -- submitting and claiming -----------------------------------------------------------
 
-    @rule(target=jobs, priority=st.sampled_from([None, 1, 5, 10]))
-    def submit_job(self, priority: int | None) -> int:
+    def _submit(self, priority: int | None) -> int:
         with db.transaction(self.pool) as conn:
             row = submit(conn, WORKFLOW, "/inputs/state-machine.bin", priority=priority)
         assert row["status"] == "pending" and row["attempt"] == 0, row
@@ -205,6 +208,15 @@ class JobLifecycle(RuleBasedStateMachine):
         self.model[row["id"]] = JobModel(row["id"], row["job_code"], row["priority"])
         return int(row["id"])
 
+    @initialize(target=jobs, priorities=st.lists(PRIORITIES, min_size=1, max_size=3))
+    def first_jobs(self, priorities: list[int | None]) -> Any:
+        return multiple(*(self._submit(p) for p in priorities))
+
+    @rule(target=jobs, priority=PRIORITIES)
+    def submit_job(self, priority: int | None) -> int:
+        return self._submit(priority)
+
+    @precondition(lambda self: any(j.status in (*WAITING, "paused") for j in self.model.values()))
     @rule(target=handles, worker=st.sampled_from(WORKERS))
     def claim(self, worker: str) -> Any:
         expected = self._next_claimable()
@@ -330,11 +342,13 @@ class JobLifecycle(RuleBasedStateMachine):
                 conn.execute("UPDATE workflow_jobs"
                              "   SET lease_expires_at = now() - interval '1 second'"
                              " WHERE id = ANY(%s)", (victims,))
-        rescued = rescue_once(self.pool, "rescuer", max_rescues=MAX_RESCUES, lease_seconds=3)
+        # the daemon's setting is 3; a fleet configured with 1 gives up sooner
+        max_rescues = data.draw(st.sampled_from([MAX_RESCUES, 1]), label="max_rescues")
+        rescued = rescue_once(self.pool, "rescuer", max_rescues=max_rescues, lease_seconds=3)
         expected = {}
         for job_id in victims:
             job = self.model[job_id]
-            job.stop_running("failed" if job.rescue_count >= MAX_RESCUES else "pending")
+            job.stop_running("failed" if job.rescue_count >= max_rescues else "pending")
             job.rescue_count += 1
             expected[job_id] = job.status
             event(f"rescued to {job.status}")
@@ -342,8 +356,25 @@ class JobLifecycle(RuleBasedStateMachine):
 
     # -- operators ---------------------------------------------------------------------------
 
-    @rule(job_id=jobs, verb=st.sampled_from(["cancel", "pause", "resume", "retry"]))
+    @rule(job_id=jobs, verb=st.sampled_from(OPERATOR_VERBS))
     def operator(self, job_id: int, verb: str) -> None:
+        """An operator acts on any job (often one in a state that refuses the verb)."""
+        self._operate(job_id, verb)
+
+    @precondition(lambda self: bool(self._running()))
+    @rule(data=st.data(), verb=st.sampled_from(["cancel", "pause", "resume"]))
+    def operator_interrupts_a_running_job(self, data: st.DataObject, verb: str) -> None:
+        self._operate(data.draw(st.sampled_from(self._running()), label="running job"), verb)
+
+    @precondition(lambda self: bool(self._stopped()))
+    @rule(data=st.data())
+    def operator_retries_a_stopped_job(self, data: st.DataObject) -> None:
+        self._operate(data.draw(st.sampled_from(self._stopped()), label="stopped job"), "retry")
+
+    def _stopped(self) -> list[int]:
+        return sorted(j.id for j in self.model.values() if j.status in ("failed", "cancelled"))
+
+    def _operate(self, job_id: int, verb: str) -> None:
         job = self.model[job_id]
         status = job.status
         allowed = {

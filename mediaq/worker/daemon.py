@@ -57,7 +57,9 @@ class Worker:
             categories=options.categories, limits=options.limits,
             vram_budget_mb=vram_budget(options.vram_mb, gpu), gpu=gpu,
         )
-        self.pool = db.make_pool(url, size=self.capacity.max_parallel + 4)
+        # Worker transactions last milliseconds; half a lease idle in one means frozen.
+        self.pool = db.make_pool(url, size=self.capacity.max_parallel + 4,
+                                 idle_in_transaction_ms=max(1000, settings.lease_seconds * 500))
         self.claimer = Claimer(
             self.pool, worker_id=self.worker_id, host=settings.host_id, capacity=self.capacity,
             queues=options.queues, lease_seconds=settings.lease_seconds,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg.types.json import Jsonb
 
@@ -138,6 +139,12 @@ class Executor:
         except LeaseLost:
             bound.warning("job:lease_lost")
             return "lost"
+        except psycopg.Error as exc:
+            # Ownership is unknown until the database answers again: stop, and let the
+            # lease decide (it expires and a rescuer hands the job on).
+            bound.warning("job:abandoned", error=str(exc).strip().splitlines()[0] if str(exc)
+                          else repr(exc))
+            return "abandoned"
         except InputRefused as exc:
             self._fail_job(handle, "permanent", exc.message)
             bound.info("job:failed", error=exc.message)
