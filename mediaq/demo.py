@@ -62,10 +62,7 @@ def run_worker_with_progress(settings: Settings, url: str, job_codes: list[str])
         task = bar.add_task("jobs", total=len(job_codes))
         while thread.is_alive():
             thread.join(0.3)
-            ended = conn.execute(
-                "SELECT count(*) AS n FROM mediaq.workflow_jobs WHERE job_code = ANY(%s)"
-                " AND status IN ('completed', 'failed', 'cancelled')", (job_codes,)
-            ).fetchone()
+            ended = db.fetch_one(conn, "jobs_ended_count", {"job_codes": job_codes})
             bar.update(task, completed=ended["n"] if ended else 0)
     return worker.processed
 

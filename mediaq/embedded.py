@@ -13,6 +13,9 @@ import warnings
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+
+from mediaq.queries import queries
 
 DATABASE_NAME = "mediaq"
 
@@ -32,13 +35,11 @@ def ensure_running(home: Path) -> str:
     server = _server(home / "pgdata")
     admin_url: str = server.get_uri()
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
-        ).fetchone()
+        exists = conn.execute(queries["database_exists"], {"name": DATABASE_NAME}).fetchone()
         if not exists:
             # another mediaq process may create it first
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):
-                conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
     url: str = server.get_uri(DATABASE_NAME)
     return url
 

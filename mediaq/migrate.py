@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from mediaq.errors import SchemaOutdated
+from mediaq.queries import queries
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -47,7 +48,7 @@ def head_revision() -> str:
 def current_revision(url: str) -> str | None:
     with psycopg.connect(url) as conn:
         try:
-            row = conn.execute("SELECT version_num FROM mediaq.alembic_version").fetchone()
+            row = conn.execute(queries["schema_version"]).fetchone()
         except psycopg.errors.UndefinedTable:
             return None
     return str(row[0]) if row else None

@@ -558,3 +558,20 @@ SELECT * FROM mediaq.submit_job(
 -- name: workflow_steps_full
 -- Every column of a workflow version's steps (for export).
 SELECT * FROM workflow_steps WHERE workflow_id = %(workflow_id)s ORDER BY step_number, id;
+
+-- ===========================================================================
+-- Plumbing
+-- ===========================================================================
+
+-- name: listen_jobs
+-- Workers wake on this channel: new work, freed slots, resumed queues.
+LISTEN mediaq_jobs;
+
+-- name: database_exists
+-- Does the embedded server have the mediaq database yet?
+SELECT 1 AS found FROM pg_database WHERE datname = %(name)s;
+
+-- name: jobs_ended_count
+-- How many of the given jobs have reached a final state (the demo's progress bar).
+SELECT count(*) AS n FROM workflow_jobs
+ WHERE job_code = ANY (%(job_codes)s) AND status IN ('completed', 'failed', 'cancelled');

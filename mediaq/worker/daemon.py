@@ -168,7 +168,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 with db.connect(self.url, autocommit=True, application="mediaq-listen") as conn:
-                    conn.execute("LISTEN mediaq_jobs")
+                    db.execute(conn, "listen_jobs")
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake.set()

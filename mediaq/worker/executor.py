@@ -123,7 +123,8 @@ class Executor:
 
     def run(self, handle: JobHandle, workflow_id: int) -> str:
         """Run the job to an outcome; returns the job's status as this worker left it."""
-        bound = log.bind(job_id=handle.job_id, job_code=handle.job_code, attempt=handle.attempt)
+        bound = log.bind(worker_id=handle.worker_id, job_id=handle.job_id,
+                         job_code=handle.job_code, attempt=handle.attempt)
         try:
             run = load_run(handle, workflow_id)
             if not run.steps:
