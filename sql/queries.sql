@@ -235,11 +235,12 @@ SELECT id, step_number, step_name, step_type, action, parameters, timeout_second
  ORDER BY step_number, id;
 
 -- name: step_history_of_job
--- Per step: how many executions so far, and the output of the completed one (resume).
+-- Per step: how many executions so far, whether it completed or was given up on for
+-- good (a `continue` step), and the output of the completed one (resume).
 SELECT step_id,
        count(*) AS executions,
        bool_or(status = 'completed') AS completed,
-       bool_or(status = 'failed' AND error_class IS DISTINCT FROM 'system') AS failed,
+       bool_or(status = 'failed' AND error_class IN ('permanent', 'exhausted')) AS given_up,
        (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data
   FROM step_executions WHERE job_id = %(job_id)s
  GROUP BY step_id;

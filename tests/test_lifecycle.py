@@ -55,6 +55,22 @@ def test_transient_failures_retry_with_backoff_then_succeed(mq: MediaqEnv) -> No
     assert types == ["job.retry_scheduled", "job.retry_scheduled", "job.completed"]
 
 
+def test_continue_step_failing_transiently_is_retried_not_skipped(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow(
+        "T-CONT", {"action": "fail", "parameters": {"kind": "transient", "times": 1},
+                   "on_failure": "continue"},
+        {"action": "fail", "parameters": {"kind": "permanent"}, "on_failure": "continue"},
+        {"action": "fail", "parameters": {"kind": "transient", "times": 1}}))
+    code = mq.submit("T-CONT", mq.input_file("a.bin"))
+    mq.run_burst()
+    job = mq.job(code)
+    assert job["status"] == "completed" and job["retry_count"] == 2
+    # the permanent failure of step 2 is recorded once and not re-run by later retries
+    assert [(s["step_number"], s["status"]) for s in steps_of(mq, code)] == [
+        (1, "failed"), (1, "completed"), (2, "failed"), (3, "failed"), (3, "completed")]
+    assert job["output_metadata"]["failed_steps"][0]["step"] == 2
+
+
 def test_retries_exhausted_is_a_dead_letter(mq: MediaqEnv) -> None:
     mq.apply_workflow(diagnostic_workflow(
         "T-DOWN", {"action": "fail", "parameters": {"kind": "transient"}}, retry_count=2))

@@ -168,7 +168,7 @@ class Executor:
         if past is not None and past["completed"]:
             self._remember_outputs(run, step, past["output_data"] or {})
             return
-        if past is not None and past["failed"] and step.on_failure == "continue":
+        if past is not None and past["given_up"] and step.on_failure == "continue":
             run.failed_steps.append({"step": step.number, "name": step.name})
             return
         signal = handle.stop_signal
