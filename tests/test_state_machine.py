@@ -3,13 +3,14 @@
 The engine's own functions run in-process (no worker subprocess, no mocks): jobs are
 submitted with ``mediaq.submit``, claimed by three simulated workers of one machine
 (``Claimer.claim``), driven through ``JobHandle`` (progress, log lines, steps, complete,
-fail, retry later, hand back, cancelled), rescued with ``rescue_once`` after their lease
-is made to expire, and pushed around by an operator (``mediaq.operations``). Handles are
-kept after they go stale (rescued, re-claimed, finished), and the machine goes on using
-them: every write through a handle that no longer owns its job must raise LeaseLost and
-change nothing.
+fail, retry later, hand back, stop cancelled), rescued with ``rescue_once`` after their
+lease is made to run out, and pushed around by an operator (``mediaq.operations``).
+Handles are kept after they go stale (rescued, re-claimed, finished) and the machine goes
+on writing through them: such a write must raise LeaseLost and change nothing.
 
-A Python model predicts every outcome; invariants read the database after each step.
+A Python model predicts every outcome; one invariant reads the database after each step.
+The deterministic tests at the end replay, step by step, the shortest failures the
+machine found.
 """
 
 from __future__ import annotations
@@ -53,37 +54,40 @@ TERMINAL = ("completed", "failed", "cancelled")
 WAITING = ("pending", "queued")
 
 RUN_SETTINGS = hypothesis_settings(
-    # MEDIAQ_STATE_MACHINE_EXAMPLES=2000 for a long hunt
+    # MEDIAQ_STATE_MACHINE_EXAMPLES=2000 for a longer hunt
     max_examples=int(os.environ.get("MEDIAQ_STATE_MACHINE_EXAMPLES", "50")),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
+    report_multiple_bugs=False,  # shrink one failure only: shrinking on a database is slow
 )
 
 # What a worker does with a job through its handle.
 HANDLE_ACTIONS = ("progress", "log", "step", "complete", "fail", "retry_later", "hand_back",
                   "stop_cancelled")
-# A job-level transition: (query, its parameters, the status the open step is closed with).
-TRANSITIONS: dict[str, tuple[str, dict[str, Any], str]] = {
+# A job-level transition: the query, its parameters, the status the open step closes with,
+# and the status the job should end the attempt in.
+TRANSITIONS: dict[str, tuple[str, dict[str, Any], str, str]] = {
     "complete": ("job_complete", {"output_metadata": None, "output_file_path": None,
-                                  "log_line": "x\n"}, "completed"),
+                                  "log_line": "x\n"}, "completed", "completed"),
     "fail": ("job_fail", {"error_message": "e", "error_class": "permanent",
-                          "output_metadata": None, "log_line": "x\n"}, "failed"),
+                          "output_metadata": None, "log_line": "x\n"}, "failed", "failed"),
     "retry_later": ("job_schedule_retry", {"delay_seconds": 0, "error_message": "e",
-                                           "log_line": "x\n"}, "failed"),
-    "hand_back": ("job_hand_back", {"log_line": "x\n"}, "cancelled"),
-    "stop_cancelled": ("job_cancelled", {"log_line": "x\n"}, "cancelled"),
+                                           "log_line": "x\n"}, "failed", "pending"),
+    "hand_back": ("job_hand_back", {"log_line": "x\n"}, "cancelled", "pending"),
+    "stop_cancelled": ("job_cancelled", {"log_line": "x\n"}, "cancelled", "cancelled"),
 }
-
 OPERATOR_VERBS = ("cancel", "pause", "resume", "retry")
 PRIORITIES = st.sampled_from([None, 1, 5, 10])
 
+# Between examples: no jobs, free slots, no VRAM reserved; workflows and workers stay.
+# (DELETE rather than TRUNCATE: 1 ms instead of 40 ms, and shrinking runs many examples.)
 RESET_SQL = (
-    "TRUNCATE mediaq.workflow_jobs, mediaq.step_executions, mediaq.media_queue,"
-    " mediaq.workflow_notifications, mediaq.media_workflow_events CASCADE",
+    "DELETE FROM mediaq.workflow_jobs",  # cascades to step_executions, media_queue, outbox
+    "DELETE FROM mediaq.media_workflow_events",
     "UPDATE mediaq.worker_slots SET job_id = NULL, job_attempt = NULL, worker_id = NULL,"
-    " taken_at = NULL, vram_mb = 0",
-    "UPDATE mediaq.worker_hosts SET vram_reserved_mb = 0",
+    " taken_at = NULL, vram_mb = 0 WHERE job_id IS NOT NULL",
+    "UPDATE mediaq.worker_hosts SET vram_reserved_mb = 0 WHERE vram_reserved_mb <> 0",
 )
 
 
@@ -102,6 +106,35 @@ class Rig:
     claimers: dict[str, Claimer]
     steps: list[StepInfo]
 
+    def reset(self) -> None:
+        with db.transaction(self.pool) as conn:
+            for statement in RESET_SQL:
+                conn.execute(statement)
+
+    def submit(self, priority: int | None = None) -> db.Row:
+        with db.transaction(self.pool) as conn:
+            return submit(conn, WORKFLOW, "/inputs/state-machine.bin", priority=priority)
+
+    def job(self, job_id: int) -> db.Row:
+        with db.transaction(self.pool) as conn:
+            row = conn.execute("SELECT * FROM workflow_jobs WHERE id = %s", (job_id,)).fetchone()
+        assert row is not None
+        return row
+
+    def operate(self, verb: str, job_code: str) -> db.Row:
+        with db.transaction(self.pool) as conn:
+            result: db.Row = getattr(operations, verb)(conn, job_code, by="state-machine")
+        return result
+
+    def expire_and_rescue(self, job_ids: list[int], max_rescues: int = MAX_RESCUES
+                          ) -> list[db.Row]:
+        if job_ids:
+            with db.transaction(self.pool) as conn:
+                conn.execute("UPDATE workflow_jobs"
+                             "   SET lease_expires_at = now() - interval '1 second'"
+                             " WHERE id = ANY(%s)", (job_ids,))
+        return rescue_once(self.pool, "rescuer", max_rescues=max_rescues, lease_seconds=3)
+
 
 @dataclass
 class JobModel:
@@ -115,13 +148,22 @@ class JobModel:
     retry_count: int = 0
     rescue_count: int = 0
     worker: str | None = None
-    # operator requests to the attempt that is running (meaningless once it stops)
+    # an operator's requests to the running attempt
     cancel_requested: bool = False
     pause_requested: bool = False
     done_steps: set[int] = field(default_factory=set)
 
-    def stop_running(self, status: str) -> None:
-        self.status = status
+    def end_attempt(self, outcome: str) -> None:
+        """The running attempt ends. A non-final outcome (back to the queue) honours what
+        the operator asked of the attempt, as job_hand_back already does for a pause: a
+        cancel request makes the job cancelled ("a pending job is cancelled at once"), a
+        pause request makes it paused. Either way the requests end with the attempt."""
+        if outcome not in TERMINAL:
+            if self.cancel_requested:
+                outcome = "cancelled"
+            elif self.pause_requested:
+                outcome = "paused"
+        self.status = outcome
         self.cancel_requested = self.pause_requested = False
 
 
@@ -134,34 +176,30 @@ class Held:
 
     def __repr__(self) -> str:
         h = self.handle
-        return f"<handle {h.worker_id} job={h.job_id} attempt={h.attempt}>"
+        return f"<handle of {h.worker_id} on job {h.job_id}, attempt {h.attempt}>"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(repr(self))
 
 
 class JobLifecycle(RuleBasedStateMachine):
     rig: ClassVar[Rig]
-    check_operator_requests: ClassVar[bool] = False
 
     jobs = Bundle("jobs")
     handles = Bundle("handles")
 
     def __init__(self) -> None:
         super().__init__()
-        with db.transaction(self.rig.pool) as conn:
-            for statement in RESET_SQL:
-                conn.execute(statement)
+        self.rig.reset()
         self.model: dict[int, JobModel] = {}
         self.held: list[Held] = []
-        self.seen: dict[int, db.Row] = {}  # the last database row each invariant pass saw
+        self.seen: dict[int, db.Row] = {}  # each job's row as the last invariant check saw it
 
     # -- helpers -------------------------------------------------------------------------
 
     @property
     def pool(self) -> ConnectionPool[db.Connection]:
         return self.rig.pool
-
-    def _query(self, sql: str, params: Any = None) -> list[db.Row]:
-        with db.transaction(self.pool) as conn:
-            return conn.execute(sql, params).fetchall()
 
     def _owns(self, held: Held) -> bool:
         job = self.model[held.handle.job_id]
@@ -171,11 +209,11 @@ class JobLifecycle(RuleBasedStateMachine):
     def _live(self) -> list[Held]:
         return [h for h in self.held if self._owns(h)]
 
-    def _running(self) -> list[int]:
-        return sorted(j.id for j in self.model.values() if j.status == "processing")
+    def _with_status(self, *statuses: str) -> list[int]:
+        return sorted(j.id for j in self.model.values() if j.status in statuses)
 
     def _next_claimable(self) -> JobModel | None:
-        if len(self._running()) >= CPU_LIMIT:
+        if len(self._with_status("processing")) >= CPU_LIMIT:
             return None  # every slot of the machine is taken
         waiting = [j for j in self.model.values() if j.status in WAITING]
         return min(waiting, key=lambda j: (-j.priority, j.id), default=None)
@@ -201,8 +239,7 @@ class JobLifecycle(RuleBasedStateMachine):
     # -- submitting and claiming -----------------------------------------------------------
 
     def _submit(self, priority: int | None) -> int:
-        with db.transaction(self.pool) as conn:
-            row = submit(conn, WORKFLOW, "/inputs/state-machine.bin", priority=priority)
+        row = self.rig.submit(priority)
         assert row["status"] == "pending" and row["attempt"] == 0, row
         assert row["priority"] == (priority or 5)
         self.model[row["id"]] = JobModel(row["id"], row["job_code"], row["priority"])
@@ -216,7 +253,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def submit_job(self, priority: int | None) -> int:
         return self._submit(priority)
 
-    @precondition(lambda self: any(j.status in (*WAITING, "paused") for j in self.model.values()))
+    @precondition(lambda self: bool(self._with_status(*WAITING, "paused")))
     @rule(target=handles, worker=st.sampled_from(WORKERS))
     def claim(self, worker: str) -> Any:
         expected = self._next_claimable()
@@ -224,14 +261,14 @@ class JobLifecycle(RuleBasedStateMachine):
         if expected is None:
             assert claimed is None, (
                 f"{worker} claimed job {claimed and claimed.id}; expected nothing "
-                f"(running: {self._running()}, limit {CPU_LIMIT})")
+                f"(running: {self._with_status('processing')}, limit {CPU_LIMIT})")
             event("claim: nothing to claim")
             return multiple()
         assert claimed is not None, f"{worker} claimed nothing; expected job {expected.id}"
         assert claimed.id == expected.id, f"claimed job {claimed.id}, expected {expected.id}"
         assert claimed.attempt == expected.attempt + 1, (claimed, expected)
-        expected.attempt = claimed.attempt
         event(f"claim: attempt {min(claimed.attempt, 3)}{'+' if claimed.attempt >= 3 else ''}")
+        expected.attempt = claimed.attempt
         expected.status = "processing"
         expected.worker = worker
         held = Held(JobHandle(self.pool, worker, claimed.id, claimed.job_code, claimed.attempt,
@@ -266,32 +303,30 @@ class JobLifecycle(RuleBasedStateMachine):
         try:
             self._perform(held, job, action, step_ok, owner)
         except LeaseLost:
-            assert not owner, f"{action} by the owner {held} raised LeaseLost"
-            after = self._snapshot(h.job_id)
-            assert after == before, f"{action} through stale {held} changed the database"
+            assert not owner, f"{action} by the owner, {held}, raised LeaseLost"
+            assert self._snapshot(h.job_id) == before, (
+                f"{action} through the stale {held} raised LeaseLost but changed the database")
             event(f"stale handle refused: {action}")
             return
+        assert owner, (f"{action} through the stale {held} was accepted "
+                       f"(job {job.id} is {job.status}, attempt {job.attempt} of {job.worker})")
         event(f"owner wrote: {action}")
-        assert owner, (f"{action} through stale {held} was accepted "
-                       f"(job {job.id} is {job.status}, attempt {job.attempt}, {job.worker})")
 
     def _perform(self, held: Held, job: JobModel, action: str, step_ok: bool,
                  owner: bool) -> None:
-        """Make the write; on success (the handle owns the job) move the model along."""
+        """Make the write; when it succeeds (the handle owns the job) move the model on."""
         h = held.handle
         if action == "step" and held.execution is None:
             step = self._next_step(job)
-            if step is None:
-                if owner:
-                    action = "progress"  # every step is done: nothing left to start
-                else:
-                    step = self.rig.steps[0]
+            if step is None and not owner:
+                step = self.rig.steps[0]
             if step is not None:
                 execution_id = h.start_step(
                     step_id=step.id, step_number=step.number, step_name=step.name,
                     retry_attempt=0, progress_percent=10.0, input_data={"sm": True})
                 held.execution = (execution_id, step.number)
                 return
+            action = "progress"  # every step is done: nothing left to start
         if action == "progress":
             h.progress(42.5, "state machine", force=True)
         elif action == "log":
@@ -307,7 +342,7 @@ class JobLifecycle(RuleBasedStateMachine):
             if step_ok:
                 job.done_steps.add(number)
         else:
-            name, params, step_status = TRANSITIONS[action]
+            name, params, step_status, outcome = TRANSITIONS[action]
             if held.execution is None:
                 h.finish(name, **params)
             else:
@@ -321,35 +356,26 @@ class JobLifecycle(RuleBasedStateMachine):
                     job.done_steps.add(number)
             if action == "retry_later":
                 job.retry_count += 1
-                job.stop_running("pending")
-            elif action == "hand_back":
-                job.stop_running("paused" if job.pause_requested else "pending")
-            else:
-                job.stop_running({"complete": "completed", "fail": "failed",
-                                  "stop_cancelled": "cancelled"}[action])
+            job.end_attempt(outcome)
 
     # -- leases running out ----------------------------------------------------------------
 
     @rule(data=st.data())
     def leases_expire_and_rescue(self, data: st.DataObject) -> None:
-        """Time passes for some running jobs (maybe none): their leases run out; a rescuer
-        passes by."""
-        running = self._running()
+        """Time passes for some running jobs (maybe none): their leases run out, and a
+        rescuer passes by."""
+        running = self._with_status("processing")
         victims = data.draw(st.lists(st.sampled_from(running), unique=True) if running
                             else st.just([]), label="expired")
-        if victims:
-            with db.transaction(self.pool) as conn:
-                conn.execute("UPDATE workflow_jobs"
-                             "   SET lease_expires_at = now() - interval '1 second'"
-                             " WHERE id = ANY(%s)", (victims,))
-        # the daemon's setting is 3; a fleet configured with 1 gives up sooner
+        # the daemon's default is 3; a fleet configured with 1 gives up sooner
         max_rescues = data.draw(st.sampled_from([MAX_RESCUES, 1]), label="max_rescues")
-        rescued = rescue_once(self.pool, "rescuer", max_rescues=max_rescues, lease_seconds=3)
+        rescued = self.rig.expire_and_rescue(victims, max_rescues)
         expected = {}
         for job_id in victims:
             job = self.model[job_id]
-            job.stop_running("failed" if job.rescue_count >= max_rescues else "pending")
+            gives_up = job.rescue_count >= max_rescues
             job.rescue_count += 1
+            job.end_attempt("failed" if gives_up else "pending")
             expected[job_id] = job.status
             event(f"rescued to {job.status}")
         assert {r["id"]: r["status"] for r in rescued} == expected
@@ -361,18 +387,17 @@ class JobLifecycle(RuleBasedStateMachine):
         """An operator acts on any job (often one in a state that refuses the verb)."""
         self._operate(job_id, verb)
 
-    @precondition(lambda self: bool(self._running()))
+    @precondition(lambda self: bool(self._with_status("processing")))
     @rule(data=st.data(), verb=st.sampled_from(["cancel", "pause", "resume"]))
     def operator_interrupts_a_running_job(self, data: st.DataObject, verb: str) -> None:
-        self._operate(data.draw(st.sampled_from(self._running()), label="running job"), verb)
+        running = self._with_status("processing")
+        self._operate(data.draw(st.sampled_from(running), label="running job"), verb)
 
-    @precondition(lambda self: bool(self._stopped()))
+    @precondition(lambda self: bool(self._with_status("failed", "cancelled")))
     @rule(data=st.data())
     def operator_retries_a_stopped_job(self, data: st.DataObject) -> None:
-        self._operate(data.draw(st.sampled_from(self._stopped()), label="stopped job"), "retry")
-
-    def _stopped(self) -> list[int]:
-        return sorted(j.id for j in self.model.values() if j.status in ("failed", "cancelled"))
+        stopped = self._with_status("failed", "cancelled")
+        self._operate(data.draw(st.sampled_from(stopped), label="stopped job"), "retry")
 
     def _operate(self, job_id: int, verb: str) -> None:
         job = self.model[job_id]
@@ -385,20 +410,19 @@ class JobLifecycle(RuleBasedStateMachine):
         }[verb]
         before = self._snapshot(job_id)
         try:
-            with db.transaction(self.pool) as conn:
-                getattr(operations, verb)(conn, job.code, by="state-machine")
+            self.rig.operate(verb, job.code)
         except InvalidTransition:
             assert not allowed, f"operator {verb} refused on a {status} job {job_id}"
             assert self._snapshot(job_id) == before, f"a refused {verb} changed the database"
             event(f"operator {verb} refused ({status})")
             return
-        event(f"operator {verb} accepted ({status})")
         assert allowed, f"operator {verb} accepted on a {status} job {job_id}"
+        event(f"operator {verb} accepted ({status})")
         if verb == "cancel":
             if status == "processing":
                 job.cancel_requested = True
             else:
-                job.stop_running("cancelled")
+                job.status = "cancelled"
         elif verb == "pause":
             if status == "processing":
                 job.pause_requested = True
@@ -414,36 +438,52 @@ class JobLifecycle(RuleBasedStateMachine):
             job.retry_count += 1
             job.rescue_count = 0
 
-    # -- invariants ------------------------------------------------------------------------
-
-    def _jobs(self) -> list[db.Row]:
-        return self._query(
-            "SELECT j.id, j.status, j.attempt, j.retry_count, j.rescue_count, j.worker_id,"
-            "       j.cancel_requested, j.pause_requested, j.completed_at,"
-            "       (SELECT array_agg(q.status) FROM media_queue q WHERE q.job_id = j.id)"
-            "           AS queue_statuses"
-            "  FROM workflow_jobs j ORDER BY j.id")
+    # -- the invariant -----------------------------------------------------------------------
 
     @invariant()
-    def database_matches_model(self) -> None:
-        rows = self._jobs()
-        assert [r["id"] for r in rows] == sorted(self.model)
-        for row in rows:
+    def database_is_consistent(self) -> None:
+        with db.transaction(self.pool) as conn:
+            jobs = conn.execute(
+                "SELECT j.id, j.status, j.attempt, j.retry_count, j.rescue_count, j.worker_id,"
+                "       j.cancel_requested, j.pause_requested, j.completed_at,"
+                "       (SELECT array_agg(q.status) FROM media_queue q WHERE q.job_id = j.id)"
+                "           AS queue_statuses"
+                "  FROM workflow_jobs j ORDER BY j.id").fetchall()
+            slots = conn.execute(
+                "SELECT host, category, slot, job_id, job_attempt, worker_id"
+                "  FROM worker_slots WHERE job_id IS NOT NULL").fetchall()
+            running_steps = conn.execute(
+                "SELECT se.id, se.job_id, se.job_attempt, se.worker_id, j.status, j.attempt,"
+                "       j.worker_id AS owner"
+                "  FROM step_executions se JOIN workflow_jobs j ON j.id = se.job_id"
+                " WHERE se.status = 'running'").fetchall()
+        self._check_model(jobs)
+        self._check_history(jobs)
+        self._check_rows(jobs)
+        self._check_slots(jobs, slots)
+        self._check_running_steps(running_steps)
+
+    def _check_model(self, jobs: list[db.Row]) -> None:
+        """The database agrees with the model: status, attempt, retries, rescues, owner."""
+        assert [r["id"] for r in jobs] == sorted(self.model)
+        for row in jobs:
             job = self.model[row["id"]]
             got = (row["status"], row["attempt"], row["retry_count"], row["rescue_count"])
             want = (job.status, job.attempt, job.retry_count, job.rescue_count)
             assert got == want, f"job {job.id}: (status, attempt, retries, rescues) {got} != {want}"
             if job.status == "processing":
                 assert row["worker_id"] == job.worker, (job.id, row["worker_id"], job.worker)
-                flags = (row["cancel_requested"], row["pause_requested"])
-                assert flags == (job.cancel_requested, job.pause_requested), (
-                    f"job {job.id}, attempt {job.attempt} of {job.worker}: (cancel_requested,"
-                    f" pause_requested) is {flags}, expected"
-                    f" {(job.cancel_requested, job.pause_requested)}")
+            # Operator requests belong to the running attempt: set only while it runs, and
+            # never inherited by the next attempt.
+            flags = (row["cancel_requested"], row["pause_requested"])
+            want_flags = (job.cancel_requested, job.pause_requested)
+            assert flags == want_flags, (
+                f"job {job.id} ({row['status']}, attempt {row['attempt']}): (cancel_requested,"
+                f" pause_requested) is {flags}, expected {want_flags}")
 
-    @invariant()
-    def completed_is_final_and_counters_never_go_back(self) -> None:
-        for row in self._jobs():
+    def _check_history(self, jobs: list[db.Row]) -> None:
+        """A completed job stays completed; attempt and retry_count never go back."""
+        for row in jobs:
             last = self.seen.get(row["id"])
             if last is not None:
                 if last["status"] == "completed":
@@ -452,71 +492,53 @@ class JobLifecycle(RuleBasedStateMachine):
                 assert row["retry_count"] >= last["retry_count"], (last, row)
             self.seen[row["id"]] = row
 
-    @invariant()
-    def terminal_and_queue_rows_are_consistent(self) -> None:
-        for row in self._jobs():
+    @staticmethod
+    def _check_rows(jobs: list[db.Row]) -> None:
+        """Finished jobs have completed_at; the queue row mirrors the job's status."""
+        for row in jobs:
             if row["status"] in TERMINAL:
                 assert row["completed_at"] is not None, f"{row['status']} job without completed_at"
             expected_queue = "queued" if row["status"] in WAITING else row["status"]
             assert row["queue_statuses"] == [expected_queue], (row["id"], row["status"],
                                                                row["queue_statuses"])
 
-    @invariant()
-    def one_owner_one_slot(self) -> None:
-        slots = self._query("SELECT host, category, slot, job_id, job_attempt, worker_id"
-                            "  FROM worker_slots WHERE job_id IS NOT NULL")
-        jobs = {r["id"]: r for r in self._query(
-            "SELECT id, status, attempt, worker_id FROM workflow_jobs")}
+    @staticmethod
+    def _check_slots(jobs: list[db.Row], slots: list[db.Row]) -> None:
+        """One owner at a time: a running job holds exactly one slot of its attempt; no slot
+        is held otherwise; a machine never has more slots taken than its limit."""
+        by_id = {r["id"]: r for r in jobs}
         held_by: dict[int, list[db.Row]] = {}
+        per_host: dict[str, int] = {}
         for slot in slots:
             held_by.setdefault(slot["job_id"], []).append(slot)
-            job = jobs.get(slot["job_id"])
+            per_host[slot["host"]] = per_host.get(slot["host"], 0) + 1
+            job = by_id.get(slot["job_id"])
             assert job is not None and job["status"] == "processing" \
                 and job["attempt"] == slot["job_attempt"], (
                     f"slot {slot} is held for a job that is not running under that attempt: {job}")
             assert slot["worker_id"] == job["worker_id"], (slot, job)
-        for job in jobs.values():
+        for job in jobs:
             if job["status"] == "processing":
                 assert job["worker_id"] is not None, job
                 assert len(held_by.get(job["id"], [])) == 1, (
-                    f"running job {job} holds slots {held_by.get(job['id'])}")
+                    f"running job {job['id']} holds slots {held_by.get(job['id'])}")
             elif job["status"] in WAITING:
-                assert job["id"] not in held_by, f"waiting job {job} holds a slot"
-        per_host: dict[str, int] = {}
-        for slot in slots:
-            per_host[slot["host"]] = per_host.get(slot["host"], 0) + 1
+                assert job["id"] not in held_by, f"waiting job {job['id']} holds a slot"
         assert all(n <= CPU_LIMIT for n in per_host.values()), per_host
 
-    @invariant()
-    def running_steps_belong_to_the_owner(self) -> None:
-        rows = self._query(
-            "SELECT se.id, se.job_id, se.job_attempt, se.worker_id, j.status, j.attempt,"
-            "       j.worker_id AS owner"
-            "  FROM step_executions se JOIN workflow_jobs j ON j.id = se.job_id"
-            " WHERE se.status = 'running'")
+    @staticmethod
+    def _check_running_steps(running_steps: list[db.Row]) -> None:
+        """A step execution is open only within the running attempt that opened it."""
         per_job: dict[int, int] = {}
-        for row in rows:
+        for row in running_steps:
             per_job[row["job_id"]] = per_job.get(row["job_id"], 0) + 1
             assert (row["status"], row["attempt"], row["owner"]) == (
                 "processing", row["job_attempt"], row["worker_id"]), (
                     f"step execution still running outside its attempt: {row}")
         assert all(n == 1 for n in per_job.values()), per_job
 
-    @invariant()
-    def operator_requests_end_with_their_attempt(self) -> None:
-        """A cancel or pause request is addressed to the running attempt: once the job stops
-        running, the request must have been honoured or dropped, never carried over."""
-        if not self.check_operator_requests:
-            return
-        for row in self._jobs():
-            if row["status"] != "processing":
-                assert not row["cancel_requested"] and not row["pause_requested"], (
-                    f"job {row['id']} is {row['status']} yet still carries"
-                    f" cancel_requested={row['cancel_requested']},"
-                    f" pause_requested={row['pause_requested']}")
 
-
-# -- the tests -----------------------------------------------------------------------------
+# -- fixtures --------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -546,14 +568,66 @@ def rig(database_url: str) -> Iterator[Rig]:
         pool.close()
 
 
+# -- the state machine -----------------------------------------------------------------------
+
+
 def test_job_lifecycle_state_machine(rig: Rig) -> None:
     machine = type("JobLifecycleOnRig", (JobLifecycle,), {"rig": rig})
     run_state_machine_as_test(machine, settings=RUN_SETTINGS)
 
 
-def test_operator_requests_do_not_outlive_the_attempt(rig: Rig) -> None:
-    """The same machine, also checking that cancel/pause requests end with the attempt."""
-    machine = type("JobLifecycleWithRequests", (JobLifecycle,),
-                   {"rig": rig, "check_operator_requests": True})
-    run_state_machine_as_test(machine, settings=RUN_SETTINGS)
+# -- the machine's shortest failures, replayed ------------------------------------------------
 
+
+def _claim(rig: Rig, worker: str = WORKERS[0]) -> JobHandle:
+    claimed = rig.claimers[worker].claim("cpu")
+    assert claimed is not None
+    return JobHandle(rig.pool, worker, claimed.id, claimed.job_code, claimed.attempt, "cpu")
+
+
+def _end_attempt(rig: Rig, handle: JobHandle, how: str) -> None:
+    if how == "rescued":
+        assert [r["id"] for r in rig.expire_and_rescue([handle.job_id])] == [handle.job_id]
+    else:
+        name, params, _, _ = TRANSITIONS[how]
+        handle.finish(name, **params)
+
+
+@pytest.mark.parametrize("how", ["rescued", "retry_later", "hand_back"])
+@pytest.mark.parametrize(("verb", "outcome"), [("cancel", "cancelled"), ("pause", "paused")])
+def test_a_request_to_a_running_job_is_honoured_when_its_attempt_ends(
+    rig: Rig, verb: str, outcome: str, how: str
+) -> None:
+    """An operator cancels (or pauses) a running job; before its worker sees the request, the
+    attempt ends without finishing the job: the worker dies and the job is rescued, or a step
+    fails transiently and a retry is scheduled, or the worker drains and hands it back. The
+    job must not be started again as if nothing had been asked."""
+    job = rig.submit()
+    handle = _claim(rig)
+    assert rig.operate(verb, job["job_code"])["status"] == "processing"
+    _end_attempt(rig, handle, how)
+    row = rig.job(job["id"])
+    again = rig.claimers[WORKERS[1]].claim("cpu")
+    assert again is None, (
+        f"{verb} was requested, yet after '{how}' the job went back to {row['status']} with"
+        f" cancel_requested={row['cancel_requested']}, pause_requested={row['pause_requested']}"
+        f" and {WORKERS[1]} claimed it again (attempt {again.attempt})")
+    row = rig.job(job["id"])
+    assert row["status"] == outcome
+    assert not row["cancel_requested"] and not row["pause_requested"]
+
+
+@pytest.mark.parametrize("how", ["complete", "fail"])
+def test_resume_is_refused_on_a_job_that_finished_while_a_pause_was_requested(
+    rig: Rig, how: str
+) -> None:
+    """Pause a running job, let its worker finish it anyway (a race the executor allows),
+    then resume: there is nothing to resume, so the operator must get InvalidTransition."""
+    job = rig.submit()
+    handle = _claim(rig)
+    assert rig.operate("pause", job["job_code"])["status"] == "processing"
+    _end_attempt(rig, handle, how)
+    finished = rig.job(job["id"])
+    with pytest.raises(InvalidTransition):
+        rig.operate("resume", job["job_code"])
+    assert rig.job(job["id"])["status"] == finished["status"]

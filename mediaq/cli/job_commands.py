@@ -161,24 +161,21 @@ def queue_group() -> None:
     """Pause or resume a whole queue."""
 
 
-@queue_group.command("pause")
-@click.argument("name")
-@pass_env
-def queue_pause(env: Env, name: str) -> None:
-    """Stop starting jobs of queue NAME (running ones finish)."""
-    with env.connect() as conn:
-        operations.set_queue_paused(conn, name, True, getpass.getuser())
-    click.echo(f"queue {name}: paused")
+def _queue_switch(name: str, paused: bool, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @click.argument("queue_name")
+    @pass_env
+    def command(env: Env, queue_name: str) -> None:
+        with env.connect() as conn:
+            operations.set_queue_paused(conn, queue_name, paused, getpass.getuser())
+        click.echo(f"queue {queue_name}: {name}d")
+
+    return command
 
 
-@queue_group.command("resume")
-@click.argument("name")
-@pass_env
-def queue_resume(env: Env, name: str) -> None:
-    """Start jobs of queue NAME again."""
-    with env.connect() as conn:
-        operations.set_queue_paused(conn, name, False, getpass.getuser())
-    click.echo(f"queue {name}: resumed")
+queue_group.add_command(_queue_switch(
+    "pause", True, "Stop starting jobs of QUEUE_NAME (running ones finish)."))
+queue_group.add_command(_queue_switch("resume", False, "Start jobs of QUEUE_NAME again."))
 
 
 @click.command("queues")

@@ -77,24 +77,22 @@ def export(env: Env, code: str) -> None:
     click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), nl=False)
 
 
-@workflows_group.command("disable")
-@click.argument("code")
-@pass_env
-def disable(env: Env, code: str) -> None:
-    """Refuse new submissions to a workflow (queued jobs still run)."""
-    with env.connect() as conn:
-        workflows.set_active(conn, code, False)
-    click.echo(f"{code}: disabled")
+def _activation_command(name: str, active: bool, help_text: str) -> click.Command:
+    @click.command(name, help=help_text)
+    @click.argument("code")
+    @pass_env
+    def command(env: Env, code: str) -> None:
+        with env.connect() as conn:
+            workflows.set_active(conn, code, active)
+        click.echo(f"{code}: {name}d")
+
+    return command
 
 
-@workflows_group.command("enable")
-@click.argument("code")
-@pass_env
-def enable(env: Env, code: str) -> None:
-    """Accept submissions to a workflow again."""
-    with env.connect() as conn:
-        workflows.set_active(conn, code, True)
-    click.echo(f"{code}: enabled")
+workflows_group.add_command(_activation_command(
+    "disable", False, "Refuse new submissions to a workflow (queued jobs still run)."))
+workflows_group.add_command(_activation_command(
+    "enable", True, "Accept submissions to a workflow again."))
 
 
 @click.command("actions")

@@ -1,0 +1,305 @@
+"""Configuration: `mediaq config`, environment over TOML over defaults, refusals; and
+property tests of the small parsers (--param, the named-queries file)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from mediaq.config import Settings, load_settings, mask_url
+from mediaq.errors import ConfigError, SubmissionRefused
+from mediaq.queries import load_queries, parse_queries
+from mediaq.submit import params_from_pairs, parse_param
+from tests.helpers import MEDIAQ
+
+SECRET_URL = "postgresql://u:s3cret@127.0.0.1:1/x"
+
+
+def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """An environment of its own: no MEDIAQ_* of the test session leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
+    env["MEDIAQ_HOME"] = str(tmp_path / "home")
+    env.update(extra)
+    return env
+
+
+def run_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MEDIAQ, "config"], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def printed(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    assert result.returncode == 0, result.stderr
+    out: dict[str, str] = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = value.strip()
+    return out
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+# -- mediaq config ------------------------------------------------------------------------
+
+
+def test_config_prints_settings_with_the_password_masked(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_config(base_env(tmp_path, MEDIAQ_DATABASE_URL=SECRET_URL,
+                                 MEDIAQ_LEASE_SECONDS="12"))
+    elapsed = time.monotonic() - started
+    shown = printed(result)
+    assert "s3cret" not in result.stdout + result.stderr
+    assert shown["database"] == "postgresql://u:***@127.0.0.1:1/x"
+    assert shown["home"] == str((tmp_path / "home").resolve())
+    assert shown["output_root"] == str((tmp_path / "home" / "outputs").resolve())
+    assert shown["input_roots"] == str((tmp_path / "home" / "inputs").resolve())
+    assert shown["lease_seconds"] == "12"
+    assert shown["poll_seconds"] == "1.0"
+    assert {"max_rescues", "retry_base_seconds", "retry_max_seconds", "shutdown_grace_seconds",
+            "host_id", "log_format", "log_level"} <= set(shown)
+    # nothing listens on port 1: a connection attempt would have failed the command
+    assert elapsed < 10
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u@127.0.0.1:1/x?password=s3cret",
+    "postgresql://u:s3cret@127.0.0.1:1/x?sslmode=disable&password=s3cret",
+    "postgresql://u:s3cret@[::1]:1/x",
+])
+def test_config_never_prints_a_password(tmp_path: Path, url: str) -> None:
+    result = run_config(base_env(tmp_path, MEDIAQ_DATABASE_URL=url))
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_environment_beats_the_toml_file_which_beats_defaults(tmp_path: Path) -> None:
+    toml = tmp_path / "custom.toml"
+    toml.write_text('lease_seconds = 20\npoll_seconds = 2.5\nlog_level = "debug"\n'
+                    'input_roots = ["/srv/a", "/srv/b"]\n', encoding="utf-8")
+    shown = printed(run_config(base_env(tmp_path, MEDIAQ_CONFIG=str(toml),
+                                        MEDIAQ_LEASE_SECONDS="7")))
+    assert shown["lease_seconds"] == "7"  # environment
+    assert shown["poll_seconds"] == "2.5"  # file
+    assert shown["log_level"] == "debug"  # file
+    assert shown["input_roots"] == "/srv/a, /srv/b"
+    assert shown["max_rescues"] == "5"  # default
+
+
+@pytest.mark.parametrize(("where", "setting", "words"), [
+    ("env", "MEDIAQ_LEASE_SECONDS=abc", "lease_seconds"),
+    ("env", "MEDIAQ_LEASE_SECONDS=1", "lease_seconds"),
+    ("env", "MEDIAQ_POLL_SECONDS=soon", "poll_seconds"),
+    ("env", "MEDIAQ_POLL_SECONDS=-1", "poll_seconds"),
+    ("env", "MEDIAQ_RETRY_BASE_SECONDS=-5", "retry_base_seconds"),
+    ("env", "MEDIAQ_LOG_FORMAT=xml", "log_format"),
+    ("env", "MEDIAQ_LOG_LEVEL=loud", "log_level"),
+    ("toml", "bogus_key = 1", "bogus_key"),
+    ("toml", "lease_seconds = 'abc'", "lease_seconds"),
+    ("toml", "poll_seconds = [1, 2]", "poll_seconds"),
+    ("toml", "input_roots = 5", "input_roots"),
+    ("toml", "lease_seconds = = 3", "custom.toml"),
+])
+def test_invalid_settings_give_one_line_and_exit_1(
+    tmp_path: Path, where: str, setting: str, words: str
+) -> None:
+    env = base_env(tmp_path, MEDIAQ_DATABASE_URL=SECRET_URL)
+    if where == "env":
+        name, _, value = setting.partition("=")
+        env[name] = value
+    else:
+        toml = tmp_path / "custom.toml"
+        toml.write_text(setting + "\n", encoding="utf-8")
+        env["MEDIAQ_CONFIG"] = str(toml)
+    line = one_line_error(run_config(env))
+    assert words in line
+    assert "Traceback" not in line
+
+
+def test_config_file_in_home_is_read(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mediaq.toml").write_text("max_rescues = 9\n", encoding="utf-8")
+    assert printed(run_config(base_env(tmp_path)))["max_rescues"] == "9"
+
+
+# -- load_settings ------------------------------------------------------------------------
+
+
+def test_load_settings_defaults(tmp_path: Path) -> None:
+    s = load_settings(env={"MEDIAQ_HOME": str(tmp_path)})
+    assert s == Settings(home=tmp_path.resolve(), host_id=s.host_id)
+    assert s.uses_embedded and s.database_url is None
+    assert s.effective_input_roots == (tmp_path.resolve() / "inputs",)
+    assert s.outputs == tmp_path.resolve() / "outputs"
+    assert s.staging == tmp_path.resolve() / "outputs" / ".staging"
+    assert (s.lease_seconds, s.poll_seconds, s.max_rescues) == (10, 1.0, 5)
+    assert "embedded PostgreSQL" in s.describe()["database"]
+
+
+def test_load_settings_reads_the_environment(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = load_settings(env={
+        "MEDIAQ_HOME": str(tmp_path), "MEDIAQ_DATABASE_URL": SECRET_URL,
+        "MEDIAQ_INPUT_ROOTS": f"{a}:{b},{tmp_path / 'c'}",
+        "MEDIAQ_OUTPUT_ROOT": str(tmp_path / "o"),
+        "MEDIAQ_LEASE_SECONDS": "4", "MEDIAQ_POLL_SECONDS": "0.25", "MEDIAQ_HOST_ID": "box-7",
+        "MEDIAQ_MAX_RESCUES": "",  # empty: unset
+        "MEDIAQ_TEST_DATABASE_URL": "postgresql://ignored/", "MEDIAQ_SOMETHING_ELSE": "x",
+    })
+    assert s.database_url == SECRET_URL and not s.uses_embedded
+    assert s.input_roots == (a.resolve(), b.resolve(), (tmp_path / "c").resolve())
+    assert s.outputs == (tmp_path / "o").resolve()
+    assert (s.lease_seconds, s.poll_seconds, s.host_id, s.max_rescues) == (4, 0.25, "box-7", 5)
+    assert s.describe()["database"] == "postgresql://u:***@127.0.0.1:1/x"
+
+
+def test_load_settings_order_overrides_env_file(tmp_path: Path) -> None:
+    toml = tmp_path / "m.toml"
+    toml.write_text("lease_seconds = 20\nretry_max_seconds = 60\nmax_rescues = 2\n",
+                    encoding="utf-8")
+    env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_CONFIG": str(toml),
+           "MEDIAQ_RETRY_MAX_SECONDS": "90"}
+    s = load_settings(env=env, lease_seconds=30, max_rescues=None)
+    assert (s.lease_seconds, s.retry_max_seconds, s.max_rescues) == (30, 90.0, 2)
+
+
+def test_load_settings_refusals(tmp_path: Path) -> None:
+    toml = tmp_path / "m.toml"
+    toml.write_text("colour = 'blue'\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown settings: colour"):
+        load_settings(env={"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_CONFIG": str(toml)})
+    with pytest.raises(ConfigError, match="lease_seconds"):
+        load_settings(env={"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_LEASE_SECONDS": "x"})
+    with pytest.raises(ConfigError, match="at least 2"):
+        load_settings(env={"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_LEASE_SECONDS": "1"})
+    with pytest.raises(ConfigError, match="unknown settings"):
+        load_settings(env={"MEDIAQ_HOME": str(tmp_path)}, colour="blue")
+
+
+def test_mask_url() -> None:
+    assert mask_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("postgresql://u@h/db") == "postgresql://u@h/db"
+    assert mask_url("postgresql://u:p%40ss@h/db") == "postgresql://u:***@h/db"
+
+
+# -- --param parsing (property tests) -----------------------------------------------------
+
+YAML_WORDS = {"yes", "no", "on", "off", "true", "false", "null", "y", "n"}
+step_names = st.text(st.characters(blacklist_characters="=\n\r", blacklist_categories=("Cs",)),
+                     min_size=1, max_size=20).filter(lambda s: s.strip() == s and s != "")
+keys = st.from_regex(r"[A-Za-z_][A-Za-z0-9_\-]{0,15}", fullmatch=True)
+words = st.from_regex(r"[a-z][a-z_]{0,12}", fullmatch=True).filter(
+    lambda w: w not in YAML_WORDS)
+typed_values = st.one_of(
+    st.integers(-10**9, 10**9).map(lambda n: (str(n), n)),
+    st.booleans().map(lambda b: (str(b).lower(), b)),
+    st.integers(-10**6, 10**6).map(lambda n: (f"{n / 100:.2f}", float(f"{n / 100:.2f}"))),
+    words.map(lambda w: (w, w)),
+    st.tuples(words, words).map(lambda t: (f"{t[0]}={t[1]}", f"{t[0]}={t[1]}")),
+    st.lists(st.integers(0, 99), max_size=4).map(lambda xs: (json.dumps(xs), xs)),
+)
+
+
+@given(step=step_names, key=keys, value=typed_values)
+@example(step="transcode.1080p", key="crf", value=("23", 23))
+@example(step="Make.Thumb", key="size", value=("300", 300))
+@example(step="1", key="enabled", value=("true", True))
+def test_parse_param_splits_at_the_last_dot_and_types_the_value(
+    step: str, key: str, value: tuple[str, object]
+) -> None:
+    raw, expected = value
+    assert parse_param(f"{step}.{key}={raw}") == (step, key, expected)
+
+
+@given(pairs=st.lists(st.tuples(step_names, keys, typed_values), max_size=6))
+def test_params_from_pairs_groups_by_step_last_value_wins(
+    pairs: list[tuple[str, str, tuple[str, object]]]
+) -> None:
+    expected: dict[str, dict[str, object]] = {}
+    for step, key, (_, value) in pairs:
+        expected.setdefault(step, {})[key] = value
+    assert params_from_pairs([f"{s}.{k}={raw}" for s, k, (raw, _) in pairs]) == expected
+
+
+@given(step=step_names, key=keys,
+       raw=st.one_of(st.text(max_size=30), st.dates().map(date.isoformat),
+                     st.sampled_from([".nan", ".inf", "2024-01-25 10:00:00", "!!binary aGk=",
+                                      "!!set {a}", "{a: [1, {b: 2}]}", "[unclosed", "~"])))
+@example(step="finalize", key="until", raw="2024-01-25")
+def test_parse_param_values_can_be_stored_as_json(step: str, key: str, raw: str) -> None:
+    """Whatever follows the '=', the value is either refused or fits a JSONB column."""
+    try:
+        value = parse_param(f"{step}.{key}={raw}")[2]
+    except SubmissionRefused:
+        return
+    json.dumps(value, allow_nan=False)
+
+
+@given(text=st.text(max_size=30))
+@example(text="size=300")
+@example(text="step.size")
+@example(text=".size=3")
+@example(text="step.=3")
+def test_parse_param_refuses_targets_without_step_and_key(text: str) -> None:
+    target = text.partition("=")[0]
+    step, _, key = target.rpartition(".")
+    if "=" in text and step and key:
+        return
+    with pytest.raises(SubmissionRefused, match=r"expected STEP\.KEY=VALUE"):
+        parse_param(text)
+
+
+# -- named queries (property tests) ------------------------------------------------------
+
+query_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
+sql_line = st.from_regex(r"[A-Za-z0-9_ (),=%*.'<>:|+-]{1,40}", fullmatch=True).filter(
+    lambda line: not line.startswith("-- ") and line.strip() == line)
+statements = st.lists(sql_line, min_size=1, max_size=6).map("\n".join).filter(
+    lambda s: not s.endswith(";"))
+
+
+@given(queries=st.dictionaries(query_names, statements, min_size=1, max_size=8),
+       descriptions=st.booleans(), trailing=st.sampled_from(["", ";", ";\n", "\n\n"]))
+def test_parse_queries_round_trip(queries: dict[str, str], descriptions: bool,
+                                  trailing: str) -> None:
+    text = "-- a header comment\n\n"
+    for name, statement in queries.items():
+        text += f"-- name: {name}\n"
+        if descriptions:
+            text += f"-- What {name} does.\n"
+        text += f"{statement}{trailing}\n"
+    assert parse_queries(text) == queries
+
+
+@given(name=query_names, a=statements, b=statements)
+def test_parse_queries_refuses_a_name_defined_twice(name: str, a: str, b: str) -> None:
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_queries(f"-- name: {name}\n{a};\n\n-- name: {name}\n{b};\n")
+
+
+def test_the_shipped_queries_file_parses() -> None:
+    queries = load_queries()
+    assert {"jobs_dashboard", "queue_monitor", "job_submit", "workflow_insert"} <= set(queries)
+    assert all(q and not q.endswith(";") for q in queries.values())
+
+
+def test_yaml_value_parsing_matches_yaml() -> None:
+    assert parse_param("a.b=[1, 2]")[2] == yaml.safe_load("[1, 2]")
+    assert parse_param("a.b=")[2] == ""
+    assert parse_param("a.b=x=y")[2] == "x=y"
+    assert parse_param("a.b=[unclosed")[2] == "[unclosed"
