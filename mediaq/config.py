@@ -7,6 +7,7 @@ named by ``MEDIAQ_CONFIG`` (default ``$MEDIAQ_HOME/mediaq.toml``).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -82,13 +83,17 @@ class Settings:
         return shown
 
 
+_SECRET_PARAM = re.compile(r"((?:^|&)(?:password|passwd|sslpassword)=)[^&]*", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
+    """``postgresql://user:secret@host/db?password=x`` → secrets replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = _SECRET_PARAM.sub(r"\1***", parts.query)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _split_paths(raw: str | list[str]) -> tuple[Path, ...]:
@@ -108,7 +113,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "float":
             return float(raw)
         return str(raw)
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):
         raise ConfigError(f"setting {name}: {raw!r} is not a valid {kind}") from None
 
 
@@ -118,6 +123,8 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
     home = Path(env.get("MEDIAQ_HOME", DEFAULT_HOME)).expanduser().resolve()
     values: dict[str, Any] = {"home": home}
     config_file = Path(env.get("MEDIAQ_CONFIG", home / "mediaq.toml")).expanduser()
+    if "MEDIAQ_CONFIG" in env and not config_file.is_file():
+        raise ConfigError(f"MEDIAQ_CONFIG: {config_file} does not exist")
     if config_file.is_file():
         try:
             file_values = tomllib.loads(config_file.read_text(encoding="utf-8"))
@@ -134,6 +141,27 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     settings = Settings(**{k: _coerce(k, v) for k, v in values.items()})
-    if settings.lease_seconds < 2:
-        raise ConfigError("lease_seconds must be at least 2")
+    _validate(settings)
     return settings
+
+
+LOG_FORMATS = ("console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _validate(s: Settings) -> None:
+    problems = [
+        (s.lease_seconds < 2, "lease_seconds must be at least 2"),
+        (s.poll_seconds <= 0, "poll_seconds must be positive"),
+        (s.max_rescues < 0, "max_rescues must not be negative"),
+        (s.retry_base_seconds <= 0, "retry_base_seconds must be positive"),
+        (s.retry_max_seconds < s.retry_base_seconds,
+         "retry_max_seconds must be at least retry_base_seconds"),
+        (s.shutdown_grace_seconds < 0, "shutdown_grace_seconds must not be negative"),
+        (s.log_format not in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
+        (s.log_level.lower() not in LOG_LEVELS,
+         f"log_level must be one of {', '.join(LOG_LEVELS)}"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise ConfigError(message)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,9 @@ def parse_param(text: str) -> tuple[str, str, Any]:
         raise SubmissionRefused(f"bad --param {text!r}: expected STEP.KEY=VALUE")
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
+        json.dumps(value, allow_nan=False)  # parameters are stored as JSON
+    except (yaml.YAMLError, TypeError, ValueError):
+        value = raw  # dates, sets, NaN, odd tags: keep the text as typed
     return step, key, value
 
 
@@ -35,6 +38,31 @@ def params_from_pairs(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
         step, key, value = parse_param(pair)
         params.setdefault(step, {})[key] = value
     return params
+
+
+REFUSALS = (psycopg.errors.RaiseException, psycopg.errors.NoDataFound,
+            psycopg.errors.ObjectNotInPrerequisiteState, psycopg.errors.NotNullViolation,
+            psycopg.errors.CheckViolation, psycopg.errors.ForeignKeyViolation)
+
+
+@contextlib.contextmanager
+def _savepoint(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """Keep the caller's transaction usable after a refusal, and never commit it.
+
+    psycopg's ``conn.transaction()`` would commit when no transaction is open yet; a
+    plain SAVEPOINT instead opens the caller's implicit transaction and leaves the
+    commit to them. In autocommit mode the statement is its own transaction.
+    """
+    if conn.autocommit:
+        yield
+        return
+    conn.execute(queries["submit_savepoint"])
+    try:
+        yield
+    except BaseException:
+        conn.execute(queries["submit_rollback_to_savepoint"])
+        raise
+    conn.execute(queries["submit_release_savepoint"])
 
 
 def submit(
@@ -56,24 +84,21 @@ def submit(
     """
     if priority is not None and not 1 <= priority <= 10:
         raise SubmissionRefused(f"priority {priority} is outside 1..10")
-    with conn.cursor(row_factory=dict_row) as cur:
+    params_row = {
+        "workflow_code": workflow_code,
+        "input_file_path": str(input_path),
+        "priority": priority,
+        "params": Jsonb(params or {}),
+        "metadata": Jsonb(metadata) if metadata is not None else None,
+        "notify": list(notify),
+        "idempotency_key": idempotency_key,
+        "submitted_by": submitted_by,
+    }
+    with conn.cursor(row_factory=dict_row) as cur, _savepoint(conn):
         try:
-            with conn.transaction():  # a savepoint inside the caller's transaction
-                cur.execute(queries["job_submit"], {
-                    "workflow_code": workflow_code,
-                    "input_file_path": str(input_path),
-                    "priority": priority,
-                    "params": Jsonb(params or {}),
-                    "metadata": Jsonb(metadata) if metadata is not None else None,
-                    "notify": list(notify),
-                    "idempotency_key": idempotency_key,
-                    "submitted_by": submitted_by,
-                })
-                row = cur.fetchone()
-        except psycopg.errors.RaiseException as exc:
+            cur.execute(queries["job_submit"], params_row)
+        except REFUSALS as exc:
             raise SubmissionRefused(exc.diag.message_primary or str(exc)) from None
-        except (psycopg.errors.NoDataFound, psycopg.errors.ObjectNotInPrerequisiteState,
-                psycopg.errors.NotNullViolation, psycopg.errors.CheckViolation) as exc:
-            raise SubmissionRefused(exc.diag.message_primary or str(exc)) from None
+        row = cur.fetchone()
     assert row is not None
     return row

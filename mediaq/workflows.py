@@ -68,6 +68,17 @@ def normalise(doc: dict[str, Any], source: str = "workflow") -> dict[str, Any]:
         raise WorkflowError(f"{source}: vram_required must be a whole number of MB ≥ 0")
     if not isinstance(out["default_priority"], int) or not 1 <= out["default_priority"] <= 10:
         raise WorkflowError(f"{source}: default_priority must be 1..10")
+    for key in ("timeout_minutes", "retry_count", "sla_minutes"):
+        value = out[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 0):
+            raise WorkflowError(f"{source}: {key} must be a whole number ≥ 0")
+    for key in ("workflow_name", "description", "workflow_type", "input_types",
+                "output_types", "created_by", "queue_name"):
+        if out[key] is not None and not isinstance(out[key], str):
+            raise WorkflowError(f"{source}: {key} must be text")
+    if not isinstance(out["notify"], dict):
+        raise WorkflowError(f"{source}: notify must map event types to lists of recipients")
     steps = doc.get("steps")
     if not isinstance(steps, list) or not steps:
         raise WorkflowError(f"{source}: steps must be a non-empty list")
@@ -85,6 +96,14 @@ def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:
     if unknown:
         raise WorkflowError(f"{source}: step {index}: unknown keys: {', '.join(unknown)}")
     out = {key: step.get(key, default) for key, default in STEP_FIELDS.items()}
+    for key in ("step_number", "timeout_seconds", "sla_seconds"):
+        value = out[key]
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise WorkflowError(f"{source}: step {index}: {key} must be a whole number ≥ 1")
+    for key in ("step_name", "step_type", "action", "required_inputs", "expected_outputs"):
+        if out[key] is not None and not isinstance(out[key], str):
+            raise WorkflowError(f"{source}: step {index}: {key} must be text")
     out["step_number"] = out["step_number"] or index
     out["step_name"] = out["step_name"] or f"Step {out['step_number']}"
     if not out["action"]:
@@ -103,7 +122,10 @@ def load_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise WorkflowError(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise WorkflowError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise WorkflowError(f"{path}: not valid YAML ({where}{problem})") from None
     return normalise(doc, str(path))
 
 

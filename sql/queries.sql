@@ -576,3 +576,15 @@ SELECT 1 AS found FROM pg_database WHERE datname = %(name)s;
 -- How many of the given jobs have reached a final state (the demo's progress bar).
 SELECT count(*) AS n FROM workflow_jobs
  WHERE job_code = ANY (%(job_codes)s) AND status IN ('completed', 'failed', 'cancelled');
+
+-- name: submit_savepoint
+-- mediaq.submit() inside the caller's transaction: a refusal must not abort it.
+SAVEPOINT mediaq_submit;
+
+-- name: submit_rollback_to_savepoint
+-- Undo a refused submission, keeping the caller's transaction.
+ROLLBACK TO SAVEPOINT mediaq_submit;
+
+-- name: submit_release_savepoint
+-- Keep an accepted submission in the caller's transaction.
+RELEASE SAVEPOINT mediaq_submit;

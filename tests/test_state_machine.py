@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, event
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture import engine as conjecture_engine
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -62,6 +63,8 @@ RUN_SETTINGS = hypothesis_settings(
     report_multiple_bugs=False,  # shrink one failure only: shrinking on a database is slow
 )
 
+SHRINK_SECONDS = 20
+
 # What a worker does with a job through its handle.
 HANDLE_ACTIONS = ("progress", "log", "step", "complete", "fail", "retry_later", "hand_back",
                   "stop_cancelled")
@@ -89,6 +92,20 @@ RESET_SQL = (
     " taken_at = NULL, vram_mb = 0 WHERE job_id IS NOT NULL",
     "UPDATE mediaq.worker_hosts SET vram_reserved_mb = 0 WHERE vram_reserved_mb <> 0",
 )
+
+
+SNAPSHOT_SQL = """
+SELECT (SELECT to_jsonb(j) FROM workflow_jobs j WHERE j.id = %(job_id)s) AS job,
+       (SELECT jsonb_agg(to_jsonb(se) ORDER BY se.id) FROM step_executions se
+         WHERE se.job_id = %(job_id)s) AS step_executions,
+       (SELECT jsonb_agg(to_jsonb(q) ORDER BY q.id) FROM media_queue q
+         WHERE q.job_id = %(job_id)s) AS media_queue,
+       (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.host, s.category, s.slot)
+          FROM worker_slots s) AS slots,
+       (SELECT jsonb_agg(to_jsonb(h) ORDER BY h.host) FROM worker_hosts h) AS hosts,
+       (SELECT count(*) FROM workflow_notifications) AS notifications,
+       (SELECT count(*) FROM media_workflow_events) AS events
+"""
 
 
 @dataclass(frozen=True)
@@ -221,20 +238,10 @@ class JobLifecycle(RuleBasedStateMachine):
     def _next_step(self, job: JobModel) -> StepInfo | None:
         return next((s for s in self.rig.steps if s.number not in job.done_steps), None)
 
-    def _snapshot(self, job_id: int) -> tuple[Any, ...]:
-        """Everything a write about ``job_id`` could touch."""
+    def _snapshot(self, job_id: int) -> db.Row | None:
+        """Everything a write about ``job_id`` could touch (one round trip)."""
         with db.transaction(self.pool) as conn:
-            return (
-                conn.execute("SELECT * FROM workflow_jobs WHERE id = %s", (job_id,)).fetchone(),
-                conn.execute("SELECT * FROM step_executions WHERE job_id = %s ORDER BY id",
-                             (job_id,)).fetchall(),
-                conn.execute("SELECT * FROM media_queue WHERE job_id = %s", (job_id,)).fetchall(),
-                conn.execute("SELECT * FROM worker_slots ORDER BY host, category, slot")
-                .fetchall(),
-                conn.execute("SELECT * FROM worker_hosts ORDER BY host").fetchall(),
-                conn.execute("SELECT (SELECT count(*) FROM workflow_notifications) AS n,"
-                             " (SELECT count(*) FROM media_workflow_events) AS e").fetchone(),
-            )
+            return conn.execute(SNAPSHOT_SQL, {"job_id": job_id}).fetchone()
 
     # -- submitting and claiming -----------------------------------------------------------
 
@@ -571,7 +578,12 @@ def rig(database_url: str) -> Iterator[Rig]:
 # -- the state machine -----------------------------------------------------------------------
 
 
-def test_job_lifecycle_state_machine(rig: Rig) -> None:
+def test_job_lifecycle_state_machine(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every example runs on the database, so shrinking a failure can take minutes; a
+    # shorter shrink still ends at a short, readable sequence. (A hypothesis internal:
+    # nothing happens if it is renamed.)
+    monkeypatch.setattr(conjecture_engine, "MAX_SHRINKING_SECONDS", SHRINK_SECONDS,
+                        raising=False)
     machine = type("JobLifecycleOnRig", (JobLifecycle,), {"rig": rig})
     run_state_machine_as_test(machine, settings=RUN_SETTINGS)
 

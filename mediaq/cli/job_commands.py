@@ -25,7 +25,7 @@ TERMINAL = ("completed", "failed", "cancelled")
 @click.command("submit")
 @click.argument("workflow_code")
 @click.argument("input_path")
-@click.option("--priority", type=click.IntRange(1, 10), help="1..10, larger is more urgent.")
+@click.option("--priority", type=int, help="1..10, larger is more urgent.")
 @click.option("--param", "params", multiple=True, metavar="STEP.KEY=VALUE",
               help="Override a step parameter (step number, name or action).")
 @click.option("--metadata", help="JSON object stored as the job's input_metadata.")
@@ -39,8 +39,8 @@ def submit_command(
 ) -> None:
     """Submit INPUT_PATH to a workflow; prints the job code as the last word."""
     path = Path(input_path).expanduser()
-    resolved = check_input(str(path if path.is_absolute() else Path.cwd() / path),
-                           env.settings.effective_input_roots)
+    typed = input_path if "://" in input_path or path.is_absolute() else str(Path.cwd() / path)
+    resolved = check_input(typed, env.settings.effective_input_roots)
     meta = _parse_metadata(metadata)
     with env.connect() as conn:
         job = submit(conn, workflow_code, resolved, priority=priority,

@@ -20,6 +20,7 @@ CREATE OR REPLACE FUNCTION round(double precision, integer) RETURNS double preci
 -- Explicit ids (the seed's inserts) must not collide with generated ones later.
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION sync_id_sequence() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
     seq text := pg_get_serial_sequence(format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'id');
@@ -52,6 +53,7 @@ END $$;
 -- Jobs: defaults from the workflow, job codes, wake-ups
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION job_fill_defaults() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
     wd workflow_definitions;
@@ -76,6 +78,7 @@ CREATE TRIGGER workflow_jobs_fill_defaults BEFORE INSERT ON workflow_jobs
     FOR EACH ROW EXECUTE FUNCTION job_fill_defaults();
 
 CREATE OR REPLACE FUNCTION job_after_insert() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO media_queue (job_id, queue_name, priority, scheduled_time, status, worker_id)
@@ -91,12 +94,14 @@ CREATE TRIGGER workflow_jobs_after_insert AFTER INSERT ON workflow_jobs
     FOR EACH ROW EXECUTE FUNCTION job_after_insert();
 
 CREATE OR REPLACE FUNCTION queue_status_for(job_status text) RETURNS text
+    SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT CASE WHEN job_status IN ('pending', 'queued') THEN 'queued' ELSE job_status END $$;
 
 -- An insert from outside the engine (seed 000 step 11) takes over the engine's
 -- row for that job, and the explicit id it asks for.
 CREATE OR REPLACE FUNCTION media_queue_before_insert() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
     IF pg_trigger_depth() = 1 THEN
@@ -115,6 +120,7 @@ CREATE TRIGGER media_queue_before_insert BEFORE INSERT ON media_queue
 -- Job state changes: queue row, slot release, outbox, wake-ups
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION notification_channel(recipient text) RETURNS text
+    SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
     AS $$
     SELECT CASE
@@ -129,6 +135,7 @@ CREATE OR REPLACE FUNCTION notification_channel(recipient text) RETURNS text
 -- "*"), and the global default in settings.
 CREATE OR REPLACE FUNCTION notification_recipients(job workflow_jobs, event_type text)
     RETURNS SETOF text
+    SET search_path = pg_catalog, mediaq
     LANGUAGE sql STABLE
     AS $$
     SELECT DISTINCT r FROM (
@@ -152,6 +159,7 @@ CREATE OR REPLACE FUNCTION notification_recipients(job workflow_jobs, event_type
 
 CREATE OR REPLACE FUNCTION job_event_type(old_job workflow_jobs, new_job workflow_jobs)
     RETURNS text
+    SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
     AS $$
     SELECT CASE
@@ -165,6 +173,7 @@ CREATE OR REPLACE FUNCTION job_event_type(old_job workflow_jobs, new_job workflo
 
 CREATE OR REPLACE FUNCTION write_job_notifications(old_job workflow_jobs, new_job workflow_jobs)
     RETURNS void
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
     ev text := job_event_type(old_job, new_job);
@@ -208,6 +217,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION job_after_update() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
     released record;
@@ -250,6 +260,7 @@ CREATE TRIGGER workflow_jobs_after_update AFTER UPDATE ON workflow_jobs
 
 -- A slot keeps the VRAM it reserved; freeing it gives the VRAM back to its host.
 CREATE OR REPLACE FUNCTION slot_release_vram() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
     IF OLD.vram_mb > 0 AND NEW.job_id IS NULL THEN
@@ -270,6 +281,7 @@ CREATE TRIGGER worker_slots_release_vram AFTER UPDATE OF job_id ON worker_slots
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION step_event(se step_executions, ev text, at timestamptz)
     RETURNS void
+    SET search_path = pg_catalog, mediaq
     LANGUAGE sql AS $$
     INSERT INTO media_workflow_events
         (workflow_id, workflow_stage, event_type, event_timestamp, sla_due_timestamp,
@@ -281,6 +293,7 @@ CREATE OR REPLACE FUNCTION step_event(se step_executions, ev text, at timestampt
       FROM workflow_steps ws WHERE ws.id = se.step_id $$;
 
 CREATE OR REPLACE FUNCTION step_execution_events() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -314,6 +327,7 @@ CREATE OR REPLACE FUNCTION submit_job(
     idempotency_key text DEFAULT NULL,
     submitted_by    text DEFAULT NULL
 ) RETURNS workflow_jobs
+    SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
