@@ -66,8 +66,8 @@ RUN_SETTINGS = hypothesis_settings(
 SHRINK_SECONDS = 20
 
 # What a worker does with a job through its handle.
-HANDLE_ACTIONS = ("progress", "log", "step", "complete", "fail", "retry_later", "hand_back",
-                  "stop_cancelled")
+HANDLE_ACTIONS = ("progress", "log", "step", "complete", "fail", "retry_later", "retry_in_an_hour",
+                  "hand_back", "stop_cancelled")
 # A job-level transition: the query, its parameters, the status the open step closes with,
 # and the status the job should end the attempt in.
 TRANSITIONS: dict[str, tuple[str, dict[str, Any], str, str]] = {
@@ -77,6 +77,8 @@ TRANSITIONS: dict[str, tuple[str, dict[str, Any], str, str]] = {
                           "output_metadata": None, "log_line": "x\n"}, "failed", "failed"),
     "retry_later": ("job_schedule_retry", {"delay_seconds": 0, "error_message": "e",
                                            "log_line": "x\n"}, "failed", "pending"),
+    "retry_in_an_hour": ("job_schedule_retry", {"delay_seconds": 3600, "error_message": "e",
+                                                "log_line": "x\n"}, "failed", "pending"),
     "hand_back": ("job_hand_back", {"log_line": "x\n"}, "cancelled", "pending"),
     "stop_cancelled": ("job_cancelled", {"log_line": "x\n"}, "cancelled", "cancelled"),
 }
@@ -165,6 +167,7 @@ class JobModel:
     retry_count: int = 0
     rescue_count: int = 0
     worker: str | None = None
+    backing_off: bool = False  # retry_after lies in the future: not claimable
     # an operator's requests to the running attempt
     cancel_requested: bool = False
     pause_requested: bool = False
@@ -232,7 +235,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def _next_claimable(self) -> JobModel | None:
         if len(self._with_status("processing")) >= CPU_LIMIT:
             return None  # every slot of the machine is taken
-        waiting = [j for j in self.model.values() if j.status in WAITING]
+        waiting = [j for j in self.model.values() if j.status in WAITING and not j.backing_off]
         return min(waiting, key=lambda j: (-j.priority, j.id), default=None)
 
     def _next_step(self, job: JobModel) -> StepInfo | None:
@@ -361,8 +364,9 @@ class JobLifecycle(RuleBasedStateMachine):
                 held.execution = None
                 if step_status == "completed":
                     job.done_steps.add(number)
-            if action == "retry_later":
+            if action in ("retry_later", "retry_in_an_hour"):
                 job.retry_count += 1
+                job.backing_off = action == "retry_in_an_hour"
             job.end_attempt(outcome)
 
     # -- leases running out ----------------------------------------------------------------
@@ -444,6 +448,7 @@ class JobLifecycle(RuleBasedStateMachine):
             job.status = "pending"
             job.retry_count += 1
             job.rescue_count = 0
+            job.backing_off = False
 
     # -- the invariant -----------------------------------------------------------------------
 
