@@ -186,13 +186,17 @@ WITH expired AS (
        FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE workflow_jobs j
-       SET status = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'failed' ELSE 'pending' END,
-           error_class = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'system' END,
+       SET status = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'failed'
+                         ELSE after_attempt(j.cancel_requested, j.pause_requested) END,
+           error_class = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'system'
+                              WHEN j.cancel_requested THEN 'cancelled' END,
            error_message = CASE WHEN j.rescue_count >= %(max_rescues)s
                THEN format('worker lost %%s times (last: %%s); giving up', j.rescue_count + 1,
                            coalesce(j.worker_id, 'unknown'))
                ELSE j.error_message END,
-           completed_at = CASE WHEN j.rescue_count >= %(max_rescues)s THEN now() END,
+           completed_at = CASE WHEN j.rescue_count >= %(max_rescues)s OR j.cancel_requested
+                               THEN now() END,
+           cancel_requested = FALSE, pause_requested = FALSE,
            rescue_count = j.rescue_count + 1,
            lease_expires_at = NULL,
            progress_stage = NULL,
@@ -303,6 +307,7 @@ UPDATE workflow_jobs
        progress_stage = NULL, lease_expires_at = NULL, waiting_reason = NULL,
        output_metadata = %(output_metadata)s, output_file_path = %(output_file_path)s,
        error_message = NULL, error_class = NULL, retry_after = NULL, updated_at = now(),
+       cancel_requested = FALSE, pause_requested = FALSE,
        log = log || %(log_line)s
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
@@ -314,6 +319,7 @@ UPDATE workflow_jobs
    SET status = 'failed', completed_at = now(), progress_stage = NULL, lease_expires_at = NULL,
        error_message = %(error_message)s, error_class = %(error_class)s,
        output_metadata = %(output_metadata)s, updated_at = now(),
+       cancel_requested = FALSE, pause_requested = FALSE,
        log = log || %(log_line)s
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
@@ -322,9 +328,13 @@ RETURNING id;
 -- name: job_schedule_retry
 -- Send a job back to wait out its back-off; it resumes at its first unfinished step.
 UPDATE workflow_jobs
-   SET status = 'pending', retry_count = retry_count + 1,
+   SET status = after_attempt(cancel_requested, pause_requested),
+       retry_count = retry_count + 1,
        retry_after = now() + make_interval(secs => %(delay_seconds)s),
-       error_message = %(error_message)s, error_class = 'transient',
+       completed_at = CASE WHEN cancel_requested THEN now() END,
+       cancel_requested = FALSE, pause_requested = FALSE,
+       error_message = %(error_message)s,
+       error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'transient' END,
        progress_stage = NULL, lease_expires_at = NULL, updated_at = now(),
        log = log || %(log_line)s
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
@@ -335,7 +345,8 @@ RETURNING id;
 -- Record that a running job stopped on an operator's cancel.
 UPDATE workflow_jobs
    SET status = 'cancelled', completed_at = now(), progress_stage = NULL,
-       lease_expires_at = NULL, error_class = 'cancelled', cancel_requested = FALSE,
+       lease_expires_at = NULL, error_class = 'cancelled',
+       cancel_requested = FALSE, pause_requested = FALSE,
        updated_at = now(), log = log || %(log_line)s
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
@@ -344,8 +355,11 @@ RETURNING id;
 -- name: job_hand_back
 -- Give a running job back without spending a retry (worker draining, or paused by an operator).
 UPDATE workflow_jobs
-   SET status = CASE WHEN pause_requested THEN 'paused' ELSE 'pending' END,
-       pause_requested = FALSE, progress_stage = NULL, lease_expires_at = NULL,
+   SET status = after_attempt(cancel_requested, pause_requested),
+       completed_at = CASE WHEN cancel_requested THEN now() END,
+       error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_class END,
+       cancel_requested = FALSE, pause_requested = FALSE,
+       progress_stage = NULL, lease_expires_at = NULL,
        updated_at = now(), log = log || %(log_line)s
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
@@ -407,7 +421,7 @@ RETURNING status, pause_requested;
 UPDATE workflow_jobs
    SET status = CASE WHEN status = 'paused' THEN 'pending' ELSE status END,
        pause_requested = FALSE, updated_at = now(), log = log || %(log_line)s
- WHERE id = %(job_id)s AND (status = 'paused' OR pause_requested)
+ WHERE id = %(job_id)s AND (status = 'paused' OR (status = 'processing' AND pause_requested))
 RETURNING status;
 
 -- name: job_retry

@@ -93,6 +93,16 @@ END $$;
 CREATE TRIGGER workflow_jobs_after_insert AFTER INSERT ON workflow_jobs
     FOR EACH ROW EXECUTE FUNCTION job_after_insert();
 
+-- Where a job goes when its attempt ends without finishing: an operator's request
+-- made during the attempt wins (the request ends with the attempt).
+CREATE OR REPLACE FUNCTION after_attempt(cancel_requested boolean, pause_requested boolean)
+    RETURNS text
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT CASE WHEN cancel_requested THEN 'cancelled'
+                      WHEN pause_requested THEN 'paused'
+                      ELSE 'pending' END $$;
+
 CREATE OR REPLACE FUNCTION queue_status_for(job_status text) RETURNS text
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
