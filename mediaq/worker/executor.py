@@ -69,7 +69,9 @@ class JobRun:
 
     def step_overrides(self, step: Step) -> dict[str, Any]:
         """Per-job parameters for a step, keyed by step number, name or action."""
-        params: dict[str, Any] = self.context["params"] or {}
+        params = self.context["params"]
+        if not isinstance(params, dict):  # a hand-written INSERT may store anything
+            return {}
         merged: dict[str, Any] = {}
         for key in (step.action, step.name, str(step.number)):
             value = params.get(key)
