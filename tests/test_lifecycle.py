@@ -110,7 +110,7 @@ def test_unknown_action_and_bad_parameters_fail_permanently(mq: MediaqEnv) -> No
     assert mq.job(a)["retry_count"] == mq.job(b)["retry_count"] == 0
 
 
-def test_step_timeout_is_transient_and_job_timeout_is_final(mq: MediaqEnv) -> None:
+def test_step_timeout_is_transient(mq: MediaqEnv) -> None:
     mq.apply_workflow(diagnostic_workflow(
         "T-SLOW", {"action": "sleep", "parameters": {"seconds": 5}, "timeout_seconds": 1},
         retry_count=1))
@@ -119,6 +119,20 @@ def test_step_timeout_is_transient_and_job_timeout_is_final(mq: MediaqEnv) -> No
     job = mq.job(code)
     assert job["status"] == "failed" and job["retry_count"] == 1
     assert "ran past its timeout of 1 s" in job["error_message"]
+
+
+def test_workflow_timeout_fails_the_job_for_good(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow(
+        "T-LATE", {"action": "sleep", "parameters": {"seconds": 10}}, timeout_minutes=1))
+    code = mq.submit("T-LATE", mq.input_file("a.bin"))
+    # the job already spent 59 s of its one minute (earlier attempts, back-offs)
+    mq.query("UPDATE workflow_jobs SET started_at = now() - interval '59 seconds'"
+             " WHERE job_code = %s", (code,))
+    mq.run_burst()
+    job = mq.job(code)
+    assert job["status"] == "failed" and job["retry_count"] == 0
+    assert job["error_message"] == ("step 1 'sleep 1' failed: "
+                                    "job ran past its workflow timeout (timeout_minutes = 1)")
 
 
 def test_cancel_running_job_stops_within_two_seconds(mq: MediaqEnv) -> None:

@@ -236,8 +236,9 @@ class Executor:
         except StepTimedOut:
             if time.monotonic() >= run.job_deadline:
                 minutes = run.context["timeout_minutes"]
-                raise StepFailed("permanent", JobTimedOut(
-                    f"job ran past its workflow timeout of {minutes} minutes").message) from None
+                timed_out = JobTimedOut(
+                    f"job ran past its workflow timeout (timeout_minutes = {minutes})")
+                raise StepFailed("permanent", timed_out.message) from None
             raise StepFailed("transient",
                              f"step '{step.name}' ran past its timeout of {step.timeout_seconds} s"
                              ) from None
