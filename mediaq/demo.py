@@ -71,12 +71,10 @@ def show_results(url: str, job_codes: list[str]) -> None:
     with db.connect(url) as conn:
         rows = db.fetch_all(conn, "jobs_dashboard",
                             {"status": None, "workflow_code": None, "limit": 50})
-        mine = [r for r in db.fetch_all(conn, "jobs_dashboard",
-                                         {"status": None, "workflow_code": None, "limit": 10000})
-                if r["job_code"] in job_codes]
     table(rows, ["job_code", "workflow_name", "status", "current_step", "total_steps",
                  "progress_percent", "priority", "submitted_by", "submitted_at", "started_at",
                  "completed_at"], title="Job status dashboard (seed 000, step 12)")
-    failures = [r for r in mine if r["status"] == "failed"]
+    # failed jobs sort first on the dashboard, so this run's failures are among its rows
+    failures = [r for r in rows if r["status"] == "failed" and r["job_code"] in job_codes]
     if failures:
         table(failures, ["job_code", "workflow_name", "error_message"], title="Why jobs failed")

@@ -148,7 +148,7 @@ SELECT EXISTS (
        AND j.resource_category = ANY (%(categories)s::text[])
        AND (j.retry_after IS NULL OR j.retry_after <= now() + make_interval(secs => %(horizon_seconds)s))
        AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
-       AND j.vram_required <= %(vram_budget_mb)s
+       AND (j.resource_category = 'cpu' OR j.vram_required <= %(vram_budget_mb)s)
        AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = j.queue_name AND q.paused)
 ) AS runnable;
 

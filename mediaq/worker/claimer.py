@@ -7,6 +7,7 @@ ever waits on the host row, which a claimer holds without waiting on anything).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
@@ -59,7 +60,7 @@ class Claimer:
                     "limit": cap.limits.get(category, 0),
                 })
             db.execute(conn, "worker_register", {
-                "worker_id": self.worker_id, "host": self.host, "pid": _pid(),
+                "worker_id": self.worker_id, "host": self.host, "pid": os.getpid(),
                 "categories": list(cap.categories), "limits": Jsonb(cap.limits),
                 "queues": self.queues, "vram_budget_mb": cap.vram_budget_mb,
                 "version": version,
@@ -112,13 +113,6 @@ class Claimer:
             row = db.fetch_one(conn, "jobs_runnable_exists", {
                 "categories": list(self.capacity.categories), "queues": self.queues,
                 "horizon_seconds": horizon_seconds,
-                "vram_budget_mb": max(self.capacity.vram_budget_mb, 0)
-                if any(c in GPU_CATEGORIES for c in self.capacity.categories) else NO_VRAM_LIMIT,
+                "vram_budget_mb": self.capacity.vram_budget_mb,
             })
         return bool(row and row["runnable"])
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

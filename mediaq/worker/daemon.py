@@ -70,7 +70,7 @@ class Worker:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.lease_seconds,
-                                   self.running, self.running_lock, self.stopping)
+                                   self.running, self.running_lock)
         self.rescuer = Rescuer(self.pool, self.worker_id, settings.max_rescues,
                                settings.lease_seconds, self.wake)
         self.jobs_pool = ThreadPoolExecutor(max_workers=max(1, self.capacity.max_parallel),
@@ -155,8 +155,8 @@ class Worker:
     def _finished(self, handle: JobHandle, future: Future[str]) -> None:
         with self.running_lock:
             self.running.pop(handle.job_id, None)
+            self.processed += 1
         self.capacity.give_back(handle.category)
-        self.processed += 1
         error = future.exception()
         if error is not None:
             # A database outage mid-write: the lease runs out and another worker rescues.

@@ -23,7 +23,7 @@ CONTROL_INTERVAL_S = 1.0
 class Heartbeat(threading.Thread):
     def __init__(
         self, pool: ConnectionPool[db.Connection], worker_id: str, lease_seconds: int,
-        running: dict[int, JobHandle], running_lock: threading.Lock, stopping: threading.Event,
+        running: dict[int, JobHandle], running_lock: threading.Lock,
     ) -> None:
         super().__init__(name="mediaq-heartbeat", daemon=True)
         self.pool = pool
@@ -31,7 +31,6 @@ class Heartbeat(threading.Thread):
         self.lease_seconds = lease_seconds
         self.running = running
         self.running_lock = running_lock
-        self.stopping = stopping
         self.halt = threading.Event()
         self.status = "running"
 
