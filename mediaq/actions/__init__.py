@@ -7,6 +7,7 @@ register with :func:`action`; the engine looks actions up with :func:`get_action
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import importlib
 import threading
@@ -21,6 +22,7 @@ from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.errors import ActionNotAvailable, InvalidParameters
 
 ActionFn = Callable[[ActionContext], ActionResult]
+FusedFn = Callable[[list[ActionContext]], list[ActionResult]]
 
 __all__ = [
     "ActionContext",
@@ -29,11 +31,17 @@ __all__ = [
     "RegisteredAction",
     "action",
     "available_actions",
+    "fused",
     "get_action",
 ]
 
 ENTRY_POINT_GROUP = "mediaq.actions"
-BUILTIN_MODULES = ("mediaq.actions.diagnostic", "mediaq.actions.image")
+BUILTIN_MODULES = (
+    "mediaq.actions.diagnostic",
+    "mediaq.actions.image",
+    "mediaq.actions.video",
+    "mediaq.actions.finalize",
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,9 @@ class RegisteredAction:
     schema: dict[str, Any]
     description: str
     produces_primary: bool
+    # Runs several consecutive steps of this action that read the same source in one
+    # pass (decode once, encode many); one result per context, in order.
+    fuse: FusedFn | None = None
 
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Return ``params`` with schema defaults applied, or raise InvalidParameters."""
@@ -89,6 +100,16 @@ def action(
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             produces_primary=produces_primary,
         )
+        return fn
+
+    return register
+
+
+def fused(name: str) -> Callable[[FusedFn], FusedFn]:
+    """Register ``fn`` as the one-pass form of the (already registered) action ``name``."""
+
+    def register(fn: FusedFn) -> FusedFn:
+        _registry[name] = dataclasses.replace(_registry[name], fuse=fn)
         return fn
 
     return register

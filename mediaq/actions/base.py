@@ -23,7 +23,9 @@ class OutputFile:
     """A file an action produced in its staging directory."""
 
     staging_path: Path
-    role: str = "primary"  # primary | thumbnail | sidecar | report
+    # primary: becomes the next step's source_path; rendition: a finished deliverable
+    # that does not (transcodes read the same source); thumbnail | sidecar | report.
+    role: str = "primary"
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,6 +59,7 @@ class ActionContext:
         cancel_event: threading.Event | None = None,
         on_progress: ProgressFn | None = None,
         on_log: Callable[[str], None] | None = None,
+        previous_outputs: list[dict[str, Any]] | None = None,
     ) -> None:
         self.job_code = job_code
         self.step_number = step_number
@@ -68,6 +71,8 @@ class ActionContext:
         self.staging_dir = staging_dir
         self.deadline = deadline
         self.cancel_event = cancel_event or threading.Event()
+        # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256, …).
+        self.previous_outputs = list(previous_outputs or [])
         self._on_progress = on_progress
         self._on_log = on_log
 

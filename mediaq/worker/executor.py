@@ -8,11 +8,11 @@ start (fenced) → run the action (no transaction open) → commit outputs (fenc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import structlog
@@ -23,6 +23,7 @@ from mediaq.actions import ActionContext, ActionResult, get_action
 from mediaq.backoff import retry_delay
 from mediaq.config import Settings
 from mediaq.errors import (
+    ActionNotAvailable,
     Cancelled,
     InputRefused,
     JobTimedOut,
@@ -33,10 +34,11 @@ from mediaq.errors import (
     TransientError,
 )
 from mediaq.logs import log_line
-from mediaq.outputs import check_input, discard, job_output_dir, staging_dir
+from mediaq.outputs import check_input, discard, job_output_dir, sha256_of, staging_dir
 from mediaq.worker.job_handle import JobHandle
 
 log = structlog.get_logger("mediaq.executor")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,16 @@ class JobRun:
         return merged
 
 
+def job_primary_output(outputs: list[dict[str, Any]]) -> str | None:
+    """The job's output file: the last primary output, else its first rendition
+    (a transcode ladder's top rung)."""
+    for role, ordered in (("primary", reversed(outputs)), ("rendition", iter(outputs))):
+        for output in ordered:
+            if output.get("role") == role:
+                return str(output["path"])
+    return None
+
+
 class StepFailed(Exception):
     """A step failed; carries its class ('permanent' or 'transient') and message."""
 
@@ -89,12 +101,11 @@ class StepFailed(Exception):
         self.message = message
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _fusable(action_name: str) -> bool:
+    try:
+        return get_action(action_name).fuse is not None
+    except ActionNotAvailable:
+        return False
 
 
 def load_run(handle: JobHandle, workflow_id: int) -> JobRun:
@@ -134,8 +145,11 @@ class Executor:
             run.input_path = check_input(run.context["input_file_path"],
                                          self.settings.effective_input_roots)
             run.source_path = run.input_path
-            for step in run.steps:
-                self._run_or_skip(handle, run, step)
+            for group in self._step_groups(run):
+                if len(group) > 1:
+                    self._run_fused(handle, run, group)
+                for step in group:
+                    self._run_or_skip(handle, run, step)
             self._complete(handle, run)
             bound.info("job:completed")
             return "completed"
@@ -173,10 +187,81 @@ class Executor:
         if past is not None and past["given_up"] and step.on_failure == "continue":
             run.failed_steps.append({"step": step.number, "name": step.name})
             return
+        self._stop_if_asked(handle)
+        self._run_step(handle, run, step, retry_attempt=int(past["executions"]) if past else 0)
+
+    def _stop_if_asked(self, handle: JobHandle) -> None:
         signal = handle.stop_signal
         if signal.is_set() and signal.reason is not None:
             self._stop_between_steps(handle, signal.reason)
-        self._run_step(handle, run, step, retry_attempt=int(past["executions"]) if past else 0)
+
+    # -- fused steps (decode once, encode many) -----------------------------------------
+
+    @staticmethod
+    def _step_groups(run: JobRun) -> list[list[Step]]:
+        """Consecutive unstarted steps of one fusable action form a group; others stand alone."""
+        groups: list[list[Step]] = []
+        for step in run.steps:
+            previous = groups[-1][-1] if groups else None
+            if (previous is not None and previous.action == step.action
+                    and _fusable(step.action) and step.id not in run.history
+                    and previous.id not in run.history):
+                groups[-1].append(step)
+            else:
+                groups.append([step])
+        return groups
+
+    def _run_fused(self, handle: JobHandle, run: JobRun, steps: list[Step]) -> None:
+        """Run ``steps`` in one pass. If the pass fails, its executions are closed and the
+        steps then run one by one, so each keeps its own retry and failure rules."""
+        assert run.source_path is not None
+        self._stop_if_asked(handle)
+        first, last = steps[0], steps[-1]
+        low, high = run.percent(first, done=False), run.percent(last, done=True)
+        executions = [
+            handle.start_step(step_id=step.id, step_number=step.number, step_name=step.name,
+                              retry_attempt=0, progress_percent=low,
+                              input_data={"source": str(run.source_path), "action": step.action,
+                                          "fused_steps": [s.number for s in steps]})
+            for step in steps
+        ]
+        stage_dirs = [staging_dir(self.settings.staging, handle.job_code, handle.attempt,
+                                  step.number) for step in steps]
+        started = time.monotonic()
+        label = " + ".join(step.name for step in steps)
+        try:
+            contexts = [self._context(handle, run, step, stage_dir, 0, lambda f, stage: (
+                handle.progress(low + (high - low) * f, stage or label)))
+                for step, stage_dir in zip(steps, stage_dirs, strict=True)]
+            fuse = get_action(first.action).fuse
+            assert fuse is not None
+            results = self._classified(first, run, lambda: fuse(contexts))
+        except (Cancelled, Paused, LeaseLost) as exc:
+            for stage_dir in stage_dirs:
+                discard(stage_dir)
+            for step, execution_id in zip(steps[1:], executions[1:], strict=True):
+                self._close_interrupted(handle, run, step, execution_id, exc, then=False)
+            self._close_interrupted(handle, run, first, executions[0], exc)
+            raise
+        except StepFailed as failure:
+            for stage_dir in stage_dirs:
+                discard(stage_dir)
+            for step, execution_id in zip(steps, executions, strict=True):
+                handle.commit_step(
+                    execution_id, status="cancelled", error_class="fused",
+                    error_message=f"one-pass run failed: {failure.message}",
+                    log_message=f"Step {step.number} '{step.name}': one-pass run failed "
+                                f"({failure.message}); running the steps one by one",
+                    progress_percent=low)
+            run.history.update({step.id: {"executions": 1, "completed": False,
+                                          "given_up": False} for step in steps})
+            return
+        seconds = time.monotonic() - started
+        for step, execution_id, stage_dir, result in zip(steps, executions, stage_dirs, results,
+                                                         strict=True):
+            self._commit_result(handle, run, step, execution_id, stage_dir, result, seconds)
+
+    # -- one step -----------------------------------------------------------------------
 
     def _run_step(self, handle: JobHandle, run: JobRun, step: Step, retry_attempt: int) -> None:
         assert run.input_path is not None and run.source_path is not None
@@ -190,9 +275,11 @@ class Executor:
         stage_dir = staging_dir(self.settings.staging, handle.job_code, handle.attempt, step.number)
         started = time.monotonic()
         try:
-            result = self._call_action(handle, run, step, stage_dir, retry_attempt,
-                                       lambda f, stage: handle.progress(
-                                           percent_at_start + step_share * f, stage or step.name))
+            ctx = self._context(handle, run, step, stage_dir, retry_attempt,
+                                lambda f, stage: handle.progress(
+                                    percent_at_start + step_share * f, stage or step.name))
+            fn = get_action(step.action).fn
+            result = self._classified(step, run, lambda: fn(ctx))
         except (Cancelled, Paused, LeaseLost) as exc:
             discard(stage_dir)
             self._close_interrupted(handle, run, step, execution_id, exc)
@@ -201,9 +288,14 @@ class Executor:
             discard(stage_dir)
             self._handle_failure(handle, run, step, execution_id, failure)
             return
+        self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                            time.monotonic() - started)
+
+    def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
+                       stage_dir: Path, result: ActionResult, seconds: float) -> None:
         output_dir = job_output_dir(self.settings.outputs, handle.job_code)
         staged = [o.staging_path for o in result.outputs]
-        output_data = self._describe_outputs(result, output_dir, step, time.monotonic() - started)
+        output_data = self._describe_outputs(result, output_dir, step, seconds)
         handle.commit_step(execution_id, status="completed", output_data=output_data,
                            staged_files=staged, output_dir=output_dir,
                            log_message=f"Step {step.number} '{step.name}' completed",
@@ -211,26 +303,29 @@ class Executor:
         discard(stage_dir)
         self._remember_outputs(run, step, output_data)
 
-    def _call_action(
-        self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path, retry_attempt: int,
-        on_progress: Any,
-    ) -> ActionResult:
-        """Run the action with no transaction open; classify what it raises."""
+    def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
+                 retry_attempt: int, on_progress: Any) -> ActionContext:
+        """The action's view of this step; invalid parameters fail it for good."""
         assert run.input_path is not None and run.source_path is not None
         step_deadline = time.monotonic() + step.timeout_seconds
         try:
-            registered = get_action(step.action)
-            params = registered.validate({**step.parameters, **run.step_overrides(step)})
-            ctx = ActionContext(
-                job_code=handle.job_code, step_number=step.number, step_name=step.name,
-                input_path=run.input_path, source_path=run.source_path, params=params,
-                staging_dir=stage_dir, attempt=retry_attempt,
-                deadline=min(step_deadline, run.job_deadline),
-                cancel_event=handle.stop_signal, on_progress=on_progress,
-                on_log=handle.log,
-            )
-            ctx.check()
-            return registered.fn(ctx)
+            params = get_action(step.action).validate({**step.parameters,
+                                                       **run.step_overrides(step)})
+        except PermanentError as exc:
+            raise StepFailed("permanent", exc.message) from None
+        return ActionContext(
+            job_code=handle.job_code, step_number=step.number, step_name=step.name,
+            input_path=run.input_path, source_path=run.source_path, params=params,
+            staging_dir=stage_dir, attempt=retry_attempt,
+            deadline=min(step_deadline, run.job_deadline),
+            cancel_event=handle.stop_signal, on_progress=on_progress,
+            on_log=handle.log, previous_outputs=run.outputs,
+        )
+
+    def _classified(self, step: Step, run: JobRun, call: Callable[[], T]) -> T:
+        """Run an action with no transaction open; classify what it raises."""
+        try:
+            return call()
         except (Cancelled, Paused, LeaseLost):
             raise
         except StepTimedOut:
@@ -318,12 +413,14 @@ class Executor:
         raise StepFailed("transient" if final_class == "exhausted" else "permanent", message)
 
     def _close_interrupted(
-        self, handle: JobHandle, run: JobRun, step: Step, execution_id: int, exc: BaseException
+        self, handle: JobHandle, run: JobRun, step: Step, execution_id: int, exc: BaseException,
+        *, then: bool = True,
     ) -> None:
+        """Close the step's execution and (``then``) move the job on as the stop asks."""
         if isinstance(exc, LeaseLost):
             return  # not ours any more: write nothing
         reason = "cancelled by an operator" if isinstance(exc, Cancelled) else "handed back"
-        transition = self._interruption_transition(exc)
+        transition = self._interruption_transition(exc) if then else None
         try:
             handle.commit_step(execution_id, status="cancelled", error_message=reason,
                                error_class="cancelled",
@@ -348,8 +445,7 @@ class Executor:
     # -- job outcomes -------------------------------------------------------------------
 
     def _complete(self, handle: JobHandle, run: JobRun) -> None:
-        primary = next((o["path"] for o in reversed(run.outputs) if o.get("role") == "primary"),
-                       None)
+        primary = job_primary_output(run.outputs)
         metadata = {"outputs": run.outputs, "failed_steps": run.failed_steps,
                     "workflow_code": run.context["workflow_code"],
                     "workflow_version": run.context["workflow_version"]}

@@ -1,0 +1,407 @@
+"""Opening, probing and encoding audio/video with PyAV, safely and with progress.
+
+Every audio/video action opens its input through :func:`open_media`, which only
+lets FFmpeg read local files with the demuxers in :data:`ALLOWED_DEMUXERS`: no
+network, no playlists, no concat lists (a playlist renamed to ``.mp4`` is refused).
+Whatever FFmpeg raises is turned into a one-line PermanentError by :func:`reading`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+from av.audio.fifo import AudioFifo
+from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
+from av.container import InputContainer, OutputContainer
+
+from mediaq.actions.base import ActionContext
+from mediaq.errors import InputRefused, PermanentError, TransientError
+
+# Demuxers that read one self-contained local file. Everything that follows
+# references (hls, dash, concat, image2, …) is left out on purpose.
+ALLOWED_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi", "flv", "mpeg", "asf",
+    "wav", "w64", "mp3", "flac", "ogg", "aac", "aiff", "caf", "ivf", "h264", "hevc", "m4v",
+    "mpegvideo", "wv", "ape",
+)
+_OPEN_OPTIONS = {
+    "protocol_whitelist": "file",
+    "format_whitelist": ",".join(ALLOWED_DEMUXERS),
+}
+
+# Software encoder per codec, and the hardware one tried first on a GPU worker.
+SOFTWARE_ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9",
+                     "av1": "libsvtav1"}
+HARDWARE_ENCODERS = {"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"}
+
+PROGRESS_EVERY_S = 0.25
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def one_line(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[0]
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn what FFmpeg raises while reading ``path`` into one clear error line."""
+    name = path.name
+    try:
+        yield
+    except av.error.FileNotFoundError:
+        raise InputRefused(f"{name}: input file {path} does not exist") from None
+    except av.error.PermissionError:
+        raise InputRefused(f"{name}: cannot be read (permission denied)") from None
+    except av.error.MemoryError:
+        raise TransientError(f"{name}: out of memory while decoding") from None
+    except (av.error.InvalidDataError, av.error.EOFError, av.error.DecoderNotFoundError,
+            av.error.PatchWelcomeError) as exc:
+        raise PermanentError(f"{name}: corrupt or unsupported media ({one_line(exc)})") from None
+    except av.error.FFmpegError as exc:
+        raise PermanentError(f"{name}: cannot be decoded ({one_line(exc)})") from None
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Storage failures while writing are transient (a full disk may be freed)."""
+    try:
+        yield
+    except av.error.OSError as exc:
+        raise TransientError(f"{path.name}: write failed ({one_line(exc)})") from None
+    except OSError as exc:
+        raise TransientError(f"{path.name}: write failed ({one_line(exc)})") from None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def check_media_file(path: Path) -> None:
+    if not path.exists():
+        raise InputRefused(f"{path.name}: input file {path} does not exist")
+    if not path.is_file():
+        raise InputRefused(f"{path.name}: input {path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise PermanentError(f"{path.name}: file is empty (0 bytes)")
+
+
+@contextmanager
+def open_media(path: Path) -> Iterator[InputContainer]:
+    """Open a local audio/video file for reading, refusing anything unsafe."""
+    check_media_file(path)
+    with reading(path):
+        try:
+            container = av.open(str(path), mode="r", options=dict(_OPEN_OPTIONS))
+        except (av.error.InvalidDataError, av.error.ArgumentError,
+                av.error.DemuxerNotFoundError):
+            raise PermanentError(
+                f"{path.name}: not a supported audio or video file") from None
+    try:
+        yield container
+    finally:
+        container.close()
+
+
+def open_output(path: Path, *, format: str | None = None,
+                options: dict[str, str] | None = None) -> OutputContainer:
+    with writing(path):
+        return av.open(str(path), mode="w", format=format, options=options or {})
+
+
+# --------------------------------------------------------------------------- probing
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    codec: str
+    profile: str | None
+    width: int  # as stored
+    height: int
+    display_width: int  # after rotation
+    display_height: int
+    rotation: int  # degrees clockwise a player turns the picture
+    fps: float
+    frames: int
+    pix_fmt: str | None
+    bit_depth: int
+    bit_rate: int | None
+    color_primaries: str | None
+    color_transfer: str | None
+    color_space: str | None
+    color_range: str | None
+    hdr: bool
+    interlaced: bool
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    layout: str
+    sample_format: str | None
+    bit_rate: int | None
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    container: str
+    duration: float
+    bit_rate: int | None
+    size_bytes: int
+    video: VideoInfo | None
+    audio: AudioInfo | None
+    streams: list[dict[str, Any]]
+
+    def as_data(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# FFmpeg's numeric colour enums, named as ffprobe names them.
+_PRIMARIES = {1: "bt709", 5: "bt470bg", 6: "smpte170m", 9: "bt2020"}
+_TRANSFERS = {1: "bt709", 6: "smpte170m", 14: "bt2020-10", 16: "smpte2084", 18: "arib-std-b67"}
+_SPACES = {0: "gbr", 1: "bt709", 5: "bt470bg", 6: "smpte170m", 9: "bt2020nc"}
+_RANGES = {1: "tv", 2: "pc"}
+_HDR_TRANSFERS = frozenset({"smpte2084", "arib-std-b67"})
+
+
+def probe(path: Path) -> MediaInfo:
+    """Describe ``path`` from its headers and first video frame (no full decode)."""
+    with open_media(path) as container, reading(path):
+        duration = media_duration(container)
+        video = _video_info(container) if container.streams.video else None
+        audio = _audio_info(container) if container.streams.audio else None
+        streams = [_stream_summary(s) for s in container.streams]
+        return MediaInfo(
+            container=container.format.name, duration=round(duration, 3),
+            bit_rate=container.bit_rate or None, size_bytes=path.stat().st_size,
+            video=video, audio=audio, streams=streams,
+        )
+
+
+def media_duration(container: InputContainer) -> float:
+    """Seconds, from the container or else the longest stream."""
+    if container.duration:
+        return float(container.duration) / av.time_base
+    best = 0.0
+    for stream in container.streams:
+        if stream.duration and stream.time_base:
+            best = max(best, float(stream.duration * stream.time_base))
+    return best
+
+
+def _video_info(container: InputContainer) -> VideoInfo:
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    rotation, interlaced = _first_frame_facts(container, stream)
+    fmt = ctx.format
+    depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
+    transfer = _TRANSFERS.get(int(ctx.color_trc or 0))
+    quarter = rotation % 180 == 90
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return VideoInfo(
+        codec=ctx.name, profile=ctx.profile, width=ctx.width, height=ctx.height,
+        display_width=ctx.height if quarter else ctx.width,
+        display_height=ctx.width if quarter else ctx.height,
+        rotation=rotation, fps=round(float(rate), 3) if rate else 0.0,
+        frames=int(stream.frames or 0), pix_fmt=fmt.name if fmt is not None else None,
+        bit_depth=depth, bit_rate=ctx.bit_rate or None,
+        color_primaries=_PRIMARIES.get(int(ctx.color_primaries or 0)),
+        color_transfer=transfer, color_space=_SPACES.get(int(ctx.colorspace or 0)),
+        color_range=_RANGES.get(int(ctx.color_range or 0)),
+        hdr=transfer in _HDR_TRANSFERS, interlaced=interlaced,
+    )
+
+
+def _first_frame_facts(container: InputContainer, stream: av.VideoStream) -> tuple[int, bool]:
+    """Rotation and interlacing are only known from a decoded frame."""
+    for frame in container.decode(stream):
+        container.seek(0)
+        # PyAV reports the counter-clockwise angle of the display matrix.
+        return (-int(frame.rotation)) % 360, bool(frame.interlaced_frame)
+    raise PermanentError(f"{Path(container.name).name}: the video stream has no decodable frame")
+
+
+def _audio_info(container: InputContainer) -> AudioInfo:
+    ctx = container.streams.audio[0].codec_context
+    return AudioInfo(
+        codec=ctx.name, sample_rate=ctx.sample_rate, channels=ctx.channels,
+        layout=ctx.layout.name, sample_format=ctx.format.name if ctx.format else None,
+        bit_rate=ctx.bit_rate or None,
+    )
+
+
+def _stream_summary(stream: Any) -> dict[str, Any]:
+    ctx = stream.codec_context
+    summary: dict[str, Any] = {"index": stream.index, "type": stream.type,
+                               "codec": ctx.name if ctx is not None else None,
+                               "language": stream.metadata.get("language")}
+    if stream.duration and stream.time_base:
+        summary["duration"] = round(float(stream.duration * stream.time_base), 3)
+    return summary
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class ProgressClock:
+    """Reports progress from media timestamps, checking for cancellation each call."""
+
+    def __init__(self, ctx: ActionContext, total_seconds: float, stage: str) -> None:
+        self.ctx = ctx
+        self.total = max(total_seconds, 1e-6)
+        self.stage = stage
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def tick(self, seconds: float | None) -> None:
+        now = time.monotonic()
+        if now - self._last < PROGRESS_EVERY_S:
+            self.ctx.check()
+            return
+        self._last = now
+        done = min(max(seconds or 0.0, 0.0) / self.total, 1.0)
+        elapsed = now - self.started
+        speed = (seconds or 0.0) / elapsed if elapsed > 0 else 0.0
+        self.ctx.progress(done, f"{self.stage} {speed:.1f}x" if speed else self.stage)
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def has_gpu() -> bool:
+    return os.path.exists("/dev/nvidia0") or bool(os.environ.get("MEDIAQ_FAKE_GPU"))
+
+
+@functools.cache
+def hardware_encoder_works(name: str) -> bool:
+    """Whether ``name`` opens here. Some GPUs (e.g. H100) have no NVENC unit at all."""
+    if name not in av.codecs_available or not has_gpu():
+        return False
+    try:
+        ctx: Any = av.CodecContext.create(name, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
+        ctx.time_base = Fraction(1, 25)
+        ctx.open()
+        ctx.close()
+    except (av.error.FFmpegError, ValueError, OSError):
+        return False
+    return True
+
+
+def choose_video_encoder(codec: str, hardware: str, ctx: ActionContext) -> str:
+    """The encoder for ``codec``: hardware when asked/allowed and present, else software."""
+    hw = HARDWARE_ENCODERS.get(codec)
+    if hardware != "never" and hw is not None:
+        if hardware_encoder_works(hw):
+            return hw
+        if hardware == "require":
+            raise TransientError(f"hardware encoder {hw} is not available on this worker")
+        if has_gpu():
+            ctx.log(f"{hw} is not available on this GPU; encoding with "
+                    f"{SOFTWARE_ENCODERS[codec]}")
+    return SOFTWARE_ENCODERS[codec]
+
+
+def encoder_options(encoder: str, *, crf: int, preset: str,
+                    max_bitrate: int | None) -> dict[str, str]:
+    """Rate-control options in each encoder's own vocabulary."""
+    options: dict[str, str]
+    if encoder.endswith("_nvenc"):
+        options = {"preset": "p4", "rc": "vbr", "cq": str(crf)}
+    elif encoder == "libvpx-vp9":
+        options = {"crf": str(crf), "b": "0", "deadline": "good", "cpu-used": "4",
+                   "row-mt": "1"}
+    elif encoder == "libsvtav1":
+        options = {"crf": str(crf), "preset": "8"}
+    elif encoder == "libx265":
+        options = {"crf": str(crf), "preset": preset, "x265-params": "log-level=error"}
+    else:
+        options = {"crf": str(crf), "preset": preset}
+    if max_bitrate:
+        options.update({"maxrate": str(max_bitrate), "bufsize": str(2 * max_bitrate)})
+        if encoder == "libvpx-vp9":
+            options["b"] = str(max_bitrate)
+    return options
+
+
+def parse_bitrate(value: str | int | None) -> int | None:
+    """``"4M"``, ``"128k"`` or a number of bits per second."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    text = value.strip().lower()
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        return int(float(number) * scale)
+    except ValueError:
+        raise PermanentError(f"invalid bit rate {value!r} (use e.g. 128k or 4M)") from None
+
+
+BITRATE_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer", "minimum": 1000},
+              {"type": "string", "pattern": r"^\d+(\.\d+)?[kKmM]?$"}],
+}
+
+
+# --------------------------------------------------------------------------- audio
+
+
+class AudioEncoderFeed:
+    """Resamples decoded audio to what an encoder takes and feeds it whole frames."""
+
+    def __init__(self, stream: Any) -> None:
+        ctx = stream.codec_context
+        self.stream = stream
+        self.resampler = AudioResampler(format=ctx.format.name, layout=ctx.layout.name,
+                                        rate=ctx.sample_rate)
+        self.fifo = AudioFifo()
+        self.frame_size = ctx.frame_size or 1024
+        self.samples_out = 0
+
+    def push(self, frame: AudioFrame | None) -> list[Any]:
+        """Encoded packets for ``frame``; ``None`` flushes everything."""
+        packets: list[Any] = []
+        for resampled in self.resampler.resample(frame):
+            resampled.pts = None
+            self.fifo.write(resampled)
+        final = frame is None
+        while self.fifo.samples >= self.frame_size or (final and self.fifo.samples):
+            chunk = self.fifo.read(min(self.frame_size, self.fifo.samples))
+            assert chunk is not None
+            chunk.pts = self.samples_out
+            chunk.time_base = Fraction(1, self.stream.codec_context.sample_rate)
+            self.samples_out += chunk.samples
+            packets.extend(self.stream.encode(chunk))
+        if final:
+            packets.extend(self.stream.encode(None))
+        return packets
+
+
+def add_audio_stream(output: OutputContainer, codec: str, *, rate: int, layout: str,
+                     bit_rate: int | None) -> Any:
+    stream: Any = output.add_stream(codec, rate=rate)
+    stream.codec_context.layout = layout
+    if bit_rate:
+        stream.codec_context.bit_rate = bit_rate
+    stream.time_base = Fraction(1, rate)
+    return stream
+
+
+def output_layout(channels: int) -> str:
+    return "mono" if channels == 1 else "stereo"

@@ -1,0 +1,531 @@
+"""Video actions on PyAV: validate, describe, transcode (fused ladders too), thumbnails.
+
+Decoding is streamed packet by packet, so memory stays flat however long the
+input is. Transcoding decodes once and feeds any number of renditions
+(:func:`transcode_many`); the engine fuses consecutive ``transcode_video`` steps
+into one such pass. Rotated inputs are turned upright and interlaced ones
+deinterlaced before scaling, so every output plays the right way up everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import av.filter
+from av.container import InputContainer, OutputContainer
+from av.video.frame import VideoFrame
+from PIL import Image
+
+from mediaq.actions import action, fused
+from mediaq.actions.avio import (
+    BITRATE_SCHEMA,
+    AudioEncoderFeed,
+    MediaInfo,
+    ProgressClock,
+    VideoInfo,
+    add_audio_stream,
+    choose_video_encoder,
+    encoder_options,
+    open_media,
+    open_output,
+    output_layout,
+    parse_bitrate,
+    probe,
+    reading,
+    writing,
+)
+from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.errors import PermanentError
+
+NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
+                     "480p": 480, "360p": 360, "240p": 240, "144p": 144}
+CONTAINER_OF = {"h264": "mp4", "hevc": "mp4", "av1": "mp4", "vp9": "webm"}
+AUDIO_CODEC_OF = {"mp4": "aac", "webm": "libopus"}
+# A truncated file stops well short of the duration its header promises.
+TRUNCATION_TOLERANCE = 0.9
+MAX_CORRUPT_PACKETS = 50
+_ROTATIONS = {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
+              270: [("transpose", "cclock")]}
+_THUMB_FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@action("validate_video", {
+    "properties": {
+        "check_codec": {"type": "boolean", "default": True},
+        "check_duration": {"type": "boolean", "default": True},
+        "max_duration_seconds": {"type": "number", "exclusiveMinimum": 0, "default": 86_400},
+        "allowed_codecs": {"type": "array", "items": {"type": "string"}},
+    },
+})
+def validate_video(ctx: ActionContext) -> ActionResult:
+    """Check that the source is a complete, decodable video."""
+    path = ctx.source_path
+    info = probe(path)
+    name = path.name
+    if info.video is None:
+        raise PermanentError(f"{name}: has no video stream"
+                             + (" (audio only)" if info.audio else ""))
+    if ctx.params["check_codec"]:
+        allowed = ctx.params.get("allowed_codecs")
+        if allowed and info.video.codec not in allowed:
+            raise PermanentError(f"{name}: video codec {info.video.codec} is not allowed "
+                                 f"(allowed: {', '.join(allowed)})")
+        _decode_opening_frames(ctx, path)
+    if ctx.params["check_duration"]:
+        if info.duration <= 0:
+            raise PermanentError(f"{name}: has no duration (empty or unfinished recording)")
+        if info.duration > ctx.params["max_duration_seconds"]:
+            raise PermanentError(f"{name}: {info.duration:.0f} s is longer than the limit of "
+                                 f"{ctx.params['max_duration_seconds']:.0f} s")
+        _check_complete(ctx, path, info.duration)
+    return ActionResult(data={"valid": True, **_summary(info)})
+
+
+def _decode_opening_frames(ctx: ActionContext, path: Path, frames: int = 10) -> None:
+    with open_media(path) as container, reading(path):
+        stream = container.streams.video[0]
+        decoded = 0
+        for decoded, _frame in enumerate(container.decode(stream), start=1):
+            ctx.check()
+            if decoded >= frames:
+                break
+    if decoded == 0:
+        raise PermanentError(f"{path.name}: the video stream has no decodable frame")
+
+
+def _check_complete(ctx: ActionContext, path: Path, duration: float) -> None:
+    """Demux every video packet (no decoding) and compare with the declared duration."""
+    end = 0.0
+    clock = ProgressClock(ctx, duration, "checking")
+    with open_media(path) as container, reading(path):
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            if packet.pts is not None and packet.time_base is not None:
+                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+                clock.tick(end)
+        start = (float(stream.start_time * stream.time_base)
+                 if stream.start_time and stream.time_base else 0.0)
+    if end - start < TRUNCATION_TOLERANCE * duration - 0.5:
+        raise PermanentError(f"{path.name}: truncated (media ends at {end - start:.1f} s of "
+                             f"{duration:.1f} s)")
+
+
+def _summary(info: MediaInfo) -> dict[str, Any]:
+    video = info.video
+    return {
+        "duration": info.duration, "container": info.container,
+        "video_codec": video.codec if video else None,
+        "width": video.display_width if video else None,
+        "height": video.display_height if video else None,
+        "fps": video.fps if video else None,
+        "audio_codec": info.audio.codec if info.audio else None,
+    }
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@action("extract_video_metadata", {"properties": {}})
+def extract_video_metadata(ctx: ActionContext) -> ActionResult:
+    """Describe the container, streams, codecs, size, rate, rotation and colour."""
+    info = probe(ctx.source_path)
+    if info.video is None:
+        raise PermanentError(f"{ctx.source_path.name}: has no video stream")
+    return ActionResult(data={"metadata": info.as_data(), **_summary(info)})
+
+
+# --------------------------------------------------------------------------- transcode
+
+TRANSCODE_SCHEMA: dict[str, Any] = {
+    "properties": {
+        "resolution": {"type": "string", "pattern": r"^(\d{3,4}p|\d{2,5}x\d{2,5}|source)$",
+                       "default": "720p"},
+        "codec": {"enum": ["h264", "hevc", "vp9", "av1"], "default": "h264"},
+        "crf": {"type": "integer", "minimum": 0, "maximum": 63, "default": 23},
+        "preset": {"enum": ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+                            "slow", "slower", "veryslow"], "default": "veryfast"},
+        "max_bitrate": BITRATE_SCHEMA,
+        "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": 240},
+        "upscale": {"type": "boolean", "default": False},
+        "audio_codec": {"enum": ["aac", "opus", "none", "auto"], "default": "auto"},
+        "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
+        "hardware": {"enum": ["auto", "never", "require"], "default": "auto"},
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """One output of a transcode: what to encode and where."""
+
+    width: int
+    height: int
+    codec: str
+    encoder: str
+    options: dict[str, str]
+    max_bitrate: int | None
+    audio_codec: str | None
+    audio_bitrate: int | None
+    container: str
+    filename: str
+    label: str
+
+
+def parse_resolution(text: str, source: VideoInfo, *, upscale: bool) -> tuple[int, int]:
+    """Output size keeping the aspect ratio; ``720p`` sets the short side."""
+    src_w, src_h = source.display_width, source.display_height
+    if text == "source":
+        return _even(src_w), _even(src_h)
+    if text.endswith("p"):
+        short = int(text[:-1])
+        if not upscale:
+            short = min(short, min(src_w, src_h))
+        scale = short / min(src_w, src_h)
+    else:
+        box_w, box_h = (int(v) for v in text.split("x"))
+        scale = min(box_w / src_w, box_h / src_h)
+        if not upscale:
+            scale = min(scale, 1.0)
+    return _even(round(src_w * scale)), _even(round(src_h * scale))
+
+
+def _even(value: float) -> int:
+    return max(2, int(value) // 2 * 2)
+
+
+def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) -> Rendition:
+    assert info.video is not None
+    width, height = parse_resolution(params["resolution"], info.video, upscale=params["upscale"])
+    codec = params["codec"]
+    encoder = choose_video_encoder(codec, params["hardware"], ctx)
+    max_bitrate = parse_bitrate(params.get("max_bitrate"))
+    container = CONTAINER_OF[codec]
+    audio_codec = _audio_codec_for(params["audio_codec"], container, info)
+    label = params.get("name") or (f"{min(width, height)}p" if params["resolution"] != "source"
+                                   else "source")
+    return Rendition(
+        width=width, height=height, codec=codec, encoder=encoder,
+        options=encoder_options(encoder, crf=params["crf"], preset=params["preset"],
+                                max_bitrate=max_bitrate),
+        max_bitrate=max_bitrate, audio_codec=audio_codec,
+        audio_bitrate=parse_bitrate(params["audio_bitrate"]) if audio_codec else None,
+        container=container, filename=f"{ctx.source_path.stem}_{label}.{container}", label=label,
+    )
+
+
+def _audio_codec_for(asked: str, container: str, info: MediaInfo) -> str | None:
+    if asked == "none" or info.audio is None:
+        return None
+    if asked == "auto":
+        return AUDIO_CODEC_OF[container]
+    return {"aac": "aac", "opus": "libopus"}[asked]
+
+
+@action("transcode_video", TRANSCODE_SCHEMA)
+def transcode_video(ctx: ActionContext) -> ActionResult:
+    """Transcode the source to one rendition (size, codec, quality)."""
+    return transcode_many([ctx])[0]
+
+
+@fused("transcode_video")
+def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
+    """Decode the (shared) source once and encode one rendition per step context."""
+    lead = contexts[0]
+    info = probe(lead.source_path)
+    if info.video is None:
+        raise PermanentError(f"{lead.source_path.name}: has no video stream")
+    renditions = [plan_rendition(ctx, ctx.params, info) for ctx in contexts]
+    for ctx, rendition in zip(contexts, renditions, strict=True):
+        if rendition.encoder.endswith("_nvenc"):
+            ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
+    paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
+    fps = _output_rate(info.video, contexts[0].params.get("fps"))
+    encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
+    return [
+        ActionResult(
+            outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
+            data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
+                  "encoder": r.encoder, "fused_with": len(contexts)},
+        )
+        for r, path in zip(renditions, paths, strict=True)
+    ]
+
+
+def _output_rate(video: VideoInfo, asked: float | None) -> Fraction:
+    rate = Fraction(asked).limit_denominator(1001) if asked else Fraction(video.fps or 25)
+    return rate.limit_denominator(1001)
+
+
+def _describe_rendition(rendition: Rendition, path: Path) -> dict[str, Any]:
+    return {"format": rendition.container, "width": rendition.width, "height": rendition.height,
+            "codec": rendition.codec, "rendition": rendition.label}
+
+
+class RenditionWriter:
+    """One output file: a scaler, a video encoder and (maybe) an audio encoder."""
+
+    def __init__(self, rendition: Rendition, path: Path, rate: Fraction,
+                 time_base: Fraction, audio_rate: int, audio_channels: int) -> None:
+        self.rendition = rendition
+        self.path = path
+        options = {"movflags": "+faststart"} if rendition.container == "mp4" else {}
+        self.output: OutputContainer = open_output(path, format=rendition.container,
+                                                   options=options)
+        with writing(path):
+            self.video = self._add_video(rate, time_base)
+            self.audio = (self._add_audio(audio_rate, audio_channels)
+                          if rendition.audio_codec else None)
+
+    def _add_video(self, rate: Fraction, time_base: Fraction) -> Any:
+        r = self.rendition
+        stream: Any = self.output.add_stream(r.encoder, rate=rate)
+        stream.width, stream.height = r.width, r.height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = time_base
+        stream.codec_context.thread_type = "FRAME"
+        stream.options = dict(r.options)
+        if r.max_bitrate:
+            stream.codec_context.bit_rate = r.max_bitrate
+        if r.codec == "hevc":
+            stream.codec_tag = "hvc1"  # what Apple players expect in MP4
+        return stream
+
+    def _add_audio(self, rate: int, channels: int) -> AudioEncoderFeed:
+        r = self.rendition
+        assert r.audio_codec is not None
+        if r.audio_codec == "libopus":
+            rate = 48_000
+        stream = add_audio_stream(self.output, r.audio_codec, rate=rate,
+                                  layout=output_layout(channels), bit_rate=r.audio_bitrate)
+        return AudioEncoderFeed(stream)
+
+    def encode_video(self, frame: VideoFrame | None) -> None:
+        if frame is not None:
+            r = self.rendition
+            frame = frame.reformat(width=r.width, height=r.height, format="yuv420p",
+                                   interpolation="BICUBIC")
+        with writing(self.path):
+            self.output.mux(self.video.encode(frame))
+
+    def encode_audio(self, frame: av.AudioFrame | None) -> None:
+        if self.audio is not None:
+            with writing(self.path):
+                self.output.mux(self.audio.push(frame))
+
+    def close(self) -> None:
+        self.encode_video(None)
+        self.encode_audio(None)
+        with writing(self.path):
+            self.output.close()
+
+    def abandon(self) -> None:
+        with contextlib.suppress(av.error.FFmpegError, OSError):
+            self.output.close()
+        self.path.unlink(missing_ok=True)
+
+
+def encode_ladder(ctx: ActionContext, info: MediaInfo,
+                  targets: list[tuple[Rendition, Path]], rate: Fraction) -> None:
+    """Decode ``ctx.source_path`` once, feeding every target's encoders."""
+    source = ctx.source_path
+    with open_media(source) as container, reading(source):
+        vstream: Any = container.streams.video[0]
+        vstream.codec_context.thread_type = "AUTO"
+        astream = container.streams.audio[0] if container.streams.audio else None
+        audio_rate = astream.codec_context.sample_rate if astream else 48_000
+        audio_channels = astream.codec_context.channels if astream else 2
+        writers: list[RenditionWriter] = []
+        try:
+            for rendition, path in targets:
+                writers.append(RenditionWriter(rendition, path, rate, vstream.time_base,
+                                               audio_rate, audio_channels))
+            _pump(ctx, container, vstream, astream, writers, info.duration)
+            for writer in writers:
+                writer.close()
+        except BaseException:
+            for writer in writers:
+                writer.abandon()
+            raise
+
+
+def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,
+          writers: list[RenditionWriter], duration: float) -> None:
+    clock = ProgressClock(ctx, duration, "encoding")
+    upright: Upright | None = None
+    streams = [s for s in (vstream, astream) if s is not None]
+    first_pts: int | None = None
+    for frame in decode_tolerantly(container, streams):
+        if isinstance(frame, VideoFrame):
+            if upright is None:
+                upright = Upright(vstream, frame)
+            # Outputs start at zero, whatever the source's start time (MPEG-TS starts at 1.4 s).
+            if first_pts is None:
+                first_pts = frame.pts or 0
+            if frame.pts is not None:
+                frame.pts -= first_pts
+            for shaped in upright.apply(frame):
+                for writer in writers:
+                    writer.encode_video(shaped)
+            clock.tick(frame.time)
+        else:
+            for writer in writers:
+                writer.encode_audio(frame)
+    if upright is not None:
+        for shaped in upright.apply(None):
+            for writer in writers:
+                writer.encode_video(shaped)
+
+
+def decode_tolerantly(container: InputContainer, streams: list[Any]) -> Iterator[Any]:
+    """Frames of ``streams`` in file order; a few corrupt packets are skipped, as players do."""
+    corrupt = 0
+    for packet in container.demux(*streams):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            corrupt += 1
+            if corrupt > MAX_CORRUPT_PACKETS:
+                raise
+            continue
+        yield from frames
+
+
+class Upright:
+    """Deinterlaces and turns frames so they are stored the way they are shown."""
+
+    def __init__(self, stream: Any, first: VideoFrame) -> None:
+        rotation = (-int(first.rotation)) % 360
+        steps: list[tuple[str, str]] = []
+        if first.interlaced_frame:
+            steps.append(("bwdif", "mode=send_frame"))
+        steps.extend(_ROTATIONS.get(rotation, []))
+        self.graph: av.filter.Graph | None = _build_graph(stream, steps) if steps else None
+
+    def apply(self, frame: VideoFrame | None) -> list[VideoFrame]:
+        if self.graph is None:
+            return [frame] if frame is not None else []
+        self.graph.push(frame)
+        shaped: list[VideoFrame] = []
+        while True:
+            try:
+                shaped.append(self.graph.vpull())
+            except (av.error.BlockingIOError, av.error.EOFError):
+                return shaped
+
+
+def _build_graph(stream: Any, steps: list[tuple[str, str]]) -> av.filter.Graph:
+    graph = av.filter.Graph()
+    node = graph.add_buffer(template=stream)
+    for name, args in steps:
+        nxt = graph.add(name, args)
+        node.link_to(nxt)
+        node = nxt
+    sink = graph.add("buffersink")
+    node.link_to(sink)
+    graph.configure()
+    return graph
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+@action("generate_thumbnails", {
+    "properties": {
+        "count": {"type": "integer", "minimum": 1, "maximum": 100, "default": 5},
+        "format": {"enum": sorted(_THUMB_FORMATS), "default": "jpeg"},
+        "width": {"type": "integer", "minimum": 16, "maximum": 3840, "default": 320},
+        "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 85},
+    },
+})
+def generate_thumbnails(ctx: ActionContext) -> ActionResult:
+    """``count`` upright stills evenly spaced through the video, snapped to keyframes."""
+    source = ctx.source_path
+    info = probe(source)
+    if info.video is None:
+        raise PermanentError(f"{source.name}: has no video stream")
+    count, width = ctx.params["count"], ctx.params["width"]
+    pil_format, ext = _THUMB_FORMATS[ctx.params["format"]]
+    outputs: list[OutputFile] = []
+    for index, (at, image) in enumerate(keyframe_stills(ctx, source, info, count), start=1):
+        image = _fit_width(image, width)
+        path = ctx.output_path(f"{source.stem}_thumb_{index:02d}.{ext}")
+        with writing(path):
+            image.save(path, pil_format, quality=ctx.params["quality"])
+        outputs.append(OutputFile(path, role="thumbnail", meta={
+            "time": round(at, 3), "width": image.width, "height": image.height,
+            "format": ctx.params["format"]}))
+        ctx.progress(index / count, "thumbnails")
+    if not outputs:
+        raise PermanentError(f"{source.name}: no frame could be decoded for thumbnails")
+    return ActionResult(outputs=outputs, data={"count": len(outputs),
+                                               "times": [o.meta["time"] for o in outputs]})
+
+
+def keyframe_stills(ctx: ActionContext, source: Path, info: MediaInfo,
+                    count: int) -> Iterator[tuple[float, Image.Image]]:
+    """Upright stills near evenly spaced times: the keyframe at or before each time,
+    or, when that keyframe was already used, the frame at the time itself."""
+    assert info.video is not None
+    rotation = info.video.rotation
+    spacing = info.duration / count
+    last_time = -1.0
+    with open_media(source) as container, reading(source):
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"
+        for index in range(count):
+            ctx.check()
+            target = spacing * (index + 0.5)
+            frame = _frame_near(container, stream, target, after=last_time)
+            if frame is None:
+                continue
+            last_time = float(frame.time or 0.0)
+            yield last_time, _turn(frame.to_image(), rotation)  # type: ignore[no-untyped-call]
+
+
+def _frame_near(container: InputContainer, stream: Any, target: float,
+                after: float) -> VideoFrame | None:
+    stream.codec_context.skip_frame = "NONKEY"
+    _seek(container, stream, target)
+    keyframe: VideoFrame | None = next(container.decode(stream), None)
+    if keyframe is not None and (keyframe.time or 0.0) > after:
+        return keyframe
+    # The keyframe before ``target`` was used already: decode forward to the time itself.
+    stream.codec_context.skip_frame = "DEFAULT"
+    _seek(container, stream, target)
+    frame: VideoFrame
+    for frame in container.decode(stream):
+        if (frame.time or 0.0) >= target - 1e-3:
+            return frame
+    return None
+
+
+def _seek(container: InputContainer, stream: Any, seconds: float) -> None:
+    start = stream.start_time or 0
+    container.seek(start + int(seconds / stream.time_base), stream=stream, backward=True,
+                   any_frame=False)
+
+
+def _turn(image: Image.Image, rotation: int) -> Image.Image:
+    """``rotation`` is clockwise; Pillow's transposes name counter-clockwise turns."""
+    turns = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
+             270: Image.Transpose.ROTATE_90}
+    return image.transpose(turns[rotation]) if rotation in turns else image
+
+
+def _fit_width(image: Image.Image, width: int) -> Image.Image:
+    if image.width <= width:
+        return image
+    height = max(1, round(image.height * width / image.width))
+    return image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=2.0)
+
