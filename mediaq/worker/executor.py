@@ -146,8 +146,8 @@ class Executor:
                                          self.settings.effective_input_roots)
             run.source_path = run.input_path
             for group in self._step_groups(run):
-                if len(group) > 1:
-                    self._run_fused(handle, run, group)
+                if len(group) > 1 and self._run_fused(handle, run, group):
+                    continue
                 for step in group:
                     self._run_or_skip(handle, run, step)
             self._complete(handle, run)
@@ -211,9 +211,9 @@ class Executor:
                 groups.append([step])
         return groups
 
-    def _run_fused(self, handle: JobHandle, run: JobRun, steps: list[Step]) -> None:
-        """Run ``steps`` in one pass. If the pass fails, its executions are closed and the
-        steps then run one by one, so each keeps its own retry and failure rules."""
+    def _run_fused(self, handle: JobHandle, run: JobRun, steps: list[Step]) -> bool:
+        """Run ``steps`` in one pass; False if the pass failed. Its executions are then
+        closed, and the steps run one by one, each with its own retry and failure rules."""
         assert run.source_path is not None
         self._stop_if_asked(handle)
         first, last = steps[0], steps[-1]
@@ -255,11 +255,12 @@ class Executor:
                     progress_percent=low)
             run.history.update({step.id: {"executions": 1, "completed": False,
                                           "given_up": False} for step in steps})
-            return
+            return False
         seconds = time.monotonic() - started
         for step, execution_id, stage_dir, result in zip(steps, executions, stage_dirs, results,
                                                          strict=True):
             self._commit_result(handle, run, step, execution_id, stage_dir, result, seconds)
+        return True
 
     # -- one step -----------------------------------------------------------------------
 
