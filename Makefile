@@ -30,8 +30,9 @@ test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(STAMP) ## Throughput and latency figures (no-op jobs/s with 1 and 3 workers, enqueue-to-start, rescue)
+bench: $(STAMP) ## Figures as ratios from one run: queue (jobs/s, latency, rescue) and media (vs the ffmpeg CLI); JSON in benchmarks/results/
 	$(BIN)/python -m benchmarks.core
+	$(BIN)/python -m benchmarks.media
 
 demo: $(STAMP) ## Embedded PostgreSQL, the five workflows, real sample media, a worker, the dashboard
 	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db upgrade
