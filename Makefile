@@ -30,7 +30,7 @@ test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(STAMP) ## Figures as ratios from one run: queue (jobs/s, latency, rescue) and media (vs the ffmpeg CLI); JSON in benchmarks/results/
+bench: $(STAMP) ## Ratios from one run: queue (jobs/s, latency, rescue), media vs the ffmpeg CLI
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.media
 
