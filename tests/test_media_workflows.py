@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from mediaq.outputs import sha256_of
-from tests.helpers import MediaqEnv, wait_for
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 from tests.media_judge import audio_stream, duration_of, ffmpeg, needs_ffmpeg, video_stream
 
 pytestmark = [needs_ffmpeg, pytest.mark.slow]
@@ -111,3 +111,24 @@ def test_a_killed_worker_leaves_no_file_at_the_final_path(mq: MediaqEnv) -> None
                    timeout=300, interval=0.2, message="the job to end")
     assert job["status"] == "completed", job["error_message"]
     assert len(list(final.glob("*.mp4"))) == 3
+
+
+def test_two_steps_writing_the_same_file_name_keep_both_outputs(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow(
+        "T-TWO-THUMBS",
+        {"action": "create_thumbnail", "parameters": {"size": 100}},
+        {"action": "create_thumbnail", "parameters": {"size": 50}},
+    ))
+    source = mq.inputs / "photo.png"
+    Image.new("RGB", (400, 200), (10, 120, 200)).save(source)
+    code = mq.submit("T-TWO-THUMBS", source)
+    mq.run_burst()
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    paths = [Path(o["path"]) for o in job["output_metadata"]["outputs"]]
+    assert len(set(paths)) == 2
+    sizes = []
+    for path in paths:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    assert sizes == [(100, 50), (50, 25)]

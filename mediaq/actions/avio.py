@@ -258,25 +258,39 @@ def _stream_summary(stream: Any) -> dict[str, Any]:
 
 
 class ProgressClock:
-    """Reports progress from media timestamps, checking for cancellation each call."""
+    """Reports progress from media timestamps, checking for cancellation each call.
 
-    def __init__(self, ctx: ActionContext, total_seconds: float, stage: str) -> None:
+    The stage reads e.g. ``encoding 48 fps 1.6x`` (frames per second when the caller
+    ticks once per video frame, and speed against real time)."""
+
+    def __init__(self, ctx: ActionContext, total_seconds: float, stage: str,
+                 *, count_frames: bool = False) -> None:
         self.ctx = ctx
         self.total = max(total_seconds, 1e-6)
         self.stage = stage
+        self.count_frames = count_frames
+        self.frames = 0
         self.started = time.monotonic()
         self._last = 0.0
 
     def tick(self, seconds: float | None) -> None:
+        self.frames += 1
         now = time.monotonic()
         if now - self._last < PROGRESS_EVERY_S:
             self.ctx.check()
             return
         self._last = now
         done = min(max(seconds or 0.0, 0.0) / self.total, 1.0)
-        elapsed = now - self.started
-        speed = (seconds or 0.0) / elapsed if elapsed > 0 else 0.0
-        self.ctx.progress(done, f"{self.stage} {speed:.1f}x" if speed else self.stage)
+        self.ctx.progress(done, self._describe(seconds or 0.0, now - self.started))
+
+    def _describe(self, seconds: float, elapsed: float) -> str:
+        if elapsed <= 0:
+            return self.stage
+        parts = [self.stage]
+        if self.count_frames:
+            parts.append(f"{self.frames / elapsed:.0f} fps")
+        parts.append(f"{seconds / elapsed:.1f}x")
+        return " ".join(parts)
 
 
 # --------------------------------------------------------------------------- encoders

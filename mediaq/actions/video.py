@@ -212,8 +212,8 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) 
     max_bitrate = parse_bitrate(params.get("max_bitrate"))
     container = CONTAINER_OF[codec]
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
-    label = params.get("name") or (f"{min(width, height)}p" if params["resolution"] != "source"
-                                   else "source")
+    # Named after the rung asked for, so a small source still gets one file per step.
+    label = params.get("name") or params["resolution"]
     return Rendition(
         width=width, height=height, codec=codec, encoder=encoder,
         options=encoder_options(encoder, crf=params["crf"], preset=params["preset"],
@@ -361,7 +361,7 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
 
 def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,
           writers: list[RenditionWriter], duration: float) -> None:
-    clock = ProgressClock(ctx, duration, "encoding")
+    clock = ProgressClock(ctx, duration, "encoding", count_frames=True)
     upright: Upright | None = None
     streams = [s for s in (vstream, astream) if s is not None]
     first_pts: int | None = None

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from mediaq import db, operations
 from mediaq.cli import Env, pass_env
@@ -117,7 +123,7 @@ def watch(env: Env, job: str, interval: float) -> None:
     with env.connect() as conn:
         found = operations.find_job(conn, job)
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TextColumn("{task.fields[stage]}"))
+               TimeRemainingColumn(), TextColumn("{task.fields[stage]}"))
     with Progress(*columns, console=console, transient=False) as bar, \
             db.connect(env.url, autocommit=True) as conn:
         task = bar.add_task(found["job_code"], total=100, stage="")

@@ -92,6 +92,18 @@ def job_primary_output(outputs: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def _keep_earlier_outputs(run: JobRun, step: Step, result: ActionResult) -> None:
+    """Rename staged files that would replace another step's output in the job folder
+    (a retry of the same step replaces its own, as it should)."""
+    taken = {Path(o["path"]).name for o in run.outputs if o.get("step") != step.number}
+    for output in result.outputs:
+        if output.staging_path.name in taken:
+            path = output.staging_path
+            renamed = path.with_name(f"{path.stem}_step{step.number}{path.suffix}")
+            path.rename(renamed)
+            output.staging_path = renamed
+
+
 class StepFailed(Exception):
     """A step failed; carries its class ('permanent' or 'transient') and message."""
 
@@ -295,6 +307,7 @@ class Executor:
     def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
                        stage_dir: Path, result: ActionResult, seconds: float) -> None:
         output_dir = job_output_dir(self.settings.outputs, handle.job_code)
+        _keep_earlier_outputs(run, step, result)
         staged = [o.staging_path for o in result.outputs]
         output_data = self._describe_outputs(result, output_dir, step, seconds)
         handle.commit_step(execution_id, status="completed", output_data=output_data,
