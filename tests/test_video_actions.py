@@ -13,7 +13,13 @@ from PIL import Image
 
 from mediaq.actions import ActionContext, ActionResult, get_action
 from mediaq.actions.avio import probe
-from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError
+from mediaq.errors import (
+    Cancelled,
+    InputRefused,
+    InvalidParameters,
+    PermanentError,
+    TransientError,
+)
 from tests.media_judge import (
     audio_stream,
     decodes_fully,
@@ -311,3 +317,22 @@ def test_probe_describes_audio_layout(sources: dict[str, Path]) -> None:
     info = probe(sources["audio_only"])
     assert info.video is None
     assert info.audio is not None and info.audio.layout == "mono"
+
+
+def test_hardware_encoders_fall_back_to_software_with_a_log_line(
+        sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediaq.actions import avio
+
+    # A GPU without NVENC (an H100, say): opening h264_nvenc fails there as it does here.
+    monkeypatch.setattr(avio, "has_gpu", lambda: True)
+    avio.hardware_encoder_works.cache_clear()
+    lines: list[str] = []
+    ctx = context("transcode_video", sources["silent"], tmp_path,
+                  {"resolution": "144p"}, on_log=lines.append)
+    [result] = get_action("transcode_video").fuse([ctx])  # type: ignore[misc]
+    assert result.data["encoder"] == "libx264"
+    assert any("h264_nvenc is not available" in line for line in lines)
+    with pytest.raises(TransientError, match="h264_nvenc is not available"):
+        run("transcode_video", sources["silent"], tmp_path / "hw", resolution="144p",
+            hardware="require")
+    avio.hardware_encoder_works.cache_clear()

@@ -297,7 +297,7 @@ class ProgressClock:
 
 
 def has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0") or bool(os.environ.get("MEDIAQ_FAKE_GPU"))
+    return os.path.exists("/dev/nvidia0")
 
 
 @functools.cache
