@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from mediaq.actions import ActionContext, ActionResult, get_action
@@ -336,3 +338,26 @@ def test_hardware_encoders_fall_back_to_software_with_a_log_line(
         run("transcode_video", sources["silent"], tmp_path / "hw", resolution="144p",
             hardware="require")
     avio.hardware_encoder_works.cache_clear()
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.floats(0.05, 1.0), flips=st.lists(st.floats(0.0, 0.999), max_size=40))
+def test_mutated_inputs_fail_with_one_line_or_give_decodable_output(
+        sources: dict[str, Path], tmp_path: Path, cut: float, flips: list[float]) -> None:
+    data = bytearray(sources["faststart"].read_bytes())
+    data = data[: max(1, int(len(data) * cut))]
+    for where in flips:
+        data[int(where * len(data))] ^= 0x5A
+    case = tmp_path / f"mutant_{abs(hash((cut, tuple(flips))))}"
+    source = case / "mutant.mp4"
+    case.mkdir()
+    source.write_bytes(bytes(data))
+    for action, params in (("validate_video", {}), ("transcode_video", {"resolution": "144p"})):
+        try:
+            result = run(action, source, case / action, **params)
+        except PermanentError as exc:
+            assert exc.message and "\n" not in exc.message
+            continue
+        for output in result.outputs:
+            assert video_stream(output.staging_path)["height"] == 144
