@@ -40,6 +40,9 @@ BUILTIN_MODULES = (
     "mediaq.actions.diagnostic",
     "mediaq.actions.image",
     "mediaq.actions.video",
+    "mediaq.actions.audio",
+    "mediaq.actions.streaming",
+    "mediaq.actions.analysis",
     "mediaq.actions.finalize",
 )
 

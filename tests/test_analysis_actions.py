@@ -1,0 +1,350 @@
+"""detect_scenes and transcribe_audio, called as the engine calls them, on media made by
+Debian's ffmpeg and espeak-ng."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import mediaq.actions.analysis  # registers detect_scenes and transcribe_audio
+from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions.analysis import Cue, Word, group_cues, srt, timestamp, webvtt
+from mediaq.errors import Cancelled, InvalidParameters, PermanentError
+from tests.media_judge import duration_of, ffmpeg, needs_ffmpeg
+
+pytestmark = needs_ffmpeg
+
+ESPEAK = shutil.which("espeak-ng")
+needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng not installed")
+
+FPS = 25
+FRAME = 1 / FPS
+H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+# pocketsphinx's general model recognises espeak-ng's female en-us voice at a moderate
+# rate reliably (≈100 % of these words); the default male voice and the classic
+# "quick brown fox" pangram are recognised far less reliably (30-80 %).
+SENTENCE = "we will meet at the office on monday. please call me tomorrow morning at nine o'clock."
+VOICE = ("-v", "en-us+f2", "-s", "140")
+CUE_TIMES = re.compile(r"^(\d\d):(\d\d):(\d\d)[.,](\d{3}) --> (\d\d):(\d\d):(\d\d)[.,](\d{3})$",
+                       re.MULTILINE)
+
+
+def lavfi(source: str) -> list[str]:
+    return ["-f", "lavfi", "-i", source]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("analysis_media")
+    size = f"size=320x180:rate={FPS}"
+    # Three shots of 2 s: moving test pattern, flat red, zooming fractal.
+    ffmpeg(*lavfi(f"testsrc2={size}:d=2"), *lavfi(f"color=red:{size}:d=2"),
+           *lavfi(f"mandelbrot={size}"), "-filter_complex",
+           "[2:v]trim=duration=2,setpts=PTS-STARTPTS[m];[0:v][1:v][m]concat=n=3:v=1:a=0[v]",
+           "-map", "[v]", *H264, d / "three_shots.mp4")
+    ffmpeg(*lavfi(f"color=navy:{size}:d=3"), *H264, d / "static.mp4")
+    ffmpeg(*lavfi("color=black:size=64x48:rate=10:d=2"),
+           *lavfi("anullsrc=r=44100:cl=stereo:d=2"), *H264, "-c:a", "aac", "-shortest",
+           d / "silence.mp4")
+    ffmpeg(*lavfi("sine=frequency=440:duration=1"), "-c:a", "aac", d / "tone.m4a")
+    return {p.stem: p for p in d.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sentence spoken, as a WAV and muxed with a video track into an MP4 (AAC)."""
+    if ESPEAK is None:
+        pytest.skip("espeak-ng not installed")
+    d = tmp_path_factory.mktemp("speech")
+    wav = d / "speech.wav"
+    subprocess.run([ESPEAK, *VOICE, "-w", str(wav), SENTENCE], check=True, timeout=60)
+    ffmpeg(*lavfi("color=black:size=64x48:rate=10"), "-i", wav, "-af",
+           "adelay=500,apad=pad_dur=1", "-shortest", *H264, "-c:a", "aac", d / "speech.mp4")
+    # The audio track starts 1 s after the video track.
+    ffmpeg(*lavfi("color=black:size=64x48:rate=10:d=6"), "-itsoffset", "1", "-i", wav,
+           "-map", "0:v", "-map", "1:a", *H264, "-c:a", "aac", d / "late.mp4")
+    return {"wav": wav, "mp4": d / "speech.mp4", "late": d / "late.mp4"}
+
+
+def context(name: str, source: Path, staging: Path, params: dict[str, Any],
+            **extra: Any) -> ActionContext:
+    return ActionContext(job_code="TEST-1", step_number=1, step_name=name, input_path=source,
+                         source_path=source, params=get_action(name).validate(params),
+                         staging_dir=staging, **extra)
+
+
+def run(name: str, source: Path, staging: Path, **params: Any) -> ActionResult:
+    return get_action(name).fn(context(name, source, staging, params))
+
+
+def output(result: ActionResult, suffix: str) -> Path:
+    [path] = [o.staging_path for o in result.outputs if o.staging_path.name.endswith(suffix)]
+    return path
+
+
+# --------------------------------------------------------------------------- detect_scenes
+
+
+@pytest.mark.parametrize("min_scene_seconds", [1.0, 0.0])
+def test_scenes_cut_where_the_shots_change(media: dict[str, Path], tmp_path: Path,
+                                           min_scene_seconds: float) -> None:
+    # With no minimum scene length, any false cut inside the moving shots would show.
+    result = run("detect_scenes", media["three_shots"], tmp_path,
+                 min_scene_seconds=min_scene_seconds)
+    data = result.data
+    assert data["scene_count"] == 3
+    assert data["cuts"] == [pytest.approx(2.0, abs=FRAME), pytest.approx(4.0, abs=FRAME)]
+    scenes = data["scenes"]
+    assert [s["index"] for s in scenes] == [0, 1, 2]
+    assert scenes[0]["start"] == 0.0 and scenes[0]["start_frame"] == 0
+    assert scenes[-1]["end"] == pytest.approx(6.0, abs=FRAME)
+    assert scenes[-1]["end_frame"] == data["frames_analysed"] - 1 == 149
+    for before, after in itertools.pairwise(scenes):
+        assert before["end"] == after["start"]
+        assert before["end_frame"] + 1 == after["start_frame"]
+    assert [s["start_frame"] for s in scenes] == [0, pytest.approx(50, abs=1),
+                                                   pytest.approx(100, abs=1)]
+
+
+def test_scenes_report_files(media: dict[str, Path], tmp_path: Path) -> None:
+    result = run("detect_scenes", media["three_shots"], tmp_path)
+    assert {o.role for o in result.outputs} == {"report"}
+    report = json.loads(output(result, "_scenes.json").read_text())
+    assert report["source"] == "three_shots.mp4"
+    assert report["scenes"] == result.data["scenes"]
+    assert report["cuts"] == result.data["cuts"]
+    with output(result, "_scenes.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["start"]) for r in rows] == [s["start"] for s in result.data["scenes"]]
+    json.dumps(result.data)  # JSON-able for output_data
+
+    no_csv = run("detect_scenes", media["three_shots"], tmp_path / "b", csv=False)
+    assert [o.staging_path.suffix for o in no_csv.outputs] == [".json"]
+
+
+def test_static_video_is_one_scene(media: dict[str, Path], tmp_path: Path) -> None:
+    data = run("detect_scenes", media["static"], tmp_path, min_scene_seconds=0).data
+    assert data["scene_count"] == 1 and data["cuts"] == []
+    assert data["scenes"][0]["end"] == pytest.approx(3.0, abs=FRAME)
+
+
+def test_min_scene_seconds_drops_cuts_that_come_too_soon(media: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    # The first shot (2 s) is too short, so it merges into the second.
+    data = run("detect_scenes", media["three_shots"], tmp_path, min_scene_seconds=2.5).data
+    assert data["cuts"] == [pytest.approx(4.0, abs=FRAME)]
+    assert data["scene_count"] == 2
+
+
+def test_scenes_without_video_is_permanent(media: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match=r"^tone\.m4a: has no video stream"):
+        run("detect_scenes", media["tone"], tmp_path)
+
+
+def test_scenes_parameters_are_checked() -> None:
+    with pytest.raises(InvalidParameters, match="threshold"):
+        get_action("detect_scenes").validate({"threshold": 1.5})
+    with pytest.raises(InvalidParameters):
+        get_action("detect_scenes").validate({"window": 3})
+
+
+def test_scenes_stop_when_cancelled(media: dict[str, Path], tmp_path: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    ctx = context("detect_scenes", media["three_shots"], tmp_path, {}, cancel_event=cancel)
+    with pytest.raises(Cancelled):
+        get_action("detect_scenes").fn(ctx)
+
+
+# --------------------------------------------------------------------------- transcribe_audio
+
+
+def cue_times(text: str) -> list[tuple[float, float]]:
+    def seconds(h: str, m: str, s: str, ms: str) -> float:
+        return int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000
+
+    return [(seconds(*g[:4]), seconds(*g[4:])) for g in CUE_TIMES.findall(text)]
+
+
+@needs_espeak
+@pytest.mark.parametrize("kind", ["mp4", "wav"])
+def test_transcribes_spoken_words(speech: dict[str, Path], tmp_path: Path, kind: str) -> None:
+    source = speech[kind]
+    result = run("transcribe_audio", source, tmp_path, language="auto")
+    data = result.data
+    assert data["engine"] == "pocketsphinx" and data["language"] == "en"
+    assert words_heard(result) >= 0.6, output(result, ".txt").read_text()
+    assert data["word_count"] >= 0.6 * len(re.findall(r"[a-z']+", SENTENCE))
+    assert {o.role for o in result.outputs} == {"sidecar"}
+
+    duration = duration_of(source)
+    vtt = output(result, ".en.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n")
+    times = cue_times(vtt)
+    assert len(times) == data["cue_count"] >= 1
+    previous_end = 0.0
+    for start, end in times:
+        assert previous_end <= start < end <= duration + 0.001
+        previous_end = end
+    assert times[0][0] >= 0.3 if kind == "mp4" else True  # the 0.5 s of silence up front
+
+    srt_text = output(result, ".en.srt").read_text()
+    blocks = [b.splitlines() for b in srt_text.strip().split("\n\n")]
+    assert [b[0] for b in blocks] == [str(n) for n in range(1, len(blocks) + 1)]
+    assert cue_times(srt_text) == times
+    assert "," in blocks[0][1]
+
+
+def words_heard(result: ActionResult) -> float:
+    """The share of the sentence's words found in the transcript."""
+    expected = re.findall(r"[a-z']+", SENTENCE)
+    heard = set(output(result, ".txt").read_text().split())
+    return sum(word in heard for word in expected) / len(expected)
+
+
+@needs_espeak
+def test_cues_count_from_the_start_of_the_media(speech: dict[str, Path],
+                                                tmp_path: Path) -> None:
+    on_time = run("transcribe_audio", speech["wav"], tmp_path / "a")
+    late = run("transcribe_audio", speech["late"], tmp_path / "b")
+    [first_on_time, *_] = cue_times(output(on_time, ".vtt").read_text())
+    [first_late, *_] = cue_times(output(late, ".vtt").read_text())
+    assert first_late[0] == pytest.approx(first_on_time[0] + 1.0, abs=0.1)
+
+
+@needs_espeak
+def test_long_speech_is_split_between_words(speech: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Force the split that bounds pocketsphinx's memory on uninterrupted speech.
+    monkeypatch.setattr(mediaq.actions.analysis, "MAX_UTTERANCE_SECONDS", 2.0)
+    monkeypatch.setattr(mediaq.actions.analysis, "SPLIT_SEARCH_SECONDS", 1.0)
+    result = run("transcribe_audio", speech["mp4"], tmp_path)
+    assert words_heard(result) >= 0.6
+    times = cue_times(output(result, ".vtt").read_text())
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(times))
+
+
+def test_silence_gives_an_empty_but_valid_transcript(media: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    result = run("transcribe_audio", media["silence"], tmp_path, language="en-US")
+    assert result.data["word_count"] == 0 and result.data["cue_count"] == 0
+    assert result.data["text_preview"] == ""
+    assert output(result, ".vtt").read_text() == "WEBVTT\n\n"
+    assert output(result, ".srt").read_text() == ""
+    assert output(result, ".txt").read_text() == ""
+
+
+def test_transcription_needs_an_audio_stream(media: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match=r"^static\.mp4: has no audio stream"):
+        run("transcribe_audio", media["static"], tmp_path)
+
+
+def test_transcription_stops_when_cancelled(media: dict[str, Path], tmp_path: Path) -> None:
+    cancel = threading.Event()
+    cancel.set()
+    ctx = context("transcribe_audio", media["silence"], tmp_path, {}, cancel_event=cancel)
+    with pytest.raises(Cancelled):
+        get_action("transcribe_audio").fn(ctx)
+
+
+def test_pocketsphinx_refuses_other_languages(media: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match=r"^silence\.mp4: language 'fr'.*available: en"):
+        run("transcribe_audio", media["silence"], tmp_path, language="fr",
+            engine="pocketsphinx")
+
+
+def test_whisper_refuses_a_missing_model_directory(media: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(PermanentError, match=re.escape(str(missing))):
+        run("transcribe_audio", media["silence"], tmp_path, engine="whisper",
+            model_dir=str(missing))
+    monkeypatch.delenv("MEDIAQ_WHISPER_MODEL_DIR", raising=False)
+    with pytest.raises(PermanentError, match=r"model_dir.*never downloaded"):
+        run("transcribe_audio", media["silence"], tmp_path, engine="whisper")
+
+
+def test_auto_falls_back_to_pocketsphinx(media: dict[str, Path], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIAQ_WHISPER_MODEL_DIR", str(tmp_path / "not-there"))
+    result = run("transcribe_audio", media["silence"], tmp_path)
+    assert result.data["engine"] == "pocketsphinx"
+
+
+class FakeWhisperModel:
+    """Stands in for faster_whisper.WhisperModel: one German segment with word timings."""
+
+    calls: list[dict[str, Any]] = []
+
+    def __init__(self, model_dir: str, **options: Any) -> None:
+        self.model_dir = model_dir
+
+    def transcribe(self, audio: np.ndarray, **options: Any) -> tuple[Any, Any]:
+        FakeWhisperModel.calls.append({"audio": audio, **options})
+        words = [types.SimpleNamespace(word=f" {w}", start=0.2 + i * 0.3, end=0.4 + i * 0.3)
+                 for i, w in enumerate(["Guten", "Tag,", "Welt!"])]
+        segment = types.SimpleNamespace(start=0.2, end=1.0, text=" Guten Tag, Welt!",
+                                        words=words)
+        return iter([segment]), types.SimpleNamespace(language="de")
+
+
+def test_whisper_engine_with_a_local_model(media: dict[str, Path], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir = tmp_path / "whisper-small"
+    model_dir.mkdir()
+    (model_dir / "model.bin").write_bytes(b"weights")
+    monkeypatch.setitem(sys.modules, "faster_whisper",
+                        types.SimpleNamespace(WhisperModel=FakeWhisperModel))
+    monkeypatch.setenv("MEDIAQ_WHISPER_MODEL_DIR", str(model_dir))
+    FakeWhisperModel.calls.clear()
+    result = run("transcribe_audio", media["silence"], tmp_path / "out")  # engine auto
+    [call] = FakeWhisperModel.calls
+    assert call["audio"].dtype == np.float32 and call["audio"].ndim == 1
+    assert len(call["audio"]) == pytest.approx(2 * 16_000, rel=0.05)
+    assert call["language"] is None  # "auto": whisper detects it
+    assert result.data["engine"] == "whisper" and result.data["language"] == "de"
+    assert result.data["text_preview"] == "Guten Tag, Welt!"
+    assert output(result, ".de.vtt").read_text() == (
+        "WEBVTT\n\n1\n00:00:00.200 --> 00:00:01.200\nGuten Tag, Welt!\n\n")
+
+
+# --------------------------------------------------------------------------- cues
+
+
+def test_cues_break_at_pauses_and_length_and_stay_in_the_media() -> None:
+    words = [Word("one", 0.0, 0.3), Word("two", 0.35, 0.6),  # pause follows
+             *(Word(f"w{i}", 2.0 + i * 0.5, 2.4 + i * 0.5) for i in range(12)),
+             Word("last", 9.9, 10.4)]
+    cues = group_cues(words, max_seconds=3.0, duration=10.2)
+    assert cues[0] == Cue(0.0, 1.0, "one two")  # stretched to a readable second
+    assert all(c.end - c.start <= 3.0 + 1e-9 for c in cues[1:])
+    assert all(a.end <= b.start for a, b in itertools.pairwise(cues))
+    assert cues[-1].end == 10.2 and cues[-1].text == "last"
+    chatty = [Word("hello", i * 0.1, i * 0.1 + 0.1) for i in range(20)]
+    [first, second] = group_cues(chatty, max_seconds=10, duration=5)
+    assert first.text.count("hello") == 14 and second.text.count("hello") == 6
+    assert [len(line) for line in first.text.split("\n")] == [41, 41]
+    assert "\n" not in second.text  # 35 characters fit on one line
+
+
+def test_subtitle_formats() -> None:
+    assert timestamp(3661.5) == "01:01:01.500"
+    assert timestamp(59.9996, ",") == "00:01:00,000"
+    cues = [Cue(0.0, 1.5, "a <b> & c"), Cue(2.0, 3.0, "d")]
+    assert webvtt(cues) == ("WEBVTT\n\n1\n00:00:00.000 --> 00:00:01.500\na &lt;b&gt; &amp; c\n\n"
+                            "2\n00:00:02.000 --> 00:00:03.000\nd\n\n")
+    assert srt(cues) == ("1\n00:00:00,000 --> 00:00:01,500\na <b> & c\n\n"
+                         "2\n00:00:02,000 --> 00:00:03,000\nd\n\n")
+    assert webvtt([]) == "WEBVTT\n\n" and srt([]) == ""
