@@ -32,7 +32,7 @@ from av.container import InputContainer
 from mediaq.actions import action
 from mediaq.actions.avio import ProgressClock, media_duration, open_media, reading, writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
-from mediaq.actions.video import decode_tolerantly
+from mediaq.actions.frames import decode_tolerantly
 from mediaq.errors import PermanentError, TransientError
 
 FloatArray = npt.NDArray[np.float32]

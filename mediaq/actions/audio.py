@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -44,7 +43,6 @@ from PIL import Image
 from mediaq.actions import action, fused
 from mediaq.actions.avio import (
     BITRATE_SCHEMA,
-    PROGRESS_EVERY_S,
     AudioEncoderFeed,
     AudioInfo,
     MediaInfo,
@@ -148,7 +146,7 @@ def stream_start(stream: Any) -> float:
 
 
 def decode_audio(container: InputContainer, stream: Any,
-                 clock: ProgressClock | StageClock) -> Iterator[AudioFrame]:
+                 clock: ProgressClock) -> Iterator[AudioFrame]:
     """Decoded frames of ``stream``, ticking ``clock`` (which checks for cancellation).
 
     A few corrupt packets are skipped, as players do; more are an error, and so is
@@ -185,29 +183,6 @@ def check_whole(name: str, seconds: float, declared: float | None) -> None:
     if declared and seconds < TRUNCATION_TOLERANCE * declared - 0.5:
         raise PermanentError(f"{name}: only {seconds:.1f} s of {declared:.1f} s of audio could "
                              "be read (truncated or corrupt)")
-
-
-class StageClock:
-    """Like avio.ProgressClock, for one pass of an action that reads media several times:
-    maps the pass's media time onto [start, start + span] of the step's progress."""
-
-    def __init__(self, ctx: ActionContext, total_seconds: float, stage: str,
-                 start: float, span: float) -> None:
-        self.ctx = ctx
-        self.total = max(total_seconds, 1e-6)
-        self.stage = stage
-        self.start = start
-        self.span = span
-        self._last = 0.0
-
-    def tick(self, seconds: float | None) -> None:
-        now = time.monotonic()
-        if now - self._last < PROGRESS_EVERY_S:
-            self.ctx.check()
-            return
-        self._last = now
-        done = min(max(seconds or 0.0, 0.0) / self.total, 1.0)
-        self.ctx.progress(self.start + self.span * done, self.stage)
 
 
 def is_lossless(codec: str) -> bool:
@@ -721,7 +696,7 @@ class Retimer:
         return frame
 
 
-def measure_loudness(path: Path, clock: StageClock) -> Loudness:
+def measure_loudness(path: Path, clock: ProgressClock) -> Loudness:
     """Decode ``path``'s audio through the loudness meter."""
     meter = LoudnessMeter()
     retime = Retimer()
@@ -757,7 +732,7 @@ class GainStage:
 
 
 def render_with_gain(ctx: ActionContext, plan: EncodePlan, gain_db: float,
-                     ceiling_db: float | None, clock: StageClock) -> float:
+                     ceiling_db: float | None, clock: ProgressClock) -> float:
     """Write ``plan`` from the source with the gain (and limiter) applied."""
     source = ctx.source_path
     stage = GainStage(gain_db, ceiling_db)
@@ -797,7 +772,8 @@ def normalize_loudness(ctx: ActionContext) -> ActionResult:
     source = ctx.source_path
     info, audio = probe_audio(source)
     target, limit = ctx.params["target_lufs"], ctx.params["true_peak_db"]
-    before = measure_loudness(source, StageClock(ctx, info.duration, "measuring", 0.0, 0.3))
+    before = measure_loudness(source, ProgressClock(ctx, info.duration, "measuring",
+                                                    span=(0.0, 0.3)))
     if before.integrated <= SILENCE_LUFS:
         raise PermanentError(f"{source.name}: silent or shorter than 0.4 s (no loudness above "
                              f"{SILENCE_LUFS:.0f} LUFS); cannot normalise")
@@ -860,8 +836,9 @@ def normalisation_passes(ctx: ActionContext, duration: float, plan: EncodePlan,
             path = plan.path.with_name(f"{plan.path.stem}.pass{attempt}{plan.path.suffix}")
             seconds = render_with_gain(
                 ctx, dataclasses.replace(plan, path=path), gain, ceiling,
-                StageClock(ctx, duration, "normalising", 0.3, 0.45))
-            after = measure_loudness(path, StageClock(ctx, duration, "verifying", 0.75, 0.25))
+                ProgressClock(ctx, duration, "normalising", span=(0.3, 0.75)))
+            after = measure_loudness(path, ProgressClock(ctx, duration, "verifying",
+                                                         span=(0.75, 1.0)))
             done = GainPass(gain, ceiling, path, seconds, after)
             passes.append(done)
             if done.miss(target, limit) <= (0.0, LOUDNESS_TOLERANCE_LU):

@@ -261,11 +261,13 @@ class ProgressClock:
     """Reports progress from media timestamps, checking for cancellation each call.
 
     The stage reads e.g. ``encoding 48 fps 1.6x`` (frames per second when the caller
-    ticks once per video frame, and speed against real time)."""
+    ticks once per video frame, and speed against real time). An action that reads
+    the media several times gives each pass its ``span`` of the step's progress."""
 
     def __init__(self, ctx: ActionContext, total_seconds: float, stage: str,
-                 *, count_frames: bool = False) -> None:
+                 *, count_frames: bool = False, span: tuple[float, float] = (0.0, 1.0)) -> None:
         self.ctx = ctx
+        self.span = span
         self.total = max(total_seconds, 1e-6)
         self.stage = stage
         self.count_frames = count_frames
@@ -281,7 +283,9 @@ class ProgressClock:
             return
         self._last = now
         done = min(max(seconds or 0.0, 0.0) / self.total, 1.0)
-        self.ctx.progress(done, self._describe(seconds or 0.0, now - self.started))
+        low, high = self.span
+        self.ctx.progress(low + (high - low) * done,
+                          self._describe(seconds or 0.0, now - self.started))
 
     def _describe(self, seconds: float, elapsed: float) -> str:
         if elapsed <= 0:

@@ -15,7 +15,7 @@ and every file is listed as an output (the engine publishes only listed files).
 Frames to encode are turned upright (rotation), deinterlaced and resampled to a constant
 frame rate before scaling, so outputs play the right way up at a steady rate everywhere;
 sprite tiles are turned upright too. Scaling keeps one swscale context per output size
-(:class:`Scaler`), which is four times cheaper than ``frame.reformat()`` per frame.
+(:class:`~mediaq.actions.frames.Scaler`), four times cheaper than ``frame.reformat()``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
 from av.container import InputContainer, OutputContainer
 from av.video.frame import PictureType, VideoFrame
-from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from mediaq.actions import action
@@ -58,12 +57,12 @@ from mediaq.actions.avio import (
     writing,
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.errors import InputRefused, PermanentError
 
 # Highest output frame rate; faster sources are halved (or more) to get under it.
 MAX_RATE = 60
 # A few corrupt packets are skipped, as players do; more means the file is broken.
-MAX_CORRUPT_PACKETS = 50
 # Default video cap for a rung: 0.1 bit per pixel at 30 fps (1280x720 -> 2.8 Mb/s).
 DEFAULT_BITS_PER_PIXEL_SECOND = 3
 AAC_CODEC_STRING = "mp4a.40.2"  # FFmpeg's aac encoder writes AAC-LC
@@ -73,8 +72,6 @@ PRESETS = ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 HARDWARE_SCHEMA: dict[str, Any] = {"enum": ["auto", "never", "require"], "default": "auto"}
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
-_ROTATIONS = {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
-              270: [("transpose", "cclock")]}
 # Largest side each still/animation encoder takes.
 _MAX_IMAGE_SIDE = {"JPEG": 65_500, "WEBP": 16_383, "GIF": 65_535}
 _BLACK_YUV = (16, 128, 128)  # limited-range black
@@ -160,45 +157,6 @@ def frame_count(seconds: float, rate: Fraction) -> int:
     return max(1, round(seconds * rate))
 
 
-class Upright:
-    """Deinterlaces and turns frames so they are stored the way they are shown.
-
-    Built from the first decoded frame; rebuild it after a seek (bwdif holds a frame)."""
-
-    def __init__(self, stream: Any, first: VideoFrame) -> None:
-        rotation = (-int(first.rotation)) % 360  # PyAV reports counter-clockwise
-        steps: list[tuple[str, str]] = []
-        if first.interlaced_frame:
-            steps.append(("bwdif", "mode=send_frame"))
-        steps.extend(_ROTATIONS.get(rotation, []))
-        self.graph = _filter_graph(stream, steps) if steps else None
-
-    def apply(self, frame: VideoFrame | None) -> list[VideoFrame]:
-        """Upright frames for ``frame``; ``None`` drains what the filters hold."""
-        if self.graph is None:
-            return [frame] if frame is not None else []
-        self.graph.push(frame)
-        shaped: list[VideoFrame] = []
-        while True:
-            try:
-                shaped.append(self.graph.vpull())
-            except (av.error.BlockingIOError, av.error.EOFError):
-                return shaped
-
-
-def _filter_graph(stream: Any, steps: list[tuple[str, str]]) -> av.filter.Graph:
-    graph = av.filter.Graph()
-    node = graph.add_buffer(template=stream)
-    for name, args in steps:
-        nxt = graph.add(name, args)
-        node.link_to(nxt)
-        node = nxt
-    sink = graph.add("buffersink")
-    node.link_to(sink)
-    graph.configure()
-    return graph
-
-
 AudioSink = Callable[[AudioFrame], None]
 
 
@@ -210,7 +168,7 @@ def upright_frames(container: InputContainer, vstream: Any, astream: Any = None,
     time_base = vstream.time_base
     upright: Upright | None = None
     streams = [vstream] + ([astream] if astream is not None and on_audio else [])
-    for frame in _decode_tolerantly(container, streams):
+    for frame in decode_tolerantly(container, streams):
         if isinstance(frame, AudioFrame):
             assert on_audio is not None
             on_audio(frame)
@@ -226,19 +184,6 @@ def upright_frames(container: InputContainer, vstream: Any, astream: Any = None,
 
 def _seconds(frame: VideoFrame, time_base: Fraction) -> float:
     return float(frame.pts * time_base) if frame.pts is not None else 0.0
-
-
-def _decode_tolerantly(container: InputContainer, streams: list[Any]) -> Iterator[Any]:
-    corrupt = 0
-    for packet in container.demux(*streams):
-        try:
-            frames = packet.decode()
-        except av.error.InvalidDataError:
-            corrupt += 1
-            if corrupt > MAX_CORRUPT_PACKETS:
-                raise
-            continue
-        yield from frames
 
 
 def constant_rate(frames: Iterator[tuple[float, VideoFrame]], *, start: float, rate: Fraction,
@@ -259,20 +204,6 @@ def constant_rate(frames: Iterator[tuple[float, VideoFrame]], *, start: float, r
     while k < count and held is not None:
         yield held
         k += 1
-
-
-def seek_to(container: InputContainer, stream: Any, seconds: float) -> None:
-    """Seek to the keyframe at or before ``seconds`` (from the stream's start)."""
-    start = stream.start_time or 0
-    container.seek(start + int(max(seconds, 0.0) / stream.time_base), stream=stream,
-                   backward=True, any_frame=False)
-
-
-def turn_image(image: Image.Image, rotation: int) -> Image.Image:
-    """``rotation`` is clockwise; Pillow's transposes name counter-clockwise turns."""
-    turns = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
-             270: Image.Transpose.ROTATE_90}
-    return image.transpose(turns[rotation]) if rotation in turns else image
 
 
 class Canvas:
@@ -309,19 +240,6 @@ def _split_planes(frame: VideoFrame) -> list[np.ndarray[Any, Any]]:
         planes.append(flat[offset:offset + w * h].reshape(h, w))
         offset += w * h
     return planes
-
-
-class Scaler:
-    """Scales frames to one yuv420p size. It keeps its swscale context: frame.reformat()
-    builds a new one on every call (3.6 ms against 0.8 ms per 720p frame, measured)."""
-
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self._sws = VideoReformatter()
-
-    def __call__(self, frame: VideoFrame) -> VideoFrame:
-        return self._sws.reformat(frame, width=self.width, height=self.height,
-                                  format="yuv420p", interpolation="BICUBIC")
 
 
 class Letterbox:

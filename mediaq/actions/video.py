@@ -18,7 +18,6 @@ from typing import Any
 
 import av
 import av.error
-import av.filter
 from av.container import InputContainer, OutputContainer
 from av.video.frame import VideoFrame
 from PIL import Image
@@ -42,6 +41,7 @@ from mediaq.actions.avio import (
     writing,
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.errors import PermanentError
 
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
@@ -50,9 +50,6 @@ CONTAINER_OF = {"h264": "mp4", "hevc": "mp4", "av1": "mp4", "vp9": "webm"}
 AUDIO_CODEC_OF = {"mp4": "aac", "webm": "libopus"}
 # A truncated file stops well short of the duration its header promises.
 TRUNCATION_TOLERANCE = 0.9
-MAX_CORRUPT_PACKETS = 50
-_ROTATIONS = {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
-              270: [("transpose", "cclock")]}
 _THUMB_FORMATS = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 
 
@@ -279,6 +276,7 @@ class RenditionWriter:
                  time_base: Fraction, audio_rate: int, audio_channels: int) -> None:
         self.rendition = rendition
         self.path = path
+        self.scale = Scaler(rendition.width, rendition.height)
         options = {"movflags": "+faststart"} if rendition.container == "mp4" else {}
         self.output: OutputContainer = open_output(path, format=rendition.container,
                                                    options=options)
@@ -312,9 +310,7 @@ class RenditionWriter:
 
     def encode_video(self, frame: VideoFrame | None) -> None:
         if frame is not None:
-            r = self.rendition
-            frame = frame.reformat(width=r.width, height=r.height, format="yuv420p",
-                                   interpolation="BICUBIC")
+            frame = self.scale.fresh(frame)
         with writing(self.path):
             self.output.mux(self.video.encode(frame))
 
@@ -387,56 +383,6 @@ def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: 
                 writer.encode_video(shaped)
 
 
-def decode_tolerantly(container: InputContainer, streams: list[Any]) -> Iterator[Any]:
-    """Frames of ``streams`` in file order; a few corrupt packets are skipped, as players do."""
-    corrupt = 0
-    for packet in container.demux(*streams):
-        try:
-            frames = packet.decode()
-        except av.error.InvalidDataError:
-            corrupt += 1
-            if corrupt > MAX_CORRUPT_PACKETS:
-                raise
-            continue
-        yield from frames
-
-
-class Upright:
-    """Deinterlaces and turns frames so they are stored the way they are shown."""
-
-    def __init__(self, stream: Any, first: VideoFrame) -> None:
-        rotation = (-int(first.rotation)) % 360
-        steps: list[tuple[str, str]] = []
-        if first.interlaced_frame:
-            steps.append(("bwdif", "mode=send_frame"))
-        steps.extend(_ROTATIONS.get(rotation, []))
-        self.graph: av.filter.Graph | None = _build_graph(stream, steps) if steps else None
-
-    def apply(self, frame: VideoFrame | None) -> list[VideoFrame]:
-        if self.graph is None:
-            return [frame] if frame is not None else []
-        self.graph.push(frame)
-        shaped: list[VideoFrame] = []
-        while True:
-            try:
-                shaped.append(self.graph.vpull())
-            except (av.error.BlockingIOError, av.error.EOFError):
-                return shaped
-
-
-def _build_graph(stream: Any, steps: list[tuple[str, str]]) -> av.filter.Graph:
-    graph = av.filter.Graph()
-    node = graph.add_buffer(template=stream)
-    for name, args in steps:
-        nxt = graph.add(name, args)
-        node.link_to(nxt)
-        node = nxt
-    sink = graph.add("buffersink")
-    node.link_to(sink)
-    graph.configure()
-    return graph
-
-
 # --------------------------------------------------------------------------- thumbnails
 
 
@@ -490,37 +436,24 @@ def keyframe_stills(ctx: ActionContext, source: Path, info: MediaInfo,
             if frame is None:
                 continue
             last_time = float(frame.time or 0.0)
-            yield last_time, _turn(frame.to_image(), rotation)  # type: ignore[no-untyped-call]
+            yield last_time, turn_image(frame.to_image(), rotation)  # type: ignore[no-untyped-call]
 
 
 def _frame_near(container: InputContainer, stream: Any, target: float,
                 after: float) -> VideoFrame | None:
     stream.codec_context.skip_frame = "NONKEY"
-    _seek(container, stream, target)
+    seek_to(container, stream, target)
     keyframe: VideoFrame | None = next(container.decode(stream), None)
     if keyframe is not None and (keyframe.time or 0.0) > after:
         return keyframe
     # The keyframe before ``target`` was used already: decode forward to the time itself.
     stream.codec_context.skip_frame = "DEFAULT"
-    _seek(container, stream, target)
+    seek_to(container, stream, target)
     frame: VideoFrame
     for frame in container.decode(stream):
         if (frame.time or 0.0) >= target - 1e-3:
             return frame
     return None
-
-
-def _seek(container: InputContainer, stream: Any, seconds: float) -> None:
-    start = stream.start_time or 0
-    container.seek(start + int(seconds / stream.time_base), stream=stream, backward=True,
-                   any_frame=False)
-
-
-def _turn(image: Image.Image, rotation: int) -> Image.Image:
-    """``rotation`` is clockwise; Pillow's transposes name counter-clockwise turns."""
-    turns = {90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180,
-             270: Image.Transpose.ROTATE_90}
-    return image.transpose(turns[rotation]) if rotation in turns else image
 
 
 def _fit_width(image: Image.Image, width: int) -> Image.Image:
