@@ -48,6 +48,7 @@ from mediaq.actions.avio import (
     MediaInfo,
     ProgressClock,
     add_audio_stream,
+    configure_chain,
     one_line,
     open_media,
     open_output,
@@ -658,16 +659,10 @@ class LoudnessMeter:
 def audio_graph(first: AudioFrame, steps: list[tuple[str, str]]) -> av.filter.Graph:
     """abuffer -> steps -> abuffersink, shaped after the first decoded frame."""
     graph = av.filter.Graph()
-    node = graph.add_abuffer(sample_rate=first.sample_rate, format=first.format.name,
-                             layout=first.layout.name, time_base=Fraction(1, first.sample_rate))
-    for name, args in steps:
-        nxt = graph.add(name, args)
-        node.link_to(nxt)
-        node = nxt
-    sink = graph.add("abuffersink")
-    node.link_to(sink)
-    graph.configure()
-    return graph
+    source = graph.add_abuffer(sample_rate=first.sample_rate, format=first.format.name,
+                               layout=first.layout.name,
+                               time_base=Fraction(1, first.sample_rate))
+    return configure_chain(graph, source, steps, "abuffersink")
 
 
 def push_and_pull(graph: av.filter.Graph, frame: AudioFrame | None) -> list[AudioFrame]:

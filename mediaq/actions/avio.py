@@ -20,6 +20,7 @@ from typing import Any
 
 import av
 import av.error
+import av.filter
 from av.audio.fifo import AudioFifo
 from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
@@ -375,6 +376,22 @@ BITRATE_SCHEMA: dict[str, Any] = {
     "anyOf": [{"type": "integer", "minimum": 1000},
               {"type": "string", "pattern": r"^\d+(\.\d+)?[kKmM]?$"}],
 }
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def configure_chain(graph: av.filter.Graph, source: Any, steps: list[tuple[str, str]],
+                    sink: str) -> av.filter.Graph:
+    """Link ``source`` -> each (filter, args) of ``steps`` -> ``sink`` and configure."""
+    node = source
+    for name, args in steps:
+        nxt = graph.add(name, args)
+        node.link_to(nxt)
+        node = nxt
+    node.link_to(graph.add(sink))
+    graph.configure()
+    return graph
 
 
 # --------------------------------------------------------------------------- audio

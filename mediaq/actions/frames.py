@@ -19,6 +19,8 @@ from av.video.frame import PictureType, VideoFrame
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from mediaq.actions.avio import configure_chain
+
 # A few corrupt packets are skipped, as players do; more mean the file is broken.
 MAX_CORRUPT_PACKETS = 50
 ROTATION_FILTERS = {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip", "")],
@@ -67,15 +69,7 @@ class Upright:
 
 def video_filter_graph(stream: Any, steps: list[tuple[str, str]]) -> av.filter.Graph:
     graph = av.filter.Graph()
-    node = graph.add_buffer(template=stream)
-    for name, args in steps:
-        nxt = graph.add(name, args)
-        node.link_to(nxt)
-        node = nxt
-    sink = graph.add("buffersink")
-    node.link_to(sink)
-    graph.configure()
-    return graph
+    return configure_chain(graph, graph.add_buffer(template=stream), steps, "buffersink")
 
 
 class Scaler:
