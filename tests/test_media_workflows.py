@@ -3,8 +3,11 @@ Debian's ffprobe, rows checked in SQL."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -132,3 +135,50 @@ def test_two_steps_writing_the_same_file_name_keep_both_outputs(mq: MediaqEnv) -
         with Image.open(path) as image:
             sizes.append(image.size)
     assert sizes == [(100, 50), (50, 25)]
+
+
+def test_audio_workflow_gives_mp3_aac_and_a_waveform(mq: MediaqEnv) -> None:
+    mq.seed()
+    source = mq.inputs / "tone.wav"
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "3", source)
+    code = mq.submit("WF-AUDIO-TRANSCODE", source)
+    mq.run_burst(timeout=120)
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    outputs = {Path(o["path"]).suffix: o for o in job["output_metadata"]["outputs"]}
+    for suffix, codec in ((".mp3", "mp3"), (".m4a", "aac")):
+        path = Path(outputs[suffix]["path"])
+        assert audio_stream(path)["codec_name"] == codec  # type: ignore[index]
+        assert duration_of(path) == pytest.approx(3.0, abs=0.06)
+    with Image.open(outputs[".png"]["path"]) as waveform:
+        assert waveform.size == (1800, 280)
+    peaks = json.loads((mq.outputs / code / "tone_waveform.json").read_text())
+    assert peaks["version"] == 2 and len(peaks["data"]) == 2 * peaks["length"]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+def test_analysis_workflow_transcribes_speech_and_finds_scenes(mq: MediaqEnv) -> None:
+    mq.seed()
+    speech = mq.root / "speech.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us+f2", "-s", "140", "-w", str(speech),
+                    "please call me tomorrow morning at nine o'clock"], check=True)
+    source = mq.inputs / "talk.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=320x240:rate=25:d=2",
+           "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:d=3", "-i", speech,
+           "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-map", "2:a",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+           source)
+    code = mq.submit("WF-VIDEO-ANALYZE", source)
+    mq.run_burst(*GPU_WORKER, timeout=180)
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    assert job["output_metadata"]["failed_steps"] == []
+    files = {Path(o["path"]).name: Path(o["path"]) for o in job["output_metadata"]["outputs"]}
+    text = files["talk.en.txt"].read_text().lower()
+    heard = [w for w in ("please", "call", "tomorrow", "morning", "nine") if w in text]
+    print(f"transcript: {text.strip()!r}")
+    assert len(heard) >= 3
+    assert files["talk.en.vtt"].read_text().startswith("WEBVTT")
+    scenes = json.loads(files["talk_scenes.json"].read_text())
+    cuts = scenes["cuts"] if isinstance(scenes, dict) else []
+    assert any(abs(cut - 2.0) < 0.1 for cut in cuts), scenes
