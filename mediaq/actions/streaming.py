@@ -843,9 +843,11 @@ MAX_TILES = 2000
     },
 })
 def generate_sprite_sheet(ctx: ActionContext) -> ActionResult:
-    """Tile stills every ``interval`` seconds (or ``count`` stills, which wins when given)
-    into sheets of ``columns`` x ``rows``, with a WebVTT thumbnail track whose cues point
-    at ``sheet#xywh=x,y,w,h`` (as video.js, JW Player and Plyr read them)."""
+    """Tiled stills in sprite sheets, with a WebVTT thumbnail track for players.
+
+    Stills every ``interval`` seconds (or ``count`` stills, which wins when given) go
+    into sheets of ``columns`` x ``rows``; the track's cues point at
+    ``sheet#xywh=x,y,w,h`` (as video.js, JW Player and Plyr read them)."""
     source = ctx.source_path
     clip = inspect_clip(source)
     layout = plan_sprites(ctx.params, clip)
