@@ -123,15 +123,7 @@ def probe_audio(path: Path) -> tuple[MediaInfo, AudioInfo]:
     if info.audio.sample_rate <= 0 or info.audio.channels <= 0:
         raise PermanentError(f"{path.name}: the audio stream declares no sample rate or "
                              "channels")
-    return info, dataclasses.replace(info.audio, codec=canonical_codec(info.audio.codec))
-
-
-def canonical_codec(decoder: str) -> str:
-    """The codec's name for a decoder's (``mp3float`` decodes ``mp3``)."""
-    try:
-        return av.Codec(decoder, "r").canonical_name
-    except (av.error.FFmpegError, ValueError):
-        return decoder
+    return info, info.audio
 
 
 def first_audio_stream(container: InputContainer) -> Any:

@@ -214,7 +214,7 @@ def _video_info(container: InputContainer) -> VideoInfo:
     quarter = rotation % 180 == 90
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return VideoInfo(
-        codec=ctx.name, profile=ctx.profile, width=ctx.width, height=ctx.height,
+        codec=ctx.codec.canonical_name, profile=ctx.profile, width=ctx.width, height=ctx.height,
         display_width=ctx.height if quarter else ctx.width,
         display_height=ctx.width if quarter else ctx.height,
         rotation=rotation, fps=round(float(rate), 3) if rate else 0.0,
@@ -239,7 +239,7 @@ def _first_frame_facts(container: InputContainer, stream: av.VideoStream) -> tup
 def _audio_info(container: InputContainer) -> AudioInfo:
     ctx = container.streams.audio[0].codec_context
     return AudioInfo(
-        codec=ctx.name, sample_rate=ctx.sample_rate, channels=ctx.channels,
+        codec=ctx.codec.canonical_name, sample_rate=ctx.sample_rate, channels=ctx.channels,
         layout=ctx.layout.name, sample_format=ctx.format.name if ctx.format else None,
         bit_rate=ctx.bit_rate or None,
     )
@@ -248,7 +248,7 @@ def _audio_info(container: InputContainer) -> AudioInfo:
 def _stream_summary(stream: Any) -> dict[str, Any]:
     ctx = stream.codec_context
     summary: dict[str, Any] = {"index": stream.index, "type": stream.type,
-                               "codec": ctx.name if ctx is not None else None,
+                               "codec": ctx.codec.canonical_name if ctx is not None else None,
                                "language": stream.metadata.get("language")}
     if stream.duration and stream.time_base:
         summary["duration"] = round(float(stream.duration * stream.time_base), 3)
