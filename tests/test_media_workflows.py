@@ -182,3 +182,25 @@ def test_analysis_workflow_transcribes_speech_and_finds_scenes(mq: MediaqEnv) ->
     scenes = json.loads(files["talk_scenes.json"].read_text())
     cuts = scenes["cuts"] if isinstance(scenes, dict) else []
     assert any(abs(cut - 2.0) < 0.1 for cut in cuts), scenes
+
+
+def test_a_failed_one_pass_run_falls_back_to_steps_one_by_one(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow(
+        "T-LADDER",
+        {"action": "transcode_video", "parameters": {"resolution": "240p"}},
+        {"action": "transcode_video", "parameters": {"resolution": "144p"},
+         "on_failure": "continue"},
+    ))
+    source = mq.input_file("notes.mp4", b"meeting notes, not a video\n")
+    code = mq.submit("T-LADDER", source)
+    mq.run_burst()
+    job = mq.job(code)
+    assert job["status"] == "failed"
+    assert job["error_message"] == ("step 1 'transcode_video 1' failed: notes.mp4: "
+                                    "not a supported audio or video file")
+    executions = mq.query(
+        """SELECT ws.step_number, se.status, se.error_class FROM step_executions se
+             JOIN workflow_steps ws ON ws.id = se.step_id
+            WHERE se.job_id = %s ORDER BY se.id""", (job["id"],))
+    assert [(e["step_number"], e["status"], e["error_class"]) for e in executions] == [
+        (1, "cancelled", "fused"), (2, "cancelled", "fused"), (1, "failed", "permanent")]

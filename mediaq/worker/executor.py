@@ -245,6 +245,10 @@ class Executor:
             contexts = [self._context(handle, run, step, stage_dir, 0, lambda f, stage: (
                 handle.progress(low + (high - low) * f, stage or label)))
                 for step, stage_dir in zip(steps, stage_dirs, strict=True)]
+            # The pass does every step's work, so it gets their timeouts together.
+            together = time.monotonic() + sum(step.timeout_seconds for step in steps)
+            for ctx in contexts:
+                ctx.deadline = min(together, run.job_deadline)
             fuse = get_action(first.action).fuse
             assert fuse is not None
             results = self._classified(first, run, lambda: fuse(contexts))
