@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image, ImageSequence
 
+import mediaq.actions.editing
 import mediaq.actions.streaming  # noqa: F401
 from mediaq.actions import ActionContext, ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError

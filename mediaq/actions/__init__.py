@@ -42,6 +42,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.video",
     "mediaq.actions.audio",
     "mediaq.actions.streaming",
+    "mediaq.actions.editing",
     "mediaq.actions.analysis",
     "mediaq.actions.finalize",
 )
