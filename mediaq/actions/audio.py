@@ -59,14 +59,13 @@ from mediaq.actions.avio import (
     writing,
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.frames import decode_tolerantly
 from mediaq.errors import PermanentError
 
 FloatArray = npt.NDArray[np.float32]
 
 # A truncated file stops well short of the duration its header promises.
 TRUNCATION_TOLERANCE = 0.9
-# Players skip a few undecodable packets; more than this and the file is broken.
-MAX_CORRUPT_PACKETS = 50
 # Frames decoded by validate_audio to prove the stream decodes (about a second).
 OPENING_FRAMES = 50
 
@@ -145,21 +144,12 @@ def decode_audio(container: InputContainer, stream: Any,
     A few corrupt packets are skipped, as players do; more are an error, and so is
     decoding much less than the stream declares (a cut or mangled file)."""
     start = stream_start(stream)
-    corrupt = 0
     decoded = 0.0
-    for packet in container.demux(stream):
-        try:
-            frames = packet.decode()
-        except av.error.InvalidDataError:
-            corrupt += 1
-            if corrupt > MAX_CORRUPT_PACKETS:
-                raise
-            continue
-        for frame in frames:
-            assert isinstance(frame, AudioFrame)
-            decoded += frame.samples / frame.sample_rate
-            clock.tick((frame.time or start) - start)
-            yield frame
+    for frame in decode_tolerantly(container, [stream]):
+        assert isinstance(frame, AudioFrame)
+        decoded += frame.samples / frame.sample_rate
+        clock.tick((frame.time or start) - start)
+        yield frame
     check_whole(Path(container.name).name, decoded, declared_seconds(container, stream))
 
 

@@ -26,7 +26,7 @@ from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
 from av.container import InputContainer, OutputContainer
 
-from mediaq.actions.base import ActionContext
+from mediaq.actions.base import ActionContext, check_source_file
 from mediaq.errors import InputRefused, PermanentError, TransientError
 
 # Demuxers that read one self-contained local file. Everything that follows
@@ -90,19 +90,10 @@ def writing(path: Path) -> Iterator[None]:
 # --------------------------------------------------------------------------- opening
 
 
-def check_media_file(path: Path) -> None:
-    if not path.exists():
-        raise InputRefused(f"{path.name}: input file {path} does not exist")
-    if not path.is_file():
-        raise InputRefused(f"{path.name}: input {path} is not a regular file")
-    if path.stat().st_size == 0:
-        raise PermanentError(f"{path.name}: file is empty (0 bytes)")
-
-
 @contextmanager
 def open_media(path: Path) -> Iterator[InputContainer]:
     """Open a local audio/video file for reading, refusing anything unsafe."""
-    check_media_file(path)
+    check_source_file(path)
     with reading(path):
         try:
             container = av.open(str(path), mode="r", options=dict(_OPEN_OPTIONS))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mediaq.errors import Cancelled, StepTimedOut
+from mediaq.errors import Cancelled, InputRefused, PermanentError, StepTimedOut
 
 
 @dataclass
@@ -108,3 +108,13 @@ class ActionContext:
             self.check()
             self.cancel_event.wait(min(left, 0.05))
         self.check()
+
+
+def check_source_file(path: Path) -> None:
+    """Refuse a missing, non-regular or empty source with one clear line."""
+    if not path.exists():
+        raise InputRefused(f"{path.name}: input file {path} does not exist")
+    if not path.is_file():
+        raise InputRefused(f"{path.name}: input {path} is not a regular file")
+    if path.stat().st_size == 0:
+        raise PermanentError(f"{path.name}: file is empty (0 bytes)")

@@ -20,7 +20,7 @@ from typing import Any
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from mediaq.actions import action
-from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.base import ActionContext, ActionResult, OutputFile, check_source_file
 from mediaq.errors import InputRefused, PermanentError, TransientError
 
 SAFE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
@@ -144,7 +144,7 @@ def load_upright(
 @contextmanager
 def _open_checked(path: Path, formats: tuple[str, ...], max_pixels: int) -> Iterator[Image.Image]:
     """Open ``path`` (header only) after refusing missing, empty and oversized files."""
-    _check_input_file(path)
+    check_source_file(path)
     with _reading(path, max_pixels):
         try:
             im = Image.open(path, formats=list(formats))
@@ -155,15 +155,6 @@ def _open_checked(path: Path, formats: tuple[str, ...], max_pixels: int) -> Iter
         yield im
     finally:
         im.close()
-
-
-def _check_input_file(path: Path) -> None:
-    if not path.exists():
-        raise InputRefused(f"{path.name}: input file {path} does not exist")
-    if not path.is_file():
-        raise InputRefused(f"{path.name}: input {path} is not a regular file")
-    if path.stat().st_size == 0:
-        raise PermanentError(f"{path.name}: file is empty (0 bytes)")
 
 
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
