@@ -117,6 +117,7 @@ def test_validate_describes_a_rotated_jpeg_without_writing_anything(
         "size_bytes": photo.stat().st_size,
         "animated": False,
         "frames": 1,
+        "icc_profile": None,
     }
 
 
@@ -427,7 +428,12 @@ def test_lossless_webp_keeps_every_pixel(tmp_path: Path) -> None:
     [
         ("resize_image", {"max_dimension": 0}),
         ("resize_image", {"quality": 101}),
-        ("resize_image", {"format": "gif"}),
+        ("resize_image", {"format": "tiff"}),
+        ("resize_image", {"metadata": ["gps", "passport"]}),
+        ("resize_image", {"metadata": "all"}),
+        ("create_thumbnail", {"mode": "stretch"}),
+        ("create_thumbnail", {"sizes": []}),
+        ("optimize_image", {"target_ssim": 2}),
         ("resize_image", {"width": 100}),
         ("create_thumbnail", {"size": "big"}),
         ("optimize_image", {"quality": 0}),
@@ -444,9 +450,7 @@ def test_invalid_parameters_are_refused(name: str, params: dict[str, Any]) -> No
 
 
 def test_defaults_are_documented_in_the_schema() -> None:
-    assert get_action("resize_image").validate({}) == {
-        "max_dimension": 2000,
-        "quality": 90,
-        "upscale": False,
-    }
+    defaults = get_action("resize_image").validate({})
+    assert defaults["max_dimension"] == 2000
+    assert (defaults["quality"], defaults["upscale"], defaults["metadata"]) == (90, False, "strip")
     assert get_action("validate_image").validate({})["max_pixels"] == 100_000_000
