@@ -128,19 +128,46 @@ def _write_graphic_webp(path: Path) -> None:
 
 
 def _write_document(path: Path) -> None:
-    pages = [_document_page(number) for number in (1, 2)]
-    pages[0].save(path, "PDF", save_all=True, append_images=pages[1:], resolution=72)
+    """A two-page A4 PDF with a real text layer (Helvetica), written object by object."""
+    path.write_bytes(_text_pdf([_document_lines(number) for number in (1, 2)]))
 
 
-def _document_page(number: int) -> Image.Image:
-    page = Image.new("RGB", (595, 842), "white")  # A4 at 72 dpi
-    draw = ImageDraw.Draw(page)
-    draw.text((60, 60), f"mediaq sample document - page {number}", fill="black", font=_font(24))
-    for line in range(12):
-        draw.text(
-            (60, 140 + 40 * line), f"Line {line + 1} of sample text.", fill="black", font=_font(16)
+def _document_lines(number: int) -> list[str]:
+    return [f"mediaq sample document - page {number}"] + [
+        f"Line {line} of sample text." for line in range(1, 13)
+    ]
+
+
+def _text_pdf(pages: list[list[str]]) -> bytes:
+    """A minimal PDF 1.4: catalog, page tree, one font, a page and content stream per page."""
+    font_id, first_page_id = 3, 4
+    page_ids = [first_page_id + 2 * index for index in range(len(pages))]
+    objects: dict[int, bytes] = {
+        1: b"<< /Type /Catalog /Pages 2 0 R >>",
+        2: b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (b" ".join(b"%d 0 R" % pid for pid in page_ids), len(pages)),
+        font_id: b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    }
+    for page_id, lines in zip(page_ids, pages, strict=True):
+        ops = [b"BT /F1 24 Tf 60 770 Td (%s) Tj /F1 16 Tf" % lines[0].encode("latin-1")]
+        ops += [b"0 -40 Td (%s) Tj" % line.encode("latin-1") for line in lines[1:]]
+        stream = b"\n".join([*ops, b"ET"])
+        objects[page_id] = (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+            b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>" % (font_id, page_id + 1)
         )
-    return page
+        objects[page_id + 1] = b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream)
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number in sorted(objects):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, objects[number])
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref)
+    return bytes(out)
 
 
 def _jpeg_bytes(size: tuple[int, int]) -> bytes:

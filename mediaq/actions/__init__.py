@@ -39,6 +39,7 @@ ENTRY_POINT_GROUP = "mediaq.actions"
 BUILTIN_MODULES = (
     "mediaq.actions.diagnostic",
     "mediaq.actions.image",
+    "mediaq.actions.documents",
     "mediaq.actions.video",
     "mediaq.actions.audio",
     "mediaq.actions.streaming",

@@ -15,6 +15,7 @@ from PIL import Image
 
 from mediaq.actions import action
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.documents import convert_document
 from mediaq.actions.image_io import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
@@ -427,14 +428,25 @@ def _ssim_sized(image: Image.Image) -> Image.Image:
     return image.resize(size, Image.Resampling.BOX)
 
 
+# Document targets: convert_format hands a document to the document actions.
+_DOCUMENT_TARGETS = ("txt", "pdf")
+
+
 @action(
     "convert_format",
-    _writer_schema(85, required=["format"]),
+    _writer_schema(
+        85,
+        required=["format"],
+        format={"enum": sorted(FORMAT_NAMES) + list(_DOCUMENT_TARGETS)},
+    ),
     produces_primary=True,
 )
 def convert_format(ctx: ActionContext) -> ActionResult:
-    """Convert to jpeg, png, webp, avif or gif; alpha kept (or flattened on the
-    background colour for JPEG), animation kept where the format has it."""
+    """Convert an image to jpeg, png, webp, avif or gif (alpha kept, or flattened on the
+    background colour for JPEG; animation kept where the format has it), or a document
+    to txt or pdf."""
+    if ctx.params["format"] in _DOCUMENT_TARGETS:
+        return convert_document(ctx)
     header = _header(ctx)
     fmt = output_format(ctx.params["format"], header.format)
     picture = _load(ctx, target=None, animated=_wants_animation(ctx, header, fmt))
