@@ -14,6 +14,7 @@ take turns instead of corrupting the process.
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
 import re
 import shutil
@@ -67,6 +68,9 @@ _WHITE = (255, 255, 255, 255)
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UTF8_BOM = b"\xef\xbb\xbf"
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+# A ZIP starts with a local file header (an empty or a split one with these): the full
+# signatures, so a text that merely starts with "PK" (say "PKI rollout") stays text.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
@@ -118,7 +122,7 @@ def identify(path: Path) -> SourceDocument:
     head = _read_head(path, TEXT_SNIFF_BYTES)
     if b"%PDF-" in head[:PDF_HEADER_WINDOW]:
         return SourceDocument(path, "pdf")
-    if head.startswith(b"PK"):
+    if head.startswith(_ZIP_MAGICS):
         _check_docx_zip(path)
         return SourceDocument(path, "docx")
     if head.startswith(_OLE_MAGIC):
@@ -404,8 +408,9 @@ def _open_docx(doc: SourceDocument) -> DocxDocument:
 def _read_docx(ctx: ActionContext, doc: SourceDocument) -> DocumentText:
     ctx.progress(0.0, "reading document")
     document = _open_docx(doc)
-    collector = _PageCollector()
-    collector.walk(document.element.body)
+    body = document.element.body
+    collector = _PageCollector(_section_page_breaks(body))
+    collector.walk(body)
     pages = collector.pages()
     for index in range(len(pages)):
         ctx.progress(index / len(pages), f"reading page {index + 1}/{len(pages)}")
@@ -414,10 +419,15 @@ def _read_docx(ctx: ActionContext, doc: SourceDocument) -> DocumentText:
 
 class _PageCollector:
     """Collects a DOCX body's text in document order (paragraphs and table cells, one
-    line each), starting a new page at each explicit page break."""
+    line each), starting a new page at each explicit page break: a page break, a
+    paragraph that breaks the page before it, and a section break to a new page.
 
-    def __init__(self) -> None:
+    ``section_breaks`` are the section ends (``w:sectPr`` elements) followed by a new page.
+    """
+
+    def __init__(self, section_breaks: list[Any] | None = None) -> None:
         self._pages: list[list[str]] = [[]]
+        self._section_breaks = section_breaks or []
 
     def pages(self) -> list[str]:
         return ["".join(parts).rstrip("\n") for parts in self._pages]
@@ -449,6 +459,9 @@ class _PageCollector:
             self._pages.append([])
         self.walk(paragraph)
         self._pages[-1].append("\n")
+        section_end = paragraph.find(f"{_W}pPr/{_W}sectPr")
+        if section_end is not None and any(section_end is end for end in self._section_breaks):
+            self._pages.append([])
 
     def _break(self, kind: str | None) -> None:
         if kind == "page":
@@ -460,6 +473,28 @@ class _PageCollector:
 def _is_hidden(run: Any) -> bool:
     vanish = run.find(f"{_W}rPr/{_W}vanish")
     return vanish is not None and _on(vanish)
+
+
+# How a section may start (its w:type; "nextPage" when absent): these start a new page.
+_NEW_PAGE_SECTIONS = frozenset({"nextPage", "oddPage", "evenPage"})
+
+
+def _section_page_breaks(body: Any) -> list[Any]:
+    """The section ends in ``body`` after which the text goes on a new page.
+
+    A section ends at the paragraph holding its ``w:sectPr`` (the last one is the body's
+    own), and a section's ``w:type`` tells how *it* starts, so whether a section end
+    breaks the page is read from the section after it.
+    """
+    ends = [section for section in body.iter(f"{_W}sectPr")
+            if section.getparent() is body or section.getparent().tag == f"{_W}pPr"]
+    return [end for end, following in itertools.pairwise(ends)
+            if _section_start(following) in _NEW_PAGE_SECTIONS]
+
+
+def _section_start(section: Any) -> str:
+    kind = section.find(f"{_W}type")
+    return "nextPage" if kind is None else str(kind.get(f"{_W}val", "nextPage"))
 
 
 def _breaks_page_before(paragraph: Any) -> bool:
