@@ -51,6 +51,34 @@ class Settings:
     """console or json."""
     log_level: str = "info"
 
+    # -- notifications -----------------------------------------------------------------
+    notifier: bool = True
+    """Run the notification delivery loop inside ``mediaq worker`` (MEDIAQ_NOTIFIER)."""
+    webhook_secret: str = ""
+    """Standard Webhooks signing secret(s), ``whsec_…``; comma-separated during rotation."""
+    webhook_allowed_hosts: str = ""
+    """Hosts, ``*.domain`` names or CIDRs let through the SSRF guard (comma-separated)."""
+    smtp_url: str = ""
+    """``smtp://[user:pass@]host[:port][?starttls=auto|always|never]`` or ``smtps://…``."""
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_ca_file: str = ""
+    """A CA bundle to trust for the SMTP server's certificate (default: the system's)."""
+    mail_from: str = ""
+    """The From address of notification e-mail; default mediaq@<host_id>."""
+    mail_template_dir: Path | None = None
+    """A folder with email.txt / email.html overriding the built-in templates."""
+    notify_timeout_seconds: float = 15.0
+    """One delivery attempt's time limit (connect, send, answer)."""
+    notify_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    """Seconds before each retry (Standard Webhooks' schedule); then the row fails."""
+    notify_concurrency: int = 8
+    """Deliveries in flight at once per notifier."""
+    breaker_threshold: int = 5
+    """Consecutive failures that open an endpoint's circuit breaker."""
+    breaker_cooldown_seconds: float = 30.0
+    """How long an open breaker waits before one probe; doubles while probes fail."""
+
     @property
     def outputs(self) -> Path:
         return self.output_root or self.home / "outputs"
@@ -79,7 +107,13 @@ class Settings:
         for f in fields(self):
             if f.name in ("home", "database_url", "input_roots", "output_root"):
                 continue
-            shown[f.name] = str(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.name == "smtp_url" and value:
+                shown[f.name] = mask_url(value)
+            elif any(word in f.name for word in SECRET_WORDS) and value:
+                shown[f.name] = "***"
+            else:
+                shown[f.name] = str(value)
         return shown
 
 
@@ -106,8 +140,10 @@ def _coerce(name: str, raw: Any) -> Any:
     try:
         if name == "input_roots":
             return _split_paths(raw)
-        if name in ("home", "output_root"):
+        if name in ("home", "output_root", "mail_template_dir"):
             return Path(str(raw)).expanduser().resolve()
+        if kind == "bool":
+            return _boolean(raw)
         if kind == "int":
             return int(raw)
         if kind == "float":
@@ -115,6 +151,17 @@ def _coerce(name: str, raw: Any) -> Any:
         return str(raw)
     except (ValueError, TypeError, AttributeError):
         raise ConfigError(f"setting {name}: {raw!r} is not a valid {kind}") from None
+
+
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(word)
 
 
 def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -161,6 +208,10 @@ def _validate(s: Settings) -> None:
         (s.log_format not in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
         (s.log_level.lower() not in LOG_LEVELS,
          f"log_level must be one of {', '.join(LOG_LEVELS)}"),
+        (s.notify_timeout_seconds <= 0, "notify_timeout_seconds must be positive"),
+        (s.notify_concurrency < 1, "notify_concurrency must be at least 1"),
+        (s.breaker_threshold < 1, "breaker_threshold must be at least 1"),
+        (s.breaker_cooldown_seconds <= 0, "breaker_cooldown_seconds must be positive"),
     ]
     for failed, message in problems:
         if failed:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from mediaq.errors import SchemaOutdated
-from mediaq.queries import queries
+from mediaq.queries import SQL_DIR, queries
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -27,6 +27,17 @@ def alembic_config(url: str) -> Config:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["mediaq_url"] = url
     return cfg
+
+
+def run_schema_file(bind: Any, name: str) -> None:
+    """Run ``sql/schema/<name>`` on a migration's connection (Alembic's ``op.get_bind()``).
+
+    Raw driver execution: the files hold several statements, colons and percent signs.
+    """
+    dbapi = bind.connection.dbapi_connection
+    assert dbapi is not None
+    with dbapi.cursor() as cur:
+        cur.execute((SQL_DIR / "schema" / name).read_text(encoding="utf-8"))
 
 
 @cache

@@ -7,6 +7,7 @@ from typing import Any
 from mediaq import db
 from mediaq.errors import MediaqError
 from mediaq.logs import log_line
+from mediaq.notify import outbox
 
 
 class JobNotFound(MediaqError):
@@ -60,4 +61,4 @@ def set_queue_paused(conn: db.Connection, queue_name: str, paused: bool, by: str
 def stats(conn: db.Connection) -> dict[str, Any]:
     row = db.fetch_one(conn, "job_stats")
     assert row is not None
-    return dict(row)
+    return {**row, **outbox.health(conn)}

@@ -602,3 +602,176 @@ ROLLBACK TO SAVEPOINT mediaq_submit;
 -- name: submit_release_savepoint
 -- Keep an accepted submission in the caller's transaction.
 RELEASE SAVEPOINT mediaq_submit;
+
+-- ===========================================================================
+-- Notifications: the outbox delivery loop (mediaq/notify/notifier.py)
+-- A notifier holds a row as "sending" until locked_until; every write about a
+-- row it holds is fenced by locked_by, so a notifier whose hold ran out (and whose
+-- row another notifier took) changes nothing.
+-- ===========================================================================
+
+-- name: listen_notifications
+-- Wake up when the outbox gets rows.
+LISTEN mediaq_notifications;
+
+-- name: notifications_reclaim_expired
+-- Rows held by a notifier that died: due again, the interrupted attempt counted.
+UPDATE mediaq.workflow_notifications
+   SET status = 'pending', locked_by = NULL, locked_until = NULL, next_attempt_at = now(),
+       error_message = coalesce(error_message, 'the notifier delivering it stopped')
+ WHERE status = 'sending' AND locked_until < now();
+
+-- name: notifications_claim
+-- Take up to %(limit)s due rows whose endpoint is not held back by an open breaker.
+WITH picked AS (
+    SELECT n.id
+      FROM mediaq.workflow_notifications n
+     WHERE n.status = 'pending' AND n.next_attempt_at <= now()
+       AND NOT EXISTS (SELECT 1 FROM mediaq.notification_endpoints e
+                        WHERE e.endpoint = n.endpoint AND e.open_until > now())
+     ORDER BY n.next_attempt_at, n.id
+     LIMIT %(limit)s
+       FOR UPDATE OF n SKIP LOCKED
+)
+UPDATE mediaq.workflow_notifications n
+   SET status = 'sending', locked_by = %(notifier)s,
+       locked_until = now() + make_interval(secs => %(hold_s)s),
+       attempts = n.attempts + 1, last_attempt_at = now()
+  FROM picked
+ WHERE n.id = picked.id
+RETURNING n.id, n.event_id::text AS event_id, n.notification_type, n.recipient, n.channel,
+          n.endpoint, n.subject, n.payload, n.attempts,
+          (SELECT e.state FROM mediaq.notification_endpoints e
+            WHERE e.endpoint = n.endpoint) AS breaker_state;
+
+-- name: notification_sent
+-- A delivery succeeded.
+UPDATE mediaq.workflow_notifications
+   SET status = 'sent', sent_at = now(), error_message = NULL,
+       last_status_code = %(status_code)s, locked_by = NULL, locked_until = NULL
+ WHERE id = %(id)s AND status = 'sending' AND locked_by = %(notifier)s;
+
+-- name: notification_retry_later
+-- A delivery failed in a way worth retrying: due again after the back-off.
+UPDATE mediaq.workflow_notifications
+   SET status = 'pending', next_attempt_at = now() + make_interval(secs => %(delay_s)s),
+       error_message = %(error)s, last_status_code = %(status_code)s,
+       locked_by = NULL, locked_until = NULL
+ WHERE id = %(id)s AND status = 'sending' AND locked_by = %(notifier)s;
+
+-- name: notification_failed
+-- A delivery failed for good.
+UPDATE mediaq.workflow_notifications
+   SET status = 'failed', error_message = %(error)s, last_status_code = %(status_code)s,
+       locked_by = NULL, locked_until = NULL
+ WHERE id = %(id)s AND status = 'sending' AND locked_by = %(notifier)s;
+
+-- name: notification_release
+-- Hand an untried row back (its endpoint's breaker is being probed by another row).
+UPDATE mediaq.workflow_notifications
+   SET status = 'pending', attempts = attempts - 1, locked_by = NULL, locked_until = NULL
+ WHERE id = %(id)s AND status = 'sending' AND locked_by = %(notifier)s;
+
+-- name: endpoint_take_probe
+-- An open breaker whose cool-down is over lets exactly one delivery through.
+UPDATE mediaq.notification_endpoints
+   SET state = 'half_open', open_until = now() + make_interval(secs => %(hold_s)s),
+       updated_at = now()
+ WHERE endpoint = %(endpoint)s AND state IN ('open', 'half_open') AND open_until <= now()
+RETURNING endpoint;
+
+-- name: endpoint_succeeded
+-- The endpoint answered: close its breaker (a no-op for a healthy endpoint).
+UPDATE mediaq.notification_endpoints
+   SET state = 'closed', consecutive_failures = 0, times_opened = 0, open_until = NULL,
+       last_success_at = now(), updated_at = now()
+ WHERE endpoint = %(endpoint)s AND (state <> 'closed' OR consecutive_failures > 0);
+
+-- name: endpoint_failed
+-- One more failure: the breaker opens at the threshold, or at once after a failed
+-- probe, for a cool-down that doubles each time it opens in a row (up to 64x).
+INSERT INTO mediaq.notification_endpoints AS e
+       (endpoint, state, consecutive_failures, times_opened, open_until, last_error,
+        last_failure_at)
+VALUES (%(endpoint)s,
+        CASE WHEN %(threshold)s <= 1 THEN 'open' ELSE 'closed' END,
+        1,
+        CASE WHEN %(threshold)s <= 1 THEN 1 ELSE 0 END,
+        CASE WHEN %(threshold)s <= 1 THEN now() + make_interval(secs => %(cooldown_s)s) END,
+        %(error)s, now())
+ON CONFLICT (endpoint) DO UPDATE SET
+    consecutive_failures = e.consecutive_failures + 1,
+    last_error = excluded.last_error,
+    last_failure_at = now(),
+    updated_at = now(),
+    state = CASE
+        WHEN e.state = 'disabled' THEN 'disabled'
+        WHEN e.state = 'half_open' OR e.consecutive_failures + 1 >= %(threshold)s THEN 'open'
+        ELSE e.state END,
+    times_opened = CASE
+        WHEN e.state = 'disabled' THEN e.times_opened
+        WHEN e.state = 'half_open' OR e.consecutive_failures + 1 >= %(threshold)s
+            THEN e.times_opened + 1
+        ELSE e.times_opened END,
+    open_until = CASE
+        WHEN e.state = 'disabled' THEN e.open_until
+        WHEN e.state = 'half_open' OR e.consecutive_failures + 1 >= %(threshold)s
+            THEN now() + make_interval(secs => %(cooldown_s)s * 2 ^ least(e.times_opened, 6))
+        ELSE e.open_until END
+RETURNING state, consecutive_failures, open_until;
+
+-- name: endpoint_disabled
+-- The endpoint answered 410 Gone: stop delivering to it until an operator retries.
+INSERT INTO mediaq.notification_endpoints AS e (endpoint, state, last_error, last_failure_at)
+VALUES (%(endpoint)s, 'disabled', %(error)s, now())
+ON CONFLICT (endpoint) DO UPDATE SET
+    state = 'disabled', open_until = NULL, last_error = excluded.last_error,
+    last_failure_at = now(), updated_at = now();
+
+-- name: notifications_fail_endpoint
+-- Waiting rows for a disabled endpoint fail with the reason.
+UPDATE mediaq.workflow_notifications
+   SET status = 'failed', error_message = %(error)s
+ WHERE endpoint = %(endpoint)s AND status = 'pending';
+
+-- name: notifications_next_due
+-- Seconds until the next pending row is due (NULL: none).
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float AS wait_s
+  FROM mediaq.workflow_notifications WHERE status = 'pending';
+
+-- name: notifications_list
+-- The outbox, newest first, for `mediaq notifications` and the API.
+SELECT n.id, j.job_code, n.notification_type, n.channel, n.recipient, n.endpoint, n.status,
+       n.attempts, n.last_status_code, n.error_message, n.created_at, n.sent_at,
+       n.next_attempt_at, n.event_id::text
+  FROM mediaq.workflow_notifications n
+  JOIN mediaq.workflow_jobs j ON j.id = n.job_id
+ WHERE (%(status)s::text IS NULL OR n.status = %(status)s)
+   AND (%(job_code)s::text IS NULL OR j.job_code = %(job_code)s)
+ ORDER BY n.id DESC
+ LIMIT %(limit)s;
+
+-- name: notification_retry
+-- An operator sends a failed (or waiting) row again now; the event id stays.
+UPDATE mediaq.workflow_notifications
+   SET status = 'pending', next_attempt_at = now(), attempts = 0
+ WHERE id = %(id)s AND status IN ('failed', 'pending')
+RETURNING id, endpoint;
+
+-- name: endpoint_reset
+-- An operator closes an endpoint's breaker (after a 410, or to probe now).
+UPDATE mediaq.notification_endpoints
+   SET state = 'closed', consecutive_failures = 0, times_opened = 0, open_until = NULL,
+       updated_at = now()
+ WHERE endpoint = %(endpoint)s AND state <> 'closed';
+
+-- name: notification_counts
+-- Outbox rows by status.
+SELECT status, count(*)::int AS count FROM mediaq.workflow_notifications GROUP BY status;
+
+-- name: endpoints_unhealthy
+-- Breakers that are not closed, or closed with recent failures.
+SELECT endpoint, state, consecutive_failures, open_until, last_error, last_failure_at
+  FROM mediaq.notification_endpoints
+ WHERE state <> 'closed' OR consecutive_failures > 0
+ ORDER BY endpoint;

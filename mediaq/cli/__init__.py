@@ -74,9 +74,16 @@ def main() -> None:
 
 
 def register() -> None:
-    from mediaq.cli import db_commands, job_commands, worker_commands, workflow_commands
+    from mediaq.cli import (
+        db_commands,
+        job_commands,
+        notify_commands,
+        worker_commands,
+        workflow_commands,
+    )
 
-    for module in (db_commands, job_commands, worker_commands, workflow_commands):
+    for module in (db_commands, job_commands, notify_commands, worker_commands,
+                   workflow_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -209,8 +209,14 @@ def stats(env: Env, as_json_output: bool) -> None:
     if as_json_output:
         click.echo(as_json(data))
         return
+    endpoints = data.pop("endpoints")
+    counts = data.pop("notifications")
     for key, value in data.items():
         click.echo(f"{key:26} {fmt(value)}")
+    click.echo(f"{'notifications':26} " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if endpoints:
+        table(endpoints, ["endpoint", "state", "consecutive_failures", "open_until",
+                          "last_error"], title="Notification endpoints (circuit breakers)")
 
 
 COMMANDS = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from mediaq import logs, migrate
@@ -17,11 +19,15 @@ from mediaq.worker.resources import parse_categories, parse_limits
 @click.option("--queues", help="Only these queues (comma-separated).")
 @click.option("--burst", is_flag=True, help="Exit when no work is left.")
 @click.option("--id", "worker_id", help="Worker id (default: host:pid:random).")
+@click.option("--no-notifier", is_flag=True,
+              help="Do not deliver notifications here (run `mediaq notifier` elsewhere).")
 @pass_env
 def worker(env: Env, categories: str | None, limits: str | None, vram_mb: int | None,
-           queues: str | None, burst: bool, worker_id: str | None) -> None:
-    """Run a worker daemon."""
+           queues: str | None, burst: bool, worker_id: str | None, no_notifier: bool) -> None:
+    """Run a worker daemon (it also delivers notifications unless told not to)."""
     settings = env.settings
+    if no_notifier:
+        settings = dataclasses.replace(settings, notifier=False)
     logs.configure(settings.log_format, settings.log_level)
     migrate.require_current_schema(env.url)
     options = WorkerOptions(

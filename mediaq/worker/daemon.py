@@ -23,6 +23,7 @@ import structlog
 from mediaq import __version__, db
 from mediaq.config import Settings
 from mediaq.errors import Paused
+from mediaq.notify.notifier import Notifier
 from mediaq.worker.claimer import ClaimedJob, Claimer
 from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
@@ -77,6 +78,8 @@ class Worker:
                                             thread_name_prefix="mediaq-job")
         self.log = log.bind(worker_id=self.worker_id)
         self.processed = 0
+        self.notifier = (Notifier(settings, url, notifier_id=f"{self.worker_id}:notify")
+                         if settings.notifier else None)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -90,11 +93,24 @@ class Worker:
         listener.start()
         self.heartbeat.start()
         self.rescuer.start()
+        notifying = self._start_notifier()
         try:
             self._produce()
         finally:
             self._drain()
+            if self.notifier is not None:
+                self.notifier.stop()
+            if notifying is not None:
+                notifying.join()
         return self.processed
+
+    def _start_notifier(self) -> threading.Thread | None:
+        """Deliver notifications beside the jobs: all along, or (burst) once at the end."""
+        if self.notifier is None or self.options.burst:
+            return None
+        thread = threading.Thread(target=self.notifier.run, name="mediaq-notifier")
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         """Stop claiming (SIGTERM/SIGINT); running jobs drain within the grace time."""
@@ -121,6 +137,8 @@ class Worker:
             if self.options.burst and self.capacity.total_running == 0 \
                     and not self.claimer.runnable_soon(BURST_RETRY_HORIZON_S):
                 self.log.info("worker:queue_empty")
+                if self.notifier is not None:
+                    self.notifier.run(until_idle=True)
                 return
             self.wake.wait(self.settings.poll_seconds)
             self.wake.clear()
