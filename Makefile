@@ -33,6 +33,7 @@ test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 bench: $(STAMP) ## Ratios from one run: queue (jobs/s, latency, rescue), media vs the ffmpeg CLI
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.media
+	$(BIN)/python -m benchmarks.images
 
 demo: $(STAMP) ## Embedded PostgreSQL, the five workflows, real sample media, a worker, the dashboard
 	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db upgrade

@@ -60,13 +60,20 @@ class RegisteredAction:
     # pass (decode once, encode many); one result per context, in order.
     fuse: FusedFn | None = None
 
+    @functools.cached_property
+    def _validator(self) -> jsonschema.protocols.Validator:
+        # Built once: jsonschema.validate() checks the schema itself on every call,
+        # which costs more than a thumbnail's resize.
+        cls = jsonschema.validators.validator_for(self.schema)
+        cls.check_schema(self.schema)
+        return cls(self.schema)
+
     def validate(self, params: dict[str, Any]) -> dict[str, Any]:
         """Return ``params`` with schema defaults applied, or raise InvalidParameters."""
-        try:
-            jsonschema.validate(params, self.schema)
-        except jsonschema.ValidationError as exc:
-            where = ".".join(str(p) for p in exc.absolute_path) or "parameters"
-            raise InvalidParameters(f"action '{self.name}': {where}: {exc.message}") from None
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(params))
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path) or "parameters"
+            raise InvalidParameters(f"action '{self.name}': {where}: {error.message}")
         merged = {
             key: copy.deepcopy(spec["default"])
             for key, spec in self.schema.get("properties", {}).items()

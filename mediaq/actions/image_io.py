@@ -74,6 +74,10 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
 
+# Formats whose extra frames are an animation. TIFF pages, an MPO's extra pictures
+# (phone previews, gain maps, stereo pairs) and HEIF's extra images are not: they have
+# sizes of their own and no timing, so only their first picture is the image.
+_ANIMATION_SOURCES = frozenset({"GIF", "PNG", "WEBP", "AVIF"})
 # Orientations 5-8 turn the picture a quarter, swapping width and height.
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _TRANSPOSE_FOR_ORIENTATION: dict[int, tuple[Image.Transpose, ...]] = {
@@ -89,6 +93,10 @@ _TRANSPOSE_FOR_ORIENTATION: dict[int, tuple[Image.Transpose, ...]] = {
 # at twice the target so the final resample still has detail to work with.
 _DRAFT_GAP = 2
 _SRGB = ImageCms.createProfile("sRGB")
+# Relative colorimetric, as libvips and ImageMagick convert: the source's colours as
+# they are, clipped to sRGB. Perceptual through lcms's (ICC v4) sRGB would rescale a
+# v2 CMYK profile's black point and push press reds and blues far off.
+_INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
 
 
 @dataclass(frozen=True)
@@ -323,7 +331,7 @@ def _describe_source(path: Path, im: Image.Image) -> SourceInfo:
         mode=im.mode,
         orientation=_exif_orientation(im),
         size_bytes=path.stat().st_size,
-        animated=bool(getattr(im, "is_animated", False)),
+        animated=bool(getattr(im, "is_animated", False)) and im.format in _ANIMATION_SOURCES,
         frames=frames,
         icc_profile=profile_name(im.info.get("icc_profile")),
     )
@@ -394,7 +402,9 @@ def _cmyk_to_srgb(frame: Image.Image, icc: Any, name: str) -> Image.Image:
         return frame.convert("RGB")
     try:
         source = ImageCms.ImageCmsProfile(BytesIO(icc))
-        converted = ImageCms.profileToProfile(frame, source, _SRGB, outputMode="RGB")
+        converted = ImageCms.profileToProfile(
+            frame, source, _SRGB, renderingIntent=_INTENT, outputMode="RGB"
+        )
     except (ImageCms.PyCMSError, OSError, ValueError):
         return frame.convert("RGB")  # a broken profile must not lose the picture
     assert converted is not None
@@ -432,7 +442,9 @@ def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
         return image
     try:
         source = ImageCms.ImageCmsProfile(BytesIO(icc))
-        converted = ImageCms.profileToProfile(image, source, _SRGB, outputMode=image.mode)
+        converted = ImageCms.profileToProfile(
+            image, source, _SRGB, renderingIntent=_INTENT, outputMode=image.mode
+        )
     except (ImageCms.PyCMSError, OSError, ValueError):
         return image
     assert converted is not None

@@ -158,14 +158,24 @@ def _jpeg_quantisation(quality: int, tables: str) -> dict[str, Any]:
 
 
 def metadata_options(picture: Picture, policy: str | list[str], fmt: str) -> dict[str, Any]:
-    """Save options carrying the source's EXIF/XMP as ``policy`` allows."""
-    if policy == "strip" or fmt == "GIF":
-        return {}
+    """Save options carrying the source's EXIF/XMP as ``policy`` allows.
+
+    What Pillow's encoders would copy from the decoded image on their own is blanked:
+    the colour profile always (PNG and AVIF would embed a CMYK or unusable source
+    profile on sRGB pixels), and the comment (JPEG COM, GIF comment extension)
+    unless the policy is ``keep``.
+    """
     keep_all = policy == "keep"
+    options: dict[str, Any] = {"icc_profile": b""}
+    if not keep_all:
+        options["comment"] = b""
+    if policy == "strip" or fmt == "GIF":
+        return options
     groups = set(METADATA_GROUPS) if keep_all else set(policy)
     exif = picture.exif if keep_all else _selected_exif(picture.exif, groups)
     exif[ExifTags.Base.Orientation] = 1  # the pixels are upright now
-    options: dict[str, Any] = {"exif": exif.tobytes()} if len(exif) > 1 or keep_all else {}
+    if len(exif) > 1 or keep_all:
+        options["exif"] = exif.tobytes()
     if "xmp" in groups and picture.xmp:
         options["xmp"] = _XMP_ORIENTATION.sub(rb"\g<1>1", picture.xmp)
     return options

@@ -21,6 +21,7 @@ import psycopg
 import structlog
 
 from mediaq import __version__, db
+from mediaq.actions import available_actions
 from mediaq.config import Settings
 from mediaq.errors import Paused
 from mediaq.notify.notifier import Notifier
@@ -85,9 +86,12 @@ class Worker:
 
     def run(self) -> int:
         """Run until stopped (or, in burst mode, until nothing is left); jobs processed."""
+        # Import every action (codecs, plugins) now, not inside the first job's time.
+        actions = available_actions()
         self.claimer.register(__version__)
-        self.log.info("worker:started", categories=list(self.capacity.categories),
-                      limits=self.capacity.limits, vram_budget_mb=self.capacity.vram_budget_mb,
+        self.log.info("worker:started", actions=len(actions),
+                      categories=list(self.capacity.categories), limits=self.capacity.limits,
+                      vram_budget_mb=self.capacity.vram_budget_mb,
                       gpu=self.capacity.gpu.name if self.capacity.gpu else None)
         listener = threading.Thread(target=self._listen, name="mediaq-listen", daemon=True)
         listener.start()
