@@ -33,6 +33,8 @@ class Settings:
     """Folders inputs must be in (colon- or comma-separated); empty: the home's inputs/."""
     output_root: Path | None = None
     """Outputs go to <output_root>/<job_code>/; default $MEDIAQ_HOME/outputs."""
+    library_roots: tuple[Path, ...] = ()
+    """Folders ``move_to_library`` may write into; empty: the home's library/."""
     lease_seconds: int = 10
     """How long a claimed job stays owned without a heartbeat; renewed every third of it."""
     poll_seconds: float = 1.0
@@ -50,6 +52,12 @@ class Settings:
     log_format: str = "console"
     """console or json."""
     log_level: str = "info"
+
+    # -- triggers ----------------------------------------------------------------------
+    triggers: bool = True
+    """Watch folders and fire schedules inside ``mediaq worker`` (MEDIAQ_TRIGGERS)."""
+    watch_scan_seconds: float = 5.0
+    """How often watch folders are listed; inotify wakes a watcher sooner where it can."""
 
     # -- notifications -----------------------------------------------------------------
     notifier: bool = True
@@ -92,6 +100,10 @@ class Settings:
         return self.input_roots or (self.home / "inputs",)
 
     @property
+    def effective_library_roots(self) -> tuple[Path, ...]:
+        return self.library_roots or (self.home / "library",)
+
+    @property
     def uses_embedded(self) -> bool:
         return not self.database_url
 
@@ -103,9 +115,10 @@ class Settings:
             else f"embedded PostgreSQL in {self.home / 'pgdata'}",
             "input_roots": ", ".join(str(p) for p in self.effective_input_roots),
             "output_root": str(self.outputs),
+            "library_roots": ", ".join(str(p) for p in self.effective_library_roots),
         }
         for f in fields(self):
-            if f.name in ("home", "database_url", "input_roots", "output_root"):
+            if f.name in ("home", "database_url", "input_roots", "output_root", "library_roots"):
                 continue
             value = getattr(self, f.name)
             if f.name == "smtp_url" and value:
@@ -138,7 +151,7 @@ def _split_paths(raw: str | list[str]) -> tuple[Path, ...]:
 def _coerce(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
-        if name == "input_roots":
+        if name in ("input_roots", "library_roots"):
             return _split_paths(raw)
         if name in ("home", "output_root", "mail_template_dir"):
             return Path(str(raw)).expanduser().resolve()

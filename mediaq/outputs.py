@@ -10,8 +10,9 @@ from pathlib import Path
 from mediaq.errors import InputRefused
 
 
-def check_input(path_text: str | None, roots: tuple[Path, ...]) -> Path:
-    """The resolved input path, or InputRefused naming the file and the reason."""
+def check_input(path_text: str | None, roots: tuple[Path, ...], kind: str = "file") -> Path:
+    """The resolved input path (a regular file, or a folder when ``kind`` is
+    "directory"), or InputRefused naming the file and the reason."""
     if not path_text:
         raise InputRefused("no input file given")
     if "\x00" in path_text:
@@ -27,7 +28,9 @@ def check_input(path_text: str | None, roots: tuple[Path, ...]) -> Path:
         raise InputRefused(f"{path_text}: outside the input roots ({allowed})")
     if not resolved.exists():
         raise InputRefused(f"{path_text}: file does not exist")
-    if not resolved.is_file():
+    if kind == "directory" and not resolved.is_dir():
+        raise InputRefused(f"{path_text}: not a directory")
+    if kind != "directory" and not resolved.is_file():
         raise InputRefused(f"{path_text}: not a regular file")
     if not os.access(resolved, os.R_OK):
         raise InputRefused(f"{path_text}: not readable")

@@ -1,4 +1,4 @@
-"""Named SQL statements, loaded from ``sql/queries.sql``.
+"""Named SQL statements, loaded from ``sql/queries.sql`` and ``sql/triggers.sql``.
 
 Each statement follows a ``-- name: NAME`` line (and a one-line description),
 as procrastinate does; code refers to them as ``queries["job_claim_next"]``.
@@ -28,8 +28,13 @@ def parse_queries(text: str) -> dict[str, str]:
     return found
 
 
-def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
-    return parse_queries(path.read_text(encoding="utf-8"))
+QUERY_FILES = ("queries.sql", "triggers.sql")
+
+
+def load_queries(paths: tuple[Path, ...] | None = None) -> dict[str, str]:
+    """Every file's statements in one mapping; a name may appear only once in all."""
+    files = paths or tuple(SQL_DIR / name for name in QUERY_FILES)
+    return parse_queries("\n".join(path.read_text(encoding="utf-8") for path in files))
 
 
 queries: dict[str, str] = load_queries()

@@ -79,10 +79,15 @@ class MediaqEnv:
     def start_worker(self, *args: str, **extra_env: str) -> subprocess.Popen[str]:
         """A worker process; its log goes to a file (see ``worker_log``), never a pipe
         nobody reads, which would block the worker once the pipe is full."""
+        return self.start("worker", *args, **extra_env)
+
+    def start(self, command: str, *args: str, **extra_env: str) -> subprocess.Popen[str]:
+        """A long-running ``mediaq COMMAND`` (worker, notifier, triggers), stopped with
+        the workers."""
         env = {**self.env, **{f"MEDIAQ_{k.upper()}": v for k, v in extra_env.items()}}
         log_path = self.root / f"worker-{len(self.workers)}.log"
         with log_path.open("w") as log_file:
-            proc = subprocess.Popen([*MEDIAQ, "worker", *args], env=env, text=True,
+            proc = subprocess.Popen([*MEDIAQ, command, *args], env=env, text=True,
                                     stdout=log_file, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc

@@ -46,6 +46,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.editing",
     "mediaq.actions.analysis",
     "mediaq.actions.finalize",
+    "mediaq.actions.library",
 )
 
 
@@ -56,6 +57,8 @@ class RegisteredAction:
     schema: dict[str, Any]
     description: str
     produces_primary: bool
+    # "directory" for actions whose job input is a folder (scan); "file" for the rest.
+    input_kind: str = "file"
     # Runs several consecutive steps of this action that read the same source in one
     # pass (decode once, encode many); one result per context, in order.
     fuse: FusedFn | None = None
@@ -94,12 +97,14 @@ def action(
     schema: dict[str, Any] | None = None,
     *,
     produces_primary: bool = False,
+    input_kind: str = "file",
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` as the action ``name``.
 
     ``schema`` is a JSON Schema for the step's parameters (an object; unknown keys
     are refused unless the schema says otherwise). ``produces_primary`` marks
-    actions whose primary output becomes the next step's source.
+    actions whose primary output becomes the next step's source; ``input_kind``
+    "directory" lets a workflow that starts with this action take a folder as input.
     """
     full_schema: dict[str, Any] = {"type": "object", "additionalProperties": False}
     full_schema.update(schema or {})
@@ -111,6 +116,7 @@ def action(
             schema=full_schema,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             produces_primary=produces_primary,
+            input_kind=input_kind,
         )
         return fn
 

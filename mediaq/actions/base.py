@@ -2,8 +2,10 @@
 
 Actions are plain functions ``fn(ctx: ActionContext) -> ActionResult``. They never
 touch the database: the engine hands them paths and parameters and records what
-they return. They write files only under ``ctx.output_path(...)`` (a staging
-directory); the engine renames them into place once the step is committed.
+they return (the one thing they may ask of the queue, submitting jobs for files
+they found, goes through ``ctx.submit_files``). They write files only under
+``ctx.output_path(...)`` (a staging directory); the engine renames them into place
+once the step is committed (``move_to_library`` alone writes into the library roots).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from mediaq.config import Settings
 from mediaq.errors import Cancelled, InputRefused, PermanentError, StepTimedOut
 
 
@@ -40,6 +43,14 @@ class ActionResult:
 ProgressFn = Callable[[float, str | None], None]
 
 
+class SubmitFiles(Protocol):
+    def __call__(self, workflow_code: str, paths: list[Path], *, skip_existing: bool,
+                 priority: int | None) -> list[str | None]:
+        """Submit one job of ``workflow_code`` per path, in one transaction; the new
+        job codes in order, None for a path that already had a job (``skip_existing``)."""
+        ...
+
+
 class ActionContext:
     """Everything one step attempt needs, and its two ways to talk back:
     ``progress()`` and ``check()`` (call it between frames or chunks)."""
@@ -60,6 +71,9 @@ class ActionContext:
         on_progress: ProgressFn | None = None,
         on_log: Callable[[str], None] | None = None,
         previous_outputs: list[dict[str, Any]] | None = None,
+        workflow_code: str = "",
+        submit_files: SubmitFiles | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.job_code = job_code
         self.step_number = step_number
@@ -73,6 +87,11 @@ class ActionContext:
         self.cancel_event = cancel_event or threading.Event()
         # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256, …).
         self.previous_outputs = list(previous_outputs or [])
+        self.workflow_code = workflow_code
+        # The worker's settings: the folders an action may read (input roots) and
+        # write outside its staging folder (library roots).
+        self.settings = settings or Settings()
+        self._submit_files = submit_files
         self._on_progress = on_progress
         self._on_log = on_log
 
@@ -100,6 +119,14 @@ class ActionContext:
         """Append a line to the job's log."""
         if self._on_log is not None:
             self._on_log(message)
+
+    def submit_files(self, workflow_code: str, paths: list[Path], *, skip_existing: bool,
+                     priority: int | None = None) -> list[str | None]:
+        """Jobs for files this step found (see :class:`SubmitFiles`)."""
+        if self._submit_files is None:
+            raise PermanentError("this step cannot submit jobs here (no queue to submit to)")
+        return self._submit_files(workflow_code, paths, skip_existing=skip_existing,
+                                  priority=priority)
 
     def sleep(self, seconds: float) -> None:
         """Sleep, waking at once on cancel."""

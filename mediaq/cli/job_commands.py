@@ -46,7 +46,8 @@ def submit_command(
     """Submit INPUT_PATH to a workflow; prints the job code as the last word."""
     path = Path(input_path).expanduser()
     typed = input_path if "://" in input_path or path.is_absolute() else str(Path.cwd() / path)
-    resolved = check_input(typed, env.settings.effective_input_roots)
+    kind = "directory" if Path(typed).is_dir() else "file"  # a folder for a scan workflow
+    resolved = check_input(typed, env.settings.effective_input_roots, kind=kind)
     meta = _parse_metadata(metadata)
     with env.connect() as conn:
         job = submit(conn, workflow_code, resolved, priority=priority,

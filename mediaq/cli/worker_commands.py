@@ -21,13 +21,19 @@ from mediaq.worker.resources import parse_categories, parse_limits
 @click.option("--id", "worker_id", help="Worker id (default: host:pid:random).")
 @click.option("--no-notifier", is_flag=True,
               help="Do not deliver notifications here (run `mediaq notifier` elsewhere).")
+@click.option("--no-triggers", is_flag=True,
+              help="Do not watch folders or fire schedules here (run `mediaq triggers`).")
 @pass_env
 def worker(env: Env, categories: str | None, limits: str | None, vram_mb: int | None,
-           queues: str | None, burst: bool, worker_id: str | None, no_notifier: bool) -> None:
-    """Run a worker daemon (it also delivers notifications unless told not to)."""
+           queues: str | None, burst: bool, worker_id: str | None, no_notifier: bool,
+           no_triggers: bool) -> None:
+    """Run a worker daemon (it also delivers notifications, watches folders and fires
+    schedules unless told not to)."""
     settings = env.settings
     if no_notifier:
         settings = dataclasses.replace(settings, notifier=False)
+    if no_triggers:
+        settings = dataclasses.replace(settings, triggers=False)
     logs.configure(settings.log_format, settings.log_level)
     migrate.require_current_schema(env.url)
     options = WorkerOptions(

@@ -25,6 +25,7 @@ from mediaq.actions import available_actions
 from mediaq.config import Settings
 from mediaq.errors import Paused
 from mediaq.notify.notifier import Notifier
+from mediaq.triggers.runner import Triggers
 from mediaq.worker.claimer import ClaimedJob, Claimer
 from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
@@ -81,6 +82,8 @@ class Worker:
         self.processed = 0
         self.notifier = (Notifier(settings, url, notifier_id=f"{self.worker_id}:notify")
                          if settings.notifier else None)
+        self.triggers = (Triggers(settings, url, runner_id=f"{self.worker_id}:triggers")
+                         if settings.triggers and not options.burst else None)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -98,14 +101,17 @@ class Worker:
         self.heartbeat.start()
         self.rescuer.start()
         notifying = self._start_notifier()
+        triggering = self._start_triggers()
         try:
             self._produce()
         finally:
             self._drain()
-            if self.notifier is not None:
-                self.notifier.stop()
-            if notifying is not None:
-                notifying.join()
+            for helper in (self.notifier, self.triggers):
+                if helper is not None:
+                    helper.stop()
+            for thread in (notifying, triggering):
+                if thread is not None:
+                    thread.join()
         return self.processed
 
     def _start_notifier(self) -> threading.Thread | None:
@@ -113,6 +119,14 @@ class Worker:
         if self.notifier is None or self.options.burst:
             return None
         thread = threading.Thread(target=self.notifier.run, name="mediaq-notifier")
+        thread.start()
+        return thread
+
+    def _start_triggers(self) -> threading.Thread | None:
+        """Watch folders and schedules beside the jobs (not in burst mode)."""
+        if self.triggers is None:
+            return None
+        thread = threading.Thread(target=self.triggers.run, name="mediaq-triggers")
         thread.start()
         return thread
 

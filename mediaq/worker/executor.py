@@ -8,6 +8,7 @@ start (fenced) → run the action (no transaction open) → commit outputs (fenc
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from mediaq.errors import (
 )
 from mediaq.logs import log_line
 from mediaq.outputs import check_input, discard, job_output_dir, sha256_of, staging_dir
+from mediaq.triggers.scan import submit_found_files
 from mediaq.worker.job_handle import JobHandle
 
 log = structlog.get_logger("mediaq.executor")
@@ -120,6 +122,14 @@ def _fusable(action_name: str) -> bool:
         return False
 
 
+def _input_kind(first_action: str) -> str:
+    """What the job's input must be: a folder when the first step scans one."""
+    try:
+        return get_action(first_action).input_kind
+    except ActionNotAvailable:
+        return "file"  # the step itself fails with the clear message
+
+
 def load_run(handle: JobHandle, workflow_id: int) -> JobRun:
     with db.transaction(handle.pool) as conn:
         context = db.fetch_one(conn, "job_context", {"job_id": handle.job_id})
@@ -155,7 +165,8 @@ class Executor:
             if not run.steps:
                 raise StepFailed("permanent", "the workflow has no steps")
             run.input_path = check_input(run.context["input_file_path"],
-                                         self.settings.effective_input_roots)
+                                         self.settings.effective_input_roots,
+                                         kind=_input_kind(run.steps[0].action))
             run.source_path = run.input_path
             for group in self._step_groups(run):
                 if len(group) > 1 and self._run_fused(handle, run, group):
@@ -338,6 +349,9 @@ class Executor:
             deadline=min(step_deadline, run.job_deadline),
             cancel_event=handle.stop_signal, on_progress=on_progress,
             on_log=handle.log, previous_outputs=run.outputs,
+            workflow_code=run.context["workflow_code"], settings=self.settings,
+            submit_files=functools.partial(submit_found_files, handle.pool,
+                                           found_by=f"scan:{handle.job_code}"),
         )
 
     def _classified(self, step: Step, run: JobRun, call: Callable[[], T]) -> T:

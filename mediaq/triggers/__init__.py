@@ -1,0 +1,1 @@
+"""Jobs nobody submits by hand: watch folders, cron schedules and folder scans."""
