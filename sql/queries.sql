@@ -689,7 +689,9 @@ UPDATE mediaq.notification_endpoints
 
 -- name: endpoint_failed
 -- One more failure: the breaker opens at the threshold, or at once after a failed
--- probe, for a cool-down that doubles each time it opens in a row (up to 64x).
+-- probe, for a cool-down that doubles each time it opens in a row (up to 64x). A
+-- failure recorded while it is already open (a delivery that was in flight) neither
+-- opens it again nor lengthens the cool-down.
 INSERT INTO mediaq.notification_endpoints AS e
        (endpoint, state, consecutive_failures, times_opened, open_until, last_error,
         last_failure_at)
@@ -709,13 +711,13 @@ ON CONFLICT (endpoint) DO UPDATE SET
         WHEN e.state = 'half_open' OR e.consecutive_failures + 1 >= %(threshold)s THEN 'open'
         ELSE e.state END,
     times_opened = CASE
-        WHEN e.state = 'disabled' THEN e.times_opened
-        WHEN e.state = 'half_open' OR e.consecutive_failures + 1 >= %(threshold)s
+        WHEN e.state = 'half_open'
+             OR (e.state = 'closed' AND e.consecutive_failures + 1 >= %(threshold)s)
             THEN e.times_opened + 1
         ELSE e.times_opened END,
     open_until = CASE
-        WHEN e.state = 'disabled' THEN e.open_until
-        WHEN e.state = 'half_open' OR e.consecutive_failures + 1 >= %(threshold)s
+        WHEN e.state = 'half_open'
+             OR (e.state = 'closed' AND e.consecutive_failures + 1 >= %(threshold)s)
             THEN now() + make_interval(secs => %(cooldown_s)s * 2 ^ least(e.times_opened, 6))
         ELSE e.open_until END
 RETURNING state, consecutive_failures, open_until;
@@ -735,9 +737,13 @@ UPDATE mediaq.workflow_notifications
  WHERE endpoint = %(endpoint)s AND status = 'pending';
 
 -- name: notifications_next_due
--- Seconds until the next pending row is due (NULL: none).
-SELECT extract(epoch FROM min(next_attempt_at) - now())::float AS wait_s
-  FROM mediaq.workflow_notifications WHERE status = 'pending';
+-- Seconds until the next pending row is due (NULL: none); a row whose endpoint's
+-- breaker is open is due when the breaker lets a probe through.
+SELECT extract(epoch FROM min(greatest(n.next_attempt_at, e.open_until)) - now())::float
+       AS wait_s
+  FROM mediaq.workflow_notifications n
+  LEFT JOIN mediaq.notification_endpoints e ON e.endpoint = n.endpoint
+ WHERE n.status = 'pending';
 
 -- name: notifications_list
 -- The outbox, newest first, for `mediaq notifications` and the API.

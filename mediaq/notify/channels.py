@@ -8,6 +8,7 @@ failed or asked us to wait: network errors, timeouts, 408/425/429, 5xx, SMTP 4xx
 
 from __future__ import annotations
 
+import http.client
 import json
 import smtplib
 import time
@@ -88,6 +89,9 @@ class Channels:
             return Outcome("retry", f"no answer within {self.timeout:g} s", endpoint_fault=True)
         except OSError as exc:
             return Outcome("retry", _network_error(exc), endpoint_fault=True)
+        except http.client.HTTPException as exc:  # the receiver did not answer in HTTP
+            return Outcome("retry", f"bad HTTP answer: {type(exc).__name__} {_one_line(exc)}",
+                           endpoint_fault=True)
 
     # -- channels ----------------------------------------------------------------------
 
@@ -149,7 +153,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²" or other Unicode digits
         return float(value)
     try:
         moment = parsedate_to_datetime(value)

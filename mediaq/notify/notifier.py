@@ -114,6 +114,8 @@ class Notifier:
             wait_s = self._seconds_until_due(conn)
             if until_idle and self.in_flight == 0 and (wait_s is None or wait_s > 0):
                 return True
+            if self.in_flight >= self.concurrency:
+                wait_s = None  # no room: wait for a delivery to finish, not for due rows
             self.wake.wait(min(self.settings.poll_seconds, wait_s if wait_s is not None
                                else self.settings.poll_seconds))
             self.wake.clear()

@@ -40,8 +40,8 @@ def parse_secrets(text: str) -> list[bytes]:
         if not item:
             continue
         encoded = item.removeprefix(SECRET_PREFIX)
-        try:
-            key = base64.b64decode(encoded, validate=True)
+        try:  # padding is optional, as in the Standard Webhooks libraries
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ConfigError("webhook_secret: not a whsec_ secret (base64 after "
                               "'whsec_' expected)") from None

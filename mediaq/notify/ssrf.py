@@ -64,16 +64,23 @@ class AllowList:
 
 def why_forbidden(address: IPAddress) -> str | None:
     """Why connecting to ``address`` is refused by default; None for a public address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # IPv4 wrapped in IPv6 (mapped, 6to4, Teredo) is judged as the IPv4 it reaches.
+        embedded = address.ipv4_mapped or address.sixtofour or (
+            address.teredo[1] if address.teredo else None)
+        if embedded is not None:
+            inner = why_forbidden(embedded)
+            if inner is None or address.ipv4_mapped is not None:
+                return inner
+            return f"{inner} inside an IPv6 address"
     if address in _METADATA:
         return "a cloud metadata address"
     checks = (
+        (address.is_unspecified, "an unspecified address"),
         (address.is_loopback, "a loopback address"),
         (address.is_link_local, "a link-local address"),
         (address.is_private, "a private address"),
         (address.is_multicast, "a multicast address"),
-        (address.is_unspecified, "an unspecified address"),
         (address.is_reserved, "a reserved address"),
         (not address.is_global, "not a public address"),
     )

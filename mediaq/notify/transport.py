@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import urlsplit
@@ -35,8 +36,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float,
         raise TargetRefused("credentials in the URL are not sent; use the signing secret")
     host = parts.hostname
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    addresses = resolve(host, port, allow)
-    connection = _connection(parts.scheme, host, port, addresses[0], timeout, allow)
+    connection = _connected(parts.scheme, host, port, resolve(host, port, allow), timeout,
+                            allow)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         connection.request("POST", path, body=body, headers=headers)
@@ -48,11 +49,21 @@ def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float,
         connection.close()
 
 
-def _connection(scheme: str, host: str, port: int, address: object, timeout: float,
-                allow: AllowList) -> http.client.HTTPConnection:
-    if scheme == "https":
-        return _PinnedHTTPS(host, port, str(address), timeout, allow)
-    return _PinnedHTTP(host, port, str(address), timeout, allow)
+def _connected(scheme: str, host: str, port: int, addresses: Sequence[object], timeout: float,
+               allow: AllowList) -> http.client.HTTPConnection:
+    """A connection to the first vetted address that answers (as browsers try each A and
+    AAAA record); the last address's error if none does."""
+    pinned = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+    for index, address in enumerate(addresses):
+        connection = pinned(host, port, str(address), timeout, allow)
+        try:
+            connection.connect()
+            return connection
+        except OSError:  # TargetRefused (the connected peer is vetted again) is not one
+            connection.close()
+            if index == len(addresses) - 1:
+                raise
+    raise TargetRefused(f"{host} has no address to connect to")
 
 
 class _PinnedHTTP(http.client.HTTPConnection):

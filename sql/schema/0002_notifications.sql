@@ -41,8 +41,8 @@ CREATE OR REPLACE FUNCTION notification_endpoint(recipient text) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
     SELECT CASE notification_channel(recipient)
-        WHEN 'webhook' THEN lower(substring(recipient FROM '^(https?://[^/?#]+)'))
-        WHEN 'slack' THEN lower(substring(recipient FROM '^slack\+(https?://[^/?#]+)'))
+        WHEN 'webhook' THEN substring(lower(recipient) FROM '^(https?://[^/?#]+)')
+        WHEN 'slack' THEN substring(lower(recipient) FROM '^slack\+(https?://[^/?#]+)')
         WHEN 'email' THEN 'smtp'
         ELSE 'log'
     END $$;
