@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import click
 import psycopg
@@ -46,6 +47,21 @@ class Env:
 
 
 pass_env = click.make_pass_decorator(Env, ensure=True)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def run_in_foreground(env: Env, loop: Stoppable, run: Callable[[], int]) -> int:
+    """Run a service loop (notifier, triggers) until it ends or SIGTERM/SIGINT stops it."""
+    from mediaq import logs  # structlog only for the commands that log
+
+    logs.configure(env.settings.log_format, env.settings.log_level)
+    migrate.require_current_schema(env.url)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: loop.stop())
+    return run()
 
 
 class MediaqGroup(click.Group):

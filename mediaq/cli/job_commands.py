@@ -20,7 +20,7 @@ from rich.progress import (
 
 from mediaq import db, operations
 from mediaq.cli import Env, pass_env
-from mediaq.cli.render import as_json, console, fmt, table
+from mediaq.cli.render import as_json, console, fmt, show_rows, table
 from mediaq.errors import SubmissionRefused
 from mediaq.outputs import check_input
 from mediaq.submit import params_from_pairs, submit
@@ -80,12 +80,10 @@ def jobs(env: Env, status: str | None, workflow_code: str | None, limit: int,
     with env.connect() as conn:
         rows = db.fetch_all(conn, "jobs_dashboard",
                             {"status": status, "workflow_code": workflow_code, "limit": limit})
-    if as_json_output:
-        click.echo(as_json(rows))
-        return
-    table(rows, ["job_code", "workflow_name", "status", "current_step", "total_steps",
-                 "progress_percent", "priority", "submitted_by", "submitted_at", "started_at",
-                 "completed_at", "error_message"], title="Job status dashboard")
+    show_rows(rows, ["job_code", "workflow_name", "status", "current_step", "total_steps",
+                     "progress_percent", "priority", "submitted_by", "submitted_at",
+                     "started_at", "completed_at", "error_message"],
+              "Job status dashboard", as_json_output=as_json_output)
 
 
 @click.command("show")

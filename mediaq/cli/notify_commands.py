@@ -7,9 +7,8 @@ from typing import BinaryIO
 
 import click
 
-from mediaq import logs, migrate
-from mediaq.cli import Env, pass_env
-from mediaq.cli.render import as_json, table
+from mediaq.cli import Env, pass_env, run_in_foreground
+from mediaq.cli.render import show_rows
 from mediaq.notify import outbox
 from mediaq.notify.notifier import Notifier
 from mediaq.notify.signing import SignatureError, new_secret, parse_secrets, verify
@@ -20,20 +19,9 @@ from mediaq.notify.signing import SignatureError, new_secret, parse_secrets, ver
 @pass_env
 def notifier(env: Env, until_idle: bool) -> None:
     """Deliver notifications (webhooks, e-mail, Slack) until stopped."""
-    settings = env.settings
-    logs.configure(settings.log_format, settings.log_level)
-    migrate.require_current_schema(env.url)
-    runner = Notifier(settings, env.url)
-    _stop_on_signals(runner)
-    handled = runner.run(until_idle=until_idle)
+    runner = Notifier(env.settings, env.url)
+    handled = run_in_foreground(env, runner, lambda: runner.run(until_idle=until_idle))
     click.echo(f"notifier {runner.notifier_id} stopped after {handled} notification(s)")
-
-
-def _stop_on_signals(runner: Notifier) -> None:
-    import signal
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: runner.stop())
 
 
 @click.group("notifications", invoke_without_command=True)
@@ -50,12 +38,9 @@ def notifications(ctx: click.Context, status: str | None, job_code: str | None, 
     env = ctx.find_object(Env) or ctx.ensure_object(Env)
     with env.connect() as conn:
         rows = outbox.list_notifications(conn, status=status, job_code=job_code, limit=limit)
-    if as_json_output:
-        click.echo(as_json(rows))
-        return
-    table(rows, ["id", "job_code", "notification_type", "channel", "recipient", "status",
-                 "attempts", "last_status_code", "error_message", "sent_at"],
-          title="Notifications")
+    show_rows(rows, ["id", "job_code", "notification_type", "channel", "recipient", "status",
+                     "attempts", "last_status_code", "error_message", "sent_at"],
+              "Notifications", as_json_output=as_json_output)
 
 
 @notifications.command("retry")

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.table import Table
 
@@ -49,3 +50,12 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | N
 
 def as_json(data: Any) -> str:
     return json.dumps(data, default=fmt, indent=2)
+
+
+def show_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str, *,
+              as_json_output: bool) -> None:
+    """A listing command's output: every column as JSON, or a table of ``columns``."""
+    if as_json_output:
+        click.echo(as_json(rows))
+    else:
+        table(rows, columns, title=title)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from mediaq import db, logs, migrate
-from mediaq.cli import Env, pass_env
-from mediaq.cli.render import as_json, console, table
+from mediaq import db
+from mediaq.cli import Env, pass_env, run_in_foreground
+from mediaq.cli.render import console, show_rows
 from mediaq.outputs import check_input
 from mediaq.submit import params_from_pairs
 from mediaq.triggers import manage
@@ -64,12 +63,9 @@ def watch_folder_list(env: Env, as_json_output: bool) -> None:
     """Watch folders, with what they submitted and their last error."""
     with env.connect() as conn:
         rows = db.fetch_all(conn, "watch_folders_list")
-    if as_json_output:
-        click.echo(as_json(rows))
-        return
-    table(rows, ["id", "path", "workflow_code", "patterns", "settle_seconds", "recursive",
-                 "priority", "enabled", "files_submitted", "last_scan_at", "last_error"],
-          title="Watch folders")
+    show_rows(rows, ["id", "path", "workflow_code", "patterns", "settle_seconds", "recursive",
+                     "priority", "enabled", "files_submitted", "last_scan_at", "last_error"],
+              "Watch folders", as_json_output=as_json_output)
 
 
 @watch_folder.command("remove")
@@ -122,12 +118,9 @@ def schedule_list(env: Env, as_json_output: bool) -> None:
     """Schedules, next slot first."""
     with env.connect() as conn:
         rows = db.fetch_all(conn, "schedules_list")
-    if as_json_output:
-        click.echo(as_json(rows))
-        return
-    table(rows, ["id", "cron", "timezone", "workflow_code", "input_path", "missed", "enabled",
-                 "next_run_at", "last_slot_at", "last_job_code", "fired_count", "skipped_count",
-                 "last_error"], title="Schedules")
+    show_rows(rows, ["id", "cron", "timezone", "workflow_code", "input_path", "missed",
+                     "enabled", "next_run_at", "last_slot_at", "last_job_code", "fired_count",
+                     "skipped_count", "last_error"], "Schedules", as_json_output=as_json_output)
 
 
 @schedule.command("remove")
@@ -178,13 +171,8 @@ def scan(env: Env, path: str, workflow_code: str, patterns: tuple[str, ...], rec
 @pass_env
 def triggers(env: Env, once: bool) -> None:
     """Watch folders and fire schedules until stopped (workers do this too)."""
-    settings = env.settings
-    logs.configure(settings.log_format, settings.log_level)
-    migrate.require_current_schema(env.url)
-    runner = Triggers(settings, env.url)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: runner.stop())
-    submitted = runner.run(once=once)
+    runner = Triggers(env.settings, env.url)
+    submitted = run_in_foreground(env, runner, lambda: runner.run(once=once))
     click.echo(f"triggers {runner.runner_id} stopped after {submitted} job(s)")
 
 
