@@ -1,4 +1,4 @@
-"""Named SQL statements, loaded from ``sql/queries.sql`` and ``sql/triggers.sql``.
+"""Named SQL statements, loaded from the files named in ``QUERY_FILES`` under ``sql/``.
 
 Each statement follows a ``-- name: NAME`` line (and a one-line description),
 as procrastinate does; code refers to them as ``queries["job_claim_next"]``.
@@ -28,7 +28,7 @@ def parse_queries(text: str) -> dict[str, str]:
     return found
 
 
-QUERY_FILES = ("queries.sql", "triggers.sql")
+QUERY_FILES = ("queries.sql", "triggers.sql", "reports.sql", "web.sql")
 
 
 def load_queries(paths: tuple[Path, ...] | None = None) -> dict[str, str]:

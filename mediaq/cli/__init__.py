@@ -94,13 +94,15 @@ def register() -> None:
         db_commands,
         job_commands,
         notify_commands,
+        report_commands,
         trigger_commands,
+        web_commands,
         worker_commands,
         workflow_commands,
     )
 
-    for module in (db_commands, job_commands, notify_commands, trigger_commands,
-                   worker_commands, workflow_commands):
+    for module in (db_commands, job_commands, notify_commands, report_commands,
+                   trigger_commands, web_commands, worker_commands, workflow_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,7 @@
+"""mediaq report."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,7 @@
+"""mediaq web."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,1 @@
+-- Named queries of the analytics reports (`mediaq report`, the API's analytics panels).

@@ -1,0 +1,1 @@
+-- Named queries of the HTTP API, the dashboard and /metrics (`mediaq web`).
