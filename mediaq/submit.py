@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from mediaq import dedupe
 from mediaq.errors import SubmissionRefused
 from mediaq.queries import queries
 
@@ -94,11 +96,41 @@ def submit(
         "idempotency_key": idempotency_key,
         "submitted_by": submitted_by,
     }
+    # The caller's connection may return tuples: every statement here reads dicts.
+    with conn.cursor(row_factory=dict_row) as cur:
+        plan = _dedupe_plan(cur, workflow_code, input_path, params or {})
     with conn.cursor(row_factory=dict_row) as cur, _savepoint(conn):
+        if plan is not None:
+            holder = dedupe.claim_or_find(cur, plan.key, plan.window_s)
+            if holder is not None:
+                return holder
         try:
             cur.execute(queries["job_submit"], params_row)
         except REFUSALS as exc:
             raise SubmissionRefused(exc.diag.message_primary or str(exc)) from None
         row = cur.fetchone()
-    assert row is not None
+        assert row is not None
+        if plan is not None:
+            row = cur.execute(queries["dedupe_attach"], {
+                "key": plan.key, "job_id": row["id"], "content_hash": plan.digest}).fetchone()
+            assert row is not None
     return row
+
+
+@dataclass(frozen=True)
+class DedupePlan:
+    key: str
+    digest: str
+    window_s: int
+
+
+def _dedupe_plan(cur: psycopg.Cursor[dict[str, Any]], workflow_code: str,
+                 input_path: str | Path, params: dict[str, Any]) -> DedupePlan | None:
+    """The key of this submission when its workflow de-duplicates, else None."""
+    workflow = cur.execute(queries["workflow_dedupe_window"],
+                           {"workflow_code": workflow_code}).fetchone()
+    if workflow is None or not workflow["dedupe_window_seconds"]:
+        return None  # an unknown workflow is refused by the submission itself
+    digest = dedupe.content_hash(Path(input_path))
+    return DedupePlan(dedupe.dedupe_key(workflow_code, workflow["version"], digest, params),
+                      digest, workflow["dedupe_window_seconds"])

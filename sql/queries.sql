@@ -781,3 +781,33 @@ SELECT endpoint, state, consecutive_failures, open_until, last_error, last_failu
   FROM mediaq.notification_endpoints
  WHERE state <> 'closed' OR consecutive_failures > 0
  ORDER BY endpoint;
+
+-- ===========================================================================
+-- Content de-duplication (workflows with dedupe_window_seconds)
+-- ===========================================================================
+
+-- name: workflow_dedupe_window
+-- Whether the current version of a workflow de-duplicates, and for how long.
+SELECT version, dedupe_window_seconds FROM mediaq.workflow_definitions
+ WHERE workflow_code = %(workflow_code)s AND is_current;
+
+-- name: dedupe_claim
+-- Take a de-duplication key: a new key, or one whose job is older than the window.
+-- No row back: an identical submission inside the window holds it (a concurrent one
+-- is waited for, so this cannot race).
+INSERT INTO mediaq.job_dedupe_keys AS k (dedupe_key) VALUES (%(key)s)
+ON CONFLICT (dedupe_key) DO UPDATE SET job_id = NULL, claimed_at = now()
+ WHERE k.claimed_at < now() - make_interval(secs => %(window_s)s)
+RETURNING k.dedupe_key;
+
+-- name: dedupe_holder
+-- The job an identical submission inside the window created.
+SELECT j.* FROM mediaq.job_dedupe_keys k JOIN mediaq.workflow_jobs j ON j.id = k.job_id
+ WHERE k.dedupe_key = %(key)s;
+
+-- name: dedupe_attach
+-- The new job holds the key it claimed, and records its input's content hash.
+WITH attached AS (
+    UPDATE mediaq.job_dedupe_keys SET job_id = %(job_id)s WHERE dedupe_key = %(key)s)
+UPDATE mediaq.workflow_jobs SET content_hash = %(content_hash)s WHERE id = %(job_id)s
+RETURNING *;
