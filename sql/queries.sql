@@ -392,7 +392,8 @@ SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure,
 -- name: job_watch
 -- The few fields a live progress bar needs.
 SELECT status, progress_percent, progress_stage, current_step, error_message, waiting_reason,
-       (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps
+       (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps,
+       (SELECT e.estimated_start FROM job_etas e WHERE e.job_id = j.id) AS estimated_start
   FROM workflow_jobs j WHERE j.id = %(job_id)s;
 
 -- name: job_cancel
@@ -811,3 +812,27 @@ WITH attached AS (
     UPDATE mediaq.job_dedupe_keys SET job_id = %(job_id)s WHERE dedupe_key = %(key)s)
 UPDATE mediaq.workflow_jobs SET content_hash = %(content_hash)s WHERE id = %(job_id)s
 RETURNING *;
+
+-- ===========================================================================
+-- ETAs from history
+-- ===========================================================================
+
+-- name: job_eta
+-- A waiting or running job's estimated start and finish (no row once it is over).
+SELECT estimated_seconds, estimated_start, estimated_finish
+  FROM mediaq.job_etas WHERE job_id = %(job_id)s;
+
+-- name: eta_accuracy
+-- How far the estimates recorded at start were from what completed jobs took, per
+-- workflow: the median of |actual - estimate| / actual.
+SELECT wd.workflow_code, count(*) AS jobs,
+       round(percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY abs(extract(epoch FROM j.completed_at - j.started_at) - e.estimated_seconds)
+                    / nullif(extract(epoch FROM j.completed_at - j.started_at), 0))::numeric,
+             3) AS median_abs_error
+  FROM mediaq.job_estimates e
+  JOIN mediaq.workflow_jobs j ON j.id = e.job_id
+  JOIN mediaq.workflow_definitions wd ON wd.id = j.workflow_id
+ WHERE j.status = 'completed'
+   AND (%(since)s::timestamptz IS NULL OR j.completed_at >= %(since)s::timestamptz)
+ GROUP BY wd.workflow_code ORDER BY wd.workflow_code;

@@ -95,6 +95,7 @@ def show(env: Env, job: str) -> None:
         row = operations.find_job(conn, job)
         steps = db.fetch_all(conn, "job_steps_detail",
                              {"job_id": row["id"], "workflow_id": row["workflow_id"]})
+        eta = db.fetch_one(conn, "job_eta", {"job_id": row["id"]}) or {}
     for key in ("job_code", "workflow_code", "workflow_version", "status", "progress_percent",
                 "priority", "resource_category", "vram_required", "input_file_path",
                 "output_file_path", "retry_count", "max_retries", "retry_after", "rescue_count",
@@ -102,6 +103,9 @@ def show(env: Env, job: str) -> None:
                 "started_at", "completed_at", "error_message"):
         if row.get(key) not in (None, ""):
             click.echo(f"{key:18} {fmt(row[key])}")
+    for key in ("estimated_start", "estimated_finish"):
+        if eta.get(key) is not None:  # from past runs of the workflow and the queue ahead
+            click.echo(f"{key:18} {fmt(eta[key])}")
     table(steps, ["step_number", "step_name", "action", "status", "executions", "duration_ms",
                   "error_message"], title="Steps")
     outputs = (row.get("output_metadata") or {}).get("outputs", [])
@@ -134,6 +138,8 @@ def watch(env: Env, job: str, interval: float) -> None:
                 stage += f" · {state['progress_stage']}"
             if state["waiting_reason"]:
                 stage += f" · waiting: {state['waiting_reason']}"
+            if state["status"] in ("pending", "queued") and state["estimated_start"]:
+                stage += f" · starts ~{state['estimated_start'].astimezone():%H:%M:%S}"
             bar.update(task, completed=float(state["progress_percent"] or 0), stage=stage)
             if state["status"] in TERMINAL:
                 break
