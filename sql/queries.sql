@@ -836,3 +836,24 @@ SELECT wd.workflow_code, count(*) AS jobs,
  WHERE j.status = 'completed'
    AND (%(since)s::timestamptz IS NULL OR j.completed_at >= %(since)s::timestamptz)
  GROUP BY wd.workflow_code ORDER BY wd.workflow_code;
+
+-- ===========================================================================
+-- Autoscaling (mediaq worker --autoscale) and external autoscalers
+-- ===========================================================================
+
+-- name: autoscale_demand
+-- What a machine's supervisor scales on: jobs of its categories and queues that could
+-- start now (not retrying later, not in a paused queue, not waiting for VRAM) and
+-- jobs running on this machine.
+SELECT (SELECT count(*) FROM mediaq.workflow_jobs j
+         WHERE j.status IN ('pending', 'queued')
+           AND j.resource_category = ANY (%(categories)s::text[])
+           AND (j.retry_after IS NULL OR j.retry_after <= now())
+           AND j.waiting_reason IS NULL
+           AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
+           AND NOT EXISTS (SELECT 1 FROM mediaq.queues q
+                            WHERE q.queue_name = j.queue_name AND q.paused)) AS waiting,
+       (SELECT count(*) FROM mediaq.workflow_jobs j
+          JOIN mediaq.workers w ON w.worker_id = j.worker_id
+         WHERE j.status = 'processing' AND w.host = %(host)s
+           AND j.resource_category = ANY (%(categories)s::text[])) AS running;

@@ -46,6 +46,7 @@ class WorkerOptions:
     queues: list[str] | None = None
     burst: bool = False
     worker_id: str | None = None
+    jobs: int | None = None  # most jobs at once in this process (None: the machine limits)
 
 
 class Worker:
@@ -59,6 +60,7 @@ class Worker:
         self.capacity = Capacity(
             categories=options.categories, limits=options.limits,
             vram_budget_mb=vram_budget(options.vram_mb, gpu), gpu=gpu,
+            process_jobs=options.jobs,
         )
         # Worker transactions last milliseconds; half a lease idle in one means frozen.
         self.pool = db.make_pool(url, size=self.capacity.max_parallel + 4,

@@ -76,11 +76,16 @@ class Capacity:
     limits: dict[str, int]
     vram_budget_mb: int
     gpu: GpuInfo | None = None
+    # At most this many jobs in this process (autoscaled workers run one each); None:
+    # as many as the machine's limits allow.
+    process_jobs: int | None = None
     running: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def free_categories(self) -> list[str]:
         with self._lock:
+            if self.process_jobs is not None and sum(self.running.values()) >= self.process_jobs:
+                return []
             return [
                 c for c in self.categories
                 if self.running.get(c, 0) < self.limits.get(c, 0)
@@ -101,7 +106,8 @@ class Capacity:
 
     @property
     def max_parallel(self) -> int:
-        return sum(self.limits.get(c, 0) for c in self.categories)
+        machine = sum(self.limits.get(c, 0) for c in self.categories)
+        return machine if self.process_jobs is None else min(machine, self.process_jobs)
 
     def live_vram_free_mb(self) -> int | None:
         """Free VRAM right now per NVML (other programs count too), None without a GPU."""
