@@ -68,3 +68,7 @@ class SchemaOutdated(MediaqError):
 
 class SubmissionRefused(MediaqError):
     """The job cannot be submitted."""
+
+
+class ReportRefused(MediaqError, LookupError):
+    """The report does not exist or its options are invalid."""

@@ -2,7 +2,8 @@
 
 A YAML workflow has the columns of ``workflow_definitions`` (plus
 ``resource_category``, ``vram_required``, ``queue_name``, ``sla_minutes``,
-``notify``) and a ``steps:`` list with the columns of ``workflow_steps``.
+``notify``) and a ``steps:`` list with the columns of ``workflow_steps`` (a step's SLA
+as ``sla_seconds``, or ``sla_minutes``, stored in seconds).
 Applying a changed workflow makes a new version; jobs keep the version they
 were submitted with.
 """
@@ -26,7 +27,7 @@ DEFINITION_FIELDS: dict[str, Any] = {
     "workflow_name": None, "description": None, "workflow_type": None, "input_types": None,
     "output_types": None, "default_priority": 5, "timeout_minutes": 60, "retry_count": 3,
     "is_active": True, "created_by": None, "resource_category": "cpu", "vram_required": 0,
-    "queue_name": None, "sla_minutes": None, "notify": {},
+    "queue_name": None, "sla_minutes": None, "notify": {}, "dedupe_window_seconds": None,
 }
 STEP_FIELDS: dict[str, Any] = {
     "step_number": None, "step_name": None, "step_type": None, "action": None, "parameters": {},
@@ -73,6 +74,11 @@ def normalise(doc: dict[str, Any], source: str = "workflow") -> dict[str, Any]:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                   or value < 0):
             raise WorkflowError(f"{source}: {key} must be a whole number ≥ 0")
+    window = out["dedupe_window_seconds"]
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool)
+                               or window <= 0):
+        raise WorkflowError(f"{source}: dedupe_window_seconds must be a whole number > 0 "
+                            "(identical inputs inside it share one job)")
     for key in ("workflow_name", "description", "workflow_type", "input_types",
                 "output_types", "created_by", "queue_name"):
         if out[key] is not None and not isinstance(out[key], str):
@@ -92,10 +98,11 @@ def normalise(doc: dict[str, Any], source: str = "workflow") -> dict[str, Any]:
 def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:
     if not isinstance(step, dict):
         raise WorkflowError(f"{source}: step {index} must be a mapping")
-    unknown = sorted(set(step) - set(STEP_FIELDS))
+    unknown = sorted(set(step) - set(STEP_FIELDS) - {"sla_minutes"})
     if unknown:
         raise WorkflowError(f"{source}: step {index}: unknown keys: {', '.join(unknown)}")
     out = {key: step.get(key, default) for key, default in STEP_FIELDS.items()}
+    out["sla_seconds"] = _step_sla_seconds(step, index, source)
     for key in ("step_number", "timeout_seconds", "sla_seconds"):
         value = out[key]
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -114,6 +121,18 @@ def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:
     if not isinstance(out["parameters"], dict):
         raise WorkflowError(f"{source}: step {index}: parameters must be a mapping")
     return out
+
+
+def _step_sla_seconds(step: dict[str, Any], index: int, source: str) -> Any:
+    """A step's SLA is stored in seconds; YAML may give it as ``sla_minutes`` instead."""
+    minutes = step.get("sla_minutes")
+    if minutes is None:
+        return step.get("sla_seconds")
+    if step.get("sla_seconds") is not None:
+        raise WorkflowError(f"{source}: step {index}: give sla_minutes or sla_seconds, not both")
+    if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes < 1:
+        raise WorkflowError(f"{source}: step {index}: sla_minutes must be a whole number ≥ 1")
+    return minutes * 60
 
 
 def load_file(path: Path) -> dict[str, Any]:

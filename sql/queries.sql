@@ -525,12 +525,14 @@ RETURNING version;
 INSERT INTO workflow_definitions
     (workflow_code, workflow_name, description, workflow_type, input_types, output_types,
      steps_json, default_priority, timeout_minutes, retry_count, is_active, created_by,
-     version, resource_category, vram_required, queue_name, sla_minutes, notify)
+     version, resource_category, vram_required, queue_name, sla_minutes, notify,
+     dedupe_window_seconds)
 VALUES
     (%(workflow_code)s, %(workflow_name)s, %(description)s, %(workflow_type)s, %(input_types)s,
      %(output_types)s, %(steps_json)s, %(default_priority)s, %(timeout_minutes)s,
      %(retry_count)s, %(is_active)s, %(created_by)s, %(version)s, %(resource_category)s,
-     %(vram_required)s, %(queue_name)s, %(sla_minutes)s, %(notify)s)
+     %(vram_required)s, %(queue_name)s, %(sla_minutes)s, %(notify)s,
+     %(dedupe_window_seconds)s)
 RETURNING id;
 
 -- name: workflow_step_insert

@@ -17,9 +17,8 @@ from tests.helpers import MediaqEnv, diagnostic_workflow
 
 
 def _dedupe_workflow(mq: MediaqEnv, code: str = "T-DEDUPE", window_s: int | None = 3600) -> None:
-    mq.apply_workflow(diagnostic_workflow(code, {"action": "noop"}))
-    mq.query("UPDATE workflow_definitions SET dedupe_window_seconds = %s "
-             "WHERE workflow_code = %s", (window_s, code))
+    mq.apply_workflow(diagnostic_workflow(code, {"action": "noop"},
+                                          dedupe_window_seconds=window_s))
 
 
 def _submit(mq: MediaqEnv, path: Path, workflow: str = "T-DEDUPE",
@@ -87,6 +86,13 @@ def test_an_unreadable_input_is_refused_with_one_line(mq: MediaqEnv) -> None:
     with pytest.raises(SubmissionRefused, match="cannot be read to de-duplicate"):
         _submit(mq, mq.inputs / "missing.bin")
     assert mq.query("SELECT * FROM workflow_jobs") == []
+
+
+def test_a_bad_window_is_refused_when_the_workflow_is_applied(mq: MediaqEnv) -> None:
+    path = mq.write_yaml("bad.yaml", diagnostic_workflow("T-BAD", {"action": "noop"},
+                                                         dedupe_window_seconds=0))
+    result = mq.cli("workflows", "apply", str(path), check=False)
+    assert result.returncode == 1 and "dedupe_window_seconds" in result.stderr
 
 
 def test_the_cli_returns_the_same_job_code(mq: MediaqEnv) -> None:

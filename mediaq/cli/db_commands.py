@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import secrets
+import sys
+
 import click
+import psycopg
+from psycopg import sql
 
 from mediaq import embedded, migrate
 from mediaq.cli import Env, pass_env
+from mediaq.queries import SQL_DIR
+
+# What `mediaq db roles --login USER:KIND` grants.
+ROLE_KINDS = {"submitter": "mediaq_submitter", "reader": "mediaq_reader"}
 
 
 @click.group("db")
@@ -49,6 +58,82 @@ def db_stop(env: Env) -> None:
     if not env.settings.uses_embedded:
         raise click.UsageError("MEDIAQ_DATABASE_URL is set: mediaq does not manage that server")
     click.echo("stopped" if embedded.stop(env.settings.home) else "not running")
+
+
+@db_group.command("roles")
+@click.option("--login", "logins", multiple=True, metavar="USER:KIND",
+              help="Also create LOGIN user USER and grant it mediaq_KIND (submitter or "
+                   "reader); repeatable. A new user's password is generated and printed "
+                   "once; an existing user keeps its password.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the passwords of the --login users from stdin instead, one line "
+                   "per --login in order (also sets them for existing users); nothing is "
+                   "printed.")
+@pass_env
+def db_roles(env: Env, logins: tuple[str, ...], password_stdin: bool) -> None:
+    """Create the PostgreSQL roles for direct SQL use (safe to run again).
+
+    mediaq_submitter may only call mediaq.submit_job(...) and read its own jobs
+    (the view mediaq.my_jobs); mediaq_reader may SELECT every table and view of the
+    mediaq schema. Needs the schema owner or a superuser, and CREATEROLE for --login.
+    Run it again after every `mediaq db upgrade`.
+    """
+    wanted = [_parse_login(spec) for spec in logins]
+    if len({user for user, _ in wanted}) != len(wanted):
+        raise click.BadParameter("a user may appear only once", param_hint="--login")
+    passwords: list[str | None] = [None] * len(wanted)
+    if password_stdin:
+        if not wanted:
+            raise click.UsageError("--password-stdin needs at least one --login")
+        lines = sys.stdin.read().splitlines()
+        if len(lines) < len(wanted) or any(not line for line in lines[:len(wanted)]):
+            raise click.UsageError(f"--password-stdin: expected {len(wanted)} non-empty "
+                                   "line(s) on stdin, one password per --login")
+        passwords = list(lines[:len(wanted)])
+    script = (SQL_DIR / "roles.sql").read_text(encoding="utf-8")
+    shown: list[tuple[str, str, str]] = []
+    with env.connect() as conn:
+        conn.execute(script)
+        for (user, role), given in zip(wanted, passwords, strict=True):
+            name = sql.Identifier(user)
+            password = given or secrets.token_urlsafe(24)
+            # Sent as a SCRAM verifier (as psql's \password does): the password itself
+            # never reaches the server or its statement log.
+            verifier = sql.Literal(
+                conn.pgconn.encrypt_password(password.encode(), user.encode()).decode())
+            try:
+                with conn.transaction():
+                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                        name, verifier))
+                created = True
+            except psycopg.errors.DuplicateObject:
+                created = False
+                if given:
+                    conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
+                        name, verifier))
+            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), name))
+            if created and not given:
+                shown.append((user, role, password))
+            else:
+                state = ("created" if created else "password set") if given \
+                    else "exists, password unchanged"
+                click.echo(f"{user}: {state}, member of {role}")
+    click.echo("roles mediaq_submitter and mediaq_reader are ready")
+    for user, role, password in shown:
+        click.echo(f"{user}: created, member of {role}, password {password}")
+    if shown:
+        click.echo("(passwords are shown this once: store them now)", err=True)
+
+
+def _parse_login(spec: str) -> tuple[str, str]:
+    user, _, kind = spec.rpartition(":")
+    if not user or kind not in ROLE_KINDS:
+        raise click.BadParameter(f"{spec!r}: expected USER:submitter or USER:reader",
+                                 param_hint="--login")
+    if user.startswith("pg_") or user in ROLE_KINDS.values() or len(user.encode()) > 63:
+        raise click.BadParameter(f"{user!r} cannot be a mediaq login user",
+                                 param_hint="--login")
+    return user, ROLE_KINDS[kind]
 
 
 @click.command("config")

@@ -1,0 +1,150 @@
+"""Seed 001's job API: /api/media/jobs (list, show, create, retry/cancel/pause/resume, stats)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from mediaq import db, operations
+from mediaq.outputs import check_input
+from mediaq.submit import submit
+from mediaq.web import serialise
+from mediaq.web.auth import Principal, get_conn, require
+
+router = APIRouter(prefix="/api/media/jobs", tags=["jobs"])
+
+Conn = Annotated[db.Connection, Depends(get_conn)]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Submitter = Annotated[Principal, Depends(require("submitter"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+
+Status = Literal["pending", "queued", "processing", "running", "completed", "failed",
+                 "cancelled", "paused"]
+Category = Literal["cpu", "gpu_encode", "gpu_ai"]
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class JobCreate(BaseModel):
+    """Seed 001's create body; ``type`` is the workflow code, ``inputPath`` the input file.
+    ``resourceCategory`` and ``vramRequired`` come from the workflow and are ignored here."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Text
+    inputPath: Annotated[str, Field(min_length=1, max_length=4096)]
+    priority: Annotated[int, Field(ge=1, le=10)] | None = None
+    params: dict[Text, dict[Text, Any]] = Field(default_factory=dict)
+    metadata: dict[Text, Any] | None = None
+    notify: Annotated[list[Annotated[str, Field(min_length=1, max_length=500)]],
+                      Field(max_length=20)] = Field(default_factory=list)
+    idempotencyKey: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+@router.get("")
+def list_jobs(
+    conn: Conn, _: Viewer,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=500)] = 20,
+    status: Status | None = None,
+    type: Annotated[str | None, Query(max_length=50)] = None,
+    resourceCategory: Category | None = None,
+) -> dict[str, Any]:
+    """Jobs, newest first, one page at a time (``status=running`` means processing)."""
+    filters = {"status": "processing" if status == "running" else status,
+               "workflow_code": type, "category": resourceCategory}
+    found = db.fetch_all(conn, "jobs_api_list",
+                         {**filters, "limit": limit, "offset": (page - 1) * limit})
+    if found:
+        total = int(found[0]["total"])
+    else:
+        row = db.fetch_one(conn, "jobs_api_count", filters)
+        total = int(row["total"]) if row else 0
+    return {"data": [serialise.job(r) for r in found],
+            "pagination": {"page": page, "limit": limit, "total": total,
+                           "totalPages": math.ceil(total / limit)}}
+
+
+@router.get("/stats")
+def job_stats(conn: Conn, _: Viewer) -> dict[str, Any]:
+    """Counts per status, VRAM used/available, average processing time, jobs per type."""
+    return serialise.stats(operations.stats(conn))
+
+
+@router.get("/{job_id}")
+def show_job(job_id: str, conn: Conn,
+             _: Viewer) -> dict[str, Any]:
+    """One job (by code or numeric id) with its log and steps."""
+    return _detail(conn, job_id)
+
+
+def _detail(conn: db.Connection, ref: str) -> dict[str, Any]:
+    row = operations.find_job(conn, ref)
+    steps = db.fetch_all(conn, "job_steps_detail",
+                         {"job_id": row["id"], "workflow_id": row["workflow_id"]})
+    out = serialise.job({**row, "total_steps": len(steps)})
+    out["log"] = row["log"]
+    out["steps"] = [serialise.step(s) for s in steps]
+    out["outputs"] = serialise.plain((row.get("output_metadata") or {}).get("outputs", []))
+    return out
+
+
+@router.post("", status_code=201)
+def create_job(body: JobCreate, request: Request, conn: Conn,
+               who: Submitter) -> dict[str, Any]:
+    """Submit a file to a workflow; the same ``idempotencyKey`` returns the same job."""
+    roots: tuple[Path, ...] = request.app.state.settings.effective_input_roots
+    kind = "directory" if _is_dir(body.inputPath) else "file"  # a folder for a scan workflow
+    resolved = check_input(body.inputPath, roots, kind=kind)
+    row = submit(conn, body.type, resolved, priority=body.priority, params=body.params,
+                 metadata=body.metadata, notify=body.notify,
+                 idempotency_key=body.idempotencyKey,
+                 submitted_by=f"api:{who.name or who.token_id}")
+    return {"id": row["job_code"], "numericId": row["id"], "type": body.type,
+            "status": row["status"], "progress": float(row.get("progress_percent") or 0),
+            "createdAt": serialise.plain(row.get("submitted_at"))}
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):  # NUL bytes, names too long: check_input says why
+        return False
+
+
+def _operate(conn: db.Connection, job_id: str, who: Principal, verb: str) -> dict[str, Any]:
+    act = {"retry": operations.retry, "cancel": operations.cancel,
+           "pause": operations.pause, "resume": operations.resume}[verb]
+    act(conn, job_id, by=who.name or who.role)
+    row = operations.find_job(conn, job_id)
+    return {"id": row["job_code"], "status": row["status"], "retryCount": row["retry_count"],
+            "retryAfter": serialise.plain(row["retry_after"]), "log": row["log"],
+            "cancelRequested": row["cancel_requested"],
+            "pauseRequested": row["pause_requested"]}
+
+
+@router.post("/{job_id}/retry")
+def retry_job(job_id: str, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Send a failed or cancelled job back to the queue."""
+    return _operate(conn, job_id, who, "retry")
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Cancel a waiting job at once; a running one stops within seconds."""
+    return _operate(conn, job_id, who, "cancel")
+
+
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Hold a job back (a running one at its next step boundary)."""
+    return _operate(conn, job_id, who, "pause")
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Let a paused job run again."""
+    return _operate(conn, job_id, who, "resume")

@@ -1,0 +1,88 @@
+"""The FastAPI application: API routers, /healthz, /metrics, /openapi.json, the dashboard."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from mediaq import db
+from mediaq.config import Settings
+from mediaq.web import api, catalog, errors, metrics
+from mediaq.web.auth import Principal, get_conn, require
+
+STATIC = Path(__file__).resolve().parent / "static"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Conn = Annotated[db.Connection, Depends(get_conn)]
+
+
+def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
+    """The app, with a connection pool to ``url`` opened at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = db.make_pool(url, pool_size, application="mediaq-web")
+        try:
+            yield
+        finally:
+            app.state.pool.close()
+
+    app = FastAPI(title="mediaq", version="1", lifespan=lifespan, openapi_url=None,
+                  docs_url=None, redoc_url=None,
+                  description="Seed 001's media job API. Send `Authorization: Bearer "
+                              "<token>`; tokens come from `mediaq tokens create`.")
+    app.state.settings = settings
+    errors.install(app)
+    app.include_router(api.router)
+    app.include_router(catalog.router)
+
+    @app.get("/healthz", tags=["service"])
+    def healthz(request: Request) -> JSONResponse:
+        """No token needed: 200 when the database answers, else 503."""
+        try:
+            with request.app.state.pool.connection(timeout=5) as conn:
+                db.fetch_one(conn, "web_health")
+        except Exception:  # any failure to reach the database is "unhealthy"
+            return errors.error(503, "database unavailable")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    def prometheus(conn: Conn, _: Viewer) -> Response:
+        """Prometheus text exposition (viewer token: Prometheus sends it as a bearer)."""
+        body = metrics.exposition(conn)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/openapi.json", tags=["service"])
+    def openapi(_: Viewer) -> dict[str, Any]:
+        """This API's OpenAPI document."""
+        return app.openapi()
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        """The dashboard page: public, holds no data; it asks for a token."""
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        response.headers["Content-Security-Policy"] = CSP
+        return response
+
+    return app

@@ -1,0 +1,90 @@
+"""Database rows → seed 001's JSON shapes (camelCase, ISO times, no secrets)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from typing import Any
+
+from mediaq.notify.outbox import shown_recipient
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready value: times as ISO 8601, decimals as numbers."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def rows(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [record(item) for item in items]
+
+
+def record(item: dict[str, Any]) -> dict[str, Any]:
+    """A row with JSON-ready values."""
+    return {str(k): plain(v) for k, v in item.items()}
+
+
+def job(row: dict[str, Any]) -> dict[str, Any]:
+    """A job as seed 001 shows it (``id`` is the job code; ``type`` the workflow code)."""
+    return record({
+        "id": row["job_code"],
+        "numericId": row["id"],
+        "type": row.get("workflow_code"),
+        "workflowName": row.get("workflow_name"),
+        "status": row["status"],
+        "progress": float(row.get("progress_percent") or 0),
+        "progressStage": row.get("progress_stage"),
+        "currentStep": row.get("current_step"),
+        "totalSteps": row.get("total_steps"),
+        "resourceCategory": row.get("resource_category"),
+        "vramRequired": row.get("vram_required"),
+        "priority": row.get("priority"),
+        "params": row.get("params") or {},
+        "inputPath": row.get("input_file_path"),
+        "outputPath": row.get("output_file_path"),
+        "retryCount": row.get("retry_count"),
+        "maxRetries": row.get("max_retries"),
+        "retryAfter": row.get("retry_after"),
+        "waitingReason": row.get("waiting_reason"),
+        "errorMessage": row.get("error_message"),
+        "submittedBy": row.get("submitted_by"),
+        "createdAt": row.get("submitted_at"),
+        "startedAt": row.get("started_at"),
+        "completedAt": row.get("completed_at"),
+    })
+
+
+def step(row: dict[str, Any]) -> dict[str, Any]:
+    return record({
+        "stepNumber": row["step_number"], "stepName": row["step_name"],
+        "action": row["action"], "onFailure": row["on_failure"], "status": row["status"],
+        "retryAttempt": row["retry_attempt"], "executions": row["executions"],
+        "startedAt": row["started_at"], "completedAt": row["completed_at"],
+        "durationMs": row["duration_ms"], "errorMessage": row["error_message"],
+    })
+
+
+def stats(row: dict[str, Any]) -> dict[str, Any]:
+    """``operations.stats`` in seed 001's shape, plus notifications and endpoints."""
+    endpoints = [{**e, "endpoint": shown_recipient(e["endpoint"] or "")}
+                 for e in row.get("endpoints", [])]
+    return record({
+        "pending": row["pending"], "queued": row["queued"], "running": row["running"],
+        "completed": row["completed"], "failed": row["failed"],
+        "cancelled": row["cancelled"], "paused": row["paused"],
+        "totalVramUsed": row["total_vram_used"],
+        "totalVramAvailable": row["total_vram_available"],
+        "averageProcessingTime": row["average_processing_time"],
+        "jobsByType": row["jobs_by_type"], "workers": row["workers"],
+        "notifications": row.get("notifications", {}),
+        "unhealthyEndpoints": endpoints,
+    })

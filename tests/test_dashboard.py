@@ -1,0 +1,200 @@
+"""The live dashboard in a real headless Chromium, driven over the Chrome DevTools
+Protocol (a websocket; no Selenium or Playwright), against `mediaq web` and a worker."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import websocket
+
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.test_web_api import start_web
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class Browser:
+    """A headless Chromium with one page, spoken to over CDP."""
+
+    def __init__(self, profile: Path) -> None:
+        profile.mkdir(parents=True, exist_ok=True)
+        self.log = (profile / "chromium.log").open("w")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
+             "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
+             "--disable-extensions", "--window-size=1400,1100", "--remote-debugging-port=0",
+             f"--user-data-dir={profile}", "about:blank"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        # Chromium writes the port it picked into the profile folder.
+        port_file = profile / "DevToolsActivePort"
+        port = wait_for(lambda: self._port(port_file), timeout=90, interval=0.2,
+                        message="chromium's DevToolsActivePort")
+        pages = wait_for(lambda: [t for t in requests.get(
+            f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"],
+            timeout=60, interval=0.2, message="a chromium page")
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=120,
+                                              suppress_origin=True)
+        self.ids = itertools.count(1)
+
+    def _port(self, port_file: Path) -> int | None:
+        assert self.proc.poll() is None, "chromium exited"
+        if not port_file.exists():
+            return None
+        first = port_file.read_text().splitlines()[:1]
+        return int(first[0]) if first and first[0].isdigit() else None
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        call_id = next(self.ids)
+        self.ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == call_id:
+                assert "error" not in message, message
+                return dict(message.get("result", {}))
+
+    def js(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
+                           awaitPromise=True)
+        assert "exceptionDetails" not in result, result["exceptionDetails"]
+        return result["result"].get("value")
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.log.close()
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+def rows(browser: Browser) -> dict[str, dict[str, Any]]:
+    """Each job row the page shows: status and progress-bar width."""
+    return {r["job"]: r for r in browser.js("""
+        [...document.querySelectorAll('#jobs tbody tr[data-job]')].map(r => ({
+            job: r.dataset.job, status: r.dataset.status,
+            badge: r.querySelector('.badge').textContent,
+            width: parseFloat(r.querySelector('.bar').style.width) || 0}))""")}
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
+    mq.apply_workflow(diagnostic_workflow("WF-QUICK", {"action": "noop"}))
+    mq.apply_workflow(diagnostic_workflow(
+        "WF-SLOW", *[{"action": "sleep", "parameters": {"seconds": 6}}] * 3))
+    done = mq.submit("WF-QUICK", mq.input_file("done.jpg"))
+    mq.run_burst()
+    watched = mq.submit("WF-SLOW", mq.input_file("watched.jpg"), "--priority", "9")
+    doomed = mq.submit("WF-SLOW", mq.input_file("doomed.jpg"))
+    web = start_web(mq)
+    browser = Browser(tmp_path / "chromium")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=web.base + "/")
+        wait_for(lambda: browser.js("document.readyState === 'complete' && "
+                                    "!document.querySelector('#login').hidden"),
+                 timeout=60, interval=0.2, message="the token prompt")
+        assert browser.js("document.querySelector('#app').hidden") is True
+        assert_png(browser.screenshot(tmp_path / "login.png"))
+
+        # A wrong token is refused and the prompt comes back with the reason.
+        browser.js("""document.querySelector('#token-input').value = 'mq_wrong';
+                      document.querySelector('#login-form').requestSubmit()""")
+        wait_for(lambda: browser.js("document.querySelector('#login-error').textContent"),
+                 timeout=60, interval=0.2, message="the refusal")
+        browser.js(f"""document.querySelector('#token-input').value = '{web.tokens["operator"]}';
+                       document.querySelector('#login-form').requestSubmit()""")
+        wait_for(lambda: {done, watched, doomed} <= set(rows(browser)), timeout=60,
+                 interval=0.2, message="the jobs table")
+        assert browser.js("sessionStorage.getItem('mediaq.token')") == web.tokens["operator"]
+        assert rows(browser)[done]["badge"] == "completed"
+
+        mq.start_worker()
+        # The watched job's bar moves while its worker runs it.
+        first = wait_for(lambda: (r := rows(browser)[watched])["status"] == "processing"
+                         and 0 < r["width"] < 100 and r["width"], timeout=90, interval=0.2,
+                         message="the watched job's progress bar to start")
+        wait_for(lambda: rows(browser)[watched]["width"] > first + 5, timeout=90,
+                 interval=0.2, message="the watched job's progress bar to move")
+        assert browser.js("document.querySelector('#live').textContent").startswith("live")
+        browser.js(f"""[...document.querySelectorAll('#jobs a.job')]
+                       .find(a => a.textContent === '{watched}').click()""")
+        wait_for(lambda: browser.js("document.querySelectorAll('#detail-steps tbody tr')"
+                                    ".length") == 3, timeout=60, interval=0.2,
+                 message="the job detail with its steps")
+        assert_png(browser.screenshot(tmp_path / "running.png"))
+
+        # The cancel button cancels a job.
+        wait_for(lambda: browser.js(f"""!!document.querySelector(
+            'tr[data-job="{doomed}"] button[data-act="cancel"]')"""), timeout=60,
+                 interval=0.2, message="the cancel button")
+        browser.js(f"""document.querySelector(
+            'tr[data-job="{doomed}"] button[data-act="cancel"]').click()""")
+        wait_for(lambda: mq.job(doomed)["status"] == "cancelled", timeout=90, interval=0.2,
+                 message="the job to be cancelled")
+        wait_for(lambda: rows(browser)[doomed]["badge"] == "cancelled", timeout=60,
+                 interval=0.2, message="the cancelled badge")
+
+        # Filtering by status shows only that status.
+        browser.js("""const s = document.querySelector('#f-status'); s.value = 'completed';
+                      s.dispatchEvent(new Event('change'))""")
+        wait_for(lambda: set(rows(browser)) == {done}, timeout=60, interval=0.2,
+                 message="only the completed job")
+        assert {r["status"] for r in rows(browser).values()} == {"completed"}
+        assert_png(browser.screenshot(tmp_path / "filtered.png"))
+        # Nothing secret reaches the page.
+        page = browser.js("document.documentElement.outerHTML")
+        assert web.tokens["operator"] not in page and "whsec_" not in page
+
+        # The workflow editor: an operator is refused, an admin applies a new version.
+        edit = """(async () => {
+            const sel = document.querySelector('#wf-select'); sel.value = 'WF-QUICK';
+            sel.dispatchEvent(new Event('change'));
+            return true; })()"""
+        browser.js(edit)
+        wait_for(lambda: "workflow_code: WF-QUICK" in browser.js(
+            "document.querySelector('#wf-source').value"), timeout=60, interval=0.2,
+                 message="the workflow's YAML in the editor")
+        browser.js("""const t = document.querySelector('#wf-source');
+                      t.value = t.value.replace('workflow_name: WF-QUICK', 'workflow_name: Q2');
+                      document.querySelector('#wf-apply').click()""")
+        wait_for(lambda: "admin" in browser.js("document.querySelector('#wf-result')"
+                                               ".textContent"), timeout=60, interval=0.2,
+                 message="the operator's refusal")
+        browser.js("document.querySelector('#logout').click()")
+        browser.js(f"""document.querySelector('#token-input').value = '{web.tokens["admin"]}';
+                       document.querySelector('#login-form').requestSubmit();
+                       document.querySelector('#wf-apply').click()""")
+        wait_for(lambda: "version 2 applied" in browser.js(
+            "document.querySelector('#wf-result').textContent"), timeout=60, interval=0.2,
+                 message="the new version")
+        assert mq.one("SELECT workflow_name FROM workflow_definitions "
+                      "WHERE workflow_code = 'WF-QUICK' AND is_current")["workflow_name"] == "Q2"
+        browser.js("document.querySelector('#wf-source').scrollIntoView()")
+        assert_png(browser.screenshot(tmp_path / "editor.png"))
+        requests.post(f"{web.base}/api/media/jobs/{watched}/cancel", timeout=60,
+                      headers={"Authorization": f"Bearer {web.tokens['admin']}"})
+    finally:
+        browser.close()

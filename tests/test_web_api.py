@@ -1,0 +1,333 @@
+"""`mediaq web` as a real process, spoken to over HTTP: tokens and roles on every route,
+the job API of seed 001, one-line errors, /metrics, and schemathesis finding no 5xx."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from mediaq import db
+from mediaq.web.auth import create_token
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+
+pytestmark = pytest.mark.slow
+
+SECRETS = {
+    "webhook_secret": "whsec_c2VjcmV0LXNob3VsZC1uZXZlci1sZWFr",
+    "smtp_password": "smtp-pass-never-shown-42",
+    "smtp_url": "smtp://mailer:smtp-url-pass-never-shown@127.0.0.1:2525",
+}
+METRIC_NAMES = {
+    "media_jobs_total", "media_jobs_pending", "media_jobs_running", "media_vram_used_bytes",
+    "media_vram_total_bytes", "media_queue_depth", "media_queue_oldest_age_seconds",
+    "media_step_duration_seconds", "media_job_retries_total", "media_job_rescues_total",
+    "media_jobs_dead_lettered", "media_notifications_total",
+    "media_notification_breaker_open", "media_workers",
+}
+SLACK_HOOK = "slack+https://hooks.slack.com/services/T000/B000/slack-secret-never-shown"
+ROLES = ("viewer", "submitter", "operator", "admin")
+# The least role each route needs.
+NEEDS = {
+    ("post", "/api/media/jobs"): "submitter",
+    ("post", "/api/media/jobs/{job_id}/retry"): "operator",
+    ("post", "/api/media/jobs/{job_id}/cancel"): "operator",
+    ("post", "/api/media/jobs/{job_id}/pause"): "operator",
+    ("post", "/api/media/jobs/{job_id}/resume"): "operator",
+    ("post", "/api/media/notifications/{notification_id}/retry"): "operator",
+    ("post", "/api/media/workflows"): "admin",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Web:
+    base: str
+    tokens: dict[str, str]
+    responses: list[str]
+
+    def call(self, method: str, path: str, role: str | None = "admin",
+             **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if role is not None:
+            headers["Authorization"] = f"Bearer {self.tokens[role]}"
+        response = requests.request(method, self.base + path, headers=headers, timeout=60,
+                                    **kwargs)
+        self.responses.append(response.text)
+        assert response.status_code < 500, (method, path, response.status_code, response.text)
+        return response
+
+    def get(self, path: str, role: str | None = "admin", **kwargs: Any) -> requests.Response:
+        return self.call("GET", path, role, **kwargs)
+
+    def post(self, path: str, role: str | None = "admin", **kwargs: Any) -> requests.Response:
+        return self.call("POST", path, role, **kwargs)
+
+
+def start_web(mq: MediaqEnv) -> Web:
+    for key, value in SECRETS.items():
+        mq.env[f"MEDIAQ_{key.upper()}"] = value
+    # The CLI prints the admin token as its last word; the others are made in process
+    # (the same function), which saves a Python start-up per role.
+    tokens = {"admin": mq.cli("tokens", "create", "--role", "admin", "--name", "t-admin")
+              .stdout.split()[-1]}
+    with db.connect(mq.url) as conn:
+        for role in ROLES[:-1]:
+            tokens[role] = create_token(conn, role, f"t-{role}")[0]
+        conn.commit()
+    port = free_port()
+    proc = mq.start("web", "--port", str(port))
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, mq.worker_log(proc)
+        try:
+            return requests.get(base + "/healthz", timeout=5).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_for(healthy, timeout=90, interval=0.2, message="mediaq web to answer /healthz")
+    return Web(base, tokens, [])
+
+
+def sleepy(mq: MediaqEnv, code: str = "WF-SLEEPY", seconds: float = 30) -> None:
+    mq.apply_workflow(diagnostic_workflow(code, {"action": "sleep",
+                                                 "parameters": {"seconds": seconds}}))
+
+
+def assert_one_line_error(response: requests.Response, status: int | tuple[int, ...]) -> str:
+    allowed = (status,) if isinstance(status, int) else status
+    assert response.status_code in allowed, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"], body
+    return str(body["error"])
+
+
+def assert_no_secrets(web: Web, mq: MediaqEnv) -> None:
+    everything = "\n".join(web.responses)
+    for secret in (*SECRETS.values(), "smtp-url-pass-never-shown", "slack-secret-never-shown",
+                   *web.tokens.values()):
+        assert secret not in everything
+    password = mq.url.split("@")[0].rpartition(":")[2]
+    if password and "//" not in password and len(password) > 3:
+        assert password not in everything
+
+
+def test_every_route_refuses_anonymous_and_lesser_roles(mq: MediaqEnv) -> None:
+    web = start_web(mq)
+    assert web.get("/healthz", role=None).json() == {"status": "ok"}
+    assert_one_line_error(web.get("/openapi.json", role=None), 401)
+    schema = web.get("/openapi.json", role="viewer").json()
+    routes = [(method, path) for path, item in schema["paths"].items() for method in item]
+    assert len(routes) >= 15, routes
+    assert ("get", "/metrics") in routes and ("get", "/api/media/jobs/stats") in routes
+    fill = {"{job_id}": "JOB-NOPE", "{code}": "WF-NOPE", "{name}": "cycle-time",
+            "{notification_id}": "1"}
+    for method, template in routes:
+        if template == "/healthz":
+            continue
+        path = template
+        for key, value in fill.items():
+            path = path.replace(key, value)
+        assert_one_line_error(web.call(method, path, role=None), 401)
+        bad = web.call(method, path, role=None, headers={"Authorization": "Bearer mq_wrong"})
+        assert_one_line_error(bad, 401)
+        need = NEEDS.get((method, template), "viewer")
+        for role in ROLES:
+            response = web.call(method, path, role=role, json={})
+            if ROLES.index(role) < ROLES.index(need):
+                assert_one_line_error(response, 403)
+            else:
+                assert response.status_code not in (401, 403), (method, path, role)
+    # A revoked token stops working at once.
+    listed = mq.cli("tokens", "list", "--json").stdout
+    viewer_id = next(t["id"] for t in json.loads(listed) if t["role"] == "viewer")
+    assert not any(token in listed for token in web.tokens.values())  # never shown again
+    mq.cli("tokens", "revoke", str(viewer_id))
+    assert_one_line_error(web.get("/api/media/jobs", role="viewer"), 401)
+    assert_no_secrets(web, mq)
+
+
+def test_jobs_through_the_api(mq: MediaqEnv) -> None:
+    sleepy(mq)
+    mq.apply_workflow(diagnostic_workflow("WF-QUICK", {"action": "noop"},
+                                          notify={"job.failed": [SLACK_HOOK]}))
+    web = start_web(mq)
+    photo = mq.input_file("photo.jpg")
+
+    created = web.post("/api/media/jobs", role="submitter", json={
+        "type": "WF-SLEEPY", "inputPath": str(photo), "priority": 8,
+        "params": {"1": {"seconds": 25}}, "notify": ["https://hooks.example.com/x?sig=abc"],
+        "idempotencyKey": "upload-1"})
+    assert created.status_code == 201, created.text
+    code = created.json()["id"]
+    assert created.json()["status"] == "pending"
+    again = web.post("/api/media/jobs", role="submitter", json={
+        "type": "WF-SLEEPY", "inputPath": str(photo), "idempotencyKey": "upload-1"})
+    assert again.json()["id"] == code
+    job = mq.job(code)
+    assert job["priority"] == 8 and job["params"] == {"1": {"seconds": 25}}
+
+    listed = web.get("/api/media/jobs", role="viewer", params={"type": "WF-SLEEPY"}).json()
+    assert [j["id"] for j in listed["data"]] == [code]
+    assert listed["pagination"] == {"page": 1, "limit": 20, "total": 1, "totalPages": 1}
+    assert listed["data"][0]["resourceCategory"] == "cpu"
+    assert web.get("/api/media/jobs", params={"status": "completed"}).json()["data"] == []
+    assert web.get("/api/media/jobs", params={"resourceCategory": "gpu_ai"}).json()[
+        "pagination"]["total"] == 0
+    detail = web.get(f"/api/media/jobs/{code}", role="viewer").json()
+    assert detail["id"] == code and detail["type"] == "WF-SLEEPY"
+    assert [s["action"] for s in detail["steps"]] == ["sleep"] and "log" in detail
+    by_id = web.get(f"/api/media/jobs/{detail['numericId']}").json()
+    assert by_id["id"] == code
+
+    assert web.post(f"/api/media/jobs/{code}/pause", role="operator").json()["status"] == \
+        "paused"
+    assert_one_line_error(web.post(f"/api/media/jobs/{code}/pause", role="operator"), 409)
+    assert web.post(f"/api/media/jobs/{code}/resume", role="operator").json()["status"] == \
+        "pending"
+    cancelled = web.post(f"/api/media/jobs/{code}/cancel", role="operator").json()
+    assert cancelled["status"] == "cancelled" and "CANCELLED" in cancelled["log"]
+    assert mq.job(code)["status"] == "cancelled"
+    retried = web.post(f"/api/media/jobs/{code}/retry", role="operator").json()
+    assert retried["status"] == "pending" and retried["retryCount"] == 1
+
+    quick = web.post("/api/media/jobs", json={"type": "WF-QUICK",
+                                              "inputPath": str(photo)}).json()["id"]
+    web.post(f"/api/media/jobs/{code}/cancel", role="operator")
+    mq.run_burst()
+    assert web.get(f"/api/media/jobs/{quick}").json()["status"] == "completed"
+    stats = web.get("/api/media/jobs/stats", role="viewer").json()
+    assert stats["completed"] == 1 and stats["cancelled"] == 1
+    assert stats["jobsByType"] == {"WF-SLEEPY": 1, "WF-QUICK": 1}
+    assert {"totalVramUsed", "totalVramAvailable", "averageProcessingTime"} <= set(stats)
+
+    # 404s and one-line 4xx errors for bad input
+    assert_one_line_error(web.get("/api/media/jobs/JOB-1999-000001"), 404)
+    assert_one_line_error(web.post("/api/media/jobs/JOB-1999-000001/cancel"), 404)
+    assert_one_line_error(web.get("/api/media/jobs", params={"page": 0}), 422)
+    assert_one_line_error(web.get("/api/media/jobs", params={"status": "bogus"}), 422)
+    for body in ({}, {"type": "WF-QUICK"}, {"type": "WF-QUICK", "inputPath": 5},
+                 {"type": "WF-QUICK", "inputPath": str(photo), "priority": 11},
+                 {"type": "WF-QUICK", "inputPath": str(photo), "params": []},
+                 [1, 2]):
+        assert_one_line_error(web.post("/api/media/jobs", json=body), (400, 422))
+    for path in ("/etc/passwd", "relative.jpg", str(mq.inputs / "missing.jpg"),
+                 "http://example.com/a.jpg", str(mq.inputs / "a\x00b")):
+        refused = assert_one_line_error(
+            web.post("/api/media/jobs", json={"type": "WF-QUICK", "inputPath": path}), 400)
+        assert refused
+    assert_one_line_error(web.post("/api/media/jobs", json={
+        "type": "WF-NOPE", "inputPath": str(photo)}), 400)
+    nan_body = json.dumps({"type": "WF-QUICK", "inputPath": str(photo),
+                           "params": {"1": {"x": "NAN"}}}).replace('"NAN"', "NaN")
+    for raw in ("{not json", nan_body):
+        assert_one_line_error(web.post("/api/media/jobs", data=raw, headers={
+            "Content-Type": "application/json"}), (400, 422))
+
+    # workflows: list, show, apply a new version from YAML (admin only)
+    names = [w["workflow_code"] for w in web.get("/api/media/workflows").json()["data"]]
+    assert names == ["WF-QUICK", "WF-SLEEPY"]
+    shown = web.get("/api/media/workflows/WF-QUICK", role="viewer").json()
+    assert shown["workflow"]["version"] == 1
+    source = shown["source"].replace("workflow_name: WF-QUICK", "workflow_name: Quicker")
+    applied = web.post("/api/media/workflows", json={"source": source}).json()
+    assert applied == {"workflowCode": "WF-QUICK", "version": 2, "changed": True}
+    # the Slack hook was shown masked, and the masked text put the original back
+    assert "hooks.slack.com/***" in shown["source"]
+    assert mq.one("SELECT notify FROM workflow_definitions WHERE workflow_code = 'WF-QUICK' "
+                  "AND is_current")["notify"] == {"job.failed": [SLACK_HOOK]}
+    assert_one_line_error(web.post("/api/media/workflows", json={"source": "steps: ["}), 400)
+    assert_one_line_error(web.post("/api/media/workflows",
+                                   json={"source": "workflow_code: X\nsteps: []"}), 400)
+    assert_one_line_error(web.get("/api/media/workflows/WF-NOPE"), 400)
+
+    # notifications: the webhook URL's query is masked
+    notes = web.get("/api/media/notifications", role="viewer").json()["data"]
+    assert notes and all("sig=abc" not in json.dumps(n) for n in notes)
+    assert_one_line_error(web.post("/api/media/notifications/999999/retry"), 400)
+    # analytics: an unknown report is a 404; the dashboard's four reports answer
+    assert_one_line_error(web.get("/api/media/analytics/no-such-report"), 404)
+    if importlib.util.find_spec("mediaq.analytics") is not None:
+        for report in ("cycle-time", "sla", "rework", "in-flight"):
+            answer = web.get(f"/api/media/analytics/{report}", role="viewer",
+                             params={"since": "7d"}).json()
+            assert answer["name"] == report and isinstance(answer["data"], list)
+        assert_one_line_error(web.get("/api/media/analytics/sla",
+                                      params={"since": "yesterday-ish"}), 400)
+    queues = web.get("/api/media/queues").json()
+    assert set(queues) == {"queues", "hosts"}
+    assert_no_secrets(web, mq)
+
+
+def test_metrics_exposition(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow("WF-QUICK", {"action": "noop"}, {"action": "noop"}))
+    code = mq.submit("WF-QUICK", mq.input_file("a.jpg"))
+    mq.run_burst()
+    mq.submit("WF-QUICK", mq.input_file("b.jpg"))
+    web = start_web(mq)
+    assert_one_line_error(web.get("/metrics", role=None), 401)
+    text = web.get("/metrics", role="viewer").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    # the parser drops a counter's _total suffix from the family name
+    names = set(families) | {f"{n}_total" for n, f in families.items() if f.type == "counter"}
+    assert names >= METRIC_NAMES, METRIC_NAMES - names
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}
+    assert samples[("media_jobs_total", (("status", "completed"), ("type", "WF-QUICK")))] == 1
+    assert samples[("media_jobs_total", (("status", "pending"), ("type", "WF-QUICK")))] == 1
+    assert samples[("media_jobs_pending", ())] == 1
+    assert samples[("media_queue_depth", (("resource_category", "cpu"),))] == 1
+    assert samples[("media_jobs_running", (("resource_category", "gpu_ai"),))] == 0
+    assert samples[("media_step_duration_seconds_count",
+                    (("action", "noop"), ("workflow", "WF-QUICK")))] == 2
+    assert samples[("media_workers", (("status", "stopped"),))] >= 1
+    assert ("media_vram_total_bytes", (("host", mq.one(
+        "SELECT host FROM worker_hosts LIMIT 1")["host"]),)) in samples
+    assert mq.job(code)["status"] == "completed"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus): exposition "
+                    "parsed with prometheus_client only")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # lint clean too
+
+
+def test_schemathesis_finds_no_server_errors(mq: MediaqEnv, tmp_path: Path) -> None:
+    sleepy(mq)
+    mq.submit("WF-SLEEPY", mq.input_file("x.jpg"))
+    web = start_web(mq)
+    schema_file = tmp_path / "openapi.json"
+    schema_file.write_text(web.get("/openapi.json").text)
+    report = tmp_path / "junit.xml"
+    st = Path(sys.executable).with_name("st")
+    result = subprocess.run(
+        [str(st), "run", str(schema_file), "--url", web.base,
+         "-H", f"Authorization: Bearer {web.tokens['admin']}",
+         "--checks", "not_a_server_error", "--max-examples", "8",
+         "--phases", "examples,coverage,fuzzing", "--report", "junit",
+         "--report-junit-path", str(report), "--seed", "1", "--no-color"],
+        capture_output=True, text=True, timeout=300, env={**mq.env, "NO_COLOR": "1"})
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1]
+    log = result.stdout
+    for secret in (*SECRETS.values(), *web.tokens.values()):
+        if secret != web.tokens["admin"]:
+            assert secret not in log
+    assert_no_secrets(web, mq)
