@@ -449,35 +449,17 @@ SELECT pg_notify('mediaq_jobs', 'resume');
 
 -- name: jobs_dashboard
 -- Seed 000 step 12: the job status dashboard (optionally filtered, most recent first within a status).
-SELECT wj.job_code, wd.workflow_name, wj.status, wj.current_step,
-       (SELECT COUNT(*) FROM workflow_steps WHERE workflow_id = wd.id) AS total_steps,
-       wj.progress_percent, wj.priority, wj.submitted_by, wj.submitted_at, wj.started_at,
-       wj.completed_at, wj.error_message, wj.waiting_reason
-  FROM workflow_jobs wj
- INNER JOIN workflow_definitions wd ON wj.workflow_id = wd.id
- WHERE (%(status)s::text IS NULL OR wj.status = %(status)s)
-   AND (%(workflow_code)s::text IS NULL OR wd.workflow_code = %(workflow_code)s)
- ORDER BY CASE wj.status
-              WHEN 'failed' THEN 1 WHEN 'processing' THEN 2 WHEN 'queued' THEN 3
-              WHEN 'pending' THEN 4 WHEN 'completed' THEN 5 END,
-          wj.priority DESC, wj.id
+SELECT job_code, workflow_name, status, current_step, total_steps, progress_percent, priority,
+       submitted_by, submitted_at, started_at, completed_at, error_message, waiting_reason
+  FROM mediaq.job_status_dashboard
+ WHERE (%(status)s::text IS NULL OR status = %(status)s)
+   AND (%(workflow_code)s::text IS NULL OR workflow_code = %(workflow_code)s)
+ ORDER BY status_rank, priority DESC, job_id
  LIMIT %(limit)s;
 
 -- name: queue_monitor
 -- Seed 000 step 13: the processing queue monitor, with each queue's pause switch.
-SELECT mq.queue_name,
-       COUNT(*) AS jobs_in_queue,
-       COUNT(CASE WHEN mq.status = 'queued' THEN 1 END) AS waiting,
-       COUNT(CASE WHEN mq.status = 'processing' THEN 1 END) AS processing,
-       AVG(wj.priority) AS avg_priority,
-       MIN(mq.scheduled_time) AS next_scheduled,
-       coalesce(bool_or(q.paused), FALSE) AS paused
-  FROM media_queue mq
- INNER JOIN workflow_jobs wj ON mq.job_id = wj.id
-  LEFT JOIN queues q ON q.queue_name = mq.queue_name
- WHERE mq.status IN ('queued', 'processing')
- GROUP BY mq.queue_name
- ORDER BY waiting DESC;
+SELECT * FROM mediaq.queue_monitor;
 
 -- name: queues_paused
 -- Queues paused by operators (they may hold no jobs right now).
@@ -485,26 +467,7 @@ SELECT queue_name, paused_at, paused_by FROM queues WHERE paused ORDER BY queue_
 
 -- name: job_stats
 -- Seed 001's stats endpoint: counts per status, VRAM, average processing time, jobs per workflow.
-SELECT
-    count(*) FILTER (WHERE status = 'pending') AS pending,
-    count(*) FILTER (WHERE status = 'queued') AS queued,
-    count(*) FILTER (WHERE status = 'processing') AS running,
-    count(*) FILTER (WHERE status = 'completed') AS completed,
-    count(*) FILTER (WHERE status = 'failed') AS failed,
-    count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-    count(*) FILTER (WHERE status = 'paused') AS paused,
-    coalesce(sum(vram_required) FILTER (WHERE status = 'processing'), 0) AS total_vram_used,
-    (SELECT coalesce(sum(vram_budget_mb), 0) FROM worker_hosts h
-      WHERE EXISTS (SELECT 1 FROM workers w WHERE w.host = h.host AND w.status <> 'stopped'))
-        AS total_vram_available,
-    round(avg(extract(epoch FROM completed_at - started_at))
-          FILTER (WHERE status = 'completed'))::integer AS average_processing_time,
-    (SELECT coalesce(jsonb_object_agg(code, n), '{}'::jsonb) FROM (
-        SELECT wd.workflow_code AS code, count(*) AS n
-          FROM workflow_jobs x JOIN workflow_definitions wd ON wd.id = x.workflow_id
-         GROUP BY wd.workflow_code) t) AS jobs_by_type,
-    (SELECT count(*) FROM workers WHERE status <> 'stopped') AS workers
-  FROM workflow_jobs;
+SELECT * FROM mediaq.job_stats;
 
 -- ===========================================================================
 -- Workflows
