@@ -19,6 +19,7 @@ import yaml
 from psycopg.rows import dict_row
 
 from mediaq import workflows
+from mediaq.actions import ActionContext, ActionResult, get_action
 
 MEDIAQ = [sys.executable, "-m", "mediaq.cli"]
 
@@ -161,6 +162,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def action_context(name: str, source: Path, staging_dir: Path,
+                   params: dict[str, Any] | None = None, **extra: Any) -> ActionContext:
+    """A context for one step of action ``name``, its params validated and defaulted as
+    the engine does."""
+    return ActionContext(job_code="TEST-1", step_number=1, step_name=name, input_path=source,
+                         source_path=source, params=get_action(name).validate(params or {}),
+                         staging_dir=staging_dir, **extra)
+
+
+def run_action(name: str, source: Path, staging_dir: Path, **params: Any) -> ActionResult:
+    """Run action ``name`` in process on ``source``, writing into ``staging_dir``."""
+    return get_action(name).fn(action_context(name, source, staging_dir, params))
 
 
 def diagnostic_workflow(code: str, *steps: dict[str, Any], **fields: Any) -> dict[str, Any]:

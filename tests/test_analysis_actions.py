@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 
 import mediaq.actions.analysis  # registers detect_scenes and transcribe_audio
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import ActionResult, get_action
 from mediaq.actions.analysis import Cue, Word, group_cues, srt, timestamp, webvtt
 from mediaq.errors import Cancelled, InvalidParameters, PermanentError
+from tests.helpers import action_context as context
+from tests.helpers import run_action as run
 from tests.media_judge import duration_of, ffmpeg, needs_ffmpeg
 
 pytestmark = needs_ffmpeg
@@ -76,17 +78,6 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ffmpeg(*lavfi("color=black:size=64x48:rate=10:d=6"), "-itsoffset", "1", "-i", wav,
            "-map", "0:v", "-map", "1:a", *H264, "-c:a", "aac", d / "late.mp4")
     return {"wav": wav, "mp4": d / "speech.mp4", "late": d / "late.mp4"}
-
-
-def context(name: str, source: Path, staging: Path, params: dict[str, Any],
-            **extra: Any) -> ActionContext:
-    return ActionContext(job_code="TEST-1", step_number=1, step_name=name, input_path=source,
-                         source_path=source, params=get_action(name).validate(params),
-                         staging_dir=staging, **extra)
-
-
-def run(name: str, source: Path, staging: Path, **params: Any) -> ActionResult:
-    return get_action(name).fn(context(name, source, staging, params))
 
 
 def output(result: ActionResult, suffix: str) -> Path:

@@ -17,9 +17,11 @@ import pytest
 from PIL import Image
 
 import mediaq.actions.audio  # noqa: F401  (registers the actions until it is a built-in)
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import ActionResult, get_action
 from mediaq.actions.audio import PeakAccumulator
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError
+from tests.helpers import action_context as context
+from tests.helpers import run_action as run
 from tests.media_judge import FFMPEG, audio_stream, duration_of, ffmpeg, ffprobe, needs_ffmpeg
 
 pytestmark = needs_ffmpeg
@@ -76,17 +78,6 @@ def make_broken_inputs(d: Path) -> None:
     (d / "corrupt.m4a").write_bytes(bytes(header_wrecked))
     (d / "empty.wav").write_bytes(b"")
     (d / "notes.mp3").write_text("meeting notes, not a song\n")
-
-
-def context(name: str, source: Path, staging: Path, params: dict[str, Any] | None = None,
-            **extra: Any) -> ActionContext:
-    return ActionContext(job_code="TEST-1", step_number=1, step_name=name, input_path=source,
-                         source_path=source, params=get_action(name).validate(params or {}),
-                         staging_dir=staging, **extra)
-
-
-def run(name: str, source: Path, staging: Path, **params: Any) -> ActionResult:
-    return get_action(name).fn(context(name, source, staging, params))
 
 
 def only_output(result: ActionResult, role: str) -> Path:

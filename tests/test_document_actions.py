@@ -34,8 +34,10 @@ from PIL import Image
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, MediaqError, PermanentError
+from tests.helpers import action_context as make_context
+from tests.helpers import run_action
 
 HAS_SOFFICE = shutil.which("soffice") is not None
 needs_soffice = pytest.mark.skipif(not HAS_SOFFICE, reason="LibreOffice (soffice) not installed")
@@ -62,26 +64,6 @@ TEXT_PAGES = ("Première page\nligne deux — ünïcödé", "Deuxième page ✓"
 
 
 # ------------------------------------------------------------------------ helpers
-
-
-def make_context(
-    name: str, source: Path, staging_dir: Path, params: dict[str, Any], **extra: Any
-) -> ActionContext:
-    """A context for one step, with params validated and defaulted as the engine does."""
-    return ActionContext(
-        job_code="TEST-1",
-        step_number=1,
-        step_name=name,
-        input_path=source,
-        source_path=source,
-        params=get_action(name).validate(params),
-        staging_dir=staging_dir,
-        **extra,
-    )
-
-
-def run_action(name: str, source: Path, staging_dir: Path, **params: Any) -> ActionResult:
-    return get_action(name).fn(make_context(name, source, staging_dir, params))
 
 
 def outputs_by_name(result: ActionResult) -> dict[str, Path]:

@@ -16,9 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import ExifTags, Image, ImageFile
 
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError, TransientError
 from mediaq.samples import corrupt_samples, generate_samples
+from tests.helpers import action_context as make_context
+from tests.helpers import run_action
 
 IMAGE_ACTIONS = [
     ("validate_image", {}),
@@ -28,30 +30,6 @@ IMAGE_ACTIONS = [
     ("convert_format", {"format": "webp"}),
 ]
 WRITING_ACTIONS = IMAGE_ACTIONS[1:]
-
-
-def make_context(
-    name: str,
-    source: Path,
-    staging_dir: Path,
-    params: dict[str, Any],
-    **extra: Any,
-) -> ActionContext:
-    """A context for one step, with params validated and defaulted as the engine does."""
-    return ActionContext(
-        job_code="TEST-1",
-        step_number=1,
-        step_name=name,
-        input_path=source,
-        source_path=source,
-        params=get_action(name).validate(params),
-        staging_dir=staging_dir,
-        **extra,
-    )
-
-
-def run_action(name: str, source: Path, staging_dir: Path, **params: Any) -> ActionResult:
-    return get_action(name).fn(make_context(name, source, staging_dir, params))
 
 
 def only_output(result: ActionResult) -> Image.Image:

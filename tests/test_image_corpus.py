@@ -27,7 +27,8 @@ from PIL import EpsImagePlugin, ExifTags, Image
 
 from mediaq.actions import ActionResult
 from mediaq.errors import PermanentError
-from tests.test_image_actions import png_header_only, run_action
+from tests.helpers import run_action
+from tests.test_image_actions import png_header_only
 
 
 def _imagemagick() -> str | None:

@@ -23,8 +23,10 @@ from PIL import Image, ImageSequence
 
 import mediaq.actions.editing
 import mediaq.actions.streaming  # noqa: F401
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError
+from tests.helpers import action_context as make_context
+from tests.helpers import run_action
 from tests.media_judge import (
     audio_stream,
     duration_of,
@@ -70,18 +72,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=440", "-t", "1", "-c:a", "aac",
            clips["audio_only"])
     return clips
-
-
-def make_context(name: str, source: Path, staging_dir: Path,
-                 params: dict[str, Any]) -> ActionContext:
-    """A context for one step, with params validated and defaulted as the engine does."""
-    return ActionContext(job_code="TEST-1", step_number=1, step_name=name, input_path=source,
-                         source_path=source, params=get_action(name).validate(params),
-                         staging_dir=staging_dir)
-
-
-def run_action(name: str, source: Path, staging_dir: Path, **params: Any) -> ActionResult:
-    return get_action(name).fn(make_context(name, source, staging_dir, params))
 
 
 def assert_outputs_are_the_folder(result: ActionResult, staging: Path) -> None:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import get_action
 from mediaq.actions.avio import probe
 from mediaq.errors import (
     Cancelled,
@@ -22,6 +22,8 @@ from mediaq.errors import (
     PermanentError,
     TransientError,
 )
+from tests.helpers import action_context as context
+from tests.helpers import run_action as run
 from tests.media_judge import (
     audio_stream,
     decodes_fully,
@@ -88,17 +90,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         corrupt[offset] ^= 0xFF
     (d / "corrupt.mp4").write_bytes(bytes(corrupt))
     return {p.stem: p for p in d.iterdir()}
-
-
-def context(name: str, source: Path, staging: Path, params: dict[str, Any] | None = None,
-            **extra: Any) -> ActionContext:
-    return ActionContext(job_code="TEST-1", step_number=1, step_name=name, input_path=source,
-                         source_path=source, params=get_action(name).validate(params or {}),
-                         staging_dir=staging, **extra)
-
-
-def run(name: str, source: Path, staging: Path, **params: Any) -> ActionResult:
-    return get_action(name).fn(context(name, source, staging, params))
 
 
 def transcode(source: Path, staging: Path, **params: Any) -> Path:
