@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO_HOME ?= $(CURDIR)/.demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast bench demo clean
+.PHONY: help install lint test test-fast bench chaos demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/mypy
 
 test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real processes)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
@@ -34,6 +34,9 @@ bench: $(STAMP) ## Ratios from one run: queue (jobs/s, latency, rescue), media v
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.media
 	$(BIN)/python -m benchmarks.images
+
+chaos: $(STAMP) ## The reliability suite in full: faults, load and hostile input, with figures
+	MEDIAQ_CHAOS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos
 
 demo: $(STAMP) ## Embedded PostgreSQL, the five workflows, real sample media, a worker, the dashboard
 	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db upgrade

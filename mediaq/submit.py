@@ -110,11 +110,23 @@ def submit(
             raise SubmissionRefused(exc.diag.message_primary or str(exc)) from None
         row = cur.fetchone()
         assert row is not None
+        _record_input_bytes(cur, row["id"], input_path)
         if plan is not None:
             row = cur.execute(queries["dedupe_attach"], {
                 "key": plan.key, "job_id": row["id"], "content_hash": plan.digest}).fetchone()
             assert row is not None
     return row
+
+
+def _record_input_bytes(cur: psycopg.Cursor[dict[str, Any]], job_id: int,
+                        input_path: str | Path) -> None:
+    """Note the input's size so the job's estimate can scale with it (files only)."""
+    try:
+        size = Path(input_path).stat().st_size if Path(input_path).is_file() else None
+    except (OSError, ValueError):  # unreadable or a NUL in the path: the worker refuses it
+        size = None
+    if size is not None:
+        cur.execute(queries["job_set_input_bytes"], {"job_id": job_id, "input_bytes": size})
 
 
 @dataclass(frozen=True)

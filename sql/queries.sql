@@ -225,7 +225,7 @@ SELECT r.id, r.job_code, r.status FROM rescued r;
 -- name: job_context
 -- What the executor needs about a claimed job and its workflow version.
 SELECT j.id, j.job_code, j.attempt, j.input_file_path, j.params, j.started_at,
-       j.retry_count, j.max_retries, j.input_metadata,
+       j.retry_count, j.max_retries, j.input_metadata, j.input_bytes,
        wd.workflow_code, wd.version AS workflow_version, wd.timeout_minutes,
        extract(epoch FROM (j.started_at + make_interval(mins => coalesce(wd.timeout_minutes, 60))
                            - now()))::double precision AS seconds_left
@@ -289,6 +289,13 @@ UPDATE step_executions
 -- Record progress of the running step, if this worker still owns the job.
 UPDATE workflow_jobs
    SET progress_percent = %(progress_percent)s, progress_stage = %(stage)s, updated_at = now()
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: job_input_bytes
+-- Record the input's size (for size-scaled estimates), if this worker still owns the job.
+UPDATE workflow_jobs SET input_bytes = %(input_bytes)s
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING id;
@@ -461,6 +468,10 @@ SELECT job_code, workflow_name, status, current_step, total_steps, progress_perc
 -- Seed 000 step 13: the processing queue monitor, with each queue's pause switch.
 SELECT * FROM mediaq.queue_monitor;
 
+-- name: queue_depth
+-- Per resource category: waiting, eligible and running jobs (what autoscalers read).
+SELECT * FROM mediaq.queue_depth ORDER BY resource_category;
+
 -- name: queues_paused
 -- Queues paused by operators (they may hold no jobs right now).
 SELECT queue_name, paused_at, paused_by FROM queues WHERE paused ORDER BY queue_name;
@@ -535,6 +546,11 @@ RETURNING id;
 SELECT * FROM mediaq.submit_job(
     %(workflow_code)s, %(input_file_path)s, %(priority)s, %(params)s, %(metadata)s,
     %(notify)s::text[], %(idempotency_key)s, %(submitted_by)s);
+
+-- name: job_set_input_bytes
+-- A new job's input size, known to the submitting process (for size-scaled estimates).
+UPDATE mediaq.workflow_jobs SET input_bytes = %(input_bytes)s
+ WHERE id = %(job_id)s AND input_bytes IS NULL;
 
 -- name: workflow_steps_full
 -- Every column of a workflow version's steps (for export).

@@ -54,6 +54,11 @@ SELECT j.id, j.job_code, wd.workflow_code, wd.workflow_name, j.status, j.progres
  ORDER BY j.id DESC
  LIMIT %(limit)s OFFSET %(offset)s;
 
+-- name: jobs_api_etas
+-- Estimated start and finish of the waiting and running jobs among %(job_ids)s.
+SELECT job_id, estimated_seconds, estimated_start, estimated_finish
+  FROM job_etas WHERE job_id = ANY (%(job_ids)s::bigint[]);
+
 -- name: jobs_api_count
 -- How many jobs match the filters (for a page past the end).
 SELECT count(*) AS total
@@ -84,16 +89,10 @@ SELECT wd.workflow_code AS type, j.status, count(*) AS n
  GROUP BY wd.workflow_code, j.status ORDER BY 1, 2;
 
 -- name: metrics_categories
--- Per resource category: running jobs, queue depth, the oldest waiting job's age.
-SELECT c.category,
-       count(j.id) FILTER (WHERE j.status = 'processing') AS running,
-       count(j.id) FILTER (WHERE j.status IN ('pending', 'queued')) AS depth,
-       coalesce(extract(epoch FROM now() - min(j.submitted_at)
-                        FILTER (WHERE j.status IN ('pending', 'queued'))), 0)::float8 AS oldest_age
-  FROM unnest(ARRAY['cpu', 'gpu_encode', 'gpu_ai']) AS c(category)
-  LEFT JOIN workflow_jobs j ON j.resource_category = c.category
-                           AND j.status IN ('pending', 'queued', 'processing')
- GROUP BY c.category ORDER BY c.category;
+-- Per resource category: the queue_depth view (what external autoscalers read).
+SELECT resource_category AS category, running, waiting AS depth, eligible,
+       oldest_waiting_age_s AS oldest_age, oldest_eligible_age_s AS oldest_eligible_age
+  FROM queue_depth ORDER BY resource_category;
 
 -- name: metrics_job_counters
 -- Pending jobs, dead letters (failed jobs), and retries and rescues per workflow code.

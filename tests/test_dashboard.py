@@ -96,6 +96,7 @@ def rows(browser: Browser) -> dict[str, dict[str, Any]]:
         [...document.querySelectorAll('#jobs tbody tr[data-job]')].map(r => ({
             job: r.dataset.job, status: r.dataset.status,
             badge: r.querySelector('.badge').textContent,
+            progress: r.querySelector('.pct').textContent,
             width: parseFloat(r.querySelector('.bar').style.width) || 0}))""")}
 
 
@@ -108,6 +109,7 @@ def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
     mq.run_burst()
     watched = mq.submit("WF-SLOW", mq.input_file("watched.jpg"), "--priority", "9")
     doomed = mq.submit("WF-SLOW", mq.input_file("doomed.jpg"))
+    again = mq.submit("WF-QUICK", mq.input_file("again.jpg"))  # WF-QUICK has a history
     web = start_web(mq)
     browser = Browser(tmp_path / "chromium")
     try:
@@ -126,10 +128,13 @@ def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
                  timeout=60, interval=0.2, message="the refusal")
         browser.js(f"""document.querySelector('#token-input').value = '{web.tokens["operator"]}';
                        document.querySelector('#login-form').requestSubmit()""")
-        wait_for(lambda: {done, watched, doomed} <= set(rows(browser)), timeout=60,
+        wait_for(lambda: {done, watched, doomed, again} <= set(rows(browser)), timeout=60,
                  interval=0.2, message="the jobs table")
         assert browser.js("sessionStorage.getItem('mediaq.token')") == web.tokens["operator"]
         assert rows(browser)[done]["badge"] == "completed"
+        # A waiting job of a workflow with a history shows when it should finish.
+        assert "ETA" in rows(browser)[again]["progress"]
+        assert "ETA" not in rows(browser)[watched]["progress"]  # no history yet
 
         mq.start_worker()
         # The watched job's bar moves while its worker runs it.
@@ -160,7 +165,8 @@ def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
         # Filtering by status shows only that status.
         browser.js("""const s = document.querySelector('#f-status'); s.value = 'completed';
                       s.dispatchEvent(new Event('change'))""")
-        wait_for(lambda: set(rows(browser)) == {done}, timeout=60, interval=0.2,
+        wait_for(lambda: done in (shown := rows(browser)) and watched not in shown,
+                 timeout=60, interval=0.2,
                  message="only the completed job")
         assert {r["status"] for r in rows(browser).values()} == {"completed"}
         assert_png(browser.screenshot(tmp_path / "filtered.png"))

@@ -46,6 +46,8 @@ METRICS: dict[str, set[str]] = {
     "media_vram_total_bytes": {"host"},
     "media_queue_depth": {"resource_category"},
     "media_queue_oldest_age_seconds": {"resource_category"},
+    "media_queue_eligible": {"resource_category"},
+    "media_queue_oldest_eligible_age_seconds": {"resource_category"},
     "media_step_duration_seconds": {"workflow", "action"},
     "media_job_retries_total": {"type"},
     "media_job_rescues_total": {"type"},
@@ -511,3 +513,72 @@ def test_db_roles_submitter_and_reader(mq: MediaqEnv, login_names: tuple[str, st
         refused(conn, "UPDATE mediaq.workflow_jobs SET priority = 10")
         refused(conn, "DELETE FROM mediaq.settings")
         refused(conn, "SELECT mediaq.submit_job('WF-ROLES', '/in/r.png')")
+
+
+# -- an external autoscaler ---------------------------------------------------------------
+
+AUTOSCALE = DEPLOY / "autoscale"
+# systemd is not running here: this stands in for systemctl, keeping the active
+# mediaq-worker@ units as files in $UNITS_DIR and recording every call.
+FAKE_SYSTEMCTL = """#!/bin/sh
+echo "$*" >> "$UNITS_DIR/calls"
+case $1 in
+    list-units) ls "$UNITS_DIR" | grep '^mediaq-worker@' | sed 's/$/ loaded active running/' ;;
+    start) touch "$UNITS_DIR/$2" ;;
+    stop) rm -f "$UNITS_DIR/$3" ;;
+esac
+"""
+
+
+def test_external_autoscaler_follows_the_eligible_queue(mq: MediaqEnv, tmp_path: Path) -> None:
+    """deploy/autoscale/mediaq-scale.sh starts worker instances for the jobs that could
+    start now (not those retrying later) and drains the surplus when the queue empties;
+    the KEDA example scales on metrics /metrics exposes."""
+    mq.apply_workflow(diagnostic_workflow("T-SCALE", {"action": "noop"}))
+    source = mq.input_file("in.bin")
+    mq.query("INSERT INTO workflow_jobs (workflow_id, input_file_path) SELECT id, %s "
+             "FROM workflow_definitions, generate_series(1, 12) "
+             "WHERE workflow_code = 'T-SCALE' AND is_current", (str(source),))
+    mq.query("UPDATE workflow_jobs SET retry_after = now() + interval '1 hour' "
+             "WHERE id IN (SELECT id FROM workflow_jobs ORDER BY id LIMIT 2)")
+    depth = {r["resource_category"]: r for r in json.loads(
+        mq.cli("queue", "depth", "--json").stdout)}
+    assert set(depth) == {"cpu", "gpu_encode", "gpu_ai"}
+    assert (depth["cpu"]["waiting"], depth["cpu"]["eligible"], depth["gpu_ai"]["waiting"]) == (
+        12, 10, 0)
+
+    bin_dir, units = tmp_path / "bin", tmp_path / "units"
+    bin_dir.mkdir()
+    units.mkdir()
+    (bin_dir / "systemctl").write_text(FAKE_SYSTEMCTL)
+    (bin_dir / "mediaq").write_text(f'#!/bin/sh\nexec {" ".join(MEDIAQ)} "$@"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (units / "mediaq-worker@blue.service").touch()  # not numbered: left alone
+    env = {**mq.env, "PATH": f"{bin_dir}:/usr/bin:/bin", "UNITS_DIR": str(units),
+           "MEDIAQ_BIN": str(bin_dir / "mediaq"), "MEDIAQ_SCALE_RANGE": "1:8",
+           "MEDIAQ_SCALE_JOBS_PER_WORKER": "4", "MEDIAQ_SCALE_CATEGORIES": "cpu gpu_encode"}
+
+    def scale() -> set[str]:
+        result = subprocess.run(["sh", str(AUTOSCALE / "mediaq-scale.sh")], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return {p.name for p in units.glob("mediaq-worker@*")}
+
+    # 10 eligible jobs, 4 per instance: 3 instances.
+    assert scale() == {f"mediaq-worker@{n}.service" for n in (1, 2, 3)} | {
+        "mediaq-worker@blue.service"}
+    mq.query("UPDATE workflow_jobs SET status = 'completed', completed_at = now() "
+             "WHERE retry_after IS NULL")
+    # Only jobs retrying in an hour are left: back to the minimum, the rest drained.
+    assert scale() == {"mediaq-worker@1.service", "mediaq-worker@blue.service"}
+    calls = (units / "calls").read_text().splitlines()
+    assert "stop --no-block mediaq-worker@3.service" in calls
+    assert not any("blue" in call for call in calls if call.startswith("stop"))
+    assert mq.cli("queue", "depth", "--workers", "2:8").stdout.strip() == "2"
+
+    keda = yaml.safe_load((AUTOSCALE / "keda-scaledobject.yaml").read_text(encoding="utf-8"))
+    [trigger] = keda["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert check_known(trigger["metadata"]["query"]) == {
+        "media_queue_eligible", "media_jobs_running"}

@@ -61,3 +61,58 @@ def test_estimates_after_fifty_runs_are_within_a_quarter(mq: MediaqEnv) -> None:
     assert "estimated_finish" in mq.cli("show", code).stdout
     report = mq.one("SELECT count(*) AS n FROM job_estimates")
     assert report["n"] == 50
+
+
+def test_estimates_scale_with_input_size_and_reach_the_api(mq: MediaqEnv) -> None:
+    """Steps whose time follows the input's size get estimates that scale with it; steps
+    whose time does not keep their median; the API shows ETAs of waiting jobs."""
+    mq.apply_workflow(diagnostic_workflow(
+        "T-SIZED", {"action": "sleep", "parameters": {"seconds": 0.05, "seconds_per_mb": 0.5}},
+        {"action": "sleep", "parameters": {"seconds": 0.1}}))
+    sizes = [200_000, 500_000, 1_000_000] * 4
+    files = [mq.input_file(f"in{i}.bin", b"x" * size) for i, size in enumerate(sizes)]
+    for i, path in enumerate(files):
+        if i % 2:  # the CLI records the size at submission, a worker for a plain INSERT
+            mq.submit("T-SIZED", path)
+        else:
+            mq.query("INSERT INTO workflow_jobs (workflow_id, input_file_path) SELECT id, %s "
+                     "FROM workflow_definitions WHERE workflow_code = 'T-SIZED' AND is_current",
+                     (str(path),))
+    mq.run_burst("--limits", "cpu=4", timeout=120)
+    assert mq.query("SELECT input_bytes FROM workflow_jobs ORDER BY id") == [
+        {"input_bytes": size} for size in sizes]
+    workflow = mq.one("SELECT id FROM workflow_definitions WHERE workflow_code = 'T-SIZED'")["id"]
+    model = mq.query("SELECT s.step_number, m.flat_s, m.per_byte_s FROM workflow_steps s, "
+                     "step_runtime_model(s.id) m WHERE s.workflow_id = %s ORDER BY 1", (workflow,))
+    assert model[0]["per_byte_s"] is not None and model[1]["per_byte_s"] is None
+    for size, expected in ((200_000, 0.25), (1_000_000, 0.65), (4_000_000, 2.15)):
+        estimate = mq.one("SELECT workflow_runtime_estimate(%s, %s) AS s",
+                          (workflow, size))["s"]
+        assert estimate == pytest.approx(expected, rel=0.25), (size, estimate)
+
+    mq.cli("queue", "pause", "test")
+    small = mq.submit("T-SIZED", files[0])
+    big = mq.submit("T-SIZED", mq.input_file("big.bin", b"x" * 3_000_000))
+    from tests.test_web_api import start_web  # the same token and server set-up
+
+    web = start_web(mq)
+    listed = {j["id"]: j for j in web.get("/api/media/jobs").json()["data"]}
+    shown = web.get(f"/api/media/jobs/{big}").json()
+    assert shown["estimatedSeconds"] == pytest.approx(1.65, rel=0.25)
+    assert listed[small]["estimatedSeconds"] == pytest.approx(0.25, rel=0.25)
+    assert shown["estimatedFinish"] > shown["estimatedStart"]
+    assert listed[big]["estimatedStart"] >= listed[small]["estimatedFinish"]  # in line after it
+    done = next(j for j in listed.values() if j["status"] == "completed")
+    assert done["estimatedFinish"] is None
+
+
+def test_each_step_of_a_one_pass_run_counts_for_its_share(mq: MediaqEnv) -> None:
+    """Fused steps each record the whole pass; the estimate must not count it twice."""
+    mq.apply_workflow(diagnostic_workflow("T-FUSED", {"action": "noop"}, {"action": "noop"}))
+    mq.submit("T-FUSED", mq.input_file("in.bin"))
+    mq.run_burst()
+    workflow = mq.one("SELECT id FROM workflow_definitions WHERE workflow_code = 'T-FUSED'")["id"]
+    # As a one-pass run of both steps that took 4 s records them: 4 s each.
+    mq.query("UPDATE step_executions SET duration_ms = 4000, "
+             "input_data = input_data || '{\"fused_steps\": [1, 2]}'")
+    assert mq.one("SELECT workflow_runtime_estimate(%s) AS s", (workflow,))["s"] == 4.0

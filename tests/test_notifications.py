@@ -629,8 +629,11 @@ def test_bad_request_fails_after_one_attempt(mq: MediaqEnv,
 @pytest.mark.slow
 def test_circuit_breaker_opens_probes_once_and_closes(
         mq: MediaqEnv, receivers: Callable[..., Receiver]) -> None:
+    # One delivery at a time, so the state a request sees is the state it was sent under
+    # (with several in flight, a slow one can arrive after the others opened the breaker).
     configure(mq, webhook_allowed_hosts="127.0.0.1", breaker_threshold="3",
-              breaker_cooldown_seconds="3", notify_retry_schedule="1,1,1,1,1,1,1,1")
+              breaker_cooldown_seconds="3", notify_retry_schedule="1,1,1,1,1,1,1,1",
+              notify_concurrency="1")
     failing = True
     seen_states: list[tuple[str, int]] = []
 

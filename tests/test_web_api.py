@@ -31,6 +31,7 @@ SECRETS = {
 METRIC_NAMES = {
     "media_jobs_total", "media_jobs_pending", "media_jobs_running", "media_vram_used_bytes",
     "media_vram_total_bytes", "media_queue_depth", "media_queue_oldest_age_seconds",
+    "media_queue_eligible", "media_queue_oldest_eligible_age_seconds",
     "media_step_duration_seconds", "media_job_retries_total", "media_job_rescues_total",
     "media_jobs_dead_lettered", "media_notifications_total",
     "media_notification_breaker_open", "media_workers",
@@ -293,6 +294,8 @@ def test_metrics_exposition(mq: MediaqEnv) -> None:
     assert samples[("media_jobs_total", (("status", "pending"), ("type", "WF-QUICK")))] == 1
     assert samples[("media_jobs_pending", ())] == 1
     assert samples[("media_queue_depth", (("resource_category", "cpu"),))] == 1
+    assert samples[("media_queue_eligible", (("resource_category", "cpu"),))] == 1
+    assert samples[("media_queue_eligible", (("resource_category", "gpu_encode"),))] == 0
     assert samples[("media_jobs_running", (("resource_category", "gpu_ai"),))] == 0
     assert samples[("media_step_duration_seconds_count",
                     (("action", "noop"), ("workflow", "WF-QUICK")))] == 2

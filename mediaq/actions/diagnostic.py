@@ -15,11 +15,15 @@ def noop(ctx: ActionContext) -> ActionResult:
 
 @action(
     "sleep",
-    {"properties": {"seconds": {"type": "number", "minimum": 0, "default": 1}}},
+    {"properties": {"seconds": {"type": "number", "minimum": 0, "default": 1},
+                    "seconds_per_mb": {"type": "number", "minimum": 0, "default": 0}}},
 )
 def sleep(ctx: ActionContext) -> ActionResult:
-    """Sleep for ``seconds``, reporting progress and honouring cancel."""
-    seconds = float(ctx.params["seconds"])
+    """Sleep for ``seconds``, plus ``seconds_per_mb`` of the input's size (work that grows
+    with the input, as a transcode does), reporting progress and honouring cancel."""
+    per_mb = float(ctx.params["seconds_per_mb"])
+    size_mb = ctx.input_path.stat().st_size / 1e6 if per_mb else 0.0
+    seconds = float(ctx.params["seconds"]) + per_mb * size_mb
     ticks = max(1, int(seconds * 10))
     for i in range(ticks):
         ctx.sleep(seconds / ticks)

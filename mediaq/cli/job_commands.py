@@ -24,6 +24,7 @@ from mediaq.cli.render import as_json, console, fmt, show_rows, table
 from mediaq.errors import SubmissionRefused
 from mediaq.outputs import check_input
 from mediaq.submit import params_from_pairs, submit
+from mediaq.worker.autoscale import parse_range, workers_for
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -169,7 +170,7 @@ def _operator_command(name: str, fn: Any, help_text: str) -> click.Command:
 
 @click.group("queue")
 def queue_group() -> None:
-    """Pause or resume a whole queue."""
+    """Pause or resume a whole queue; show the queue depth."""
 
 
 def _queue_switch(name: str, paused: bool, help_text: str) -> click.Command:
@@ -187,6 +188,35 @@ def _queue_switch(name: str, paused: bool, help_text: str) -> click.Command:
 queue_group.add_command(_queue_switch(
     "pause", True, "Stop starting jobs of QUEUE_NAME (running ones finish)."))
 queue_group.add_command(_queue_switch("resume", False, "Start jobs of QUEUE_NAME again."))
+
+
+@queue_group.command("depth")
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON.")
+@click.option("--workers", "scale_range", metavar="MIN:MAX",
+              help="Print only how many worker instances the queue calls for (for an "
+                   "external autoscaler; see deploy/autoscale/).")
+@click.option("--jobs-per-worker", type=click.IntRange(min=1), default=4, show_default=True,
+              help="With --workers: parallel jobs one worker instance runs.")
+@click.option("--category", "categories", multiple=True,
+              type=click.Choice(["cpu", "gpu_encode", "gpu_ai"]),
+              help="With --workers: the categories the instances serve (default: all).")
+@pass_env
+def queue_depth(env: Env, as_json_output: bool, scale_range: str | None,
+                jobs_per_worker: int, categories: tuple[str, ...]) -> None:
+    """Waiting, eligible and running jobs per resource category (the queue_depth view)."""
+    with env.connect() as conn:
+        rows = db.fetch_all(conn, "queue_depth")
+    if scale_range is not None:
+        try:
+            policy = parse_range(scale_range)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).replace("--autoscale", "--workers")) from None
+        click.echo(workers_for(rows, categories or ("cpu", "gpu_encode", "gpu_ai"),
+                               jobs_per_worker, policy))
+        return
+    show_rows(rows, ["resource_category", "waiting", "eligible", "running",
+                     "oldest_waiting_age_s", "oldest_eligible_age_s"], title="Queue depth",
+              as_json_output=as_json_output)
 
 
 @click.command("queues")

@@ -63,7 +63,7 @@ def list_jobs(
     else:
         row = db.fetch_one(conn, "jobs_api_count", filters)
         total = int(row["total"]) if row else 0
-    return {"data": [serialise.job(r) for r in found],
+    return {"data": [serialise.job(r) for r in _with_etas(conn, found)],
             "pagination": {"page": page, "limit": limit, "total": total,
                            "totalPages": math.ceil(total / limit)}}
 
@@ -81,8 +81,20 @@ def show_job(job_id: str, conn: Conn,
     return _detail(conn, job_id)
 
 
+LIVE = ("pending", "queued", "processing")
+
+
+def _with_etas(conn: db.Connection, rows: list[db.Row]) -> list[db.Row]:
+    """The rows with the ETAs of the waiting and running ones (from the job_etas view)."""
+    live = [row["id"] for row in rows if row["status"] in LIVE]
+    if not live:
+        return rows
+    etas = {e["job_id"]: e for e in db.fetch_all(conn, "jobs_api_etas", {"job_ids": live})}
+    return [{**row, **etas.get(row["id"], {})} for row in rows]
+
+
 def _detail(conn: db.Connection, ref: str) -> dict[str, Any]:
-    row = operations.find_job(conn, ref)
+    [row] = _with_etas(conn, [operations.find_job(conn, ref)])
     steps = db.fetch_all(conn, "job_steps_detail",
                          {"job_id": row["id"], "workflow_id": row["workflow_id"]})
     out = serialise.job({**row, "total_steps": len(steps)})

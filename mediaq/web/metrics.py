@@ -73,13 +73,21 @@ def _categories(conn: db.Connection) -> Iterator[Metric]:
     label = ["resource_category"]
     running = GaugeMetricFamily("media_jobs_running", "Jobs processing now.", labels=label)
     depth = GaugeMetricFamily("media_queue_depth", "Jobs pending or queued.", labels=label)
+    eligible = GaugeMetricFamily("media_queue_eligible", "Jobs that could start now (not "
+                                 "retrying later, waiting for VRAM or paused): scale on this.",
+                                 labels=label)
     oldest = GaugeMetricFamily("media_queue_oldest_age_seconds",
                                "Age of the oldest waiting job.", labels=label)
+    oldest_eligible = GaugeMetricFamily("media_queue_oldest_eligible_age_seconds",
+                                        "Age of the oldest job that could start now.",
+                                        labels=label)
     for row in db.fetch_all(conn, "metrics_categories"):
         running.add_metric([row["category"]], row["running"])
         depth.add_metric([row["category"]], row["depth"])
+        eligible.add_metric([row["category"]], row["eligible"])
         oldest.add_metric([row["category"]], row["oldest_age"])
-    yield from (running, depth, oldest)
+        oldest_eligible.add_metric([row["category"]], row["oldest_eligible_age"])
+    yield from (running, depth, eligible, oldest, oldest_eligible)
 
 
 def _hosts(conn: db.Connection) -> Iterator[Metric]:

@@ -60,6 +60,9 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
         "createdAt": row.get("submitted_at"),
         "startedAt": row.get("started_at"),
         "completedAt": row.get("completed_at"),
+        "estimatedSeconds": row.get("estimated_seconds"),
+        "estimatedStart": row.get("estimated_start"),
+        "estimatedFinish": row.get("estimated_finish"),
     })
 
 

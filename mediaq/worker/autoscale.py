@@ -16,7 +16,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import structlog
@@ -57,6 +59,15 @@ def desired_processes(policy: ScalePolicy, running: int, waiting: int, machine_l
     if not memory_ok:
         wanted = min(wanted, current)  # do not grow into swapping
     return max(policy.minimum, wanted)
+
+
+def workers_for(depth: Sequence[Mapping[str, Any]], categories: tuple[str, ...],
+                jobs_per_worker: int, policy: ScalePolicy) -> int:
+    """How many worker instances an external autoscaler should run for the queue_depth
+    rows of ``categories``: enough for the running and eligible jobs, within the policy."""
+    work = sum(int(row["running"]) + int(row["eligible"]) for row in depth
+               if row["resource_category"] in categories)
+    return max(policy.minimum, min(policy.maximum, -(-work // jobs_per_worker)))
 
 
 @dataclass

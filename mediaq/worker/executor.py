@@ -168,6 +168,8 @@ class Executor:
                                          self.settings.effective_input_roots,
                                          kind=_input_kind(run.steps[0].action))
             run.source_path = run.input_path
+            if run.context["input_bytes"] is None and run.input_path.is_file():
+                handle.record_input_bytes(run.input_path.stat().st_size)
             for group in self._step_groups(run):
                 if len(group) > 1 and self._run_fused(handle, run, group):
                     continue

@@ -62,6 +62,9 @@ class JobHandle:
             raise self._lost()
         return row
 
+    def record_input_bytes(self, size: int) -> None:
+        self._fenced("job_input_bytes", input_bytes=size)
+
     def log(self, message: str) -> None:
         self._fenced("job_append_log", log_line=log_line(message))
 

@@ -66,6 +66,7 @@ function start() {
 }
 
 function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
+function clock(iso) { return new Date(iso).toLocaleTimeString(); }
 
 function filters() {
   const q = new URLSearchParams({ limit: "100" });
@@ -94,7 +95,8 @@ function jobRow(job) {
     el("td", {}, el("div", { class: "progress", role: "progressbar",
                              "aria-valuenow": String(job.progress) }, bar),
        el("span", { class: "pct" }, Math.round(job.progress) + "%" +
-          (job.waitingReason ? " · " + job.waitingReason : ""))),
+          (job.waitingReason ? " · " + job.waitingReason : "") +
+          (job.estimatedFinish ? " · ETA " + clock(job.estimatedFinish) : ""))),
     el("td", {}, job.priority),
     el("td", {}, job.resourceCategory),
     el("td", {}, when(job.createdAt)),
@@ -183,7 +185,8 @@ async function showDetail() {
   $("#detail-title").textContent = job.id + " · " + job.type + " · " + job.status;
   const fields = ["status", "progress", "progressStage", "priority", "resourceCategory",
     "vramRequired", "inputPath", "outputPath", "retryCount", "maxRetries", "waitingReason",
-    "submittedBy", "createdAt", "startedAt", "completedAt", "errorMessage"];
+    "submittedBy", "createdAt", "startedAt", "estimatedStart", "estimatedFinish", "completedAt",
+    "errorMessage"];
   $("#detail-fields").replaceChildren(...fields.filter((f) => job[f] !== null && job[f] !== "")
     .flatMap((f) => [el("dt", {}, f), el("dd", {}, job[f])]));
   $("#detail-steps tbody").replaceChildren(...job.steps.map((s) => el("tr", {},
