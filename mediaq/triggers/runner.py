@@ -58,6 +58,8 @@ class Triggers:
                         break
                 except Exception as exc:  # the database, or a bug: log, wait, go on watching
                     self.log.warning("triggers:error", error=f"{type(exc).__name__}: {exc}")
+                    if once:  # one pass was asked for: say it failed rather than retry
+                        raise
                     self.stopping.wait(self.settings.poll_seconds)
         finally:
             self.events.close()
