@@ -11,7 +11,6 @@ import pytest
 from mediaq.worker.autoscale import ScalePolicy, desired_processes, parse_range
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
-
 BURST = 300  # `sleep 1` jobs, as in the acceptance
 
 
