@@ -53,6 +53,15 @@ class Settings:
     """console or json."""
     log_level: str = "info"
 
+    # -- step limits ---------------------------------------------------------------------
+    step_memory_limit_mb: int = 0
+    """Address-space limit (RLIMIT_AS) of a step's child process in MB; 0: none."""
+    step_cpu_seconds_limit: int = 0
+    """CPU-time limit (RLIMIT_CPU) of a step's child process in seconds; 0: none."""
+    step_isolation: bool = False
+    """Run every step in a child process (implied by either limit); a crash of a decoder
+    then fails the step instead of the worker."""
+
     # -- triggers ----------------------------------------------------------------------
     triggers: bool = True
     """Watch folders and fire schedules inside ``mediaq worker`` (MEDIAQ_TRIGGERS)."""
@@ -225,6 +234,8 @@ def _validate(s: Settings) -> None:
         (s.notify_concurrency < 1, "notify_concurrency must be at least 1"),
         (s.breaker_threshold < 1, "breaker_threshold must be at least 1"),
         (s.breaker_cooldown_seconds <= 0, "breaker_cooldown_seconds must be positive"),
+        (s.step_memory_limit_mb < 0, "step_memory_limit_mb must not be negative"),
+        (s.step_cpu_seconds_limit < 0, "step_cpu_seconds_limit must not be negative"),
     ]
     for failed, message in problems:
         if failed:

@@ -46,6 +46,19 @@ def staging_dir(staging_root: Path, job_code: str, attempt: int, step_number: in
     return staging_root / f"{job_code}.a{attempt}.s{step_number}"
 
 
+def discard_earlier_attempts(staging_root: Path, job_code: str, attempt: int) -> None:
+    """Remove the staging folders that earlier attempts of a job left behind (a worker
+    killed or cut off mid-step never cleans up after itself)."""
+    prefix = f"{job_code}.a"
+    if not staging_root.is_dir():
+        return
+    for folder in staging_root.iterdir():
+        number, _, step = folder.name.removeprefix(prefix).partition(".s")
+        if (folder.name.startswith(prefix) and number.isdigit() and step.isdigit()
+                and int(number) < attempt):
+            discard(folder)
+
+
 def publish(staged: Path, final_dir: Path) -> Path:
     """Rename a staged file into the job's output folder (atomic on one filesystem)."""
     final_dir.mkdir(parents=True, exist_ok=True)

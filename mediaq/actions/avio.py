@@ -65,7 +65,10 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except av.error.FileNotFoundError:
         raise InputRefused(f"{name}: input file {path} does not exist") from None
-    except av.error.PermissionError:
+    except av.error.PermissionError as exc:
+        if os.access(path, os.R_OK):  # a decoder's EPERM on damaged data, not the file's mode
+            raise PermanentError(f"{name}: corrupt or unsupported media ({one_line(exc)})"
+                                 ) from None
         raise InputRefused(f"{name}: cannot be read (permission denied)") from None
     except av.error.MemoryError:
         raise TransientError(f"{name}: out of memory while decoding") from None
@@ -96,9 +99,11 @@ def open_media(path: Path) -> Iterator[InputContainer]:
     check_source_file(path)
     with reading(path):
         try:
-            container = av.open(str(path), mode="r", options=dict(_OPEN_OPTIONS))
+            # Tags are text from the file: undecodable bytes are replaced, not raised.
+            container = av.open(str(path), mode="r", options=dict(_OPEN_OPTIONS),
+                                metadata_errors="replace")
         except (av.error.InvalidDataError, av.error.ArgumentError,
-                av.error.DemuxerNotFoundError):
+                av.error.DemuxerNotFoundError, UnicodeDecodeError):
             raise PermanentError(
                 f"{path.name}: not a supported audio or video file") from None
     try:
@@ -198,6 +203,9 @@ def media_duration(container: InputContainer) -> float:
 def _video_info(container: InputContainer) -> VideoInfo:
     stream = container.streams.video[0]
     ctx = stream.codec_context
+    if ctx is None:
+        raise PermanentError(f"{Path(container.name).name}: corrupt or unsupported media "
+                             "(the video stream has no decoder)")
     rotation, interlaced = _first_frame_facts(container, stream)
     fmt = ctx.format
     depth = max((c.bits for c in fmt.components), default=8) if fmt is not None else 8
@@ -229,6 +237,9 @@ def _first_frame_facts(container: InputContainer, stream: av.VideoStream) -> tup
 
 def _audio_info(container: InputContainer) -> AudioInfo:
     ctx = container.streams.audio[0].codec_context
+    if ctx is None:
+        raise PermanentError(f"{Path(container.name).name}: corrupt or unsupported media "
+                             "(the audio stream has no decoder)")
     return AudioInfo(
         codec=ctx.codec.canonical_name, sample_rate=ctx.sample_rate, channels=ctx.channels,
         layout=ctx.layout.name, sample_format=ctx.format.name if ctx.format else None,

@@ -8,6 +8,7 @@ start (fenced) → run the action (no transaction open) → commit outputs (fenc
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import time
 from collections.abc import Callable
@@ -35,8 +36,16 @@ from mediaq.errors import (
     TransientError,
 )
 from mediaq.logs import log_line
-from mediaq.outputs import check_input, discard, job_output_dir, sha256_of, staging_dir
+from mediaq.outputs import (
+    check_input,
+    discard,
+    discard_earlier_attempts,
+    job_output_dir,
+    sha256_of,
+    staging_dir,
+)
 from mediaq.triggers.scan import submit_found_files
+from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
 
 log = structlog.get_logger("mediaq.executor")
@@ -66,6 +75,7 @@ class JobRun:
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_steps: list[dict[str, Any]] = field(default_factory=list)
     job_deadline: float = 0.0
+    completed: bool = False  # the last step's commit completed the job as well
 
     def percent(self, step: Step, *, done: bool) -> float:
         """The job's progress at the start (or the end) of ``step``."""
@@ -162,6 +172,7 @@ class Executor:
                          job_code=handle.job_code, attempt=handle.attempt)
         try:
             run = load_run(handle, workflow_id)
+            discard_earlier_attempts(self.settings.staging, handle.job_code, handle.attempt)
             if not run.steps:
                 raise StepFailed("permanent", "the workflow has no steps")
             run.input_path = check_input(run.context["input_file_path"],
@@ -175,7 +186,8 @@ class Executor:
                     continue
                 for step in group:
                     self._run_or_skip(handle, run, step)
-            self._complete(handle, run)
+            if not run.completed:
+                self._complete(handle, run)
             bound.info("job:completed")
             return "completed"
         except LeaseLost:
@@ -264,7 +276,11 @@ class Executor:
                 ctx.deadline = min(together, run.job_deadline)
             fuse = get_action(first.action).fuse
             assert fuse is not None
-            results = self._classified(first, run, lambda: fuse(contexts))
+            if isolation_wanted(self.settings):
+                results = self._classified(first, run, lambda: run_isolated(
+                    first.action, contexts, fused=True, settings=self.settings))
+            else:
+                results = self._classified(first, run, lambda: fuse(contexts))
         except (Cancelled, Paused, LeaseLost) as exc:
             for stage_dir in stage_dirs:
                 discard(stage_dir)
@@ -309,7 +325,11 @@ class Executor:
                                 lambda f, stage: handle.progress(
                                     percent_at_start + step_share * f, stage or step.name))
             fn = get_action(step.action).fn
-            result = self._classified(step, run, lambda: fn(ctx))
+            if isolation_wanted(self.settings):  # in a child, under the step limits
+                result = self._classified(step, run, lambda: run_isolated(
+                    step.action, [ctx], fused=False, settings=self.settings)[0])
+            else:
+                result = self._classified(step, run, lambda: fn(ctx))
         except (Cancelled, Paused, LeaseLost) as exc:
             discard(stage_dir)
             self._close_interrupted(handle, run, step, execution_id, exc)
@@ -327,12 +347,21 @@ class Executor:
         _keep_earlier_outputs(run, step, result)
         staged = [o.staging_path for o in result.outputs]
         output_data = self._describe_outputs(result, output_dir, step, seconds)
+        # The workflow's last step completes the job in the same transaction: one commit
+        # (one WAL flush, one wake-up of the triggers) less per job, same end state as
+        # _complete after it. Its outputs join the job's before the completion is built.
+        last = step is run.steps[-1]
+        if last:
+            self._remember_outputs(run, step, output_data)
         handle.commit_step(execution_id, status="completed", output_data=output_data,
                            staged_files=staged, output_dir=output_dir,
                            log_message=f"Step {step.number} '{step.name}' completed",
-                           progress_percent=run.percent(step, done=True))
+                           progress_percent=run.percent(step, done=True),
+                           then=self._completion(run) if last else None)
+        run.completed = last
         discard(stage_dir)
-        self._remember_outputs(run, step, output_data)
+        if not last:
+            self._remember_outputs(run, step, output_data)
 
     def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
                  retry_attempt: int, on_progress: Any) -> ActionContext:
@@ -362,6 +391,10 @@ class Executor:
             return call()
         except (Cancelled, Paused, LeaseLost):
             raise
+        except psycopg.OperationalError:
+            # The database went away under the step's own writes (progress, log): not the
+            # step's fault. The job is abandoned and its lease decides, as after any outage.
+            raise
         except StepTimedOut:
             if time.monotonic() >= run.job_deadline:
                 minutes = run.context["timeout_minutes"]
@@ -378,6 +411,9 @@ class Executor:
         except MemoryError:
             raise StepFailed("transient", "out of memory") from None
         except Exception as exc:  # an action's bug or an unforeseen library error
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # The disk fills, and frees again: worth another attempt whatever the step.
+                raise StepFailed("transient", f"no space left on the device: {exc}") from None
             # `retry` steps give unclassified errors another chance; others fail at once.
             error_class = "transient" if step.on_failure == "retry" else "permanent"
             raise StepFailed(error_class, f"{type(exc).__name__}: {exc}") from None
@@ -479,6 +515,12 @@ class Executor:
     # -- job outcomes -------------------------------------------------------------------
 
     def _complete(self, handle: JobHandle, run: JobRun) -> None:
+        name, params = self._completion(run)
+        handle.finish(name, **params)
+
+    @staticmethod
+    def _completion(run: JobRun) -> tuple[str, dict[str, Any]]:
+        """The statement that completes the job, with its parameters."""
         primary = job_primary_output(run.outputs)
         metadata = {"outputs": run.outputs, "failed_steps": run.failed_steps,
                     "workflow_code": run.context["workflow_code"],
@@ -486,8 +528,8 @@ class Executor:
         summary = f"Completed successfully: {len(run.outputs)} output(s)"
         if run.failed_steps:
             summary += f", {len(run.failed_steps)} step(s) failed and were skipped"
-        handle.finish("job_complete", output_metadata=Jsonb(metadata),
-                      output_file_path=primary, log_line=log_line(summary))
+        return "job_complete", {"output_metadata": Jsonb(metadata),
+                                "output_file_path": primary, "log_line": log_line(summary)}
 
     def _fail_job(self, handle: JobHandle, error_class: str, message: str) -> None:
         with contextlib.suppress(LeaseLost):  # another worker owns the job now
