@@ -30,8 +30,9 @@ test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(STAMP) ## Ratios from one run: queue (jobs/s, latency, rescue), media vs the ffmpeg CLI
+bench: $(STAMP) ## Ratios from one run: queue vs pgqueuer/procrastinate, scale, media vs the ffmpeg CLI, images (BENCH_QUICK=1: shorter)
 	$(BIN)/python -m benchmarks.core
+	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.media
 	$(BIN)/python -m benchmarks.images
 

@@ -547,6 +547,25 @@ SELECT * FROM mediaq.submit_job(
     %(workflow_code)s, %(input_file_path)s, %(priority)s, %(params)s, %(metadata)s,
     %(notify)s::text[], %(idempotency_key)s, %(submitted_by)s);
 
+-- name: jobs_submit_batch
+-- Many jobs of one workflow in one statement (mediaq.submit.submit_batch): one row per
+-- input path, in order, with its size; the engine's insert triggers fire as for any job.
+-- No row at all when the workflow is unknown or disabled (the caller checks first).
+INSERT INTO mediaq.workflow_jobs (workflow_id, input_file_path, input_bytes, priority,
+                                  params, submitted_by)
+SELECT wd.id, t.path, t.size, %(priority)s, %(params)s, %(submitted_by)s
+  FROM mediaq.workflow_definitions wd,
+       unnest(%(paths)s::text[], %(sizes)s::bigint[]) WITH ORDINALITY AS t (path, size, n)
+ WHERE wd.workflow_code = %(workflow_code)s AND wd.is_current AND wd.is_active
+ ORDER BY t.n
+RETURNING job_code;
+
+-- name: workflow_submittable
+-- Whether a workflow can take batch submissions: current version exists, is active,
+-- and does not de-duplicate (de-duplicating workflows go through submit() one by one).
+SELECT is_active, dedupe_window_seconds FROM mediaq.workflow_definitions
+ WHERE workflow_code = %(workflow_code)s AND is_current;
+
 -- name: job_set_input_bytes
 -- A new job's input size, known to the submitting process (for size-scaled estimates).
 UPDATE mediaq.workflow_jobs SET input_bytes = %(input_bytes)s

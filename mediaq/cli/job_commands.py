@@ -7,7 +7,7 @@ import getpass
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from rich.progress import (
@@ -23,7 +23,7 @@ from mediaq.cli import Env, pass_env
 from mediaq.cli.render import as_json, console, fmt, show_rows, table
 from mediaq.errors import SubmissionRefused
 from mediaq.outputs import check_input
-from mediaq.submit import params_from_pairs, submit
+from mediaq.submit import params_from_pairs, submit, submit_batch
 from mediaq.worker.autoscale import parse_range, workers_for
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -31,7 +31,9 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 @click.command("submit")
 @click.argument("workflow_code")
-@click.argument("input_path")
+@click.argument("input_paths", nargs=-1)
+@click.option("--from-list", "path_list", type=click.File("r"),
+              help="Also submit the paths in this file, one per line ('-': standard input).")
 @click.option("--priority", type=int, help="1..10, larger is more urgent.")
 @click.option("--param", "params", multiple=True, metavar="STEP.KEY=VALUE",
               help="Override a step parameter (step number, name or action).")
@@ -40,21 +42,41 @@ TERMINAL = ("completed", "failed", "cancelled")
 @click.option("--key", "idempotency_key", help="Idempotency key: the same key, the same job.")
 @pass_env
 def submit_command(
-    env: Env, workflow_code: str, input_path: str, priority: int | None,
-    params: tuple[str, ...], metadata: str | None, notify: tuple[str, ...],
-    idempotency_key: str | None,
+    env: Env, workflow_code: str, input_paths: tuple[str, ...], path_list: TextIO | None,
+    priority: int | None, params: tuple[str, ...], metadata: str | None,
+    notify: tuple[str, ...], idempotency_key: str | None,
 ) -> None:
-    """Submit INPUT_PATH to a workflow; prints the job code as the last word."""
-    path = Path(input_path).expanduser()
-    typed = input_path if "://" in input_path or path.is_absolute() else str(Path.cwd() / path)
-    kind = "directory" if Path(typed).is_dir() else "file"  # a folder for a scan workflow
-    resolved = check_input(typed, env.settings.effective_input_roots, kind=kind)
+    """Submit each INPUT_PATH to a workflow, all or none; prints one job code per line.
+
+    Many paths (thousands, with --from-list) go in as one statement, unless a job needs
+    --metadata or --notify of its own."""
+    texts = list(input_paths) + ([line.strip() for line in path_list if line.strip()]
+                                 if path_list is not None else [])
+    if not texts:
+        raise SubmissionRefused("no input path given (INPUT_PATH or --from-list)")
+    if idempotency_key is not None and len(texts) > 1:
+        raise SubmissionRefused("--key names one job: give one input path with it")
+    resolved = [_checked_input(env, text) for text in texts]
     meta = _parse_metadata(metadata)
+    overrides = params_from_pairs(params)
     with env.connect() as conn:
-        job = submit(conn, workflow_code, resolved, priority=priority,
-                     params=params_from_pairs(params), metadata=meta, notify=notify,
-                     idempotency_key=idempotency_key, submitted_by=getpass.getuser())
-    click.echo(f"submitted {job['job_code']}")
+        if len(resolved) > 1 and meta is None and not notify:
+            codes = submit_batch(conn, workflow_code, resolved, priority=priority,
+                                 params=overrides, submitted_by=getpass.getuser())
+        else:
+            codes = [submit(conn, workflow_code, path, priority=priority, params=overrides,
+                            metadata=meta, notify=notify, idempotency_key=idempotency_key,
+                            submitted_by=getpass.getuser())["job_code"] for path in resolved]
+    for code in codes:
+        click.echo(f"submitted {code}")
+
+
+def _checked_input(env: Env, text: str) -> Path:
+    """An input path made absolute and checked against the input roots."""
+    path = Path(text).expanduser()
+    typed = text if "://" in text or path.is_absolute() else str(Path.cwd() / path)
+    kind = "directory" if Path(typed).is_dir() else "file"  # a folder for a scan workflow
+    return check_input(typed, env.settings.effective_input_roots, kind=kind)
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any] | None:

@@ -63,7 +63,10 @@ class Worker:
             process_jobs=options.jobs,
         )
         # Worker transactions last milliseconds; half a lease idle in one means frozen.
-        self.pool = db.make_pool(url, size=self.capacity.max_parallel + 4,
+        # One connection per job thread, plus two that the producer, the heartbeat and
+        # the rescuer share (their transactions are short and rare): with the listener,
+        # a --jobs 1 process holds at most 4 sessions (benchmarks/scale.py counts them).
+        self.pool = db.make_pool(url, size=self.capacity.max_parallel + 2,
                                  idle_in_transaction_ms=max(1000, settings.lease_seconds * 500))
         self.claimer = Claimer(
             self.pool, worker_id=self.worker_id, host=settings.host_id, capacity=self.capacity,
@@ -74,6 +77,12 @@ class Worker:
         self.running_lock = threading.Lock()
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        # Categories whose last claim found nothing (producer thread only), and the
+        # categories named by wake-ups since the producer last looked (see _forget_idle).
+        self.idle_categories: set[str] = set()
+        self.notified: set[str] = set()
+        self.notified_lock = threading.Lock()
+        self.idle_since = time.monotonic()  # when idle_categories was last emptied
         self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.lease_seconds,
                                    self.running, self.running_lock)
         self.rescuer = Rescuer(self.pool, self.worker_id, settings.max_rescues,
@@ -160,14 +169,33 @@ class Worker:
                 if self.notifier is not None:
                     self.notifier.run(until_idle=True)
                 return
-            self.wake.wait(self.settings.poll_seconds)
+            woken = self.wake.wait(self.settings.poll_seconds)
             self.wake.clear()
+            self._forget_idle(everything=not woken)
+
+    def _forget_idle(self, *, everything: bool) -> None:
+        """Make categories claimable again: those named by a wake-up since the last look
+        (a NOTIFY's payload is the category with new work or a freed slot; this process's
+        own finished jobs free theirs), or all of them at least every poll interval, busy
+        or not (jobs whose retry time came, slots freed without a NOTIFY), and on any
+        other payload."""
+        with self.notified_lock:
+            named, self.notified = self.notified, set()
+        now = time.monotonic()
+        if everything or not named <= set(self.capacity.categories) \
+                or now - self.idle_since >= self.settings.poll_seconds:
+            self.idle_categories.clear()
+            self.idle_since = now
+        else:
+            self.idle_categories -= named
 
     def _claim_while_room(self) -> bool:
         claimed_any = False
         for category in self.capacity.free_categories():
             if self.stopping.is_set():
                 break
+            if category in self.idle_categories:
+                continue  # found nothing last time, and nothing has changed since
             try:
                 job = self.claimer.claim(category)
             except psycopg.OperationalError as exc:
@@ -177,6 +205,12 @@ class Worker:
             if job is not None:
                 self._start(job)
                 claimed_any = True
+            else:
+                # Skip it until a wake-up names it: an empty claim still writes (its slot
+                # and, for GPU categories, the host row are locked and committed), and
+                # every job's completion wakes the producer, so without this each job cost
+                # one empty claim per other category (two on a GPU-less machine).
+                self.idle_categories.add(category)
         return claimed_any
 
     def _start(self, job: ClaimedJob) -> None:
@@ -199,6 +233,12 @@ class Worker:
         if error is not None:
             # A database outage mid-write: the lease runs out and another worker rescues.
             self.log.error("job:crashed", job_id=handle.job_id, error=repr(error))
+        self._notice(handle.category)
+
+    def _notice(self, payload: str) -> None:
+        """Wake the producer for ``payload`` (a category, or anything else for all)."""
+        with self.notified_lock:
+            self.notified.add(payload)
         self.wake.set()
 
     def _listen(self) -> None:
@@ -208,8 +248,8 @@ class Worker:
                 with db.connect(self.url, autocommit=True, application="mediaq-listen") as conn:
                     db.execute(conn, "listen_jobs")
                     while not self.stopping.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.wake.set()
+                        for notify in conn.notifies(timeout=1.0, stop_after=1):
+                            self._notice(notify.payload)
             except psycopg.Error as exc:
                 self.log.warning("listen:error", error=str(exc))
                 self.stopping.wait(1.0)
