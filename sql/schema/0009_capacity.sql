@@ -60,7 +60,8 @@ CREATE FUNCTION step_runtime_model(step integer,
         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS flat_s,
                regr_intercept(seconds, bytes) AS base_s,
                regr_slope(seconds, bytes) AS per_byte_s,
-               regr_count(seconds, bytes) AS sized_runs
+               regr_count(seconds, bytes) AS sized_runs,
+               regr_r2(seconds, bytes) AS r2
           FROM recent),
     fit AS (  -- the median relative error of each model over the runs it comes from
         SELECT percentile_cont(0.5) WITHIN GROUP (
@@ -72,8 +73,10 @@ CREATE FUNCTION step_runtime_model(step integer,
     SELECT m.flat_s, CASE WHEN c.scales THEN m.base_s END,
            CASE WHEN c.scales THEN m.per_byte_s END
       FROM model m, fit f,
-           LATERAL (SELECT m.sized_runs >= 5 AND m.per_byte_s > 0
-                           AND f.sized_err < f.flat_err AS scales) c $$;
+           -- A line only when the size explains the times and halves the error: a step
+           -- whose time does not follow the size shows chance slopes from noise.
+           LATERAL (SELECT m.sized_runs >= 5 AND m.per_byte_s > 0 AND m.r2 >= 0.5
+                           AND f.sized_err < f.flat_err / 2 AS scales) c $$;
 
 -- A workflow version's model: the seconds of the steps that do not depend on the
 -- input (fixed_s); for those that do, their line (base_s, per_byte_s) and their median
