@@ -102,7 +102,7 @@ def claim_latency(env: MediaqEnv, claims: int, worker_id: str) -> list[float]:
 
 
 def claim_plan(env: MediaqEnv) -> dict[str, Any]:
-    params = {"host": "bench-host", "category": "cpu", "limit": CLAIMS + 1,
+    params = {"host": "bench-host", "category": "cpu", "gpu": False, "limit": CLAIMS + 1,
               "vram_free_mb": 2**31 - 1, "queues": None, "worker_id": "w",
               "lease_seconds": 10, "log_line": "x"}
     with env.connect() as conn:

@@ -18,6 +18,7 @@ Row = dict[str, Any]
 Connection = psycopg.Connection[Row]
 
 CONNECT_OPTIONS = "-c search_path=mediaq,public"
+POOL_WAIT_SECONDS = 10.0
 
 
 def database_url(settings: Settings) -> str:
@@ -42,7 +43,11 @@ def make_pool(
 ) -> ConnectionPool[Connection]:
     """A pool for a worker. ``idle_in_transaction_ms``: the server ends a session that
     sits in an open transaction that long (a frozen worker must not keep row locks
-    that would hide its jobs from the rescuers)."""
+    that would hide its jobs from the rescuers).
+
+    Its connections are in autocommit: ``transaction()`` blocks say BEGIN and COMMIT
+    themselves, and a lone statement (``fetch_one_now``) is its own transaction in one
+    round trip instead of three."""
     options = CONNECT_OPTIONS
     if idle_in_transaction_ms:
         options += f" -c idle_in_transaction_session_timeout={idle_in_transaction_ms}"
@@ -51,20 +56,33 @@ def make_pool(
         min_size=1,
         max_size=size,
         kwargs={
+            "autocommit": True,
             "row_factory": dict_row,
             "options": options,
             "application_name": application,
         },
         connection_class=psycopg.Connection,
         open=True,
+        # With the server gone, a wait for a connection fails after this long (the
+        # callers' retry loops take over) instead of the pool's default of 30 s.
+        timeout=POOL_WAIT_SECONDS,
     )
 
 
 @contextmanager
-def transaction(pool: ConnectionPool[Connection]) -> Iterator[Connection]:
-    """A short transaction on a pooled connection (committed on success)."""
-    with pool.connection() as conn, conn.transaction():
+def transaction(pool: ConnectionPool[Connection],
+                timeout: float | None = None) -> Iterator[Connection]:
+    """A short transaction on a pooled connection (committed on success); ``timeout``:
+    how long to wait for a connection (the pool's own limit when None)."""
+    with pool.connection(timeout=timeout) as conn, conn.transaction():
         yield conn
+
+
+def fetch_one_now(pool: ConnectionPool[Connection], name: str,
+                  params: dict[str, Any] | None = None) -> Row | None:
+    """One statement on a pooled connection, committed by itself (see ``make_pool``)."""
+    with pool.connection() as conn:
+        return fetch_one(conn, name, params)
 
 
 def fetch_one(conn: Connection, name: str, params: dict[str, Any] | None = None) -> Row | None:

@@ -115,7 +115,7 @@ WITH slot AS (
 ), assigned AS (
     UPDATE worker_slots s
        SET job_id = claimed.id, job_attempt = claimed.attempt, worker_id = %(worker_id)s,
-           vram_mb = CASE WHEN %(category)s = 'cpu' THEN 0 ELSE claimed.vram_required END,
+           vram_mb = CASE WHEN %(gpu)s THEN claimed.vram_required ELSE 0 END,
            taken_at = now()
       FROM slot, claimed
      WHERE s.host = slot.host AND s.category = slot.category AND s.slot = slot.slot

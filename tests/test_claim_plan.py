@@ -19,7 +19,7 @@ def test_claim_uses_the_claimable_index(mq: MediaqEnv) -> None:
         conn.execute("INSERT INTO worker_hosts (host) VALUES ('h')")
         conn.execute("INSERT INTO worker_slots (host, category, slot) VALUES ('h', 'cpu', 1)")
         conn.execute("ANALYZE")
-        params = {"host": "h", "category": "cpu", "limit": 1, "vram_free_mb": 0,
+        params = {"host": "h", "category": "cpu", "gpu": False, "limit": 1, "vram_free_mb": 0,
                   "queues": None, "worker_id": "w", "lease_seconds": 10,
                   "log_line": "x"}
         conn.execute("BEGIN")

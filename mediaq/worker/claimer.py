@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -68,29 +69,40 @@ class Claimer:
 
     def claim(self, category: str) -> ClaimedJob | None:
         """Claim the next job of ``category`` this machine has room for, or None."""
-        with db.transaction(self.pool) as conn:
-            vram_free = self._vram_free(conn, category)
-            row = db.fetch_one(conn, "job_claim_next", {
-                "host": self.host, "category": category,
-                "limit": self.capacity.limits.get(category, 0),
-                "vram_free_mb": vram_free, "queues": self.queues,
-                "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
-                "log_line": log_line(f"Claimed by {self.worker_id} on {self.host}"),
-            })
-            if row is None:
-                if category in GPU_CATEGORIES:
-                    self._explain_waiting(conn, category, vram_free)
-                return None
-            if row["vram_mb"]:
-                db.execute(conn, "host_reserve_vram", {"host": self.host,
-                                                       "vram_mb": row["vram_mb"]})
+        if category in GPU_CATEGORIES:
+            row = self._claim_with_vram(category)
+        else:  # one statement, its own transaction
+            row = db.fetch_one_now(self.pool, "job_claim_next",
+                                   self._claim_params(category, NO_VRAM_LIMIT))
+        if row is None:
+            return None
         return ClaimedJob(id=row["id"], job_code=row["job_code"], attempt=row["attempt"],
                           workflow_id=row["workflow_id"], category=category,
                           vram_required=int(row["vram_mb"]))
 
-    def _vram_free(self, conn: db.Connection, category: str) -> int:
-        if category not in GPU_CATEGORIES:
-            return NO_VRAM_LIMIT
+    def _claim_params(self, category: str, vram_free: int) -> dict[str, Any]:
+        return {
+            "host": self.host, "category": category, "gpu": category in GPU_CATEGORIES,
+            "limit": self.capacity.limits.get(category, 0),
+            "vram_free_mb": vram_free, "queues": self.queues,
+            "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
+            "log_line": log_line(f"Claimed by {self.worker_id} on {self.host}"),
+        }
+
+    def _claim_with_vram(self, category: str) -> db.Row | None:
+        """A GPU claim: the machine's VRAM ledger locked, read, and charged with the job's
+        VRAM in the claim's transaction."""
+        with db.transaction(self.pool) as conn:
+            vram_free = self._vram_free(conn)
+            row = db.fetch_one(conn, "job_claim_next", self._claim_params(category, vram_free))
+            if row is None:
+                self._explain_waiting(conn, category, vram_free)
+            elif row["vram_mb"]:
+                db.execute(conn, "host_reserve_vram", {"host": self.host,
+                                                       "vram_mb": row["vram_mb"]})
+        return row
+
+    def _vram_free(self, conn: db.Connection) -> int:
         ledger = db.fetch_one(conn, "host_lock", {"host": self.host})
         if ledger is None:
             return 0

@@ -265,8 +265,8 @@ class Worker:
         self.jobs_pool.shutdown(wait=True)
         self.heartbeat.halt.set()
         self.rescuer.halt.set()
-        try:
-            with db.transaction(self.pool) as conn:
+        try:  # best effort: with the server gone, the workers view shows the lapse
+            with db.transaction(self.pool, timeout=3) as conn:
                 db.execute(conn, "worker_stopped", {"worker_id": self.worker_id})
         except psycopg.Error:
             pass

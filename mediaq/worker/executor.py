@@ -141,7 +141,9 @@ def _input_kind(first_action: str) -> str:
 
 
 def load_run(handle: JobHandle, workflow_id: int) -> JobRun:
-    with db.transaction(handle.pool) as conn:
+    # The job is ours and a workflow version never changes: the reads need no
+    # transaction around them (each is its own, with no BEGIN and COMMIT to wait for).
+    with handle.pool.connection() as conn:
         context = db.fetch_one(conn, "job_context", {"job_id": handle.job_id})
         step_rows = db.fetch_all(conn, "workflow_steps_of", {"workflow_id": workflow_id})
         history = db.fetch_all(conn, "step_history_of_job", {"job_id": handle.job_id})

@@ -56,8 +56,7 @@ class JobHandle:
         return error
 
     def _fenced(self, name: str, **params: Any) -> db.Row:
-        with db.transaction(self.pool) as conn:
-            row = db.fetch_one(conn, name, {**self.fence, **params})
+        row = db.fetch_one_now(self.pool, name, {**self.fence, **params})
         if row is None:
             raise self._lost()
         return row

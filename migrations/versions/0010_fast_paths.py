@@ -1,4 +1,5 @@
-"""Batch submission at bulk speed: the after-insert work on jobs runs once per statement.
+"""Cheaper per-job triggers: the after-insert work once per statement (batch submission),
+no outbox work for events nobody asked for, explicit-id checks without dynamic SQL.
 
 Revision ID: 0010
 Revises: 0009
@@ -18,7 +19,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_schema_file(op.get_bind(), "0010_batch_submit.sql")
+    run_schema_file(op.get_bind(), "0010_fast_paths.sql")
 
 
 def downgrade() -> None:
