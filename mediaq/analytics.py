@@ -16,7 +16,7 @@ from mediaq.errors import ReportRefused
 from mediaq.queries import queries
 
 REPORTS: tuple[str, ...] = (
-    "steps", "workflows", "cycle-time", "sla", "rework", "in-flight", "dead-letters",
+    "steps", "workflows", "cycle-time", "sla", "rework", "in-flight", "dead-letters", "eta",
 )
 QUERY_OF_REPORT: dict[str, str] = {
     "steps": "report_steps",
@@ -26,6 +26,7 @@ QUERY_OF_REPORT: dict[str, str] = {
     "rework": "report_rework",
     "in-flight": "report_in_flight",
     "dead-letters": "report_dead_letters",
+    "eta": "eta_accuracy",
 }
 TITLES: dict[str, str] = {
     "steps": "Step performance (queue wait vs run time)",
@@ -35,6 +36,7 @@ TITLES: dict[str, str] = {
     "rework": "Rework loops per stage",
     "in-flight": "In-flight stages",
     "dead-letters": "Dead letters",
+    "eta": "Estimates against actuals (median absolute error per workflow)",
 }
 UNITS: dict[str, timedelta] = {
     "m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from mediaq.queries import queries
@@ -40,6 +42,10 @@ def test_estimates_after_fifty_runs_are_within_a_quarter(mq: MediaqEnv) -> None:
     accuracy = mq.one(queries["eta_accuracy"], {"since": None})
     print(f"\nETA accuracy over the next 50 jobs: {accuracy}")
     assert accuracy["jobs"] == 50
+    reported = json.loads(mq.cli("report", "eta", "--format", "json").stdout)
+    assert [(r["workflow_code"], r["jobs"]) for r in reported] == [
+        (accuracy["workflow_code"], 50)]
+    assert float(reported[0]["median_abs_error"]) == float(accuracy["median_abs_error"])
     assert accuracy["median_abs_error"] < 0.25, accuracy
     estimate = mq.one("SELECT min(estimated_seconds) AS low, max(estimated_seconds) AS high "
                       "FROM job_estimates")

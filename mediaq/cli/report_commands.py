@@ -75,6 +75,7 @@ def report(env: Env, name: str, since_text: str | None, output_format: str) -> N
       rework        rework loops per stage (a stage started more than once for a job)
       in-flight     stages started and not completed, of jobs still under way
       dead-letters  jobs that failed for good
+      eta           estimates recorded at start against what jobs took, per workflow
     """
     since = analytics.parse_since(since_text) if since_text else None
     with env.connect() as conn:
