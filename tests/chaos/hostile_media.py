@@ -16,6 +16,7 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,26 @@ import numpy as np
 from PIL import Image
 
 # --------------------------------------------------------------------------- seeds
+
+
+def _gradient(size: tuple[int, int], i: int) -> Any:
+    img = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+    img[:, :, 0] = (np.arange(size[0]) * 4 + i * 16) % 256
+    img[:, :, 1] = (np.arange(size[1])[:, None] * 5) % 256
+    img[:, :, 2] = 128
+    return img
+
+
+def _encode_frames(out: Any, stream: Any, images: Iterable[Any], rate: int) -> None:
+    """RGB arrays as frames 0, 1, 2… at ``rate``, encoded and muxed, then flushed."""
+    for i, img in enumerate(images):
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts = i
+        frame.time_base = Fraction(1, rate)
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
 
 
 def _video(path: Path, fmt: str, vcodec: str, acodec: str | None, *, frames: int = 12,
@@ -38,18 +59,7 @@ def _video(path: Path, fmt: str, vcodec: str, acodec: str | None, *, frames: int
         if acodec:
             a = out.add_stream(acodec, rate=16000 if acodec != "libopus" else 48000)
             a.layout = "mono"
-        for i in range(frames):
-            img = np.zeros((size[1], size[0], 3), dtype=np.uint8)
-            img[:, :, 0] = (np.arange(size[0]) * 4 + i * 16) % 256
-            img[:, :, 1] = (np.arange(size[1])[:, None] * 5) % 256
-            img[:, :, 2] = 128
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, rate)
-            for packet in v.encode(frame):
-                out.mux(packet)
-        for packet in v.encode(None):
-            out.mux(packet)
+        _encode_frames(out, v, (_gradient(size, i) for i in range(frames)), rate)
         if a is not None:
             rate_a = a.codec_context.sample_rate
             frame_size = a.codec_context.frame_size or 1024
@@ -378,12 +388,5 @@ def noise_video(path: Path, seconds: float = 4, size: tuple[int, int] = (320, 24
         stream: Any = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.options = {"preset": "ultrafast"}
-        for i in range(int(seconds * rate)):
-            img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            frame.time_base = Fraction(1, rate)
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
+        _encode_frames(out, stream, (rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+                                     for _ in range(int(seconds * rate))), rate)
