@@ -829,7 +829,7 @@ SELECT wd.workflow_code, count(*) AS jobs,
        round(percentile_cont(0.5) WITHIN GROUP (
            ORDER BY abs(extract(epoch FROM j.completed_at - j.started_at) - e.estimated_seconds)
                     / nullif(extract(epoch FROM j.completed_at - j.started_at), 0))::numeric,
-             3) AS median_abs_error
+             3)::double precision AS median_abs_error
   FROM mediaq.job_estimates e
   JOIN mediaq.workflow_jobs j ON j.id = e.job_id
   JOIN mediaq.workflow_definitions wd ON wd.id = j.workflow_id

@@ -4,9 +4,11 @@ roots, and rows written straight into workflow_jobs.
 Paths (``../``, symlinks out of the roots, NUL bytes, URL-encoding, URLs, a sibling
 folder sharing the root's prefix) go in through the four doors: ``mediaq submit``,
 ``POST /api/media/jobs``, the SQL function ``mediaq.submit_job`` and a plain INSERT.
-The CLI and HTTP refuse them at the door; the database knows no input roots, so
-``submit_job`` and INSERT accept what PostgreSQL can store and the worker refuses the
-job with one line, before any step opens the file. An inotify canary on the outside
+The CLI and HTTP refuse them at the door. The database knows no input roots but
+refuses, for ``submit_job`` and INSERT alike, what no root allows (relative paths and
+URLs, ``..`` segments plain or URL-encoded); what it must accept (symlinks out of the
+roots, a sibling folder sharing the root's prefix) the worker refuses with one line,
+before any step opens the file. An inotify canary on the outside
 folder proves that nothing opened the file behind the path.
 """
 
@@ -126,7 +128,7 @@ def test_paths_out_of_the_input_roots_are_refused(mq: MediaqEnv, figure: Any) ->
                         assert found is not None
                         sql_jobs[found[0]] = f"{name} {door}"
                         row[door] = f"accepted as {found[0]}"
-                except (psycopg.DataError, ValueError) as exc:
+                except (psycopg.DataError, psycopg.IntegrityError, ValueError) as exc:
                     row[door] = f"refused by PostgreSQL: {_one_line(str(exc))}"
         mq.run_burst(timeout=120)
         time.sleep(0.2)
@@ -149,6 +151,10 @@ def test_paths_out_of_the_input_roots_are_refused(mq: MediaqEnv, figure: Any) ->
            f"{pg_refused}, accepted {len(sql_jobs)} and failed by the worker "
            f"{len(failed)}/{len(jobs)}; outside-file opens {len(opens)}")
     assert len(jobs) == len(sql_jobs)
+    for name in ("dotdot", "dotdot_deep", "relative", "url_encoded", "url_encoded_slash",
+                 "file_url", "http_url", "tilde", "nul"):
+        for door in ("sql_function", "insert"):
+            assert rows[name][door].startswith("refused by PostgreSQL"), (name, rows[name])
     assert all(j["status"] == "failed" for j in jobs.values()), jobs
     for job in jobs.values():
         message = job["error_message"] or ""
