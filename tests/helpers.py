@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,6 +94,25 @@ class MediaqEnv:
         self.workers.append(proc)
         return proc
 
+    def start_web(self) -> tuple[subprocess.Popen[str], str]:
+        """``mediaq web`` on a free port of 127.0.0.1, once it answers ``/healthz``: the
+        process and its base URL."""
+        import requests  # only the tests that serve HTTP pay for it
+
+        port = free_port()
+        proc = self.start("web", "--port", str(port))
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            assert proc.poll() is None, self.worker_log(proc)
+            try:
+                return requests.get(base + "/healthz", timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(healthy, timeout=90, interval=0.2, message="mediaq web to answer /healthz")
+        return proc, base
+
     def worker_log(self, proc: subprocess.Popen[str]) -> str:
         return (self.root / f"worker-{self.workers.index(proc)}.log").read_text()
 
@@ -149,6 +169,13 @@ class MediaqEnv:
         path = self.inputs / name
         path.write_bytes(data)
         return path
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,

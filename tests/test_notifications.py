@@ -10,7 +10,6 @@ import email.policy
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from mediaq import db
 from mediaq.notify.signing import new_secret
-from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow, wait_for
+from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow, free_port, wait_for
 
 # -- a webhook receiver --------------------------------------------------------------------
 
@@ -129,11 +128,6 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
     for receiver in started:
         receiver.close()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def verified(request: Request, secret: str) -> Any:

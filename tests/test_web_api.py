@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mediaq import db
 from mediaq.web.auth import create_token
-from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.helpers import MediaqEnv, diagnostic_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +48,6 @@ NEEDS = {
     ("post", "/api/media/workflows"): "admin",
 }
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -91,18 +85,7 @@ def start_web(mq: MediaqEnv) -> Web:
         for role in ROLES[:-1]:
             tokens[role] = create_token(conn, role, f"t-{role}")[0]
         conn.commit()
-    port = free_port()
-    proc = mq.start("web", "--port", str(port))
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, mq.worker_log(proc)
-        try:
-            return requests.get(base + "/healthz", timeout=5).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=90, interval=0.2, message="mediaq web to answer /healthz")
+    _, base = mq.start_web()
     return Web(base, tokens, [])
 
 

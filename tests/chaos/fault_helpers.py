@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from PIL import Image
 
 from mediaq import migrate
 from mediaq.outputs import sha256_of
-from tests.helpers import MediaqEnv
+from tests.helpers import MediaqEnv, free_port
 
 PG_USER = "embedded_postgres"  # the system user the embedded server runs as under root
 
@@ -46,11 +45,6 @@ def spread(values: list[float], unit: str = "s") -> str:
     return (f"p50 {statistics.median(values):.2f} {unit}, p99 {percentile(values, 99):.2f} {unit},"
             f" max {max(values):.2f} {unit} (n={len(values)})")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def png_bytes(width: int = 96, height: int = 64, seed: int = 0) -> bytes:

@@ -15,7 +15,6 @@ folder proves that nothing opened the file behind the path.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from typing import Any
 
@@ -68,11 +67,6 @@ def _one_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def test_paths_out_of_the_input_roots_are_refused(mq: MediaqEnv, figure: Any) -> None:
     paths = _hostile_paths(mq)
@@ -80,18 +74,7 @@ def test_paths_out_of_the_input_roots_are_refused(mq: MediaqEnv, figure: Any) ->
                                           retry_count=0))
     token = mq.cli("tokens", "create", "--role", "submitter", "--name", "hostile"
                    ).stdout.split()[-1]
-    port = _free_port()
-    web = mq.start("web", "--port", str(port))
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert web.poll() is None, mq.worker_log(web)
-        try:
-            return requests.get(base + "/healthz", timeout=5).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    wait_for(healthy, timeout=90, interval=0.2, message="mediaq web to answer /healthz")
+    _, base = mq.start_web()
     rows: dict[str, dict[str, str]] = {}
     sql_jobs: dict[str, str] = {}
     outside = mq.root / "outside"
