@@ -1,4 +1,4 @@
-"""Named SQL statements, loaded from the files named in ``QUERY_FILES`` under ``sql/``.
+"""Named SQL statements, loaded from the files named in ``QUERY_FILES`` under ``mediaq/sql/``.
 
 Each statement follows a ``-- name: NAME`` line (and a one-line description),
 as procrastinate does; code refers to them as ``queries["job_claim_next"]``.
@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# Inside the package, so that an installed wheel carries it.
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 _NAME_LINE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 

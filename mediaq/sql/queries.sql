@@ -7,6 +7,28 @@
 -- The Alembic revision the database is at.
 SELECT version_num FROM mediaq.alembic_version;
 
+-- name: migration_lock
+-- Wait until no other migrator runs (a session-level advisory lock).
+SELECT pg_advisory_lock(%(key)s);
+
+-- name: migration_unlock
+-- Let the next migrator in.
+SELECT pg_advisory_unlock(%(key)s);
+
+-- name: schema_is_new
+-- Whether schema "mediaq" is absent or holds no table, view, sequence or function yet
+-- (such a database gets schema.sql; any other gets the revisions after its own).
+SELECT NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'mediaq')
+   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+                     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                    WHERE n.nspname = 'mediaq') AS is_new;
+
+-- name: schema_create
+-- The schema the version table lives in (the revisions and schema.sql fill it).
+CREATE SCHEMA IF NOT EXISTS mediaq;
+
 -- ===========================================================================
 -- Workers, hosts, slots
 -- ===========================================================================
@@ -277,7 +299,7 @@ SELECT fenced.id, %(step_id)s, 'running', %(input_data)s, now(), %(retry_attempt
 RETURNING id;
 
 -- name: step_finish
--- Close a step execution (the job row is locked by job_lock_fenced in this transaction).
+-- Close a step execution (job_step_committed has locked the job row in this transaction).
 UPDATE step_executions
    SET status = %(status)s, output_data = %(output_data)s, error_message = %(error_message)s,
        error_class = %(error_class)s, completed_at = now(),
