@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create the virtual environment and install mediaq with its dev tools
 
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check mediaq tests migrations benchmarks
+	$(BIN)/ruff check mediaq tests benchmarks
 	$(BIN)/mypy
 
 test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real processes)
