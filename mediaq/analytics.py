@@ -1,4 +1,4 @@
-"""Analytics reports: the views of ``sql/schema/0004_analytics.sql`` by name.
+"""Analytics reports: the analytics views of ``mediaq/sql/schema.sql`` by name.
 
 ``report(conn, "cycle-time", since)`` is what ``mediaq report`` prints and what the
 HTTP API serves at ``/api/media/analytics/{name}``. Every value is JSON-ready apart

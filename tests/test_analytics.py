@@ -1,4 +1,4 @@
-"""Analytics: the views of sql/schema/0004_analytics.sql, the reports over them and
+"""Analytics: the analytics views of mediaq/sql/schema.sql, the reports over them and
 `mediaq report`.
 
 A history of a few thousand jobs is written with set-based SQL inserts of jobs and

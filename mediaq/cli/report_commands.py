@@ -64,7 +64,7 @@ def show_report(name: str, columns: list[str], rows: list[dict[str, Any]],
               show_default=True, help="Output format.")
 @pass_env
 def report(env: Env, name: str, since_text: str | None, output_format: str) -> None:
-    """Analytics over the job history (the views of sql/schema/0004_analytics.sql).
+    """Analytics over the job history (the analytics views of mediaq/sql/schema.sql).
 
     \b
     REPORT is one of:

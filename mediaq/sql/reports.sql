@@ -1,5 +1,5 @@
 -- Named queries of the analytics reports (`mediaq report`, the API's analytics panels).
--- Each reads the views of sql/schema/0004_analytics.sql (or their `*_since` functions,
+-- Each reads the analytics views of schema.sql (or their `*_since` functions,
 -- for aggregates over a period); %(since)s is NULL for all of history.
 
 -- name: report_steps

@@ -1,5 +1,5 @@
 -- mediaq core schema, revision 0001.
--- Applied by the Alembic migration migrations/versions/0001_core.py into schema "mediaq".
+-- Applied by the Alembic revision mediaq/migrations/versions/0001_core.py into schema "mediaq".
 -- The tables of seed 000 keep their names and columns (so its statements run
 -- unchanged); the engine's own columns all have defaults.
 

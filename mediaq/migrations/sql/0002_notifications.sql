@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0002: delivering the outbox.
--- Applied by migrations/versions/0002_notifications.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0002_notifications.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- Delivery state on each outbox row. A row is "sending" while a notifier holds it

@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0003: jobs nobody submits by hand.
--- Applied by migrations/versions/0003_triggers.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0003_triggers.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- A hot folder: every settled file that matches becomes one job of the workflow.

@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0004: Analytics views: the dashboards and workflow-operations questions as SQL.
--- Applied by migrations/versions/0004_analytics.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0004_analytics.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- Every dashboard of seed 000 (steps 12-15), the stats of seed 001 and the questions

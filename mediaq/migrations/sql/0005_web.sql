@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0005: The HTTP API: tokens, hashed, with roles.
--- Applied by migrations/versions/0005_web.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0005_web.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- API tokens: only the SHA-256 of each token is stored; the token is shown once.

@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0006: content de-duplication.
--- Applied by migrations/versions/0006_dedupe.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0006_dedupe.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- A workflow that de-duplicates returns the job of an identical submission (same

@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0007: ETAs from history.
--- Applied by migrations/versions/0007_eta.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0007_eta.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- A step's recent runs, newest first (the estimate reads the last 50).

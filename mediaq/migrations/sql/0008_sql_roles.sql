@@ -1,5 +1,5 @@
 -- mediaq schema, revision 0008: what direct SQL users (`mediaq db roles`) rely on.
--- Applied by migrations/versions/0008_sql_roles.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0008_sql_roles.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- submit_job runs with its owner's rights (SECURITY DEFINER) so that a submitter

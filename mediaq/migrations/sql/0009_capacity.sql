@@ -1,6 +1,6 @@
 -- mediaq schema, revision 0009: the queue-depth signal for external autoscalers, and
 -- ETAs that scale with input size and count a one-pass run once.
--- Applied by migrations/versions/0009_capacity.py into schema "mediaq".
+-- Applied by mediaq/migrations/versions/0009_capacity.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
 -- What a job's input weighed: set at submission (mediaq.submit) or when a worker first
