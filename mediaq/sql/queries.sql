@@ -477,7 +477,7 @@ ON CONFLICT (queue_name) DO UPDATE
 SELECT pg_notify('mediaq_jobs', 'resume');
 
 -- name: jobs_dashboard
--- Seed 000 step 12: the job status dashboard (optionally filtered, most recent first within a status).
+-- The job status dashboard (optionally filtered, most recent first within a status).
 SELECT job_code, workflow_name, status, current_step, total_steps, progress_percent, priority,
        submitted_by, submitted_at, started_at, completed_at, error_message, waiting_reason
   FROM mediaq.job_status_dashboard
@@ -487,7 +487,7 @@ SELECT job_code, workflow_name, status, current_step, total_steps, progress_perc
  LIMIT %(limit)s;
 
 -- name: queue_monitor
--- Seed 000 step 13: the processing queue monitor, with each queue's pause switch.
+-- The processing queue monitor, with each queue's pause switch.
 SELECT * FROM mediaq.queue_monitor;
 
 -- name: queue_depth
@@ -499,7 +499,7 @@ SELECT * FROM mediaq.queue_depth ORDER BY resource_category;
 SELECT queue_name, paused_at, paused_by FROM queues WHERE paused ORDER BY queue_name;
 
 -- name: job_stats
--- Seed 001's stats endpoint: counts per status, VRAM, average processing time, jobs per workflow.
+-- The stats endpoint (GET /api/media/jobs/stats): counts per status, VRAM, average processing time, jobs per workflow.
 SELECT * FROM mediaq.job_stats;
 
 -- ===========================================================================

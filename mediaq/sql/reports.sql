@@ -3,19 +3,19 @@
 -- for aggregates over a period); %(since)s is NULL for all of history.
 
 -- name: report_steps
--- Step performance (seed 000 step 14) with queue wait vs run time, over executions started since.
+-- Step performance with queue wait vs run time, over executions started since.
 SELECT * FROM step_performance_since(%(since)s::timestamptz);
 
 -- name: report_workflows
--- Workflow analytics (seed 000 step 15) with job wait and workflow SLA, over jobs submitted since.
+-- Workflow analytics with job wait and workflow SLA, over jobs submitted since.
 SELECT * FROM workflow_analytics_since(%(since)s::timestamptz);
 
 -- name: report_cycle_time
--- Cycle time p50/p90 per stage (seed 003 q07), over stages first started since.
+-- Cycle time p50/p90 per stage, over stages first started since.
 SELECT * FROM stage_cycle_time_since(%(since)s::timestamptz);
 
 -- name: report_sla
--- SLA miss rate per stage (seed 003 q08), over stages first started since.
+-- SLA miss rate per stage, over stages first started since.
 SELECT * FROM stage_sla_since(%(since)s::timestamptz);
 
 -- name: report_rework
@@ -23,7 +23,7 @@ SELECT * FROM stage_sla_since(%(since)s::timestamptz);
 SELECT * FROM stage_rework_summary_since(%(since)s::timestamptz);
 
 -- name: report_in_flight
--- Stages started and not completed, of jobs still under way (seed 003's anti-join), oldest first.
+-- Stages started and not completed, of jobs still under way (an anti-join), oldest first.
 SELECT * FROM stage_in_flight
  WHERE %(since)s::timestamptz IS NULL OR started_at >= %(since)s::timestamptz
  ORDER BY started_at, workflow_id, workflow_stage;

@@ -13,8 +13,8 @@
 -- The tables that SQL written for the original job schema uses (workflow_definitions,
 -- workflow_steps, workflow_jobs, step_executions, media_queue, workflow_notifications,
 -- media_workflow_events) keep its names and columns, so that SQL runs unchanged
--- (tests/data/seed000_*.sql and seed003_*.sql); the engine's own columns all have
--- defaults.
+-- (tests/test_schema.py runs such SQL from tests/data/); the engine's own columns all
+-- have defaults.
 
 CREATE SCHEMA IF NOT EXISTS mediaq;
 SET LOCAL search_path = mediaq, public;
@@ -418,8 +418,8 @@ CREATE TABLE job_estimates (
 );
 
 -- ===========================================================================
--- Compatibility: DuckDB's epoch() and round(double, int), which the stage analytics
--- queries (tests/data/seed003_*.sql) call
+-- Compatibility: DuckDB's epoch() and round(double, int), so that stage analytics
+-- queries written for DuckDB run unchanged
 -- ===========================================================================
 CREATE OR REPLACE FUNCTION epoch(interval) RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE

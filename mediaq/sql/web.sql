@@ -38,7 +38,7 @@ RETURNING id, name, role;
 SELECT 1 AS ok;
 
 -- name: jobs_api_list
--- Seed 001's job list: filtered, newest first, one page, with the total count.
+-- The job list of GET /api/media/jobs: filtered, newest first, one page, with the total count.
 SELECT j.id, j.job_code, wd.workflow_code, wd.workflow_name, j.status, j.progress_percent,
        j.progress_stage, j.current_step,
        (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps,

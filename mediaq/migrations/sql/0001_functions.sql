@@ -6,7 +6,7 @@
 SET LOCAL search_path = mediaq, public;
 
 -- ---------------------------------------------------------------------------
--- DuckDB compatibility for seed 003's analytics queries
+-- DuckDB compatibility: epoch() and round(double, int) for analytics queries written for DuckDB
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION epoch(interval) RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -17,7 +17,8 @@ CREATE OR REPLACE FUNCTION round(double precision, integer) RETURNS double preci
     AS $$ SELECT pg_catalog.round($1::numeric, $2)::double precision $$;
 
 -- ---------------------------------------------------------------------------
--- Explicit ids (the seed's inserts) must not collide with generated ones later.
+-- Explicit ids (rows inserted with their own ids by SQL from outside the engine) must
+-- not collide with generated ones later.
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION sync_id_sequence() RETURNS trigger
     SET search_path = pg_catalog, mediaq
@@ -108,7 +109,7 @@ CREATE OR REPLACE FUNCTION queue_status_for(job_status text) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT CASE WHEN job_status IN ('pending', 'queued') THEN 'queued' ELSE job_status END $$;
 
--- An insert from outside the engine (seed 000 step 11) takes over the engine's
+-- An insert from outside the engine takes over the engine's
 -- row for that job, and the explicit id it asks for.
 CREATE OR REPLACE FUNCTION media_queue_before_insert() RETURNS trigger
     SET search_path = pg_catalog, mediaq
@@ -287,7 +288,7 @@ CREATE TRIGGER worker_slots_release_vram AFTER UPDATE OF job_id ON worker_slots
     EXECUTE FUNCTION slot_release_vram();
 
 -- ---------------------------------------------------------------------------
--- Step executions write seed 003's stage events
+-- Step executions write the stage events
 -- ---------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION step_event(se step_executions, ev text, at timestamptz)
     RETURNS void

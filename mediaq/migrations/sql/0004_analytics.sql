@@ -2,8 +2,8 @@
 -- Applied by mediaq/migrations/versions/0004_analytics.py into schema "mediaq".
 SET LOCAL search_path = mediaq, public;
 
--- Every dashboard of seed 000 (steps 12-15), the stats of seed 001 and the questions
--- of seed 003 (cycle time, SLA misses, rework, in-flight stages) as views, so that
+-- The job dashboards, the queue statistics of the API and the stage questions
+-- (cycle time, SLA misses, rework, in-flight stages) as views, so that
 -- any SQL dashboard can read them. Row views (one row per job, stage or step
 -- execution) can be filtered by time as they are; the aggregates that a report
 -- wants over a period are set-returning SQL functions `*_since(since)` (inlined by
@@ -16,7 +16,7 @@ SET LOCAL search_path = mediaq, public;
 -- a job is due `sla_minutes` (of its workflow version) after it was submitted.
 
 -- ---------------------------------------------------------------------------
--- Seed 000 step 12: the job status dashboard
+-- The job status dashboard
 -- ---------------------------------------------------------------------------
 CREATE VIEW job_status_dashboard AS
 SELECT wj.id AS job_id,
@@ -48,7 +48,7 @@ SELECT wj.id AS job_id,
  ORDER BY status_rank, wj.priority DESC, wj.id;
 
 -- ---------------------------------------------------------------------------
--- Seed 000 step 13: the processing queue monitor (with each queue's pause switch)
+-- The processing queue monitor (with each queue's pause switch)
 -- ---------------------------------------------------------------------------
 CREATE VIEW queue_monitor AS
 SELECT mq.queue_name,
@@ -66,7 +66,7 @@ SELECT mq.queue_name,
  ORDER BY waiting DESC, mq.queue_name;
 
 -- ---------------------------------------------------------------------------
--- Seed 001: the queue statistics of GET /api/media/jobs/stats
+-- The queue statistics of GET /api/media/jobs/stats
 -- ---------------------------------------------------------------------------
 CREATE VIEW job_stats AS
 SELECT
@@ -123,7 +123,7 @@ WINDOW earlier AS (PARTITION BY se.job_id ORDER BY se.started_at, se.id
                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING);
 
 -- ---------------------------------------------------------------------------
--- Seed 000 step 14: step performance, with queue wait vs run time
+-- Step performance, with queue wait vs run time
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION step_performance_since(since timestamptz)
 RETURNS TABLE (
@@ -172,7 +172,7 @@ $$;
 CREATE VIEW step_performance AS SELECT * FROM step_performance_since(NULL);
 
 -- ---------------------------------------------------------------------------
--- Seed 000 step 15: workflow analytics (all versions of a workflow together),
+-- Workflow analytics (all versions of a workflow together),
 -- with the queue wait of jobs and the workflow's own SLA (sla_minutes)
 -- ---------------------------------------------------------------------------
 -- A job misses its workflow SLA when it completes later than sla_minutes after
@@ -230,9 +230,9 @@ $$;
 CREATE VIEW workflow_analytics AS SELECT * FROM workflow_analytics_since(NULL);
 
 -- ---------------------------------------------------------------------------
--- Seed 003: stage_started <-> stage_completed, one row per (job, stage)
+-- stage_started <-> stage_completed, one row per (job, stage)
 -- ---------------------------------------------------------------------------
--- Seed 003's pairing: the earliest start with the earliest completion (survives
+-- The pairing: the earliest start with the earliest completion (survives
 -- rework loops), the SLA due time of the first start; plus the counts that tell
 -- rework (starts > 1) and the last event.
 CREATE VIEW stage_pairs AS
@@ -250,7 +250,7 @@ SELECT workflow_id,
   FROM media_workflow_events
  GROUP BY workflow_id, workflow_stage;
 
--- Cycle time per stage (seed 003 q07): p50/p90 in hours as the seed has them, and in
+-- Cycle time per stage: p50/p90 in hours, and in
 -- seconds (media steps are short). Over stages first started since `since`.
 CREATE FUNCTION stage_cycle_time_since(since timestamptz)
 RETURNS TABLE (
@@ -289,7 +289,7 @@ $$;
 
 CREATE VIEW stage_cycle_time AS SELECT * FROM stage_cycle_time_since(NULL);
 
--- SLA miss rate per stage (seed 003 q08): completed after the first start's due time.
+-- SLA miss rate per stage: completed after the first start's due time.
 CREATE FUNCTION stage_sla_since(since timestamptz)
 RETURNS TABLE (
     workflow_stage      text,
@@ -370,7 +370,7 @@ $$;
 CREATE VIEW stage_rework_summary AS SELECT * FROM stage_rework_summary_since(NULL);
 
 -- ---------------------------------------------------------------------------
--- In-flight stages: started and not completed (seed 003's anti-join), of jobs that
+-- In-flight stages: started and not completed (an anti-join), of jobs that
 -- are still under way, at or after the step the job is on: a stage whose job failed
 -- for good is a dead letter, one given up by an on_failure=continue step is behind
 -- the job, and neither is in flight any more.

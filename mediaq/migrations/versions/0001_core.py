@@ -1,4 +1,4 @@
-"""Core schema: seed 000's tables, the engine's columns, workers, slots, triggers.
+"""Core schema: the original job tables, the engine's columns, workers, slots, triggers.
 
 Revision ID: 0001
 Revises:
