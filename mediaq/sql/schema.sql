@@ -421,11 +421,11 @@ CREATE TABLE job_estimates (
 -- Compatibility: DuckDB's epoch() and round(double, int), so that stage analytics
 -- queries written for DuckDB run unchanged
 -- ===========================================================================
-CREATE OR REPLACE FUNCTION epoch(interval) RETURNS double precision
+CREATE FUNCTION epoch(interval) RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT extract(epoch FROM $1)::double precision $$;
 
-CREATE OR REPLACE FUNCTION round(double precision, integer) RETURNS double precision
+CREATE FUNCTION round(double precision, integer) RETURNS double precision
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT pg_catalog.round($1::numeric, $2)::double precision $$;
 
@@ -435,7 +435,7 @@ CREATE OR REPLACE FUNCTION round(double precision, integer) RETURNS double preci
 -- ===========================================================================
 -- The sequence's position is read with pg_sequence_last_value, not with dynamic SQL
 -- planned at every INSERT statement (it ran ~8 times a job).
-CREATE OR REPLACE FUNCTION sync_id_sequence() RETURNS trigger
+CREATE FUNCTION sync_id_sequence() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -475,7 +475,7 @@ CREATE TRIGGER media_workflow_events_sync_id AFTER INSERT ON mediaq.media_workfl
 -- ===========================================================================
 -- Jobs: defaults from the workflow, job codes, the media_queue row, wake-ups
 -- ===========================================================================
-CREATE OR REPLACE FUNCTION job_fill_defaults() RETURNS trigger
+CREATE FUNCTION job_fill_defaults() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -500,14 +500,14 @@ END $$;
 CREATE TRIGGER workflow_jobs_fill_defaults BEFORE INSERT ON workflow_jobs
     FOR EACH ROW EXECUTE FUNCTION job_fill_defaults();
 
-CREATE OR REPLACE FUNCTION queue_status_for(job_status text) RETURNS text
+CREATE FUNCTION queue_status_for(job_status text) RETURNS text
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
     AS $$ SELECT CASE WHEN job_status IN ('pending', 'queued') THEN 'queued' ELSE job_status END $$;
 
 -- Where a job goes when its attempt ends without finishing: an operator's request
 -- made during the attempt wins (the request ends with the attempt).
-CREATE OR REPLACE FUNCTION after_attempt(cancel_requested boolean, pause_requested boolean)
+CREATE FUNCTION after_attempt(cancel_requested boolean, pause_requested boolean)
     RETURNS text
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
@@ -518,7 +518,7 @@ CREATE OR REPLACE FUNCTION after_attempt(cancel_requested boolean, pause_request
 -- The after-insert work on workflow_jobs (the media_queue row, the wake-up NOTIFY)
 -- runs once per statement over the inserted rows, not once per row: batch submission
 -- at bulk speed. PostgreSQL folds identical notifications of one transaction into one.
-CREATE OR REPLACE FUNCTION jobs_after_insert_rows() RETURNS trigger
+CREATE FUNCTION jobs_after_insert_rows() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -539,7 +539,7 @@ CREATE TRIGGER workflow_jobs_after_insert AFTER INSERT ON workflow_jobs
 
 -- An insert into media_queue from outside the engine takes over the engine's row for
 -- that job, and the explicit id it asks for.
-CREATE OR REPLACE FUNCTION media_queue_before_insert() RETURNS trigger
+CREATE FUNCTION media_queue_before_insert() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -558,7 +558,7 @@ CREATE TRIGGER media_queue_before_insert BEFORE INSERT ON media_queue
 -- ===========================================================================
 -- Job state changes: queue row, slot release, outbox, wake-ups
 -- ===========================================================================
-CREATE OR REPLACE FUNCTION notification_channel(recipient text) RETURNS text
+CREATE FUNCTION notification_channel(recipient text) RETURNS text
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -571,7 +571,7 @@ CREATE OR REPLACE FUNCTION notification_channel(recipient text) RETURNS text
     END $$;
 
 -- The breaker key of a recipient: what fails together shares it.
-CREATE OR REPLACE FUNCTION notification_endpoint(recipient text) RETURNS text
+CREATE FUNCTION notification_endpoint(recipient text) RETURNS text
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
     AS $$
@@ -582,7 +582,7 @@ CREATE OR REPLACE FUNCTION notification_endpoint(recipient text) RETURNS text
         ELSE 'log'
     END $$;
 
-CREATE OR REPLACE FUNCTION job_event_types(old_job workflow_jobs, new_job workflow_jobs)
+CREATE FUNCTION job_event_types(old_job workflow_jobs, new_job workflow_jobs)
     RETURNS text[]
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
@@ -599,7 +599,7 @@ CREATE OR REPLACE FUNCTION job_event_types(old_job workflow_jobs, new_job workfl
     END $$;
 
 -- Progress milestones reached by an update (25, 50, 75 %), for job.progress.
-CREATE OR REPLACE FUNCTION job_progress_milestones(old_job workflow_jobs, new_job workflow_jobs)
+CREATE FUNCTION job_progress_milestones(old_job workflow_jobs, new_job workflow_jobs)
     RETURNS int[]
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql IMMUTABLE
@@ -612,7 +612,7 @@ CREATE OR REPLACE FUNCTION job_progress_milestones(old_job workflow_jobs, new_jo
 -- Recipients for one event: the job's own (not for started or progress; people
 -- reading e-mail or Slack get only the outcome), the workflow's (per event type, or
 -- "*" for all but started and progress), and the global default in settings.
-CREATE OR REPLACE FUNCTION notification_recipients(job workflow_jobs, event_type text)
+CREATE FUNCTION notification_recipients(job workflow_jobs, event_type text)
     RETURNS SETOF text
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql STABLE
@@ -643,8 +643,8 @@ CREATE OR REPLACE FUNCTION notification_recipients(job workflow_jobs, event_type
 -- payload too, so the receiver sees the same id in the body and the webhook-id header.
 -- The recipients are looked up first: nothing is built for an event nobody asked for
 -- (most state changes of most jobs: started, progress milestones).
-CREATE OR REPLACE FUNCTION write_event_notifications(new_job workflow_jobs, ev text,
-                                                      extra jsonb DEFAULT '{}'::jsonb)
+CREATE FUNCTION write_event_notifications(new_job workflow_jobs, ev text,
+                                          extra jsonb DEFAULT '{}'::jsonb)
     RETURNS void
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
@@ -706,7 +706,7 @@ END $$;
 
 -- The events of a status change, and progress milestones (one look for subscribers,
 -- not one per milestone passed).
-CREATE OR REPLACE FUNCTION write_job_notifications(old_job workflow_jobs, new_job workflow_jobs)
+CREATE FUNCTION write_job_notifications(old_job workflow_jobs, new_job workflow_jobs)
     RETURNS void
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
@@ -730,7 +730,7 @@ BEGIN
     END LOOP;
 END $$;
 
-CREATE OR REPLACE FUNCTION job_after_update() RETURNS trigger
+CREATE FUNCTION job_after_update() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -774,7 +774,7 @@ CREATE TRIGGER workflow_jobs_after_update AFTER UPDATE ON workflow_jobs
     FOR EACH ROW EXECUTE FUNCTION job_after_update();
 
 -- A slot keeps the VRAM it reserved; freeing it gives the VRAM back to its host.
-CREATE OR REPLACE FUNCTION slot_release_vram() RETURNS trigger
+CREATE FUNCTION slot_release_vram() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -794,7 +794,7 @@ CREATE TRIGGER worker_slots_release_vram AFTER UPDATE OF job_id ON worker_slots
 -- ===========================================================================
 -- Step executions write the stage events
 -- ===========================================================================
-CREATE OR REPLACE FUNCTION step_event(se step_executions, ev text, at timestamptz)
+CREATE FUNCTION step_event(se step_executions, ev text, at timestamptz)
     RETURNS void
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql AS $$
@@ -807,7 +807,7 @@ CREATE OR REPLACE FUNCTION step_event(se step_executions, ev text, at timestampt
            se.status, ws.step_number, se.retry_attempt
       FROM workflow_steps ws WHERE ws.id = se.step_id $$;
 
-CREATE OR REPLACE FUNCTION step_execution_events() RETURNS trigger
+CREATE FUNCTION step_execution_events() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -838,7 +838,7 @@ CREATE TRIGGER step_executions_events AFTER INSERT OR UPDATE OF status ON step_e
 -- mediaq_submitter), submitted_by is the caller's login name, another name is
 -- refused, and an idempotency key only finds the caller's own job. pg_temp comes last
 -- in its search_path: a caller's temporary table must not stand in for ours.
-CREATE OR REPLACE FUNCTION mediaq.submit_job(
+CREATE FUNCTION mediaq.submit_job(
     workflow_code   text,
     input_file_path text,
     priority        integer DEFAULT NULL,
@@ -927,8 +927,8 @@ COMMENT ON VIEW mediaq.my_jobs IS
 -- Submit the settled files a watcher found; only versions no one submitted before
 -- get a job. Returns the new jobs. A refused submission (workflow gone or disabled)
 -- rolls the whole call back, so the files are tried again at the next scan.
-CREATE OR REPLACE FUNCTION watch_submit(folder_id integer, rel_paths text[],
-                                        sizes bigint[], mtimes bigint[])
+CREATE FUNCTION watch_submit(folder_id integer, rel_paths text[],
+                             sizes bigint[], mtimes bigint[])
     RETURNS TABLE (rel_path text, job_code text)
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
@@ -1050,7 +1050,7 @@ CREATE FUNCTION workflow_runtime_estimate(workflow integer, input_bytes bigint D
       FROM workflow_runtime_model(workflow) m $$;
 
 -- What a job was expected to take when it first started (job_estimates).
-CREATE OR REPLACE FUNCTION record_job_estimate() RETURNS trigger
+CREATE FUNCTION record_job_estimate() RETURNS trigger
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
 BEGIN
