@@ -582,6 +582,8 @@ CREATE FUNCTION notification_endpoint(recipient text) RETURNS text
         ELSE 'log'
     END $$;
 
+-- Events of one job state change (a retried failure is two: failed, then
+-- retry_scheduled; a final one is failed, then dead_lettered).
 CREATE FUNCTION job_event_types(old_job workflow_jobs, new_job workflow_jobs)
     RETURNS text[]
     SET search_path = pg_catalog, mediaq
