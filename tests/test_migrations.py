@@ -133,3 +133,17 @@ def test_a_database_at_the_previous_revision_upgrades_to_the_same_schema(
         assert not_valid_constraints(url) == not_valid_constraints(by_revisions)
         diff = snapshot_diff(snapshot(from_file), snapshot(url), "schema.sql", "upgraded")
     assert not diff, diff
+
+
+def test_a_failing_schema_file_leaves_no_half_built_schema(
+        server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "schema.sql"
+    broken.write_text(migrate.SCHEMA_FILE.read_text("utf-8") + "\nSELECT 1/0;\n", "utf-8")
+    monkeypatch.setattr(migrate, "SCHEMA_FILE", broken)
+    with scratch_database(server_url, None) as url:
+        with pytest.raises(Exception, match="division by zero"):
+            migrate.upgrade(url)
+        with psycopg.connect(url) as conn:  # no table, and no version stamp
+            assert conn.execute(CATALOG["relations"]).fetchall() == []
+        monkeypatch.undo()
+        assert migrate.upgrade(url) == (None, migrate.head_revision())
