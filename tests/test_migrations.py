@@ -24,8 +24,8 @@ CATALOG = parse_queries(
     (Path(__file__).resolve().parent / "data" / "catalog_snapshot.sql").read_text("utf-8"))
 
 # Constraints that a revision added NOT VALID (rows older than the revision are not
-# checked); schema.sql declares them in CREATE TABLE, validated, as a new database has
-# no rows to spare. The snapshot compares their definitions without " NOT VALID".
+# checked); schema.sql declares them in CREATE TABLE, validated: a new database has no
+# older rows to exempt. The snapshot compares their definitions without " NOT VALID".
 NOT_VALID_AFTER_REVISIONS = {("workflow_jobs", "input_file_path_absolute_without_dot_dot")}
 
 Snapshot = dict[str, list[str]]
