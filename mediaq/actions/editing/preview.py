@@ -10,12 +10,7 @@ from typing import Any
 from av.video.frame import VideoFrame
 
 from mediaq.actions import action
-from mediaq.actions.avio import (
-    ProgressClock,
-    open_media,
-    reading,
-    writing,
-)
+from mediaq.actions.avio import ProgressClock, open_media, reading, writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.clip import (
     SourceClip,

@@ -12,12 +12,7 @@ from av.video.frame import VideoFrame
 from PIL import Image
 
 from mediaq.actions import action
-from mediaq.actions.avio import (
-    ProgressClock,
-    open_media,
-    reading,
-    writing,
-)
+from mediaq.actions.avio import ProgressClock, open_media, reading, writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.clip import (
     MAX_IMAGE_SIDE,

@@ -11,15 +11,9 @@ import xml.etree.ElementTree as ET
 from fractions import Fraction
 
 from mediaq.actions import action
-from mediaq.actions.avio import (
-    writing,
-)
+from mediaq.actions.avio import writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
-from mediaq.actions.clip import (
-    SourceClip,
-    remove_quietly,
-    safe_stem,
-)
+from mediaq.actions.clip import SourceClip, remove_quietly, safe_stem
 from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA
 from mediaq.actions.streaming.segmenter import (
     TrackFiles,

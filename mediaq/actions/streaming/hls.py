@@ -5,13 +5,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 from mediaq.actions import action
-from mediaq.actions.avio import (
-    writing,
-)
+from mediaq.actions.avio import writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
-from mediaq.actions.clip import (
-    safe_stem,
-)
+from mediaq.actions.clip import safe_stem
 from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA
 from mediaq.actions.streaming.segmenter import (
     TrackFiles,

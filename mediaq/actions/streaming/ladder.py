@@ -7,10 +7,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from mediaq.actions.avio import (
-    BITRATE_SCHEMA,
-    parse_bitrate,
-)
+from mediaq.actions.avio import BITRATE_SCHEMA, parse_bitrate
 from mediaq.actions.clip import (
     DEFAULT_BITS_PER_PIXEL_SECOND,
     HARDWARE_SCHEMA,
