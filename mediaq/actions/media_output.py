@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import av
 import av.error
 from av.container import OutputContainer
 
-from mediaq.actions.avio import open_output, writing
+from mediaq.actions.avio import writing
 
 S = TypeVar("S")
 Drain = Callable[[], Iterable[Any]]
@@ -65,12 +66,14 @@ class MediaOutput:
             self.container.mux(packets)
 
     def finish(self) -> None:
-        for drain in self._drains:
-            self.mux(list(drain()))
+        """Drain every encoder, then close (writing the trailer, e.g. MP4's index)."""
         with writing(self.path):
+            for drain in self._drains:
+                self.container.mux(list(drain()))
             self.container.close()
 
     def discard(self) -> None:
+        """Close without caring how, and delete the file."""
         with contextlib.suppress(av.error.FFmpegError, OSError):
             self.container.close()
         with contextlib.suppress(OSError):
@@ -85,7 +88,11 @@ class OutputGroup:
 
     def open(self, path: Path, *, format: str | None = None,
              options: dict[str, str] | None = None) -> MediaOutput:
-        output = MediaOutput(path, open_output(path, format=format, options=options))
+        """Open ``path`` for writing as ``format`` (None: from the file name) with muxer
+        ``options``; it is finished or deleted with the rest of the group."""
+        with writing(path):
+            container = av.open(str(path), mode="w", format=format, options=options or {})
+        output = MediaOutput(path, container)
         self.outputs.append(output)
         return output
 
