@@ -59,12 +59,8 @@ def read_document(ctx: ActionContext, doc: SourceDocument) -> DocumentText:
     return read_plain_text(ctx, doc)
 
 
-def write_text(path: Path, text: str) -> None:
+def _write_text(path: Path, text: str) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-
-
-
-# ------------------------------------------------------------------------ actions
 
 
 @action("validate_document", {
@@ -105,7 +101,7 @@ def extract_text(ctx: ActionContext) -> ActionResult:
     content = read_document(ctx, doc)
     stem = doc.path.stem
     full_path = ctx.output_path(f"{stem}.txt")
-    write_text(full_path, content.full_text)
+    _write_text(full_path, content.full_text)
     pages_path = ctx.output_path(f"{stem}_pages.json")
     pages = [{"page": number, "text": text, "characters": len(text)}
              for number, text in enumerate(content.pages, start=1)]
@@ -176,7 +172,7 @@ def convert_document(ctx: ActionContext) -> ActionResult:
     target = ctx.output_path(f"{doc.path.stem}.{ctx.params['format']}")
     if ctx.params["format"] == "txt":
         content = read_document(ctx, doc)
-        write_text(target, content.full_text)
+        _write_text(target, content.full_text)
         data: dict[str, Any] = {"page_count": len(content.pages),
                                 "characters": sum(len(text) for text in content.pages)}
     elif doc.kind == "pdf":
