@@ -1,7 +1,8 @@
 """Media actions, registered by name with a parameter schema.
 
-Built-in modules and third-party plugins (entry point group ``mediaq.actions``)
-register with :func:`action`; the engine looks actions up with :func:`get_action`.
+The modules in :data:`BUILTIN_MODULES` and third-party plugins (entry point group
+``mediaq.actions``) register with :func:`action`; the engine looks actions up with
+:func:`get_action`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "mediaq.actions"
-# The modules that register the built-in actions (imported in this order). Plugins
-# come from the entry point group instead; an entry point naming one of these modules
-# is ignored, so no built-in is registered twice.
+# The modules that register the built-in actions, imported in this order. Plugins
+# come from the entry point group; an entry point naming a module of this package is
+# ignored (see plugin_entry_points), so no built-in is loaded twice.
 BUILTIN_MODULES = (
     "mediaq.actions.diagnostic",
     "mediaq.actions.image",
