@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-import mediaq.actions.analysis  # registers detect_scenes and transcribe_audio
+import mediaq.actions.analysis.sphinx_engine
 from mediaq.actions import ActionResult, get_action
-from mediaq.actions.analysis import Cue, Word, group_cues, srt, timestamp, webvtt
+from mediaq.actions.analysis.cues import Cue, Word, group_cues, srt, timestamp, webvtt
 from mediaq.errors import Cancelled, InvalidParameters, PermanentError
 from tests.helpers import action_context as context
 from tests.helpers import run_action as run
@@ -219,8 +219,8 @@ def test_cues_count_from_the_start_of_the_media(speech: dict[str, Path],
 def test_long_speech_is_split_between_words(speech: dict[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Force the split that bounds pocketsphinx's memory on uninterrupted speech.
-    monkeypatch.setattr(mediaq.actions.analysis, "MAX_UTTERANCE_SECONDS", 2.0)
-    monkeypatch.setattr(mediaq.actions.analysis, "SPLIT_SEARCH_SECONDS", 1.0)
+    monkeypatch.setattr(mediaq.actions.analysis.sphinx_engine, "MAX_UTTERANCE_SECONDS", 2.0)
+    monkeypatch.setattr(mediaq.actions.analysis.sphinx_engine, "SPLIT_SEARCH_SECONDS", 1.0)
     result = run("transcribe_audio", speech["mp4"], tmp_path)
     assert words_heard(result) >= 0.6
     times = cue_times(output(result, ".vtt").read_text())

@@ -21,8 +21,6 @@ from typing import Any
 import pytest
 from PIL import Image, ImageSequence
 
-import mediaq.actions.editing
-import mediaq.actions.streaming  # noqa: F401
 from mediaq.actions import ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError
 from tests.helpers import action_context as make_context

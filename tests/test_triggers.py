@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mediaq.errors import PermanentError
-from mediaq.triggers.files import is_in_progress_name, matches, parse_patterns, walk_files
+from mediaq.files import is_in_progress_name, matches, parse_patterns, walk_files
 from mediaq.triggers.schedules import SKIP_GRACE, plan_slots
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
