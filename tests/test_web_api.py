@@ -1,5 +1,5 @@
 """`mediaq web` as a real process, spoken to over HTTP: tokens and roles on every route,
-the job API of seed 001, one-line errors, /metrics, and schemathesis finding no 5xx."""
+the job API under /api/media, one-line errors, /metrics, and schemathesis finding no 5xx."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Scans: one job for every file in a folder that has none yet.
 
-Used by the ``scan`` action (seed 001's scan job, ``submitted_by = scan:<job>``)
-and by ``mediaq scan PATH --workflow CODE`` (``scan:cli``).
+Used by the ``scan`` action (a step whose job's input is a folder; its jobs have
+``submitted_by = scan:<job>``) and by ``mediaq scan PATH --workflow CODE`` (``scan:cli``).
 """
 
 from __future__ import annotations
