@@ -71,7 +71,7 @@ def skip_without_tool(*tools: str) -> None:
 
 def missing_tool_summary(skip_messages: Iterable[str]) -> str | None:
     """One line for the skips caused by missing tools among ``skip_messages``, or None."""
-    count, tools = 0, set()
+    count, tools = 0, set[str]()
     for message in skip_messages:
         found = _MISSING_TOOL.search(message)
         if found:

@@ -55,9 +55,10 @@ def test_loading_every_builtin_action_leaves_the_database_layer_out() -> None:
 
 
 def test_mediaq_submit_stays_the_function_once_the_module_is_imported() -> None:
-    import mediaq
-    import mediaq.submit as module_or_function  # binds the package attribute, normally
-    from mediaq.submit import submit
-
-    assert mediaq.submit is submit is module_or_function
-    assert callable(mediaq.submit) and "mediaq.submit" in sys.modules
+    # Importing the submodule first (as the CLI and the worker do) binds it as the
+    # package's attribute `submit`, normally; a fresh interpreter makes it come first.
+    code = ("import mediaq.triggers.schedules, mediaq.submit, mediaq, sys\n"
+            "assert mediaq.submit is sys.modules['mediaq.submit'].submit, mediaq.submit\n"
+            "from mediaq import submit\n"
+            "assert callable(submit)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
