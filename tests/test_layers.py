@@ -8,6 +8,8 @@ package cannot smuggle the database layer in.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,31 @@ def test_the_walk_finds_the_database_behind_a_helper() -> None:
     chains = import_chains(ACTIONS_DIR / "library.py")
     assert chains["mediaq.files"] == ["mediaq.actions.library", "mediaq.files"]
     assert not any(is_forbidden(m) for m in import_chains(ROOT / "mediaq" / "files.py"))
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    done = subprocess.run([sys.executable, "-c", f"{code}\nimport sys\nprint(*sys.modules)"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    return set(done.stdout.split())
+
+
+def test_importing_mediaq_and_its_actions_leaves_the_database_layer_out() -> None:
+    # A media plugin imports mediaq.actions; it must work without psycopg installed.
+    loaded = _modules_after("import mediaq, mediaq.actions")
+    assert not {m for m in loaded if m.startswith((*FORBIDDEN, "mediaq.submit"))}
+
+
+def test_loading_every_builtin_action_leaves_the_database_layer_out() -> None:
+    loaded = _modules_after("import mediaq.actions\nmediaq.actions.available_actions()")
+    assert not {m for m in loaded if m.startswith(FORBIDDEN)}
+
+
+def test_mediaq_submit_stays_the_function_once_the_module_is_imported() -> None:
+    # Importing the submodule first (as the CLI and the worker do) binds it as the
+    # package's attribute `submit`, normally; a fresh interpreter makes it come first.
+    code = ("import mediaq.triggers.schedules, mediaq.submit, mediaq, sys\n"
+            "assert mediaq.submit is sys.modules['mediaq.submit'].submit, mediaq.submit\n"
+            "from mediaq import submit\n"
+            "assert callable(submit)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
