@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from mediaq.config import Settings
-from mediaq.errors import ConfigError
+from mediaq.errors import ConfigError, SignatureError, TargetRefused
 from mediaq.notify import mail
 from mediaq.notify.channels import (
     Channels,
@@ -36,14 +36,13 @@ from mediaq.notify.channels import (
 from mediaq.notify.notifier import JITTER, MAX_RETRY_AFTER_S, parse_schedule, retry_delay
 from mediaq.notify.outbox import shown_recipient
 from mediaq.notify.signing import (
-    SignatureError,
     new_secret,
     parse_secrets,
     sign,
     signed_headers,
     verify,
 )
-from mediaq.notify.ssrf import AllowList, TargetRefused, permitted, resolve, why_forbidden
+from mediaq.notify.ssrf import AllowList, permitted, resolve, why_forbidden
 from mediaq.notify.transport import HttpAnswer, post
 
 ip = ipaddress.ip_address

@@ -9,9 +9,10 @@ import click
 
 from mediaq.cli import Env, pass_env, run_in_foreground
 from mediaq.cli.render import show_rows
+from mediaq.errors import SignatureError
 from mediaq.notify import outbox
 from mediaq.notify.notifier import Notifier
-from mediaq.notify.signing import SignatureError, new_secret, parse_secrets, verify
+from mediaq.notify.signing import new_secret, parse_secrets, verify
 
 
 @click.command("notifier")

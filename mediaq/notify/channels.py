@@ -21,9 +21,10 @@ import structlog
 
 from mediaq import __version__
 from mediaq.config import Settings
+from mediaq.errors import TargetRefused
 from mediaq.notify import mail
 from mediaq.notify.signing import parse_secrets, signed_headers
-from mediaq.notify.ssrf import AllowList, TargetRefused
+from mediaq.notify.ssrf import AllowList
 from mediaq.notify.transport import HttpAnswer, post
 
 log = structlog.get_logger("mediaq.notify")

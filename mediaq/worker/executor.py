@@ -28,10 +28,12 @@ from mediaq.errors import (
     ActionNotAvailable,
     Cancelled,
     InputRefused,
+    Interrupt,
     JobTimedOut,
     LeaseLost,
     Paused,
     PermanentError,
+    StepFailed,
     StepTimedOut,
     TransientError,
 )
@@ -114,15 +116,6 @@ def _keep_earlier_outputs(run: JobRun, step: Step, result: ActionResult) -> None
             renamed = path.with_name(f"{path.stem}_step{step.number}{path.suffix}")
             path.rename(renamed)
             output.staging_path = renamed
-
-
-class StepFailed(Exception):
-    """A step failed; carries its class ('permanent' or 'transient') and message."""
-
-    def __init__(self, error_class: str, message: str) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
 
 
 def _fusable(action_name: str) -> bool:
@@ -391,7 +384,7 @@ class Executor:
         """Run an action with no transaction open; classify what it raises."""
         try:
             return call()
-        except (Cancelled, Paused, LeaseLost):
+        except Interrupt:  # a stop request, not the step's failure: the caller acts on it
             raise
         except psycopg.OperationalError:
             # The database went away under the step's own writes (progress, log): not the

@@ -1,0 +1,175 @@
+"""The two exception trees: what a person is shown, and what only steers the executor."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import pickle
+from collections.abc import Iterator
+
+import pytest
+from click.testing import CliRunner
+from fastapi import FastAPI
+from starlette.requests import Request
+
+from mediaq import errors
+from mediaq.cli import MediaqGroup
+from mediaq.errors import (
+    Cancelled,
+    ConfigError,
+    Conflict,
+    Interrupt,
+    InvalidTransition,
+    JobNotFound,
+    LeaseLost,
+    MediaqError,
+    NotFound,
+    Paused,
+    PermanentError,
+    Refused,
+    SchemaOutdated,
+    StepFailed,
+    StepTimedOut,
+    TransientError,
+    Unavailable,
+)
+from mediaq.web.errors import install
+
+SIGNALS = (Cancelled, Paused, LeaseLost)
+
+
+def all_classes() -> Iterator[type[BaseException]]:
+    for _, value in inspect.getmembers(errors, inspect.isclass):
+        if issubclass(value, BaseException) and value.__module__ == errors.__name__:
+            yield value
+
+
+def test_every_class_is_in_exactly_one_tree() -> None:
+    for cls in all_classes():
+        assert issubclass(cls, MediaqError) != issubclass(cls, Interrupt), cls
+
+
+@pytest.mark.parametrize("signal", [*SIGNALS, StepFailed])
+def test_a_signal_is_not_a_mediaq_error(signal: type[Interrupt]) -> None:
+    assert issubclass(signal, Interrupt)
+    assert not issubclass(signal, MediaqError)
+    try:
+        raise signal("permanent", "x") if signal is StepFailed else signal()
+    except MediaqError:  # pragma: no cover - the point of the test
+        pytest.fail(f"except MediaqError caught {signal.__name__}")
+    except Interrupt:
+        pass
+
+
+def test_step_timeout_is_a_transient_step_failure_not_a_signal() -> None:
+    # ActionContext.check raises it; the executor retries it like any transient failure.
+    assert issubclass(StepTimedOut, TransientError)
+    assert not issubclass(StepTimedOut, Interrupt)
+
+
+def test_messages_default_to_the_docstring() -> None:
+    assert Cancelled().message == "The job was cancelled by an operator."
+    assert JobNotFound("job J-1 does not exist").message == "job J-1 does not exist"
+
+
+@pytest.mark.parametrize("cls", sorted(all_classes(), key=lambda c: c.__name__),
+                         ids=lambda c: c.__name__)
+def test_every_class_survives_a_process_boundary(cls: type[BaseException]) -> None:
+    # A step run in a child process sends its exception back pickled.
+    exc = cls("transient", "it broke") if cls is StepFailed else cls("it broke")
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is cls
+    assert str(back) == "it broke"
+    if isinstance(back, StepFailed):
+        assert back.error_class == "transient"
+
+
+# -------------------------------------------------------------------------- web
+
+
+def answer(exc: Exception) -> tuple[int, dict[str, str]]:
+    """What the app answers when a route raises ``exc``: the handler of the nearest
+    class in its MRO, as Starlette chooses it."""
+    app = FastAPI()
+    install(app)
+    handler = next(app.exception_handlers[cls] for cls in type(exc).__mro__
+                   if cls in app.exception_handlers)
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    response = asyncio.run(handler(request, exc))
+    return response.status_code, json.loads(bytes(response.body))
+
+
+def make(name: str) -> Exception:
+    cls = getattr(errors, name)
+    exc: Exception = cls("permanent", "m") if cls is StepFailed else cls("m")
+    return exc
+
+
+@pytest.mark.parametrize(("name", "status"), [
+    ("Refused", 400), ("SubmissionRefused", 400), ("WorkflowError", 400),
+    ("SignatureError", 400), ("TargetRefused", 400), ("ReportRefused", 400),
+    ("NotFound", 404), ("JobNotFound", 404),
+    ("Conflict", 409), ("InvalidTransition", 409),
+    ("Unavailable", 503), ("SchemaOutdated", 503),
+    ("ConfigError", 500),
+    ("PermanentError", 400), ("InputRefused", 400), ("InvalidParameters", 400),
+    ("TransientError", 503), ("StepTimedOut", 503),
+    ("MediaqError", 400),
+])
+def test_each_family_has_its_status(name: str, status: int) -> None:
+    code, body = answer(make(name))
+    assert code == status
+    assert body["error"].endswith("m")
+
+
+@pytest.mark.parametrize("name", ["Cancelled", "Paused", "LeaseLost", "StepFailed", "Interrupt"])
+def test_a_signal_is_never_a_bad_request(name: str) -> None:
+    assert answer(make(name)) == (500, {"error": "internal error"})
+
+
+def test_families_are_distinct() -> None:
+    families = (Refused, NotFound, Conflict, Unavailable, ConfigError, PermanentError,
+                TransientError)
+    for cls in all_classes():
+        owners = [f for f in families if issubclass(cls, f)]
+        assert len(owners) <= 1, (cls, owners)
+    assert issubclass(JobNotFound, NotFound) and issubclass(InvalidTransition, Conflict)
+    assert issubclass(SchemaOutdated, Unavailable)
+    assert issubclass(PermanentError, errors.StepError)
+
+
+# -------------------------------------------------------------------------- CLI
+
+
+def cli_raising(exc: BaseException) -> MediaqGroup:
+    group = MediaqGroup()
+
+    @group.command()
+    def boom() -> None:
+        raise exc
+
+    return group
+
+
+@pytest.mark.parametrize("exc", [JobNotFound("job J-1 does not exist"),
+                                 InvalidTransition("job J-1 is completed: cannot cancel it"),
+                                 SchemaOutdated("run `mediaq db upgrade`"),
+                                 PermanentError("bad input")])
+def test_cli_prints_one_line_and_exits_1(exc: MediaqError) -> None:
+    result = CliRunner().invoke(cli_raising(exc), ["boom"])
+    assert result.exit_code == 1
+    assert result.output == f"error: {exc.message}\n"
+
+
+def test_cli_names_configuration_problems() -> None:
+    result = CliRunner().invoke(cli_raising(ConfigError("lease_seconds must be at least 2")),
+                                ["boom"])
+    assert result.exit_code == 1
+    assert result.output == "error: configuration: lease_seconds must be at least 2\n"
+
+
+def test_cli_reports_an_escaped_signal_as_a_bug() -> None:
+    result = CliRunner().invoke(cli_raising(Cancelled()), ["boom"])
+    assert result.exit_code == 70
+    assert result.output.startswith("error: internal error: Cancelled escaped")
