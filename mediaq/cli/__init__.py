@@ -57,7 +57,7 @@ def run_in_foreground(env: Env, loop: Stoppable, run: Callable[[], int]) -> int:
     """Run a service loop (notifier, triggers) until it ends or SIGTERM/SIGINT stops it."""
     from mediaq import logs  # structlog only for the commands that log
 
-    logs.configure(env.settings.log_format, env.settings.log_level)
+    logs.configure(env.settings.logging.format, env.settings.logging.level)
     migrate.require_current_schema(env.url)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: loop.stop())

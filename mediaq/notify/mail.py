@@ -40,9 +40,9 @@ class SmtpConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpConfig | None:
         """The SMTP server to use, or None when e-mail is not configured."""
-        if not settings.smtp_url:
+        if not settings.notifications.smtp_url:
             return None
-        parts = urlsplit(settings.smtp_url)
+        parts = urlsplit(settings.notifications.smtp_url)
         if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
             raise ConfigError("smtp_url: expected smtp://host[:port] or smtps://host[:port]")
         starttls = parse_qs(parts.query).get("starttls", ["auto"])[0]
@@ -54,10 +54,10 @@ class SmtpConfig:
             port=parts.port or (465 if implicit else 25),
             implicit_tls=implicit,
             starttls="never" if implicit else starttls,
-            user=unquote(parts.username or "") or settings.smtp_user,
-            password=unquote(parts.password or "") or settings.smtp_password,
-            sender=settings.mail_from or f"mediaq@{settings.host_id}",
-            ca_file=settings.smtp_ca_file,
+            user=unquote(parts.username or "") or settings.notifications.smtp_user,
+            password=unquote(parts.password or "") or settings.notifications.smtp_password,
+            sender=settings.notifications.mail_from or f"mediaq@{settings.worker.host_id}",
+            ca_file=settings.notifications.smtp_ca_file,
         )
 
     def tls_context(self) -> ssl.SSLContext:
