@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from mediaq import analytics, workflows
-from mediaq.errors import ReportRefused, WorkflowError
+from mediaq.errors import ReportRefused
 from tests.conftest import TEMPLATE, scratch_database
 from tests.helpers import MediaqEnv, diagnostic_workflow
 
@@ -630,10 +630,10 @@ def test_sla_minutes_in_workflow_yaml() -> None:
     assert doc["sla_minutes"] == 30
     assert [s["sla_seconds"] for s in doc["steps"]] == [120, 45, None]
     assert all("sla_minutes" not in s for s in doc["steps"])
-    with pytest.raises(WorkflowError, match="not both"):
+    with pytest.raises(workflows.WorkflowError, match="not both"):
         workflows.normalise({"workflow_code": "T", "steps": [
             {"action": "noop", "sla_minutes": 2, "sla_seconds": 5}]})
-    with pytest.raises(WorkflowError, match="sla_minutes must be"):
+    with pytest.raises(workflows.WorkflowError, match="sla_minutes must be"):
         workflows.normalise({"workflow_code": "T", "steps": [
             {"action": "noop", "sla_minutes": 0}]})
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from mediaq.config import SPECS, Settings, load_settings
+from mediaq.config import GROUPS, SPECS, Settings, load_settings
 from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -381,6 +382,15 @@ def test_env_example_names_only_real_settings() -> None:
     # Workers get the whole grace period before systemd kills them.
     worker = unit_settings(UNITS / "mediaq-worker@.service")
     assert float(worker["TimeoutStopSec"][0]) > settings.worker.shutdown_grace_seconds
+
+
+def test_toml_example_is_valid_and_uses_sections() -> None:
+    example = DEPLOY / "mediaq.example.toml"
+    document = tomllib.loads(example.read_text(encoding="utf-8"))
+    assert set(document) <= set(GROUPS), "the example uses [section] tables only"
+    settings = load_settings({"MEDIAQ_CONFIG": str(example)})
+    assert settings.storage.home == Path("/var/lib/mediaq")
+    assert settings.logging.format == "json" and settings.web.port == 8080
 
 
 def test_production_guide_sql_runs(mq: MediaqEnv) -> None:
