@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from mediaq.errors import ConfigError
@@ -220,12 +220,11 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with settings changed, named as in the environment (``notifier=False``);
         values are already typed and are not checked."""
-        by_flat = {spec.flat: spec for spec in SPECS}
         groups: dict[str, dict[str, Any]] = {}
         for name, value in changes.items():
-            if name not in by_flat:
+            if name not in _BY_FLAT:
                 raise ConfigError(f"unknown settings: {name}")
-            spec = by_flat[name]
+            spec = _BY_FLAT[name]
             groups.setdefault(spec.section, {})[spec.key] = value
         return dataclasses.replace(self, **{
             section: dataclasses.replace(getattr(self, section), **values)
@@ -253,6 +252,8 @@ def _shown(secret: str, value: Any) -> str:
         return mask_url(str(value))
     if secret and value:
         return "***"
+    if isinstance(value, bool):  # as the environment and the file write it
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ", ".join(str(v) for v in value)
     return "" if value is None else str(value)
@@ -283,11 +284,8 @@ class Spec:
         return f"{self.section}.{self.key}"
 
 
-GROUPS: dict[str, type[Any]] = {
-    "database": DatabaseSettings, "worker": WorkerSettings, "storage": StorageSettings,
-    "limits": LimitSettings, "triggers": TriggerSettings,
-    "notifications": NotificationSettings, "web": WebSettings, "logging": LoggingSettings,
-}
+# Section name → its group class, in the order `mediaq config` prints them.
+GROUPS: dict[str, type[Any]] = get_type_hints(Settings)
 
 
 def _specs() -> tuple[Spec, ...]:

@@ -6,7 +6,9 @@ import asyncio
 import inspect
 import json
 import pickle
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +16,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 
 from mediaq import errors
+from mediaq.actions import ActionContext
 from mediaq.cli import MediaqGroup
+from mediaq.config import Settings
 from mediaq.errors import (
     Cancelled,
     ConfigError,
@@ -35,6 +39,8 @@ from mediaq.errors import (
     Unavailable,
 )
 from mediaq.web.errors import install
+from mediaq.worker.executor import Executor, JobRun, Step
+from mediaq.worker.job_handle import StopSignal
 
 SIGNALS = (Cancelled, Paused, LeaseLost)
 
@@ -173,3 +179,59 @@ def test_cli_reports_an_escaped_signal_as_a_bug() -> None:
     result = CliRunner().invoke(cli_raising(Cancelled()), ["boom"])
     assert result.exit_code == 70
     assert result.output.startswith("error: internal error: Cancelled escaped")
+
+
+# -------------------------------------------------------------------------- executor
+
+
+def a_step(on_failure: str = "stop") -> Step:
+    return Step(id=1, number=1, name="s", action="noop", parameters={}, timeout_seconds=5,
+                on_failure=on_failure)
+
+
+def a_run() -> JobRun:
+    run = JobRun(context={"timeout_minutes": 60}, steps=[a_step()], history={})
+    run.job_deadline = time.monotonic() + 3600
+    return run
+
+
+def classified(exc: BaseException, on_failure: str = "stop") -> BaseException:
+    def call() -> None:
+        raise exc
+
+    with pytest.raises(BaseException) as caught:
+        Executor(Settings())._classified(a_step(on_failure), a_run(), call)
+    return caught.value
+
+
+@pytest.mark.parametrize("signal", [Cancelled(), Paused(), LeaseLost("elsewhere")])
+def test_the_executor_passes_signals_on_unclassified(signal: Interrupt) -> None:
+    assert classified(signal) is signal
+
+
+@pytest.mark.parametrize(("exc", "error_class"), [
+    (PermanentError("bad input"), "permanent"),
+    (errors.InputRefused("outside the roots"), "permanent"),
+    (TransientError("busy"), "transient"),
+    (StepTimedOut("too slow"), "transient"),
+    (RuntimeError("a bug"), "permanent"),
+])
+def test_the_executor_classifies_step_errors(exc: Exception, error_class: str) -> None:
+    failed = classified(exc)
+    assert isinstance(failed, StepFailed) and failed.error_class == error_class
+
+
+def test_a_stop_request_from_ctx_check_is_a_signal() -> None:
+    stop = StopSignal()
+    stop.stop(Paused())
+    ctx = ActionContext(job_code="J", step_number=1, step_name="s", input_path=Path("/i"),
+                        source_path=Path("/i"), params={}, staging_dir=Path("/s"),
+                        cancel_event=stop)
+    with pytest.raises(Paused) as caught:
+        ctx.check()
+    assert not isinstance(caught.value, MediaqError)
+    late = ActionContext(job_code="J", step_number=1, step_name="s", input_path=Path("/i"),
+                         source_path=Path("/i"), params={}, staging_dir=Path("/s"),
+                         deadline=time.monotonic() - 1)
+    with pytest.raises(StepTimedOut):  # a step failure the executor retries, not a signal
+        late.check()
