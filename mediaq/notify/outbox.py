@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mediaq import db
-from mediaq.errors import NotFound, Refused
+from mediaq.errors import Refused
 
 STATUSES = ("pending", "sending", "sent", "failed")
 
@@ -38,9 +38,9 @@ def retry(conn: db.Connection, notification_id: int) -> None:
     """Send a failed row again now (same event id); re-enable its endpoint if it was
     disabled or held back by its breaker."""
     row = db.fetch_one(conn, "notification_retry", {"id": notification_id})
-    if row is None:
-        raise NotFound(f"notification {notification_id} does not exist or is not "
-                          "failed or pending")
+    if row is None:  # one statement: a missing row and one in another state look alike
+        raise Refused(f"notification {notification_id} does not exist or is not "
+                      "failed or pending")
     db.execute(conn, "endpoint_reset", {"endpoint": row["endpoint"]})
 
 

@@ -22,7 +22,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mediaq import db
-from mediaq.errors import NotFound, Refused
+from mediaq.errors import Refused
 
 ROLES = ("viewer", "submitter", "operator", "admin")
 """Each role can do everything the roles before it can (admin may do everything)."""
@@ -62,7 +62,8 @@ def list_tokens(conn: db.Connection) -> list[db.Row]:
 
 def revoke_token(conn: db.Connection, token_id: int) -> None:
     if db.fetch_one(conn, "token_revoke", {"id": token_id}) is None:
-        raise NotFound(f"token {token_id} does not exist or is already revoked")
+        # one statement: a missing token and a revoked one look alike
+        raise Refused(f"token {token_id} does not exist or is already revoked")
 
 
 def authenticate(conn: db.Connection, token: str) -> Principal | None:
