@@ -40,7 +40,9 @@ from mediaq.errors import (
 )
 from mediaq.web.errors import install
 from mediaq.worker.executor import Executor, JobRun, Step
+from mediaq.worker.isolation import run_isolated
 from mediaq.worker.job_handle import StopSignal
+from tests.helpers import action_context
 
 SIGNALS = (Cancelled, Paused, LeaseLost)
 
@@ -235,3 +237,32 @@ def test_a_stop_request_from_ctx_check_is_a_signal() -> None:
                          deadline=time.monotonic() - 1)
     with pytest.raises(StepTimedOut):  # a step failure the executor retries, not a signal
         late.check()
+
+
+# -------------------------------------------------------------------------- isolation
+
+
+def test_errors_and_signals_cross_the_process_boundary_intact(tmp_path: Path) -> None:
+    """A step run in a child process: its step errors come back pickled, as the same
+    class and message; a stop request is raised in the worker, not in the child."""
+    source = tmp_path / "in.bin"
+    source.write_bytes(b"x")
+    isolated = Settings().replace(step_isolation=True)
+
+    def context(name: str, params: dict[str, object], **extra: object) -> ActionContext:
+        return action_context(name, source, tmp_path / name, params, settings=isolated,
+                              **extra)
+
+    with pytest.raises(TransientError, match=r"^try later$") as failed:
+        run_isolated("fail", [context("fail", {"kind": "transient", "message": "try later"})],
+                     fused=False, settings=isolated)
+    assert type(failed.value) is TransientError
+    with pytest.raises(StepTimedOut):
+        run_isolated("sleep", [context("sleep", {"seconds": 5},
+                                       deadline=time.monotonic() + 0.5)],
+                     fused=False, settings=isolated)
+    stop = StopSignal()
+    stop.stop(Cancelled())
+    with pytest.raises(Cancelled):
+        run_isolated("sleep", [context("sleep", {"seconds": 5}, cancel_event=stop)],
+                     fused=False, settings=isolated)
