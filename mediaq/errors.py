@@ -6,8 +6,8 @@ map a family, never a single class::
 
     MediaqError                      something to tell a person (one-line message)
     ├── Refused                      the request, input or definition is wrong      400
-    │   ├── SubmissionRefused, WorkflowError, ReportRefused, SignatureError,
-    │   │   TargetRefused
+    │   └── SubmissionRefused, WorkflowError, ReportRefused, SignatureError,
+    │       TargetRefused
     ├── NotFound                     the thing named does not exist                 404
     │   └── JobNotFound
     ├── Conflict                     it exists, but its state does not allow this    409
@@ -21,11 +21,15 @@ map a family, never a single class::
         └── TransientError           the step may succeed later                     503
             └── StepTimedOut
 
-``Interrupt`` is the root of the signals that only steer the executor: a job that
-must stop (``Cancelled``, ``Paused``, ``LeaseLost``) and a step outcome already
-classified (``StepFailed``). They are not failures to report, so they are not
-MediaqErrors: an ``except MediaqError`` never swallows a stop request, and no
-handler turns one into a "bad request".
+``Interrupt`` is the root of the signals that only steer the executor::
+
+    Interrupt                        not an error (one reaching a person is a bug: 500)
+    ├── Cancelled, Paused, LeaseLost the job must stop (ActionContext.check raises them)
+    └── StepFailed                   a step's failure, already classified
+
+They are not failures to report, so they are not MediaqErrors: an ``except
+MediaqError`` never swallows a stop request, and no handler turns one into a
+"bad request".
 
 Every class pickles with its message (a step run in a child process sends its
 exception back to the worker, see ``mediaq.worker.isolation``).
