@@ -11,6 +11,7 @@ top level, as files written for earlier releases have it.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import socket
@@ -34,12 +35,18 @@ from mediaq.settings_fields import (
     path,
     paths,
     positive,
+    raising,
     text,
 )
 
 DEFAULT_HOME = "~/.local/share/mediaq"
 LOG_FORMATS = ("console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _notify(module: str) -> Any:
+    """A mediaq.notify module, imported when a check runs: they import this module."""
+    return importlib.import_module(f"mediaq.notify.{module}")
 
 
 @dataclass(frozen=True)
@@ -139,12 +146,15 @@ class NotificationSettings:
         boolean, flat="notifier",
         doc="Run the notification delivery loop inside `mediaq worker`."))
     webhook_secret: str = field(default="", metadata=about(
-        text, secret="value",
+        text, check=raising(lambda value: _notify("signing").parse_secrets(value)),
+        secret="value",
         doc="Standard Webhooks signing secret(s), whsec_…; comma-separated during rotation."))
     webhook_allowed_hosts: str = field(default="", metadata=about(
-        text, doc="Hosts, *.domain names or CIDRs let through the SSRF guard (comma-separated)."))
+        text, check=raising(lambda value: _notify("ssrf").AllowList.parse(value)),
+        doc="Hosts, *.domain names or CIDRs let through the SSRF guard (comma-separated)."))
     smtp_url: str = field(default="", metadata=about(
-        text, secret="url",
+        text, check=raising(lambda value: value and _notify("mail").parse_smtp_url(value)),
+        secret="url",
         doc="smtp://[user:pass@]host[:port][?starttls=auto|always|never] or smtps://…."))
     smtp_user: str = field(default="", metadata=about(
         text, doc="The SMTP login, unless smtp_url has one."))
@@ -161,6 +171,7 @@ class NotificationSettings:
         doc="One delivery attempt's time limit (connect, send, answer)."))
     retry_schedule: str = field(default="5,300,1800,7200,18000,36000,36000", metadata=about(
         text, flat="notify_retry_schedule",
+        check=raising(lambda value: _notify("notifier").parse_schedule(value)),
         doc="Seconds before each retry (Standard Webhooks' schedule); then the row fails."))
     concurrency: int = field(default=8, metadata=about(
         integer, check=at_least(1), flat="notify_concurrency",
@@ -366,13 +377,15 @@ def _from_file(env: dict[str, str], home: Path) -> dict[Spec, tuple[Any, str]]:
 def _build(raw: dict[Spec, tuple[Any, str]]) -> Settings:
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     for spec, (value, source) in raw.items():
+        # A secret's value never reaches a message (messages end up in logs).
+        shown = _shown(spec.secret, value) if spec.secret else repr(value)
         try:
             parsed = spec.parse(value)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{spec.dotted} = {value!r} (from {source}): {exc}") from None
+            raise ConfigError(f"{spec.dotted} = {shown} (from {source}): {exc}") from None
         problem = spec.check(parsed) if spec.check else None
         if problem:
-            raise ConfigError(f"{spec.dotted} {problem} (got {value!r} from {source})")
+            raise ConfigError(f"{spec.dotted} {problem} (got {shown} from {source})")
         values[spec.section][spec.key] = parsed
     settings = Settings(**{section: GROUPS[section](**kept) for section, kept in values.items()})
     for section in SECTIONS:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mediaq.errors import ConfigError
+
 Parse = Callable[[Any], Any]
 Check = Callable[[Any], "str | None"]
 
@@ -99,6 +101,18 @@ def at_least(low: float) -> Check:
 
 def positive(value: Any) -> str | None:
     return None if value > 0 else "must be positive"
+
+
+def raising(validate: Callable[[Any], object]) -> Check:
+    """A check made of a function that raises ConfigError ("name: why") for a bad value:
+    the parser the code that uses the setting applies, run once more at load time."""
+    def check(value: Any) -> str | None:
+        try:
+            validate(value)
+        except ConfigError as exc:
+            return "is not valid: " + (exc.message.partition(": ")[2] or exc.message)
+        return None
+    return check
 
 
 def one_of(*choices: str, fold: bool = False) -> Check:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from mediaq.config import GROUPS, SPECS, Settings, load_settings, mask_url
 from mediaq.errors import ConfigError, SubmissionRefused
+from mediaq.notify.signing import new_secret
 from mediaq.queries import load_queries, parse_queries
 from mediaq.submit import params_from_pairs, parse_param
 from tests.helpers import MEDIAQ
@@ -65,12 +66,14 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 def test_config_prints_settings_grouped_with_the_password_masked(tmp_path: Path) -> None:
     started = time.monotonic()
+    webhook_secret = new_secret()
     result = run_config(base_env(tmp_path, MEDIAQ_DATABASE_URL=SECRET_URL,
                                  MEDIAQ_LEASE_SECONDS="12", MEDIAQ_SMTP_PASSWORD="s3cret",
-                                 MEDIAQ_WEBHOOK_SECRET="whsec_s3cret"))
+                                 MEDIAQ_WEBHOOK_SECRET=webhook_secret))
     elapsed = time.monotonic() - started
     shown = printed(result)
     assert "s3cret" not in result.stdout + result.stderr
+    assert webhook_secret.removeprefix("whsec_") not in result.stdout + result.stderr
     sections = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert sections == ["[database]", "[worker]", "[storage]", "[limits]", "[triggers]",
                         "[notifications]", "[web]", "[logging]"]
@@ -127,6 +130,19 @@ def test_environment_beats_the_toml_file_which_beats_defaults(tmp_path: Path) ->
     ("env", "MEDIAQ_LOG_LEVEL=loud", "logging.level must be one of"),
     ("env", "MEDIAQ_WEB_PORT=70000", "web.port must be at most 65535"),
     ("env", "MEDIAQ_STEP_ISOLATION=maybe", "limits.step_isolation = 'maybe'"),
+    ("env", "MEDIAQ_WEBHOOK_SECRET=whsec_s3cret", "notifications.webhook_secret is not valid: "
+                                                  "too short (at least 16 key bytes) (got *** "
+                                                  "from MEDIAQ_WEBHOOK_SECRET)"),
+    ("env", "MEDIAQ_WEBHOOK_SECRET=whsec_s3cret!", "not a whsec_ secret"),
+    ("env", "MEDIAQ_WEBHOOK_ALLOWED_HOSTS=a b", "notifications.webhook_allowed_hosts is not "
+                                                "valid: 'a b' is neither a host name nor a CIDR"),
+    ("env", "MEDIAQ_SMTP_URL=smtp://u:s3cret@mail?starttls=maybe",
+     "notifications.smtp_url is not valid: starttls must be one of auto, always, never "
+     "(got smtp://u:***@mail?starttls=maybe from MEDIAQ_SMTP_URL)"),
+    ("env", "MEDIAQ_SMTP_URL=http://u:s3cret@mail", "expected smtp://host[:port]"),
+    ("env", "MEDIAQ_NOTIFY_RETRY_SCHEDULE=5,soon", "notifications.retry_schedule is not valid: "
+                                                   "comma-separated seconds expected"),
+    ("env", "MEDIAQ_NOTIFY_RETRY_SCHEDULE=5,-1", "delays must not be negative"),
     ("toml", "bogus_key = 1", "unknown settings: bogus_key"),
     ("toml", "[worker]\nbogus_key = 1", "unknown settings: [worker] bogus_key"),
     ("toml", "lease_seconds = 'abc'", "(from custom.toml: lease_seconds): expected an integer"),
@@ -150,7 +166,7 @@ def test_invalid_settings_give_one_line_and_exit_1(
         env["MEDIAQ_CONFIG"] = str(toml)
     line = one_line_error(run_config(env))
     assert words in line
-    assert "Traceback" not in line
+    assert "Traceback" not in line and "s3cret" not in line
 
 
 def test_config_file_in_home_is_read(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from mediaq.config import GROUPS, SPECS, Settings, load_settings
+from mediaq.errors import ConfigError
+from mediaq.notify.signing import new_secret
 from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -371,8 +373,11 @@ def test_env_example_names_only_real_settings() -> None:
             active[key] = value
     missing = known - mentioned
     assert not missing, f"settings missing from {ENV_EXAMPLE.name}: {sorted(missing)}"
-    # The values are valid settings; secrets are placeholders.
-    settings = load_settings(active)
+    # Secrets are placeholders; the webhook secret's is refused until it is replaced
+    # (`mediaq webhooks secret` makes one), the other values are valid settings.
+    with pytest.raises(ConfigError, match=r"webhook_secret is not valid.*\(got \*\*\* from"):
+        load_settings(active)
+    settings = load_settings({**active, "MEDIAQ_WEBHOOK_SECRET": new_secret()})
     assert settings.database.url and not settings.database.embedded
     assert settings.logging.format == "json"
     for key, value in active.items():
