@@ -38,8 +38,10 @@ def _scalar(raw: Any, expected: str) -> Any:
 
 def integer(raw: Any) -> int:
     value = _scalar(raw, "an integer")
+    if isinstance(value, float) and not value.is_integer():  # 2.5 is no lease length
+        raise ValueError("expected an integer")
     try:
-        return int(value) if not isinstance(value, float) or value.is_integer() else int("x")
+        return int(value)
     except ValueError:
         raise ValueError("expected an integer") from None
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import fields
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from mediaq.config import GROUPS, SPECS, Settings, load_settings, mask_url
 from mediaq.errors import ConfigError, SubmissionRefused
 from mediaq.notify.signing import new_secret
 from mediaq.queries import load_queries, parse_queries
+from mediaq.settings_fields import boolean, integer, number, paths
 from mediaq.submit import params_from_pairs, parse_param
 from tests.helpers import MEDIAQ
 
@@ -422,3 +424,24 @@ def test_yaml_value_parsing_matches_yaml() -> None:
     assert parse_param("a.b=")[2] == ""
     assert parse_param("a.b=x=y")[2] == "x=y"
     assert parse_param("a.b=[unclosed")[2] == "[unclosed"
+
+
+@pytest.mark.parametrize(("parse", "raw", "expected"), [
+    (integer, "10", 10), (integer, 10, 10), (integer, 10.0, 10),
+    (number, "0.25", 0.25), (number, 3, 3.0),
+    (boolean, "yes", True), (boolean, "OFF", False), (boolean, True, True),
+    (paths, "/a:/b,/c", (Path("/a"), Path("/b"), Path("/c"))), (paths, ["/a"], (Path("/a"),)),
+    (paths, "", ()),
+])
+def test_setting_parsers_accept(parse: Any, raw: Any, expected: Any) -> None:
+    assert parse(raw) == expected
+
+
+@pytest.mark.parametrize(("parse", "raw"), [
+    (integer, "x"), (integer, 2.5), (integer, True), (integer, [1]),
+    (number, "soon"), (number, False), (number, {"a": 1}),
+    (boolean, "maybe"), (paths, 5), (paths, [1, 2]),
+])
+def test_setting_parsers_refuse(parse: Any, raw: Any) -> None:
+    with pytest.raises(ValueError, match=r"^expected "):
+        parse(raw)
