@@ -1,100 +1,99 @@
 """Effective settings: environment variables over an optional TOML file over defaults.
 
-Every setting is ``MEDIAQ_<NAME>`` in the environment, or ``name = …`` in the file
-named by ``MEDIAQ_CONFIG`` (default ``$MEDIAQ_HOME/mediaq.toml``).
+Settings are grouped by concern (``settings.worker.lease_seconds``); each one is
+declared once, below, with its type, default, check and one-line doc. Every setting
+is ``MEDIAQ_<NAME>`` in the environment (``MEDIAQ_LEASE_SECONDS``), and in the file
+named by ``MEDIAQ_CONFIG`` (default ``$MEDIAQ_HOME/mediaq.toml``) either a key of its
+section's table (``[worker]`` ``lease_seconds = 10``) or the same ``name = …`` at the
+top level, as files written for earlier releases have it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit, urlunsplit
 
 from mediaq.errors import ConfigError
+from mediaq.settings_fields import (
+    about,
+    at_least,
+    boolean,
+    integer,
+    number,
+    one_of,
+    optional_path,
+    optional_text,
+    path,
+    paths,
+    positive,
+    raising,
+    text,
+)
 
 DEFAULT_HOME = "~/.local/share/mediaq"
-SECRET_WORDS = ("password", "secret", "token")
+LOG_FORMATS = ("console", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _notify(module: str) -> Any:
+    """A mediaq.notify module, imported when a check runs: they import this module."""
+    return importlib.import_module(f"mediaq.notify.{module}")
 
 
 @dataclass(frozen=True)
-class Settings:
-    """mediaq's configuration. Each field documents its default."""
+class DatabaseSettings:
+    url: str | None = field(default=None, metadata=about(
+        optional_text, flat="database_url", secret="url",
+        doc="A PostgreSQL ≥ 14 server shared by all workers; unset: the embedded server."))
 
-    home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).expanduser())
-    """Where the embedded database, outputs and staging live (MEDIAQ_HOME)."""
-    database_url: str | None = None
-    """A PostgreSQL ≥ 14 server shared by all workers; unset: the embedded server."""
-    input_roots: tuple[Path, ...] = ()
-    """Folders inputs must be in (colon- or comma-separated); empty: the home's inputs/."""
-    output_root: Path | None = None
-    """Outputs go to <output_root>/<job_code>/; default $MEDIAQ_HOME/outputs."""
-    library_roots: tuple[Path, ...] = ()
-    """Folders ``move_to_library`` may write into; empty: the home's library/."""
-    lease_seconds: int = 10
-    """How long a claimed job stays owned without a heartbeat; renewed every third of it."""
-    poll_seconds: float = 1.0
-    """Polling fallback when no NOTIFY arrives."""
-    max_rescues: int = 5
-    """A job whose worker was lost more often than this fails."""
-    retry_base_seconds: float = 5.0
-    """Back-off base: retry n waits base·2^n seconds, with jitter."""
-    retry_max_seconds: float = 3600.0
-    """Back-off cap."""
-    shutdown_grace_seconds: float = 30.0
-    """On SIGTERM, running jobs get this long to finish before they are handed back."""
-    host_id: str = field(default_factory=socket.gethostname)
-    """The machine name that per-machine limits and VRAM budgets are kept under."""
-    log_format: str = "console"
-    """console or json."""
-    log_level: str = "info"
+    @property
+    def embedded(self) -> bool:
+        return not self.url
 
-    # -- step limits ---------------------------------------------------------------------
-    step_memory_limit_mb: int = 0
-    """Address-space limit (RLIMIT_AS) of a step's child process in MB; 0: none."""
-    step_cpu_seconds_limit: int = 0
-    """CPU-time limit (RLIMIT_CPU) of a step's child process in seconds; 0: none."""
-    step_isolation: bool = False
-    """Run every step in a child process (implied by either limit); a crash of a decoder
-    then fails the step instead of the worker."""
 
-    # -- triggers ----------------------------------------------------------------------
-    triggers: bool = True
-    """Watch folders and fire schedules inside ``mediaq worker`` (MEDIAQ_TRIGGERS)."""
-    watch_scan_seconds: float = 5.0
-    """How often watch folders are listed; inotify wakes a watcher sooner where it can."""
+@dataclass(frozen=True)
+class WorkerSettings:
+    lease_seconds: int = field(default=10, metadata=about(
+        integer, check=at_least(2),
+        doc="How long a claimed job stays owned without a heartbeat; renewed every third."))
+    poll_seconds: float = field(default=1.0, metadata=about(
+        number, check=positive, doc="Polling fallback when no NOTIFY arrives."))
+    max_rescues: int = field(default=5, metadata=about(
+        integer, check=at_least(0), doc="A job whose worker was lost more often than this fails."))
+    retry_base_seconds: float = field(default=5.0, metadata=about(
+        number, check=positive, doc="Back-off base: retry n waits base·2^n seconds, with jitter."))
+    retry_max_seconds: float = field(default=3600.0, metadata=about(
+        number, check=positive, doc="Back-off cap."))
+    shutdown_grace_seconds: float = field(default=30.0, metadata=about(
+        number, check=at_least(0),
+        doc="On SIGTERM, running jobs get this long to finish before they are handed back."))
+    host_id: str = field(default_factory=socket.gethostname, metadata=about(
+        text, doc="The machine name per-machine limits and VRAM budgets are kept under."))
 
-    # -- notifications -----------------------------------------------------------------
-    notifier: bool = True
-    """Run the notification delivery loop inside ``mediaq worker`` (MEDIAQ_NOTIFIER)."""
-    webhook_secret: str = ""
-    """Standard Webhooks signing secret(s), ``whsec_…``; comma-separated during rotation."""
-    webhook_allowed_hosts: str = ""
-    """Hosts, ``*.domain`` names or CIDRs let through the SSRF guard (comma-separated)."""
-    smtp_url: str = ""
-    """``smtp://[user:pass@]host[:port][?starttls=auto|always|never]`` or ``smtps://…``."""
-    smtp_user: str = ""
-    smtp_password: str = ""
-    smtp_ca_file: str = ""
-    """A CA bundle to trust for the SMTP server's certificate (default: the system's)."""
-    mail_from: str = ""
-    """The From address of notification e-mail; default mediaq@<host_id>."""
-    mail_template_dir: Path | None = None
-    """A folder with email.txt / email.html overriding the built-in templates."""
-    notify_timeout_seconds: float = 15.0
-    """One delivery attempt's time limit (connect, send, answer)."""
-    notify_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
-    """Seconds before each retry (Standard Webhooks' schedule); then the row fails."""
-    notify_concurrency: int = 8
-    """Deliveries in flight at once per notifier."""
-    breaker_threshold: int = 5
-    """Consecutive failures that open an endpoint's circuit breaker."""
-    breaker_cooldown_seconds: float = 30.0
-    """How long an open breaker waits before one probe; doubles while probes fail."""
+    def problems(self) -> Iterator[str]:
+        if self.retry_max_seconds < self.retry_base_seconds:
+            yield "worker.retry_max_seconds must be at least worker.retry_base_seconds"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).expanduser(), metadata=about(
+        path, doc="Where the embedded database, outputs and staging live."))
+    input_roots: tuple[Path, ...] = field(default=(), metadata=about(
+        paths, doc="Folders inputs must be in (colon- or comma-separated); empty: <home>/inputs."))
+    output_root: Path | None = field(default=None, metadata=about(
+        optional_path, doc="Outputs go to <output_root>/<job_code>/; empty: <home>/outputs."))
+    library_roots: tuple[Path, ...] = field(default=(), metadata=about(
+        paths, doc="Folders move_to_library may write into; empty: <home>/library."))
 
     @property
     def outputs(self) -> Path:
@@ -102,6 +101,7 @@ class Settings:
 
     @property
     def staging(self) -> Path:
+        # Inside the output root: one filesystem, so publishing an output is a rename.
         return self.outputs / ".staging"
 
     @property
@@ -112,32 +112,281 @@ class Settings:
     def effective_library_roots(self) -> tuple[Path, ...]:
         return self.library_roots or (self.home / "library",)
 
-    @property
-    def uses_embedded(self) -> bool:
-        return not self.database_url
 
-    def describe(self) -> dict[str, str]:
-        """Settings as printable strings, secrets masked."""
-        shown = {
-            "home": str(self.home),
-            "database": mask_url(self.database_url) if self.database_url
-            else f"embedded PostgreSQL in {self.home / 'pgdata'}",
-            "input_roots": ", ".join(str(p) for p in self.effective_input_roots),
-            "output_root": str(self.outputs),
-            "library_roots": ", ".join(str(p) for p in self.effective_library_roots),
-        }
-        for f in fields(self):
-            if f.name in ("home", "database_url", "input_roots", "output_root", "library_roots"):
-                continue
-            value = getattr(self, f.name)
-            if f.name == "smtp_url" and value:
-                shown[f.name] = mask_url(value)
-            elif any(word in f.name for word in SECRET_WORDS) and value:
-                shown[f.name] = "***"
-            else:
-                shown[f.name] = str(value)
+@dataclass(frozen=True)
+class LimitSettings:
+    step_memory_limit_mb: int = field(default=0, metadata=about(
+        integer, check=at_least(0),
+        doc="Address-space limit (RLIMIT_AS) of a step's child process in MB; 0: none."))
+    step_cpu_seconds_limit: int = field(default=0, metadata=about(
+        integer, check=at_least(0),
+        doc="CPU-time limit (RLIMIT_CPU) of a step's child process in seconds; 0: none."))
+    step_isolation: bool = field(default=False, metadata=about(
+        boolean,
+        doc="Run every step in a child process (implied by a limit): a crash fails the step."))
+
+    @property
+    def isolated(self) -> bool:
+        return bool(self.step_isolation or self.step_memory_limit_mb > 0
+                    or self.step_cpu_seconds_limit > 0)
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    enabled: bool = field(default=True, metadata=about(
+        boolean, flat="triggers", doc="Watch folders and fire schedules inside `mediaq worker`."))
+    watch_scan_seconds: float = field(default=5.0, metadata=about(
+        number, check=positive,
+        doc="How often watch folders are listed; inotify wakes a watcher sooner."))
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    enabled: bool = field(default=True, metadata=about(
+        boolean, flat="notifier",
+        doc="Run the notification delivery loop inside `mediaq worker`."))
+    webhook_secret: str = field(default="", metadata=about(
+        text, check=raising(lambda value: _notify("signing").parse_secrets(value)),
+        secret="value",
+        doc="Standard Webhooks signing secret(s), whsec_…; comma-separated during rotation."))
+    webhook_allowed_hosts: str = field(default="", metadata=about(
+        text, check=raising(lambda value: _notify("ssrf").AllowList.parse(value)),
+        doc="Hosts, *.domain names or CIDRs let through the SSRF guard (comma-separated)."))
+    smtp_url: str = field(default="", metadata=about(
+        text, check=raising(lambda value: value and _notify("mail").parse_smtp_url(value)),
+        secret="url",
+        doc="smtp://[user:pass@]host[:port][?starttls=auto|always|never] or smtps://…."))
+    smtp_user: str = field(default="", metadata=about(
+        text, doc="The SMTP login, unless smtp_url has one."))
+    smtp_password: str = field(default="", metadata=about(
+        text, secret="value", doc="The SMTP password, unless smtp_url has one."))
+    smtp_ca_file: str = field(default="", metadata=about(
+        text, doc="A CA bundle to trust for the SMTP server (default: the system's)."))
+    mail_from: str = field(default="", metadata=about(
+        text, doc="The From address of notification e-mail; empty: mediaq@<host_id>."))
+    mail_template_dir: Path | None = field(default=None, metadata=about(
+        optional_path, doc="A folder with email.txt / email.html replacing the built-in."))
+    timeout_seconds: float = field(default=15.0, metadata=about(
+        number, check=positive, flat="notify_timeout_seconds",
+        doc="One delivery attempt's time limit (connect, send, answer)."))
+    retry_schedule: str = field(default="5,300,1800,7200,18000,36000,36000", metadata=about(
+        text, flat="notify_retry_schedule",
+        check=raising(lambda value: _notify("notifier").parse_schedule(value)),
+        doc="Seconds before each retry (Standard Webhooks' schedule); then the row fails."))
+    concurrency: int = field(default=8, metadata=about(
+        integer, check=at_least(1), flat="notify_concurrency",
+        doc="Deliveries in flight at once per notifier."))
+    breaker_threshold: int = field(default=5, metadata=about(
+        integer, check=at_least(1),
+        doc="Consecutive failures that open an endpoint's circuit breaker."))
+    breaker_cooldown_seconds: float = field(default=30.0, metadata=about(
+        number, check=positive,
+        doc="How long an open breaker waits before one probe; doubles while probes fail."))
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str = field(default="127.0.0.1", metadata=about(
+        text, flat="web_host", doc="The address `mediaq web` listens on."))
+    port: int = field(default=8080, metadata=about(
+        integer, check=at_least(1), flat="web_port", doc="The port `mediaq web` listens on."))
+
+    def problems(self) -> Iterator[str]:
+        if self.port > 65535:
+            yield "web.port must be at most 65535"
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    format: str = field(default="console", metadata=about(
+        text, check=one_of(*LOG_FORMATS), flat="log_format",
+        doc="console for people, json for log shippers."))
+    level: str = field(default="info", metadata=about(
+        text, check=one_of(*LOG_LEVELS, fold=True), flat="log_level",
+        doc="The least severe level written."))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """mediaq's configuration, one group per concern (the TOML file's [sections])."""
+
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    triggers: TriggerSettings = field(default_factory=TriggerSettings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with settings changed, named as in the environment (``notifier=False``);
+        values are already typed and are not checked."""
+        groups: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            if name not in _BY_FLAT:
+                raise ConfigError(f"unknown settings: {name}")
+            spec = _BY_FLAT[name]
+            groups.setdefault(spec.section, {})[spec.key] = value
+        return dataclasses.replace(self, **{
+            section: dataclasses.replace(getattr(self, section), **values)
+            for section, values in groups.items()})
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """Settings as printable strings by section, secrets masked, roots effective."""
+        shown: dict[str, dict[str, str]] = {}
+        for spec in SPECS:
+            value = getattr(getattr(self, spec.section), spec.key)
+            shown.setdefault(spec.section, {})[spec.key] = _shown(spec.secret, value)
+        storage = self.storage
+        shown["storage"].update({
+            "input_roots": ", ".join(str(p) for p in storage.effective_input_roots),
+            "output_root": str(storage.outputs),
+            "library_roots": ", ".join(str(p) for p in storage.effective_library_roots),
+        })
+        if self.database.embedded:
+            shown["database"]["url"] = f"embedded PostgreSQL in {storage.home / 'pgdata'}"
         return shown
 
+
+def _shown(secret: str, value: Any) -> str:
+    if secret == "url" and value:
+        return mask_url(str(value))
+    if secret and value:
+        return "***"
+    if isinstance(value, bool):  # as the environment and the file write it
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+# -- the declarations, walked -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting as declared: where it lives and how it is read and checked."""
+
+    section: str
+    key: str
+    flat: str
+    doc: str
+    default: Any
+    parse: Callable[[Any], Any]
+    check: Callable[[Any], str | None] | None
+    secret: str
+
+    @property
+    def env(self) -> str:
+        return f"MEDIAQ_{self.flat.upper()}"
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+# Section name → its group class, in the order `mediaq config` prints them.
+GROUPS: dict[str, type[Any]] = get_type_hints(Settings)
+
+
+def _specs() -> tuple[Spec, ...]:
+    found = []
+    for section, group in GROUPS.items():
+        defaults = group()
+        for f in fields(group):
+            meta = f.metadata
+            found.append(Spec(section, f.name, meta["flat"] or f.name, meta["doc"],
+                              getattr(defaults, f.name), meta["parse"], meta["check"],
+                              meta["secret"]))
+    return tuple(found)
+
+
+SPECS = _specs()
+SECTIONS = tuple(GROUPS)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the effective settings; ``overrides`` (by environment name without
+    ``MEDIAQ_``, e.g. ``lease_seconds=30``) win over everything, None means unset."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("MEDIAQ_HOME", DEFAULT_HOME)).expanduser().resolve()
+    # The home is read first: the default file is in it.
+    raw: dict[Spec, tuple[Any, str]] = {
+        _BY_FLAT["home"]: (home, "MEDIAQ_HOME" if "MEDIAQ_HOME" in env else "default")}
+    raw.update(_from_file(env, home))
+    for spec in SPECS:
+        value = env.get(spec.env)
+        if value not in (None, ""):
+            raw[spec] = (value, spec.env)
+    unknown = sorted(name for name in overrides if name not in _BY_FLAT)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(unknown)}")
+    raw.update({_BY_FLAT[k]: (v, "override") for k, v in overrides.items() if v is not None})
+    return _build(raw)
+
+
+_BY_FLAT = {spec.flat: spec for spec in SPECS}
+_BY_DOTTED = {spec.dotted: spec for spec in SPECS}
+
+
+def _from_file(env: dict[str, str], home: Path) -> dict[Spec, tuple[Any, str]]:
+    config_file = Path(env.get("MEDIAQ_CONFIG", home / "mediaq.toml")).expanduser()
+    if "MEDIAQ_CONFIG" in env and not config_file.is_file():
+        raise ConfigError(f"MEDIAQ_CONFIG: {config_file} does not exist")
+    if not config_file.is_file():
+        return {}
+    try:
+        document = tomllib.loads(config_file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file}: {exc}") from None
+    found: dict[Spec, tuple[Any, str]] = {}
+    unknown: list[str] = []
+    for name, value in document.items():
+        if name in SECTIONS and isinstance(value, dict):
+            entries = [(f"{name}.{key}", f"[{name}] {key}", v) for key, v in value.items()]
+        else:
+            spec = _BY_FLAT.get(name)
+            entries = [(spec.dotted if spec else name, name, value)]
+        for dotted, written, item in entries:
+            spec = _BY_DOTTED.get(dotted)
+            if spec is None:
+                unknown.append(written)
+            elif spec in found:  # TOML itself refuses a key twice in one table
+                raise ConfigError(f"{config_file}: {spec.dotted} is set twice, as "
+                                  f"[{spec.section}] {spec.key} and as {spec.flat}")
+            else:
+                found[spec] = (item, f"{config_file.name}: {written}")
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return found
+
+
+def _build(raw: dict[Spec, tuple[Any, str]]) -> Settings:
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for spec, (value, source) in raw.items():
+        # A secret's value never reaches a message (messages end up in logs).
+        shown = _shown(spec.secret, value) if spec.secret else repr(value)
+        try:
+            parsed = spec.parse(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{spec.dotted} = {shown} (from {source}): {exc}") from None
+        problem = spec.check(parsed) if spec.check else None
+        if problem:
+            raise ConfigError(f"{spec.dotted} {problem} (got {shown} from {source})")
+        values[spec.section][spec.key] = parsed
+    settings = Settings(**{section: GROUPS[section](**kept) for section, kept in values.items()})
+    for section in SECTIONS:
+        group = getattr(settings, section)
+        for problem in getattr(group, "problems", lambda: ())():
+            raise ConfigError(problem)
+    return settings
+
+
+# -- showing ------------------------------------------------------------------------------
 
 _SECRET_PARAM = re.compile(r"((?:^|&)(?:password|passwd|sslpassword)=)[^&]*", re.IGNORECASE)
 
@@ -150,93 +399,3 @@ def mask_url(url: str) -> str:
         netloc = netloc.replace(f":{parts.password}@", ":***@")
     query = _SECRET_PARAM.sub(r"\1***", parts.query)
     return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-def _split_paths(raw: str | list[str]) -> tuple[Path, ...]:
-    items = raw if isinstance(raw, list) else raw.replace(",", ":").split(":")
-    return tuple(Path(p).expanduser().resolve() for p in items if p.strip())
-
-
-def _coerce(name: str, raw: Any) -> Any:
-    kind = {f.name: f.type for f in fields(Settings)}[name]
-    try:
-        if name in ("input_roots", "library_roots"):
-            return _split_paths(raw)
-        if name in ("home", "output_root", "mail_template_dir"):
-            return Path(str(raw)).expanduser().resolve()
-        if kind == "bool":
-            return _boolean(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        return str(raw)
-    except (ValueError, TypeError, AttributeError):
-        raise ConfigError(f"setting {name}: {raw!r} is not a valid {kind}") from None
-
-
-def _boolean(raw: Any) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    word = str(raw).strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(word)
-
-
-def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Read the effective settings (``overrides`` win over everything)."""
-    env = dict(os.environ if env is None else env)
-    home = Path(env.get("MEDIAQ_HOME", DEFAULT_HOME)).expanduser().resolve()
-    values: dict[str, Any] = {"home": home}
-    config_file = Path(env.get("MEDIAQ_CONFIG", home / "mediaq.toml")).expanduser()
-    if "MEDIAQ_CONFIG" in env and not config_file.is_file():
-        raise ConfigError(f"MEDIAQ_CONFIG: {config_file} does not exist")
-    if config_file.is_file():
-        try:
-            file_values = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: {exc}") from None
-        values.update(file_values)
-    known = {f.name for f in fields(Settings)}
-    for name in known:
-        env_value = env.get(f"MEDIAQ_{name.upper()}")
-        if env_value not in (None, ""):
-            values[name] = env_value
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
-    settings = Settings(**{k: _coerce(k, v) for k, v in values.items()})
-    _validate(settings)
-    return settings
-
-
-LOG_FORMATS = ("console", "json")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-def _validate(s: Settings) -> None:
-    problems = [
-        (s.lease_seconds < 2, "lease_seconds must be at least 2"),
-        (s.poll_seconds <= 0, "poll_seconds must be positive"),
-        (s.max_rescues < 0, "max_rescues must not be negative"),
-        (s.retry_base_seconds <= 0, "retry_base_seconds must be positive"),
-        (s.retry_max_seconds < s.retry_base_seconds,
-         "retry_max_seconds must be at least retry_base_seconds"),
-        (s.shutdown_grace_seconds < 0, "shutdown_grace_seconds must not be negative"),
-        (s.log_format not in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}"),
-        (s.log_level.lower() not in LOG_LEVELS,
-         f"log_level must be one of {', '.join(LOG_LEVELS)}"),
-        (s.notify_timeout_seconds <= 0, "notify_timeout_seconds must be positive"),
-        (s.notify_concurrency < 1, "notify_concurrency must be at least 1"),
-        (s.breaker_threshold < 1, "breaker_threshold must be at least 1"),
-        (s.breaker_cooldown_seconds <= 0, "breaker_cooldown_seconds must be positive"),
-        (s.step_memory_limit_mb < 0, "step_memory_limit_mb must not be negative"),
-        (s.step_cpu_seconds_limit < 0, "step_cpu_seconds_limit must not be negative"),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise ConfigError(message)

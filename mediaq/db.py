@@ -23,9 +23,9 @@ POOL_WAIT_SECONDS = 10.0
 
 def database_url(settings: Settings) -> str:
     """The server to use: MEDIAQ_DATABASE_URL, or the embedded one (started on demand)."""
-    if settings.database_url:
-        return settings.database_url
-    return embedded.ensure_running(settings.home)
+    if settings.database.url:
+        return settings.database.url
+    return embedded.ensure_running(settings.storage.home)
 
 
 def connect(url: str, *, autocommit: bool = False, application: str = "mediaq") -> Connection:

@@ -38,7 +38,7 @@ class DemoResult:
 
 
 def prepare_samples(settings: Settings) -> dict[str, Path]:
-    folder = settings.effective_input_roots[0] / "samples"
+    folder = settings.storage.effective_input_roots[0] / "samples"
     return {**generate_samples(folder), **corrupt_samples(folder)}
 
 
@@ -54,7 +54,7 @@ def run_worker_with_progress(settings: Settings, url: str, job_codes: list[str])
     """Run a burst worker in a thread while a bar shows how many demo jobs have ended."""
     worker = Worker(settings, url, WorkerOptions(
         categories=CATEGORIES, limits=dict(DEFAULT_LIMITS), vram_mb=DEMO_VRAM_MB, burst=True,
-        worker_id=f"{settings.host_id}:demo"))
+        worker_id=f"{settings.worker.host_id}:demo"))
     thread = threading.Thread(target=worker.run, name="mediaq-demo-worker")
     thread.start()
     columns = (TextColumn("processing sample media"), BarColumn(), MofNCompleteColumn())

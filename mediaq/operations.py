@@ -5,17 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from mediaq import db
-from mediaq.errors import MediaqError
+from mediaq.errors import InvalidTransition, JobNotFound
 from mediaq.logs import log_line
 from mediaq.notify import outbox
-
-
-class JobNotFound(MediaqError):
-    """No such job."""
-
-
-class InvalidTransition(MediaqError):
-    """The job is not in a state that allows this."""
 
 
 def find_job(conn: db.Connection, ref: str) -> db.Row:

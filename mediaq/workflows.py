@@ -19,7 +19,7 @@ import yaml
 from psycopg.types.json import Jsonb
 
 from mediaq import db
-from mediaq.errors import MediaqError
+from mediaq.errors import WorkflowError
 
 SEED_DIR = Path(__file__).resolve().parent / "seed_workflows"
 
@@ -36,10 +36,6 @@ STEP_FIELDS: dict[str, Any] = {
 }
 CATEGORIES = ("cpu", "gpu_encode", "gpu_ai")
 ON_FAILURE = ("stop", "continue", "retry")
-
-
-class WorkflowError(MediaqError):
-    """The workflow definition is invalid."""
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,21 @@ import json
 import os
 import subprocess
 import time
+from dataclasses import fields
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from mediaq.config import Settings, load_settings, mask_url
+from mediaq.config import GROUPS, SPECS, Settings, load_settings, mask_url
 from mediaq.errors import ConfigError, SubmissionRefused
+from mediaq.notify.signing import new_secret
 from mediaq.queries import load_queries, parse_queries
+from mediaq.settings_fields import boolean, integer, number, paths
 from mediaq.submit import params_from_pairs, parse_param
 from tests.helpers import MEDIAQ
 
@@ -38,11 +42,16 @@ def run_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def printed(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+    """``mediaq config``'s output as ``{"section.key": value}``."""
     assert result.returncode == 0, result.stderr
     out: dict[str, str] = {}
+    section = ""
     for line in result.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        out[key] = value.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif line.strip():
+            key, _, value = line.partition(" ")
+            out[f"{section}.{key}"] = value.strip()
     return out
 
 
@@ -50,28 +59,37 @@ def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
+    assert lines[0].startswith("error: configuration: "), lines[0]
     return lines[0]
 
 
 # -- mediaq config ------------------------------------------------------------------------
 
 
-def test_config_prints_settings_with_the_password_masked(tmp_path: Path) -> None:
+def test_config_prints_settings_grouped_with_the_password_masked(tmp_path: Path) -> None:
     started = time.monotonic()
+    webhook_secret = new_secret()
     result = run_config(base_env(tmp_path, MEDIAQ_DATABASE_URL=SECRET_URL,
-                                 MEDIAQ_LEASE_SECONDS="12"))
+                                 MEDIAQ_LEASE_SECONDS="12", MEDIAQ_SMTP_PASSWORD="s3cret",
+                                 MEDIAQ_WEBHOOK_SECRET=webhook_secret))
     elapsed = time.monotonic() - started
     shown = printed(result)
     assert "s3cret" not in result.stdout + result.stderr
-    assert shown["database"] == "postgresql://u:***@127.0.0.1:1/x"
-    assert shown["home"] == str((tmp_path / "home").resolve())
-    assert shown["output_root"] == str((tmp_path / "home" / "outputs").resolve())
-    assert shown["input_roots"] == str((tmp_path / "home" / "inputs").resolve())
-    assert shown["lease_seconds"] == "12"
-    assert shown["poll_seconds"] == "1.0"
-    assert {"max_rescues", "retry_base_seconds", "retry_max_seconds", "shutdown_grace_seconds",
-            "host_id", "log_format", "log_level"} <= set(shown)
+    assert webhook_secret.removeprefix("whsec_") not in result.stdout + result.stderr
+    sections = [line for line in result.stdout.splitlines() if line.startswith("[")]
+    assert sections == ["[database]", "[worker]", "[storage]", "[limits]", "[triggers]",
+                        "[notifications]", "[web]", "[logging]"]
+    assert shown["database.url"] == "postgresql://u:***@127.0.0.1:1/x"
+    assert shown["notifications.smtp_password"] == "***"
+    assert shown["notifications.webhook_secret"] == "***"
+    assert shown["storage.home"] == str((tmp_path / "home").resolve())
+    assert shown["storage.output_root"] == str((tmp_path / "home" / "outputs").resolve())
+    assert shown["storage.input_roots"] == str((tmp_path / "home" / "inputs").resolve())
+    assert shown["worker.lease_seconds"] == "12"
+    assert shown["worker.poll_seconds"] == "1.0"
+    assert {"worker.max_rescues", "worker.retry_base_seconds", "worker.retry_max_seconds",
+            "worker.shutdown_grace_seconds", "worker.host_id", "logging.format",
+            "logging.level", "web.port"} <= set(shown)
     # nothing listens on port 1: a connection attempt would have failed the command
     assert elapsed < 10
 
@@ -82,7 +100,8 @@ def test_config_prints_settings_with_the_password_masked(tmp_path: Path) -> None
     "postgresql://u:s3cret@[::1]:1/x",
 ])
 def test_config_never_prints_a_password(tmp_path: Path, url: str) -> None:
-    result = run_config(base_env(tmp_path, MEDIAQ_DATABASE_URL=url))
+    result = run_config(base_env(tmp_path, MEDIAQ_DATABASE_URL=url,
+                                 MEDIAQ_SMTP_URL=url.replace("postgresql", "smtp")))
     assert result.returncode == 0, result.stderr
     assert "s3cret" not in result.stdout + result.stderr
 
@@ -93,25 +112,47 @@ def test_environment_beats_the_toml_file_which_beats_defaults(tmp_path: Path) ->
                     'input_roots = ["/srv/a", "/srv/b"]\n', encoding="utf-8")
     shown = printed(run_config(base_env(tmp_path, MEDIAQ_CONFIG=str(toml),
                                         MEDIAQ_LEASE_SECONDS="7")))
-    assert shown["lease_seconds"] == "7"  # environment
-    assert shown["poll_seconds"] == "2.5"  # file
-    assert shown["log_level"] == "debug"  # file
-    assert shown["input_roots"] == "/srv/a, /srv/b"
-    assert shown["max_rescues"] == "5"  # default
+    assert shown["worker.lease_seconds"] == "7"  # environment
+    assert shown["worker.poll_seconds"] == "2.5"  # file
+    assert shown["logging.level"] == "debug"  # file
+    assert shown["storage.input_roots"] == "/srv/a, /srv/b"
+    assert shown["worker.max_rescues"] == "5"  # default
 
 
 @pytest.mark.parametrize(("where", "setting", "words"), [
-    ("env", "MEDIAQ_LEASE_SECONDS=abc", "lease_seconds"),
-    ("env", "MEDIAQ_LEASE_SECONDS=1", "lease_seconds"),
-    ("env", "MEDIAQ_POLL_SECONDS=soon", "poll_seconds"),
-    ("env", "MEDIAQ_POLL_SECONDS=-1", "poll_seconds"),
-    ("env", "MEDIAQ_RETRY_BASE_SECONDS=-5", "retry_base_seconds"),
-    ("env", "MEDIAQ_LOG_FORMAT=xml", "log_format"),
-    ("env", "MEDIAQ_LOG_LEVEL=loud", "log_level"),
-    ("toml", "bogus_key = 1", "bogus_key"),
-    ("toml", "lease_seconds = 'abc'", "lease_seconds"),
-    ("toml", "poll_seconds = [1, 2]", "poll_seconds"),
-    ("toml", "input_roots = 5", "input_roots"),
+    ("env", "MEDIAQ_LEASE_SECONDS=abc", "worker.lease_seconds = 'abc' (from "
+                                        "MEDIAQ_LEASE_SECONDS): expected an integer"),
+    ("env", "MEDIAQ_LEASE_SECONDS=1", "worker.lease_seconds must be at least 2 "
+                                      "(got '1' from MEDIAQ_LEASE_SECONDS)"),
+    ("env", "MEDIAQ_POLL_SECONDS=soon", "worker.poll_seconds = 'soon'"),
+    ("env", "MEDIAQ_POLL_SECONDS=-1", "worker.poll_seconds must be positive"),
+    ("env", "MEDIAQ_RETRY_BASE_SECONDS=-5", "worker.retry_base_seconds must be positive"),
+    ("env", "MEDIAQ_RETRY_MAX_SECONDS=1", "retry_max_seconds must be at least"),
+    ("env", "MEDIAQ_LOG_FORMAT=xml", "logging.format must be one of console, json"),
+    ("env", "MEDIAQ_LOG_LEVEL=loud", "logging.level must be one of"),
+    ("env", "MEDIAQ_WEB_PORT=70000", "web.port must be at most 65535"),
+    ("env", "MEDIAQ_STEP_ISOLATION=maybe", "limits.step_isolation = 'maybe'"),
+    ("env", "MEDIAQ_WEBHOOK_SECRET=whsec_s3cret", "notifications.webhook_secret is not valid: "
+                                                  "too short (at least 16 key bytes) (got *** "
+                                                  "from MEDIAQ_WEBHOOK_SECRET)"),
+    ("env", "MEDIAQ_WEBHOOK_SECRET=whsec_s3cret!", "not a whsec_ secret"),
+    ("env", "MEDIAQ_WEBHOOK_ALLOWED_HOSTS=a b", "notifications.webhook_allowed_hosts is not "
+                                                "valid: 'a b' is neither a host name nor a CIDR"),
+    ("env", "MEDIAQ_SMTP_URL=smtp://u:s3cret@mail?starttls=maybe",
+     "notifications.smtp_url is not valid: starttls must be one of auto, always, never "
+     "(got smtp://u:***@mail?starttls=maybe from MEDIAQ_SMTP_URL)"),
+    ("env", "MEDIAQ_SMTP_URL=http://u:s3cret@mail", "expected smtp://host[:port]"),
+    ("env", "MEDIAQ_NOTIFY_RETRY_SCHEDULE=5,soon", "notifications.retry_schedule is not valid: "
+                                                   "comma-separated seconds expected"),
+    ("env", "MEDIAQ_NOTIFY_RETRY_SCHEDULE=5,-1", "delays must not be negative"),
+    ("toml", "bogus_key = 1", "unknown settings: bogus_key"),
+    ("toml", "[worker]\nbogus_key = 1", "unknown settings: [worker] bogus_key"),
+    ("toml", "lease_seconds = 'abc'", "(from custom.toml: lease_seconds): expected an integer"),
+    ("toml", "[worker]\nlease_seconds = 1", "(got 1 from custom.toml: [worker] lease_seconds)"),
+    ("toml", "lease_seconds = 3\n[worker]\nlease_seconds = 4",
+     "worker.lease_seconds is set twice"),
+    ("toml", "poll_seconds = [1, 2]", "worker.poll_seconds"),
+    ("toml", "input_roots = 5", "storage.input_roots"),
     ("toml", "lease_seconds = = 3", "custom.toml"),
 ])
 def test_invalid_settings_give_one_line_and_exit_1(
@@ -127,14 +168,14 @@ def test_invalid_settings_give_one_line_and_exit_1(
         env["MEDIAQ_CONFIG"] = str(toml)
     line = one_line_error(run_config(env))
     assert words in line
-    assert "Traceback" not in line
+    assert "Traceback" not in line and "s3cret" not in line
 
 
 def test_config_file_in_home_is_read(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     (home / "mediaq.toml").write_text("max_rescues = 9\n", encoding="utf-8")
-    assert printed(run_config(base_env(tmp_path)))["max_rescues"] == "9"
+    assert printed(run_config(base_env(tmp_path)))["worker.max_rescues"] == "9"
 
 
 # -- load_settings ------------------------------------------------------------------------
@@ -142,13 +183,13 @@ def test_config_file_in_home_is_read(tmp_path: Path) -> None:
 
 def test_load_settings_defaults(tmp_path: Path) -> None:
     s = load_settings(env={"MEDIAQ_HOME": str(tmp_path)})
-    assert s == Settings(home=tmp_path.resolve(), host_id=s.host_id)
-    assert s.uses_embedded and s.database_url is None
-    assert s.effective_input_roots == (tmp_path.resolve() / "inputs",)
-    assert s.outputs == tmp_path.resolve() / "outputs"
-    assert s.staging == tmp_path.resolve() / "outputs" / ".staging"
-    assert (s.lease_seconds, s.poll_seconds, s.max_rescues) == (10, 1.0, 5)
-    assert "embedded PostgreSQL" in s.describe()["database"]
+    assert s == Settings().replace(home=tmp_path.resolve(), host_id=s.worker.host_id)
+    assert s.database.embedded and s.database.url is None
+    assert s.storage.effective_input_roots == (tmp_path.resolve() / "inputs",)
+    assert s.storage.outputs == tmp_path.resolve() / "outputs"
+    assert s.storage.staging == tmp_path.resolve() / "outputs" / ".staging"
+    assert (s.worker.lease_seconds, s.worker.poll_seconds, s.worker.max_rescues) == (10, 1.0, 5)
+    assert "embedded PostgreSQL" in s.describe()["database"]["url"]
 
 
 def test_load_settings_reads_the_environment(tmp_path: Path) -> None:
@@ -161,11 +202,13 @@ def test_load_settings_reads_the_environment(tmp_path: Path) -> None:
         "MEDIAQ_MAX_RESCUES": "",  # empty: unset
         "MEDIAQ_TEST_DATABASE_URL": "postgresql://ignored/", "MEDIAQ_SOMETHING_ELSE": "x",
     })
-    assert s.database_url == SECRET_URL and not s.uses_embedded
-    assert s.input_roots == (a.resolve(), b.resolve(), (tmp_path / "c").resolve())
-    assert s.outputs == (tmp_path / "o").resolve()
-    assert (s.lease_seconds, s.poll_seconds, s.host_id, s.max_rescues) == (4, 0.25, "box-7", 5)
-    assert s.describe()["database"] == "postgresql://u:***@127.0.0.1:1/x"
+    assert s.database.url == SECRET_URL and not s.database.embedded
+    assert s.storage.input_roots == (a.resolve(), b.resolve(), (tmp_path / "c").resolve())
+    assert s.storage.outputs == (tmp_path / "o").resolve()
+    worker = s.worker
+    assert (worker.lease_seconds, worker.poll_seconds, worker.host_id, worker.max_rescues) == (
+        4, 0.25, "box-7", 5)
+    assert s.describe()["database"]["url"] == "postgresql://u:***@127.0.0.1:1/x"
 
 
 def test_load_settings_order_overrides_env_file(tmp_path: Path) -> None:
@@ -175,7 +218,8 @@ def test_load_settings_order_overrides_env_file(tmp_path: Path) -> None:
     env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_CONFIG": str(toml),
            "MEDIAQ_RETRY_MAX_SECONDS": "90"}
     s = load_settings(env=env, lease_seconds=30, max_rescues=None)
-    assert (s.lease_seconds, s.retry_max_seconds, s.max_rescues) == (30, 90.0, 2)
+    assert (s.worker.lease_seconds, s.worker.retry_max_seconds, s.worker.max_rescues) == (
+        30, 90.0, 2)
 
 
 def test_load_settings_refusals(tmp_path: Path) -> None:
@@ -189,6 +233,83 @@ def test_load_settings_refusals(tmp_path: Path) -> None:
         load_settings(env={"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_LEASE_SECONDS": "1"})
     with pytest.raises(ConfigError, match="unknown settings"):
         load_settings(env={"MEDIAQ_HOME": str(tmp_path)}, colour="blue")
+
+
+def test_sections_in_the_file(tmp_path: Path) -> None:
+    toml = tmp_path / "m.toml"
+    toml.write_text(
+        "home = '/srv/mq'\n"  # a flat key next to tables: files of earlier releases
+        "[worker]\nlease_seconds = 20\nretry_base_seconds = 2\n"
+        "[storage]\ninput_roots = ['/srv/in']\n"
+        "[notifications]\ntimeout_seconds = 3.5\nenabled = false\n"
+        "[triggers]\nenabled = false\n"
+        "[limits]\nstep_memory_limit_mb = 512\n"
+        "[web]\nport = 9000\n"
+        "[logging]\nformat = 'json'\n"
+        "[database]\nurl = 'postgresql://db/mq'\n", encoding="utf-8")
+    s = load_settings(env={"MEDIAQ_CONFIG": str(toml)})
+    assert s.storage.home == Path("/srv/mq")
+    assert (s.worker.lease_seconds, s.worker.retry_base_seconds) == (20, 2.0)
+    assert s.storage.input_roots == (Path("/srv/in"),)
+    assert s.notifications.timeout_seconds == 3.5 and not s.notifications.enabled
+    assert not s.triggers.enabled
+    assert s.limits.step_memory_limit_mb == 512 and s.limits.isolated
+    assert (s.web.port, s.logging.format) == (9000, "json")
+    assert s.database.url == "postgresql://db/mq"
+
+
+def test_flat_keys_and_sections_read_the_same(tmp_path: Path) -> None:
+    flat, sectioned = tmp_path / "flat.toml", tmp_path / "sectioned.toml"
+    flat.write_text("notify_concurrency = 3\nnotifier = false\nlog_level = 'debug'\n"
+                    "database_url = 'postgresql://db/mq'\nweb_port = 9001\n", encoding="utf-8")
+    sectioned.write_text("[notifications]\nconcurrency = 3\nenabled = false\n"
+                         "[logging]\nlevel = 'debug'\n[database]\nurl = 'postgresql://db/mq'\n"
+                         "[web]\nport = 9001\n", encoding="utf-8")
+    env = {"MEDIAQ_HOME": str(tmp_path)}
+    assert (load_settings(env={**env, "MEDIAQ_CONFIG": str(flat)})
+            == load_settings(env={**env, "MEDIAQ_CONFIG": str(sectioned)}))
+
+
+def test_environment_names_are_unchanged(tmp_path: Path) -> None:
+    # deploy/ files and users' environments use these names.
+    assert {spec.env for spec in SPECS} == {
+        "MEDIAQ_HOME", "MEDIAQ_DATABASE_URL", "MEDIAQ_INPUT_ROOTS", "MEDIAQ_OUTPUT_ROOT",
+        "MEDIAQ_LIBRARY_ROOTS", "MEDIAQ_LEASE_SECONDS", "MEDIAQ_POLL_SECONDS",
+        "MEDIAQ_MAX_RESCUES", "MEDIAQ_RETRY_BASE_SECONDS", "MEDIAQ_RETRY_MAX_SECONDS",
+        "MEDIAQ_SHUTDOWN_GRACE_SECONDS", "MEDIAQ_HOST_ID", "MEDIAQ_LOG_FORMAT",
+        "MEDIAQ_LOG_LEVEL", "MEDIAQ_STEP_MEMORY_LIMIT_MB", "MEDIAQ_STEP_CPU_SECONDS_LIMIT",
+        "MEDIAQ_STEP_ISOLATION", "MEDIAQ_TRIGGERS", "MEDIAQ_WATCH_SCAN_SECONDS",
+        "MEDIAQ_NOTIFIER", "MEDIAQ_WEBHOOK_SECRET", "MEDIAQ_WEBHOOK_ALLOWED_HOSTS",
+        "MEDIAQ_SMTP_URL", "MEDIAQ_SMTP_USER", "MEDIAQ_SMTP_PASSWORD", "MEDIAQ_SMTP_CA_FILE",
+        "MEDIAQ_MAIL_FROM", "MEDIAQ_MAIL_TEMPLATE_DIR", "MEDIAQ_NOTIFY_TIMEOUT_SECONDS",
+        "MEDIAQ_NOTIFY_RETRY_SCHEDULE", "MEDIAQ_NOTIFY_CONCURRENCY",
+        "MEDIAQ_BREAKER_THRESHOLD", "MEDIAQ_BREAKER_COOLDOWN_SECONDS",
+        # added with the [web] section
+        "MEDIAQ_WEB_HOST", "MEDIAQ_WEB_PORT",
+    }
+    env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_NOTIFY_CONCURRENCY": "2", "MEDIAQ_NOTIFIER": "no",
+           "MEDIAQ_TRIGGERS": "0", "MEDIAQ_LOG_FORMAT": "json", "MEDIAQ_STEP_ISOLATION": "yes"}
+    s = load_settings(env=env)
+    assert s.notifications.concurrency == 2 and not s.notifications.enabled
+    assert not s.triggers.enabled and s.logging.format == "json" and s.limits.isolated
+
+
+def test_every_setting_is_declared_once_with_a_doc() -> None:
+    assert set(GROUPS) == {f.name for f in fields(Settings)}
+    assert len({spec.flat for spec in SPECS}) == len(SPECS)
+    assert len({spec.dotted for spec in SPECS}) == len(SPECS)
+    for spec in SPECS:
+        assert spec.doc and "\n" not in spec.doc, spec.dotted
+        # the default passes its own check
+        assert spec.check is None or spec.check(spec.default) is None, spec.dotted
+
+
+def test_replace_takes_environment_names() -> None:
+    s = Settings().replace(notifier=False, lease_seconds=30, database_url="postgresql://x/y")
+    assert not s.notifications.enabled and s.worker.lease_seconds == 30
+    assert s.database.url == "postgresql://x/y" and Settings().notifications.enabled
+    with pytest.raises(ConfigError, match="unknown settings: colour"):
+        Settings().replace(colour="blue")
 
 
 def test_mask_url() -> None:
@@ -303,3 +424,24 @@ def test_yaml_value_parsing_matches_yaml() -> None:
     assert parse_param("a.b=")[2] == ""
     assert parse_param("a.b=x=y")[2] == "x=y"
     assert parse_param("a.b=[unclosed")[2] == "[unclosed"
+
+
+@pytest.mark.parametrize(("parse", "raw", "expected"), [
+    (integer, "10", 10), (integer, 10, 10), (integer, 10.0, 10),
+    (number, "0.25", 0.25), (number, 3, 3.0),
+    (boolean, "yes", True), (boolean, "OFF", False), (boolean, True, True),
+    (paths, "/a:/b,/c", (Path("/a"), Path("/b"), Path("/c"))), (paths, ["/a"], (Path("/a"),)),
+    (paths, "", ()),
+])
+def test_setting_parsers_accept(parse: Any, raw: Any, expected: Any) -> None:
+    assert parse(raw) == expected
+
+
+@pytest.mark.parametrize(("parse", "raw"), [
+    (integer, "x"), (integer, 2.5), (integer, True), (integer, [1]),
+    (number, "soon"), (number, False), (number, {"a": 1}),
+    (boolean, "maybe"), (paths, 5), (paths, [1, 2]),
+])
+def test_setting_parsers_refuse(parse: Any, raw: Any) -> None:
+    with pytest.raises(ValueError, match=r"^expected "):
+        parse(raw)

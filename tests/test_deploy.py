@@ -9,9 +9,9 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import uuid
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,9 @@ import yaml
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from mediaq.config import Settings, load_settings
+from mediaq.config import GROUPS, SPECS, Settings, load_settings
+from mediaq.errors import ConfigError
+from mediaq.notify.signing import new_secret
 from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow, requires_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +84,7 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
 
 def test_units_are_the_expected_ones_with_hardening() -> None:
     assert sorted(p.name for p in UNITS.glob("*.service")) == sorted(UNIT_COMMANDS)
-    grace = Settings().shutdown_grace_seconds
+    grace = Settings().worker.shutdown_grace_seconds
     for name, command in UNIT_COMMANDS.items():
         unit = unit_settings(UNITS / name)
         assert unit["ExecStart"] == [f"{INSTALLED_BINARY} {command}"], name
@@ -353,7 +355,7 @@ _ASSIGNMENT = re.compile(r"^(#?)(MEDIAQ_[A-Z0-9_]+)=(.*)$")
 
 
 def test_env_example_names_only_real_settings() -> None:
-    known = {f.name for f in fields(Settings)}
+    known = {spec.env.removeprefix("MEDIAQ_").lower() for spec in SPECS}
     active: dict[str, str] = {}
     mentioned = set()
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
@@ -363,24 +365,36 @@ def test_env_example_names_only_real_settings() -> None:
             continue
         commented, key, value = match.groups()
         name = key.removeprefix("MEDIAQ_").lower()
-        assert name in known, f"{key} is not a setting of mediaq.config.Settings"
+        assert name in known, f"{key} is not a setting in mediaq.config"
         assert name not in mentioned, f"{key} appears twice"
         mentioned.add(name)
         if not commented:
             active[key] = value
     missing = known - mentioned
     assert not missing, f"settings missing from {ENV_EXAMPLE.name}: {sorted(missing)}"
-    # The values are valid settings; secrets are placeholders.
-    settings = load_settings(active)
-    assert settings.database_url and not settings.uses_embedded
-    assert settings.log_format == "json"
+    # Secrets are placeholders; the webhook secret's is refused until it is replaced
+    # (`mediaq webhooks secret` makes one), the other values are valid settings.
+    with pytest.raises(ConfigError, match=r"webhook_secret is not valid.*\(got \*\*\* from"):
+        load_settings(active)
+    settings = load_settings({**active, "MEDIAQ_WEBHOOK_SECRET": new_secret()})
+    assert settings.database.url and not settings.database.embedded
+    assert settings.logging.format == "json"
     for key, value in active.items():
         if any(word in key.lower() for word in ("password", "secret")) and value:
             assert "CHANGE_ME" in value, key
     assert "CHANGE_ME" in active["MEDIAQ_DATABASE_URL"]
     # Workers get the whole grace period before systemd kills them.
     worker = unit_settings(UNITS / "mediaq-worker@.service")
-    assert float(worker["TimeoutStopSec"][0]) > settings.shutdown_grace_seconds
+    assert float(worker["TimeoutStopSec"][0]) > settings.worker.shutdown_grace_seconds
+
+
+def test_toml_example_is_valid_and_uses_sections() -> None:
+    example = DEPLOY / "mediaq.example.toml"
+    document = tomllib.loads(example.read_text(encoding="utf-8"))
+    assert set(document) <= set(GROUPS), "the example uses [section] tables only"
+    settings = load_settings({"MEDIAQ_CONFIG": str(example)})
+    assert settings.storage.home == Path("/var/lib/mediaq")
+    assert settings.logging.format == "json" and settings.web.port == 8080
 
 
 def test_production_guide_sql_runs(mq: MediaqEnv) -> None:

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from mediaq.config import Settings
-from mediaq.errors import ConfigError
+from mediaq.errors import ConfigError, SignatureError, TargetRefused
 from mediaq.notify import mail
 from mediaq.notify.channels import (
     Channels,
@@ -36,14 +36,13 @@ from mediaq.notify.channels import (
 from mediaq.notify.notifier import JITTER, MAX_RETRY_AFTER_S, parse_schedule, retry_delay
 from mediaq.notify.outbox import shown_recipient
 from mediaq.notify.signing import (
-    SignatureError,
     new_secret,
     parse_secrets,
     sign,
     signed_headers,
     verify,
 )
-from mediaq.notify.ssrf import AllowList, TargetRefused, permitted, resolve, why_forbidden
+from mediaq.notify.ssrf import AllowList, permitted, resolve, why_forbidden
 from mediaq.notify.transport import HttpAnswer, post
 
 ip = ipaddress.ip_address
@@ -251,7 +250,7 @@ def test_new_secrets_are_usable_and_bad_ones_refused() -> None:
 
 
 def test_default_schedule_is_the_standard_webhooks_one() -> None:
-    assert parse_schedule(Settings().notify_retry_schedule) == (
+    assert parse_schedule(Settings().notifications.retry_schedule) == (
         5, 300, 1800, 7200, 18000, 36000, 36000)
     assert parse_schedule(" 0, 1.5 ,1,") == (0, 1.5, 1)
     assert parse_schedule("") == ()
@@ -386,7 +385,7 @@ def note(notification_type: str, subject: str, body: dict[str, Any]) -> Notifica
 
 
 def test_mail_message_has_subject_from_and_both_bodies(tmp_path: Path) -> None:
-    config = mail.SmtpConfig.from_settings(Settings(
+    config = mail.SmtpConfig.from_settings(Settings().replace(
         home=tmp_path, smtp_url="smtp://127.0.0.1:2525", mail_from="mediaq <mq@example.org>"))
     assert config is not None
     message = mail.build_message(config, "ops@example.com", "Thumbnails JOB-7: dead lettered",
@@ -408,7 +407,8 @@ def test_mail_message_has_subject_from_and_both_bodies(tmp_path: Path) -> None:
 
 def test_mail_templates_can_be_replaced(tmp_path: Path) -> None:
     (tmp_path / "email.txt").write_text("Custom: $job_code is $status\n")
-    config = mail.SmtpConfig.from_settings(Settings(home=tmp_path, smtp_url="smtp://h"))
+    config = mail.SmtpConfig.from_settings(Settings().replace(home=tmp_path,
+                                                              smtp_url="smtp://h"))
     assert config is not None
     message = mail.build_message(config, "a@b", "s", payload(), mail.Templates.load(tmp_path))
     text = message.get_body(("plain",))
@@ -418,18 +418,18 @@ def test_mail_templates_can_be_replaced(tmp_path: Path) -> None:
 
 
 def test_smtp_settings(tmp_path: Path) -> None:
-    assert mail.SmtpConfig.from_settings(Settings(home=tmp_path)) is None
-    plain = mail.SmtpConfig.from_settings(Settings(home=tmp_path, smtp_url="smtp://mail.example",
-                                                   host_id="box"))
+    assert mail.SmtpConfig.from_settings(Settings().replace(home=tmp_path)) is None
+    plain = mail.SmtpConfig.from_settings(Settings().replace(
+        home=tmp_path, smtp_url="smtp://mail.example", host_id="box"))
     assert plain is not None
     assert (plain.host, plain.port, plain.implicit_tls, plain.starttls, plain.sender) == (
         "mail.example", 25, False, "auto", "mediaq@box")
-    tls = mail.SmtpConfig.from_settings(Settings(
+    tls = mail.SmtpConfig.from_settings(Settings().replace(
         home=tmp_path, smtp_url="smtps://u%40x:p%3Aw@mail.example", smtp_password="other"))
     assert tls is not None
     assert (tls.port, tls.implicit_tls, tls.starttls, tls.user, tls.password) == (
         465, True, "never", "u@x", "p:w")
-    filled = mail.SmtpConfig.from_settings(Settings(
+    filled = mail.SmtpConfig.from_settings(Settings().replace(
         home=tmp_path, smtp_url="smtp://mail.example:587?starttls=always", smtp_user="me",
         smtp_password="pw"))
     assert filled is not None
@@ -437,7 +437,7 @@ def test_smtp_settings(tmp_path: Path) -> None:
         587, "always", "me", "pw")
     for bad in ("http://mail.example", "smtp://mail.example?starttls=maybe", "smtp://"):
         with pytest.raises(ConfigError, match="smtp_url"):
-            mail.SmtpConfig.from_settings(Settings(home=tmp_path, smtp_url=bad))
+            mail.SmtpConfig.from_settings(Settings().replace(home=tmp_path, smtp_url=bad))
 
 
 def test_slack_message_names_the_job() -> None:
@@ -511,8 +511,8 @@ def test_a_receiver_answering_garbage_is_retried_and_counts_against_it(tmp_path:
 
         thread = threading.Thread(target=answer_garbage, daemon=True)
         thread.start()
-        channels = Channels(Settings(home=tmp_path, webhook_allowed_hosts="127.0.0.1",
-                                     notify_timeout_seconds=5))
+        channels = Channels(Settings().replace(home=tmp_path, webhook_allowed_hosts="127.0.0.1",
+                                               notify_timeout_seconds=5))
         outcome = channels.deliver(Notification(
             id=1, event_id="e", notification_type="job.completed",
             recipient=f"http://127.0.0.1:{port}/hook", channel="webhook",

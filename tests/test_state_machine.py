@@ -37,8 +37,7 @@ from hypothesis.stateful import (
 from psycopg_pool import ConnectionPool
 
 from mediaq import db, operations, submit, workflows
-from mediaq.errors import LeaseLost
-from mediaq.operations import InvalidTransition
+from mediaq.errors import InvalidTransition, LeaseLost
 from mediaq.worker.claimer import Claimer
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.maintenance.rescuer import rescue_once

@@ -11,6 +11,7 @@ import yaml
 from psycopg.rows import dict_row
 
 from mediaq import workflows
+from mediaq.errors import WorkflowError
 from tests.helpers import MediaqEnv, diagnostic_workflow
 
 SEEDED = {
@@ -220,7 +221,7 @@ def test_normalise_fills_defaults() -> None:
         "step_number": 1, "step_name": "Step 1", "step_type": None, "action": "noop",
         "parameters": {}, "required_inputs": None, "expected_outputs": None,
         "timeout_seconds": 300, "on_failure": "stop", "sla_seconds": None}]
-    with pytest.raises(workflows.WorkflowError, match="step numbers must be unique"):
+    with pytest.raises(WorkflowError, match="step numbers must be unique"):
         workflows.normalise({"workflow_code": "T", "steps": [
             {"action": "noop", "step_number": 1}, {"action": "noop", "step_number": 1}]})
 

@@ -6,14 +6,14 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import click
 import psycopg
 
 from mediaq import db, migrate
 from mediaq.config import Settings, load_settings
-from mediaq.errors import MediaqError
+from mediaq.errors import ConfigError, Interrupt, MediaqError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,30 +57,50 @@ def run_in_foreground(env: Env, loop: Stoppable, run: Callable[[], int]) -> int:
     """Run a service loop (notifier, triggers) until it ends or SIGTERM/SIGINT stops it."""
     from mediaq import logs  # structlog only for the commands that log
 
-    logs.configure(env.settings.log_format, env.settings.log_level)
+    logs.configure(env.settings.logging.format, env.settings.logging.level)
     migrate.require_current_schema(env.url)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: loop.stop())
     return run()
 
 
+# Exit statuses. Every refusal a person can act on exits 1, whatever its family:
+# scripts written against earlier releases test for 1, and the one-line message
+# says what is wrong. Usage errors stay click's 2.
+EXIT_REFUSED = 1
+EXIT_SOFTWARE = 70  # sysexits' EX_SOFTWARE: a bug, not something the caller did
+
+
 class MediaqGroup(click.Group):
-    """Turns known errors into one line on stderr and exit status 1."""
+    """Turns known errors into one line on stderr and an exit status."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except MediaqError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            sys.exit(1)
+            _fail(_family_prefix(exc) + exc.message, EXIT_REFUSED)
+        except Interrupt as exc:
+            # Signals steer the executor inside `mediaq worker`; one reaching the
+            # command line is a bug, reported as one instead of as a refusal.
+            _fail(f"internal error: {type(exc).__name__} escaped: {exc.message}",
+                  EXIT_SOFTWARE)
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            click.echo(f"error: database unavailable: {first}", err=True)
-            sys.exit(1)
+            _fail(f"database unavailable: {first}", EXIT_REFUSED)
         except psycopg.Error as exc:
             detail = exc.diag.message_primary or str(exc).strip().splitlines()[0]
-            click.echo(f"error: database refused the request: {detail}", err=True)
-            sys.exit(1)
+            _fail(f"database refused the request: {detail}", EXIT_REFUSED)
+
+
+def _family_prefix(exc: MediaqError) -> str:
+    """Settings problems are named as such: the fix is in the environment or the file,
+    not in the command's arguments. Other families' messages speak for themselves."""
+    return "configuration: " if isinstance(exc, ConfigError) else ""
+
+
+def _fail(message: str, status: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
 
 
 @click.group(cls=MediaqGroup, context_settings={"help_option_names": ["-h", "--help"]})

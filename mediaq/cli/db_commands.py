@@ -38,7 +38,7 @@ def db_upgrade(env: Env) -> None:
 def db_status(env: Env) -> None:
     """Show the schema revision the database is at and the one this mediaq needs."""
     current, head = migrate.current_revision(env.url), migrate.head_revision()
-    click.echo(f"database: {env.settings.describe()['database']}")
+    click.echo(f"database: {env.settings.describe()['database']['url']}")
     click.echo(f"schema revision: {current or 'none'} (this mediaq needs {head})")
     if current != head:
         raise SystemExit(1)
@@ -55,9 +55,9 @@ def db_url(env: Env) -> None:
 @pass_env
 def db_stop(env: Env) -> None:
     """Stop the embedded PostgreSQL server."""
-    if not env.settings.uses_embedded:
+    if not env.settings.database.embedded:
         raise click.UsageError("MEDIAQ_DATABASE_URL is set: mediaq does not manage that server")
-    click.echo("stopped" if embedded.stop(env.settings.home) else "not running")
+    click.echo("stopped" if embedded.stop(env.settings.storage.home) else "not running")
 
 
 @db_group.command("roles")
@@ -139,9 +139,12 @@ def _parse_login(spec: str) -> tuple[str, str]:
 @click.command("config")
 @pass_env
 def config(env: Env) -> None:
-    """Print the effective settings (secrets masked)."""
-    for key, value in env.settings.describe().items():
-        click.echo(f"{key:24} {value}")
+    """Print the effective settings by section, as the TOML file's tables name them
+    (secrets masked; roots as used when left empty)."""
+    for number, (section, values) in enumerate(env.settings.describe().items()):
+        click.echo(("\n" if number else "") + f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key:24} {value}".rstrip())
 
 
 COMMANDS = [db_group, config]

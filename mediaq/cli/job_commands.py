@@ -76,7 +76,7 @@ def _checked_input(env: Env, text: str) -> Path:
     path = Path(text).expanduser()
     typed = text if "://" in text or path.is_absolute() else str(Path.cwd() / path)
     kind = "directory" if Path(typed).is_dir() else "file"  # a folder for a scan workflow
-    return check_input(typed, env.settings.effective_input_roots, kind=kind)
+    return check_input(typed, env.settings.storage.effective_input_roots, kind=kind)
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any] | None:

@@ -9,9 +9,10 @@ import click
 
 from mediaq.cli import Env, pass_env, run_in_foreground
 from mediaq.cli.render import show_rows
+from mediaq.errors import SignatureError
 from mediaq.notify import outbox
 from mediaq.notify.notifier import Notifier
-from mediaq.notify.signing import SignatureError, new_secret, parse_secrets, verify
+from mediaq.notify.signing import new_secret, parse_secrets, verify
 
 
 @click.command("notifier")
@@ -77,7 +78,8 @@ def webhooks_secret() -> None:
 def webhooks_verify(env: Env, msg_id: str, timestamp: str, signature: str,
                     secret: str | None, tolerance: int, body_file: BinaryIO) -> None:
     """Check a delivery's signature: the body from BODY_FILE (default stdin)."""
-    keys = parse_secrets(secret if secret is not None else env.settings.webhook_secret)
+    configured = env.settings.notifications.webhook_secret
+    keys = parse_secrets(secret if secret is not None else configured)
     if not keys:
         raise click.UsageError("no secret: pass --secret or set MEDIAQ_WEBHOOK_SECRET")
     headers = {"webhook-id": msg_id, "webhook-timestamp": timestamp,

@@ -149,7 +149,7 @@ def schedule_remove(env: Env, schedule_id: int) -> None:
 def scan(env: Env, path: str, workflow_code: str, patterns: tuple[str, ...], recursive: bool,
          resubmit: bool, priority: int | None) -> None:
     """Submit a job for every file in PATH that has none yet."""
-    folder = check_input(str(_absolute(path)), env.settings.effective_input_roots,
+    folder = check_input(str(_absolute(path)), env.settings.storage.effective_input_roots,
                          kind="directory")
     files = [found.path for found in walk_files(
         folder, parse_patterns(patterns) or VIDEO_PATTERNS, recursive=recursive)]

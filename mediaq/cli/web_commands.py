@@ -12,15 +12,17 @@ ROLE_CHOICES = ("admin", "operator", "submitter", "viewer")
 
 
 @click.command("web")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", help="Address to listen on  [default: web.host, 127.0.0.1]")
+@click.option("--port", type=int, help="Port to listen on  [default: web.port, 8080]")
 @pass_env
-def web(env: Env, host: str, port: int) -> None:
+def web(env: Env, host: str | None, port: int | None) -> None:
     """Serve the HTTP API, the live dashboard and Prometheus /metrics."""
     import uvicorn
 
     from mediaq.web.app import create_app
 
+    host = host or env.settings.web.host
+    port = port or env.settings.web.port
     migrate.require_current_schema(env.url)
     click.echo(f"mediaq web on http://{host}:{port}/", err=True)
     uvicorn.run(create_app(env.settings, env.url), host=host, port=port, log_level="warning",

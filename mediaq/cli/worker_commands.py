@@ -42,10 +42,10 @@ def worker(env: Env, categories: str | None, limits: str | None, vram_mb: int | 
         return
     settings = env.settings
     if no_notifier:
-        settings = dataclasses.replace(settings, notifier=False)
+        settings = settings.replace(notifier=False)
     if no_triggers:
-        settings = dataclasses.replace(settings, triggers=False)
-    logs.configure(settings.log_format, settings.log_level)
+        settings = settings.replace(triggers=False)
+    logs.configure(settings.logging.format, settings.logging.level)
     migrate.require_current_schema(env.url)
     options = WorkerOptions(
         categories=parse_categories(categories), limits=parse_limits(limits), vram_mb=vram_mb,
@@ -85,13 +85,13 @@ def demo(env: Env) -> None:
     from mediaq import demo as demo_module
 
     settings = env.settings
-    logs.configure(settings.log_format, "warning")
+    logs.configure(settings.logging.format, "warning")
     migrate.require_current_schema(env.url)
     samples = demo_module.prepare_samples(settings)
     codes = demo_module.submit_samples(env.url, samples)
     click.echo(f"submitted {len(codes)} jobs: {', '.join(codes)}")
     processed = demo_module.run_worker_with_progress(settings, env.url, codes)
-    click.echo(f"worker processed {processed} job(s); outputs are in {settings.outputs}")
+    click.echo(f"worker processed {processed} job(s); outputs are in {settings.storage.outputs}")
     demo_module.show_results(env.url, codes)
 
 

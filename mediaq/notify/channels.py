@@ -21,9 +21,10 @@ import structlog
 
 from mediaq import __version__
 from mediaq.config import Settings
+from mediaq.errors import TargetRefused
 from mediaq.notify import mail
 from mediaq.notify.signing import parse_secrets, signed_headers
-from mediaq.notify.ssrf import AllowList, TargetRefused
+from mediaq.notify.ssrf import AllowList
 from mediaq.notify.transport import HttpAnswer, post
 
 log = structlog.get_logger("mediaq.notify")
@@ -63,11 +64,11 @@ class Channels:
     """Everything a delivery needs from the settings, read once."""
 
     def __init__(self, settings: Settings) -> None:
-        self.timeout = settings.notify_timeout_seconds
-        self.keys = parse_secrets(settings.webhook_secret)
-        self.allow = AllowList.parse(settings.webhook_allowed_hosts)
+        self.timeout = settings.notifications.timeout_seconds
+        self.keys = parse_secrets(settings.notifications.webhook_secret)
+        self.allow = AllowList.parse(settings.notifications.webhook_allowed_hosts)
         self.smtp = mail.SmtpConfig.from_settings(settings)
-        self.templates = mail.Templates.load(settings.mail_template_dir)
+        self.templates = mail.Templates.load(settings.notifications.mail_template_dir)
         self.user_agent = f"mediaq/{__version__} (notifications)"
 
     def deliver(self, note: Notification) -> Outcome:

@@ -18,12 +18,23 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from mediaq.config import Settings
 from mediaq.errors import ConfigError
 
 STARTTLS_MODES = ("auto", "always", "never")
+
+
+def parse_smtp_url(url: str) -> tuple[SplitResult, str]:
+    """``url`` split, and its starttls mode; ConfigError names what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ConfigError("smtp_url: expected smtp://host[:port] or smtps://host[:port]")
+    starttls = parse_qs(parts.query).get("starttls", ["auto"])[0]
+    if starttls not in STARTTLS_MODES:
+        raise ConfigError(f"smtp_url: starttls must be one of {', '.join(STARTTLS_MODES)}")
+    return parts, starttls
 
 
 @dataclass(frozen=True)
@@ -40,24 +51,20 @@ class SmtpConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> SmtpConfig | None:
         """The SMTP server to use, or None when e-mail is not configured."""
-        if not settings.smtp_url:
+        if not settings.notifications.smtp_url:
             return None
-        parts = urlsplit(settings.smtp_url)
-        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
-            raise ConfigError("smtp_url: expected smtp://host[:port] or smtps://host[:port]")
-        starttls = parse_qs(parts.query).get("starttls", ["auto"])[0]
-        if starttls not in STARTTLS_MODES:
-            raise ConfigError(f"smtp_url: starttls must be one of {', '.join(STARTTLS_MODES)}")
+        parts, starttls = parse_smtp_url(settings.notifications.smtp_url)
+        assert parts.hostname is not None
         implicit = parts.scheme == "smtps"
         return cls(
             host=parts.hostname,
             port=parts.port or (465 if implicit else 25),
             implicit_tls=implicit,
             starttls="never" if implicit else starttls,
-            user=unquote(parts.username or "") or settings.smtp_user,
-            password=unquote(parts.password or "") or settings.smtp_password,
-            sender=settings.mail_from or f"mediaq@{settings.host_id}",
-            ca_file=settings.smtp_ca_file,
+            user=unquote(parts.username or "") or settings.notifications.smtp_user,
+            password=unquote(parts.password or "") or settings.notifications.smtp_password,
+            sender=settings.notifications.mail_from or f"mediaq@{settings.worker.host_id}",
+            ca_file=settings.notifications.smtp_ca_file,
         )
 
     def tls_context(self) -> ssl.SSLContext:

@@ -63,12 +63,12 @@ class Notifier:
         self.settings = settings
         self.url = url
         self.notifier_id = notifier_id or (
-            f"{settings.host_id}:{os.getpid()}:notify:{uuid.uuid4().hex[:6]}")
+            f"{settings.worker.host_id}:{os.getpid()}:notify:{uuid.uuid4().hex[:6]}")
         self.channels = Channels(settings)
-        self.schedule = parse_schedule(settings.notify_retry_schedule)
-        self.concurrency = settings.notify_concurrency
+        self.schedule = parse_schedule(settings.notifications.retry_schedule)
+        self.concurrency = settings.notifications.concurrency
         # Long enough for one attempt (connect, send, answer) with room to spare.
-        self.hold_s = 2 * settings.notify_timeout_seconds + 5
+        self.hold_s = 2 * settings.notifications.timeout_seconds + 5
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.finished: queue.SimpleQueue[tuple[Notification, Outcome]] = queue.SimpleQueue()
@@ -93,7 +93,7 @@ class Notifier:
                             break
                 except psycopg.OperationalError as exc:
                     self.log.warning("notifier:database_error", error=str(exc))
-                    self.stopping.wait(self.settings.poll_seconds)
+                    self.stopping.wait(self.settings.worker.poll_seconds)
             self._finish_in_flight()
         self.stopping.set()
         return self.delivered
@@ -116,8 +116,8 @@ class Notifier:
                 return True
             if self.in_flight >= self.concurrency:
                 wait_s = None  # no room: wait for a delivery to finish, not for due rows
-            self.wake.wait(min(self.settings.poll_seconds, wait_s if wait_s is not None
-                               else self.settings.poll_seconds))
+            self.wake.wait(min(self.settings.worker.poll_seconds, wait_s if wait_s is not None
+                               else self.settings.worker.poll_seconds))
             self.wake.clear()
         return False
 
@@ -250,8 +250,8 @@ class Notifier:
         if outcome.endpoint_fault:
             breaker = db.fetch_one(conn, "endpoint_failed", {
                 "endpoint": note.endpoint, "error": outcome.detail,
-                "threshold": self.settings.breaker_threshold,
-                "cooldown_s": self.settings.breaker_cooldown_seconds})
+                "threshold": self.settings.notifications.breaker_threshold,
+                "cooldown_s": self.settings.notifications.breaker_cooldown_seconds})
             if breaker is not None and breaker["state"] == "open":
                 self.log.warning("breaker:open", endpoint=note.endpoint,
                                  failures=breaker["consecutive_failures"],

@@ -6,7 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mediaq import db
-from mediaq.errors import MediaqError
+from mediaq.errors import Refused
 
 STATUSES = ("pending", "sending", "sent", "failed")
 
@@ -28,7 +28,7 @@ def shown_recipient(recipient: str) -> str:
 def list_notifications(conn: db.Connection, *, status: str | None = None,
                        job_code: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     if status is not None and status not in STATUSES:
-        raise MediaqError(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
+        raise Refused(f"unknown status {status!r} (one of {', '.join(STATUSES)})")
     rows = db.fetch_all(conn, "notifications_list",
                         {"status": status, "job_code": job_code, "limit": limit})
     return [{**row, "recipient": shown_recipient(row["recipient"] or "")} for row in rows]
@@ -38,9 +38,9 @@ def retry(conn: db.Connection, notification_id: int) -> None:
     """Send a failed row again now (same event id); re-enable its endpoint if it was
     disabled or held back by its breaker."""
     row = db.fetch_one(conn, "notification_retry", {"id": notification_id})
-    if row is None:
-        raise MediaqError(f"notification {notification_id} does not exist or is not "
-                          "failed or pending")
+    if row is None:  # one statement: a missing row and one in another state look alike
+        raise Refused(f"notification {notification_id} does not exist or is not "
+                      "failed or pending")
     db.execute(conn, "endpoint_reset", {"endpoint": row["endpoint"]})
 
 

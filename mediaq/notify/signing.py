@@ -18,14 +18,10 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 
-from mediaq.errors import ConfigError
+from mediaq.errors import ConfigError, SignatureError
 
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE_S = 300
-
-
-class SignatureError(ValueError):
-    """A delivery that does not verify (the message says why, in one line)."""
 
 
 def new_secret() -> str:

@@ -15,17 +15,13 @@ import re
 import socket
 from dataclasses import dataclass
 
-from mediaq.errors import ConfigError
+from mediaq.errors import ConfigError, TargetRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 _METADATA = (ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"))
-
-
-class TargetRefused(Exception):
-    """The target is not a public address and is not allowed (one-line message)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from email.message import Message
 from urllib.parse import urlsplit
 
-from mediaq.notify.ssrf import AllowList, TargetRefused, check_peer, resolve
+from mediaq.errors import TargetRefused
+from mediaq.notify.ssrf import AllowList, check_peer, resolve
 
 _EXCERPT_BYTES = 2048
 

@@ -21,7 +21,7 @@ def add_watch_folder(conn: db.Connection, settings: Settings, path: Path, workfl
                      settle_seconds: int = 10, recursive: bool = False,
                      params: dict[str, Any] | None = None) -> db.Row:
     """Store a watch folder after checking what a worker would refuse later."""
-    folder = check_input(str(path), settings.effective_input_roots, kind="directory")
+    folder = check_input(str(path), settings.storage.effective_input_roots, kind="directory")
     _check_workflow(conn, workflow_code)
     _check_priority(priority)
     if settle_seconds < 0:
@@ -49,7 +49,7 @@ def add_schedule(conn: db.Connection, settings: Settings, cron: str, workflow_co
     _check_workflow(conn, workflow_code)
     _check_priority(priority)
     kind = "directory" if Path(input_path).is_dir() else "file"
-    checked = check_input(input_path, settings.effective_input_roots, kind=kind)
+    checked = check_input(input_path, settings.storage.effective_input_roots, kind=kind)
     row = db.fetch_one(conn, "schedule_add", {
         "cron": cron, "timezone": timezone, "workflow_code": workflow_code,
         "input_path": str(checked), "params": Jsonb(params or {}), "priority": priority,

@@ -34,7 +34,7 @@ class Triggers:
         self.settings = settings
         self.url = url
         self.runner_id = runner_id or (
-            f"{settings.host_id}:{os.getpid()}:triggers:{uuid.uuid4().hex[:6]}")
+            f"{settings.worker.host_id}:{os.getpid()}:triggers:{uuid.uuid4().hex[:6]}")
         self.events = FolderEvents()
         self.stopping = threading.Event()
         self.next_scan: dict[int, float] = {}  # folder id → monotonic time of its next listing
@@ -48,7 +48,7 @@ class Triggers:
     def run(self, *, once: bool = False) -> int:
         """Watch and fire until stopped (``once``: one pass); the jobs submitted."""
         self.log.info("triggers:started", inotify=self.events.available,
-                      scan_seconds=self.settings.watch_scan_seconds)
+                      scan_seconds=self.settings.triggers.watch_scan_seconds)
         try:
             while not self.stopping.is_set():
                 try:
@@ -60,7 +60,7 @@ class Triggers:
                     self.log.warning("triggers:error", error=f"{type(exc).__name__}: {exc}")
                     if once:  # one pass was asked for: say it failed rather than retry
                         raise
-                    self.stopping.wait(self.settings.poll_seconds)
+                    self.stopping.wait(self.settings.worker.poll_seconds)
         finally:
             self.events.close()
         return self.submitted
@@ -86,7 +86,7 @@ class Triggers:
         row = db.fetch_one(conn, "schedules_next_due")
         schedule_s = row["wait_s"] if row and row["wait_s"] is not None else None
         now = time.monotonic()
-        waits = [self.settings.poll_seconds,
+        waits = [self.settings.worker.poll_seconds,
                  *(due - now for due in self.next_scan.values())]
         if schedule_s is not None:
             waits.append(schedule_s)
@@ -106,7 +106,7 @@ class Triggers:
     # -- one watch folder ----------------------------------------------------------------
 
     def _scan(self, conn: db.Connection, folder: WatchFolder) -> None:
-        interval = self.settings.watch_scan_seconds
+        interval = self.settings.triggers.watch_scan_seconds
         self.next_scan[folder.id] = time.monotonic() + interval
         if not folder.path.is_dir():
             self._record(conn, folder, f"{folder.path} is not a directory (unmounted?)")

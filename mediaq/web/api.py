@@ -109,7 +109,7 @@ def _detail(conn: db.Connection, ref: str) -> dict[str, Any]:
 def create_job(body: JobCreate, request: Request, conn: Conn,
                who: Submitter) -> dict[str, Any]:
     """Submit a file to a workflow; the same ``idempotencyKey`` returns the same job."""
-    roots: tuple[Path, ...] = request.app.state.settings.effective_input_roots
+    roots: tuple[Path, ...] = request.app.state.settings.storage.effective_input_roots
     kind = "directory" if _is_dir(body.inputPath) else "file"  # a folder for a scan workflow
     resolved = check_input(body.inputPath, roots, kind=kind)
     row = submit(conn, body.type, resolved, priority=body.priority, params=body.params,

@@ -22,7 +22,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mediaq import db
-from mediaq.errors import MediaqError
+from mediaq.errors import Refused
 
 ROLES = ("viewer", "submitter", "operator", "admin")
 """Each role can do everything the roles before it can; only admin applies workflows."""
@@ -47,7 +47,7 @@ def hash_token(token: str) -> str:
 def create_token(conn: db.Connection, role: str, name: str | None) -> tuple[str, db.Row]:
     """A new token (returned once, never stored) and its stored row."""
     if role not in ROLES:
-        raise MediaqError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
+        raise Refused(f"unknown role {role!r} (one of {', '.join(ROLES)})")
     token = "mq_" + secrets.token_urlsafe(32)
     row = db.fetch_one(conn, "token_create", {"name": name, "role": role,
                                               "token_hash": hash_token(token),
@@ -62,7 +62,8 @@ def list_tokens(conn: db.Connection) -> list[db.Row]:
 
 def revoke_token(conn: db.Connection, token_id: int) -> None:
     if db.fetch_one(conn, "token_revoke", {"id": token_id}) is None:
-        raise MediaqError(f"token {token_id} does not exist or is already revoked")
+        # one statement: a missing token and a revoked one look alike
+        raise Refused(f"token {token_id} does not exist or is already revoked")
 
 
 def authenticate(conn: db.Connection, token: str) -> Principal | None:

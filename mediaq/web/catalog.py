@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
 from mediaq import db, workflows
+from mediaq.errors import WorkflowError
 from mediaq.notify import outbox
 from mediaq.web import masking, serialise
 from mediaq.web.auth import Principal, get_conn, require
@@ -63,7 +64,7 @@ def _current(conn: db.Connection, doc: Any) -> dict[str, Any] | None:
         return None
     try:
         return workflows.export(conn, code)
-    except workflows.WorkflowError:
+    except WorkflowError:
         return None
 
 

@@ -100,7 +100,7 @@ class Supervisor:
                     self._replace_dead()
                     demand = db.fetch_one(conn, "autoscale_demand", {
                         "categories": list(self.categories), "queues": self.queues,
-                        "host": self.settings.host_id})
+                        "host": self.settings.worker.host_id})
                     assert demand is not None
                     quiet_since = self._scale(demand["running"], demand["waiting"],
                                               quiet_since)
@@ -163,7 +163,7 @@ class Supervisor:
         for child in self.children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 10
+        deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds + 10
         for child in self.children:
             try:
                 child.process.wait(max(0.1, deadline - time.monotonic()))

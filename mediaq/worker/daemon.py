@@ -55,7 +55,7 @@ class Worker:
         self.url = url
         self.options = options
         self.worker_id = options.worker_id or (
-            f"{settings.host_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
+            f"{settings.worker.host_id}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
         gpu = read_gpu()
         self.capacity = Capacity(
             categories=options.categories, limits=options.limits,
@@ -66,11 +66,12 @@ class Worker:
         # One connection per job thread, plus two that the producer, the heartbeat and
         # the rescuer share (their transactions are short and rare): with the listener,
         # a --jobs 1 process holds at most 4 sessions (benchmarks/scale.py counts them).
+        lease_seconds = settings.worker.lease_seconds
         self.pool = db.make_pool(url, size=self.capacity.max_parallel + 2,
-                                 idle_in_transaction_ms=max(1000, settings.lease_seconds * 500))
+                                 idle_in_transaction_ms=max(1000, lease_seconds * 500))
         self.claimer = Claimer(
-            self.pool, worker_id=self.worker_id, host=settings.host_id, capacity=self.capacity,
-            queues=options.queues, lease_seconds=settings.lease_seconds,
+            self.pool, worker_id=self.worker_id, host=settings.worker.host_id,
+            capacity=self.capacity, queues=options.queues, lease_seconds=lease_seconds,
         )
         self.executor = Executor(settings)
         self.running: dict[int, JobHandle] = {}
@@ -83,18 +84,18 @@ class Worker:
         self.notified: set[str] = set()
         self.notified_lock = threading.Lock()
         self.idle_since = time.monotonic()  # when idle_categories was last emptied
-        self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.lease_seconds,
+        self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.worker.lease_seconds,
                                    self.running, self.running_lock)
-        self.rescuer = Rescuer(self.pool, self.worker_id, settings.max_rescues,
-                               settings.lease_seconds, self.wake)
+        self.rescuer = Rescuer(self.pool, self.worker_id, settings.worker.max_rescues,
+                               settings.worker.lease_seconds, self.wake)
         self.jobs_pool = ThreadPoolExecutor(max_workers=max(1, self.capacity.max_parallel),
                                             thread_name_prefix="mediaq-job")
         self.log = log.bind(worker_id=self.worker_id)
         self.processed = 0
         self.notifier = (Notifier(settings, url, notifier_id=f"{self.worker_id}:notify")
-                         if settings.notifier else None)
+                         if settings.notifications.enabled else None)
         self.triggers = (Triggers(settings, url, runner_id=f"{self.worker_id}:triggers")
-                         if settings.triggers and not options.burst else None)
+                         if settings.triggers.enabled and not options.burst else None)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -169,7 +170,7 @@ class Worker:
                 if self.notifier is not None:
                     self.notifier.run(until_idle=True)
                 return
-            woken = self.wake.wait(self.settings.poll_seconds)
+            woken = self.wake.wait(self.settings.worker.poll_seconds)
             self.wake.clear()
             self._forget_idle(everything=not woken)
 
@@ -183,7 +184,7 @@ class Worker:
             named, self.notified = self.notified, set()
         now = time.monotonic()
         if everything or not named <= set(self.capacity.categories) \
-                or now - self.idle_since >= self.settings.poll_seconds:
+                or now - self.idle_since >= self.settings.worker.poll_seconds:
             self.idle_categories.clear()
             self.idle_since = now
         else:
@@ -200,7 +201,7 @@ class Worker:
                 job = self.claimer.claim(category)
             except psycopg.OperationalError as exc:
                 self.log.warning("claim:database_error", error=str(exc))
-                time.sleep(self.settings.poll_seconds)
+                time.sleep(self.settings.worker.poll_seconds)
                 return False
             if job is not None:
                 self._start(job)
@@ -255,7 +256,7 @@ class Worker:
                 self.stopping.wait(1.0)
 
     def _drain(self) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds
         while self.capacity.total_running and time.monotonic() < deadline:
             time.sleep(0.1)
         with self.running_lock:

@@ -28,10 +28,12 @@ from mediaq.errors import (
     ActionNotAvailable,
     Cancelled,
     InputRefused,
+    Interrupt,
     JobTimedOut,
     LeaseLost,
     Paused,
     PermanentError,
+    StepFailed,
     StepTimedOut,
     TransientError,
 )
@@ -116,15 +118,6 @@ def _keep_earlier_outputs(run: JobRun, step: Step, result: ActionResult) -> None
             output.staging_path = renamed
 
 
-class StepFailed(Exception):
-    """A step failed; carries its class ('permanent' or 'transient') and message."""
-
-    def __init__(self, error_class: str, message: str) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
-
-
 def _fusable(action_name: str) -> bool:
     try:
         return get_action(action_name).fuse is not None
@@ -174,11 +167,11 @@ class Executor:
                          job_code=handle.job_code, attempt=handle.attempt)
         try:
             run = load_run(handle, workflow_id)
-            discard_earlier_attempts(self.settings.staging, handle.job_code, handle.attempt)
+            discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
             if not run.steps:
                 raise StepFailed("permanent", "the workflow has no steps")
             run.input_path = check_input(run.context["input_file_path"],
-                                         self.settings.effective_input_roots,
+                                         self.settings.storage.effective_input_roots,
                                          kind=_input_kind(run.steps[0].action))
             run.source_path = run.input_path
             if run.context["input_bytes"] is None and run.input_path.is_file():
@@ -264,7 +257,7 @@ class Executor:
                                           "fused_steps": [s.number for s in steps]})
             for step in steps
         ]
-        stage_dirs = [staging_dir(self.settings.staging, handle.job_code, handle.attempt,
+        stage_dirs = [staging_dir(self.settings.storage.staging, handle.job_code, handle.attempt,
                                   step.number) for step in steps]
         started = time.monotonic()
         label = " + ".join(step.name for step in steps)
@@ -320,7 +313,8 @@ class Executor:
             retry_attempt=retry_attempt, progress_percent=percent_at_start,
             input_data={"source": str(run.source_path), "action": step.action},
         )
-        stage_dir = staging_dir(self.settings.staging, handle.job_code, handle.attempt, step.number)
+        stage_dir = staging_dir(self.settings.storage.staging, handle.job_code, handle.attempt,
+                                step.number)
         started = time.monotonic()
         try:
             ctx = self._context(handle, run, step, stage_dir, retry_attempt,
@@ -345,7 +339,7 @@ class Executor:
 
     def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
                        stage_dir: Path, result: ActionResult, seconds: float) -> None:
-        output_dir = job_output_dir(self.settings.outputs, handle.job_code)
+        output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
         _keep_earlier_outputs(run, step, result)
         staged = [o.staging_path for o in result.outputs]
         output_data = self._describe_outputs(result, output_dir, step, seconds)
@@ -383,8 +377,8 @@ class Executor:
             cancel_event=handle.stop_signal, on_progress=on_progress,
             on_log=handle.log, previous_outputs=run.outputs,
             workflow_code=run.context["workflow_code"],
-            input_roots=self.settings.effective_input_roots,
-            library_roots=self.settings.effective_library_roots,
+            input_roots=self.settings.storage.effective_input_roots,
+            library_roots=self.settings.storage.effective_library_roots,
             submit_files=functools.partial(submit_found_files, handle.pool,
                                            found_by=f"scan:{handle.job_code}"),
         )
@@ -393,7 +387,7 @@ class Executor:
         """Run an action with no transaction open; classify what it raises."""
         try:
             return call()
-        except (Cancelled, Paused, LeaseLost):
+        except Interrupt:  # a stop request, not the step's failure: the caller acts on it
             raise
         except psycopg.OperationalError:
             # The database went away under the step's own writes (progress, log): not the
@@ -455,8 +449,8 @@ class Executor:
         retries_used = int(run.context["retry_count"] or 0)
         max_retries = int(run.context["max_retries"] or 0)
         if failure.error_class == "transient" and retries_used < max_retries:
-            delay = retry_delay(retries_used, self.settings.retry_base_seconds,
-                                self.settings.retry_max_seconds)
+            delay = retry_delay(retries_used, self.settings.worker.retry_base_seconds,
+                                self.settings.worker.retry_max_seconds)
             handle.commit_step(
                 execution_id, status="failed", error_message=failure.message,
                 error_class="transient",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mediaq.actions import BUILTIN_MODULES, ActionContext, ActionResult, get_action
-from mediaq.config import Settings
+from mediaq.config import LimitSettings, Settings
 from mediaq.errors import PermanentError
 
 POLL_S = 0.05
@@ -49,8 +49,7 @@ def _forkserver() -> Any:
 
 
 def isolation_wanted(settings: Settings) -> bool:
-    return bool(settings.step_isolation or settings.step_memory_limit_mb > 0
-                or settings.step_cpu_seconds_limit > 0)
+    return settings.limits.isolated
 
 
 # --------------------------------------------------------------------------- parent
@@ -63,8 +62,8 @@ def run_isolated(action_name: str, contexts: list[ActionContext], *, fused: bool
     lead = contexts[0]
     payload = {
         "action": action_name, "fused": fused,
-        "memory_mb": settings.step_memory_limit_mb,
-        "cpu_seconds": settings.step_cpu_seconds_limit,
+        "memory_mb": settings.limits.step_memory_limit_mb,
+        "cpu_seconds": settings.limits.step_cpu_seconds_limit,
         "contexts": [_portable(ctx) for ctx in contexts],
     }
     mp = _forkserver()
@@ -108,7 +107,7 @@ def _serve(conn: multiprocessing.connection.Connection, process: Any,
         if message is None:
             if ready or not process.is_alive():
                 process.join(2)
-                raise _death(process.exitcode, lead, settings)
+                raise _death(process.exitcode, lead, settings.limits)
             continue
         kind = message[0]
         if kind == "progress":
@@ -130,7 +129,7 @@ def _serve(conn: multiprocessing.connection.Connection, process: Any,
             raise message[1]
 
 
-def _death(exitcode: int | None, ctx: ActionContext, limits: Settings) -> Exception:
+def _death(exitcode: int | None, ctx: ActionContext, limits: LimitSettings) -> Exception:
     """What a child that ended without an answer died of, as one clear error."""
     if exitcode is not None and exitcode < 0:
         number = -exitcode

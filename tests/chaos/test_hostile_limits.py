@@ -117,7 +117,7 @@ from mediaq.worker.isolation import run_isolated
 from tests.helpers import action_context
 
 runs, source, stage = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-settings = Settings(step_memory_limit_mb=2048, step_cpu_seconds_limit=60)
+settings = Settings().replace(step_memory_limit_mb=2048, step_cpu_seconds_limit=60)
 out = {}
 for name, params in (("noop", {}), ("validate_video", {})):
     ctx = action_context(name, source, stage / name, params)
