@@ -26,9 +26,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create the virtual environment and install mediaq with its dev tools
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the layer contracts (import-linter)
 	$(BIN)/ruff check mediaq tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real processes)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 
 import click
-import psycopg
-from psycopg import sql
 
-from mediaq import embedded, migrate
+from mediaq import embedded, migrate, roles
 from mediaq.cli import Env, pass_env
-from mediaq.queries import SQL_DIR
-
-# What `mediaq db roles --login USER:KIND` grants.
-ROLE_KINDS = {"submitter": "mediaq_submitter", "reader": "mediaq_reader"}
+from mediaq.roles import ROLE_KINDS
 
 
 @click.group("db")
@@ -90,37 +84,19 @@ def db_roles(env: Env, logins: tuple[str, ...], password_stdin: bool) -> None:
             raise click.UsageError(f"--password-stdin: expected {len(wanted)} non-empty "
                                    "line(s) on stdin, one password per --login")
         passwords = list(lines[:len(wanted)])
-    script = (SQL_DIR / "roles.sql").read_text(encoding="utf-8")
-    shown: list[tuple[str, str, str]] = []
     with env.connect() as conn:
-        conn.execute(script)
-        for (user, role), given in zip(wanted, passwords, strict=True):
-            name = sql.Identifier(user)
-            password = given or secrets.token_urlsafe(24)
-            # Sent as a SCRAM verifier (as psql's \password does): the password itself
-            # never reaches the server or its statement log.
-            verifier = sql.Literal(
-                conn.pgconn.encrypt_password(password.encode(), user.encode()).decode())
-            try:
-                with conn.transaction():
-                    conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                        name, verifier))
-                created = True
-            except psycopg.errors.DuplicateObject:
-                created = False
-                if given:
-                    conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(
-                        name, verifier))
-            conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), name))
-            if created and not given:
-                shown.append((user, role, password))
-            else:
-                state = ("created" if created else "password set") if given \
-                    else "exists, password unchanged"
-                click.echo(f"{user}: {state}, member of {role}")
+        outcomes = roles.apply_roles(conn, [roles.Login(user, role, given) for (user, role), given
+                                            in zip(wanted, passwords, strict=True)])
+    shown = [o for o in outcomes if o.generated_password]
+    for outcome in outcomes:
+        if not outcome.generated_password:
+            state = ("created" if outcome.created else "password set") \
+                if outcome.login.password else "exists, password unchanged"
+            click.echo(f"{outcome.login.user}: {state}, member of {outcome.login.role}")
     click.echo("roles mediaq_submitter and mediaq_reader are ready")
-    for user, role, password in shown:
-        click.echo(f"{user}: created, member of {role}, password {password}")
+    for outcome in shown:
+        click.echo(f"{outcome.login.user}: created, member of {outcome.login.role}, "
+                   f"password {outcome.generated_password}")
     if shown:
         click.echo("(passwords are shown this once: store them now)", err=True)
 
