@@ -250,8 +250,7 @@ def test_errors_and_signals_cross_the_process_boundary_intact(tmp_path: Path) ->
     isolated = Settings().replace(step_isolation=True)
 
     def context(name: str, params: dict[str, object], **extra: object) -> ActionContext:
-        return action_context(name, source, tmp_path / name, params, settings=isolated,
-                              **extra)
+        return action_context(name, source, tmp_path / name, params, **extra)
 
     with pytest.raises(TransientError, match=r"^try later$") as failed:
         run_isolated("fail", [context("fail", {"kind": "transient", "message": "try later"})],

@@ -90,7 +90,13 @@ def test_estimates_scale_with_input_size_and_reach_the_api(mq: MediaqEnv) -> Non
     workflow = mq.one("SELECT id FROM workflow_definitions WHERE workflow_code = 'T-SIZED'")["id"]
     model = mq.query("SELECT s.step_number, m.flat_s, m.per_byte_s FROM workflow_steps s, "
                      "step_runtime_model(s.id) m WHERE s.workflow_id = %s ORDER BY 1", (workflow,))
-    assert model[0]["per_byte_s"] is not None and model[1]["per_byte_s"] is None
+    assert model[0]["per_byte_s"] is not None
+    # The fixed step's overhead may really grow a little with the input (the worker
+    # checks the file); on a loaded machine that can pass the model's test. What must
+    # hold is that its estimate does not move with size: under a quarter at 4 MB.
+    fixed = model[1]
+    assert fixed["per_byte_s"] is None or \
+        fixed["per_byte_s"] * 4_000_000 <= 0.25 * (fixed["flat_s"] or 0.1), fixed
     for size, expected in ((200_000, 0.25), (1_000_000, 0.65), (4_000_000, 2.15)):
         estimate = mq.one("SELECT workflow_runtime_estimate(%s, %s) AS s",
                           (workflow, size))["s"]
