@@ -5,9 +5,15 @@ BIN    := $(VENV)/bin
 MQ     := $(BIN)/mediaq
 STAMP  := $(VENV)/.installed
 DEMO_HOME ?= $(CURDIR)/.demo
+# The Debian packages of the programs the tests use as independent judges and sources
+# of media (tests/helpers.py TOOL_PACKAGES: which program comes from which), and one
+# program of each to tell whether they are installed.
+TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus
+TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast bench chaos demo clean
+.PHONY: help install lint test test-deps test-fast bench chaos demo clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +32,15 @@ lint: $(STAMP) ## ruff and mypy
 
 test: lint ## Lint, then the whole test suite (real PostgreSQL, real media, real processes)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
+
+test-deps: ## Install the Debian packages the tests use (ffmpeg, chromium, ImageMagick, LibreOffice, …)
+	@if ( for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null || exit 1; done ); then \
+	    echo "make test-deps: every tool the tests use is installed"; \
+	else \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES); \
+	fi
 
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"

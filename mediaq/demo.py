@@ -73,7 +73,7 @@ def show_results(url: str, job_codes: list[str]) -> None:
                             {"status": None, "workflow_code": None, "limit": 50})
     table(rows, ["job_code", "workflow_name", "status", "current_step", "total_steps",
                  "progress_percent", "priority", "submitted_by", "submitted_at", "started_at",
-                 "completed_at"], title="Job status dashboard (seed 000, step 12)")
+                 "completed_at"], title="Job status dashboard")
     # failed jobs sort first on the dashboard, so this run's failures are among its rows
     failures = [r for r in rows if r["status"] == "failed" and r["job_code"] in job_codes]
     if failures:

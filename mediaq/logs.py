@@ -31,6 +31,6 @@ def configure(fmt: str = "console", level: str = "info") -> None:
 
 
 def log_line(message: str) -> str:
-    """One line of a job's ``log`` column, as seed 001 shows them."""
+    """One line of a job's ``log`` column: ``[YYYY-MM-DD HH:MM:SS] message`` (UTC)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     return f"[{stamp}] {message}\n"

@@ -190,7 +190,7 @@ def apply(conn: db.Connection, doc: dict[str, Any]) -> ApplyResult:
 
 
 def seed(conn: db.Connection) -> list[ApplyResult]:
-    """Install (or update) the five workflows of seed 000."""
+    """Install (or update) the five built-in workflows of ``mediaq/seed_workflows/``."""
     return [apply(conn, load_file(path)) for path in sorted(SEED_DIR.glob("*.yaml"))]
 
 

@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pytest
 
 from mediaq import migrate
 from mediaq.config import Settings, load_settings
-from tests.helpers import MediaqEnv, with_database
+from tests.helpers import MediaqEnv, missing_tool_summary, with_database
 
 TEMPLATE = f"mediaq_template_{os.getpid()}"
 
@@ -93,3 +93,23 @@ def mq(tmp_path: Path, database_url: str) -> Iterator[MediaqEnv]:
 @pytest.fixture
 def settings(mq: MediaqEnv) -> Settings:
     return load_settings(mq.env)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Generator[None]:
+    """End the report with one line naming the tools whose absence skipped tests.
+
+    A wrapper that runs first, so the line comes after the short test summary (which
+    lists every skip) and just before the final counts. Under pytest-xdist the
+    controller holds every worker's skip reports, so one line covers them all.
+    """
+    yield
+    messages = []
+    for report in terminalreporter.stats.get("skipped", []):
+        # A skip's longrepr is (path, line, "Skipped: <reason>"), also once it has
+        # crossed from an xdist worker.
+        if isinstance(report.longrepr, tuple) and len(report.longrepr) == 3:
+            messages.append(str(report.longrepr[2]))
+    line = missing_tool_summary(messages)
+    if line:
+        terminalreporter.write_line(line, yellow=True, bold=True)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pytest
 import yaml
 from psycopg.rows import dict_row
 
@@ -23,6 +26,62 @@ from mediaq import workflows
 from mediaq.actions import ActionContext, ActionResult, get_action
 
 MEDIAQ = [sys.executable, "-m", "mediaq.cli"]
+
+# The programs the tests use as independent judges or sources of media (never the
+# engine's own path), with the Debian package of each; `make test-deps` installs
+# exactly these packages.
+TOOL_PACKAGES = {
+    "ffmpeg": "ffmpeg",
+    "ffprobe": "ffmpeg",
+    "espeak-ng": "espeak-ng",
+    "chromium": "chromium",
+    "identify": "imagemagick",
+    "convert": "imagemagick",
+    "vips": "libvips-tools",
+    "soffice": "libreoffice-writer-nogui",
+    "promtool": "prometheus",
+}
+# Every missing-tool skip reason has this shape, so that the terminal summary can
+# find them among the other skips (and across pytest-xdist workers, where only the
+# reports' text reaches the controller).
+_MISSING_TOOL = re.compile(r"missing tools? ([\w.+-]+(?:, [\w.+-]+)*) \(Debian")
+
+
+def missing_tool_reason(*tools: str) -> str:
+    """The skip reason for ``tools`` being absent: names them and the one fix."""
+    packages = sorted({TOOL_PACKAGES[tool] for tool in tools})
+    tool_s = "tools" if len(tools) > 1 else "tool"
+    package_s = "packages" if len(packages) > 1 else "package"
+    return (f"missing {tool_s} {', '.join(tools)} (Debian {package_s} {', '.join(packages)}): "
+            "run 'make test-deps'")
+
+
+def requires_tool(*tools: str) -> pytest.MarkDecorator:
+    """Skip unless every program in ``tools`` is on PATH (e.g. ``requires_tool("ffprobe")``)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    return pytest.mark.skipif(bool(missing), reason=missing_tool_reason(*missing or tools))
+
+
+def skip_without_tool(*tools: str) -> None:
+    """``requires_tool`` inside a test or fixture: skip now unless ``tools`` are on PATH."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(missing_tool_reason(*missing))
+
+
+def missing_tool_summary(skip_messages: Iterable[str]) -> str | None:
+    """One line for the skips caused by missing tools among ``skip_messages``, or None."""
+    count, tools = 0, set[str]()
+    for message in skip_messages:
+        found = _MISSING_TOOL.search(message)
+        if found:
+            count += 1
+            tools.update(found.group(1).split(", "))
+    if not count:
+        return None
+    tests = "test" if count == 1 else "tests"
+    return (f"{count} {tests} skipped for missing tools ({', '.join(sorted(tools))}): "
+            "run 'make test-deps'")
 
 
 def with_database(url: str, name: str) -> str:

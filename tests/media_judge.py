@@ -9,13 +9,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.helpers import requires_tool
 
 FFMPEG = shutil.which("ffmpeg")
 FFPROBE = shutil.which("ffprobe")
 
-needs_ffmpeg = pytest.mark.skipif(FFMPEG is None or FFPROBE is None,
-                                  reason="Debian ffmpeg/ffprobe not installed")
+needs_ffmpeg = requires_tool("ffmpeg", "ffprobe")
 
 
 def ffmpeg(*args: str | Path, timeout: float = 120) -> None:

@@ -18,18 +18,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-import mediaq.actions.analysis  # registers detect_scenes and transcribe_audio
+import mediaq.actions.analysis.sphinx_engine
 from mediaq.actions import ActionResult, get_action
-from mediaq.actions.analysis import Cue, Word, group_cues, srt, timestamp, webvtt
+from mediaq.actions.analysis.cues import Cue, Word, group_cues, srt, timestamp, webvtt
 from mediaq.errors import Cancelled, InvalidParameters, PermanentError
 from tests.helpers import action_context as context
+from tests.helpers import requires_tool, skip_without_tool
 from tests.helpers import run_action as run
 from tests.media_judge import duration_of, ffmpeg, needs_ffmpeg
 
 pytestmark = needs_ffmpeg
 
 ESPEAK = shutil.which("espeak-ng")
-needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng not installed")
+needs_espeak = requires_tool("espeak-ng")
 
 FPS = 25
 FRAME = 1 / FPS
@@ -67,8 +68,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The sentence spoken, as a WAV and muxed with a video track into an MP4 (AAC)."""
-    if ESPEAK is None:
-        pytest.skip("espeak-ng not installed")
+    skip_without_tool("espeak-ng")
+    assert ESPEAK is not None
     d = tmp_path_factory.mktemp("speech")
     wav = d / "speech.wav"
     subprocess.run([ESPEAK, *VOICE, "-w", str(wav), SENTENCE], check=True, timeout=60)
@@ -219,8 +220,8 @@ def test_cues_count_from_the_start_of_the_media(speech: dict[str, Path],
 def test_long_speech_is_split_between_words(speech: dict[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Force the split that bounds pocketsphinx's memory on uninterrupted speech.
-    monkeypatch.setattr(mediaq.actions.analysis, "MAX_UTTERANCE_SECONDS", 2.0)
-    monkeypatch.setattr(mediaq.actions.analysis, "SPLIT_SEARCH_SECONDS", 1.0)
+    monkeypatch.setattr(mediaq.actions.analysis.sphinx_engine, "MAX_UTTERANCE_SECONDS", 2.0)
+    monkeypatch.setattr(mediaq.actions.analysis.sphinx_engine, "SPLIT_SEARCH_SECONDS", 1.0)
     result = run("transcribe_audio", speech["mp4"], tmp_path)
     assert words_heard(result) >= 0.6
     times = cue_times(output(result, ".vtt").read_text())

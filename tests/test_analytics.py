@@ -2,11 +2,12 @@
 `mediaq report`.
 
 A history of a few thousand jobs is written with set-based SQL inserts of jobs and
-step executions; the engine's own trigger turns the executions into seed 003's stage
-events (started, completed, failed, with SLA due times), as it does for a worker.
-The views must agree with seed 003's and seed 000's own statements run as written,
-with a model of the history kept in Python, and with hand-computed numbers on a
-small known history.
+step executions; the engine's own trigger turns the executions into stage events in
+media_workflow_events (started, completed, failed, with SLA due times), as it does for
+a worker. The views must agree with the reference statements of tests/data/ run as
+written (seed003_*.sql: stage-event queries; seed000_*.sql: sample rows and dashboard
+queries), with a model of the history kept in Python, and with hand-computed numbers
+on a small known history.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ def by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
     return {row[key]: row for row in rows}
 
 
-# -- seed 003 over the generated history ------------------------------------------------------
+# -- the stage-event reference queries over the generated history ------------------------------
 
 
 def test_cycle_time_and_sla_agree_with_seed_003_and_the_model(hist: History) -> None:
@@ -332,12 +333,12 @@ def test_in_flight_is_seed_003s_anti_join_less_dead_and_given_up_stages(hist: Hi
                {(j.id, "Transcode") for j in hist.jobs if j.id % 20 == 2}
     assert ours == expected
     assert ours <= seed
-    # what seed 003 still calls in flight: stages of dead letters, and failed
+    # what the reference in-flight query still counts: stages of dead letters, and failed
     # `continue` steps the job went past
     assert seed - ours == {(j.id, "Transcode") for j in hist.jobs if j.id % 20 == 0} | \
         {(j.id, "Ingest") for j in hist.jobs if j.id % 20 == 7} | \
         {(j.id, "Publish") for j in hist.jobs if j.id % 20 == 5}
-    # the naive "started" query of seed 003 returns every stage ever started, and a
+    # the naive "started" reference query returns every stage ever started, and a
     # reworked one once per start (each start has its own SLA due time)
     started = rows_of(hist.conn, sql_file("seed003_started_wrong.sql"))
     model = pairs(hist.jobs)
@@ -385,7 +386,7 @@ def test_dead_letters(hist: History) -> None:
         assert row["error_message"] == job.error_message
 
 
-# -- seed 000 dashboards over the generated history --------------------------------------------
+# -- the reference dashboard queries over the generated history -------------------------------
 
 
 def test_step_performance_agrees_with_seed_000_step_14(hist: History) -> None:
@@ -590,7 +591,7 @@ def test_hand_computed_cycle_time_sla_and_wait(mq: MediaqEnv) -> None:
 
 def test_dashboard_views_on_seed_000(mq: MediaqEnv) -> None:
     """The job status dashboard, queue monitor, step performance and workflow analytics
-    views show what seed 000's own statements show."""
+    views show what the reference dashboard queries show over the reference rows."""
     with psycopg.connect(mq.url, autocommit=True, row_factory=dict_row) as conn:
         conn.execute("SET search_path = mediaq")
         conn.execute(sql_file("seed000_inserts.sql"))

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mediaq.actions.audio  # noqa: F401  (registers the actions until it is a built-in)
 from mediaq.actions import ActionResult, get_action
-from mediaq.actions.audio import PeakAccumulator
+from mediaq.actions.audio.waveform import PeakAccumulator
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError
 from tests.helpers import action_context as context
 from tests.helpers import run_action as run

@@ -15,7 +15,7 @@ import pytest
 import requests
 import websocket
 
-from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.helpers import MediaqEnv, diagnostic_workflow, requires_tool, wait_for
 from tests.test_web_api import start_web
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def rows(browser: Browser) -> dict[str, dict[str, Any]]:
             width: parseFloat(r.querySelector('.bar').style.width) || 0}))""")}
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+@requires_tool("chromium")
 def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
     mq.apply_workflow(diagnostic_workflow("WF-QUICK", {"action": "noop"}))
     mq.apply_workflow(diagnostic_workflow(

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from mediaq.config import Settings, load_settings
-from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow
+from tests.helpers import MEDIAQ, MediaqEnv, diagnostic_workflow, requires_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -34,8 +34,7 @@ INSTALLED_BINARY = "/opt/mediaq/.venv/bin/mediaq"
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (Debian package `prometheus`)")
+needs_promtool = requires_tool("promtool")
 
 # What `mediaq web`'s /metrics exposes: metric → labels.
 METRICS: dict[str, set[str]] = {

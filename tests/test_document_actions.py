@@ -11,7 +11,6 @@ import ctypes
 import json
 import os
 import random
-import shutil
 import struct
 import threading
 import time
@@ -37,10 +36,9 @@ from reportlab.pdfgen import canvas
 from mediaq.actions import ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, MediaqError, PermanentError
 from tests.helpers import action_context as make_context
-from tests.helpers import run_action
+from tests.helpers import requires_tool, run_action
 
-HAS_SOFFICE = shutil.which("soffice") is not None
-needs_soffice = pytest.mark.skipif(not HAS_SOFFICE, reason="LibreOffice (soffice) not installed")
+needs_soffice = requires_tool("soffice")
 
 # Each page's text, drawn 300 pt lower on each page so every page looks different.
 PDF_PAGES = ("Alpha harbour page one", "Bravo lighthouse page two", "Charlie estuary page three")

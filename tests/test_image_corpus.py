@@ -27,7 +27,7 @@ from PIL import EpsImagePlugin, ExifTags, Image
 
 from mediaq.actions import ActionResult
 from mediaq.errors import PermanentError
-from tests.helpers import run_action
+from tests.helpers import missing_tool_reason, run_action
 from tests.test_image_actions import png_header_only
 
 
@@ -53,10 +53,8 @@ CONVERT = _imagemagick()
 IDENTIFY = shutil.which("identify") or "identify"
 VIPS = shutil.which("vips")
 
-pytestmark = pytest.mark.skipif(
-    CONVERT is None,
-    reason="ImageMagick's convert/identify are not installed (apt-get install imagemagick)",
-)
+# Present but not ImageMagick (a stand-in earlier on PATH) counts as missing.
+pytestmark = pytest.mark.skipif(CONVERT is None, reason=missing_tool_reason("convert"))
 
 RGBA = tuple[int, ...]
 RED, LIME, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -114,7 +112,7 @@ def identify(path: Path, fmt: str) -> str:
 
 def vips(*args: str | Path, cwd: Path | None = None) -> bytes:
     if VIPS is None:
-        raise RuntimeError("libvips' vips is not installed (apt-get install libvips-tools)")
+        raise RuntimeError(missing_tool_reason("vips"))
     return _run(VIPS, *args, cwd=cwd)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mediaq.outputs import sha256_of
-from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.helpers import MediaqEnv, diagnostic_workflow, requires_tool, wait_for
 from tests.media_judge import audio_stream, duration_of, ffmpeg, needs_ffmpeg, video_stream
 
 pytestmark = [needs_ffmpeg, pytest.mark.slow]
@@ -156,7 +155,7 @@ def test_audio_workflow_gives_mp3_aac_and_a_waveform(mq: MediaqEnv) -> None:
     assert peaks["version"] == 2 and len(peaks["data"]) == 2 * peaks["length"]
 
 
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
+@requires_tool("espeak-ng")
 def test_analysis_workflow_transcribes_speech_and_finds_scenes(mq: MediaqEnv) -> None:
     mq.seed()
     speech = mq.root / "speech.wav"

@@ -1,5 +1,6 @@
-"""The schema: Alembic migrations, the outdated-schema guard, seed 000's and seed 003's
-own SQL running unchanged, the DuckDB compatibility functions, media_queue in step."""
+"""The schema: Alembic migrations, the outdated-schema guard, the reference SQL of
+tests/data/ (sample rows, dashboard and stage-event queries) running unchanged, the
+DuckDB compatibility functions, media_queue in step."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ def test_missing_schema_is_refused(tmp_path: Path, empty_database_url: str,
                     " WHERE schema_name = 'mediaq'") == []
 
 
-# -- seed 000 and seed 003, as written ----------------------------------------------------
+# -- the reference SQL of tests/data/, as written ----------------------------------------
 
 
 def test_seed_000_and_003_statements_run_unchanged(mq: MediaqEnv) -> None:
@@ -115,7 +116,7 @@ def test_seed_000_and_003_statements_run_unchanged(mq: MediaqEnv) -> None:
         assert totals["JOB-2024-001"] == 7 and totals["JOB-2024-003"] == 5
         assert totals["JOB-2024-006"] == 0
 
-        # step 13: the queue monitor: the seed's two waiting jobs, plus job 2 running
+        # step 13: the queue monitor: the two waiting reference jobs, plus job 2 running
         step13 = {r["queue_name"]: r for r in run_seed_sql(conn, "seed000_step13.sql")}
         assert step13["video_processing"]["waiting"] == 1
         assert step13["video_analysis"]["waiting"] == 1
@@ -142,7 +143,7 @@ def test_seed_000_and_003_statements_run_unchanged(mq: MediaqEnv) -> None:
         assert (image["total_jobs"], image["completed"], image["failed"]) == (2, 1, 1)
         assert step15["Audio Transcoding Pipeline"]["total_jobs"] == 0
 
-        # seed 003 over the stage events the seed's step executions wrote
+        # the stage-event queries over the events the reference step executions wrote
         in_flight = run_seed_sql(conn, "seed003_in_flight.sql")
         assert [(r["workflow_id"], r["workflow_stage"]) for r in in_flight] == [
             (2, "Transcode 720p")]
@@ -156,7 +157,8 @@ def test_seed_000_and_003_statements_run_unchanged(mq: MediaqEnv) -> None:
         started = run_seed_sql(conn, "seed003_started_wrong.sql")
         assert len(started) == 7 + 4 + 5  # stages started by jobs 1, 2 and 3
 
-        # after the seed's explicit ids, the engine still creates rows without collisions
+        # after the reference rows' explicit ids, the engine still creates rows without
+        # collisions
         job = conn.execute("SELECT * FROM mediaq.submit_job('WF-IMAGE-PROCESS', '/in/new.jpg')"
                            ).fetchone()
         assert job is not None
@@ -165,7 +167,7 @@ def test_seed_000_and_003_statements_run_unchanged(mq: MediaqEnv) -> None:
         queue_rows = conn.execute("SELECT id, status FROM media_queue WHERE job_id = %s",
                                   (job["id"],)).fetchall()
         assert len(queue_rows) == 1 and queue_rows[0]["status"] == "queued"
-        # media_queue ids stay unique although the seed asked for ids 1 and 2
+        # media_queue ids stay unique although the reference rows asked for ids 1 and 2
         assert conn.execute("SELECT count(*) = count(DISTINCT id) AS ok FROM media_queue"
                             ).fetchone() == {"ok": True}
         conn.execute("INSERT INTO workflow_notifications (job_id, notification_type)"
@@ -210,7 +212,7 @@ def test_epoch_and_round_compatibility_functions(mq: MediaqEnv) -> None:
 
 
 def queue_monitor_row(mq: MediaqEnv, queue: str) -> list[str] | None:
-    """The row of `mediaq queues` (seed 000 step 13) for ``queue``, as cells."""
+    """The row of `mediaq queues` (the queue monitor) for ``queue``, as cells."""
     for line in mq.cli("queues").stdout.splitlines():
         cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
         if cells and cells[0] == queue:

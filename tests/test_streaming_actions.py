@@ -21,12 +21,10 @@ from typing import Any
 import pytest
 from PIL import Image, ImageSequence
 
-import mediaq.actions.editing
-import mediaq.actions.streaming  # noqa: F401
 from mediaq.actions import ActionResult, get_action
 from mediaq.errors import Cancelled, InputRefused, InvalidParameters, PermanentError
 from tests.helpers import action_context as make_context
-from tests.helpers import run_action
+from tests.helpers import requires_tool, run_action
 from tests.media_judge import (
     audio_stream,
     duration_of,
@@ -39,7 +37,7 @@ from tests.media_judge import (
 pytestmark = needs_ffmpeg
 
 PLAYERS = Path(__file__).parent / "data" / "players"
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 X264_FAST = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
@@ -440,7 +438,7 @@ def play_in_chromium(folder: Path, query: str, timeout: float = 60) -> dict[str,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed")
+@requires_tool("chromium")
 @pytest.mark.parametrize("kind", ["hls", "dash"])
 def test_players_load_every_variant_and_play(media: dict[str, Path], tmp_path: Path,
                                              kind: str) -> None:

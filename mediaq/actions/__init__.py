@@ -1,7 +1,8 @@
 """Media actions, registered by name with a parameter schema.
 
-Built-in modules and third-party plugins (entry point group ``mediaq.actions``)
-register with :func:`action`; the engine looks actions up with :func:`get_action`.
+The modules in :data:`BUILTIN_MODULES` and third-party plugins (entry point group
+``mediaq.actions``) register with :func:`action`; the engine looks actions up with
+:func:`get_action`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import jsonschema
@@ -36,15 +37,25 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "mediaq.actions"
+# The modules that register the built-in actions, imported in this order. Plugins
+# come from the entry point group; an entry point naming a module of this package is
+# ignored (see plugin_entry_points), so no built-in is loaded twice.
 BUILTIN_MODULES = (
     "mediaq.actions.diagnostic",
     "mediaq.actions.image",
-    "mediaq.actions.documents",
+    "mediaq.actions.documents.actions",
     "mediaq.actions.video",
-    "mediaq.actions.audio",
-    "mediaq.actions.streaming",
-    "mediaq.actions.editing",
-    "mediaq.actions.analysis",
+    "mediaq.actions.audio.inspect",
+    "mediaq.actions.audio.transcode",
+    "mediaq.actions.audio.normalize",
+    "mediaq.actions.audio.waveform",
+    "mediaq.actions.streaming.hls",
+    "mediaq.actions.streaming.dash",
+    "mediaq.actions.editing.sprites",
+    "mediaq.actions.editing.preview",
+    "mediaq.actions.editing.compile",
+    "mediaq.actions.analysis.scenes",
+    "mediaq.actions.analysis.transcribe",
     "mediaq.actions.finalize",
     "mediaq.actions.library",
 )
@@ -141,10 +152,27 @@ def _load_plugins() -> None:
             return
         for module in BUILTIN_MODULES:
             _load(module, functools.partial(importlib.import_module, module))
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.value not in BUILTIN_MODULES:
-                _load(ep.value, ep.load)
+        for ep in plugin_entry_points():
+            _load(ep.value, ep.load)
         _loaded = True
+
+
+def plugin_entry_points() -> list[EntryPoint]:
+    """The third-party entry points of the group, each once. An entry point naming a
+    module of this package is skipped: built-ins load from BUILTIN_MODULES only (an
+    older install of mediaq may still declare some of them as entry points)."""
+    seen: set[str] = set()
+    plugins: list[EntryPoint] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if _is_builtin(ep.module) or ep.value in seen:
+            continue
+        seen.add(ep.value)
+        plugins.append(ep)
+    return plugins
+
+
+def _is_builtin(module: str) -> bool:
+    return module == __name__ or module.startswith(f"{__name__}.")
 
 
 def _load(name: str, loader: Callable[[], object]) -> None:

@@ -112,12 +112,6 @@ def open_media(path: Path) -> Iterator[InputContainer]:
         container.close()
 
 
-def open_output(path: Path, *, format: str | None = None,
-                options: dict[str, str] | None = None) -> OutputContainer:
-    with writing(path):
-        return av.open(str(path), mode="w", format=format, options=options or {})
-
-
 # --------------------------------------------------------------------------- probing
 
 

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mediaq.config import Settings
 from mediaq.errors import Cancelled, InputRefused, PermanentError, StepTimedOut
 
 
@@ -73,7 +72,8 @@ class ActionContext:
         previous_outputs: list[dict[str, Any]] | None = None,
         workflow_code: str = "",
         submit_files: SubmitFiles | None = None,
-        settings: Settings | None = None,
+        input_roots: tuple[Path, ...] = (),
+        library_roots: tuple[Path, ...] = (),
     ) -> None:
         self.job_code = job_code
         self.step_number = step_number
@@ -88,9 +88,10 @@ class ActionContext:
         # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256, …).
         self.previous_outputs = list(previous_outputs or [])
         self.workflow_code = workflow_code
-        # The worker's settings: the folders an action may read (input roots) and
-        # write outside its staging folder (library roots).
-        self.settings = settings or Settings()
+        # The folders an action may read (input roots) and write outside its staging
+        # folder (library roots); none unless the worker says so.
+        self.input_roots = tuple(input_roots)
+        self.library_roots = tuple(library_roots)
         self._submit_files = submit_files
         self._on_progress = on_progress
         self._on_log = on_log

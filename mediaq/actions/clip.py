@@ -13,9 +13,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
-import av.error
-import av.filter
 import numpy as np
 from av.audio.frame import AudioFrame
 from av.audio.resampler import AudioResampler
@@ -317,8 +314,3 @@ def remove_quietly(paths: list[Path]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
-
-
-def close_quietly(output: OutputContainer) -> None:
-    with contextlib.suppress(av.error.FFmpegError, OSError):
-        output.close()

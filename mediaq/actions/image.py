@@ -13,9 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-from mediaq.actions import action
+from mediaq.actions import action, get_action
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
-from mediaq.actions.documents import convert_document
 from mediaq.actions.image_io import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_PIXELS,
@@ -428,7 +427,10 @@ def _ssim_sized(image: Image.Image) -> Image.Image:
     return image.resize(size, Image.Resampling.BOX)
 
 
-# Document targets: convert_format hands a document to the document actions.
+# Document targets: convert_format hands a document to the registered
+# ``convert_document`` action, looked up by name when such a step runs, so the image
+# actions import nothing of the document actions and still load without pdfium or
+# python-docx (a document step then fails as "not available").
 _DOCUMENT_TARGETS = ("txt", "pdf")
 
 
@@ -446,7 +448,9 @@ def convert_format(ctx: ActionContext) -> ActionResult:
     background colour for JPEG; animation kept where the format has it), or a document
     to txt or pdf."""
     if ctx.params["format"] in _DOCUMENT_TARGETS:
-        return convert_document(ctx)
+        # Its parameters were validated against this action's schema, which allows
+        # everything convert_document reads ("format").
+        return get_action("convert_document").fn(ctx)
     header = _header(ctx)
     fmt = output_format(ctx.params["format"], header.format)
     picture = _load(ctx, target=None, animated=_wants_animation(ctx, header, fmt))

@@ -1,9 +1,9 @@
 """Library actions: ``scan`` a folder for new media, ``move_to_library`` when done.
 
-``scan`` is seed 001's scan job: walk a folder, submit a job of a workflow for
-every matching file that has none yet. ``move_to_library`` files a job's outputs
-(or its input) into a library under a naming template, never over an existing
-file unless the step says so.
+``scan`` walks a folder and submits a job of a workflow for every matching file that
+has none yet (through ``ctx.submit_files``: the engine owns the queue).
+``move_to_library`` files a job's outputs (or its input) into a library under a
+naming template, never over an existing file unless the step says so.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 from mediaq.actions import action
 from mediaq.actions.base import ActionContext, ActionResult
 from mediaq.errors import InputRefused, PermanentError, SubmissionRefused
-from mediaq.triggers.files import VIDEO_PATTERNS, walk_files
-from mediaq.triggers.scan import ScanSummary, submit_in_batches
+from mediaq.files import VIDEO_PATTERNS, ScanSummary, submit_in_batches, walk_files
 
 DEFAULT_TEMPLATE = "{workflow}/{date:%Y/%m}/{stem}_{rendition}.{ext}"
 TEMPLATE_FIELDS = ("workflow", "job", "date", "stem", "name", "rendition", "role", "ext",
@@ -38,7 +37,7 @@ TEMPLATE_FIELDS = ("workflow", "job", "date", "stem", "name", "rendition", "role
                      "description": "the workflow each new file is submitted to"},
         "path": {"type": "string", "description": "the folder (default: the job's input)"},
         "directoryType": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$",
-                          "description": "a sub-folder of the job's input (seed 001)"},
+                          "description": "a sub-folder of the job's input folder to scan"},
         "patterns": {"type": "array", "items": {"type": "string"},
                      "default": list(VIDEO_PATTERNS)},
         "recursive": {"type": "boolean", "default": True},
@@ -79,7 +78,9 @@ def _scan_folder(ctx: ActionContext) -> Path:
     if ctx.params.get("directoryType"):
         base = base / ctx.params["directoryType"]
     folder = base.resolve()
-    roots = ctx.settings.effective_input_roots
+    roots = ctx.input_roots
+    if not roots:
+        raise InputRefused(f"{base}: this worker has no input roots to scan")
     if not any(folder.is_relative_to(root.resolve()) for root in roots):
         raise InputRefused(f"{base}: outside the input roots "
                            f"({', '.join(str(r) for r in roots)})")
@@ -130,7 +131,9 @@ def move_to_library(ctx: ActionContext) -> ActionResult:
 
 
 def _library_folder(ctx: ActionContext) -> Path:
-    roots = ctx.settings.effective_library_roots
+    roots = ctx.library_roots
+    if not roots:
+        raise PermanentError("move_to_library: this worker has no library roots")
     chosen = Path(ctx.params.get("library") or roots[0])
     if not chosen.is_absolute():
         raise PermanentError(f"move_to_library: library {chosen} must be an absolute path")

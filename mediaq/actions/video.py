@@ -9,7 +9,6 @@ deinterlaced before scaling, so every output plays the right way up everywhere.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import av.error
 from av.container import InputContainer, OutputContainer
 from av.video.frame import VideoFrame
 from PIL import Image
@@ -33,7 +31,6 @@ from mediaq.actions.avio import (
     choose_video_encoder,
     encoder_options,
     open_media,
-    open_output,
     output_layout,
     parse_bitrate,
     probe,
@@ -42,6 +39,7 @@ from mediaq.actions.avio import (
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
+from mediaq.actions.media_output import MediaOutput, media_outputs
 from mediaq.errors import PermanentError
 
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
@@ -270,24 +268,23 @@ def _describe_rendition(rendition: Rendition, path: Path) -> dict[str, Any]:
 
 
 class RenditionWriter:
-    """One output file: a scaler, a video encoder and (maybe) an audio encoder."""
+    """One rendition's output: a scaler, a video encoder and (maybe) an audio encoder."""
 
-    def __init__(self, rendition: Rendition, path: Path, rate: Fraction,
+    def __init__(self, output: MediaOutput, rendition: Rendition, rate: Fraction,
                  time_base: Fraction, audio_rate: int, audio_channels: int) -> None:
         self.rendition = rendition
-        self.path = path
+        self.output = output
         self.scale = Scaler(rendition.width, rendition.height)
-        options = {"movflags": "+faststart"} if rendition.container == "mp4" else {}
-        self.output: OutputContainer = open_output(path, format=rendition.container,
-                                                   options=options)
-        with writing(path):
-            self.video = self._add_video(rate, time_base)
-            self.audio = (self._add_audio(audio_rate, audio_channels)
-                          if rendition.audio_codec else None)
+        self.video = output.add_stream(
+            lambda container: self._video_stream(container, rate, time_base),
+            drain=lambda stream: stream.encode(None))
+        self.audio = (self._audio_feed(audio_rate, audio_channels)
+                      if rendition.audio_codec else None)
 
-    def _add_video(self, rate: Fraction, time_base: Fraction) -> Any:
+    def _video_stream(self, container: OutputContainer, rate: Fraction,
+                      time_base: Fraction) -> Any:
         r = self.rendition
-        stream: Any = self.output.add_stream(r.encoder, rate=rate)
+        stream: Any = container.add_stream(r.encoder, rate=rate)
         stream.width, stream.height = r.width, r.height
         stream.pix_fmt = "yuv420p"
         stream.codec_context.time_base = time_base
@@ -299,60 +296,50 @@ class RenditionWriter:
             stream.codec_tag = "hvc1"  # what Apple players expect in MP4
         return stream
 
-    def _add_audio(self, rate: int, channels: int) -> AudioEncoderFeed:
+    def _audio_feed(self, rate: int, channels: int) -> AudioEncoderFeed:
         r = self.rendition
         assert r.audio_codec is not None
-        if r.audio_codec == "libopus":
+        codec = r.audio_codec
+        if codec == "libopus":
             rate = 48_000
-        stream = add_audio_stream(self.output, r.audio_codec, rate=rate,
-                                  layout=output_layout(channels), bit_rate=r.audio_bitrate)
-        return AudioEncoderFeed(stream)
+        stream = self.output.add_stream(
+            lambda container: add_audio_stream(container, codec, rate=rate,
+                                               layout=output_layout(channels),
+                                               bit_rate=r.audio_bitrate))
+        feed = AudioEncoderFeed(stream)
+        self.output.drain_on_finish(lambda: feed.push(None))
+        return feed
 
-    def encode_video(self, frame: VideoFrame | None) -> None:
-        if frame is not None:
-            frame = self.scale.fresh(frame)
-        with writing(self.path):
-            self.output.mux(self.video.encode(frame))
+    def encode_video(self, frame: VideoFrame) -> None:
+        self.output.mux(self.video.encode(self.scale.fresh(frame)))
 
-    def encode_audio(self, frame: av.AudioFrame | None) -> None:
+    def encode_audio(self, frame: av.AudioFrame) -> None:
         if self.audio is not None:
-            with writing(self.path):
-                self.output.mux(self.audio.push(frame))
-
-    def close(self) -> None:
-        self.encode_video(None)
-        self.encode_audio(None)
-        with writing(self.path):
-            self.output.close()
-
-    def abandon(self) -> None:
-        with contextlib.suppress(av.error.FFmpegError, OSError):
-            self.output.close()
-        self.path.unlink(missing_ok=True)
+            self.output.mux(self.audio.push(frame))
 
 
 def encode_ladder(ctx: ActionContext, info: MediaInfo,
                   targets: list[tuple[Rendition, Path]], rate: Fraction) -> None:
     """Decode ``ctx.source_path`` once, feeding every target's encoders."""
     source = ctx.source_path
-    with open_media(source) as container, reading(source):
+    with open_media(source) as container, reading(source), media_outputs() as outputs:
         vstream: Any = container.streams.video[0]
         vstream.codec_context.thread_type = "AUTO"
         astream = container.streams.audio[0] if container.streams.audio else None
         audio_rate = astream.codec_context.sample_rate if astream else 48_000
         audio_channels = astream.codec_context.channels if astream else 2
-        writers: list[RenditionWriter] = []
-        try:
-            for rendition, path in targets:
-                writers.append(RenditionWriter(rendition, path, rate, vstream.time_base,
-                                               audio_rate, audio_channels))
-            _pump(ctx, container, vstream, astream, writers, info.duration)
-            for writer in writers:
-                writer.close()
-        except BaseException:
-            for writer in writers:
-                writer.abandon()
-            raise
+        writers = [
+            RenditionWriter(outputs.open(path, format=rendition.container,
+                                         options=_muxer_options(rendition.container)),
+                            rendition, rate, vstream.time_base, audio_rate, audio_channels)
+            for rendition, path in targets
+        ]
+        _pump(ctx, container, vstream, astream, writers, info.duration)
+
+
+def _muxer_options(container: str) -> dict[str, str]:
+    # MP4: index first, so players start before the download ends.
+    return {"movflags": "+faststart"} if container == "mp4" else {}
 
 
 def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,

@@ -98,7 +98,7 @@ def _parse_metadata(text: str | None) -> dict[str, Any] | None:
 @pass_env
 def jobs(env: Env, status: str | None, workflow_code: str | None, limit: int,
          as_json_output: bool) -> None:
-    """The job status dashboard (seed 000, step 12)."""
+    """The job status dashboard: failed, then running, waiting, paused and finished jobs."""
     with env.connect() as conn:
         rows = db.fetch_all(conn, "jobs_dashboard",
                             {"status": status, "workflow_code": workflow_code, "limit": limit})
@@ -243,7 +243,7 @@ def queue_depth(env: Env, as_json_output: bool, scale_range: str | None,
 @click.command("queues")
 @pass_env
 def queues(env: Env) -> None:
-    """The processing queue monitor (seed 000, step 13)."""
+    """The processing queue monitor: jobs waiting and processing per queue, and pauses."""
     with env.connect() as conn:
         rows = db.fetch_all(conn, "queue_monitor")
         paused = db.fetch_all(conn, "queues_paused")

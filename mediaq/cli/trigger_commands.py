@@ -10,12 +10,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from mediaq import db
 from mediaq.cli import Env, pass_env, run_in_foreground
 from mediaq.cli.render import console, show_rows
+from mediaq.files import VIDEO_PATTERNS, ScanSummary, parse_patterns, submit_in_batches, walk_files
 from mediaq.outputs import check_input
 from mediaq.submit import params_from_pairs
 from mediaq.triggers import manage
-from mediaq.triggers.files import VIDEO_PATTERNS, parse_patterns, walk_files
 from mediaq.triggers.runner import Triggers
-from mediaq.triggers.scan import ScanSummary, submit_files, submit_in_batches
+from mediaq.triggers.scan import submit_files
 
 PARAM_HELP = "Override a step parameter (step number, name or action)."
 

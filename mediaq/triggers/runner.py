@@ -17,7 +17,7 @@ import structlog
 
 from mediaq import db
 from mediaq.config import Settings
-from mediaq.triggers.files import FoundFile, walk_files
+from mediaq.files import FoundFile, walk_files
 from mediaq.triggers.folders import FolderEvents, WatchFolder
 from mediaq.triggers.schedules import fire_due
 

@@ -1,36 +1,18 @@
-"""Scans: one job for every file in a folder that has none yet.
+"""Scans: submitting one job for every file in a folder that has none yet.
 
-Used by the ``scan`` action (seed 001's scan job, ``submitted_by = scan:<job>``)
-and by ``mediaq scan PATH --workflow CODE`` (``scan:cli``).
+The database side of the ``scan`` action (``submitted_by = scan:<job>``, through the
+worker's ``ctx.submit_files``) and of ``mediaq scan PATH --workflow CODE``
+(``scan:cli``); finding the files and batching them is in :mod:`mediaq.files`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from psycopg_pool import ConnectionPool
 
 from mediaq import db
 from mediaq.submit import submit
-
-BATCH = 200  # files per transaction: progress moves, and a failure loses little
-
-
-@dataclass
-class ScanSummary:
-    directory: str
-    found: int = 0
-    submitted: int = 0
-    skipped_existing: int = 0
-    job_codes: list[str] = field(default_factory=list)
-
-    def as_data(self, *, codes_shown: int = 100) -> dict[str, Any]:
-        return {"directory": self.directory, "found": self.found, "submitted": self.submitted,
-                "skipped_existing": self.skipped_existing,
-                "job_codes": self.job_codes[:codes_shown]}
 
 
 def submit_files(conn: db.Connection, workflow_code: str, paths: list[Path], *,
@@ -67,19 +49,3 @@ def submit_found_files(pool: ConnectionPool[db.Connection], workflow_code: str,
         return submit_files(conn, workflow_code, paths, submitted_by=found_by,
                             skip_existing=skip_existing, priority=priority,
                             idempotency_prefix=found_by)
-
-
-def submit_in_batches(files: list[Path], summary: ScanSummary,
-                      submit_batch: Callable[[list[Path]], list[str | None]],
-                      on_batch: Callable[[int], None] | None = None) -> ScanSummary:
-    """Feed ``files`` to ``submit_batch`` BATCH at a time, counting what happened."""
-    summary.found = len(files)
-    for start in range(0, len(files), BATCH):
-        codes = submit_batch(files[start:start + BATCH])
-        new = [code for code in codes if code is not None]
-        summary.job_codes.extend(new)
-        summary.submitted += len(new)
-        summary.skipped_existing += len(codes) - len(new)
-        if on_batch is not None:
-            on_batch(start + len(codes))
-    return summary

@@ -1,1 +1,1 @@
-"""``mediaq web``: the HTTP API of seed 001, the live dashboard and Prometheus /metrics."""
+"""``mediaq web``: the HTTP job API under /api/media, the live dashboard and Prometheus /metrics."""

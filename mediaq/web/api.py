@@ -1,4 +1,4 @@
-"""Seed 001's job API: /api/media/jobs (list, show, create, retry/cancel/pause/resume, stats)."""
+"""The job API: /api/media/jobs (list, show, create, retry/cancel/pause/resume, stats)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class JobCreate(BaseModel):
-    """Seed 001's create body; ``type`` is the workflow code, ``inputPath`` the input file.
-    ``resourceCategory`` and ``vramRequired`` come from the workflow and are ignored here."""
+    """The body of ``POST /api/media/jobs``; ``type`` is the workflow code, ``inputPath`` the
+    input file. ``resourceCategory`` and ``vramRequired`` come from the workflow and are
+    ignored here."""
 
     model_config = ConfigDict(extra="ignore")
 

@@ -43,7 +43,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
 
     app = FastAPI(title="mediaq", version="1", lifespan=lifespan, openapi_url=None,
                   docs_url=None, redoc_url=None,
-                  description="Seed 001's media job API. Send `Authorization: Bearer "
+                  description="The media job API. Send `Authorization: Bearer "
                               "<token>`; tokens come from `mediaq tokens create`.")
     app.state.settings = settings
     errors.install(app)

@@ -25,7 +25,7 @@ from mediaq import db
 from mediaq.errors import MediaqError
 
 ROLES = ("viewer", "submitter", "operator", "admin")
-"""Each role can do everything the roles before it can (admin is seed 001's SUPER_ADMIN)."""
+"""Each role can do everything the roles before it can; only admin applies workflows."""
 
 bearer = HTTPBearer(auto_error=False, description="A token from `mediaq tokens create`.")
 

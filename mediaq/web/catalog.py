@@ -91,7 +91,8 @@ def retry_notification(notification_id: Annotated[int, Path(ge=1, le=2**62)], co
 
 @router.get("/queues", tags=["queues"])
 def queues(conn: Conn, _: Viewer) -> dict[str, Any]:
-    """The queue monitor (seed 000 step 13) and each machine's VRAM."""
+    """The queue monitor (jobs waiting and processing per queue, the ``queue_monitor``
+    view) and each machine's VRAM."""
     return {"queues": serialise.rows(db.fetch_all(conn, "queue_monitor")),
             "hosts": serialise.rows(db.fetch_all(conn, "hosts_vram"))}
 

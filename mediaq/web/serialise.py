@@ -1,4 +1,4 @@
-"""Database rows → seed 001's JSON shapes (camelCase, ISO times, no secrets)."""
+"""Database rows → the API's JSON shapes (camelCase keys, ISO 8601 times, no secrets)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def record(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def job(row: dict[str, Any]) -> dict[str, Any]:
-    """A job as seed 001 shows it (``id`` is the job code; ``type`` the workflow code)."""
+    """A job as the API shows it (``id`` is the job code; ``type`` the workflow code)."""
     return record({
         "id": row["job_code"],
         "numericId": row["id"],
@@ -77,7 +77,9 @@ def step(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def stats(row: dict[str, Any]) -> dict[str, Any]:
-    """``operations.stats`` in seed 001's shape, plus notifications and endpoints."""
+    """``operations.stats`` as ``GET /api/media/jobs/stats`` returns it: counts per status,
+    VRAM used and available, average processing time, jobs by type and workers, plus
+    notifications and unhealthy endpoints."""
     endpoints = [{**e, "endpoint": shown_recipient(e["endpoint"] or "")}
                  for e in row.get("endpoints", [])]
     return record({

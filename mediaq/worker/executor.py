@@ -382,7 +382,9 @@ class Executor:
             deadline=min(step_deadline, run.job_deadline),
             cancel_event=handle.stop_signal, on_progress=on_progress,
             on_log=handle.log, previous_outputs=run.outputs,
-            workflow_code=run.context["workflow_code"], settings=self.settings,
+            workflow_code=run.context["workflow_code"],
+            input_roots=self.settings.effective_input_roots,
+            library_roots=self.settings.effective_library_roots,
             submit_files=functools.partial(submit_found_files, handle.pool,
                                            found_by=f"scan:{handle.job_code}"),
         )

@@ -89,7 +89,7 @@ def _portable(ctx: ActionContext) -> dict[str, Any]:
         "input_path": ctx.input_path, "source_path": ctx.source_path, "params": ctx.params,
         "staging_dir": ctx.staging_dir, "attempt": ctx.attempt, "deadline": ctx.deadline,
         "previous_outputs": ctx.previous_outputs, "workflow_code": ctx.workflow_code,
-        "settings": ctx.settings,
+        "input_roots": ctx.input_roots, "library_roots": ctx.library_roots,
     }
 
 

@@ -10,7 +10,8 @@ from mediaq.errors import ConfigError
 
 CATEGORIES = ("cpu", "gpu_encode", "gpu_ai")
 GPU_CATEGORIES = frozenset({"gpu_encode", "gpu_ai"})
-DEFAULT_LIMITS = {"cpu": 5, "gpu_encode": 2, "gpu_ai": 1}  # seed 001
+# Jobs at once per machine and category when --limits does not say otherwise.
+DEFAULT_LIMITS = {"cpu": 5, "gpu_encode": 2, "gpu_ai": 1}
 
 
 def parse_categories(raw: str | None) -> tuple[str, ...]:

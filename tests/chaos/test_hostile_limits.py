@@ -121,7 +121,6 @@ settings = Settings(step_memory_limit_mb=2048, step_cpu_seconds_limit=60)
 out = {}
 for name, params in (("noop", {}), ("validate_video", {})):
     ctx = action_context(name, source, stage / name, params)
-    ctx.settings = settings
     run_isolated(name, [ctx], fused=False, settings=settings)  # starts the forkserver
     fn = get_action(name).fn
     started = time.perf_counter()

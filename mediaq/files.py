@@ -1,4 +1,7 @@
-"""Which files in a folder count: the walk shared by watch folders and scans.
+"""Which files in a folder count, and counting what a scan submitted of them.
+
+Shared by watch folders, the ``scan`` action and ``mediaq scan``; nothing here
+touches the database (submitting is the caller's ``submit_batch``).
 
 Skipped without a job: symbolic links (they could point anywhere), hidden files
 and folders, names copy tools use while a file is still arriving (``.part``,
@@ -10,13 +13,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-log = structlog.get_logger("mediaq.triggers")
+log = structlog.get_logger("mediaq.files")
 
 # Suffixes of files still being written: browsers, rsync/WinSCP/FileZilla, qBittorrent,
 # editors, and the usual temporary names.
@@ -24,6 +28,7 @@ IN_PROGRESS_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".d
                         ".filepart", ".!qb", ".!ut", ".swp", ".lock", ".inprogress")
 VIDEO_PATTERNS = ("*.mp4", "*.mov", "*.m4v", "*.mkv", "*.avi", "*.webm", "*.mxf", "*.ts",
                   "*.mpg", "*.mpeg", "*.wmv", "*.flv")
+BATCH = 200  # files per submission (one transaction): progress moves, a failure loses little
 
 
 @dataclass(frozen=True)
@@ -92,3 +97,36 @@ def _is_text(name: str) -> bool:
                     reason="not UTF-8")
         return False
     return True
+
+
+# ----------------------------------------------------------------------- scans
+
+
+@dataclass
+class ScanSummary:
+    directory: str
+    found: int = 0
+    submitted: int = 0
+    skipped_existing: int = 0
+    job_codes: list[str] = field(default_factory=list)
+
+    def as_data(self, *, codes_shown: int = 100) -> dict[str, Any]:
+        return {"directory": self.directory, "found": self.found, "submitted": self.submitted,
+                "skipped_existing": self.skipped_existing,
+                "job_codes": self.job_codes[:codes_shown]}
+
+
+def submit_in_batches(files: list[Path], summary: ScanSummary,
+                      submit_batch: Callable[[list[Path]], list[str | None]],
+                      on_batch: Callable[[int], None] | None = None) -> ScanSummary:
+    """Feed ``files`` to ``submit_batch`` BATCH at a time, counting what happened."""
+    summary.found = len(files)
+    for start in range(0, len(files), BATCH):
+        codes = submit_batch(files[start:start + BATCH])
+        new = [code for code in codes if code is not None]
+        summary.job_codes.extend(new)
+        summary.submitted += len(new)
+        summary.skipped_existing += len(codes) - len(new)
+        if on_batch is not None:
+            on_batch(start + len(codes))
+    return summary

@@ -1,0 +1,182 @@
+"""``detect_scenes``: shot boundaries, found by comparing each decoded frame, shrunk to
+a thumbnail, with the one before it (one frame kept in memory)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mediaq.actions import action
+from mediaq.actions.avio import ProgressClock, media_duration, open_media, reading, writing
+from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.frames import decode_tolerantly
+from mediaq.errors import PermanentError
+
+FloatArray = npt.NDArray[np.float32]
+
+
+# The score of a frame pair is the mean of two distances, each 0..1:
+# - luma: mean absolute difference of the grey levels, scaled so that ~10 % of
+#   full scale (a clear change of picture) already counts fully;
+# - colour: half the L1 distance of 8x8x8-bin RGB histograms (1 = no colour in common).
+# Motion moves pixels but keeps the palette, so it scores low on colour; a cut
+# between similar-coloured shots still scores high on luma.
+LUMA_SCALE = 3.0
+HISTOGRAM_LEVEL_BITS = 3  # 8 levels per channel
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """One analysed frame: its grey levels and colour histogram."""
+
+    luma: FloatArray
+    histogram: FloatArray
+
+
+@dataclass(frozen=True)
+class Cut:
+    frame: int  # index of the first frame of the new scene
+    time: float
+    score: float
+
+
+@dataclass(frozen=True)
+class SceneScan:
+    cuts: list[Cut]
+    frames: int
+    end: float  # seconds, end of the last frame
+    fps: float
+    seconds_spent: float
+
+
+def thumb_of(rgb: npt.NDArray[np.uint8]) -> Thumb:
+    """Grey levels and a normalised colour histogram of a small RGB frame."""
+    luma = (rgb.astype(np.float32) @ _LUMA_WEIGHTS).astype(np.float32)
+    levels = (rgb >> (8 - HISTOGRAM_LEVEL_BITS)).astype(np.intp)
+    bits = HISTOGRAM_LEVEL_BITS
+    bins = (levels[..., 0] << (2 * bits)) | (levels[..., 1] << bits) | levels[..., 2]
+    counts = np.bincount(bins.ravel(), minlength=1 << (3 * bits))
+    return Thumb(luma=luma, histogram=(counts / bins.size).astype(np.float32))
+
+
+def change_score(before: Thumb, after: Thumb) -> float:
+    """How different two frames look, 0 (identical) to 1 (nothing in common)."""
+    luma = float(np.abs(after.luma - before.luma).mean()) / 255.0
+    colour = float(np.abs(after.histogram - before.histogram).sum()) / 2.0
+    return (min(1.0, LUMA_SCALE * luma) + min(1.0, colour)) / 2.0
+
+
+def analysis_size(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """A small, even-sized frame with the source's shape (what the score is computed on)."""
+    w = min(max_width, width)
+    h = round(w * height / max(width, 1))
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
+@action("detect_scenes", {
+    "properties": {
+        "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.3},
+        "min_scene_seconds": {"type": "number", "minimum": 0, "default": 1.0},
+        "max_width": {"type": "integer", "minimum": 16, "maximum": 1920, "default": 160},
+        "csv": {"type": "boolean", "default": True},
+    },
+})
+def detect_scenes(ctx: ActionContext) -> ActionResult:
+    """Find shot boundaries (cuts) by comparing consecutive frames."""
+    path = ctx.source_path
+    params = ctx.params
+    scan = scan_for_cuts(ctx, path, threshold=params["threshold"],
+                         min_scene_seconds=params["min_scene_seconds"],
+                         max_width=params["max_width"])
+    scenes = scenes_from(scan)
+    data: dict[str, Any] = {
+        "scenes": scenes, "scene_count": len(scenes),
+        "cuts": [round(cut.time, 3) for cut in scan.cuts],
+        "duration": round(scan.end, 3), "frames_analysed": scan.frames,
+        "analysis_fps": round(scan.frames / max(scan.seconds_spent, 1e-6), 1),
+    }
+    report = ctx.output_path(f"{path.stem}_scenes.json")
+    summary = {"source": path.name, "threshold": params["threshold"],
+               "min_scene_seconds": params["min_scene_seconds"], "fps": round(scan.fps, 3),
+               **data}
+    with writing(report):
+        report.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    outputs = [OutputFile(report, role="report", meta={"format": "json"})]
+    if params["csv"]:
+        table = ctx.output_path(f"{path.stem}_scenes.csv")
+        with writing(table):
+            table.write_text(scenes_csv(scenes), encoding="utf-8")
+        outputs.append(OutputFile(table, role="report", meta={"format": "csv"}))
+    ctx.log(f"{path.name}: {len(scenes)} scene(s), {scan.frames} frames analysed at "
+            f"{data['analysis_fps']} fps")
+    return ActionResult(outputs=outputs, data=data)
+
+
+def scan_for_cuts(ctx: ActionContext, path: Path, *, threshold: float,
+                  min_scene_seconds: float, max_width: int) -> SceneScan:
+    """Decode every frame once, keeping only the previous thumbnail (flat memory)."""
+    started = time.monotonic()
+    cuts: list[Cut] = []
+    with open_media(path) as container, reading(path):
+        if not container.streams.video:
+            raise PermanentError(f"{path.name}: has no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"  # several cores decode, as in transcoding
+        fps = float(stream.average_rate or stream.guessed_rate or 25)
+        size: tuple[int, int] | None = None
+        clock = ProgressClock(ctx, media_duration(container), "detecting scenes")
+        previous: Thumb | None = None
+        first_time: float | None = None
+        last_time, last_cut_time, index = 0.0, 0.0, -1
+        for index, frame in enumerate(decode_tolerantly(container, [stream])):
+            # Frames without a timestamp are placed one frame after the previous one.
+            stamp = frame.time if frame.time is not None else last_time + 1 / fps
+            first_time = stamp if first_time is None else first_time
+            now = max(stamp - first_time, 0.0)
+            # Sized from the first frame: some streams only declare their size once decoded.
+            size = size or analysis_size(frame.width, frame.height, max_width)
+            small = frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                   interpolation="AREA")
+            thumb = thumb_of(small.to_ndarray())
+            if previous is not None:
+                score = change_score(previous, thumb)
+                if score >= threshold and now - last_cut_time >= min_scene_seconds:
+                    cuts.append(Cut(frame=index, time=now, score=round(score, 3)))
+                    last_cut_time = now
+            previous, last_time = thumb, now
+            clock.tick(stamp)
+    if index < 0:
+        raise PermanentError(f"{path.name}: the video stream has no decodable frame")
+    return SceneScan(cuts=cuts, frames=index + 1, end=last_time + 1 / fps, fps=fps,
+                     seconds_spent=time.monotonic() - started)
+
+
+def scenes_from(scan: SceneScan) -> list[dict[str, Any]]:
+    """Scenes between the cuts; ``end_frame`` is the scene's last frame (inclusive)."""
+    starts = [Cut(frame=0, time=0.0, score=0.0), *scan.cuts]
+    ends = [(cut.frame - 1, cut.time) for cut in scan.cuts] + [(scan.frames - 1, scan.end)]
+    return [
+        {"index": number, "start": round(start.time, 3), "end": round(end_time, 3),
+         "start_frame": start.frame, "end_frame": end_frame,
+         "cut_score": start.score if number else None}
+        for number, (start, (end_frame, end_time)) in enumerate(zip(starts, ends, strict=True))
+    ]
+
+
+def scenes_csv(scenes: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    columns = ["index", "start", "end", "start_frame", "end_frame", "cut_score"]
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(scenes)
+    return buffer.getvalue()
+

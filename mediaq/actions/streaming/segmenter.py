@@ -1,0 +1,264 @@
+"""One decoding pass cut into CMAF tracks: every rung, and the audio once.
+
+Each track goes through FFmpeg's hls muxer as a CMAF segmenter: fMP4 init + numbered
+``.m4s`` segments cut at keyframes that are forced on the segment grid.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from av.audio.frame import AudioFrame
+
+from mediaq.actions.avio import (
+    AudioEncoderFeed,
+    ProgressClock,
+    add_audio_stream,
+    choose_video_encoder,
+    encoder_options,
+    open_media,
+    output_layout,
+    parse_bitrate,
+    reading,
+)
+from mediaq.actions.base import ActionContext, OutputFile
+from mediaq.actions.clip import (
+    AAC_CODEC_STRING,
+    SourceClip,
+    add_h264_stream,
+    constant_rate,
+    encode_frame,
+    frame_count,
+    inspect_clip,
+    remove_quietly,
+    safe_stem,
+    upright_frames,
+)
+from mediaq.actions.frames import Scaler
+from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
+from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
+from mediaq.errors import PermanentError
+
+
+@dataclass
+class SegmentedTrack:
+    """One track cut into fMP4 segments by an hls muxer."""
+
+    label: str
+    playlist: Path
+    output: MediaOutput
+    stream: Any
+    rung: Rung | None = None  # None: the audio track
+    audio: AudioEncoderFeed | None = None
+    scale: Scaler | None = None  # video tracks
+
+
+@dataclass(frozen=True)
+class TrackFiles:
+    """What a segmented track produced, read back from its media playlist."""
+
+    label: str
+    rung: Rung | None
+    playlist: Path
+    init: Path
+    segments: list[tuple[Path, float]]  # file, seconds
+    codec: str
+    sample_rate: int = 0  # audio only
+    channels: int = 0
+
+    @property
+    def duration(self) -> float:
+        return sum(seconds for _, seconds in self.segments)
+
+    @property
+    def peak_bps(self) -> int:
+        return max(round(p.stat().st_size * 8 / max(s, 1e-3)) for p, s in self.segments)
+
+    @property
+    def average_bps(self) -> int:
+        size = sum(p.stat().st_size for p, _ in self.segments)
+        return round(size * 8 / max(self.duration, 1e-3))
+
+
+class LadderSegmenter:
+    """Decodes the source once and writes every rung (and the audio once) as CMAF tracks."""
+
+    def __init__(self, ctx: ActionContext, clip: SourceClip, rungs: list[Rung],
+                 prefix: str) -> None:
+        self.ctx = ctx
+        self.clip = clip
+        self.rungs = rungs
+        self.prefix = prefix
+        self.params = ctx.params
+        self.seconds: int = ctx.params["segment_seconds"]
+        self.encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.with_audio = bool(ctx.params["audio"]) and clip.audio_rate is not None
+
+    def run(self) -> list[TrackFiles]:
+        """Encode, segment and read back every track (video rungs first, then audio)."""
+        try:
+            with media_outputs() as outputs:
+                tracks = [self._video_track(outputs, rung) for rung in self.rungs]
+                if self.with_audio:
+                    tracks.append(self._audio_track(outputs))
+                self._pump(tracks)
+            return [self._read_back(track) for track in tracks]
+        except BaseException:
+            # The group deleted the playlists; the init and media segments the hls
+            # muxer wrote beside them go here.
+            remove_quietly(sorted(self.ctx.staging_dir.glob(f"{self.prefix}*")))
+            raise
+
+    def _open(self, outputs: OutputGroup, label: str) -> MediaOutput:
+        name = f"{self.prefix}{label}"
+        playlist = self.ctx.output_path(f"{name}.m3u8")
+        # The segment name is a printf pattern: a literal % in the folder must be doubled.
+        pattern = str(playlist.parent).replace("%", "%%") + f"/{name}_%05d.m4s"
+        options = {
+            "hls_time": str(self.seconds), "hls_segment_type": "fmp4",
+            "hls_playlist_type": "vod", "hls_list_size": "0", "start_number": "1",
+            "hls_flags": "independent_segments", "hls_segment_filename": pattern,
+            "hls_fmp4_init_filename": f"{name}_init.mp4",
+            # Each track has its own muxer: shifting each one's negative timestamps (the
+            # B-frame delay, the AAC priming) to zero would shift them by different amounts
+            # and put audio and video out of sync. An edit list in each init hides them.
+            "avoid_negative_ts": "disabled",
+        }
+        return outputs.open(playlist, format="hls", options=options)
+
+    def _video_track(self, outputs: OutputGroup, rung: Rung) -> SegmentedTrack:
+        output = self._open(outputs, rung.label)
+        per_segment = math.ceil(self.seconds * self.clip.rate)
+        options = encoder_options(self.encoder, crf=self.params["crf"],
+                                  preset=self.params["preset"], max_bitrate=rung.max_bitrate)
+        # Keyframes come from segment_starts(); the encoder must add none of its own
+        # (no scene cuts, and a GOP ceiling past the longest segment).
+        options.update({"sc_threshold": "0", "forced-idr": "1"})
+        stream = output.add_stream(
+            lambda container: add_h264_stream(container, self.encoder, width=rung.width,
+                                              height=rung.height, rate=self.clip.rate,
+                                              options=options, gop=2 * per_segment,
+                                              sar=rung.sar),
+            drain=lambda stream: stream.encode(None))
+        return SegmentedTrack(rung.label, output.path, output, stream, rung=rung,
+                              scale=Scaler(rung.width, rung.height))
+
+    def _audio_track(self, outputs: OutputGroup) -> SegmentedTrack:
+        output = self._open(outputs, "audio")
+        assert self.clip.audio_rate is not None
+        rate = self.clip.audio_rate if self.clip.audio_rate in (44_100, 48_000) else 48_000
+        layout = output_layout(self.clip.audio_channels)
+        bit_rate = parse_bitrate(self.params["audio_bitrate"])
+        stream = output.add_stream(lambda container: add_audio_stream(
+            container, "aac", rate=rate, layout=layout, bit_rate=bit_rate))
+        feed = AudioEncoderFeed(stream)
+        output.drain_on_finish(lambda: feed.push(None))
+        return SegmentedTrack("audio", output.path, output, stream, audio=feed)
+
+    def _pump(self, tracks: list[SegmentedTrack]) -> None:
+        clip, source = self.clip, self.clip.path
+        videos = [t for t in tracks if t.rung is not None]
+        audio = next((t for t in tracks if t.audio is not None), None)
+        count = frame_count(clip.duration, clip.rate)
+        starts = segment_starts(count, clip.rate, self.seconds)
+        clock = ProgressClock(self.ctx, clip.duration, "packaging", count_frames=True)
+
+        def on_audio(frame: AudioFrame) -> None:
+            assert audio is not None and audio.audio is not None
+            audio.output.mux(audio.audio.push(frame))
+
+        with open_media(source) as container, reading(source):
+            vstream: Any = container.streams.video[0]
+            vstream.codec_context.thread_type = "AUTO"
+            astream = container.streams.audio[0] if audio is not None else None
+            frames = upright_frames(container, vstream, astream, on_audio if audio else None)
+            index = -1
+            for index, frame in enumerate(constant_rate(frames, start=0.0, rate=clip.rate,
+                                                        count=count)):
+                for track in videos:
+                    assert track.scale is not None
+                    track.output.mux(encode_frame(track.stream, track.scale(frame), index,
+                                                  key=index in starts))
+                clock.tick(index / float(clip.rate))
+            if index < 0:
+                raise PermanentError(f"{source.name}: the video stream has no decodable "
+                                     f"frame")
+            for _ in frames:  # the audio after the last video frame
+                pass
+
+    def _read_back(self, track: SegmentedTrack) -> TrackFiles:
+        init, segments = read_media_playlist(track.playlist)
+        if track.rung is not None:
+            return TrackFiles(label=track.label, rung=track.rung, playlist=track.playlist,
+                              init=init, segments=segments, codec=avc_codec_string(init))
+        audio = track.stream.codec_context
+        return TrackFiles(label=track.label, rung=None, playlist=track.playlist, init=init,
+                          segments=segments, codec=AAC_CODEC_STRING,
+                          sample_rate=int(audio.sample_rate), channels=int(audio.channels))
+
+
+def read_media_playlist(playlist: Path) -> tuple[Path, list[tuple[Path, float]]]:
+    """The init segment and (segment, seconds) list an hls muxer wrote."""
+    folder = playlist.parent
+    init: Path | None = None
+    segments: list[tuple[Path, float]] = []
+    seconds = 0.0
+    for line in playlist.read_text().splitlines():
+        if line.startswith("#EXT-X-MAP:"):
+            match = re.search(r'URI="([^"]+)"', line)
+            init = folder / match.group(1) if match else None
+        elif line.startswith("#EXTINF:"):
+            seconds = float(line[len("#EXTINF:"):].split(",")[0])
+        elif line and not line.startswith("#"):
+            segments.append((folder / line, seconds))
+    if init is None or not init.exists() or not segments:
+        raise PermanentError(f"{playlist.name}: the segmenter wrote no media (is the "
+                             f"source empty?)")
+    return init, segments
+
+
+def avc_codec_string(init: Path) -> str:
+    """``avc1.PPCCLL`` (profile, constraints, level) from the avcC box of an init segment."""
+    data = init.read_bytes()
+    at = data.find(b"avcC")
+    if at < 0 or len(data) < at + 8:
+        return "avc1.640028"  # High@4.0: what players assume when told nothing better
+    profile, constraints, level = data[at + 5], data[at + 6], data[at + 7]
+    return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
+
+
+def track_outputs(track: TrackFiles, *, keep_playlist: bool) -> list[OutputFile]:
+    meta = {"rendition": track.label}
+    files = [OutputFile(track.init, role="sidecar", meta={**meta, "kind": "init"})]
+    files += [OutputFile(path, role="sidecar", meta={**meta, "kind": "segment",
+                                                     "duration": round(seconds, 3)})
+              for path, seconds in track.segments]
+    if keep_playlist:
+        files.insert(0, OutputFile(track.playlist, role="sidecar",
+                                   meta={**meta, "kind": "playlist"}))
+    return files
+
+
+def track_summary(track: TrackFiles) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "name": track.label, "codecs": track.codec, "segments": len(track.segments),
+        "duration": round(track.duration, 3), "peak_bitrate": track.peak_bps,
+        "average_bitrate": track.average_bps,
+    }
+    if track.rung is not None:
+        summary.update(width=track.rung.width, height=track.rung.height,
+                       max_bitrate=track.rung.max_bitrate)
+    return summary
+
+
+def segment_ladder(ctx: ActionContext, kind: str) -> tuple[SourceClip, list[TrackFiles]]:
+    clip = inspect_clip(ctx.source_path)
+    rungs = plan_ladder(ctx.params["renditions"], clip)
+    prefix = f"{safe_stem(ctx.source_path)}_{kind}_"
+    return clip, LadderSegmenter(ctx, clip, rungs, prefix).run()
+
+
