@@ -6,9 +6,10 @@
 -- tests/test_migrations.py builds a database each way and compares the catalogs, so a
 -- new revision changes this file too: the test fails until both agree.
 --
--- Contents: tables (workflows, jobs and steps, workers, notifications, triggers, API
--- tokens, de-duplication, ETAs), then the functions and triggers that make every path
--- that changes a job (a worker, the CLI, psql) write the same side effects in the same
+-- Contents: tables (workflows, jobs and steps, the job state machine with the trigger
+-- that refuses any other move, workers, notifications, triggers, API tokens,
+-- de-duplication, ETAs), then the functions and triggers that make every path that
+-- changes a job (a worker, the CLI, psql) write the same side effects in the same
 -- transaction, then the views read by dashboards, reports and autoscalers.
 -- The tables that SQL written for the original job schema uses (workflow_definitions,
 -- workflow_steps, workflow_jobs, step_executions, media_queue, workflow_notifications,
