@@ -581,7 +581,7 @@ def test_external_autoscaler_follows_the_eligible_queue(mq: MediaqEnv, tmp_path:
     # 10 eligible jobs, 4 per instance: 3 instances.
     assert scale() == {f"mediaq-worker@{n}.service" for n in (1, 2, 3)} | {
         "mediaq-worker@blue.service"}
-    mq.query("UPDATE workflow_jobs SET status = 'completed', completed_at = now() "
+    mq.query("UPDATE workflow_jobs SET status = 'cancelled', completed_at = now() "
              "WHERE retry_after IS NULL")
     # Only jobs retrying in an hour are left: back to the minimum, the rest drained.
     assert scale() == {"mediaq-worker@1.service", "mediaq-worker@blue.service"}

@@ -3,7 +3,8 @@
 A new database gets mediaq/sql/schema.sql (stamped at head); an existing one gets the
 revisions after its own. Both databases are compared through the catalog: tables and
 columns, constraints, indexes, functions, triggers, views, sequences, types, comments,
-privileges and the Alembic version (as procrastinate's tests/migration do).
+privileges, the rows of the job state machine's tables and the Alembic version (as
+procrastinate's tests/migration do).
 """
 
 from __future__ import annotations

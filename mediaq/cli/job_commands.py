@@ -23,10 +23,9 @@ from mediaq.cli import Env, pass_env
 from mediaq.cli.render import as_json, console, fmt, show_rows, table
 from mediaq.errors import SubmissionRefused
 from mediaq.outputs import check_input
+from mediaq.states import TERMINAL
 from mediaq.submit import params_from_pairs, submit, submit_batch
 from mediaq.worker.autoscale import parse_range, workers_for
-
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 @click.command("submit")

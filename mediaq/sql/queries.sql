@@ -465,6 +465,11 @@ UPDATE workflow_jobs
  WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
 RETURNING status, retry_count;
 
+-- name: job_status_transitions
+-- The moves a job's status may make (mediaq.states.mermaid draws them; a trigger refuses others).
+SELECT from_status, to_status, description FROM mediaq.job_status_transitions
+ ORDER BY from_status, to_status;
+
 -- name: queue_set_paused
 -- Pause or resume a whole queue.
 INSERT INTO queues (queue_name, paused, paused_at, paused_by)

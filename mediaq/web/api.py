@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mediaq import db, operations
 from mediaq.outputs import check_input
+from mediaq.states import ACTIVE
 from mediaq.submit import submit
 from mediaq.web import serialise
 from mediaq.web.auth import Principal, get_conn, require
@@ -22,6 +23,7 @@ Viewer = Annotated[Principal, Depends(require("viewer"))]
 Submitter = Annotated[Principal, Depends(require("submitter"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 
+# JobStatus values, and "running" for processing (tests/test_job_transitions.py checks).
 Status = Literal["pending", "queued", "processing", "running", "completed", "failed",
                  "cancelled", "paused"]
 Category = Literal["cpu", "gpu_encode", "gpu_ai"]
@@ -82,7 +84,7 @@ def show_job(job_id: str, conn: Conn,
     return _detail(conn, job_id)
 
 
-LIVE = ("pending", "queued", "processing")
+LIVE = ACTIVE
 
 
 def _with_etas(conn: db.Connection, rows: list[db.Row]) -> list[db.Row]:

@@ -75,3 +75,11 @@ SELECT t.typname, t.typtype::text, format_type(t.typbasetype, t.typtypmod) AS ba
 -- name: alembic_version
 -- The revision Alembic's version table records.
 SELECT version_num FROM mediaq.alembic_version;
+
+-- name: job_state_machine
+-- The rows of the state machine's tables (data, not catalog, but schema all the same).
+SELECT 'status' AS kind, status AS name, terminal::text AS detail, description
+  FROM mediaq.job_statuses
+UNION ALL
+SELECT 'transition', from_status || ' -> ' || to_status, NULL, description
+  FROM mediaq.job_status_transitions;
