@@ -5,7 +5,7 @@ workflow_jobs.status, whoever makes it (here: plain SQL, as from psql).
 Also: mediaq.states.JobStatus and the status lists of the CLI, the API and the dashboard
 agree with the database, every statement that writes a job's status is named in the
 transitions table, and the mermaid drawing of the machine (mediaq.states.mermaid) agrees
-with the one in docs/state-machine.md when that file exists.
+with the one in docs/state-machine.md.
 
 That the list holds every move the engine makes is shown by the suites that drive the
 engine (test_state_machine, test_lifecycle, test_submit, test_cli_operating, test_dedupe,
@@ -261,8 +261,6 @@ def test_the_mermaid_drawing_has_every_move(conn: Conn) -> None:
 
 
 def test_the_docs_drawing_agrees_with_the_database(conn: Conn) -> None:
-    if not DOCS.exists():
-        pytest.skip("docs/state-machine.md does not exist (yet)")
     blocks = re.findall(r"```mermaid\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.DOTALL)
     drawings = [b for b in blocks if "stateDiagram" in b]
     assert len(drawings) == 1, "docs/state-machine.md should draw the machine once"
