@@ -18,7 +18,7 @@ from mediaq.web.auth import Principal, get_conn, require
 
 router = APIRouter(prefix="/api/media/jobs", tags=["jobs"])
 
-Conn = Annotated[db.Connection, Depends(get_conn)]
+Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Submitter = Annotated[Principal, Depends(require("submitter"))]
 Operator = Annotated[Principal, Depends(require("operator"))]

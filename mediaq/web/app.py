@@ -27,7 +27,7 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]
-Conn = Annotated[db.Connection, Depends(get_conn)]
+Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
 
 
 def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:

@@ -76,7 +76,12 @@ def authenticate(conn: db.Connection, token: str) -> Principal | None:
 
 
 def get_conn(request: Request) -> Any:
-    """One pooled connection in one transaction per request (committed on success)."""
+    """One pooled connection in one transaction per request (committed on success).
+
+    Used as ``Depends(get_conn, scope="function")`` (``Conn``): with the default scope
+    FastAPI runs the code after ``yield`` once the response is sent, so a client could
+    read its own change before it was committed, or be told of a change whose commit
+    then failed."""
     pool = request.app.state.pool
     with pool.connection() as conn, conn.transaction():
         yield conn
@@ -87,7 +92,7 @@ def require(role: str) -> Callable[..., Principal]:
 
     def dependency(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-        conn: db.Connection = Depends(get_conn),  # noqa: B008
+        conn: db.Connection = Depends(get_conn, scope="function"),  # noqa: B008
     ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(401, "a bearer token is required",

@@ -19,7 +19,7 @@ from mediaq.web.auth import Principal, get_conn, require
 
 router = APIRouter(prefix="/api/media")
 
-Conn = Annotated[db.Connection, Depends(get_conn)]
+Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
