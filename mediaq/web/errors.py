@@ -1,8 +1,8 @@
 """Every failure becomes a 4xx or 5xx with a one-line JSON body ``{"error": "..."}``.
 
-mediaq's own errors are mapped by family (see ``mediaq.errors``), one handler each;
-Starlette picks the handler of the nearest class in the exception's MRO, so a new
-error class gets its family's status without a line here.
+mediaq's own errors are mapped by family (see ``mediaq.errors``) in ``FAMILY_STATUS``:
+the nearest family in an exception's MRO gives its status, so a new error class gets
+its family's status without a line here.
 """
 
 from __future__ import annotations
@@ -78,47 +78,32 @@ def install(app: FastAPI) -> None:
         return error(400, f"bad request: {exc}")
 
 
+# Each family's status, and why; the nearest one in an exception's MRO wins.
+FAMILY_STATUS: dict[type[MediaqError], int] = {
+    Refused: 400,         # the caller sent something wrong: a different request may succeed
+    NotFound: 404,
+    Conflict: 409,        # a right request in the wrong state (cancelling a completed job):
+                          # clients should not retry it unchanged
+    Unavailable: 503,     # nothing wrong with the request (the schema awaits `mediaq db
+                          # upgrade`): load balancers and clients may try again later
+    ConfigError: 500,     # the server's own settings are wrong: the operator must act
+    PermanentError: 400,  # checks shared with steps (an input outside the roots, invalid
+                          # parameters) refuse the request itself
+    TransientError: 503,
+    MediaqError: 400,     # every class belongs to a family above; a bare one is a refusal
+}
+
+
+def family_status(exc: MediaqError) -> int:
+    return next(FAMILY_STATUS[cls] for cls in type(exc).__mro__ if cls in FAMILY_STATUS)
+
+
 def _install_families(app: FastAPI) -> None:
-    @app.exception_handler(Refused)
-    async def refused(request: Request, exc: Refused) -> JSONResponse:
-        # The caller sent something wrong: a different request may succeed.
-        return error(400, exc.message)
-
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return error(404, exc.message)
-
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict) -> JSONResponse:
-        # The request is right but the resource's state forbids it now (e.g. cancelling
-        # a completed job): 409 tells clients not to retry it unchanged.
-        return error(409, exc.message)
-
-    @app.exception_handler(Unavailable)
-    async def unavailable(request: Request, exc: Unavailable) -> JSONResponse:
-        # Nothing is wrong with the request (e.g. the schema awaits `mediaq db upgrade`);
-        # 503 lets load balancers and clients try again later.
-        return error(503, exc.message)
-
-    @app.exception_handler(ConfigError)
-    async def misconfigured(request: Request, exc: ConfigError) -> JSONResponse:
-        # The server's own settings are wrong: the operator, not the caller, must act.
-        return error(500, f"server misconfigured: {exc.message}")
-
-    @app.exception_handler(PermanentError)
-    async def step_refused(request: Request, exc: PermanentError) -> JSONResponse:
-        # Checks shared with steps (an input outside the roots, invalid parameters)
-        # refuse the request itself.
-        return error(400, exc.message)
-
-    @app.exception_handler(TransientError)
-    async def step_unavailable(request: Request, exc: TransientError) -> JSONResponse:
-        return error(503, exc.message)
-
     @app.exception_handler(MediaqError)
-    async def other(request: Request, exc: MediaqError) -> JSONResponse:
-        # Every class belongs to a family above; a bare MediaqError is a refusal.
-        return error(400, exc.message)
+    async def by_family(request: Request, exc: MediaqError) -> JSONResponse:
+        if isinstance(exc, ConfigError):
+            return error(500, f"server misconfigured: {exc.message}")
+        return error(family_status(exc), exc.message)
 
     @app.exception_handler(Interrupt)
     async def interrupt(request: Request, exc: Interrupt) -> JSONResponse:
