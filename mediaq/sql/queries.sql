@@ -423,7 +423,9 @@ SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure,
 SELECT status, progress_percent, progress_stage, current_step, error_message, waiting_reason,
        (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps,
        e.estimated_start, e.eta_blocked_reason
-  FROM workflow_jobs j LEFT JOIN job_etas e ON e.job_id = j.id
+  FROM workflow_jobs j
+  LEFT JOIN LATERAL (SELECT x.estimated_start, x.eta_blocked_reason
+                       FROM job_etas x WHERE x.job_id = j.id) e ON TRUE
  WHERE j.id = %(job_id)s;
 
 -- name: job_cancel
