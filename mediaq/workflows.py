@@ -19,7 +19,8 @@ import yaml
 from psycopg.types.json import Jsonb
 
 from mediaq import db
-from mediaq.errors import WorkflowError
+from mediaq.actions import get_action
+from mediaq.errors import ActionNotAvailable, InvalidParameters, WorkflowError
 
 SEED_DIR = Path(__file__).resolve().parent / "seed_workflows"
 
@@ -85,10 +86,44 @@ def normalise(doc: dict[str, Any], source: str = "workflow") -> dict[str, Any]:
     if not isinstance(steps, list) or not steps:
         raise WorkflowError(f"{source}: steps must be a non-empty list")
     out["steps"] = [_normalise_step(s, i, source) for i, s in enumerate(steps, start=1)]
-    numbers = [s["step_number"] for s in out["steps"]]
-    if len(set(numbers)) != len(numbers):
-        raise WorkflowError(f"{source}: step numbers must be unique")
+    _check_steps(out, source)
     return out
+
+
+def _check_steps(doc: dict[str, Any], source: str) -> None:
+    """Refuse, before anything is written, what would fail every job of the workflow at
+    run time: a step number or name used twice (a job's ``--param`` names a step by
+    either), an action no installed plugin provides, parameters the action's schema
+    refuses. Parameters are checked as the workflow gives them: a key the schema
+    requires may be left to each job (``--param STEP.KEY=VALUE``), since jobs' parameters
+    are merged over the step's when it runs and checked in full then."""
+    prefix = "" if source == "workflow" else f"{source}: "
+    seen_numbers: set[int] = set()
+    seen_names: set[str] = set()
+    for step in doc["steps"]:
+        where = (f"{prefix}workflow {doc['workflow_code']}, "
+                 f"step {step['step_number']} '{step['step_name']}'")
+        if step["step_number"] in seen_numbers:
+            raise WorkflowError(f"{where}: the number is used by an earlier step "
+                                "(step numbers must be unique)")
+        if step["step_name"] in seen_names:
+            raise WorkflowError(f"{where}: the name is used by an earlier step "
+                                "(step names must be unique)")
+        seen_numbers.add(step["step_number"])
+        seen_names.add(step["step_name"])
+        try:
+            registered = get_action(step["action"])
+        except ActionNotAvailable as exc:
+            broken = str(exc).partition("; ")[2]
+            raise WorkflowError(
+                f"{where}: unknown action '{step['action']}' (no installed plugin provides "
+                "it; `mediaq actions` lists the actions)" + (f"; {broken}" if broken else "")
+            ) from None
+        try:
+            registered.validate(step["parameters"], partial=True)
+        except InvalidParameters as exc:
+            detail = " ".join(str(exc).split())  # one line, whatever the value printed
+            raise WorkflowError(f"{where}: parameters refused: {detail}") from None
 
 
 def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:

@@ -132,9 +132,17 @@ def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
                  interval=0.2, message="the jobs table")
         assert browser.js("sessionStorage.getItem('mediaq.token')") == web.tokens["operator"]
         assert rows(browser)[done]["badge"] == "completed"
-        # A waiting job of a workflow with a history shows when it should finish.
-        assert "ETA" in rows(browser)[again]["progress"]
+        # No worker is live: a waiting job is promised no finish, and the row says why.
+        assert rows(browser)[again]["progress"].endswith(" · not starting: no live worker "
+                                                         "serves cpu")
+        # With a live worker (on another machine, here a row), a waiting job of a
+        # workflow with a history shows when it should finish.
+        mq.query("INSERT INTO workers (worker_id, host, categories, limits) "
+                 "VALUES ('elsewhere:1', 'elsewhere', '{cpu}', '{\"cpu\": 1}')")
+        wait_for(lambda: "ETA" in rows(browser)[again]["progress"], timeout=60,
+                 interval=0.2, message="the ETA of a waiting job")
         assert "ETA" not in rows(browser)[watched]["progress"]  # no history yet
+        mq.query("UPDATE workers SET status = 'stopped' WHERE worker_id = 'elsewhere:1'")
 
         mq.start_worker()
         # The watched job's bar moves while its worker runs it.

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mediaq.queries import queries
+from mediaq.worker.resources import read_gpu
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
 STEPS = ({"action": "sleep", "parameters": {"seconds": 0.3}},
@@ -108,12 +109,21 @@ def test_estimates_scale_with_input_size_and_reach_the_api(mq: MediaqEnv) -> Non
     from tests.test_web_api import start_web  # the same token and server set-up
 
     web = start_web(mq)
+    # The burst worker has gone: no live worker serves cpu, so no start is promised.
+    waiting = web.get(f"/api/media/jobs/{small}").json()
+    assert waiting["estimatedStart"] is None and waiting["estimatedFinish"] is None
+    assert waiting["etaBlockedReason"] == "no live worker serves cpu"
+    assert waiting["estimatedSeconds"] == pytest.approx(0.25, rel=0.25)
+    worker = mq.start_worker("--no-notifier")  # the queue is paused: it claims nothing
+    wait_for(lambda: "worker:started" in mq.worker_log(worker), message="a live worker")
     listed = {j["id"]: j for j in web.get("/api/media/jobs").json()["data"]}
+    assert listed[small]["etaBlockedReason"] is None
     shown = web.get(f"/api/media/jobs/{big}").json()
     assert shown["estimatedSeconds"] == pytest.approx(1.65, rel=0.25)
     assert listed[small]["estimatedSeconds"] == pytest.approx(0.25, rel=0.25)
     assert shown["estimatedFinish"] > shown["estimatedStart"]
-    assert listed[big]["estimatedStart"] >= listed[small]["estimatedFinish"]  # in line after it
+    # In line after it: the worker's slots share the work ahead, so it starts later.
+    assert listed[big]["estimatedStart"] > listed[small]["estimatedStart"]
     done = next(j for j in listed.values() if j["status"] == "completed")
     assert done["estimatedFinish"] is None
 
@@ -128,3 +138,57 @@ def test_each_step_of_a_one_pass_run_counts_for_its_share(mq: MediaqEnv) -> None
     mq.query("UPDATE step_executions SET duration_ms = 4000, "
              "input_data = input_data || '{\"fused_steps\": [1, 2]}'")
     assert mq.one("SELECT workflow_runtime_estimate(%s) AS s", (workflow,))["s"] == 4.0
+
+
+def test_no_start_is_promised_for_a_job_no_live_worker_can_run(mq: MediaqEnv) -> None:
+    """A gpu_encode job and only a worker without a GPU (a laptop): the worker says at
+    start that it cannot serve gpu_encode, and `mediaq show` promises no start and says
+    why; once a worker with the VRAM is live, the estimate returns."""
+    if read_gpu() is not None:
+        pytest.skip("this machine has a GPU: a worker here gets a VRAM budget")
+    mq.apply_workflow(diagnostic_workflow(
+        "T-GPU", {"action": "noop"}, {"action": "noop"}, resource_category="gpu_encode",
+        vram_required=4000, queue_name="gpu_q"))
+    mq.submit("T-GPU", mq.input_file("first.bin"))
+    mq.run_burst("--no-notifier", "--vram-mb", "8000")  # history for the estimate
+    mq.cli("queue", "pause", "gpu_q")  # nothing is claimed from here on
+    code = mq.submit("T-GPU", mq.input_file("clip.bin"))
+    cpu_job = mq.submit("T-GPU", mq.input_file("other.bin"))
+    mq.query("UPDATE workflow_jobs SET resource_category = 'cpu', vram_required = 0 "
+             "WHERE job_code = %s", (cpu_job,))
+
+    laptop = mq.start_worker("--no-notifier")
+    wait_for(lambda: "worker:started" in mq.worker_log(laptop), message="the laptop worker")
+    said = [json.loads(line) for line in mq.worker_log(laptop).splitlines()
+            if "worker:cannot_serve" in line]
+    assert len(said) == 1 and said[0]["categories"] == ["gpu_ai", "gpu_encode"], said
+    assert said[0]["reasons"]["gpu_encode"].startswith("VRAM budget 0 MB (no GPU found")
+    reason = ("no live worker serves gpu_encode with 4000 MB of VRAM "
+              "(the largest VRAM budget is 0 MB)")
+    shown = mq.cli("show", code).stdout.splitlines()
+    assert not any(line.startswith(("estimated_start", "estimated_finish")) for line in shown)
+    assert f"{'eta_blocked_reason':18} {reason}" in shown
+    # A job the laptop serves still gets its start.
+    assert mq.one("SELECT estimated_start, eta_blocked_reason FROM job_etas e "
+                  "JOIN workflow_jobs j ON j.id = e.job_id WHERE j.job_code = %s",
+                  (cpu_job,))["eta_blocked_reason"] is None
+
+    gpu = mq.start_worker("--no-notifier", "--vram-mb", "8000")
+    wait_for(lambda: "worker:started" in mq.worker_log(gpu), message="the GPU worker")
+    assert "worker:cannot_serve" not in mq.worker_log(gpu)
+    shown = mq.cli("show", code).stdout.splitlines()
+    assert any(line.startswith("estimated_start") for line in shown), shown
+    assert not any(line.startswith("eta_blocked_reason") for line in shown)
+
+
+def test_a_worker_that_takes_other_queues_serves_nothing_here(mq: MediaqEnv) -> None:
+    """The queue counts too: a worker started with --queues for other queues."""
+    mq.apply_workflow(diagnostic_workflow("T-Q", {"action": "noop"}, queue_name="mine"))
+    mq.cli("queue", "pause", "mine")
+    code = mq.submit("T-Q", mq.input_file("in.bin"))
+    worker = mq.start_worker("--no-notifier", "--queues", "theirs")
+    wait_for(lambda: "worker:started" in mq.worker_log(worker), message="the worker")
+    eta = mq.one("SELECT e.* FROM job_etas e JOIN workflow_jobs j ON j.id = e.job_id "
+                 "WHERE j.job_code = %s", (code,))
+    assert eta["estimated_start"] is None
+    assert eta["eta_blocked_reason"] == "no live worker serving cpu takes queue mine"

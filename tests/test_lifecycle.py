@@ -99,11 +99,15 @@ def test_permanent_failure_fails_at_once_and_continue_goes_on(mq: MediaqEnv) -> 
 
 
 def test_unknown_action_and_bad_parameters_fail_permanently(mq: MediaqEnv) -> None:
-    mq.apply_workflow(diagnostic_workflow("T-MISSING", {"action": "transcode_hologram"}))
+    """Apply refuses both (tests/test_workflows.py); a job still meets them when a plugin
+    is uninstalled after its workflow was applied, or when its own --param is wrong."""
+    mq.apply_workflow(diagnostic_workflow("T-MISSING", {"action": "noop"}))
+    mq.query("UPDATE workflow_steps SET action = 'transcode_hologram' WHERE workflow_id = "
+             "(SELECT id FROM workflow_definitions WHERE workflow_code = 'T-MISSING')")
     mq.apply_workflow(diagnostic_workflow("T-BADPARAM",
-                                          {"action": "sleep", "parameters": {"seconds": "x"}}))
+                                          {"action": "sleep", "parameters": {"seconds": 0}}))
     a = mq.submit("T-MISSING", mq.input_file("a.bin"))
-    b = mq.submit("T-BADPARAM", mq.input_file("b.bin"))
+    b = mq.submit("T-BADPARAM", mq.input_file("b.bin"), "--param", "sleep.seconds=x")
     mq.run_burst()
     assert "action 'transcode_hologram' is not available yet" in mq.job(a)["error_message"]
     assert "seconds" in mq.job(b)["error_message"]

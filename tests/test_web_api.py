@@ -239,6 +239,10 @@ def test_jobs_through_the_api(mq: MediaqEnv) -> None:
     assert_one_line_error(web.post("/api/media/workflows", json={"source": "steps: ["}), 400)
     assert_one_line_error(web.post("/api/media/workflows",
                                    json={"source": "workflow_code: X\nsteps: []"}), 400)
+    assert assert_one_line_error(web.post("/api/media/workflows", json={
+        "source": "workflow_code: X\nsteps: [{action: sleep, parameters: {seconds: x}}]"}),
+        400) == ("workflow X, step 1 'Step 1': parameters refused: action 'sleep': seconds: "
+                 "'x' is not of type 'number'")
     assert_one_line_error(web.get("/api/media/workflows/WF-NOPE"), 400)
 
     # notifications: the webhook URL's query is masked

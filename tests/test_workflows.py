@@ -118,7 +118,9 @@ def test_apply_change_makes_a_new_version_and_old_jobs_keep_theirs(mq: MediaqEnv
 
 def test_export_reapplied_is_unchanged(mq: MediaqEnv) -> None:
     doc = diagnostic_workflow(
-        "T-EXPORT", {"action": "noop", "parameters": {"a": [1, 2], "b": {"c": True}}},
+        "T-EXPORT", {"action": "package_hls", "parameters": {
+            "renditions": ["360p", {"width": 320, "height": 180, "name": "tiny"}],
+            "audio": False}},
         {"action": "sleep", "parameters": {"seconds": 0.5}, "on_failure": "retry",
          "timeout_seconds": 10},
         description="round trip", queue_name="exports", default_priority=8,
@@ -127,7 +129,8 @@ def test_export_reapplied_is_unchanged(mq: MediaqEnv) -> None:
     exported = mq.cli("workflows", "export", "T-EXPORT").stdout
     parsed = yaml.safe_load(exported)
     assert parsed["workflow_code"] == "T-EXPORT" and len(parsed["steps"]) == 2
-    assert parsed["steps"][0]["parameters"] == {"a": [1, 2], "b": {"c": True}}
+    assert parsed["steps"][0]["parameters"] == {
+        "renditions": ["360p", {"width": 320, "height": 180, "name": "tiny"}], "audio": False}
     assert parsed["notify"] == {"job.failed": ["mailto:ops@example.com"]}
     path = mq.root / "exported.yaml"
     path.write_text(exported, encoding="utf-8")
@@ -187,6 +190,11 @@ INVALID = {
     "bad priority": yaml.safe_dump({**GOOD, "default_priority": 11}),
     "timeout not a number": yaml.safe_dump({**GOOD, "steps": [{"action": "noop",
                                                                "timeout_seconds": "soon"}]}),
+    "unknown action": yaml.safe_dump({**GOOD, "steps": [{"action": "transcode_hologram"}]}),
+    "bad parameters": yaml.safe_dump({**GOOD, "steps": [{"action": "sleep",
+                                                         "parameters": {"seconds": -1}}]}),
+    "duplicate step name": yaml.safe_dump({**GOOD, "steps": [
+        {"action": "noop", "step_name": "a"}, {"action": "noop", "step_name": "a"}]}),
     "not YAML": "workflow_code: T-GOOD\nsteps: [unclosed\n  - : :\n",
     "not a mapping": "- just\n- a list\n",
 }
@@ -202,6 +210,72 @@ def test_invalid_files_are_refused_and_nothing_is_applied(mq: MediaqEnv, case: s
     assert str(bad) in line
     assert "Traceback" not in result.stderr
     assert definitions(mq) == 0  # not even the good file
+
+
+REFUSED_STEPS = {
+    # case: (steps, the message after "error: FILE: ")
+    "unknown action": (
+        [{"action": "noop", "step_name": "Check"},
+         {"action": "transcode_hologram", "step_name": "Beam"}],
+        "workflow T-BAD, step 2 'Beam': unknown action 'transcode_hologram' (no installed "
+        "plugin provides it; `mediaq actions` lists the actions)"),
+    "parameter of the wrong type": (
+        [{"action": "sleep", "step_name": "Nap", "parameters": {"seconds": "soon"}}],
+        "workflow T-BAD, step 1 'Nap': parameters refused: action 'sleep': seconds: "
+        "'soon' is not of type 'number'"),
+    "unknown parameter": (
+        [{"action": "create_thumbnail", "step_name": "Thumb", "step_number": 5,
+          "parameters": {"sise": 300}}],
+        "workflow T-BAD, step 5 'Thumb': parameters refused: action 'create_thumbnail': "
+        "parameters: Additional properties are not allowed ('sise' was unexpected)"),
+    "value outside the schema": (
+        [{"action": "convert_format", "step_name": "Convert", "parameters": {"format": "bmp"}}],
+        "workflow T-BAD, step 1 'Convert': parameters refused: action 'convert_format': "
+        "format: 'bmp' is not one of ['avif', 'gif', 'jpeg', 'jpg', 'png', 'webp', 'txt', "
+        "'pdf']"),
+    "duplicate step number": (
+        [{"action": "noop", "step_number": 3, "step_name": "A"},
+         {"action": "noop", "step_number": 3, "step_name": "B"}],
+        "workflow T-BAD, step 3 'B': the number is used by an earlier step "
+        "(step numbers must be unique)"),
+    "duplicate step name": (
+        [{"action": "noop", "step_name": "Same"}, {"action": "noop", "step_name": "Same"}],
+        "workflow T-BAD, step 2 'Same': the name is used by an earlier step "
+        "(step names must be unique)"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED_STEPS))
+def test_steps_that_would_fail_every_job_are_refused_at_apply(mq: MediaqEnv,
+                                                               case: str) -> None:
+    """Until now these applied and failed every job at run time."""
+    steps, message = REFUSED_STEPS[case]
+    path = mq.write_yaml("bad.yaml", {"workflow_code": "T-BAD", "steps": steps})
+    assert one_line_error(mq.cli("workflows", "apply", str(path), check=False)) == \
+        f"error: {path}: {message}"
+    assert definitions(mq) == 0
+    with pytest.raises(WorkflowError) as raised:  # the API's path names no file
+        workflows.normalise({"workflow_code": "T-BAD", "steps": steps})
+    assert str(raised.value) == message
+
+
+def test_a_required_parameter_may_be_left_to_each_job(mq: MediaqEnv) -> None:
+    """A workflow may leave a parameter the action requires to the submitter (--param
+    STEP.KEY=VALUE is merged over the step's parameters when the step runs): apply takes
+    it, and a job without it fails at run time as before."""
+    mq.apply_workflow(diagnostic_workflow("T-CONVERT", {"action": "convert_format",
+                                                        "step_name": "convert"}))
+    from PIL import Image
+
+    picture = mq.inputs / "in.png"
+    Image.new("RGB", (32, 24), "teal").save(picture)
+    given = mq.submit("T-CONVERT", picture, "--param", "convert.format=webp")
+    missing = mq.submit("T-CONVERT", picture)
+    mq.run_burst("--no-notifier")
+    assert mq.job(given)["status"] == "completed"
+    assert mq.job(given)["output_file_path"].endswith(".webp")
+    assert mq.job(missing)["status"] == "failed"
+    assert "'format' is a required property" in mq.job(missing)["error_message"]
 
 
 def test_missing_file_is_refused(mq: MediaqEnv) -> None:
@@ -221,7 +295,8 @@ def test_normalise_fills_defaults() -> None:
         "step_number": 1, "step_name": "Step 1", "step_type": None, "action": "noop",
         "parameters": {}, "required_inputs": None, "expected_outputs": None,
         "timeout_seconds": 300, "on_failure": "stop", "sla_seconds": None}]
-    with pytest.raises(WorkflowError, match="step numbers must be unique"):
+    with pytest.raises(WorkflowError, match=r"step 1 'Step 1': the number is used by an "
+                       r"earlier step \(step numbers must be unique\)"):
         workflows.normalise({"workflow_code": "T", "steps": [
             {"action": "noop", "step_number": 1}, {"action": "noop", "step_number": 1}]})
 

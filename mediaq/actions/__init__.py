@@ -82,9 +82,24 @@ class RegisteredAction:
         cls.check_schema(self.schema)
         return cls(self.schema)
 
-    def validate(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Return ``params`` with schema defaults applied, or raise InvalidParameters."""
-        error = jsonschema.exceptions.best_match(self._validator.iter_errors(params))
+    @functools.cached_property
+    def _partial_validator(self) -> jsonschema.protocols.Validator:
+        # The schema without its top-level "required": what a workflow step may give.
+        schema = {k: v for k, v in self.schema.items() if k != "required"}
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        return cls(schema)
+
+    def validate(self, params: dict[str, Any], *, partial: bool = False) -> dict[str, Any]:
+        """Return ``params`` with schema defaults applied, or raise InvalidParameters.
+
+        ``partial``: the parameters a workflow step gives, which may leave a key the
+        schema requires to each job (``--param STEP.KEY=VALUE``); everything given is
+        checked all the same (types, values, unknown keys). The step's parameters with
+        the job's merged in are checked in full when the step runs.
+        """
+        validator = self._partial_validator if partial else self._validator
+        error = jsonschema.exceptions.best_match(validator.iter_errors(params))
         if error is not None:
             where = ".".join(str(p) for p in error.absolute_path) or "parameters"
             raise InvalidParameters(f"action '{self.name}': {where}: {error.message}")

@@ -128,6 +128,8 @@ def show(env: Env, job: str) -> None:
     for key in ("estimated_start", "estimated_finish"):
         if eta.get(key) is not None:  # from past runs of the workflow and the queue ahead
             click.echo(f"{key:18} {fmt(eta[key])}")
+    if eta.get("eta_blocked_reason"):  # no start is promised: no live worker can run it
+        click.echo(f"{'eta_blocked_reason':18} {eta['eta_blocked_reason']}")
     table(steps, ["step_number", "step_name", "action", "status", "executions", "duration_ms",
                   "error_message"], title="Steps")
     outputs = (row.get("output_metadata") or {}).get("outputs", [])
@@ -162,6 +164,8 @@ def watch(env: Env, job: str, interval: float) -> None:
                 stage += f" · waiting: {state['waiting_reason']}"
             if state["status"] in ("pending", "queued") and state["estimated_start"]:
                 stage += f" · starts ~{state['estimated_start'].astimezone():%H:%M:%S}"
+            elif state["status"] in ("pending", "queued") and state["eta_blocked_reason"]:
+                stage += f" · not starting: {state['eta_blocked_reason']}"
             bar.update(task, completed=float(state["progress_percent"] or 0), stage=stage)
             if state["status"] in TERMINAL:
                 break

@@ -422,8 +422,11 @@ SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure,
 -- The few fields a live progress bar needs.
 SELECT status, progress_percent, progress_stage, current_step, error_message, waiting_reason,
        (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps,
-       (SELECT e.estimated_start FROM job_etas e WHERE e.job_id = j.id) AS estimated_start
-  FROM workflow_jobs j WHERE j.id = %(job_id)s;
+       e.estimated_start, e.eta_blocked_reason
+  FROM workflow_jobs j
+  LEFT JOIN LATERAL (SELECT x.estimated_start, x.eta_blocked_reason
+                       FROM job_etas x WHERE x.job_id = j.id) e ON TRUE
+ WHERE j.id = %(job_id)s;
 
 -- name: job_cancel
 -- Cancel: a waiting job at once; a running one is asked to stop (its worker checks every second).
@@ -845,8 +848,9 @@ RETURNING *;
 -- ===========================================================================
 
 -- name: job_eta
--- A waiting or running job's estimated start and finish (no row once it is over).
-SELECT estimated_seconds, estimated_start, estimated_finish
+-- A waiting or running job's estimated start and finish, or why no live worker can start it
+-- (no row once it is over).
+SELECT estimated_seconds, estimated_start, estimated_finish, eta_blocked_reason
   FROM mediaq.job_etas WHERE job_id = %(job_id)s;
 
 -- name: eta_accuracy

@@ -55,8 +55,9 @@ SELECT j.id, j.job_code, wd.workflow_code, wd.workflow_name, j.status, j.progres
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: jobs_api_etas
--- Estimated start and finish of the waiting and running jobs among %(job_ids)s.
-SELECT job_id, estimated_seconds, estimated_start, estimated_finish
+-- Estimated start and finish of the waiting and running jobs among %(job_ids)s, or why no
+-- live worker can start one.
+SELECT job_id, estimated_seconds, estimated_start, estimated_finish, eta_blocked_reason
   FROM job_etas WHERE job_id = ANY (%(job_ids)s::bigint[]);
 
 -- name: jobs_api_count

@@ -63,6 +63,8 @@ def job(row: dict[str, Any]) -> dict[str, Any]:
         "estimatedSeconds": row.get("estimated_seconds"),
         "estimatedStart": row.get("estimated_start"),
         "estimatedFinish": row.get("estimated_finish"),
+        # Why a waiting job has no estimated start: no live worker can run it.
+        "etaBlockedReason": row.get("eta_blocked_reason"),
     })
 
 

@@ -108,6 +108,10 @@ class Worker:
                       categories=list(self.capacity.categories), limits=self.capacity.limits,
                       vram_budget_mb=self.capacity.vram_budget_mb,
                       gpu=self.capacity.gpu.name if self.capacity.gpu else None)
+        unserved = self.capacity.unserved()
+        if unserved:  # said once: such jobs wait for another worker (job_etas says so too)
+            self.log.warning("worker:cannot_serve", categories=sorted(unserved),
+                             reasons=unserved)
         listener = threading.Thread(target=self._listen, name="mediaq-listen", daemon=True)
         listener.start()
         self.heartbeat.start()

@@ -110,6 +110,21 @@ class Capacity:
         machine = sum(self.limits.get(c, 0) for c in self.categories)
         return machine if self.process_jobs is None else min(machine, self.process_jobs)
 
+    def unserved(self) -> dict[str, str]:
+        """The categories this worker takes but cannot run (all or most) jobs of, with why.
+
+        A GPU category without a VRAM budget (no GPU found, no ``--vram-mb``) runs only
+        jobs that need no VRAM; every bundled GPU workflow needs some.
+        """
+        reasons: dict[str, str] = {}
+        for category in self.categories:
+            if self.limits.get(category, 0) <= 0:
+                reasons[category] = f"its limit is 0 ({category}=0)"
+            elif category in GPU_CATEGORIES and self.vram_budget_mb <= 0:
+                reasons[category] = ("VRAM budget 0 MB (no GPU found and no --vram-mb): "
+                                     "only jobs that need no VRAM")
+        return reasons
+
     def live_vram_free_mb(self) -> int | None:
         """Free VRAM right now per NVML (other programs count too), None without a GPU."""
         if self.gpu is None:

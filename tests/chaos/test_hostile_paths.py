@@ -208,8 +208,10 @@ def test_bad_rows_are_refused_or_fail_cleanly(mq: MediaqEnv, figure: Any) -> Non
     mq.apply_workflow(diagnostic_workflow("SQL-OK", {"action": "sleep",
                                                      "parameters": {"seconds": 0.01}},
                                           retry_count=0))
-    mq.apply_workflow(diagnostic_workflow("SQL-GHOST", {"action": "no_such_action"},
-                                          retry_count=0))
+    mq.apply_workflow(diagnostic_workflow("SQL-GHOST", {"action": "noop"}, retry_count=0))
+    mq.query("UPDATE workflow_steps SET action = 'no_such_action' WHERE workflow_id = "
+             "(SELECT id FROM workflow_definitions WHERE workflow_code = 'SQL-GHOST')")
+    # (apply refuses an unknown action; a plugin uninstalled later leaves one behind)
     mq.query("INSERT INTO workflow_definitions (workflow_code, retry_count) "
              "VALUES ('SQL-EMPTY', 0)")  # a workflow with no steps (YAML refuses one)
     ids = {r["workflow_code"]: r["id"] for r in mq.query(

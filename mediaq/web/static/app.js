@@ -96,7 +96,8 @@ function jobRow(job) {
                              "aria-valuenow": String(job.progress) }, bar),
        el("span", { class: "pct" }, Math.round(job.progress) + "%" +
           (job.waitingReason ? " · " + job.waitingReason : "") +
-          (job.estimatedFinish ? " · ETA " + clock(job.estimatedFinish) : ""))),
+          (job.estimatedFinish ? " · ETA " + clock(job.estimatedFinish) : "") +
+          (job.etaBlockedReason ? " · not starting: " + job.etaBlockedReason : ""))),
     el("td", {}, job.priority),
     el("td", {}, job.resourceCategory),
     el("td", {}, when(job.createdAt)),
@@ -185,8 +186,8 @@ async function showDetail() {
   $("#detail-title").textContent = job.id + " · " + job.type + " · " + job.status;
   const fields = ["status", "progress", "progressStage", "priority", "resourceCategory",
     "vramRequired", "inputPath", "outputPath", "retryCount", "maxRetries", "waitingReason",
-    "submittedBy", "createdAt", "startedAt", "estimatedStart", "estimatedFinish", "completedAt",
-    "errorMessage"];
+    "submittedBy", "createdAt", "startedAt", "estimatedStart", "estimatedFinish", "etaBlockedReason",
+    "completedAt", "errorMessage"];
   $("#detail-fields").replaceChildren(...fields.filter((f) => job[f] !== null && job[f] !== "")
     .flatMap((f) => [el("dt", {}, f), el("dd", {}, job[f])]));
   $("#detail-steps tbody").replaceChildren(...job.steps.map((s) => el("tr", {},
