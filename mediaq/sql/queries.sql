@@ -517,6 +517,27 @@ UPDATE workflow_jobs
  WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
 RETURNING status, retry_count;
 
+-- name: job_set_priority_if_waiting
+-- Change the priority of a waiting (pending, queued or paused) job and of its media_queue row.
+-- The after-update trigger copies the priority to media_queue only on a status change, so
+-- the mirror row (seed dashboards read it) is updated here, in the same statement.
+WITH before AS (
+    SELECT id, priority FROM workflow_jobs
+     WHERE id = %(job_id)s AND status IN ('pending', 'queued', 'paused')
+       FOR UPDATE
+), job AS (
+    UPDATE workflow_jobs j
+       SET priority = %(priority)s, updated_at = now(), log = j.log || %(log_line)s
+      FROM before
+     WHERE j.id = before.id AND j.status IN ('pending', 'queued', 'paused')
+    RETURNING j.id, j.status, j.priority, before.priority AS previous_priority
+), mirror AS (
+    UPDATE media_queue mq SET priority = job.priority
+      FROM job
+     WHERE mq.job_id = job.id
+)
+SELECT status, priority, previous_priority FROM job;
+
 -- name: job_status_transitions
 -- The moves a job's status may make (mediaq.states.mermaid draws them; a trigger refuses others).
 SELECT from_status, to_status, description FROM mediaq.job_status_transitions
