@@ -8,6 +8,7 @@ from mediaq import db
 from mediaq.errors import InvalidTransition, JobNotFound, Refused
 from mediaq.logs import log_line
 from mediaq.notify import outbox
+from mediaq.states import CLAIMABLE, JobStatus
 
 
 def find_job(conn: db.Connection, ref: str) -> db.Row:
@@ -47,8 +48,9 @@ def retry(conn: db.Connection, ref: str, by: str = "admin") -> db.Row:
 PRIORITIES = range(1, 11)
 """Job priorities: 10 is the most urgent; jobs of one priority start first come, first served."""
 
-WAITING = ("pending", "queued", "paused")
-"""The statuses in which a job's priority may still change (job_set_priority_if_waiting)."""
+WAITING: tuple[JobStatus, ...] = (*CLAIMABLE, JobStatus.PAUSED)
+"""The statuses in which a job's priority may still change (job_set_priority_if_waiting's
+guard, and the dashboard's REPRIORITISABLE: tests/test_job_transitions.py checks)."""
 
 
 def set_priority(conn: db.Connection, ref: str, priority: int, by: str = "admin", *,

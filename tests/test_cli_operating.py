@@ -106,7 +106,7 @@ def test_priority_is_refused_for_a_processing_job_and_a_bad_number(mq: MediaqEnv
     mq.apply_workflow(diagnostic_workflow("T-PRUN", {"action": "sleep",
                                                      "parameters": {"seconds": 30}}))
     code = mq.submit("T-PRUN", mq.input_file("a.bin"))
-    for bad in ("11", "0"):
+    for bad in ("11", "0", "-1"):
         refused = mq.cli("priority", code, bad, check=False)
         assert refused.returncode == 1
         assert refused.stderr.strip() == ("error: priority must be a whole number from 1 to 10 "

@@ -189,7 +189,8 @@ def _operator_command(name: str, fn: Any, help_text: str) -> click.Command:
     return command
 
 
-@click.command("priority")
+# ignore_unknown_options: "-1" is a number to refuse in one line, not an unknown option
+@click.command("priority", context_settings={"ignore_unknown_options": True})
 @click.argument("job")
 @click.argument("priority", type=int, metavar="N")
 @pass_env
