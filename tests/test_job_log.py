@@ -80,7 +80,7 @@ def test_a_log_of_a_thousand_lines_keeps_its_head_its_tail_and_a_marker(
     head, _, tail = log.partition(marker_line)
     assert head.endswith("\n") and all(re.match(r"^\[[\d :-]{19}\] ", x)
                                        for x in (head + tail).splitlines())
-    assert len(tail.encode()) > 6000  # the newest lines, not a sliver
+    assert len(tail.encode()) > 5000  # the newest lines, not a sliver
 
 
 def test_a_short_log_is_untouched_and_one_huge_line_is_cut_too(

@@ -324,12 +324,14 @@ RETURNING id;
 
 -- name: job_append_log
 -- Append lines to the job log, if this worker still owns the job; past 10 KB, cut its middle.
--- An action may log without end (a chatty encoder, a loop), so a log over 10240 bytes
--- keeps its head (its lines within the first 2048 bytes), one marker line
--- "… N bytes cut …" and its newest lines within 8192 bytes, cut at a line end. N counts
--- every byte dropped so far: an earlier cut's head and count are read back from its
--- marker. Cutting to 8 KB leaves room for about 2 KB of lines before the next cut, and
--- nothing past the length test runs until the log is over the cap. The tail is cut in
+-- An action may log without end (a chatty encoder, a loop), so a log that grows past
+-- 10240 bytes is cut back to at most 8192: its head (its lines within the first 2048
+-- bytes), one marker line "… N bytes cut …" and its newest lines in the bytes left, cut
+-- at a line end. N counts every byte dropped so far: an earlier cut's head and count are
+-- read back from its marker. Cutting to 8 KB leaves room for about 2 KB of lines before
+-- the next cut (a log over the cap is cut once per 2 KB, not once per line); nothing
+-- past the length test runs until then, and the marker is looked for in the first 2200
+-- characters only (where a head of 2048 bytes and its marker end). The tail is cut in
 -- UTF-8 bytes just after a newline byte, which never falls inside a character. The other
 -- statements append a line or two per step and attempt, uncapped; only this one grows
 -- with what an action does.
@@ -340,7 +342,7 @@ WITH grown AS (
        AND status = 'processing'
        FOR UPDATE
 ), over AS (
-    SELECT whole, regexp_match(whole, E'^(.*?\n)(… ([0-9]+) bytes cut …\n)') AS cut
+    SELECT whole, regexp_match(left(whole, 2200), E'^(.*?\n)(… ([0-9]+) bytes cut …\n)') AS cut
       FROM grown WHERE octet_length(whole) > 10240
 ), head AS (
     -- the earlier cut's head, else the first lines within 2048 bytes, else (a first
@@ -353,22 +355,25 @@ WITH grown AS (
           SELECT string_agg(l.line, '' ORDER BY l.n) AS lines
             FROM (SELECT m[1] AS line, n,
                          sum(octet_length(m[1])) OVER (ORDER BY n) AS upto
-                    FROM regexp_matches(o.whole, E'([^\n]*\n)', 'g') WITH ORDINALITY AS t(m, n)
+                    FROM regexp_matches(left(o.whole, 2048), E'([^\n]*\n)', 'g')
+                         WITH ORDINALITY AS t(m, n)
                    WHERE o.cut IS NULL) l
            WHERE l.upto <= 2048) f ON TRUE
 ), rest AS (
-    -- the last 8192 bytes, and where the first line that starts in them begins
-    SELECT head, cut_before, r AS rest, last,
+    -- what follows the head, its last `budget` bytes (8192 less the head and room for
+    -- the marker), and where the first line that starts in them begins
+    SELECT head, cut_before, r AS rest, budget, last,
            position('\x0a'::bytea IN substring(last FOR octet_length(last) - 1)) AS newline
       FROM head,
-           LATERAL (SELECT convert_to(substring(whole FROM consumed + 1), 'UTF8') AS r) x,
-           LATERAL (SELECT substring(r FROM greatest(octet_length(r) - 8191, 1)) AS last) y
+           LATERAL (SELECT convert_to(substring(whole FROM consumed + 1), 'UTF8') AS r,
+                           8192 - 64 - octet_length(head) AS budget) x,
+           LATERAL (SELECT substring(r FROM greatest(octet_length(r) - budget + 1, 1)) AS last) y
 ), kept AS (
     SELECT head, cut_before, rest,
-           CASE WHEN octet_length(rest) <= 8192 THEN rest
+           CASE WHEN octet_length(rest) <= budget THEN rest
                 WHEN newline > 0 THEN substring(last FROM newline + 1)
                 -- no line starts there: the end of one long line, in whole characters
-                ELSE convert_to(right(convert_from(rest, 'UTF8'), 2048), 'UTF8') END AS tail
+                ELSE convert_to(right(convert_from(rest, 'UTF8'), budget / 4), 'UTF8') END AS tail
       FROM rest
 )
 UPDATE workflow_jobs j
