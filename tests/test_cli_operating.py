@@ -78,3 +78,45 @@ def test_stats_counts_vram_of_running_gpu_jobs(mq: MediaqEnv) -> None:
     stats = json.loads(mq.cli("stats", "--json").stdout)
     assert stats["total_vram_used"] == 4000 and stats["total_vram_available"] == 16000
     assert mq.one("SELECT vram_reserved_mb FROM worker_hosts")["vram_reserved_mb"] == 4000
+
+
+def test_a_job_bumped_to_priority_10_starts_before_the_others(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow("T-PRIO", {"action": "noop"}))
+    codes = [mq.submit("T-PRIO", mq.input_file(f"{i}.bin"), "--priority", "1")
+             for i in range(4)]
+    late = codes[-1]  # submitted last, at the same priority: it would start last
+    assert mq.cli("priority", late, "10").stdout.strip() == f"{late}: priority 1 -> 10 (pending)"
+    job = mq.job(late)
+    assert job["priority"] == 10 and "--- PRIORITY SET TO 10 BY" in job["log"]
+    # the media_queue mirror (seed dashboards read it) follows; the others are untouched
+    mirror = {r["job_code"]: r["priority"] for r in mq.query(
+        "SELECT j.job_code, q.priority FROM media_queue q JOIN workflow_jobs j ON j.id = q.job_id")}
+    assert mirror == {**{c: 1 for c in codes}, late: 10}
+    # a paused job may change too, and keeps its status
+    mq.cli("pause", codes[0])
+    assert mq.cli("priority", codes[0], "2").stdout.strip() == \
+        f"{codes[0]}: priority 1 -> 2 (paused)"
+    mq.cli("resume", codes[0])
+    mq.run_burst("--limits", "cpu=1")
+    started = sorted(codes, key=lambda c: mq.job(c)["started_at"])
+    assert started == [late, codes[0], codes[1], codes[2]]
+
+
+def test_priority_is_refused_for_a_processing_job_and_a_bad_number(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow("T-PRUN", {"action": "sleep",
+                                                     "parameters": {"seconds": 30}}))
+    code = mq.submit("T-PRUN", mq.input_file("a.bin"))
+    for bad in ("11", "0", "-1"):
+        refused = mq.cli("priority", code, bad, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == ("error: priority must be a whole number from 1 to 10 "
+                                          f"(10 is the most urgent), not {bad}")
+    mq.start_worker()
+    wait_for(lambda: mq.job(code)["status"] == "processing")
+    refused = mq.cli("priority", code, "9", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (f"error: {code}: priority can change only while the job "
+                                      "waits; it is processing")
+    assert mq.job(code)["priority"] == 5
+    assert mq.cli("priority", "JOB-NOPE", "5", check=False).stderr.strip() == \
+        "error: job JOB-NOPE does not exist"

@@ -144,6 +144,23 @@ def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
         assert "ETA" not in rows(browser)[watched]["progress"]  # no history yet
         mq.query("UPDATE workers SET status = 'stopped' WHERE worker_id = 'elsewhere:1'")
 
+        # A waiting job's priority has - and + buttons (a finished one has none); + asks
+        # the API for one more, and the row shows it.
+        assert browser.js(f"""document.querySelectorAll(
+            'tr[data-job="{done}"] button[data-priority]').length""") == 0
+        assert browser.js(f"""document.querySelector(
+            'tr[data-job="{doomed}"] .prio-value').textContent""") == "5"
+        browser.js(f"""document.querySelector(
+            'tr[data-job="{doomed}"] button[data-priority="up"]').click()""")
+        wait_for(lambda: mq.job(doomed)["priority"] == 6, timeout=60, interval=0.2,
+                 message="the priority to change")
+        wait_for(lambda: browser.js(f"""document.querySelector(
+            'tr[data-job="{doomed}"] .prio-value').textContent""") == "6", timeout=60,
+                 interval=0.2, message="the row to show the new priority")
+        assert browser.js(f"""document.querySelector(
+            'tr[data-job="{watched}"] button[data-priority="down"]').disabled""") is False
+        assert_png(browser.screenshot(tmp_path / "priority.png"))
+
         mq.start_worker()
         # The watched job's bar moves while its worker runs it.
         first = wait_for(lambda: (r := rows(browser)[watched])["status"] == "processing"

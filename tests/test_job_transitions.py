@@ -27,6 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from mediaq.operations import WAITING
 from mediaq.queries import queries
 from mediaq.states import (
     ACTIVE,
@@ -243,6 +244,12 @@ def test_the_status_lists_of_the_cli_the_api_and_the_dashboard(conn: Conn) -> No
         assert {s for s, acts in actions.items() if verb in acts} == {
             t.from_status for t in moves if statement in statements_of(t.description)}
     assert not any(t.from_status == "completed" for t in moves) and not actions["completed"]
+    # the -/+ priority buttons show where job_set_priority_if_waiting lets a priority change
+    waiting = re.search(r"const REPRIORITISABLE = \[([^\]]*)\]", script)
+    assert waiting is not None
+    assert set(re.findall(r'"(\w+)"', waiting.group(1))) == set(WAITING)
+    guards = re.findall(r"status IN \(([^)]*)\)", queries["job_set_priority_if_waiting"])
+    assert guards and all(set(re.findall(r"'(\w+)'", g)) == set(WAITING) for g in guards)
 
 
 # ---------------------------------------------------------------------------------------

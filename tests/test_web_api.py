@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mediaq import db
 from mediaq.web.auth import create_token
-from tests.helpers import MediaqEnv, diagnostic_workflow, skip_without_tool
+from tests.helpers import MediaqEnv, diagnostic_workflow, skip_without_tool, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,7 @@ ROLES = ("viewer", "submitter", "operator", "admin")
 # The least role each route needs.
 NEEDS = {
     ("post", "/api/media/jobs"): "submitter",
+    ("patch", "/api/media/jobs/{job_id}"): "operator",
     ("post", "/api/media/jobs/{job_id}/retry"): "operator",
     ("post", "/api/media/jobs/{job_id}/cancel"): "operator",
     ("post", "/api/media/jobs/{job_id}/pause"): "operator",
@@ -261,6 +262,49 @@ def test_jobs_through_the_api(mq: MediaqEnv) -> None:
     queues = web.get("/api/media/queues").json()
     assert set(queues) == {"queues", "hosts"}
     assert_no_secrets(web, mq)
+
+
+def test_priority_of_a_waiting_job_through_the_api(mq: MediaqEnv) -> None:
+    sleepy(mq)
+    web = start_web(mq)
+    codes = [web.post("/api/media/jobs", json={"type": "WF-SLEEPY", "priority": 5,
+                                               "inputPath": str(mq.input_file(f"{i}.jpg"))}
+                      ).json()["id"] for i in range(2)]
+    path = f"/api/media/jobs/{codes[0]}"
+    assert_one_line_error(web.call("PATCH", path, role="submitter", json={"priority": 9}), 403)
+    changed = web.call("PATCH", path, role="operator", json={"priority": 9})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["id"] == codes[0] and changed.json()["priority"] == 9
+    assert "--- PRIORITY SET TO 9 BY T-OPERATOR ---" in changed.json()["log"]
+    # 1 is the most urgent when the client says so: stored as 10 (11 - priority)
+    lowest = web.call("PATCH", f"/api/media/jobs/{mq.job(codes[1])['id']}",
+                      json={"priority": 1, "priorityOrder": "lowest-first"})
+    assert lowest.json()["priority"] == 10 and mq.job(codes[1])["priority"] == 10
+    assert web.call("PATCH", path, json={"priority": 10, "priorityOrder": "lowest-first"}
+                    ).json()["priority"] == 1
+    assert mq.one("SELECT q.priority FROM media_queue q JOIN workflow_jobs j ON j.id = q.job_id"
+                  " WHERE j.job_code = %s", (codes[0],))["priority"] == 1
+    assert assert_one_line_error(web.call("PATCH", path, json={"priority": 11}), 400) == \
+        "priority must be a whole number from 1 to 10 (10 is the most urgent), not 11"
+    assert assert_one_line_error(web.call("PATCH", path, json={
+        "priority": 0, "priorityOrder": "lowest-first"}), 400) == \
+        "priority must be a whole number from 1 to 10 (1 is the most urgent), not 0"
+    for body in ({}, {"priority": "7"}, {"priority": True}, {"priority": 7.5},
+                 {"priority": 7, "priorityOrder": "up"}, {"priority": 7, "status": "queued"}):
+        assert_one_line_error(web.call("PATCH", path, json=body), 422)
+    assert_one_line_error(web.call("PATCH", "/api/media/jobs/JOB-NOPE",
+                                   json={"priority": 3}), 404)
+    # a running job keeps its priority: 409 with the reason
+    mq.start_worker("--limits", "cpu=1")
+    wait_for(lambda: mq.job(codes[1])["status"] == "processing")
+    running = web.call("PATCH", f"/api/media/jobs/{codes[1]}", json={"priority": 2})
+    assert assert_one_line_error(running, 409) == (
+        f"{codes[1]}: priority can change only while the job waits; it is processing")
+    assert mq.job(codes[1])["priority"] == 10
+    schema = web.get("/openapi.json").json()
+    described = json.dumps(schema["paths"]["/api/media/jobs/{job_id}"]["patch"]) + json.dumps(
+        schema["components"]["schemas"]["JobChange"])
+    assert "lowest-first" in described and "11 - priority" in described
 
 
 def test_metrics_exposition(mq: MediaqEnv) -> None:

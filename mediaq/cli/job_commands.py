@@ -1,5 +1,5 @@
 """Submitting and operating jobs: submit, jobs, show, watch, retry, cancel, pause, resume,
-queue, queues, stats."""
+priority, queue, queues, stats."""
 
 from __future__ import annotations
 
@@ -193,6 +193,21 @@ def _operator_command(name: str, fn: Any, help_text: str) -> click.Command:
     return command
 
 
+# ignore_unknown_options: "-1" is a number to refuse in one line, not an unknown option
+@click.command("priority", context_settings={"ignore_unknown_options": True})
+@click.argument("job")
+@click.argument("priority", type=int, metavar="N")
+@pass_env
+def priority_command(env: Env, job: str, priority: int) -> None:
+    """Give a waiting (pending, queued or paused) JOB priority N: 1..10, 10 the most urgent.
+
+    Exits 1 once the job is processing or finished, or for N outside 1..10."""
+    with env.connect() as conn:
+        result = operations.set_priority(conn, job, priority, by=getpass.getuser())
+    click.echo(f"{result['job_code']}: priority {result['previous_priority']} -> "
+               f"{result['priority']} ({result['status']})")
+
+
 @click.group("queue")
 def queue_group() -> None:
     """Pause or resume a whole queue; show the queue depth."""
@@ -280,7 +295,7 @@ def stats(env: Env, as_json_output: bool) -> None:
 
 
 COMMANDS = [
-    submit_command, jobs, show, watch, queue_group, queues, stats,
+    submit_command, jobs, show, watch, queue_group, queues, stats, priority_command,
     _operator_command("retry", operations.retry,
                       "Send a failed or cancelled job back to the queue."),
     _operator_command("cancel", operations.cancel, "Cancel a job (a running one within seconds)."),

@@ -323,11 +323,68 @@ UPDATE workflow_jobs SET input_bytes = %(input_bytes)s
 RETURNING id;
 
 -- name: job_append_log
--- Append lines to the job log, if this worker still owns the job.
-UPDATE workflow_jobs SET log = log || %(log_line)s
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
-RETURNING id;
+-- Append lines to the job log, if this worker still owns the job; past 10 KB, cut its middle.
+-- An action may log without end (a chatty encoder, a loop), so a log that grows past
+-- 10240 bytes is cut back to at most 8192: its head (its lines within the first 2048
+-- bytes), one marker line "… N bytes cut …" and its newest lines in the bytes left, cut
+-- at a line end. N counts every byte dropped so far: an earlier cut's head and count are
+-- read back from its marker. Cutting to 8 KB leaves room for about 2 KB of lines before
+-- the next cut (a log over the cap is cut once per 2 KB, not once per line); nothing
+-- past the length test runs until then, and the marker is looked for in the first 2200
+-- characters only (where a head of 2048 bytes and its marker end). The tail is cut in
+-- UTF-8 bytes just after a newline byte, which never falls inside a character. The other
+-- statements append a line or two per step and attempt, uncapped; only this one grows
+-- with what an action does.
+WITH grown AS (
+    SELECT log || %(log_line)s AS whole
+      FROM workflow_jobs
+     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+       AND status = 'processing'
+       FOR UPDATE
+), over AS (
+    SELECT whole, regexp_match(left(whole, 2200), E'^(.*?\n)(… ([0-9]+) bytes cut …\n)') AS cut
+      FROM grown WHERE octet_length(whole) > 10240
+), head AS (
+    -- the earlier cut's head, else the first lines within 2048 bytes, else (a first
+    -- line longer than that) its first 500 characters
+    SELECT o.whole, coalesce((o.cut)[3]::bigint, 0) AS cut_before,
+           coalesce((o.cut)[1], f.lines, left(o.whole, 500) || E'\n') AS head,
+           coalesce(length((o.cut)[1]) + length((o.cut)[2]), length(f.lines), 500) AS consumed
+      FROM over o
+      LEFT JOIN LATERAL (
+          SELECT string_agg(l.line, '' ORDER BY l.n) AS lines
+            FROM (SELECT m[1] AS line, n,
+                         sum(octet_length(m[1])) OVER (ORDER BY n) AS upto
+                    FROM regexp_matches(left(o.whole, 2048), E'([^\n]*\n)', 'g')
+                         WITH ORDINALITY AS t(m, n)
+                   WHERE o.cut IS NULL) l
+           WHERE l.upto <= 2048) f ON TRUE
+), rest AS (
+    -- what follows the head, its last `budget` bytes (8192 less the head and room for
+    -- the marker), and where the first line that starts in them begins
+    SELECT head, cut_before, r AS rest, budget, last,
+           position('\x0a'::bytea IN substring(last FOR octet_length(last) - 1)) AS newline
+      FROM head,
+           LATERAL (SELECT convert_to(substring(whole FROM consumed + 1), 'UTF8') AS r,
+                           8192 - 64 - octet_length(head) AS budget) x,
+           LATERAL (SELECT substring(r FROM greatest(octet_length(r) - budget + 1, 1)) AS last) y
+), kept AS (
+    SELECT head, cut_before, rest,
+           CASE WHEN octet_length(rest) <= budget THEN rest
+                WHEN newline > 0 THEN substring(last FROM newline + 1)
+                -- no line starts there: the end of one long line, in whole characters
+                ELSE convert_to(right(convert_from(rest, 'UTF8'), budget / 4), 'UTF8') END AS tail
+      FROM rest
+)
+UPDATE workflow_jobs j
+   SET log = coalesce(
+           (SELECT k.head || format(E'… %%s bytes cut …\n',
+                                    k.cut_before + octet_length(k.rest) - octet_length(k.tail))
+                   || convert_from(k.tail, 'UTF8') FROM kept k),
+           grown.whole)
+  FROM grown
+ WHERE j.id = %(job_id)s
+RETURNING j.id;
 
 -- name: job_complete
 -- Finish a job successfully, if this worker still owns it.
@@ -467,6 +524,27 @@ UPDATE workflow_jobs
        updated_at = now(), log = log || %(log_line)s
  WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
 RETURNING status, retry_count;
+
+-- name: job_set_priority_if_waiting
+-- Change the priority of a waiting (pending, queued or paused) job and of its media_queue row.
+-- The after-update trigger copies the priority to media_queue only on a status change, so
+-- the mirror row (seed dashboards read it) is updated here, in the same statement.
+WITH before AS (
+    SELECT id, priority FROM workflow_jobs
+     WHERE id = %(job_id)s AND status IN ('pending', 'queued', 'paused')
+       FOR UPDATE
+), job AS (
+    UPDATE workflow_jobs j
+       SET priority = %(priority)s, updated_at = now(), log = j.log || %(log_line)s
+      FROM before
+     WHERE j.id = before.id AND j.status IN ('pending', 'queued', 'paused')
+    RETURNING j.id, j.status, j.priority, before.priority AS previous_priority
+), mirror AS (
+    UPDATE media_queue mq SET priority = job.priority
+      FROM job
+     WHERE mq.job_id = job.id
+)
+SELECT status, priority, previous_priority FROM job;
 
 -- name: job_status_transitions
 -- The moves a job's status may make (mediaq.states.mermaid draws them; a trigger refuses others).

@@ -1,4 +1,5 @@
-"""The job API: /api/media/jobs (list, show, create, retry/cancel/pause/resume, stats)."""
+"""The job API: /api/media/jobs (list, show, create, change priority,
+retry/cancel/pause/resume, stats)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,24 @@ class JobCreate(BaseModel):
     idempotencyKey: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
+class JobChange(BaseModel):
+    """The body of ``PATCH /api/media/jobs/{job_id}``: a waiting job's new priority.
+
+    ``priority`` is 1..10 and 10 is the most urgent, as everywhere in mediaq. A client
+    whose convention is the reverse (1 the most urgent) says so with
+    ``"priorityOrder": "lowest-first"``: its 1 is stored as 10, 2 as 9, …, 10 as 1
+    (stored = 11 - priority). Responses always use mediaq's order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Annotated[int, Field(strict=True, description=(
+        "1..10; 10 is the most urgent, unless priorityOrder is lowest-first"))]
+    priorityOrder: Literal["highest-first", "lowest-first"] = Field(
+        "highest-first", description=(
+            "highest-first (default): 10 is the most urgent. lowest-first: 1 is the most "
+            "urgent, and the priority is stored as 11 - priority (1 -> 10, 10 -> 1)."))
+
+
 @router.get("")
 def list_jobs(
     conn: Conn, _: Viewer,
@@ -81,6 +100,19 @@ def job_stats(conn: Conn, _: Viewer) -> dict[str, Any]:
 def show_job(job_id: str, conn: Conn,
              _: Viewer) -> dict[str, Any]:
     """One job (by code or numeric id) with its log and steps."""
+    return _detail(conn, job_id)
+
+
+@router.patch("/{job_id}")
+def change_job(job_id: str, body: JobChange, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Change a waiting (pending, queued or paused) job's priority; returns the job.
+
+    ``{"priority": 8}``: 10 is the most urgent. ``{"priority": 1, "priorityOrder":
+    "lowest-first"}``: 1 is the most urgent, stored as 10 (stored = 11 - priority).
+    A priority outside 1..10 is refused (400); a processing or finished job cannot
+    change (409)."""
+    operations.set_priority(conn, job_id, body.priority, by=who.name or who.role,
+                            lowest_first=body.priorityOrder == "lowest-first")
     return _detail(conn, job_id)
 
 

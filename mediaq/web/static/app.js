@@ -83,6 +83,21 @@ const ACTIONS = {
   paused: ["resume", "cancel"], failed: ["retry"], cancelled: ["retry"], completed: [],
 };
 
+// A waiting job's priority can still change (PATCH /api/media/jobs/{id}; 10 is the most urgent).
+const REPRIORITISABLE = ["pending", "queued", "paused"];
+
+function priorityCell(job) {
+  if (!REPRIORITISABLE.includes(job.status)) return el("td", {}, job.priority);
+  const step = (delta, label, title) => el("button", {
+    type: "button", class: "prio", title, "aria-label": title,
+    dataset: { priority: delta > 0 ? "up" : "down", job: job.id },
+    onclick: () => reprioritise(job.id, job.priority + delta),
+  }, label);
+  const down = step(-1, "−", "less urgent"), up = step(+1, "+", "more urgent");
+  down.disabled = job.priority <= 1; up.disabled = job.priority >= 10;
+  return el("td", { class: "priority" }, down, el("span", { class: "prio-value" }, job.priority), up);
+}
+
 function jobRow(job) {
   const bar = el("div", { class: "bar" });
   bar.style.width = Math.max(0, Math.min(100, job.progress)) + "%";
@@ -98,7 +113,7 @@ function jobRow(job) {
           (job.waitingReason ? " · " + job.waitingReason : "") +
           (job.estimatedFinish ? " · ETA " + clock(job.estimatedFinish) : "") +
           (job.etaBlockedReason ? " · not starting: " + job.etaBlockedReason : ""))),
-    el("td", {}, job.priority),
+    priorityCell(job),
     el("td", {}, job.resourceCategory),
     el("td", {}, when(job.createdAt)),
     el("td", { class: "actions" }, ...buttons));
@@ -208,6 +223,14 @@ async function operate(code, act) {
   $("#action-error").textContent = "";
   try {
     await api("/api/media/jobs/" + encodeURIComponent(code) + "/" + act, { method: "POST" });
+  } catch (e) { report(e); }
+  tick();
+}
+
+async function reprioritise(code, priority) {
+  $("#action-error").textContent = "";
+  try {
+    await api("/api/media/jobs/" + encodeURIComponent(code), { method: "PATCH", body: { priority } });
   } catch (e) { report(e); }
   tick();
 }

@@ -1,0 +1,99 @@
+"""The job log's cap: an action that logs without end leaves at most 10 KB, its head, a
+"… N bytes cut …" line and its newest lines (job_append_log, through JobHandle.log)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from psycopg_pool import ConnectionPool
+
+from mediaq import db, workflows
+from mediaq.submit import submit
+from mediaq.worker.claimer import Claimer
+from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.resources import Capacity
+from tests.helpers import diagnostic_workflow
+
+CAP = 10240
+MARKER = re.compile(r"^… (\d+) bytes cut …$", re.MULTILINE)
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[ConnectionPool[db.Connection]]:
+    pool = db.make_pool(database_url, size=2)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def claimed_handle(pool: ConnectionPool[db.Connection], tmp_path_factory: pytest.TempPathFactory
+                   ) -> JobHandle:
+    """A job of a one-step workflow, claimed by an in-process worker as `mediaq worker` does."""
+    source = tmp_path_factory.mktemp("in") / "a.bin"
+    source.write_bytes(b"x")
+    with db.transaction(pool) as conn:
+        workflows.apply(conn, workflows.normalise(diagnostic_workflow("T-LOG", {"action": "noop"})))
+        submit(conn, "T-LOG", source)
+    claimer = Claimer(pool, worker_id="log-worker", host="log-host",
+                      capacity=Capacity(categories=("cpu",), limits={"cpu": 1},
+                                        vram_budget_mb=0),
+                      queues=None, lease_seconds=300)
+    claimer.register("test")
+    claimed = claimer.claim("cpu")
+    assert claimed is not None
+    return JobHandle(pool, "log-worker", claimed.id, claimed.job_code, claimed.attempt, "cpu")
+
+
+def stored_log(pool: ConnectionPool[db.Connection], job_id: int) -> str:
+    with db.transaction(pool) as conn:
+        row = conn.execute("SELECT log FROM mediaq.workflow_jobs WHERE id = %s",
+                           (job_id,)).fetchone()
+    assert row is not None
+    return str(row["log"])
+
+
+def test_a_log_of_a_thousand_lines_keeps_its_head_its_tail_and_a_marker(
+    pool: ConnectionPool[db.Connection], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    handle = claimed_handle(pool, tmp_path_factory)
+    before = stored_log(pool, handle.job_id)  # the claim's line
+    lines = [f"line {i:04d} of a chatty action: {'ü' * (i % 7)}{'x' * 30}" for i in range(1000)]
+    written = len(before.encode())
+    for line in lines:
+        handle.log(line)
+    log = stored_log(pool, handle.job_id)
+    size = len(log.encode("utf-8"))
+    assert size <= CAP, size
+    assert log.startswith(before)
+    assert lines[0] in log.splitlines()[1]  # the first line the action logged
+    assert log.endswith(lines[-1] + "\n")
+    markers = MARKER.findall(log)
+    assert len(markers) == 1, markers
+    # N is every byte dropped, over all the cuts: what was written minus what is kept
+    written += sum(len(f"[2026-01-01 00:00:00] {line}\n".encode()) for line in lines)
+    marker_line = next(m for m in log.splitlines(keepends=True) if MARKER.match(m.rstrip("\n")))
+    assert int(markers[0]) == written - (size - len(marker_line.encode()))
+    # whole lines survive on both sides of the marker
+    head, _, tail = log.partition(marker_line)
+    assert head.endswith("\n") and all(re.match(r"^\[[\d :-]{19}\] ", x)
+                                       for x in (head + tail).splitlines())
+    assert len(tail.encode()) > 5000  # the newest lines, not a sliver
+
+
+def test_a_short_log_is_untouched_and_one_huge_line_is_cut_too(
+    pool: ConnectionPool[db.Connection], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    handle = claimed_handle(pool, tmp_path_factory)
+    handle.log("hello")
+    assert stored_log(pool, handle.job_id).endswith("] hello\n")
+    assert not MARKER.search(stored_log(pool, handle.job_id))
+    handle.log("é" * 30000)  # one line of 60 KB
+    log = stored_log(pool, handle.job_id)
+    assert len(log.encode()) <= CAP and len(MARKER.findall(log)) == 1
+    assert "] hello\n" in log and log.endswith("é\n")
+    handle.log("after")
+    log = stored_log(pool, handle.job_id)
+    assert log.endswith("] after\n") and len(MARKER.findall(log)) == 1
