@@ -416,3 +416,25 @@ def test_a_database_error_abandons_the_job_to_its_lease(
     outcome, handle = run_job(settings, monkeypatch, a_step(), handle=handle)
     assert outcome == Abandoned("server closed")
     assert handle.names == []
+
+
+def test_a_refused_job_fail_is_a_lost_attempt_not_a_failure(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handle = Recorder(refuse={"job_fail": LeaseLost("elsewhere")})
+    outcome, handle = run_job(settings, monkeypatch,
+                              a_step(action="fail", kind="permanent", message="boom"),
+                              handle=handle)
+    assert outcome == AttemptLost()
+    assert handle.names == ["step_start", "step_finish:failed"]
+
+
+def test_a_stop_whose_close_is_refused_is_a_lost_attempt(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handle = Recorder(on_progress=lambda h: h.stop_signal.stop(Paused()),
+                      refuse={"step_finish": LeaseLost("elsewhere")})
+    outcome, handle = run_job(settings, monkeypatch, a_step(action="sleep", seconds=0.3),
+                              handle=handle)
+    assert outcome == AttemptLost()
+    assert handle.names == ["step_start"]

@@ -9,7 +9,6 @@ statement records it is ``mediaq.worker.completer``'s business.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -95,8 +94,6 @@ def _input_kind(first_action: str) -> str:
         return "file"  # the step itself fails with the clear message
 
 
-
-
 class Executor:
     """Runs claimed jobs; one instance per worker, called from its job threads."""
 
@@ -111,7 +108,9 @@ class Executor:
         outcome: JobOutcome
         try:
             outcome = self._attempt(handle, workflow_id)
-        except LeaseLost:  # a fenced write touched no row: another worker owns the job
+        except LeaseLost:
+            # A fenced write touched no row: another worker owns the job, and whatever this
+            # attempt decided is not ours to write (a refused job_fail or stop included).
             outcome = AttemptLost()
         except psycopg.Error as exc:
             # Ownership is unknown until the database answers again: stop, and let the
@@ -161,9 +160,9 @@ class Executor:
         completer.finish(handle, completion)
         return completion
 
-    def _fail(self, handle: JobHandle, failed: JobFailed) -> JobFailed:
-        with contextlib.suppress(LeaseLost):  # another worker owns the job now
-            completer.finish(handle, failed)
+    @staticmethod
+    def _fail(handle: JobHandle, failed: JobFailed) -> JobFailed:
+        completer.finish(handle, failed)  # refused (LeaseLost): run() says AttemptLost
         return failed
 
     # -- steps -------------------------------------------------------------------------
@@ -420,15 +419,10 @@ class Executor:
         if isinstance(stop, AttemptLost):
             return stop  # not ours any more: write nothing
         (first, first_execution), others = executions[0], executions[1:]
-        try:
-            for step, execution_id in others:
-                completer.close_step(handle, execution_id, step,
-                                     StepInterrupted(stop, moves_job=False),
-                                     run.percent(step, done=False))
-            completer.close_step(handle, first_execution, first, StepInterrupted(stop),
-                                 run.percent(first, done=False))
-        except LeaseLost:
-            # The job was to stop anyway, and whoever owns it now honours the same request
-            # (a rescue ends the attempt through after_attempt): stop quietly.
-            pass
+        for step, execution_id in others:
+            completer.close_step(handle, execution_id, step,
+                                 StepInterrupted(stop, moves_job=False),
+                                 run.percent(step, done=False))
+        completer.close_step(handle, first_execution, first, StepInterrupted(stop),
+                             run.percent(first, done=False))
         return stop
