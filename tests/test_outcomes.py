@@ -10,6 +10,7 @@ test_state_machine.py and the chaos suite.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import random
 import re
@@ -21,6 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from mediaq import actions
+from mediaq.actions import ActionResult
 from mediaq.config import Settings
 from mediaq.errors import (
     Cancelled,
@@ -438,3 +441,45 @@ def test_a_stop_whose_close_is_refused_is_a_lost_attempt(
                               handle=handle)
     assert outcome == AttemptLost()
     assert handle.names == ["step_start"]
+
+
+def fusable(monkeypatch: pytest.MonkeyPatch, fuse: Any) -> str:
+    """A test action with a one-pass form ``fuse``, registered for this test only."""
+    actions.get_action("noop")  # load the built-ins first: they never replace ours
+    actions.action("t_fusable", {"properties": {}})(lambda ctx: ActionResult())
+    entry = actions._registry.pop("t_fusable")
+    monkeypatch.setitem(actions._registry, "t_fusable", dataclasses.replace(entry, fuse=fuse))
+    return "t_fusable"
+
+
+def test_a_failed_one_pass_run_closes_its_steps_and_runs_them_one_by_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail(contexts: list[Any]) -> list[Any]:
+        raise TransientError("decoder died")
+
+    name = fusable(monkeypatch, fail)
+    outcome, handle = run_job(settings, monkeypatch, a_step(number=1, action=name),
+                              a_step(number=2, action=name))
+    assert isinstance(outcome, JobCompleted)
+    assert handle.names == ["step_start", "step_start",
+                            "step_finish:cancelled", "step_finish:cancelled",
+                            "step_start", "step_finish:completed",
+                            "step_start", "step_finish:completed+job_complete"]
+    assert [p["error_class"] for n, p in handle.writes if n == "step_finish"][:2] \
+        == ["fused", "fused"]
+
+
+def test_a_cancel_during_a_one_pass_run_moves_the_job_once(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def cancelled(contexts: list[Any]) -> list[Any]:
+        raise Cancelled()
+
+    name = fusable(monkeypatch, cancelled)
+    outcome, handle = run_job(settings, monkeypatch, a_step(number=1, action=name),
+                              a_step(number=2, action=name), a_step(number=3, action=name))
+    assert outcome == JobCancelled()
+    # The other steps close first, without moving the job; the first step's close does.
+    assert handle.names == ["step_start"] * 3 + ["step_finish:cancelled"] * 2 \
+        + ["step_finish:cancelled+job_cancelled"]
