@@ -61,6 +61,8 @@ from mediaq.worker.outcomes import (
     stop_outcome,
 )
 
+# JobRun and Step live in job_run (the completer and the rules read them too); they stay
+# importable from here for callers that build a run by hand (tests/test_errors.py).
 __all__ = ["Executor", "JobRun", "Step"]
 
 log = structlog.get_logger("mediaq.executor")
