@@ -173,8 +173,8 @@ class LeaseLost(Interrupt):
 
 
 class StepFailed(Interrupt):
-    """A step failed and was classified: ``error_class`` is 'permanent', 'transient'
-    or 'retry_scheduled' (a retry is already booked; the job goes back to pending)."""
+    """A step failed and was classified: ``error_class`` is 'permanent' or 'transient'
+    (``mediaq.worker.outcomes.classify``); the executor turns it into a step outcome."""
 
     def __init__(self, error_class: str, message: str) -> None:
         super().__init__(message)

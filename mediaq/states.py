@@ -1,4 +1,4 @@
-"""A job's states, in Python.
+"""A job's states (and its step executions'), in Python.
 
 The database defines the state machine: the states are the rows of
 ``mediaq.job_statuses`` (and the CHECK on ``workflow_jobs.status``), the moves between
@@ -54,6 +54,22 @@ TERMINAL: tuple[JobStatus, ...] = (JobStatus.COMPLETED, JobStatus.FAILED, JobSta
 ACTIVE: tuple[JobStatus, ...] = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.PROCESSING)
 CLAIMABLE: tuple[JobStatus, ...] = (JobStatus.PENDING, JobStatus.QUEUED)
 INITIAL = JobStatus.PENDING  # the column default: every submission starts here
+
+
+class StepStatus(StrEnum):
+    """The value of ``step_executions.status`` (its CHECK lists the same ones): one
+    execution of one step, within one attempt of the job."""
+
+    PENDING = "pending"
+    """Not started (the column default; the worker inserts executions already running)."""
+    RUNNING = "running"
+    """Started by the job's owner (``step_start``), not closed yet."""
+    COMPLETED = "completed"
+    """Its outputs are published; a later attempt skips the step."""
+    FAILED = "failed"
+    """The step failed (``error_class`` says how), or a rescue found it running."""
+    CANCELLED = "cancelled"
+    """Stopped by a cancel, a pause or a drain, or closed after a failed one-pass run."""
 
 
 class Transition(NamedTuple):

@@ -1,2 +1,3 @@
-"""The worker daemon: claim (producer), run (executor), write outcomes (job handle),
-keep leases (heartbeat) and rescue the jobs of lost workers (maintenance)."""
+"""The worker daemon: claim (producer), run and decide (executor, outcomes), write the
+outcomes (completer, through the fenced job handle), keep leases (heartbeat) and rescue
+the jobs of lost workers (maintenance)."""

@@ -31,6 +31,7 @@ from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.maintenance.rescuer import Rescuer
+from mediaq.worker.outcomes import JobOutcome
 from mediaq.worker.resources import Capacity, read_gpu, vram_budget
 
 log = structlog.get_logger("mediaq.worker")
@@ -229,7 +230,7 @@ class Worker:
         future = self.jobs_pool.submit(self.executor.run, handle, job.workflow_id)
         future.add_done_callback(functools.partial(self._finished, handle))
 
-    def _finished(self, handle: JobHandle, future: Future[str]) -> None:
+    def _finished(self, handle: JobHandle, future: Future[JobOutcome]) -> None:
         with self.running_lock:
             self.running.pop(handle.job_id, None)
             self.processed += 1

@@ -134,5 +134,6 @@ class JobHandle:
         return published
 
     def finish(self, name: str, **params: Any) -> db.Row:
-        """A job-level transition outside a step (complete, fail, hand back…)."""
+        """A job-level transition outside a step (complete, fail, hand back…); which
+        statement records which outcome is ``mediaq.worker.completer``'s to say."""
         return self._fenced(name, **params)
