@@ -1,10 +1,12 @@
 """The job log's cap: an action that logs without end leaves at most 10 KB, its head, a
-"… N bytes cut …" line and its newest lines (job_append_log, through JobHandle.log)."""
+"… N bytes cut …" line and its newest lines (job_log_append, through JobHandle.log and
+every other statement that writes a job's log)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from psycopg_pool import ConnectionPool
@@ -13,6 +15,7 @@ from mediaq import db, workflows
 from mediaq.submit import submit
 from mediaq.worker.claimer import Claimer
 from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.maintenance.rescuer import rescue_once
 from mediaq.worker.resources import Capacity
 from tests.helpers import diagnostic_workflow
 
@@ -97,3 +100,27 @@ def test_a_short_log_is_untouched_and_one_huge_line_is_cut_too(
     handle.log("after")
     log = stored_log(pool, handle.job_id)
     assert log.endswith("] after\n") and len(MARKER.findall(log)) == 1
+
+
+def test_every_statement_that_writes_the_log_appends_through_the_cap() -> None:
+    sql = "\n".join(p.read_text(encoding="utf-8")
+                    for p in (Path(db.__file__).parent / "sql").glob("*.sql")
+                    if p.name != "schema.sql")
+    writes = re.findall(r"\blog\s*=\s*([^\n]*)", sql)
+    assert len(writes) >= 10  # the claim, the steps, the outcomes, the operators
+    assert [w for w in writes if not w.startswith("job_log_append(")] == []
+
+
+def test_an_operator_line_on_a_full_log_is_capped_too(
+    pool: ConnectionPool[db.Connection], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    handle = claimed_handle(pool, tmp_path_factory)
+    for i in range(400):
+        handle.log(f"line {i:03d} {'x' * 40}")
+    with db.transaction(pool) as conn:  # the worker is gone: its lease runs out
+        conn.execute("UPDATE mediaq.workflow_jobs SET lease_expires_at = now() - interval "
+                     "'1 minute' WHERE id = %s", (handle.job_id,))
+    rescue_once(pool, "rescuer", max_rescues=5, lease_seconds=10)  # another statement's line
+    log = stored_log(pool, handle.job_id)
+    assert len(log.encode()) <= CAP and len(MARKER.findall(log)) == 1
+    assert "rescued by rescuer" in log.splitlines()[-1]

@@ -130,7 +130,7 @@ WITH slot AS (
            waiting_reason = NULL,
            progress_stage = 'starting',
            updated_at = now(),
-           log = j.log || %(log_line)s
+           log = job_log_append(j.log, %(log_line)s)
       FROM candidate
      WHERE j.id = candidate.id
     RETURNING j.id, j.job_code, j.attempt, j.workflow_id, j.vram_required, j.resource_category
@@ -223,9 +223,9 @@ WITH expired AS (
            lease_expires_at = NULL,
            progress_stage = NULL,
            updated_at = now(),
-           log = j.log || format(E'[%%s] Lease of %%s expired; rescued by %%s\n',
+           log = job_log_append(j.log, format(E'[%%s] Lease of %%s expired; rescued by %%s\n',
                                  to_char(now(), 'YYYY-MM-DD HH24:MI:SS'),
-                                 coalesce(j.worker_id, 'an unknown worker'), %(worker_id)s::text)
+                                 coalesce(j.worker_id, 'an unknown worker'), %(worker_id)s::text))
       FROM expired
      WHERE j.id = expired.id
     RETURNING j.id, j.job_code, j.status, j.attempt
@@ -275,7 +275,7 @@ SELECT step_id,
 -- Lock the job row if this worker still owns it (nothing else may change it until
 -- commit) and log the step's outcome and the job's progress.
 UPDATE workflow_jobs
-   SET log = log || %(log_line)s, progress_percent = %(progress_percent)s, updated_at = now()
+   SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s, updated_at = now()
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING id;
@@ -286,7 +286,7 @@ WITH fenced AS (
     UPDATE workflow_jobs
        SET current_step = %(step_number)s, progress_stage = %(step_name)s, updated_at = now(),
            progress_percent = %(progress_percent)s,
-           log = log || %(log_line)s
+           log = job_log_append(log, %(log_line)s)
      WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
        AND status = 'processing'
     RETURNING id
@@ -323,68 +323,12 @@ UPDATE workflow_jobs SET input_bytes = %(input_bytes)s
 RETURNING id;
 
 -- name: job_append_log
--- Append lines to the job log, if this worker still owns the job; past 10 KB, cut its middle.
--- An action may log without end (a chatty encoder, a loop), so a log that grows past
--- 10240 bytes is cut back to at most 8192: its head (its lines within the first 2048
--- bytes), one marker line "… N bytes cut …" and its newest lines in the bytes left, cut
--- at a line end. N counts every byte dropped so far: an earlier cut's head and count are
--- read back from its marker. Cutting to 8 KB leaves room for about 2 KB of lines before
--- the next cut (a log over the cap is cut once per 2 KB, not once per line); nothing
--- past the length test runs until then, and the marker is looked for in the first 2200
--- characters only (where a head of 2048 bytes and its marker end). The tail is cut in
--- UTF-8 bytes just after a newline byte, which never falls inside a character. The other
--- statements append a line or two per step and attempt, uncapped; only this one grows
--- with what an action does.
-WITH grown AS (
-    SELECT log || %(log_line)s AS whole
-      FROM workflow_jobs
-     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-       AND status = 'processing'
-       FOR UPDATE
-), over AS (
-    SELECT whole, regexp_match(left(whole, 2200), E'^(.*?\n)(… ([0-9]+) bytes cut …\n)') AS cut
-      FROM grown WHERE octet_length(whole) > 10240
-), head AS (
-    -- the earlier cut's head, else the first lines within 2048 bytes, else (a first
-    -- line longer than that) its first 500 characters
-    SELECT o.whole, coalesce((o.cut)[3]::bigint, 0) AS cut_before,
-           coalesce((o.cut)[1], f.lines, left(o.whole, 500) || E'\n') AS head,
-           coalesce(length((o.cut)[1]) + length((o.cut)[2]), length(f.lines), 500) AS consumed
-      FROM over o
-      LEFT JOIN LATERAL (
-          SELECT string_agg(l.line, '' ORDER BY l.n) AS lines
-            FROM (SELECT m[1] AS line, n,
-                         sum(octet_length(m[1])) OVER (ORDER BY n) AS upto
-                    FROM regexp_matches(left(o.whole, 2048), E'([^\n]*\n)', 'g')
-                         WITH ORDINALITY AS t(m, n)
-                   WHERE o.cut IS NULL) l
-           WHERE l.upto <= 2048) f ON TRUE
-), rest AS (
-    -- what follows the head, its last `budget` bytes (8192 less the head and room for
-    -- the marker), and where the first line that starts in them begins
-    SELECT head, cut_before, r AS rest, budget, last,
-           position('\x0a'::bytea IN substring(last FOR octet_length(last) - 1)) AS newline
-      FROM head,
-           LATERAL (SELECT convert_to(substring(whole FROM consumed + 1), 'UTF8') AS r,
-                           8192 - 64 - octet_length(head) AS budget) x,
-           LATERAL (SELECT substring(r FROM greatest(octet_length(r) - budget + 1, 1)) AS last) y
-), kept AS (
-    SELECT head, cut_before, rest,
-           CASE WHEN octet_length(rest) <= budget THEN rest
-                WHEN newline > 0 THEN substring(last FROM newline + 1)
-                -- no line starts there: the end of one long line, in whole characters
-                ELSE convert_to(right(convert_from(rest, 'UTF8'), budget / 4), 'UTF8') END AS tail
-      FROM rest
-)
-UPDATE workflow_jobs j
-   SET log = coalesce(
-           (SELECT k.head || format(E'… %%s bytes cut …\n',
-                                    k.cut_before + octet_length(k.rest) - octet_length(k.tail))
-                   || convert_from(k.tail, 'UTF8') FROM kept k),
-           grown.whole)
-  FROM grown
- WHERE j.id = %(job_id)s
-RETURNING j.id;
+-- Append lines to the job log, if this worker still owns the job (capped: job_log_append).
+UPDATE workflow_jobs
+   SET log = job_log_append(log, %(log_line)s)
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING id;
 
 -- name: job_complete
 -- Finish a job successfully, if this worker still owns it.
@@ -394,7 +338,7 @@ UPDATE workflow_jobs
        output_metadata = %(output_metadata)s, output_file_path = %(output_file_path)s,
        error_message = NULL, error_class = NULL, retry_after = NULL, updated_at = now(),
        cancel_requested = FALSE, pause_requested = FALSE,
-       log = log || %(log_line)s
+       log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING id;
@@ -406,7 +350,7 @@ UPDATE workflow_jobs
        error_message = %(error_message)s, error_class = %(error_class)s,
        output_metadata = %(output_metadata)s, updated_at = now(),
        cancel_requested = FALSE, pause_requested = FALSE,
-       log = log || %(log_line)s
+       log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING id;
@@ -422,7 +366,7 @@ UPDATE workflow_jobs
        error_message = %(error_message)s,
        error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'transient' END,
        progress_stage = NULL, lease_expires_at = NULL, updated_at = now(),
-       log = log || %(log_line)s
+       log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING id;
@@ -433,7 +377,7 @@ UPDATE workflow_jobs
    SET status = 'cancelled', completed_at = now(), progress_stage = NULL,
        lease_expires_at = NULL, error_class = 'cancelled',
        cancel_requested = FALSE, pause_requested = FALSE,
-       updated_at = now(), log = log || %(log_line)s
+       updated_at = now(), log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING id;
@@ -446,7 +390,7 @@ UPDATE workflow_jobs
        error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_class END,
        cancel_requested = FALSE, pause_requested = FALSE,
        progress_stage = NULL, lease_expires_at = NULL,
-       updated_at = now(), log = log || %(log_line)s
+       updated_at = now(), log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
    AND status = 'processing'
 RETURNING status;
@@ -493,7 +437,7 @@ UPDATE workflow_jobs
        completed_at = CASE WHEN status = 'processing' THEN completed_at ELSE now() END,
        error_class = CASE WHEN status = 'processing' THEN error_class ELSE 'cancelled' END,
        updated_at = now(),
-       log = log || %(log_line)s
+       log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND status IN ('pending', 'queued', 'paused', 'processing')
 RETURNING status, cancel_requested;
 
@@ -502,7 +446,7 @@ RETURNING status, cancel_requested;
 UPDATE workflow_jobs
    SET status = CASE WHEN status = 'processing' THEN status ELSE 'paused' END,
        pause_requested = (status = 'processing'),
-       updated_at = now(), log = log || %(log_line)s
+       updated_at = now(), log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND status IN ('pending', 'queued', 'processing')
 RETURNING status, pause_requested;
 
@@ -510,7 +454,7 @@ RETURNING status, pause_requested;
 -- Resume a paused job (or withdraw a pause request).
 UPDATE workflow_jobs
    SET status = CASE WHEN status = 'paused' THEN 'pending' ELSE status END,
-       pause_requested = FALSE, updated_at = now(), log = log || %(log_line)s
+       pause_requested = FALSE, updated_at = now(), log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND (status = 'paused' OR (status = 'processing' AND pause_requested))
 RETURNING status;
 
@@ -521,7 +465,7 @@ UPDATE workflow_jobs
        max_retries = greatest(max_retries, retry_count + 1),
        rescue_count = 0, error_message = NULL, error_class = NULL, completed_at = NULL,
        cancel_requested = FALSE, pause_requested = FALSE, waiting_reason = NULL,
-       updated_at = now(), log = log || %(log_line)s
+       updated_at = now(), log = job_log_append(log, %(log_line)s)
  WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
 RETURNING status, retry_count;
 
@@ -535,7 +479,7 @@ WITH before AS (
        FOR UPDATE
 ), job AS (
     UPDATE workflow_jobs j
-       SET priority = %(priority)s, updated_at = now(), log = j.log || %(log_line)s
+       SET priority = %(priority)s, updated_at = now(), log = job_log_append(j.log, %(log_line)s)
       FROM before
      WHERE j.id = before.id AND j.status IN ('pending', 'queued', 'paused')
     RETURNING j.id, j.status, j.priority, before.priority AS previous_priority
