@@ -1,4 +1,4 @@
-"""The filter language of bulk operations (``mediaq retry --where``, ``mediaq cancel
+r"""The filter language of bulk operations (``mediaq retry --where``, ``mediaq cancel
 --where``, ``POST /api/media/jobs/retry``) and the normalised reason that groups dead
 letters. Pure Python: no database, so the parser can be tested on arbitrary text.
 
@@ -11,7 +11,9 @@ Grammar (whitespace separates clauses; each key at most once; at least one claus
             | "~"                        reason only
     value   = bare | quoted
     bare    = 1*( any character but whitespace and '"' )
-    quoted  = '"' *( any character but '"' and '\\' | '\\' any character ) '"'
+    quoted  = '"' *( any character but '"' and '\' | '\"' | '\\' | '\' ) '"'
+              (\" is a quote, \\ a backslash; any other backslash is itself, so
+              a regular expression keeps its \w)
 
 Values: ``workflow`` a workflow code (exact); ``step`` a step number (digits) or a step
 name or action (case-insensitive); ``class`` permanent | transient | system | cancelled;
@@ -114,9 +116,7 @@ def _read_value(text: str, at: int, clause_start: int) -> tuple[str, int]:
         i = at + 1
         while i < len(text):
             ch = text[i]
-            if ch == "\\":
-                if i + 1 >= len(text):
-                    break
+            if ch == "\\" and i + 1 < len(text) and text[i + 1] in '"\\':
                 out.append(text[i + 1])
                 i += 2
             elif ch == '"':
@@ -251,9 +251,10 @@ NORMALISATIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                 r"[0-9a-fA-F]{12}\b"), "<id>"),
     (re.compile(r"\bJOB-\d+(?:-\d+)*\b"), "<job>"),
-    # URLs and absolute paths, then bare file names with an extension
+    # URLs, then paths and bare file names with an extension (both <file>: the same
+    # error about /media/in/x.mp4 and about x.mp4 is one group)
     (re.compile(r"\b[a-z][a-z0-9+.-]*://\S+"), "<url>"),
-    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?(?:/[^\s/:'\",;()\[\]{}<>]+)+/?"), "<path>"),
+    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?(?:/[^\s/:'\",;()\[\]{}<>]+)+/?"), "<file>"),
     (re.compile(r"(?<![\w<])[\w.+-]*[A-Za-z_][\w.+-]*\.[A-Za-z][A-Za-z0-9]{0,4}\b"
                 r"|(?<![\w<])\d[\w+-]*\.[A-Za-z][A-Za-z0-9]{0,4}\b(?![.\w])"), "<file>"),
     # hex ids: 0x…, or 8+ hex digits holding a digit and a letter
@@ -267,7 +268,7 @@ REASON_LIMIT = 200
 
 def normalise_reason(message: str | None) -> str:
     """``message`` with its variable parts replaced by placeholders (<time>, <id>, <job>,
-    <url>, <path>, <file>, <hex>, <n>), whitespace collapsed, at most 200 characters."""
+    <url>, <file> for a path or a file name, <hex>, <n>), whitespace collapsed, at most 200 characters."""
     text = message or ""
     for pattern, placeholder in NORMALISATIONS:
         text = pattern.sub(placeholder, text)

@@ -249,7 +249,7 @@ def dead_letters(env: Env, where_text: str | None, as_json_output: bool) -> None
     """Failed jobs grouped by workflow, step, error class and normalised reason.
 
     The reason is the error message with its variable parts replaced: <time>, <id>,
-    <job>, <url>, <path>, <file>, <hex>, <n>. `mediaq retry --where FILTER` retries a
+    <job>, <url>, <file> (a path or file name), <hex>, <n>. `mediaq retry --where FILTER` retries a
     group; FILTER is clauses separated by spaces, each KEY=VALUE (reason also
     reason~TEXT or reason~/REGEX/), values in double quotes when they hold spaces:
 
