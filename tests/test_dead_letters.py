@@ -150,16 +150,16 @@ BASE = datetime(2026, 11, 20, tzinfo=UTC)
 INSERT_FAILED = """
 INSERT INTO workflow_jobs (workflow_id, input_file_path, status, current_step, error_class,
                            error_message, completed_at, submitted_by)
-SELECT CASE WHEN i % 4 = 0 THEN y.id ELSE x.id END,
-       format('/media/in/f%s.bin', i), 'failed', 1 + i % 3,
-       CASE WHEN i % 5 = 0 THEN 'transient' ELSE 'permanent' END,
-       CASE WHEN i % 2 = 0
-            THEN format('clip_%s.mp4: truncated at %s.%s s of %s.%s s',
-                        i, i % 7, i % 10, 10 + i % 5, i % 3)
-            ELSE format('/media/in/v%s.mov: unsupported codec h264 profile %s at 0x%s',
-                        i, i % 9, to_hex(i * 7919)) END,
+SELECT CASE WHEN i %% 4 = 0 THEN y.id ELSE x.id END,
+       format('/media/in/f%%s.bin', i), 'failed', 1 + i %% 3,
+       CASE WHEN i %% 5 = 0 THEN 'transient' ELSE 'permanent' END,
+       CASE WHEN i %% 2 = 0
+            THEN format('clip_%%s.mp4: truncated at %%s.%%s s of %%s.%%s s',
+                        i, i %% 7, i %% 10, 10 + i %% 5, i %% 3)
+            ELSE format('/media/in/v%%s.mov: unsupported codec h264 profile %%s at 0x%%s',
+                        i, i %% 9, to_hex(i * 7919)) END,
        %(base)s::timestamptz + i * interval '1 hour',
-       CASE WHEN i % 10 = 0 THEN 'alice' ELSE 'bob' END
+       CASE WHEN i %% 10 = 0 THEN 'alice' ELSE 'bob' END
   FROM generate_series(1, %(n)s) AS i,
        (SELECT id FROM workflow_definitions WHERE workflow_code = 'WF-X') x,
        (SELECT id FROM workflow_definitions WHERE workflow_code = 'WF-Y') y
@@ -231,7 +231,7 @@ def test_dead_letters_group_1000_failures(failed: MediaqEnv) -> None:
 
 def test_retry_where_retries_exactly_the_matching_jobs_once(failed: MediaqEnv) -> None:
     want = expected_by_filter()
-    assert 50 < len(want) < 200, len(want)
+    assert len(want) == 49  # of 1,000: the test keeps its filter selective
     dry = failed.cli("retry", "--where", FILTER, "--dry-run")
     assert dry.stdout.splitlines()[0] == (
         f"dry run: {len(want)} failed jobs match workflow=WF-X step=2 class=permanent "
@@ -253,6 +253,12 @@ def test_retry_where_retries_exactly_the_matching_jobs_once(failed: MediaqEnv) -
                                    "or held meanwhile)"
     assert numbers(failed, "pending") == want
 
+    # More than one batch (500 a transaction): every permanent failure left
+    permanent = {i for i in range(1, N + 1) if job(i)["class"] == "permanent"} - want
+    wide = json.loads(failed.cli("retry", "--where", "class=permanent", "--json").stdout)
+    assert (wide["matched"], wide["changed"]) == (len(permanent), len(permanent)) == (751, 751)
+    assert numbers(failed, "failed") == {i for i in range(1, N + 1) if i % 5 == 0}
+
 
 def test_a_job_held_by_another_transaction_is_skipped_then_retried(failed: MediaqEnv) -> None:
     want = sorted(expected_by_filter())
@@ -271,7 +277,9 @@ def test_a_job_held_by_another_transaction_is_skipped_then_retried(failed: Media
     operations_conn.close()
 
 
-def test_concurrent_bulk_retries_retry_each_job_once(failed: MediaqEnv) -> None:
+def test_concurrent_bulk_retries_retry_each_job_once(failed: MediaqEnv,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(operations, "BULK_BATCH", 5)  # many small batches interleave
     want = expected_by_filter()
     results: list[dict[str, Any]] = []
 
