@@ -268,7 +268,8 @@ REASON_LIMIT = 200
 
 def normalise_reason(message: str | None) -> str:
     """``message`` with its variable parts replaced by placeholders (<time>, <id>, <job>,
-    <url>, <file> for a path or a file name, <hex>, <n>), whitespace collapsed, at most 200 characters."""
+    <url>, <file> for a path or a file name, <hex>, <n>), whitespace collapsed, at most
+    200 characters."""
     text = message or ""
     for pattern, placeholder in NORMALISATIONS:
         text = pattern.sub(placeholder, text)
