@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mediaq import db
@@ -164,7 +164,8 @@ def _batches(ids: list[int]) -> Iterator[list[int]]:
 
 
 def _bulk(conn: db.Connection, where: JobFilter, statuses: tuple[str, ...], *,
-          by_failure: bool, dry_run: bool, act: Any) -> dict[str, Any]:
+          by_failure: bool, dry_run: bool,
+          act: Callable[[db.Row], db.Row | None]) -> dict[str, Any]:
     found = matching_jobs(conn, where, statuses, by_failure=by_failure)
     result: dict[str, Any] = {"filter": str(where), "matched": len(found),
                               "sample": [row["job_code"] for row in found[:SAMPLE]],

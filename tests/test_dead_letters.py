@@ -109,6 +109,16 @@ def test_every_filter_round_trips_through_its_text(where: JobFilter) -> None:
     assert parse_filter(str(where)) == where
 
 
+def test_the_reason_clauses_match_messages() -> None:
+    message = "clip_7.mp4: Truncated at 1.9 s of 3.7 s"
+    assert parse_filter("reason~truncated").matches_reason(message)
+    assert parse_filter(r'reason~"/trunc\w+ at \d/"').matches_reason(message)
+    assert not parse_filter("reason~/^truncated/").matches_reason(message)
+    assert parse_filter('reason="<file>: Truncated at <n> s of <n> s"').matches_reason(message)
+    assert not parse_filter('reason="<file>: truncated"').matches_reason(message)
+    assert not parse_filter("reason~x").matches_reason(None)
+
+
 def test_quoting() -> None:
     assert quote("WF-X") == "WF-X"
     assert quote("a b") == '"a b"'
