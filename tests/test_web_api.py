@@ -41,6 +41,8 @@ ROLES = ("viewer", "submitter", "operator", "admin")
 NEEDS = {
     ("post", "/api/media/jobs"): "submitter",
     ("patch", "/api/media/jobs/{job_id}"): "operator",
+    ("post", "/api/media/jobs/retry"): "operator",
+    ("post", "/api/media/jobs/cancel"): "operator",
     ("post", "/api/media/jobs/{job_id}/retry"): "operator",
     ("post", "/api/media/jobs/{job_id}/cancel"): "operator",
     ("post", "/api/media/jobs/{job_id}/pause"): "operator",

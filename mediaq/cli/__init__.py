@@ -45,6 +45,14 @@ class Env:
         with db.connect(self.url, application="mediaq-cli") as conn, conn.transaction():
             yield conn
 
+    @contextmanager
+    def connect_batches(self) -> Iterator[db.Connection]:
+        """An autocommit connection: each ``conn.transaction()`` of a bulk operation (one
+        batch) commits by itself, so a long run holds no lock for longer than a batch."""
+        migrate.require_current_schema(self.url)
+        with db.connect(self.url, autocommit=True, application="mediaq-cli") as conn:
+            yield conn
+
 
 pass_env = click.make_pass_decorator(Env, ensure=True)
 

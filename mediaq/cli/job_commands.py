@@ -1,5 +1,5 @@
 """Submitting and operating jobs: submit, jobs, show, watch, retry, cancel, pause, resume,
-priority, queue, queues, stats."""
+priority, queue, queues, stats, dead-letters (and retry/cancel --where in bulk)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -22,6 +23,7 @@ from mediaq import db, operations
 from mediaq.cli import Env, pass_env
 from mediaq.cli.render import as_json, console, fmt, show_rows, table
 from mediaq.errors import SubmissionRefused
+from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import TERMINAL
 from mediaq.submit import params_from_pairs, submit, submit_batch
@@ -183,14 +185,100 @@ def _operator_command(name: str, fn: Any, help_text: str) -> click.Command:
     def command(env: Env, job: str) -> None:
         with env.connect() as conn:
             result = fn(conn, job, by=getpass.getuser())
-        note = ""
-        if result.get("cancel_requested"):
-            note = " (cancel requested; the worker stops it within seconds)"
-        elif result.get("pause_requested"):
-            note = " (pause requested; the worker hands it back within seconds)"
-        click.echo(f"{result['job_code']}: {result['status']}{note}")
+        _say_moved(result)
 
     return command
+
+
+def _say_moved(result: dict[str, Any]) -> None:
+    note = ""
+    if result.get("cancel_requested"):
+        note = " (cancel requested; the worker stops it within seconds)"
+    elif result.get("pause_requested"):
+        note = " (pause requested; the worker hands it back within seconds)"
+    click.echo(f"{result['job_code']}: {result['status']}{note}")
+
+
+def _bulk_command(name: str, one: Any, many: Any, help_text: str, what: str) -> click.Command:
+    """``mediaq retry|cancel JOB`` for one job, or ``--where FILTER`` for many."""
+
+    @click.command(name, help=help_text)
+    @click.argument("job", required=False)
+    @click.option("--where", "where_text", metavar="FILTER",
+                  help="Every job the filter matches (see `mediaq dead-letters --help`).")
+    @click.option("--dry-run", is_flag=True, help="With --where: count and sample, change nothing.")
+    @click.option("--note", help="With --where: a note for each job's log line.")
+    @click.option("--json", "as_json_output", is_flag=True, help="With --where: print JSON.")
+    @pass_env
+    def command(env: Env, job: str | None, where_text: str | None, dry_run: bool,
+                note: str | None, as_json_output: bool) -> None:
+        if (job is None) == (where_text is None):
+            raise click.UsageError("give a JOB or --where FILTER, not both")
+        if where_text is None:
+            if dry_run or note is not None or as_json_output:
+                raise click.UsageError("--dry-run, --note and --json go with --where")
+            with env.connect() as conn:
+                _say_moved(one(conn, job, by=getpass.getuser()))
+            return
+        where = parse_filter(where_text)
+        with env.connect_batches() as conn:
+            result = many(conn, where, by=getpass.getuser(), note=note, dry_run=dry_run)
+        if as_json_output:
+            click.echo(as_json(result))
+            return
+        verb = "retried" if name == "retry" else "cancelled"
+        if dry_run:
+            click.echo(f"dry run: {result['matched']} {what} jobs match {result['filter']}; "
+                       "nothing changed")
+        else:
+            click.echo(f"{verb} {result['changed']} of {result['matched']} matching {what} "
+                       f"jobs ({result['skipped']} skipped: moved or held meanwhile)")
+        if result["sample"]:
+            more = result["matched"] - len(result["sample"])
+            click.echo("sample: " + ", ".join(result["sample"])
+                       + (f" (and {more} more)" if more > 0 else ""))
+
+    return command
+
+
+@click.command("dead-letters")
+@click.option("--where", "where_text", metavar="FILTER", help="Only failed jobs it matches.")
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON.")
+@pass_env
+def dead_letters(env: Env, where_text: str | None, as_json_output: bool) -> None:
+    """Failed jobs grouped by workflow, step, error class and normalised reason.
+
+    The reason is the error message with its variable parts replaced: <time>, <id>,
+    <job>, <url>, <file> (a path or file name), <hex>, <n>. `mediaq retry --where FILTER` retries a
+    group; FILTER is clauses separated by spaces, each KEY=VALUE (reason also
+    reason~TEXT or reason~/REGEX/), values in double quotes when they hold spaces:
+
+    \b
+      workflow=WF-X           the workflow code
+      step=2 | step=Resize    the step it failed at: number, name or action
+      class=permanent         permanent, transient, system or cancelled
+      reason="<file>: truncated at <n> s of <n> s"   the normalised reason, as listed
+      reason~truncated        the message holds this text (any case)
+      reason~/trunc.*s$/      the message matches this regular expression
+      since=2026-12-01 until=2026-12-02T12:00   failed at (UTC; or an age: 30m, 12h, 7d)
+      submitted_by=alice
+    """
+    where = parse_filter(where_text) if where_text is not None else None
+    with env.connect() as conn:
+        groups = operations.dead_letter_groups(conn, where)
+    if as_json_output:
+        click.echo(as_json(groups))
+        return
+    shown = [{**g, "step": _step_label(g), "reason": escape(g["reason"])} for g in groups]
+    table(shown, ["count", "workflow_code", "step", "error_class", "reason",
+                  "oldest_failure", "newest_failure", "example_job"],
+          title=f"Dead letters: {sum(g['count'] for g in groups)} failed jobs, "
+                f"{len(groups)} groups")
+
+
+def _step_label(group: dict[str, Any]) -> str:
+    number, name = group["step_number"], group["step_name"]
+    return f"{number} {name}" if name else fmt(number)
 
 
 # ignore_unknown_options: "-1" is a number to refuse in one line, not an unknown option
@@ -296,9 +384,15 @@ def stats(env: Env, as_json_output: bool) -> None:
 
 COMMANDS = [
     submit_command, jobs, show, watch, queue_group, queues, stats, priority_command,
-    _operator_command("retry", operations.retry,
-                      "Send a failed or cancelled job back to the queue."),
-    _operator_command("cancel", operations.cancel, "Cancel a job (a running one within seconds)."),
+    dead_letters,
+    _bulk_command("retry", operations.retry, operations.retry_where,
+                  "Send a failed or cancelled JOB back to the queue, or with --where every "
+                  "failed job the filter matches (500 per transaction; see `mediaq "
+                  "dead-letters --help` for the filter).", "failed"),
+    _bulk_command("cancel", operations.cancel, operations.cancel_where,
+                  "Cancel a JOB (a running one within seconds), or with --where every "
+                  "waiting (pending, queued, paused) job the filter matches; since/until "
+                  "then read the submission time.", "waiting"),
     _operator_command("pause", operations.pause, "Hold a job back (a running one is handed back)."),
     _operator_command("resume", operations.resume, "Let a paused job run again."),
 ]

@@ -469,6 +469,46 @@ UPDATE workflow_jobs
  WHERE id = %(job_id)s AND status IN ('failed', 'cancelled')
 RETURNING status, retry_count;
 
+-- name: jobs_matching_filter
+-- Jobs in %(statuses)s matching a bulk filter's workflow, step, class, time and submitter (mediaq/job_filter.py matches the reason), by id.
+-- step is the job's current_step: the step a failed job failed at, the step a waiting job
+-- resumes at. since/until read completed_at (the failure) when %(by_failure)s, else
+-- submitted_at. A plain SELECT: the batches that act on these rows lock and re-check them.
+SELECT j.id, j.job_code, j.status, wd.workflow_code, j.current_step AS step_number,
+       ws.step_name, j.error_class, j.error_message, j.completed_at AS failed_at,
+       j.submitted_at, j.submitted_by
+  FROM workflow_jobs j
+  JOIN workflow_definitions wd ON wd.id = j.workflow_id
+  LEFT JOIN workflow_steps ws ON ws.workflow_id = j.workflow_id
+                             AND ws.step_number = j.current_step
+ WHERE j.status = ANY(%(statuses)s::text[])
+   AND (%(workflow)s::text IS NULL OR wd.workflow_code = %(workflow)s::text)
+   AND (%(step_number)s::int IS NULL OR j.current_step = %(step_number)s::int)
+   AND (%(step_name)s::text IS NULL OR lower(ws.step_name) = lower(%(step_name)s::text)
+        OR lower(ws.action) = lower(%(step_name)s::text))
+   AND (%(error_class)s::text IS NULL OR j.error_class = %(error_class)s::text)
+   AND (%(since)s::timestamptz IS NULL
+        OR CASE WHEN %(by_failure)s THEN j.completed_at ELSE j.submitted_at END
+           >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL
+        OR CASE WHEN %(by_failure)s THEN j.completed_at ELSE j.submitted_at END
+           < %(until)s::timestamptz)
+   AND (%(submitted_by)s::text IS NULL OR j.submitted_by = %(submitted_by)s::text)
+ ORDER BY j.id;
+
+-- name: jobs_lock_for_bulk
+-- Lock one batch of a bulk retry or cancel: those of %(job_ids)s still in %(statuses)s, skipping rows another transaction holds.
+-- SKIP LOCKED: a job that a concurrent `mediaq retry JOB` (or a worker) holds is left to
+-- it and counted as skipped, not waited for; the status re-check under the lock is what
+-- makes a second run, or a job retried meanwhile, retry nothing twice. The moves
+-- themselves are job_retry and job_cancel, one job at a time, so the state machine's
+-- statements stay the only ones that write a status.
+SELECT id, job_code, retry_count
+  FROM workflow_jobs
+ WHERE id = ANY(%(job_ids)s::bigint[]) AND status = ANY(%(statuses)s::text[])
+ ORDER BY id
+   FOR UPDATE SKIP LOCKED;
+
 -- name: job_set_priority_if_waiting
 -- Change the priority of a waiting (pending, queued or paused) job and of its media_queue row.
 -- The after-update trigger copies the priority to media_queue only on a status change, so

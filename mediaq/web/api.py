@@ -1,5 +1,5 @@
 """The job API: /api/media/jobs (list, show, create, change priority,
-retry/cancel/pause/resume, stats)."""
+retry/cancel/pause/resume, stats, retry/cancel by a filter) and /api/media/dead-letters."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mediaq import db, operations
+from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import ACTIVE
 from mediaq.submit import submit
@@ -18,6 +19,7 @@ from mediaq.web import serialise
 from mediaq.web.auth import Principal, get_conn, require
 
 router = APIRouter(prefix="/api/media/jobs", tags=["jobs"])
+dead_letters_router = APIRouter(prefix="/api/media", tags=["jobs"])
 
 Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
@@ -64,6 +66,48 @@ class JobChange(BaseModel):
         "highest-first", description=(
             "highest-first (default): 10 is the most urgent. lowest-first: 1 is the most "
             "urgent, and the priority is stored as 11 - priority (1 -> 10, 10 -> 1)."))
+
+
+class BulkChange(BaseModel):
+    """The body of ``POST /api/media/jobs/retry`` and ``/cancel``: every job ``where``
+    matches (the filter language of ``mediaq retry --where``, see mediaq/job_filter.py).
+    ``dryRun``: count and sample only; ``note``: written in each job's log line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    where: Annotated[str, Field(min_length=1, max_length=2000)]
+    dryRun: bool = False
+    note: Annotated[str, Field(max_length=500)] | None = None
+
+
+@dead_letters_router.get("/dead-letters")
+def dead_letters(conn: Conn, _: Viewer,
+                 where: Annotated[str | None, Query(max_length=2000)] = None) -> dict[str, Any]:
+    """Failed jobs grouped by workflow, step, error class and normalised reason (the
+    message with job codes, paths, file names, numbers, hex ids and times replaced by
+    placeholders), largest group first; ``where``: only the jobs this filter matches."""
+    groups = operations.dead_letter_groups(conn, parse_filter(where) if where else None)
+    return {"total": sum(g["count"] for g in groups),
+            "data": [serialise.dead_letter_group(g) for g in groups]}
+
+
+@router.post("/retry")
+def retry_jobs(body: BulkChange, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Retry every failed job ``where`` matches (500 per savepoint, committed with the
+    request); returns ``matched``, ``changed``, ``skipped`` and a ``sample`` of job codes.
+    A job retried meanwhile is skipped, so the same request again changes nothing."""
+    result = operations.retry_where(conn, parse_filter(body.where), by=who.name or who.role,
+                                    note=body.note, dry_run=body.dryRun)
+    return serialise.bulk(result)
+
+
+@router.post("/cancel")
+def cancel_jobs(body: BulkChange, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Cancel every waiting (pending, queued, paused) job ``where`` matches (since/until:
+    the submission time); the same counts as ``POST /api/media/jobs/retry``."""
+    result = operations.cancel_where(conn, parse_filter(body.where), by=who.name or who.role,
+                                     note=body.note, dry_run=body.dryRun)
+    return serialise.bulk(result)
 
 
 @router.get("")

@@ -48,6 +48,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.include_router(api.router)
+    app.include_router(api.dead_letters_router)
     app.include_router(catalog.router)
 
     @app.get("/healthz", tags=["service"])

@@ -95,3 +95,22 @@ def stats(row: dict[str, Any]) -> dict[str, Any]:
         "notifications": row.get("notifications", {}),
         "unhealthyEndpoints": endpoints,
     })
+
+
+def dead_letter_group(group: dict[str, Any]) -> dict[str, Any]:
+    """One group of ``operations.dead_letter_groups`` as ``GET /api/media/dead-letters``
+    returns it."""
+    return record({
+        "workflow": group["workflow_code"], "stepNumber": group["step_number"],
+        "stepName": group["step_name"], "errorClass": group["error_class"],
+        "reason": group["reason"], "count": group["count"],
+        "oldestFailure": group["oldest_failure"], "newestFailure": group["newest_failure"],
+        "exampleJob": group["example_job"], "exampleMessage": group["example_message"],
+    })
+
+
+def bulk(result: dict[str, Any]) -> dict[str, Any]:
+    """``operations.retry_where`` / ``cancel_where`` as the API returns it."""
+    return {"filter": result["filter"], "dryRun": result["dry_run"],
+            "matched": result["matched"], "changed": result["changed"],
+            "skipped": result["skipped"], "sample": result["sample"]}
