@@ -446,8 +446,11 @@ class AudioEncoderFeed:
         if frame is not None and not self._placed:
             self._place(frame)
         for resampled in self.resampler.resample(frame):
-            resampled.pts = None
+            # The fifo checks that pts run on; a resampler with nothing to do hands back
+            # the caller's frame itself, which other feeds (a fused ladder) still place.
+            pts, resampled.pts = resampled.pts, None
             self.fifo.write(resampled)
+            resampled.pts = pts
         if self._skip and self.fifo.samples:
             dropped = self.fifo.read(min(self._skip, self.fifo.samples))
             self._skip -= dropped.samples if dropped is not None else 0
