@@ -46,10 +46,11 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # MPEG-TS: both streams near 11.4 s, the audio 0.5 s after the video
     ffmpeg(*VIDEO, "-itsoffset", "0.5", *SINE, "-map", "0:v", "-map", "1:a", "-t", "3",
            *X264, "-c:a", "aac", "-output_ts_offset", "10", made["ts_offset.ts"])
-    ffmpeg(*VIDEO, *SINE, "-map", "0:v:0", "-t:v", "2", "-map", "1:a", "-t:a", "3", *X264,
-           "-c:a", "aac", made["audio_longer.mp4"])
-    ffmpeg(*VIDEO, *SINE, "-map", "0:v", "-t:v", "3", "-map", "1:a", "-t:a", "1.5", *X264,
-           "-c:a", "aac", made["audio_shorter.mp4"])
+    # both from zero: 2 s of video with 3 s of audio, 3 s of video with 1.5 s of audio
+    ffmpeg("-i", d / "v.mp4", "-i", d / "a.m4a", "-c", "copy", made["audio_longer.mp4"])
+    ffmpeg(*VIDEO, "-t", "3", *X264, d / "v3.mp4")
+    ffmpeg(*SINE, "-t", "1.5", "-c:a", "aac", d / "a15.m4a")
+    ffmpeg("-i", d / "v3.mp4", "-i", d / "a15.m4a", "-c", "copy", made["audio_shorter.mp4"])
     return made
 
 
@@ -67,6 +68,16 @@ def probe_streams(path: Path) -> dict[str, tuple[float, float | None]]:
             duration = None if fields[2] in ("N/A", "") else float(fields[2])
             found[fields[0]] = (float(fields[1]), duration)
     return found
+
+
+def first_audio_frames(path: Path, count: int = 3) -> list[float]:
+    """Presentation times of the first decoded audio frames, per ffprobe."""
+    assert FFPROBE is not None
+    out = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "a", "-read_intervals",
+                          "%+#50", "-show_entries", "frame=pts_time", "-of", "csv=p=0",
+                          str(path)], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    return [float(line.strip(",")) for line in out.split() if line.strip(",")][:count]
 
 
 def offset(path: Path) -> float:
@@ -122,8 +133,14 @@ def test_transcode_keeps_the_offset_in_every_rung(sources: dict[str, Path], tmp_
                                    {"resolution": r, "preset": "ultrafast"})
                     for r in ("120p", "100p")])
     src = probe_streams(source)
+    origin = min(src["video"][0], src["audio"][0])
+    first_sample = first_audio_frames(source, 1)[0] - origin
     for result in results:
         out = probe_streams(result.outputs[0].staging_path)
+        # the source's first decoded audio lands at its own time from the common start; a
+        # late track's own AAC priming (one frame before it) is what ffprobe starts it at
+        frames = first_audio_frames(result.outputs[0].staging_path)
+        assert any(abs(t - first_sample) < 0.002 for t in frames), (first_sample, frames)
         # the common start is zero; the offset between the streams is the source's
         assert min(out["video"][0], out["audio"][0]) == pytest.approx(0.0, abs=TOLERANCE)
         assert out["audio"][0] - out["video"][0] == pytest.approx(
