@@ -27,6 +27,7 @@ TOLERANCE = 0.025
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 VIDEO = ("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25")
 SINE = ("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000")
+SMALL = {"width": 160, "height": 120, "name": "small"}  # the sources' own size, one rung
 X264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
 
 
@@ -181,7 +182,7 @@ def check_fmp4_tracks(folder: Path, stem: str, kind: str, source: Path) -> dict[
 def test_hls_tracks_keep_the_offset(sources: dict[str, Path], tmp_path: Path,
                                     name: str) -> None:
     source = sources[name]
-    run_action("package_hls", source, tmp_path, renditions=[{"width": 160, "height": 120, "name": "small"}], segment_seconds=1,
+    run_action("package_hls", source, tmp_path, renditions=[SMALL], segment_seconds=1,
                preset="ultrafast")
     stem = source.stem
     check_fmp4_tracks(tmp_path, stem, "hls", source)
@@ -195,7 +196,7 @@ def test_hls_tracks_keep_the_offset(sources: dict[str, Path], tmp_path: Path,
 def test_dash_timeline_starts_where_the_tracks_do(sources: dict[str, Path], tmp_path: Path,
                                                   name: str) -> None:
     source = sources[name]
-    run_action("package_dash", source, tmp_path, renditions=[{"width": 160, "height": 120, "name": "small"}], segment_seconds=1,
+    run_action("package_dash", source, tmp_path, renditions=[SMALL], segment_seconds=1,
                preset="ultrafast")
     starts = check_fmp4_tracks(tmp_path, source.stem, "dash", source)
     mpd = ET.parse(tmp_path / f"{source.stem}.mpd").getroot()

@@ -123,8 +123,8 @@ def _timeline_runs(durations: list[float], timescale: int,
         end = round(elapsed * timescale)
         length = end - previous_end
         if runs and runs[-1][1] == length:
-            start, _, repeat = runs[-1]
-            runs[-1] = (start, length, repeat + 1)
+            at, _, repeat = runs[-1]
+            runs[-1] = (at, length, repeat + 1)
         else:
             runs.append((first if not runs else None, length, 0))
         previous_end = end
