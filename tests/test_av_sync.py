@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from mediaq.actions import get_action
-from tests.helpers import action_context, run_action
+from tests.helpers import action_context, requires_tool, run_action
 from tests.media_judge import FFPROBE, ffmpeg, needs_ffmpeg
+from tests.test_streaming_actions import play_in_chromium
 
 pytestmark = needs_ffmpeg
 
@@ -212,3 +213,19 @@ def test_dash_timeline_starts_where_the_tracks_do(sources: dict[str, Path], tmp_
     probed = probe_streams(tmp_path / f"{source.stem}.mpd")
     assert probed["audio"][0] - probed["video"][0] == pytest.approx(
         src["audio"][0] - src["video"][0], abs=TOLERANCE)
+
+
+@pytest.mark.slow
+@requires_tool("chromium")
+@pytest.mark.parametrize("kind", ["hls", "dash"])
+def test_players_play_a_package_whose_audio_starts_late(sources: dict[str, Path],
+                                                        tmp_path: Path, kind: str) -> None:
+    """hls.js and dash.js buffer and play tracks whose first tfdt is not zero."""
+    result = run_action(f"package_{kind}", sources["audio_late.mp4"], tmp_path,
+                        renditions=[SMALL, {"width": 128, "height": 96, "name": "tiny"}],
+                        segment_seconds=1, preset="ultrafast")
+    manifest = result.outputs[0].staging_path.name
+    verdict = play_in_chromium(tmp_path, f"{kind}={manifest}&audio=1")
+    assert verdict["errors"] == [] and verdict["done_by"] == "ok", verdict
+    assert verdict["variants"] == 2 and sorted(verdict["buffered"]) == [0, 1]
+    assert verdict["audio_buffered"] and verdict["played"] >= 1.5 and verdict["frames"] > 0
