@@ -194,6 +194,20 @@ def media_duration(container: InputContainer) -> float:
     return best
 
 
+def stream_start(stream: Any) -> float | None:
+    """Seconds at which ``stream`` starts (its demuxer's start time), or None if unknown."""
+    if stream is None or stream.start_time is None or not stream.time_base:
+        return None
+    return float(stream.start_time * stream.time_base)
+
+
+def common_origin(*streams: Any) -> float:
+    """The earliest start of ``streams``: subtracted from every stream, it makes an output
+    start at zero while each stream keeps its offset from the others (lip sync)."""
+    starts = [s for s in (stream_start(stream) for stream in streams) if s is not None]
+    return min(starts, default=0.0)
+
+
 def _video_info(container: InputContainer) -> VideoInfo:
     stream = container.streams.video[0]
     ctx = stream.codec_context
@@ -394,23 +408,52 @@ def configure_chain(graph: av.filter.Graph, source: Any, steps: list[tuple[str, 
 
 
 class AudioEncoderFeed:
-    """Resamples decoded audio to what an encoder takes and feeds it whole frames."""
+    """Resamples decoded audio to what an encoder takes and feeds it whole frames.
 
-    def __init__(self, stream: Any) -> None:
+    The audio is laid end to end from one start. With no ``origin`` it starts at zero.
+    With an ``origin`` (seconds on the source's clock) the first frame is placed at its
+    own time minus ``origin``, so audio that starts after the video still does: the
+    first pts is positive, and MP4 muxers write it as an edit list that ffprobe and
+    players honour. A first frame before ``origin`` loses its leading samples."""
+
+    def __init__(self, stream: Any, *, origin: float | None = None) -> None:
         ctx = stream.codec_context
         self.stream = stream
         self.resampler = AudioResampler(format=ctx.format.name, layout=ctx.layout.name,
                                         rate=ctx.sample_rate)
         self.fifo = AudioFifo()
         self.frame_size = ctx.frame_size or 1024
+        self.origin = origin
         self.samples_out = 0
+        self._placed = origin is None
+        self._skip = 0  # leading samples still to drop
+
+    def _place(self, frame: AudioFrame) -> None:
+        """Start the output where ``frame`` starts, counted from ``origin``."""
+        self._placed = True
+        if self.origin is None or frame.pts is None or frame.time_base is None:
+            return
+        start = round((float(frame.pts * frame.time_base) - self.origin)
+                      * self.stream.codec_context.sample_rate)
+        if start >= 0:
+            self.samples_out = start
+        else:
+            self._skip = -start
 
     def push(self, frame: AudioFrame | None) -> list[Any]:
         """Encoded packets for ``frame``; ``None`` flushes everything."""
         packets: list[Any] = []
+        if frame is not None and not self._placed:
+            self._place(frame)
         for resampled in self.resampler.resample(frame):
-            resampled.pts = None
+            # The fifo checks that pts run on; a resampler with nothing to do hands back
+            # the caller's frame itself, which other feeds (a fused ladder) still place.
+            pts, resampled.pts = resampled.pts, None
             self.fifo.write(resampled)
+            resampled.pts = pts
+        if self._skip and self.fifo.samples:
+            dropped = self.fifo.read(min(self._skip, self.fifo.samples))
+            self._skip -= dropped.samples if dropped is not None else 0
         final = frame is None
         while self.fifo.samples >= self.frame_size or (final and self.fifo.samples):
             chunk = self.fifo.read(min(self.frame_size, self.fifo.samples))

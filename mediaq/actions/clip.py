@@ -26,6 +26,7 @@ from mediaq.actions.avio import (
     output_layout,
     probe,
     reading,
+    stream_start,
 )
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly
 from mediaq.errors import PermanentError
@@ -73,6 +74,10 @@ class SourceClip:
     rotation: int
     audio_rate: int | None  # None: no audio stream
     audio_channels: int
+    # Where each stream starts on the source's clock (seconds; None: not known). Streams
+    # often start at different times (camera files, edit lists, MPEG-TS).
+    video_start: float | None = None
+    audio_start: float | None = None
 
 
 def inspect_clip(path: Path) -> SourceClip:
@@ -88,6 +93,8 @@ def inspect_clip(path: Path) -> SourceClip:
         stream: Any = container.streams.video[0]
         sar = Fraction(stream.sample_aspect_ratio or 1) or Fraction(1)
         rate = _base_rate(stream) or Fraction(video.fps or 25)
+        video_start = stream_start(stream)
+        audio_start = stream_start(container.streams.audio[0]) if info.audio else None
     stored = Fraction(video.width * sar.numerator, video.height * sar.denominator)
     aspect = 1 / stored if video.rotation % 180 == 90 else stored
     return SourceClip(
@@ -96,6 +103,7 @@ def inspect_clip(path: Path) -> SourceClip:
         rotation=video.rotation,
         audio_rate=info.audio.sample_rate if info.audio else None,
         audio_channels=info.audio.channels if info.audio else 0,
+        video_start=video_start, audio_start=audio_start,
     )
 
 

@@ -29,6 +29,7 @@ from mediaq.actions.avio import (
     VideoInfo,
     add_audio_stream,
     choose_video_encoder,
+    common_origin,
     encoder_options,
     open_media,
     output_layout,
@@ -271,14 +272,15 @@ class RenditionWriter:
     """One rendition's output: a scaler, a video encoder and (maybe) an audio encoder."""
 
     def __init__(self, output: MediaOutput, rendition: Rendition, rate: Fraction,
-                 time_base: Fraction, audio_rate: int, audio_channels: int) -> None:
+                 time_base: Fraction, audio_rate: int, audio_channels: int,
+                 origin: float = 0.0) -> None:
         self.rendition = rendition
         self.output = output
         self.scale = Scaler(rendition.width, rendition.height)
         self.video = output.add_stream(
             lambda container: self._video_stream(container, rate, time_base),
             drain=lambda stream: stream.encode(None))
-        self.audio = (self._audio_feed(audio_rate, audio_channels)
+        self.audio = (self._audio_feed(audio_rate, audio_channels, origin)
                       if rendition.audio_codec else None)
 
     def _video_stream(self, container: OutputContainer, rate: Fraction,
@@ -296,7 +298,7 @@ class RenditionWriter:
             stream.codec_tag = "hvc1"  # what Apple players expect in MP4
         return stream
 
-    def _audio_feed(self, rate: int, channels: int) -> AudioEncoderFeed:
+    def _audio_feed(self, rate: int, channels: int, origin: float) -> AudioEncoderFeed:
         r = self.rendition
         assert r.audio_codec is not None
         codec = r.audio_codec
@@ -306,7 +308,9 @@ class RenditionWriter:
             lambda container: add_audio_stream(container, codec, rate=rate,
                                                layout=output_layout(channels),
                                                bit_rate=r.audio_bitrate))
-        feed = AudioEncoderFeed(stream)
+        # Placed on the source's clock from the common origin: audio that starts after
+        # the video keeps its delay (a positive first pts, an edit list in MP4).
+        feed = AudioEncoderFeed(stream, origin=origin)
         self.output.drain_on_finish(lambda: feed.push(None))
         return feed
 
@@ -328,13 +332,19 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
         astream = container.streams.audio[0] if container.streams.audio else None
         audio_rate = astream.codec_context.sample_rate if astream else 48_000
         audio_channels = astream.codec_context.channels if astream else 2
+        with_audio = any(rendition.audio_codec for rendition, _ in targets)
+        # Outputs start at zero, whatever the source's start time (MPEG-TS starts at
+        # 1.4 s), and keep the streams' offsets from each other: the earliest start of
+        # the streams written is subtracted from all of them, not each stream's own.
+        origin = common_origin(vstream, astream if with_audio else None)
         writers = [
             RenditionWriter(outputs.open(path, format=rendition.container,
                                          options=_muxer_options(rendition.container)),
-                            rendition, rate, vstream.time_base, audio_rate, audio_channels)
+                            rendition, rate, vstream.time_base, audio_rate, audio_channels,
+                            origin)
             for rendition, path in targets
         ]
-        _pump(ctx, container, vstream, astream, writers, info.duration)
+        _pump(ctx, container, vstream, astream, writers, info.duration, origin)
 
 
 def _muxer_options(container: str) -> dict[str, str]:
@@ -343,7 +353,7 @@ def _muxer_options(container: str) -> dict[str, str]:
 
 
 def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,
-          writers: list[RenditionWriter], duration: float) -> None:
+          writers: list[RenditionWriter], duration: float, origin: float) -> None:
     clock = ProgressClock(ctx, duration, "encoding", count_frames=True)
     upright: Upright | None = None
     streams = [s for s in (vstream, astream) if s is not None]
@@ -352,9 +362,10 @@ def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: 
         if isinstance(frame, VideoFrame):
             if upright is None:
                 upright = Upright(vstream, frame)
-            # Outputs start at zero, whatever the source's start time (MPEG-TS starts at 1.4 s).
+            # Shifted by the common origin (the audio is shifted alike in its feed); never
+            # before the first frame, which would give the output negative timestamps.
             if first_pts is None:
-                first_pts = frame.pts or 0
+                first_pts = min(round(origin / vstream.time_base), frame.pts or 0)
             if frame.pts is not None:
                 frame.pts -= first_pts
             for shaped in upright.apply(frame):

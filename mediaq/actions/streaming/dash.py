@@ -47,7 +47,9 @@ def package_dash(ctx: ActionContext) -> ActionResult:
 def dash_manifest(tracks: list[TrackFiles], clip: SourceClip, seconds: int) -> str:
     """A static MPD: the video rungs in one adaptation set, the audio in another, each
     representation a SegmentTemplate with an explicit SegmentTimeline."""
-    duration = max(t.duration for t in tracks)
+    # Each track starts where its first tfdt says (an offset between the source's audio and
+    # video is kept), so the presentation lasts until the last track's end.
+    duration = max(t.start + t.duration for t in tracks)
     mpd = ET.Element("MPD", {
         "xmlns": "urn:mpeg:dash:schema:mpd:2011", "type": "static",
         "profiles": "urn:mpeg:dash:profile:isoff-live:2011",
@@ -98,7 +100,8 @@ def _segment_template(rep: ET.Element, track: TrackFiles, *, timescale: int) -> 
         "media": f"{stem}_$Number%05d$.m4s", "startNumber": "1",
     })
     timeline = ET.SubElement(template, "SegmentTimeline")
-    for start, length, repeat in _timeline_runs([s for _, s in track.segments], timescale):
+    for start, length, repeat in _timeline_runs([s for _, s in track.segments], timescale,
+                                                start=track.start):
         attributes = {"d": str(length)}
         if start is not None:
             attributes = {"t": str(start), **attributes}
@@ -107,21 +110,23 @@ def _segment_template(rep: ET.Element, track: TrackFiles, *, timescale: int) -> 
         ET.SubElement(timeline, "S", attributes)
 
 
-def _timeline_runs(durations: list[float], timescale: int) -> list[tuple[int | None, int, int]]:
-    """(start or None, duration, repeats) runs; ends are rounded from the running total so
-    the timeline never drifts from the media."""
+def _timeline_runs(durations: list[float], timescale: int,
+                   start: float = 0.0) -> list[tuple[int | None, int, int]]:
+    """(start or None, duration, repeats) runs from ``start`` seconds (the first segment's
+    tfdt); ends are rounded from the running total so the timeline never drifts from the
+    media."""
     runs: list[tuple[int | None, int, int]] = []
-    elapsed = 0.0
-    previous_end = 0
+    elapsed = start
+    first = previous_end = round(start * timescale)
     for seconds in durations:
         elapsed += seconds
         end = round(elapsed * timescale)
         length = end - previous_end
         if runs and runs[-1][1] == length:
-            start, _, repeat = runs[-1]
-            runs[-1] = (start, length, repeat + 1)
+            at, _, repeat = runs[-1]
+            runs[-1] = (at, length, repeat + 1)
         else:
-            runs.append((0 if not runs else None, length, 0))
+            runs.append((first if not runs else None, length, 0))
         previous_end = end
     return runs
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
 
+AAC_PRIMING = 1024  # samples FFmpeg's AAC encoder puts before the first one
+
 
 @dataclass
 class SegmentedTrack:
@@ -69,6 +72,7 @@ class TrackFiles:
     codec: str
     sample_rate: int = 0  # audio only
     channels: int = 0
+    start: float = 0.0  # seconds: the first segment's decode time (its tfdt)
 
     @property
     def duration(self) -> float:
@@ -97,6 +101,7 @@ class LadderSegmenter:
         self.seconds: int = ctx.params["segment_seconds"]
         self.encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
         self.with_audio = bool(ctx.params["audio"]) and clip.audio_rate is not None
+        self.video_offset, self.audio_origin = track_placement(clip, self.with_audio)
 
     def run(self) -> list[TrackFiles]:
         """Encode, segment and read back every track (video rungs first, then audio)."""
@@ -113,7 +118,9 @@ class LadderSegmenter:
             remove_quietly(sorted(self.ctx.staging_dir.glob(f"{self.prefix}*")))
             raise
 
-    def _open(self, outputs: OutputGroup, label: str) -> MediaOutput:
+    def _open(self, outputs: OutputGroup, label: str, *, late: bool = False) -> MediaOutput:
+        """An hls muxer for one track; ``late``: the track's first packet has a positive
+        timestamp (it starts after the other track), which the segments' tfdt must carry."""
         name = f"{self.prefix}{label}"
         playlist = self.ctx.output_path(f"{name}.m3u8")
         # The segment name is a printf pattern: a literal % in the folder must be doubled.
@@ -128,10 +135,15 @@ class LadderSegmenter:
             # and put audio and video out of sync. An edit list in each init hides them.
             "avoid_negative_ts": "disabled",
         }
+        if late:
+            # Left alone, the fragmenting MP4 muxer starts tfdt at zero and says where the
+            # track starts only with an empty edit in the init, which MSE players (hls.js,
+            # dash.js) ignore. frag_discont makes the first tfdt the first timestamp.
+            options["hls_segment_options"] = "movflags=+frag_discont"
         return outputs.open(playlist, format="hls", options=options)
 
     def _video_track(self, outputs: OutputGroup, rung: Rung) -> SegmentedTrack:
-        output = self._open(outputs, rung.label)
+        output = self._open(outputs, rung.label, late=self.video_offset > 0)
         per_segment = math.ceil(self.seconds * self.clip.rate)
         options = encoder_options(self.encoder, crf=self.params["crf"],
                                   preset=self.params["preset"], max_bitrate=rung.max_bitrate)
@@ -148,22 +160,31 @@ class LadderSegmenter:
                               scale=Scaler(rung.width, rung.height))
 
     def _audio_track(self, outputs: OutputGroup) -> SegmentedTrack:
-        output = self._open(outputs, "audio")
         assert self.clip.audio_rate is not None
         rate = self.clip.audio_rate if self.clip.audio_rate in (44_100, 48_000) else 48_000
+        output = self._open(outputs, "audio", late=self._audio_starts_late(rate))
         layout = output_layout(self.clip.audio_channels)
         bit_rate = parse_bitrate(self.params["audio_bitrate"])
         stream = output.add_stream(lambda container: add_audio_stream(
             container, "aac", rate=rate, layout=layout, bit_rate=bit_rate))
-        feed = AudioEncoderFeed(stream)
+        feed = AudioEncoderFeed(stream, origin=self.audio_origin)
         output.drain_on_finish(lambda: feed.push(None))
         return SegmentedTrack("audio", output.path, output, stream, audio=feed)
+
+    def _audio_starts_late(self, rate: int) -> bool:
+        """Whether the audio's first packet, the encoder's priming (1024 samples before
+        the first sample), still has a positive timestamp; a frame to spare, as the first
+        decoded frame may start a little off the stream's start time."""
+        if self.audio_origin is None or self.clip.audio_start is None:
+            return False
+        return (self.clip.audio_start - self.audio_origin) * rate >= 2 * AAC_PRIMING
 
     def _pump(self, tracks: list[SegmentedTrack]) -> None:
         clip, source = self.clip, self.clip.path
         videos = [t for t in tracks if t.rung is not None]
         audio = next((t for t in tracks if t.audio is not None), None)
-        count = frame_count(clip.duration, clip.rate)
+        offset = self.video_offset
+        count = frame_count(clip.duration - offset / clip.rate, clip.rate)
         starts = segment_starts(count, clip.rate, self.seconds)
         clock = ProgressClock(self.ctx, clip.duration, "packaging", count_frames=True)
 
@@ -181,8 +202,8 @@ class LadderSegmenter:
                                                         count=count)):
                 for track in videos:
                     assert track.scale is not None
-                    track.output.mux(encode_frame(track.stream, track.scale(frame), index,
-                                                  key=index in starts))
+                    track.output.mux(encode_frame(track.stream, track.scale(frame),
+                                                  offset + index, key=index in starts))
                 clock.tick(index / float(clip.rate))
             if index < 0:
                 raise PermanentError(f"{source.name}: the video stream has no decodable "
@@ -192,13 +213,31 @@ class LadderSegmenter:
 
     def _read_back(self, track: SegmentedTrack) -> TrackFiles:
         init, segments = read_media_playlist(track.playlist)
+        start = first_decode_time(init, segments[0][0])
         if track.rung is not None:
             return TrackFiles(label=track.label, rung=track.rung, playlist=track.playlist,
-                              init=init, segments=segments, codec=avc_codec_string(init))
+                              init=init, segments=segments, codec=avc_codec_string(init),
+                              start=start)
         audio = track.stream.codec_context
         return TrackFiles(label=track.label, rung=None, playlist=track.playlist, init=init,
                           segments=segments, codec=AAC_CODEC_STRING,
-                          sample_rate=int(audio.sample_rate), channels=int(audio.channels))
+                          sample_rate=int(audio.sample_rate), channels=int(audio.channels),
+                          start=start)
+
+
+def track_placement(clip: SourceClip, with_audio: bool) -> tuple[int, float | None]:
+    """Where the tracks start, keeping the source's offset between its streams (lip
+    sync): (the video's first frame number, the source time the audio is counted from).
+
+    The earliest stream starts at zero. The video starts on its own frame grid, at the
+    whole frame at or before its offset; the audio is placed from the same origin so
+    the offset between them stays exact to the sample (the audio loses the fraction of
+    a frame it has before that, when it starts first)."""
+    if not with_audio or clip.video_start is None or clip.audio_start is None:
+        return 0, None
+    origin = min(clip.video_start, clip.audio_start)
+    frames = math.floor((clip.video_start - origin) * clip.rate + 1e-6)
+    return frames, clip.video_start - float(frames / clip.rate)
 
 
 def read_media_playlist(playlist: Path) -> tuple[Path, list[tuple[Path, float]]]:
@@ -219,6 +258,43 @@ def read_media_playlist(playlist: Path) -> tuple[Path, list[tuple[Path, float]]]
         raise PermanentError(f"{playlist.name}: the segmenter wrote no media (is the "
                              f"source empty?)")
     return init, segments
+
+
+def mp4_boxes(data: bytes, path: tuple[bytes, ...]) -> bytes | None:
+    """The body of the first box at ``path`` (e.g. moov, trak, mdia, mdhd) in ``data``."""
+    at, end = 0, len(data)
+    for index, kind in enumerate(path):
+        while at + 8 <= end:
+            size, name = struct.unpack(">I4s", data[at:at + 8])
+            header = 8
+            if size == 1 and at + 16 <= end:
+                size, header = struct.unpack(">Q", data[at + 8:at + 16])[0], 16
+            elif size == 0:
+                size = end - at
+            if size < header:
+                return None
+            if name == kind:
+                if index == len(path) - 1:
+                    return data[at + header:at + size]
+                at, end = at + header, at + size
+                break
+            at += size
+        else:
+            return None
+    return None
+
+
+def first_decode_time(init: Path, segment: Path) -> float:
+    """Seconds of a track's first sample: its first segment's tfdt (baseMediaDecodeTime)
+    over the init's media timescale; 0.0 when either box is missing."""
+    mdhd = mp4_boxes(init.read_bytes(), (b"moov", b"trak", b"mdia", b"mdhd"))
+    tfdt = mp4_boxes(segment.read_bytes(), (b"moof", b"traf", b"tfdt"))
+    if not mdhd or not tfdt:
+        return 0.0
+    scale = struct.unpack(">I", mdhd[20:24] if mdhd[0] == 1 else mdhd[12:16])[0]
+    base = struct.unpack(">Q", tfdt[4:12])[0] if tfdt[0] == 1 else struct.unpack(
+        ">I", tfdt[4:8])[0]
+    return base / scale if scale else 0.0
 
 
 def avc_codec_string(init: Path) -> str:
