@@ -57,8 +57,10 @@ from mediaq.worker.outcomes import (
     StepGaveUp,
     StepInterrupted,
     after_failure,
+    cannot_store,
     classify,
     stop_outcome,
+    unstorable_reason,
 )
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
@@ -133,6 +135,20 @@ class Executor:
 
     def _attempt(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
         run = load_run(handle, workflow_id)
+        try:
+            return self._run_steps(handle, run)
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            # The database refused a write for its data (a step's own result is handled
+            # where it is committed, see _commit_result): that is for good, so the job
+            # fails, naming its file, instead of being abandoned to its lease and re-run.
+            reason = unstorable_reason(exc)
+            if reason is None:
+                raise  # a lost connection: run() abandons the attempt
+            name = Path(str(run.context["input_file_path"])).name
+            return self._fail(handle, JobFailed(ErrorClass.PERMANENT,
+                                                cannot_store(name, reason, "a job record")))
+
+    def _run_steps(self, handle: JobHandle, run: JobRun) -> JobOutcome:
         discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
         if not run.steps:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, "the workflow has no steps"))
@@ -264,9 +280,19 @@ class Executor:
                                           "given_up": False} for step in steps})
             return fallback
         seconds = time.monotonic() - started
-        for step, execution_id, stage_dir, result in zip(steps, executions, stage_dirs, results,
-                                                         strict=True):
-            self._commit_result(handle, run, step, execution_id, stage_dir, result, seconds)
+        pending = list(zip(steps, executions, stage_dirs, results, strict=True))
+        for index, (step, execution_id, stage_dir, result) in enumerate(pending):
+            ended = self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                                        seconds)
+            if ended is not None:
+                # This step's result could not be stored and the job fails: the pass's
+                # other steps close without their results.
+                for later, later_id, later_dir, _ in pending[index + 1:]:
+                    discard(later_dir)
+                    completer.close_step(handle, later_id, later,
+                                         FusedPassFailed("an earlier step's result cannot"
+                                                         " be stored"), low)
+                return ended
         return None
 
     # -- one step -----------------------------------------------------------------------
@@ -300,12 +326,14 @@ class Executor:
         except StepFailed as failure:
             discard(stage_dir)
             return self._failed(handle, run, step, execution_id, failure)
-        self._commit_result(handle, run, step, execution_id, stage_dir, result,
-                            time.monotonic() - started)
-        return None
+        return self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                                   time.monotonic() - started)
 
     def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                       stage_dir: Path, result: ActionResult, seconds: float) -> None:
+                       stage_dir: Path, result: ActionResult,
+                       seconds: float) -> JobOutcome | None:
+        """Publish and record a step's result; the job's outcome if the attempt ends here
+        (the database refused the result: the step fails for good), else None."""
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
         _keep_earlier_outputs(run, step, result)
         staged = tuple(o.staging_path for o in result.outputs)
@@ -315,17 +343,33 @@ class Executor:
         # completing it after the loop. Its outputs join the job's before the completion
         # is built.
         last = step is run.steps[-1]
+        known, source = len(run.outputs), run.source_path
         if last:
             self._remember_outputs(run, step, output_data)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
                                 output_dir=output_dir,
                                 completes=run.completion() if last else None)
-        completer.close_step(handle, execution_id, step, outcome,
-                             run.percent(step, done=outcome.advances))
+        try:
+            completer.close_step(handle, execution_id, step, outcome,
+                                 run.percent(step, done=outcome.advances))
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            # Writing what remains storable (``mediaq.storable``) could not save it:
+            # the same result would be refused again, so the step fails for good and
+            # the job with it, naming the file, rather than being abandoned and re-run.
+            reason = unstorable_reason(exc)
+            if reason is None:
+                raise  # a lost connection: run() abandons the attempt to its lease
+            discard(stage_dir)
+            del run.outputs[known:]
+            run.source_path = source
+            assert run.input_path is not None
+            failure = StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
+            return self._failed(handle, run, step, execution_id, failure)
         run.completed = outcome.completes
         discard(stage_dir)
         if not last:
             self._remember_outputs(run, step, output_data)
+        return None
 
     def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
                  retry_attempt: int, on_progress: Any) -> ActionContext:
