@@ -39,7 +39,7 @@ from mediaq.worker.outcomes import (
     unstorable_reason,
 )
 from mediaq.worker.resources import Capacity
-from tests.helpers import diagnostic_workflow
+from tests.helpers import MediaqEnv, diagnostic_workflow
 from tests.test_outcomes import Recorder
 
 # -- the sanitiser ---------------------------------------------------------------------
@@ -283,3 +283,43 @@ def test_a_result_postgresql_refuses_for_another_reason_fails_the_job_in_one_lin
     assert "\n" not in message
     assert [s["status"] for s in steps] == ["failed"]  # once, never retried
     assert steps[0]["output_data"] is None
+
+
+# -- a real file through the seeded workflow and a burst worker --------------------------
+
+
+def nul_titled_pdf(path: Path) -> Path:
+    """A PDF written by reportlab whose Info Title and Author hold a NUL (reportlab writes
+    it as the octal escape \\000, which pdfium reads back as U+0000), as third-party PDFs do."""
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    pdf = canvas.Canvas(str(path), pagesize=A4)
+    pdf.setTitle("Quarterly\x00report")
+    pdf.setAuthor("Finance\x00team")
+    pdf.setFont("Helvetica", 18)
+    pdf.drawString(72, A4[1] - 96, "Quarterly report: revenue grew in every region.")
+    pdf.showPage()
+    pdf.save()
+    assert b"/Title (Quarterly\\000report)" in path.read_bytes()
+    return path
+
+
+@pytest.mark.slow
+def test_a_pdf_whose_title_holds_a_nul_completes_with_the_nul_replaced(mq: MediaqEnv) -> None:
+    mq.seed()
+    code = mq.submit("WF-DOC-PROCESS", nul_titled_pdf(mq.inputs / "report.pdf"))
+    burst = mq.run_burst(timeout=120)
+    job = mq.job(code)
+    assert job["status"] == "completed", (job["error_message"], burst.stderr[-2000:])
+    assert burst.returncode == 0
+    [validated] = mq.query(
+        """SELECT se.output_data FROM step_executions se
+             JOIN workflow_steps ws ON ws.id = se.step_id
+             JOIN workflow_jobs j ON j.id = se.job_id
+            WHERE j.job_code = %s AND ws.step_number = 1""", (code,))
+    metadata = validated["output_data"]["metadata"]
+    assert metadata["title"] == f"Quarterly{REPLACEMENT}report"
+    assert metadata["author"] == f"Finance{REPLACEMENT}team"
+    assert job["attempt"] == 1  # claimed once: never abandoned, rescued and re-run
+    assert "abandoned" not in burst.stderr
