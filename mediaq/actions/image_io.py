@@ -304,7 +304,8 @@ def _megabytes(size: int) -> str:
 
 # TIFF compressions by Pillow's name for them (``info["compression"]``), as people say them.
 _TIFF_COMPRESSIONS = {
-    "raw": "uncompressed", "tiff_ccitt": "CCITT", "group3": "CCITT Group 3", "group4": "CCITT Group 4",
+    "raw": "uncompressed", "tiff_ccitt": "CCITT", "group3": "CCITT Group 3",
+    "group4": "CCITT Group 4",
     "tiff_lzw": "LZW", "tiff_jpeg": "old-style JPEG", "jpeg": "JPEG",
     "tiff_adobe_deflate": "Deflate", "tiff_deflate": "Deflate", "packbits": "PackBits",
     "tiff_thunderscan": "ThunderScan", "tiff_sgilog": "SGI LogLuv", "tiff_sgilog24": "SGI LogLuv",
