@@ -40,7 +40,7 @@ from mediaq.worker.outcomes import (
 )
 from mediaq.worker.resources import Capacity
 from tests.helpers import MediaqEnv, diagnostic_workflow
-from tests.test_outcomes import Recorder
+from tests.test_outcomes import Recorder, fusable
 
 # -- the sanitiser ---------------------------------------------------------------------
 
@@ -187,6 +187,20 @@ def test_a_refused_result_of_a_continue_step_lets_the_job_complete_without_it(
     assert isinstance(outcome, JobCompleted)
     assert outcome.outputs == () and outcome.failed_steps[0]["step"] == 1
     assert "cannot be stored" in outcome.failed_steps[0]["error"]
+
+
+def test_a_refused_result_in_a_one_pass_run_closes_the_later_steps_before_the_job_fails(
+    tmp_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name = fusable(monkeypatch, lambda contexts: [ActionResult() for _ in contexts])
+    handle = RefusesResults()
+    steps = [dataclasses.replace(a_step(n, on_failure="stop"), action=name) for n in (1, 2)]
+    outcome = run_job(tmp_settings, monkeypatch, handle, *steps)
+    assert isinstance(outcome, JobFailed) and "report.pdf: the step's result cannot be" \
+        " stored" in outcome.message
+    # Step 2 closes (fused) while the job is still ours, then step 1, then the job.
+    assert handle.names == ["step_start", "step_start", "step_finish:cancelled",
+                            "step_finish:failed", "job_fail"]
 
 
 def test_a_connection_lost_while_saving_a_result_still_abandons_to_the_lease(

@@ -282,16 +282,19 @@ class Executor:
         seconds = time.monotonic() - started
         pending = list(zip(steps, executions, stage_dirs, results, strict=True))
         for index, (step, execution_id, stage_dir, result) in enumerate(pending):
-            ended = self._commit_result(handle, run, step, execution_id, stage_dir, result,
-                                        seconds)
+            refused = self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                                          seconds)
+            if refused is None:
+                continue
+            # The database refused this step's result: the step fails for good. If that
+            # ends the attempt, the pass's later steps close (unpublished) before the job
+            # fails; with on_failure: continue, they are committed as usual.
+            later = pending[index + 1:]
+            ended = self._failed(handle, run, step, execution_id, refused,
+                                 also_close=[(s, e) for s, e, _, _ in later])
             if ended is not None:
-                # This step's result could not be stored and the job fails: the pass's
-                # other steps close without their results.
-                for later, later_id, later_dir, _ in pending[index + 1:]:
+                for _, _, later_dir, _ in later:
                     discard(later_dir)
-                    completer.close_step(handle, later_id, later,
-                                         FusedPassFailed("an earlier step's result cannot"
-                                                         " be stored"), low)
                 return ended
         return None
 
@@ -326,14 +329,17 @@ class Executor:
         except StepFailed as failure:
             discard(stage_dir)
             return self._failed(handle, run, step, execution_id, failure)
-        return self._commit_result(handle, run, step, execution_id, stage_dir, result,
-                                   time.monotonic() - started)
+        refused = self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                                      time.monotonic() - started)
+        return None if refused is None else self._failed(handle, run, step, execution_id,
+                                                          refused)
 
     def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
                        stage_dir: Path, result: ActionResult,
-                       seconds: float) -> JobOutcome | None:
-        """Publish and record a step's result; the job's outcome if the attempt ends here
-        (the database refused the result: the step fails for good), else None."""
+                       seconds: float) -> StepFailed | None:
+        """Publish and record a step's result; None when it is committed, else the
+        step's permanent failure (the database refused the result for its data; nothing
+        was published) for the caller to close the step with."""
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
         _keep_earlier_outputs(run, step, result)
         staged = tuple(o.staging_path for o in result.outputs)
@@ -363,8 +369,7 @@ class Executor:
             del run.outputs[known:]
             run.source_path = source
             assert run.input_path is not None
-            failure = StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
-            return self._failed(handle, run, step, execution_id, failure)
+            return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
         discard(stage_dir)
         if not last:
@@ -438,13 +443,22 @@ class Executor:
     # -- failures and interruptions -----------------------------------------------------
 
     def _failed(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                failure: StepFailed) -> JobOutcome | None:
-        """Close the failed step as the rules say; the job's outcome if the attempt ends."""
+                failure: StepFailed,
+                also_close: list[tuple[Step, int]] | None = None) -> JobOutcome | None:
+        """Close the failed step as the rules say; the job's outcome if the attempt ends.
+        ``also_close``: executions of a one-pass run's later steps, closed as 'fused'
+        first when the failure ends the attempt (the job must still be ours to close
+        them)."""
         outcome = after_failure(
             failure, step, retries_used=int(run.context["retry_count"] or 0),
             max_retries=int(run.context["max_retries"] or 0),
             retry_base_seconds=self.settings.worker.retry_base_seconds,
             retry_max_seconds=self.settings.worker.retry_max_seconds)
+        if also_close and not isinstance(outcome, ContinueAfterFailure):
+            for later, later_execution in also_close:
+                completer.close_step(handle, later_execution, later,
+                                     FusedPassFailed(f"step {step.number}: {failure.message}"),
+                                     run.percent(later, done=False))
         completer.close_step(handle, execution_id, step, outcome,
                              run.percent(step, done=outcome.advances))
         match outcome:
