@@ -359,9 +359,10 @@ class Executor:
             completer.close_step(handle, execution_id, step, outcome,
                                  run.percent(step, done=outcome.advances))
         except (psycopg.Error, UnicodeEncodeError) as exc:
-            # Writing what remains storable (``mediaq.storable``) could not save it:
-            # the same result would be refused again, so the step fails for good and
-            # the job with it, naming the file, rather than being abandoned and re-run.
+            # Refused for its data even after ``mediaq.storable`` (a NaN, say): the same
+            # result would be refused again, so the step fails for good, naming the file,
+            # rather than the job being abandoned to its lease and re-run. The
+            # transaction rolled back: nothing was published, the job is still ours.
             reason = unstorable_reason(exc)
             if reason is None:
                 raise  # a lost connection: run() abandons the attempt to its lease
