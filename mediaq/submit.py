@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from mediaq import dedupe
 from mediaq.errors import SubmissionRefused
 from mediaq.queries import queries
+from mediaq.storable import storable
 
 
 def parse_param(text: str) -> tuple[str, str, Any]:
@@ -90,8 +91,9 @@ def submit(
         "workflow_code": workflow_code,
         "input_file_path": str(input_path),
         "priority": priority,
-        "params": Jsonb(params or {}),
-        "metadata": Jsonb(metadata) if metadata is not None else None,
+        # A caller's metadata may quote a file's own tags: made storable (no NUL).
+        "params": Jsonb(storable(params or {})),
+        "metadata": Jsonb(storable(metadata)) if metadata is not None else None,
         "notify": list(notify),
         "idempotency_key": idempotency_key,
         "submitted_by": submitted_by,
@@ -184,7 +186,7 @@ def submit_batch(
             rows = cur.execute(queries["jobs_submit_batch"], {
                 "workflow_code": workflow_code, "paths": texts,
                 "sizes": [sizes[text] for text in texts], "priority": priority,
-                "params": Jsonb(params or {}), "submitted_by": submitted_by,
+                "params": Jsonb(storable(params or {})), "submitted_by": submitted_by,
             }).fetchall()
     return [row["job_code"] for row in rows]
 

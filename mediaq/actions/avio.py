@@ -57,6 +57,12 @@ def one_line(exc: BaseException) -> str:
     return str(text).strip().splitlines()[0]
 
 
+def media_kind(path: Path) -> str:
+    """What a file says it is, for a message: its extension ("MKV"), else "media"."""
+    suffix = path.suffix.lstrip(".")
+    return suffix.upper() if suffix.isalnum() and len(suffix) <= 5 else "media"
+
+
 @contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn what FFmpeg raises while reading ``path`` into one clear error line."""
@@ -72,8 +78,14 @@ def reading(path: Path) -> Iterator[None]:
         raise InputRefused(f"{name}: cannot be read (permission denied)") from None
     except av.error.MemoryError:
         raise TransientError(f"{name}: out of memory while decoding") from None
-    except (av.error.InvalidDataError, av.error.EOFError, av.error.DecoderNotFoundError,
-            av.error.PatchWelcomeError) as exc:
+    except av.error.EOFError:
+        # The demuxer wanted more bytes than the file has (FFmpeg says "End of file").
+        raise PermanentError(f"{name}: truncated: the file ends early") from None
+    except av.error.InvalidDataError:
+        # FFmpeg's "Invalid data found when processing input": the bytes are not what
+        # the container (or codec) says they are.
+        raise PermanentError(f"{name}: not a valid {media_kind(path)} file") from None
+    except (av.error.DecoderNotFoundError, av.error.PatchWelcomeError) as exc:
         raise PermanentError(f"{name}: corrupt or unsupported media ({one_line(exc)})") from None
     except av.error.FFmpegError as exc:
         raise PermanentError(f"{name}: cannot be decoded ({one_line(exc)})") from None

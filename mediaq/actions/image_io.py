@@ -8,6 +8,7 @@ AVIF from Pillow itself.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageCms, ImageSequence, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageSequence, PngImagePlugin, UnidentifiedImageError
 
 from mediaq.actions.base import check_source_file
 from mediaq.errors import InputRefused, PermanentError, TransientError
@@ -279,9 +280,66 @@ def _reading(path: Path, max_pixels: int) -> Iterator[None]:
             raise TransientError(f"{name}: read failed ({exc.strerror})") from None
         if "truncated" in str(exc).lower():
             raise PermanentError(f"{name}: truncated image (decoding stopped early)") from None
+        if str(exc).startswith("decoder error"):
+            raise PermanentError(f"{name}: {_undecodable_reason(path)}") from None
         raise PermanentError(f"{name}: corrupt image ({one_line(exc)})") from None
     except _DECODE_ERRORS as exc:
-        raise PermanentError(f"{name}: corrupt image ({one_line(exc)})") from None
+        raise PermanentError(f"{name}: {_decode_error_reason(exc)}") from None
+
+
+def _decode_error_reason(exc: Exception) -> str:
+    """What Pillow's decoding error says, in words (its own text names its internals)."""
+    text = str(exc)
+    if "MAX_TEXT_CHUNK" in text:  # one zTXt/iTXt chunk inflates past Pillow's limit
+        return f"PNG text chunk too large (over {_megabytes(PngImagePlugin.MAX_TEXT_CHUNK)})"
+    if "MAX_TEXT_MEMORY" in text:  # all text chunks together
+        return (f"PNG text chunks too large (over {_megabytes(PngImagePlugin.MAX_TEXT_MEMORY)}"
+                " in all)")
+    return f"corrupt image ({one_line(exc)})"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2 ** 20:g} MB"
+
+
+# TIFF compressions by Pillow's name for them (``info["compression"]``), as people say them.
+_TIFF_COMPRESSIONS = {
+    "raw": "uncompressed", "tiff_ccitt": "CCITT", "group3": "CCITT Group 3",
+    "group4": "CCITT Group 4",
+    "tiff_lzw": "LZW", "tiff_jpeg": "old-style JPEG", "jpeg": "JPEG",
+    "tiff_adobe_deflate": "Deflate", "tiff_deflate": "Deflate", "packbits": "PackBits",
+    "tiff_thunderscan": "ThunderScan", "tiff_sgilog": "SGI LogLuv", "tiff_sgilog24": "SGI LogLuv",
+    "lzma": "LZMA", "zstd": "Zstandard", "webp": "WebP", "jpeg2000": "JPEG 2000",
+}
+
+
+def _undecodable_reason(path: Path) -> str:
+    """Why the decoder failed ("decoder error -2" says nothing): for a TIFF whose
+    compression this installation cannot decode, that compression; else what was being
+    decoded."""
+    try:
+        with Image.open(path) as im:
+            fmt, compression = im.format, im.info.get("compression")
+    except Exception:  # the header was readable a moment ago: say less
+        return "corrupt image (its pixel data cannot be decoded)"
+    if fmt == "TIFF" and isinstance(compression, str):
+        said = _TIFF_COMPRESSIONS.get(compression, compression)
+        if not _tiff_compression_works(compression):
+            return f"TIFF with {said} compression is not supported"
+        data = "uncompressed" if compression == "raw" else f"{said}-compressed"
+        return f"corrupt image (its {data} TIFF data cannot be decoded)"
+    return f"corrupt image (its {fmt or 'pixel'} data cannot be decoded)"
+
+
+@functools.cache
+def _tiff_compression_works(compression: str) -> bool:
+    """Whether this Pillow (its libtiff) handles ``compression``: one tiny image written
+    with it. A codec libtiff was built without fails to write as it fails to read."""
+    try:
+        Image.new("RGB", (8, 8)).save(BytesIO(), "TIFF", compression=compression)
+    except Exception:  # any refusal means: not here
+        return False
+    return True
 
 
 def _bomb_refused(name: str, exc: Exception, max_pixels: int) -> PermanentError:

@@ -56,6 +56,12 @@ def worker(env: Env, categories: str | None, limits: str | None, vram_mb: int | 
     daemon.install_signal_handlers()
     processed = daemon.run()
     click.echo(f"worker {daemon.worker_id} stopped after {processed} job(s)")
+    if burst and daemon.left_processing:
+        # A burst run is done when its queue is: one that leaves jobs to a lease is not.
+        left = daemon.left_processing
+        click.echo(f"{len(left)} job(s) left processing after a database error, for their"
+                   f" lease to hand on: {', '.join(left[:10])}", err=True)
+        raise SystemExit(1)
 
 
 def _supervise(env: Env, autoscale: str, scale_down_after: float, categories: str | None,

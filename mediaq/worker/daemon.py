@@ -31,7 +31,7 @@ from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.maintenance.rescuer import Rescuer
-from mediaq.worker.outcomes import JobOutcome
+from mediaq.worker.outcomes import Abandoned, JobOutcome
 from mediaq.worker.resources import Capacity, read_gpu, vram_budget
 
 log = structlog.get_logger("mediaq.worker")
@@ -77,6 +77,9 @@ class Worker:
         self.executor = Executor(settings)
         self.running: dict[int, JobHandle] = {}
         self.running_lock = threading.Lock()
+        # Jobs this worker left 'processing' (abandoned on a database error, or crashed):
+        # their lease hands them on later, so a burst run that leaves any fails.
+        self.left_processing: list[str] = []
         self.stopping = threading.Event()
         self.wake = threading.Event()
         # Categories whose last claim found nothing (producer thread only), and the
@@ -239,6 +242,9 @@ class Worker:
         if error is not None:
             # A database outage mid-write: the lease runs out and another worker rescues.
             self.log.error("job:crashed", job_id=handle.job_id, error=repr(error))
+        if error is not None or isinstance(future.result(), Abandoned):
+            with self.running_lock:
+                self.left_processing.append(handle.job_code)
         self._notice(handle.category)
 
     def _notice(self, payload: str) -> None:

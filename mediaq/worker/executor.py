@@ -57,8 +57,10 @@ from mediaq.worker.outcomes import (
     StepGaveUp,
     StepInterrupted,
     after_failure,
+    cannot_store,
     classify,
     stop_outcome,
+    unstorable_reason,
 )
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
@@ -133,6 +135,20 @@ class Executor:
 
     def _attempt(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
         run = load_run(handle, workflow_id)
+        try:
+            return self._run_steps(handle, run)
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            # The database refused a write for its data (a step's own result is handled
+            # where it is committed, see _commit_result): that is for good, so the job
+            # fails, naming its file, instead of being abandoned to its lease and re-run.
+            reason = unstorable_reason(exc)
+            if reason is None:
+                raise  # a lost connection: run() abandons the attempt
+            name = Path(str(run.context["input_file_path"])).name
+            return self._fail(handle, JobFailed(ErrorClass.PERMANENT,
+                                                cannot_store(name, reason, "a job record")))
+
+    def _run_steps(self, handle: JobHandle, run: JobRun) -> JobOutcome:
         discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
         if not run.steps:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, "the workflow has no steps"))
@@ -264,9 +280,22 @@ class Executor:
                                           "given_up": False} for step in steps})
             return fallback
         seconds = time.monotonic() - started
-        for step, execution_id, stage_dir, result in zip(steps, executions, stage_dirs, results,
-                                                         strict=True):
-            self._commit_result(handle, run, step, execution_id, stage_dir, result, seconds)
+        pending = list(zip(steps, executions, stage_dirs, results, strict=True))
+        for index, (step, execution_id, stage_dir, result) in enumerate(pending):
+            refused = self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                                          seconds)
+            if refused is None:
+                continue
+            # The database refused this step's result: the step fails for good. If that
+            # ends the attempt, the pass's later steps close (unpublished) before the job
+            # fails; with on_failure: continue, they are committed as usual.
+            later = pending[index + 1:]
+            ended = self._failed(handle, run, step, execution_id, refused,
+                                 also_close=[(s, e) for s, e, _, _ in later])
+            if ended is not None:
+                for _, _, later_dir, _ in later:
+                    discard(later_dir)
+                return ended
         return None
 
     # -- one step -----------------------------------------------------------------------
@@ -300,12 +329,17 @@ class Executor:
         except StepFailed as failure:
             discard(stage_dir)
             return self._failed(handle, run, step, execution_id, failure)
-        self._commit_result(handle, run, step, execution_id, stage_dir, result,
-                            time.monotonic() - started)
-        return None
+        refused = self._commit_result(handle, run, step, execution_id, stage_dir, result,
+                                      time.monotonic() - started)
+        return None if refused is None else self._failed(handle, run, step, execution_id,
+                                                          refused)
 
     def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                       stage_dir: Path, result: ActionResult, seconds: float) -> None:
+                       stage_dir: Path, result: ActionResult,
+                       seconds: float) -> StepFailed | None:
+        """Publish and record a step's result; None when it is committed, else the
+        step's permanent failure (the database refused the result for its data; nothing
+        was published) for the caller to close the step with."""
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
         _keep_earlier_outputs(run, step, result)
         staged = tuple(o.staging_path for o in result.outputs)
@@ -315,17 +349,33 @@ class Executor:
         # completing it after the loop. Its outputs join the job's before the completion
         # is built.
         last = step is run.steps[-1]
+        known, source = len(run.outputs), run.source_path
         if last:
             self._remember_outputs(run, step, output_data)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
                                 output_dir=output_dir,
                                 completes=run.completion() if last else None)
-        completer.close_step(handle, execution_id, step, outcome,
-                             run.percent(step, done=outcome.advances))
+        try:
+            completer.close_step(handle, execution_id, step, outcome,
+                                 run.percent(step, done=outcome.advances))
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            # Refused for its data even after ``mediaq.storable`` (a NaN, say): the same
+            # result would be refused again, so the step fails for good, naming the file,
+            # rather than the job being abandoned to its lease and re-run. The
+            # transaction rolled back: nothing was published, the job is still ours.
+            reason = unstorable_reason(exc)
+            if reason is None:
+                raise  # a lost connection: run() abandons the attempt to its lease
+            discard(stage_dir)
+            del run.outputs[known:]
+            run.source_path = source
+            assert run.input_path is not None
+            return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
         discard(stage_dir)
         if not last:
             self._remember_outputs(run, step, output_data)
+        return None
 
     def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
                  retry_attempt: int, on_progress: Any) -> ActionContext:
@@ -394,13 +444,22 @@ class Executor:
     # -- failures and interruptions -----------------------------------------------------
 
     def _failed(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                failure: StepFailed) -> JobOutcome | None:
-        """Close the failed step as the rules say; the job's outcome if the attempt ends."""
+                failure: StepFailed,
+                also_close: list[tuple[Step, int]] | None = None) -> JobOutcome | None:
+        """Close the failed step as the rules say; the job's outcome if the attempt ends.
+        ``also_close``: executions of a one-pass run's later steps, closed as 'fused'
+        first when the failure ends the attempt (the job must still be ours to close
+        them)."""
         outcome = after_failure(
             failure, step, retries_used=int(run.context["retry_count"] or 0),
             max_retries=int(run.context["max_retries"] or 0),
             retry_base_seconds=self.settings.worker.retry_base_seconds,
             retry_max_seconds=self.settings.worker.retry_max_seconds)
+        if also_close and not isinstance(outcome, ContinueAfterFailure):
+            for later, later_execution in also_close:
+                completer.close_step(handle, later_execution, later,
+                                     FusedPassFailed(f"step {step.number}: {failure.message}"),
+                                     run.percent(later, done=False))
         completer.close_step(handle, execution_id, step, outcome,
                              run.percent(step, done=outcome.advances))
         match outcome:

@@ -1,5 +1,8 @@
 """Every write a worker makes about one claimed job, each fenced by (worker, attempt).
 
+Every parameter goes through ``mediaq.storable.storable`` on its way: text from media
+files (a PDF title, a tag) may hold a NUL, which no JSONB or text column can store.
+
 A fenced statement that touches no row means another worker owns the job now:
 the handle raises LeaseLost and the executor stops without writing anything else.
 """
@@ -19,6 +22,7 @@ from mediaq import db
 from mediaq.errors import LeaseLost
 from mediaq.logs import log_line
 from mediaq.outputs import publish
+from mediaq.storable import storable
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -56,7 +60,7 @@ class JobHandle:
         return error
 
     def _fenced(self, name: str, **params: Any) -> db.Row:
-        row = db.fetch_one_now(self.pool, name, {**self.fence, **params})
+        row = db.fetch_one_now(self.pool, name, storable({**self.fence, **params}))
         if row is None:
             raise self._lost()
         return row
@@ -111,26 +115,28 @@ class JobHandle:
         """
         published: list[Path] = []
         with db.transaction(self.pool) as conn:
-            locked = db.fetch_one(conn, "job_step_committed", {
+            locked = db.fetch_one(conn, "job_step_committed", storable({
                 **self.fence, "log_line": log_line(log_message),
                 "progress_percent": round(progress_percent, 2),
-            })
+            }))
             if locked is None:
                 raise self._lost()
-            for staged in staged_files or []:
-                assert output_dir is not None
-                published.append(publish(staged, output_dir))
-            db.execute(conn, "step_finish", {
+            db.execute(conn, "step_finish", storable({
                 "execution_id": execution_id,
                 "status": status,
                 "output_data": Jsonb(output_data) if output_data is not None else None,
                 "error_message": error_message,
                 "error_class": error_class,
-            })
+            }))
             if then is not None:
                 name, params = then
-                if db.fetch_one(conn, name, {**self.fence, **params}) is None:
+                if db.fetch_one(conn, name, storable({**self.fence, **params})) is None:
                     raise self._lost()
+            # Last, once every statement is accepted: a result the database refuses
+            # (``outcomes.unstorable_reason``) leaves nothing published.
+            for staged in staged_files or []:
+                assert output_dir is not None
+                published.append(publish(staged, output_dir))
         return published
 
     def finish(self, name: str, **params: Any) -> db.Row:

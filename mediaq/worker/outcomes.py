@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import psycopg
+
 from mediaq.backoff import retry_delay
 from mediaq.errors import (
     Cancelled,
@@ -279,6 +281,36 @@ def stop_outcome(signal: BaseException) -> JobCancelled | HandedBack | AttemptLo
     if isinstance(signal, Cancelled):
         return JobCancelled()
     return HandedBack()  # Paused: an operator's pause, or the worker draining
+
+
+def unstorable_reason(exc: BaseException) -> str | None:
+    """Why the database refused a write *because of the data written* (a value a JSONB
+    or text column cannot hold, a value out of range, a limit exceeded), as one line;
+    None for anything else.
+
+    A refusal for the data is permanent: writing the same result again fails the same
+    way, so the step fails for good (``Executor``) instead of the attempt being
+    abandoned. Anything else (psycopg.OperationalError: a lost connection, a server
+    shutting down, a pool timeout) leaves ownership unknown and stays ``Abandoned``:
+    the lease decides, as after any outage.
+    """
+    if isinstance(exc, UnicodeEncodeError):  # psycopg encodes text before sending it
+        return f"text that cannot be encoded as UTF-8 ({exc.reason})"
+    refused = isinstance(exc, psycopg.DataError) or (
+        # class 54 (program limit exceeded: a value too large, too deep): the data's
+        isinstance(exc, psycopg.DatabaseError) and (exc.sqlstate or "").startswith("54"))
+    if not refused:
+        return None
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines and lines[0] else type(exc).__name__
+    if isinstance(exc, psycopg.DatabaseError) and exc.diag.message_detail:
+        reason += f" ({exc.diag.message_detail.strip().splitlines()[0]})"
+    return reason
+
+
+def cannot_store(file_name: str, reason: str, what: str = "the step's result") -> str:
+    """The one-line failure for a result the database refused (``unstorable_reason``)."""
+    return f"{file_name}: {what} cannot be stored: {reason}"
 
 
 def failed_line(step: NamedStep, error: str) -> str:

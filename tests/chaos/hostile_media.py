@@ -210,6 +210,8 @@ KNOWN_REASONS = (
     r"not a PDF", r"has no pages", r"damaged", r"cannot be read", r"unsupported",
     r"no frame", r"frames? exceeds", r"too many", r"is not allowed",
     r"out of memory while decoding",  # transient: FFmpeg's ENOMEM for a huge claimed size
+    r"not a valid \w+ file",  # FFmpeg's "Invalid data found when processing input"
+    r"compression is not supported", r"PNG text chunks? too large",
 )
 _KNOWN = re.compile("|".join(KNOWN_REASONS), re.IGNORECASE)
 
