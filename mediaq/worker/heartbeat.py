@@ -2,18 +2,23 @@
 
 Every second it reads cancel/pause flags of the jobs this worker runs; every third
 of a lease it renews the leases. A job this worker no longer owns is told to stop.
+With each renewal it reports what the machine has left (disk free on the storage roots,
+its RSS, the load: ``mediaq.host_stats``), which ``/metrics`` shows.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import structlog
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from mediaq import db
 from mediaq.errors import Cancelled, LeaseLost, Paused
+from mediaq.host_stats import snapshot
 from mediaq.worker.job_handle import JobHandle
 
 log = structlog.get_logger("mediaq.heartbeat")
@@ -24,6 +29,7 @@ class Heartbeat(threading.Thread):
     def __init__(
         self, pool: ConnectionPool[db.Connection], worker_id: str, lease_seconds: int,
         running: dict[int, JobHandle], running_lock: threading.Lock,
+        roots: list[tuple[str, Path]] | None = None,
     ) -> None:
         super().__init__(name="mediaq-heartbeat", daemon=True)
         self.pool = pool
@@ -33,6 +39,7 @@ class Heartbeat(threading.Thread):
         self.running_lock = running_lock
         self.halt = threading.Event()
         self.status = "running"
+        self.roots = roots or []
 
     def run(self) -> None:
         renew_every = max(0.5, self.lease_seconds / 3)
@@ -72,9 +79,15 @@ class Heartbeat(threading.Thread):
                 handle.stop_signal.stop(Paused())
 
     def _renew(self, handles: list[JobHandle]) -> None:
+        try:
+            resources: Jsonb | None = Jsonb(snapshot(self.roots))
+        except Exception as exc:  # figures are a nicety: the lease is what matters
+            log.warning("heartbeat:resources", error=str(exc))
+            resources = None
         with db.transaction(self.pool) as conn:
             db.execute(conn, "worker_heartbeat", {"worker_id": self.worker_id,
-                                                  "status": self.status})
+                                                  "status": self.status,
+                                                  "resources": resources})
             if not handles:
                 return
             kept = {r["id"] for r in db.fetch_all(conn, "leases_renew", {
