@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 UNITS = DEPLOY / "systemd"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 DASHBOARD = DEPLOY / "grafana" / "mediaq-dashboard.json"
 ENV_EXAMPLE = DEPLOY / "mediaq.env.example"
 INSTALLED_BINARY = "/opt/mediaq/.venv/bin/mediaq"
@@ -56,6 +57,11 @@ METRICS: dict[str, set[str]] = {
     "media_notifications_total": {"channel", "status"},
     "media_notification_breaker_open": {"endpoint"},
     "media_workers": {"status"},
+    "mediaq_jobs_finished_15m": {"outcome"},
+    "mediaq_disk_free_bytes": {"root", "path", "host"},
+    "mediaq_disk_total_bytes": {"root", "path", "host"},
+    "mediaq_worker_rss_bytes": {"worker", "host"},
+    "mediaq_host_load1": {"host"},
 }
 HISTOGRAMS = {"media_step_duration_seconds"}
 SCRAPE_LABELS = {"instance", "job"}
@@ -148,12 +154,12 @@ _MATCHERS = re.compile(r"\{([^}]*)\}")
 
 
 def metrics_and_labels(expr: str) -> tuple[set[str], set[str]]:
-    """The media_* metric names (histogram series folded into their family) and the
+    """The media_* and mediaq_* metric names (histogram series folded into their family) and the
     label names a PromQL expression uses."""
     bare = re.sub(r'"[^"]*"', '""', expr.replace("$__rate_interval", "5m"))
     names = set()
     for name in _NAME.findall(bare):
-        if name.startswith("media_"):
+        if name.startswith(("media_", "mediaq_")):
             family = re.sub(r"_(bucket|sum|count)$", "", name)
             names.add(family if family in HISTOGRAMS else name)
     labels = set()
@@ -185,7 +191,8 @@ def alert_rules() -> dict[str, dict[str, Any]]:
 def test_alert_rules_use_known_metrics() -> None:
     rules = alert_rules()
     assert {"MediaJobQueueBacklog", "MediaJobsStuckRunning", "MediaJobsDeadLettered",
-            "MediaNotificationBreakerOpen"} <= set(rules)
+            "MediaNotificationBreakerOpen", "MediaqDiskNearlyFull", "MediaJobFailureRateHigh",
+            "MediaJobQueueStale"} <= set(rules)
     assert rules["MediaJobQueueBacklog"]["expr"] == "media_jobs_pending > 50"
     assert rules["MediaJobQueueBacklog"]["for"] == "30m"
     assert rules["MediaJobsStuckRunning"]["for"] == "10m"
@@ -295,6 +302,106 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
     (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
     result = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+def test_resource_failure_and_queue_age_alerts_fire(tmp_path: Path) -> None:
+    """promtool's rule unit tests of issue 25's alerts: a disk under 10 % free for 10
+    minutes, more than 20 % of finished jobs failed, an eligible job waiting 30+ minutes."""
+    gib = 1024 ** 3
+    disk = {"root": "output", "path": "/srv/media/outputs", "host": "gpu-1"}
+    roomy = {"root": "input", "path": "/srv/media/inputs", "host": "gpu-1"}
+    tests = [
+        {   # the output disk drops to 5 % free at minute 10; the input disk stays at 50 %
+            "interval": "1m",
+            "input_series": [
+                series("mediaq_disk_free_bytes", f"{50 * gib}x10 {5 * gib}x30", **disk),
+                series("mediaq_disk_total_bytes", f"{100 * gib}x40", **disk),
+                series("mediaq_disk_free_bytes", f"{50 * gib}x40", **roomy),
+                series("mediaq_disk_total_bytes", f"{100 * gib}x40", **roomy),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "9m", "alertname": "MediaqDiskNearlyFull", "exp_alerts": []},
+                {"eval_time": "15m", "alertname": "MediaqDiskNearlyFull", "exp_alerts": []},
+                {"eval_time": "21m", "alertname": "MediaqDiskNearlyFull",
+                 "exp_alerts": [expected("MediaqDiskNearlyFull", **SCRAPED, **disk)]},
+            ],
+        },
+        {   # 3 of 10 finished jobs failed (30 %), from minute 10 on
+            "interval": "1m",
+            "input_series": [
+                series("mediaq_jobs_finished_15m", "10x10 7x30", outcome="completed"),
+                series("mediaq_jobs_finished_15m", "0x10 3x30", outcome="failed"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "12m", "alertname": "MediaJobFailureRateHigh", "exp_alerts": []},
+                {"eval_time": "20m", "alertname": "MediaJobFailureRateHigh",
+                 "exp_alerts": [expected("MediaJobFailureRateHigh")]},
+            ],
+        },
+        {   # 10 % failed, and 1 of 2 (too few to say): quiet; nothing finished: quiet
+            "interval": "1m",
+            "input_series": [
+                series("mediaq_jobs_finished_15m", "9x20 1x20 0x20", outcome="completed"),
+                series("mediaq_jobs_finished_15m", "1x20 1x20 0x20", outcome="failed"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "15m", "alertname": "MediaJobFailureRateHigh", "exp_alerts": []},
+                {"eval_time": "35m", "alertname": "MediaJobFailureRateHigh", "exp_alerts": []},
+                {"eval_time": "55m", "alertname": "MediaJobFailureRateHigh", "exp_alerts": []},
+            ],
+        },
+        {   # a cpu job that could start waits ever longer; gpu_ai stays fresh
+            "interval": "1m",
+            "input_series": [
+                series("media_queue_oldest_eligible_age_seconds", "0+60x60",
+                       resource_category="cpu"),
+                series("media_queue_oldest_eligible_age_seconds", "30x60",
+                       resource_category="gpu_ai"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "33m", "alertname": "MediaJobQueueStale", "exp_alerts": []},
+                {"eval_time": "40m", "alertname": "MediaJobQueueStale",
+                 "exp_alerts": [expected("MediaJobQueueStale", resource_category="cpu")]},
+            ],
+        },
+    ]
+    shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "resources_test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = promtool("test", "rules", "resources_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- Alertmanager -------------------------------------------------------------------------
+
+
+def test_alertmanager_example_routes_alerts_to_slack() -> None:
+    """The structure, whatever is installed: a route whose receivers all post to Slack."""
+    doc = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
+    receivers = {r["name"]: r for r in doc["receivers"]}
+    route = doc["route"]
+    used = {route["receiver"]} | {r["receiver"] for r in route.get("routes", [])}
+    assert used <= set(receivers), used - set(receivers)
+    for name in used:
+        slack = receivers[name]["slack_configs"]
+        assert slack and all(c["channel"].startswith("#") for c in slack), name
+    # the webhook URL is a secret: read from a file, never written in the example
+    assert "hooks.slack.com/services/" not in yaml.safe_dump(doc)
+    assert doc["global"]["slack_api_url_file"].startswith("/etc/")
+    severities = {s for r in alert_rules().values() for s in [r["labels"]["severity"]]}
+    assert severities <= {"warning", "critical"}
+    assert any("critical" in m for r in route["routes"] for m in r["matchers"])
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed")
+def test_amtool_checks_the_alertmanager_example() -> None:
+    amtool = shutil.which("amtool")
+    assert amtool is not None
+    result = subprocess.run([amtool, "check-config", str(ALERTMANAGER)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 # -- Grafana ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ METRIC_NAMES = {
     "media_queue_eligible", "media_queue_oldest_eligible_age_seconds",
     "media_step_duration_seconds", "media_job_retries_total", "media_job_rescues_total",
     "media_jobs_dead_lettered", "media_notifications_total",
-    "media_notification_breaker_open", "media_workers",
+    "media_notification_breaker_open", "media_workers", "mediaq_jobs_finished_15m",
+    "mediaq_disk_free_bytes", "mediaq_disk_total_bytes", "mediaq_worker_rss_bytes",
+    "mediaq_host_load1",
 }
 SLACK_HOOK = "slack+https://hooks.slack.com/services/T000/B000/slack-secret-never-shown"
 ROLES = ("viewer", "submitter", "operator", "admin")
@@ -333,6 +336,8 @@ def test_metrics_exposition(mq: MediaqEnv) -> None:
     assert samples[("media_step_duration_seconds_count",
                     (("action", "noop"), ("workflow", "WF-QUICK")))] == 2
     assert samples[("media_workers", (("status", "stopped"),))] >= 1
+    assert samples[("mediaq_jobs_finished_15m", (("outcome", "completed"),))] == 1
+    assert samples[("mediaq_jobs_finished_15m", (("outcome", "failed"),))] == 0
     assert ("media_vram_total_bytes", (("host", mq.one(
         "SELECT host FROM worker_hosts LIMIT 1")["host"]),)) in samples
     assert mq.job(code)["status"] == "completed"
@@ -343,6 +348,53 @@ def test_metrics_exposition(mq: MediaqEnv) -> None:
     checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                              capture_output=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr  # lint clean too
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def test_metrics_show_disk_memory_and_load(mq: MediaqEnv) -> None:
+    """A real worker process reports disk free on its roots, its RSS and the load with
+    its heartbeat; /metrics shows them under the worker's host, next to the web host's
+    own view of its roots, and drops the worker's figures once it stops."""
+    worker = mq.start_worker(host_id="worker-box")
+    row = wait_for(lambda: mq.query(
+        "SELECT worker_id, limits -> '_resources' AS r FROM workers "
+        "WHERE host = 'worker-box' AND limits ? '_resources'"), message="a resources report")
+    worker_id, report = row[0]["worker_id"], row[0]["r"]
+    assert {d["root"] for d in report["disks"]} == {"input", "output"}
+    assert report["rss_bytes"] > 0
+    web = start_web(mq)
+    text = web.get("/metrics", role="viewer").text
+    samples = metric_samples(text)
+    rss = samples[("mediaq_worker_rss_bytes", (("host", "worker-box"), ("worker", worker_id)))]
+    assert 10 * 2**20 < rss < 16 * 2**30  # a Python process: megabytes, not terabytes
+    assert samples[("mediaq_host_load1", (("host", "worker-box"),))] >= 0
+    web_host = socket.gethostname()
+    for host in ("worker-box", web_host):
+        for root, path in (("input", mq.inputs), ("output", mq.outputs)):
+            labels = (("host", host), ("path", str(path)), ("root", root))
+            free = samples[("mediaq_disk_free_bytes", labels)]
+            total = samples[("mediaq_disk_total_bytes", labels)]
+            assert 0 < free <= total, (host, root, free, total)
+            assert total == shutil.disk_usage(path).total
+    assert ("mediaq_host_load1", (("host", web_host),)) in samples
+    skip_without_tool("promtool")
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # a stopped worker's figures are gone; the web host's own remain
+    worker.terminate()  # SIGTERM: a clean stop marks the worker stopped
+    assert worker.wait(timeout=30) == 0
+    after = metric_samples(web.get("/metrics", role="viewer").text)
+    assert not any(k[0] == "mediaq_worker_rss_bytes" for k in after)
+    assert not any(("host", "worker-box") in k[1] for k in after if k[0].startswith("mediaq_"))
+    assert ("mediaq_disk_free_bytes", (("host", web_host), ("path", str(mq.outputs)),
+                                       ("root", "output"))) in after
 
 
 def test_schemathesis_finds_no_server_errors(mq: MediaqEnv, tmp_path: Path) -> None:

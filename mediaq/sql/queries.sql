@@ -45,8 +45,15 @@ ON CONFLICT (worker_id) DO UPDATE
        status = 'running', started_at = now(), heartbeat_at = now(), stopped_at = NULL;
 
 -- name: worker_heartbeat
--- Show the worker alive.
-UPDATE workers SET heartbeat_at = now(), status = %(status)s WHERE worker_id = %(worker_id)s;
+-- Show the worker alive, with what its machine has left (disk free on the storage roots,
+-- RSS, load: mediaq.host_stats) under limits' "_resources" key: no category is called
+-- that, so the claim and the ETAs, which read limits per category, never see it. No
+-- figures (measuring stalled, e.g. on a hung mount) removes the old ones.
+UPDATE workers
+   SET heartbeat_at = now(), status = %(status)s,
+       limits = CASE WHEN %(resources)s::jsonb IS NULL THEN limits - '_resources'
+                     ELSE jsonb_set(limits, '{_resources}', %(resources)s::jsonb) END
+ WHERE worker_id = %(worker_id)s;
 
 -- name: worker_stopped
 -- Mark the worker stopped on a clean exit.

@@ -144,3 +144,21 @@ SELECT s.status, count(w.worker_id) AS n
   FROM unnest(ARRAY['running', 'draining', 'stopped']) AS s(status)
   LEFT JOIN workers w ON w.status = s.status
  GROUP BY s.status ORDER BY s.status;
+
+-- name: metrics_worker_resources
+-- What each live worker last reported of its machine (disk free on its storage roots,
+-- its RSS, the load), kept under limits' "_resources" key by worker_heartbeat.
+SELECT worker_id, host, limits -> '_resources' AS resources
+  FROM workers
+ WHERE status <> 'stopped' AND heartbeat_at > now() - interval '5 minutes'
+   AND jsonb_typeof(limits -> '_resources') = 'object'
+ ORDER BY heartbeat_at DESC, worker_id;
+
+-- name: metrics_jobs_finished_recent
+-- Jobs that finished in the last 15 minutes, completed or failed (their current status:
+-- a failed job retried since is no longer counted as failed).
+SELECT o.outcome, count(j.id) AS n
+  FROM unnest(ARRAY['completed', 'failed']) AS o(outcome)
+  LEFT JOIN workflow_jobs j
+    ON j.status = o.outcome AND j.completed_at > now() - interval '15 minutes'
+ GROUP BY o.outcome ORDER BY o.outcome;

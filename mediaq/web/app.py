@@ -62,9 +62,9 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", tags=["service"], response_class=Response)
-    def prometheus(conn: Conn, _: Viewer) -> Response:
+    def prometheus(request: Request, conn: Conn, _: Viewer) -> Response:
         """Prometheus text exposition (viewer token: Prometheus sends it as a bearer)."""
-        body = metrics.exposition(conn)
+        body = metrics.exposition(conn, request.app.state.settings)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/openapi.json", tags=["service"])

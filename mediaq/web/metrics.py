@@ -6,6 +6,12 @@ the same answer, and a restart loses nothing. ``media_jobs_total`` and
 pending to completed), so they are exposed untyped rather than as counters: the
 names are fixed by the deploy files, and promtool only accepts ``_total`` on counters
 or untyped metrics.
+
+The ``mediaq_*`` resource gauges (disk free and total on the storage roots, worker RSS,
+host load) come from two places: each live worker's last heartbeat report (see
+``mediaq.host_stats``), and this web process's own look at its roots and load, so a
+machine without workers is covered too. A (root, path, host) disk series is shown once:
+the newest worker report wins over the web's view of the same host.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from prometheus_client.core import (
 )
 
 from mediaq import db
+from mediaq.config import Settings
+from mediaq.host_stats import load1, snapshot, watched_roots
 from mediaq.notify.outbox import shown_recipient
 
 MIB = 1024 * 1024
@@ -34,8 +42,9 @@ BREAKER_OPEN = {"open": 1, "half_open": 1, "disabled": 1, "closed": 0}
 class DatabaseCollector:
     """Computes every mediaq metric from a few SQL queries per scrape."""
 
-    def __init__(self, conn: db.Connection) -> None:
+    def __init__(self, conn: db.Connection, settings: Settings | None = None) -> None:
         self.conn = conn
+        self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
         conn = self.conn
@@ -45,6 +54,8 @@ class DatabaseCollector:
         yield _steps(conn)
         yield from _notifications(conn)
         yield _workers(conn)
+        yield from _finished(conn)
+        yield from _resources(conn, self.settings)
 
 
 def _jobs(conn: db.Connection) -> Iterator[Metric]:
@@ -141,9 +152,55 @@ def _workers(conn: db.Connection) -> Metric:
     return workers
 
 
-def exposition(conn: db.Connection) -> bytes:
+def _finished(conn: db.Connection) -> Iterator[Metric]:
+    finished = GaugeMetricFamily("mediaq_jobs_finished_15m", "Jobs that finished in the last "
+                                 "15 minutes, per outcome (completed or failed).",
+                                 labels=["outcome"])
+    for row in db.fetch_all(conn, "metrics_jobs_finished_recent"):
+        finished.add_metric([row["outcome"]], row["n"])
+    yield finished
+
+
+def _resources(conn: db.Connection, settings: Settings | None) -> Iterator[Metric]:
+    free = GaugeMetricFamily("mediaq_disk_free_bytes", "Disk space free (to mediaq's user) "
+                             "on a storage root, as a host sees it.",
+                             labels=["root", "path", "host"])
+    total = GaugeMetricFamily("mediaq_disk_total_bytes", "Size of the filesystem of a "
+                              "storage root, as a host sees it.", labels=["root", "path", "host"])
+    rss = GaugeMetricFamily("mediaq_worker_rss_bytes", "Resident memory of a live worker "
+                            "process.", labels=["worker", "host"])
+    load = GaugeMetricFamily("mediaq_host_load1", "1-minute load average of a host.",
+                             labels=["host"])
+    disks: dict[tuple[str, str, str], tuple[float, float]] = {}
+    loads: dict[str, float] = {}
+    for row in db.fetch_all(conn, "metrics_worker_resources"):  # newest report first
+        host, report = row["host"], row["resources"] or {}
+        for disk in report.get("disks") or []:
+            key = (str(disk["root"]), str(disk["path"]), host)
+            disks.setdefault(key, (float(disk["free"]), float(disk["total"])))
+        if report.get("rss_bytes") is not None:
+            rss.add_metric([row["worker_id"], host], float(report["rss_bytes"]))
+        if report.get("load1") is not None:
+            loads.setdefault(host, float(report["load1"]))
+    if settings is not None:  # the web host's own view of its roots
+        host = settings.worker.host_id
+        for disk in snapshot(watched_roots(settings.storage))["disks"]:
+            disks.setdefault((disk["root"], disk["path"], host), (disk["free"], disk["total"]))
+        own_load = load1()
+        if own_load is not None:
+            loads.setdefault(host, own_load)
+    for (root, path, host), (free_bytes, total_bytes) in sorted(disks.items()):
+        free.add_metric([root, path, host], free_bytes)
+        total.add_metric([root, path, host], total_bytes)
+    for host, value in sorted(loads.items()):
+        load.add_metric([host], value)
+    yield from (free, total, rss, load)
+
+
+def exposition(conn: db.Connection, settings: Settings | None = None) -> bytes:
     """The text exposition format of every metric, read now on ``conn`` (one transaction,
-    so the numbers agree with each other)."""
+    so the numbers agree with each other); with ``settings``, this host's own disk and
+    load figures as well."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(conn))  # type: ignore[arg-type]
+    registry.register(DatabaseCollector(conn, settings))  # type: ignore[arg-type]
     return generate_latest(registry)

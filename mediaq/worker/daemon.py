@@ -24,6 +24,7 @@ from mediaq import __version__, db
 from mediaq.actions import available_actions
 from mediaq.config import Settings
 from mediaq.errors import Paused
+from mediaq.host_stats import watched_roots
 from mediaq.notify.notifier import Notifier
 from mediaq.triggers.runner import Triggers
 from mediaq.worker.claimer import ClaimedJob, Claimer
@@ -89,7 +90,8 @@ class Worker:
         self.notified_lock = threading.Lock()
         self.idle_since = time.monotonic()  # when idle_categories was last emptied
         self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.worker.lease_seconds,
-                                   self.running, self.running_lock)
+                                   self.running, self.running_lock,
+                                   roots=watched_roots(settings.storage))
         self.rescuer = Rescuer(self.pool, self.worker_id, settings.worker.max_rescues,
                                settings.worker.lease_seconds, self.wake)
         self.jobs_pool = ThreadPoolExecutor(max_workers=max(1, self.capacity.max_parallel),

@@ -2,28 +2,36 @@
 
 Every second it reads cancel/pause flags of the jobs this worker runs; every third
 of a lease it renews the leases. A job this worker no longer owns is told to stop.
+With each renewal it reports what the machine has left (disk free on the storage roots,
+its RSS, the load: ``mediaq.host_stats``), which ``/metrics`` shows.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import structlog
+from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from mediaq import db
 from mediaq.errors import Cancelled, LeaseLost, Paused
+from mediaq.host_stats import snapshot
 from mediaq.worker.job_handle import JobHandle
 
 log = structlog.get_logger("mediaq.heartbeat")
 CONTROL_INTERVAL_S = 1.0
+RESOURCES_INTERVAL_S = 15.0  # how often disk free, RSS and load are measured
 
 
 class Heartbeat(threading.Thread):
     def __init__(
         self, pool: ConnectionPool[db.Connection], worker_id: str, lease_seconds: int,
         running: dict[int, JobHandle], running_lock: threading.Lock,
+        roots: list[tuple[str, Path]] | None = None,
     ) -> None:
         super().__init__(name="mediaq-heartbeat", daemon=True)
         self.pool = pool
@@ -33,8 +41,13 @@ class Heartbeat(threading.Thread):
         self.running_lock = running_lock
         self.halt = threading.Event()
         self.status = "running"
+        self.roots = roots or []
+        # The latest resource snapshot and when it was taken (monotonic), written by a
+        # thread of its own: a hung network mount stalls that thread, never the leases.
+        self.resources: tuple[float, dict[str, Any]] | None = None
 
     def run(self) -> None:
+        threading.Thread(target=self._measure, name="mediaq-resources", daemon=True).start()
         renew_every = max(0.5, self.lease_seconds / 3)
         next_renew = 0.0
         while not self.halt.is_set():
@@ -48,6 +61,22 @@ class Heartbeat(threading.Thread):
             except Exception as exc:  # a database outage: keep trying, leases decide
                 log.warning("heartbeat:error", error=str(exc))
             self.halt.wait(CONTROL_INTERVAL_S)
+
+    def _measure(self) -> None:
+        while not self.halt.is_set():
+            try:
+                self.resources = (time.monotonic(), snapshot(self.roots))
+            except Exception as exc:  # figures are a nicety: the lease is what matters
+                log.warning("heartbeat:resources", error=str(exc))
+            self.halt.wait(RESOURCES_INTERVAL_S)
+
+    def _latest_resources(self) -> Jsonb | None:
+        """The latest snapshot, unless measuring has stalled (then nothing is reported,
+        and /metrics drops this worker's figures rather than show stale ones)."""
+        latest = self.resources
+        if latest is None or time.monotonic() - latest[0] > 3 * RESOURCES_INTERVAL_S:
+            return None
+        return Jsonb(latest[1])
 
     def _snapshot(self) -> list[JobHandle]:
         with self.running_lock:
@@ -72,9 +101,11 @@ class Heartbeat(threading.Thread):
                 handle.stop_signal.stop(Paused())
 
     def _renew(self, handles: list[JobHandle]) -> None:
+        resources = self._latest_resources()
         with db.transaction(self.pool) as conn:
             db.execute(conn, "worker_heartbeat", {"worker_id": self.worker_id,
-                                                  "status": self.status})
+                                                  "status": self.status,
+                                                  "resources": resources})
             if not handles:
                 return
             kept = {r["id"] for r in db.fetch_all(conn, "leases_renew", {
