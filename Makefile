@@ -8,8 +8,8 @@ DEMO_HOME ?= $(CURDIR)/.demo
 # The Debian packages of the programs the tests use as independent judges and sources
 # of media (tests/helpers.py TOOL_PACKAGES: which program comes from which), and one
 # program of each to tell whether they are installed.
-TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus
-TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool
+TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus prometheus-alertmanager
+TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool amtool
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help

@@ -40,6 +40,7 @@ TOOL_PACKAGES = {
     "vips": "libvips-tools",
     "soffice": "libreoffice-writer-nogui",
     "promtool": "prometheus",
+    "amtool": "prometheus-alertmanager",
 }
 # Every missing-tool skip reason has this shape, so that the terminal summary can
 # find them among the other skips (and across pytest-xdist workers, where only the

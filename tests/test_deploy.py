@@ -394,7 +394,7 @@ def test_alertmanager_example_routes_alerts_to_slack() -> None:
     assert any("critical" in m for r in route["routes"] for m in r["matchers"])
 
 
-@pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool not installed")
+@requires_tool("amtool")
 def test_amtool_checks_the_alertmanager_example() -> None:
     amtool = shutil.which("amtool")
     assert amtool is not None
