@@ -2,9 +2,10 @@
 a thumbnail, with the one before it (one frame kept in memory).
 
 Every frame is compared (a cut is exact to the frame), so the cost is the decoder's
-plus a small per-frame one. That small one is kept small: one swscale context for the
+plus a small per-frame one. That small one is kept small: swscale contexts kept for the
 whole scan (``frame.reformat`` builds one per frame: 3.2 ms against 0.8 ms per 1080p
-frame, measured, about half the scan's time before issue 22), and the decoder skips
+frame, measured, about half the scan's time before issue 22), frames shrunk before
+they are turned into RGB (:class:`Thumbnailer`), and the decoder skips
 H.264/HEVC deblocking (``skip_loop_filter``), which smooths block edges that a
 160-pixel-wide thumbnail averages away anyway (10-13 % of 1080p H.264 decoding time).
 Scores move by at most ~0.03 with it (measured on 1080p clips with 1 s GOPs, where the
@@ -73,13 +74,43 @@ class SceneScan:
 
 
 def thumb_of(rgb: npt.NDArray[np.uint8]) -> Thumb:
-    """Grey levels and a normalised colour histogram of a small RGB frame."""
+    """Grey levels and a normalised colour histogram of a small RGB frame (the
+    definition; :class:`Thumbnailer` computes the same from the decoder's frames)."""
     luma = (rgb.astype(np.float32) @ _LUMA_WEIGHTS).astype(np.float32)
+    return Thumb(luma=luma, histogram=histogram_of(rgb))
+
+
+def histogram_of(rgb: npt.NDArray[np.uint8]) -> FloatArray:
+    """The normalised 8x8x8-bin colour histogram of an RGB frame."""
     levels = (rgb >> (8 - HISTOGRAM_LEVEL_BITS)).astype(np.intp)
     bits = HISTOGRAM_LEVEL_BITS
     bins = (levels[..., 0] << (2 * bits)) | (levels[..., 1] << bits) | levels[..., 2]
     counts = np.bincount(bins.ravel(), minlength=1 << (3 * bits))
-    return Thumb(luma=luma, histogram=(counts / bins.size).astype(np.float32))
+    return (counts / bins.size).astype(np.float32)
+
+
+class Thumbnailer:
+    """Shrinks decoded frames to one analysis size, keeping its swscale contexts.
+
+    The frame is shrunk in YUV (area average), and only the thumbnail is turned into RGB:
+    0.55 ms per 1080p frame against 1.0 ms for shrinking straight to RGB and weighting
+    the RGB into grey (measured). The grey levels are the thumbnail's luma (limited
+    range, stretched to 0..255), the weighted sum ``thumb_of`` takes of the RGB; scores
+    differ from ``thumb_of``'s by < 0.01 on average (measured on 1080p clips)."""
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self._shrink = VideoReformatter()
+        self._rgb = VideoReformatter()
+
+    def __call__(self, frame: Any) -> Thumb:
+        small = self._shrink.reformat(frame, width=self.width, height=self.height,
+                                      format="yuv420p", interpolation=Interpolation.AREA)
+        plane = small.planes[0]
+        rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(self.height, -1)
+        grey = (rows[:, :self.width].astype(np.float32) - 16.0) * np.float32(255 / 219)
+        rgb = np.asarray(self._rgb.reformat(small, format="rgb24").to_ndarray(), dtype=np.uint8)
+        return Thumb(luma=np.clip(grey, 0.0, 255.0), histogram=histogram_of(rgb))
 
 
 def change_score(before: Thumb, after: Thumb) -> float:
@@ -148,9 +179,8 @@ def scan_for_cuts(ctx: ActionContext, path: Path, *, threshold: float,
         # Deblocking only smooths block edges, which the thumbnail averages away.
         stream.codec_context.options = {**stream.codec_context.options,
                                         **DECODER_OPTIONS}
-        scaler = VideoReformatter()  # one swscale context for every frame
+        thumbnailer: Thumbnailer | None = None
         fps = float(stream.average_rate or stream.guessed_rate or 25)
-        size: tuple[int, int] | None = None
         clock = ProgressClock(ctx, media_duration(container), "detecting scenes")
         previous: Thumb | None = None
         first_time: float | None = None
@@ -161,10 +191,9 @@ def scan_for_cuts(ctx: ActionContext, path: Path, *, threshold: float,
             first_time = stamp if first_time is None else first_time
             now = max(stamp - first_time, 0.0)
             # Sized from the first frame: some streams only declare their size once decoded.
-            size = size or analysis_size(frame.width, frame.height, max_width)
-            small = scaler.reformat(frame, width=size[0], height=size[1], format="rgb24",
-                                    interpolation=Interpolation.AREA)
-            thumb = thumb_of(np.asarray(small.to_ndarray(), dtype=np.uint8))  # rgb24: bytes
+            thumbnailer = thumbnailer or Thumbnailer(
+                *analysis_size(frame.width, frame.height, max_width))
+            thumb = thumbnailer(frame)
             if previous is not None:
                 score = change_score(previous, thumb)
                 if score >= threshold and now - last_cut_time >= min_scene_seconds:
