@@ -2,15 +2,14 @@
 a thumbnail, with the one before it (one frame kept in memory).
 
 Every frame is compared (a cut is exact to the frame), so the cost is the decoder's
-plus a small per-frame one. That small one is kept small: swscale contexts kept for the
-whole scan (``frame.reformat`` builds one per frame: 3.2 ms against 0.8 ms per 1080p
-frame, measured, about half the scan's time before issue 22), frames shrunk before
-they are turned into RGB (:class:`Thumbnailer`), and the decoder skips
-H.264/HEVC deblocking (``skip_loop_filter``), which smooths block edges that a
-160-pixel-wide thumbnail averages away anyway (10-13 % of 1080p H.264 decoding time).
-Scores move by at most ~0.03 with it (measured on 1080p clips with 1 s GOPs, where the
-drift resets at each keyframe); cuts land on the same frames as full decoding
-(tests/test_analysis_actions.py checks this on a hard clip).
+plus a small per-frame one (issue 22). The decoder skips H.264/HEVC deblocking
+(``skip_loop_filter``), which smooths block edges that a 160-pixel-wide thumbnail
+averages away anyway (10-13 % of 1080p H.264 decoding time, measured); scores move by
+at most ~0.03 with it (measured on 1080p clips with 1 s GOPs, where the drift resets at
+each keyframe), and cuts land on the same frames as with full decoding
+(tests/test_analysis_actions.py checks this on a hard clip). Frames are shrunk in YUV
+before the thumbnail is turned into RGB (:class:`Thumbnailer`). What is left is the
+decoder: the scan costs 1.2-1.3x decoding alone (benchmarks/media.py ``scenes``).
 """
 
 from __future__ import annotations
@@ -97,8 +96,8 @@ class Thumbnailer:
     the RGB into grey (measured). The grey levels are the thumbnail's luma (limited
     range, stretched to 0..255), the weighted sum ``thumb_of`` takes of the RGB; scores
     differ from ``thumb_of``'s by < 0.01 on average (measured on 1080p clips). One
-    swscale thread: slices of a thumbnail are too small to share out (and PyAV's
-    default, one thread per core, is what made a context per frame so dear)."""
+    swscale thread: PyAV's default is one per core, and a thumbnail is too small to
+    share out."""
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
