@@ -22,7 +22,7 @@ import pytest
 import mediaq.actions.analysis.sphinx_engine
 from mediaq.actions import ActionResult, get_action
 from mediaq.actions.analysis.cues import Cue, Word, group_cues, srt, timestamp, webvtt
-from mediaq.actions.analysis.scenes import analysis_size, change_score, thumb_of
+from mediaq.actions.analysis.scenes import Thumbnailer, analysis_size, change_score, thumb_of
 from mediaq.errors import Cancelled, InvalidParameters, PermanentError
 from tests.helpers import action_context as context
 from tests.helpers import requires_tool, skip_without_tool
@@ -148,6 +148,20 @@ def test_scenes_cut_on_the_exact_frame_of_a_hard_clip(media: dict[str, Path], tm
     assert starts == reference_cut_frames(media["hard_cuts"], threshold) == [30, 60, 90, 120]
     assert data["cuts"] == pytest.approx([1.2, 2.4, 3.6, 4.8], abs=FRAME / 2)
     assert data["frames_analysed"] == 150
+
+
+@pytest.mark.parametrize("pixel_format", ["yuv420p", "yuvj420p"])
+def test_thumbnails_agree_with_the_rgb_definition(pixel_format: str) -> None:
+    # Limited- and full-range sources: the grey levels come from the luma plane.
+    rng = np.random.default_rng(7)
+    picture = np.repeat(np.repeat(rng.integers(0, 256, (18, 32, 3), dtype=np.uint8), 20, 0),
+                        20, 1)
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=pixel_format)
+    fast = Thumbnailer(160, 90)(frame)
+    exact = thumb_of(frame.reformat(width=160, height=90, format="rgb24",
+                                    interpolation="AREA").to_ndarray())
+    assert float(np.abs(fast.luma - exact.luma).mean()) < 2.0
+    assert change_score(fast, exact) < 0.02
 
 
 def test_scenes_report_files(media: dict[str, Path], tmp_path: Path) -> None:

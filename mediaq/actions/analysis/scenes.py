@@ -7,9 +7,8 @@ plus a small per-frame one (issue 22). The decoder skips H.264/HEVC deblocking
 averages away anyway (10-13 % of 1080p H.264 decoding time, measured); scores move by
 at most ~0.03 with it (measured on 1080p clips with 1 s GOPs, where the drift resets at
 each keyframe), and cuts land on the same frames as with full decoding
-(tests/test_analysis_actions.py checks this on a hard clip). Frames are shrunk in YUV
-before the thumbnail is turned into RGB (:class:`Thumbnailer`). What is left is the
-decoder: the scan costs 1.2-1.3x decoding alone (benchmarks/media.py ``scenes``).
+(tests/test_analysis_actions.py checks this on a hard clip). What is left is mostly the
+decoder (benchmarks/media.py ``scenes`` compares the scan with decoding alone).
 """
 
 from __future__ import annotations
@@ -73,8 +72,7 @@ class SceneScan:
 
 
 def thumb_of(rgb: npt.NDArray[np.uint8]) -> Thumb:
-    """Grey levels and a normalised colour histogram of a small RGB frame (the
-    definition; :class:`Thumbnailer` computes the same from the decoder's frames)."""
+    """Grey levels and a normalised colour histogram of a small RGB frame."""
     luma = (rgb.astype(np.float32) @ _LUMA_WEIGHTS).astype(np.float32)
     return Thumb(luma=luma, histogram=histogram_of(rgb))
 
@@ -89,31 +87,23 @@ def histogram_of(rgb: npt.NDArray[np.uint8]) -> FloatArray:
 
 
 class Thumbnailer:
-    """Shrinks decoded frames to one analysis size, keeping its swscale contexts.
+    """Shrinks decoded frames to one analysis size and scores them as ``thumb_of``.
 
-    The frame is shrunk in YUV (area average), and only the thumbnail is turned into RGB:
-    0.55 ms per 1080p frame against 1.0 ms for shrinking straight to RGB and weighting
-    the RGB into grey (measured). The grey levels are the thumbnail's luma (limited
-    range, stretched to 0..255), the weighted sum ``thumb_of`` takes of the RGB; scores
-    differ from ``thumb_of``'s by < 0.01 on average (measured on 1080p clips). One
-    swscale thread: PyAV's default is one per core, and a thumbnail is too small to
-    share out."""
+    Straight to RGB with an area average, as before issue 22: shrinking in YUV first
+    and taking the grey levels from the luma plane saved only ~0.1 ms per 1080p frame
+    (0.58 against 0.67 ms, measured) and moved scores by up to 0.07 on sharp-edged
+    colour blocks (chroma at half the thumbnail's resolution). One swscale context, one
+    thread: PyAV's default is a thread per core, and a thumbnail is too small to share."""
 
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
-        self._shrink = VideoReformatter()
-        self._rgb = VideoReformatter()
+        self._scaler = VideoReformatter()
 
     def __call__(self, frame: Any) -> Thumb:
-        small = self._shrink.reformat(frame, width=self.width, height=self.height,
-                                      format="yuv420p", interpolation=Interpolation.AREA,
+        small = self._scaler.reformat(frame, width=self.width, height=self.height,
+                                      format="rgb24", interpolation=Interpolation.AREA,
                                       threads=1)
-        plane = small.planes[0]
-        rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(self.height, -1)
-        grey = (rows[:, :self.width].astype(np.float32) - 16.0) * np.float32(255 / 219)
-        rgb = self._rgb.reformat(small, format="rgb24", threads=1).to_ndarray()
-        rgb = np.asarray(rgb, dtype=np.uint8)
-        return Thumb(luma=np.clip(grey, 0.0, 255.0), histogram=histogram_of(rgb))
+        return thumb_of(np.asarray(small.to_ndarray(), dtype=np.uint8))
 
 
 def change_score(before: Thumb, after: Thumb) -> float:
