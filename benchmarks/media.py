@@ -7,6 +7,11 @@
 - the same ladder packaged as HLS (package_hls: fMP4 segments + playlists, one pass)
   vs the fused MP4 ladder
 - 5 keyframe thumbnails: mediaq vs 5 CLI seeks
+- detect_scenes on a 1080p30 clip of five shots (cuts every SECONDS/5 s, 8 Mbit/s,
+  1 s GOPs, cuts off keyframes): frames per second and x real time, from the process's
+  CPU time (what one core sustains; the scan's decoder threads are counted too), against
+  decoding every frame and nothing else, the floor of any frame-exact scan; the
+  median of BENCH_SCENE_ROUNDS (default 3). Alone: python -m benchmarks.media scenes
 - a ``mediaq worker`` process's RSS (psutil, every 50 ms, children included) while it
   transcodes the 1080p rendition as a queued job, on a throw-away PostgreSQL
 
@@ -20,13 +25,16 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import psutil
 
 from benchmarks.common import (
@@ -45,6 +53,8 @@ from tests.helpers import diagnostic_workflow
 SECONDS = float(os.environ.get("BENCH_VIDEO_SECONDS", "4" if QUICK else "10"))
 ROUNDS = int(os.environ.get("BENCH_VIDEO_ROUNDS", "1" if QUICK else "2"))
 RESULTS = Path(os.environ.get("BENCH_RESULTS", "benchmarks/results"))
+SCENE_ROUNDS = int(os.environ.get("BENCH_SCENE_ROUNDS", "1" if QUICK else "3"))
+SCENE_SHOTS = ("testsrc2", "smptebars", "mandelbrot", "color=gray", "rgbtestsrc")
 LADDER = (("1080p", 1080), ("720p", 720), ("480p", 480))
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"]
 AAC = ["-c:a", "aac", "-b:a", "128k"]
@@ -74,6 +84,96 @@ def make_source(work: Path) -> Path:
            "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-c:a", "aac",
            "-shortest", source)
     return source
+
+
+def make_scene_source(work: Path) -> tuple[Path, list[float]]:
+    """Five 1080p30 shots of SECONDS/5 each (one of moving noise); the cut times."""
+    shot = SECONDS / len(SCENE_SHOTS)
+    inputs: list[str] = []
+    for name in SCENE_SHOTS:
+        source = f"{name}=size=1920x1080:rate=30"
+        if name == "color=gray":
+            source = f"color=gray:size=1920x1080:rate=30:d={shot},noise=alls=40:allf=t"
+        elif name != "mandelbrot":
+            source += f":d={shot}"
+        inputs += ["-f", "lavfi", "-i", source]
+    trims = "".join(f"[{i}:v]trim=duration={shot},setpts=PTS-STARTPTS,format=yuv420p[s{i}];"
+                    for i in range(len(SCENE_SHOTS)))
+    joined = "".join(f"[s{i}]" for i in range(len(SCENE_SHOTS)))
+    path = work / "scenes_1080p.mp4"
+    ffmpeg(*inputs, "-filter_complex",
+           f"{trims}{joined}concat=n={len(SCENE_SHOTS)}:v=1:a=0[v]", "-map", "[v]",
+           "-c:v", "libx264", "-preset", "veryfast", "-b:v", "8M", "-maxrate", "8M",
+           "-bufsize", "16M", "-g", "30", "-x264-params", "scenecut=0", "-pix_fmt",
+           "yuv420p", path)
+    return path, [shot * i for i in range(1, len(SCENE_SHOTS))]
+
+
+def cpu_timed(fn: Callable[[], object]) -> float:
+    """CPU seconds of this process (all its threads) spent in ``fn``."""
+    started = time.process_time()
+    fn()
+    return time.process_time() - started
+
+
+def decode_only(source: Path) -> int:
+    """Every frame decoded as detect_scenes decodes it, and nothing else."""
+    from mediaq.actions.analysis.scenes import DECODER_OPTIONS
+
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"
+        stream.codec_context.options = dict(DECODER_OPTIONS)
+        return sum(1 for _ in container.decode(stream))
+
+
+def measure_scenes(work: Path) -> dict[str, Any]:
+    """detect_scenes on the five-shot clip: fps and x real time (medians), the cuts."""
+    source, cut_times = make_scene_source(work)
+    scenes = get_action("detect_scenes").fn
+    scans: list[float] = []
+    floors: list[float] = []
+    data: dict[str, Any] = {}
+    for index in range(SCENE_ROUNDS):
+        def scan(index: int = index) -> None:
+            data.update(scenes(context("detect_scenes", source, work / f"scenes_{index}",
+                                       min_scene_seconds=0)).data)
+        scans.append(cpu_timed(scan))
+        floors.append(cpu_timed(lambda: decode_only(source)))
+    frames = data["frames_analysed"]
+    scan_s, floor_s = statistics.median(scans), statistics.median(floors)
+    found = data["cuts"]
+    exact = len(found) == len(cut_times) and all(
+        abs(a - b) <= 1 / 30 + 1e-6 for a, b in zip(found, cut_times, strict=True))
+    return {"frames": frames, "source_seconds": SECONDS, "scan_cpu_s": scan_s,
+            "decode_only_cpu_s": floor_s, "scan_fps": frames / scan_s,
+            "scan_realtime": SECONDS / scan_s, "decode_only_fps": frames / floor_s,
+            "cuts": found, "expected_cuts": cut_times, "cuts_within_one_frame": exact}
+
+
+def report_scenes(figures: dict[str, Any]) -> list[list[Any]]:
+    print(f"\nScene detection ({SECONDS:.0f} s 1080p30, five shots, 8 Mbit/s; median of "
+          f"{SCENE_ROUNDS}; CPU time, i.e. one core)")
+    print(f"  detect_scenes         {figures['scan_fps']:7.1f} fps  "
+          f"{figures['scan_realtime']:5.2f}x real time")
+    print(f"  decoding alone        {figures['decode_only_fps']:7.1f} fps  "
+          f"(scan / decoding alone: {figures['scan_cpu_s'] / figures['decode_only_cpu_s']:.2f})")
+    print(f"  cuts {figures['cuts']} (expected {figures['expected_cuts']})")
+    return [["detect_scenes, 1080p30, one core (x real time)", figures["scan_realtime"],
+             ">= 8", _verdict(figures["scan_realtime"] >= 8)],
+            ["detect_scenes cuts within one frame of the known ones",
+             figures["cuts_within_one_frame"], "yes", _verdict(figures["cuts_within_one_frame"])]]
+
+
+def scenes_only() -> None:
+    work = Path(tempfile.mkdtemp(prefix="mediaq-bench-scenes-"))
+    try:
+        figures = measure_scenes(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table("Scene detection: targets", ["figure", "value", "target", ""],
+                report_scenes(figures)))
 
 
 def cli_single(source: Path, out: Path) -> None:
@@ -192,6 +292,7 @@ def main() -> None:
             out.mkdir()
             rounds.append(measure(source, out))
         figures = {name: min(r[name] for r in rounds) for name in rounds[0]}
+        scene_figures = measure_scenes(work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ratios = {
@@ -225,14 +326,15 @@ def main() -> None:
     print(f"  worker RSS idle / peak while transcoding 1080p as a job: {rss['idle_mb']:.0f} / "
           f"{rss['peak_mb']:.0f} MB ({rss['job_status']} in {rss['job_seconds']:.1f} s); "
           f"ffmpeg CLI, same transcode: {rss['cli_peak_mb']:.0f} MB")
+    targets += report_scenes(scene_figures)
     print()
     print(table("Media: targets", ["figure", "value", "target", ""], targets))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "media.json").write_text(json.dumps(
         {"source_seconds": SECONDS, "seconds": figures, "ratios": ratios,
-         "realtime_1080p": realtime, "worker_rss": rss,
+         "realtime_1080p": realtime, "worker_rss": rss, "scenes": scene_figures,
          "targets": {row[0]: row[3] for row in targets}}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    scenes_only() if sys.argv[1:] == ["scenes"] else main()

@@ -15,12 +15,14 @@ import types
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 
 import mediaq.actions.analysis.sphinx_engine
 from mediaq.actions import ActionResult, get_action
 from mediaq.actions.analysis.cues import Cue, Word, group_cues, srt, timestamp, webvtt
+from mediaq.actions.analysis.scenes import Thumbnailer, analysis_size, change_score, thumb_of
 from mediaq.errors import Cancelled, InvalidParameters, PermanentError
 from tests.helpers import action_context as context
 from tests.helpers import requires_tool, skip_without_tool
@@ -58,6 +60,16 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
            "[2:v]trim=duration=2,setpts=PTS-STARTPTS[m];[0:v][1:v][m]concat=n=3:v=1:a=0[v]",
            "-map", "[v]", *H264, d / "three_shots.mp4")
     ffmpeg(*lavfi(f"color=navy:{size}:d=3"), *H264, d / "static.mp4")
+    # Five shots of 30 frames, cuts at frames 30, 60, 90, 120 (none on a keyframe: GOPs
+    # of 16, no scene-cut keyframes, B-frames), one shot of moving noise.
+    hard = f"size=640x360:rate={FPS}"
+    ffmpeg(*lavfi(f"testsrc2={hard}:d=1.2"), *lavfi(f"smptebars={hard}:d=1.2"),
+           *lavfi(f"mandelbrot={hard}"), *lavfi(f"color=gray:{hard}:d=1.2,noise=alls=40:allf=t"),
+           *lavfi(f"rgbtestsrc={hard}:d=1.2"), "-filter_complex",
+           "[2:v]trim=duration=1.2,setpts=PTS-STARTPTS[m];"
+           "[0:v][1:v][m][3:v][4:v]concat=n=5:v=1:a=0,format=yuv420p[v]",
+           "-map", "[v]", "-c:v", "libx264", "-preset", "veryfast", "-g", "16", "-bf", "3",
+           "-x264-params", "scenecut=0", "-pix_fmt", "yuv420p", d / "hard_cuts.mp4")
     ffmpeg(*lavfi("color=black:size=64x48:rate=10:d=2"),
            *lavfi("anullsrc=r=44100:cl=stereo:d=2"), *H264, "-c:a", "aac", "-shortest",
            d / "silence.mp4")
@@ -108,6 +120,48 @@ def test_scenes_cut_where_the_shots_change(media: dict[str, Path], tmp_path: Pat
         assert before["end_frame"] + 1 == after["start_frame"]
     assert [s["start_frame"] for s in scenes] == [0, pytest.approx(50, abs=1),
                                                    pytest.approx(100, abs=1)]
+
+
+def reference_cut_frames(path: Path, threshold: float) -> list[int]:
+    """Frame-exact reference: every frame decoded in full (deblocked, one thread),
+    shrunk as detect_scenes did before issue 22, scored the same way."""
+    cuts, previous = [], None
+    with av.open(str(path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            size = analysis_size(frame.width, frame.height, 160)
+            thumb = thumb_of(frame.reformat(width=size[0], height=size[1], format="rgb24",
+                                            interpolation="AREA").to_ndarray())
+            if previous is not None and change_score(previous, thumb) >= threshold:
+                cuts.append(index)
+            previous = thumb
+    return cuts
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.15])
+def test_scenes_cut_on_the_exact_frame_of_a_hard_clip(media: dict[str, Path], tmp_path: Path,
+                                                      threshold: float) -> None:
+    # Cuts off keyframes and on B-frames, a shot of moving noise: the scan decodes
+    # without deblocking, and must still find what full decoding finds, to the frame.
+    data = run("detect_scenes", media["hard_cuts"], tmp_path, threshold=threshold,
+               min_scene_seconds=0).data
+    starts = [s["start_frame"] for s in data["scenes"][1:]]
+    assert starts == reference_cut_frames(media["hard_cuts"], threshold) == [30, 60, 90, 120]
+    assert data["cuts"] == pytest.approx([1.2, 2.4, 3.6, 4.8], abs=FRAME / 2)
+    assert data["frames_analysed"] == 150
+
+
+@pytest.mark.parametrize("pixel_format", ["yuv420p", "yuvj420p"])
+def test_thumbnails_agree_with_the_rgb_definition(pixel_format: str) -> None:
+    # Limited- and full-range sources: the grey levels come from the luma plane.
+    rng = np.random.default_rng(7)
+    picture = np.repeat(np.repeat(rng.integers(0, 256, (18, 32, 3), dtype=np.uint8), 20, 0),
+                        20, 1)
+    frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=pixel_format)
+    fast = Thumbnailer(160, 90)(frame)
+    exact = thumb_of(frame.reformat(width=160, height=90, format="rgb24",
+                                    interpolation="AREA").to_ndarray())
+    assert float(np.abs(fast.luma - exact.luma).mean()) < 2.0
+    assert change_score(fast, exact) < 0.02
 
 
 def test_scenes_report_files(media: dict[str, Path], tmp_path: Path) -> None:
