@@ -980,16 +980,16 @@ SELECT (SELECT count(*) FROM doomed) AS jobs,
            AS notifications;
 
 -- name: jobs_prune_lock_batch
--- Lock the next batch of finished jobs to prune, oldest first; rows another session holds
--- (an operator's retry, another pruner) are skipped, never waited for. A job whose
--- notifications are still to be delivered (pending, sending) is kept until they are.
+-- Lock the next batch of finished jobs to prune; rows another session holds (an operator's
+-- retry, another pruner) are skipped, never waited for. A job whose notifications are
+-- still to be delivered (pending, sending) is kept until they are. No ORDER BY: no index
+-- orders finished jobs by completed_at, and a sort would read every candidate per batch.
 SELECT j.id, j.job_code
   FROM workflow_jobs j
  WHERE j.status = ANY (%(statuses)s::text[])
    AND j.completed_at < %(cutoff)s
    AND NOT EXISTS (SELECT 1 FROM workflow_notifications n
                     WHERE n.job_id = j.id AND n.status IN ('pending', 'sending'))
- ORDER BY j.completed_at, j.id
  LIMIT %(batch)s
    FOR UPDATE OF j SKIP LOCKED;
 
