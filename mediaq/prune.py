@@ -17,10 +17,12 @@ from typing import Any, TextIO
 
 from mediaq import db
 from mediaq.errors import Refused
+from mediaq.states import TERMINAL, JobStatus
 
 BATCH = 1000
 """Jobs deleted per transaction: their row locks are held for one batch only."""
-FINISHED = ("completed", "cancelled", "failed")
+FINISHED: tuple[str, ...] = tuple(status.value for status in TERMINAL)
+"""The statuses a job may be pruned in (failed ones are the dead letters)."""
 STAGING_MIN_AGE = timedelta(hours=1)
 _DURATION = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -39,7 +41,7 @@ def parse_age(text: str) -> timedelta:
 
 
 def statuses(keep_dead_letters: bool) -> list[str]:
-    return [s for s in FINISHED if not (keep_dead_letters and s == "failed")]
+    return [s for s in FINISHED if not (keep_dead_letters and s == JobStatus.FAILED)]
 
 
 @dataclass

@@ -1039,4 +1039,4 @@ SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 -- Of these job codes, the ones whose job exists and is not finished (their staging is live).
 SELECT job_code FROM workflow_jobs
  WHERE job_code = ANY (%(codes)s::text[])
-   AND status NOT IN ('completed', 'failed', 'cancelled');
+   AND status NOT IN (SELECT status FROM job_statuses WHERE terminal);
