@@ -18,7 +18,7 @@ from mediaq import db, prune
 from mediaq.worker.claimer import Claimer
 from mediaq.worker.maintenance import pruner
 from mediaq.worker.resources import Capacity
-from tests.helpers import MediaqEnv, diagnostic_workflow
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
 OLD = 5000
 RECENT = 200
@@ -309,3 +309,16 @@ def test_the_worker_pass_runs_once_an_hour_for_the_deployment(jobs: MediaqEnv) -
         row = other.execute("SELECT pg_try_advisory_lock(%s) AS locked",
                             (pruner.LOCK_KEY,)).fetchone()
         assert row is not None and row["locked"]
+
+
+def test_a_worker_starts_and_stops_with_the_pruner(mq: MediaqEnv) -> None:
+    proc = mq.start_worker()
+    try:
+        wait_for(lambda: "worker:started" in mq.worker_log(proc), timeout=60)
+        mq.stop_workers()  # SIGTERM: the pruner stops with the rest
+        assert proc.returncode == 0
+    finally:
+        mq.stop_workers()
+    log_text = (mq.root / "worker-0.log").read_text()
+    assert "worker:started" in log_text and "pruner:error" not in log_text
+    assert mq.run_burst().returncode == 0  # a burst worker does not prune
