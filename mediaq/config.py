@@ -94,6 +94,9 @@ class StorageSettings:
         optional_path, doc="Outputs go to <output_root>/<job_code>/; empty: <home>/outputs."))
     library_roots: tuple[Path, ...] = field(default=(), metadata=about(
         paths, doc="Folders move_to_library may write into; empty: <home>/library."))
+    retention_days: int = field(default=30, metadata=about(
+        integer, check=at_least(0),
+        doc="Workers prune finished jobs completed this many days ago (hourly); 0: never."))
 
     @property
     def outputs(self) -> Path:

@@ -286,6 +286,8 @@ def test_environment_names_are_unchanged(tmp_path: Path) -> None:
         "MEDIAQ_BREAKER_THRESHOLD", "MEDIAQ_BREAKER_COOLDOWN_SECONDS",
         # added with the [web] section
         "MEDIAQ_WEB_HOST", "MEDIAQ_WEB_PORT",
+        # added with retention (mediaq prune)
+        "MEDIAQ_RETENTION_DAYS",
     }
     env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_NOTIFY_CONCURRENCY": "2", "MEDIAQ_NOTIFIER": "no",
            "MEDIAQ_TRIGGERS": "0", "MEDIAQ_LOG_FORMAT": "json", "MEDIAQ_STEP_ISOLATION": "yes"}

@@ -1,5 +1,5 @@
 """Submitting and operating jobs: submit, jobs, show, watch, retry, cancel, pause, resume,
-priority, queue, queues, stats, dead-letters (and retry/cancel --where in bulk)."""
+priority, queue, queues, stats, dead-letters (and retry/cancel --where in bulk), prune."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mediaq import db, operations
+from mediaq import db, operations, prune
 from mediaq.cli import Env, pass_env
 from mediaq.cli.render import as_json, console, fmt, show_rows, table
-from mediaq.errors import SubmissionRefused
+from mediaq.errors import Refused, SubmissionRefused
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import TERMINAL
@@ -382,9 +382,55 @@ def stats(env: Env, as_json_output: bool) -> None:
                           "last_error"], title="Notification endpoints (circuit breakers)")
 
 
+@click.command("prune")
+@click.option("--older-than", "older_than", metavar="AGE",
+              help="Jobs completed longer ago than this: 30d, 12h, 90m "
+                   "[default: retention_days].")
+@click.option("--dry-run", is_flag=True, help="Count what would go; change nothing.")
+@click.option("--archive", "archive_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Append each pruned job (with its step executions) as one JSON line.")
+@click.option("--keep-dead-letters", is_flag=True, help="Keep failed jobs.")
+@click.option("--outputs", "remove_outputs", is_flag=True,
+              help="Also remove each pruned job's folder <output_root>/<job_code>.")
+@click.option("--json", "as_json_output", is_flag=True, help="Print the counts as JSON.")
+@pass_env
+def prune_command(env: Env, older_than: str | None, dry_run: bool, archive_path: Path | None,
+                  keep_dead_letters: bool, remove_outputs: bool, as_json_output: bool) -> None:
+    """Delete finished jobs (completed, cancelled and failed) completed before the
+    retention, with their step executions, events, notifications and estimates, 1,000
+    jobs per transaction. A job with undelivered notifications is kept until they are
+    delivered; outputs on disk stay unless --outputs is given."""
+    if older_than is None:
+        days = env.settings.storage.retention_days
+        if days == 0:
+            raise Refused("retention_days is 0 (never prune): give --older-than")
+        age = prune.parse_age(f"{days}d")
+    else:
+        age = prune.parse_age(older_than)
+    if dry_run:
+        with env.connect() as conn:
+            report = prune.preview(conn, age, keep_dead_letters=keep_dead_letters)
+    else:
+        with env.connect_batches() as conn:
+            if archive_path is None:
+                report = prune.prune(conn, age, keep_dead_letters=keep_dead_letters,
+                                     output_root=env.settings.storage.outputs
+                                     if remove_outputs else None)
+            else:
+                with archive_path.open("a", encoding="utf-8") as archive:
+                    report = prune.prune(conn, age, keep_dead_letters=keep_dead_letters,
+                                         archive=archive,
+                                         output_root=env.settings.storage.outputs
+                                         if remove_outputs else None)
+    if as_json_output:
+        click.echo(as_json(report.as_dict()))
+    else:
+        click.echo(report.summary())
+
+
 COMMANDS = [
     submit_command, jobs, show, watch, queue_group, queues, stats, priority_command,
-    dead_letters,
+    dead_letters, prune_command,
     _bulk_command("retry", operations.retry, operations.retry_where,
                   "Send a failed or cancelled JOB back to the queue, or with --where every "
                   "failed job the filter matches (500 per transaction; see `mediaq "

@@ -957,3 +957,93 @@ SELECT (SELECT count(*) FROM mediaq.workflow_jobs j
           JOIN mediaq.workers w ON w.worker_id = j.worker_id
          WHERE j.status = 'processing' AND w.host = %(host)s
            AND j.resource_category = ANY (%(categories)s::text[])) AS running;
+
+-- ===========================================================================
+-- Retention: pruning finished jobs (mediaq/prune.py)
+-- ===========================================================================
+
+-- name: prune_cutoff
+-- The completion time before which a finished job is old enough to prune (the server's clock).
+SELECT now() - %(older_than)s::interval AS cutoff;
+
+-- name: jobs_prune_preview
+-- What a prune would remove, counted without locking anything (a dry run).
+WITH doomed AS (
+    SELECT j.id, j.status
+      FROM workflow_jobs j
+     WHERE j.status = ANY (%(statuses)s::text[])
+       AND j.completed_at < %(cutoff)s
+       AND NOT EXISTS (SELECT 1 FROM workflow_notifications n
+                        WHERE n.job_id = j.id AND n.status IN ('pending', 'sending'))
+)
+SELECT (SELECT count(*) FROM doomed) AS jobs,
+       (SELECT count(*) FROM doomed WHERE status = 'completed') AS completed,
+       (SELECT count(*) FROM doomed WHERE status = 'failed') AS failed,
+       (SELECT count(*) FROM doomed WHERE status = 'cancelled') AS cancelled,
+       (SELECT count(*) FROM step_executions s JOIN doomed d ON d.id = s.job_id) AS steps,
+       (SELECT count(*) FROM media_workflow_events e JOIN doomed d ON d.id = e.workflow_id)
+           AS events,
+       (SELECT count(*) FROM workflow_notifications n JOIN doomed d ON d.id = n.job_id)
+           AS notifications;
+
+-- name: jobs_prune_lock_batch
+-- Lock the next batch of finished jobs to prune; rows another session holds (an operator's
+-- retry, another pruner) are skipped, never waited for. A job whose notifications are
+-- still to be delivered (pending, sending) is kept until they are. No ORDER BY: no index
+-- orders finished jobs by completed_at, and a sort would read every candidate per batch.
+SELECT j.id, j.job_code
+  FROM workflow_jobs j
+ WHERE j.status = ANY (%(statuses)s::text[])
+   AND j.completed_at < %(cutoff)s
+   AND NOT EXISTS (SELECT 1 FROM workflow_notifications n
+                    WHERE n.job_id = j.id AND n.status IN ('pending', 'sending'))
+ LIMIT %(batch)s
+   FOR UPDATE OF j SKIP LOCKED;
+
+-- name: jobs_prune_archive_rows
+-- The locked jobs about to be pruned, each as one JSON document with its step executions.
+SELECT to_jsonb(j) || jsonb_build_object('step_executions', coalesce(
+           (SELECT jsonb_agg(to_jsonb(s) ORDER BY s.id)
+              FROM step_executions s WHERE s.job_id = j.id), '[]'::jsonb)) AS record
+  FROM workflow_jobs j
+ WHERE j.id = ANY (%(ids)s::bigint[])
+ ORDER BY j.completed_at, j.id;
+
+-- name: jobs_prune_delete
+-- Delete locked jobs: their stage events (no foreign key) here, the rest (step executions,
+-- notifications, estimates, media_queue and dedupe rows) by ON DELETE CASCADE; the counts
+-- are read from the snapshot before the deletes.
+WITH events AS (
+    DELETE FROM media_workflow_events WHERE workflow_id = ANY (%(ids)s::bigint[])
+    RETURNING 1
+), jobs AS (
+    DELETE FROM workflow_jobs WHERE id = ANY (%(ids)s::bigint[])
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM jobs) AS jobs,
+       (SELECT count(*) FROM step_executions WHERE job_id = ANY (%(ids)s::bigint[])) AS steps,
+       (SELECT count(*) FROM events) AS events,
+       (SELECT count(*) FROM workflow_notifications WHERE job_id = ANY (%(ids)s::bigint[]))
+           AS notifications;
+
+-- name: prune_take_turn
+-- Whether this worker prunes now: at most once per interval for the whole deployment, the
+-- last run's time kept in settings (a concurrent caller waits on the row, then finds it new).
+INSERT INTO settings (key, value) VALUES ('maintenance_last_prune', to_jsonb(now()))
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+ WHERE (settings.value #>> '{}')::timestamptz < now() - make_interval(secs => %(every_seconds)s)
+RETURNING key;
+
+-- name: prune_try_lock
+-- Hold the deployment's pruning lock (session level) if no other session does.
+SELECT pg_try_advisory_lock(%(key)s) AS locked;
+
+-- name: prune_unlock
+-- Release the pruning lock.
+SELECT pg_advisory_unlock(%(key)s) AS unlocked;
+
+-- name: staging_jobs_live
+-- Of these job codes, the ones whose job exists and is not finished (their staging is live).
+SELECT job_code FROM workflow_jobs
+ WHERE job_code = ANY (%(codes)s::text[])
+   AND status NOT IN (SELECT status FROM job_statuses WHERE terminal);

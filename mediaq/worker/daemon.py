@@ -31,6 +31,7 @@ from mediaq.worker.claimer import ClaimedJob, Claimer
 from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
 from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.maintenance.pruner import Pruner
 from mediaq.worker.maintenance.rescuer import Rescuer
 from mediaq.worker.outcomes import Abandoned, JobOutcome
 from mediaq.worker.resources import Capacity, read_gpu, vram_budget
@@ -94,6 +95,8 @@ class Worker:
                                    roots=watched_roots(settings.storage))
         self.rescuer = Rescuer(self.pool, self.worker_id, settings.worker.max_rescues,
                                settings.worker.lease_seconds, self.wake)
+        self.pruner = Pruner(url, settings.storage.retention_days,
+                             settings.storage.staging)
         self.jobs_pool = ThreadPoolExecutor(max_workers=max(1, self.capacity.max_parallel),
                                             thread_name_prefix="mediaq-job")
         self.log = log.bind(worker_id=self.worker_id)
@@ -122,6 +125,8 @@ class Worker:
         listener.start()
         self.heartbeat.start()
         self.rescuer.start()
+        if not self.options.burst:
+            self.pruner.start()
         notifying = self._start_notifier()
         triggering = self._start_triggers()
         try:
@@ -279,6 +284,7 @@ class Worker:
         self.jobs_pool.shutdown(wait=True)
         self.heartbeat.halt.set()
         self.rescuer.halt.set()
+        self.pruner.halt.set()
         try:  # best effort: with the server gone, the workers view shows the lapse
             with db.transaction(self.pool, timeout=3) as conn:
                 db.execute(conn, "worker_stopped", {"worker_id": self.worker_id})
