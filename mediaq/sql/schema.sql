@@ -445,6 +445,9 @@ CREATE TABLE watch_files (
     seen_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (folder_id, rel_path, size_bytes, mtime_ns)
 );
+-- Deleting a job (mediaq prune) looks up the rows that point at it: without this
+-- index, once per job through the whole table.
+CREATE INDEX watch_files_job ON watch_files (job_id);
 
 -- A cron schedule: one job per slot, whichever worker gets there first.
 -- missed: what a slot that passed while nothing ran becomes: skip (nothing unless the
@@ -468,6 +471,9 @@ CREATE TABLE schedules (
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX schedules_due ON schedules (next_run_at) WHERE enabled;
+-- Deleting a job (mediaq prune) looks up the rows that point at it: without this
+-- index, once per job through the whole table.
+CREATE INDEX schedules_last_job ON schedules (last_job_id);
 
 -- ===========================================================================
 -- The HTTP API, de-duplication, ETAs
@@ -492,6 +498,9 @@ CREATE TABLE job_dedupe_keys (
     job_id     BIGINT REFERENCES workflow_jobs (id) ON DELETE CASCADE,
     claimed_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Deleting a job (mediaq prune) looks up the rows that point at it: without this
+-- index, once per job through the whole table.
+CREATE INDEX job_dedupe_keys_job ON job_dedupe_keys (job_id);
 
 -- What a job was expected to take when it first started, kept to compare with what
 -- it took (`mediaq report` and the eta_accuracy query).
