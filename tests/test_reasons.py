@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mediaq.actions import image_io
+from mediaq.actions import image_reasons
 from mediaq.errors import PermanentError
 from tests.helpers import requires_tool, run_action
 
@@ -53,7 +53,7 @@ def test_a_webp_compressed_tiff_says_its_compression_is_not_supported(
     with Image.open(source) as im:
         assert (im.format, im.info["compression"]) == ("TIFF", "webp")
     message = fails_with(action, source, tmp_path)
-    if image_io._tiff_compression_works("webp"):  # a libtiff with WebP: the data is bad
+    if image_reasons._tiff_compression_works("webp"):  # a libtiff with WebP: the data is bad
         assert message == ("scan.tif: corrupt image (its WebP-compressed TIFF data cannot"
                            " be decoded)")
     else:

@@ -16,8 +16,9 @@ from typing import Any
 
 from PIL import ExifTags, Image
 
-from mediaq.actions.image_io import Picture, has_alpha, one_line
+from mediaq.actions.image_io import Picture, has_alpha
 from mediaq.actions.image_ops import flattened
+from mediaq.actions.image_reasons import one_line
 from mediaq.errors import PermanentError, TransientError
 
 WRITABLE_FORMATS: dict[str, str] = {
