@@ -218,12 +218,17 @@ def _convert(key: str, op: str, value: str) -> object:
     return value
 
 
+def parse_age(value: str) -> timedelta | None:
+    """An age written ``30m``, ``12h`` or ``7d``; None for anything else."""
+    age = _AGE.fullmatch(value.strip())
+    return timedelta(**{_AGE_UNIT[age.group(2)]: int(age.group(1))}) if age else None
+
+
 def parse_when(value: str, key: str = "since", now: datetime | None = None) -> datetime:
     """An ISO date or date-time (UTC unless an offset is given) or an age (30m, 12h, 7d)."""
-    age = _AGE.fullmatch(value)
-    if age:
-        return (now or datetime.now(UTC)) - timedelta(
-            **{_AGE_UNIT[age.group(2)]: int(age.group(1))})
+    age = parse_age(value)
+    if age is not None:
+        return (now or datetime.now(UTC)) - age
     if not value.isascii():
         raise FilterError(f"{key}={value[:40]!r}: an ISO date or date-time, or an age "
                           "(30m, 12h, 7d)")

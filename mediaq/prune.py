@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from mediaq import db
+from mediaq import db, job_filter
 from mediaq.errors import Refused
 from mediaq.states import TERMINAL, JobStatus
 
@@ -24,20 +24,18 @@ BATCH = 1000
 FINISHED: tuple[str, ...] = tuple(status.value for status in TERMINAL)
 """The statuses a job may be pruned in (failed ones are the dead letters)."""
 STAGING_MIN_AGE = timedelta(hours=1)
-_DURATION = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 _STAGING_NAME = re.compile(r"^(?P<code>.+)\.a\d+\.s\d+$")
 
 
 def parse_age(text: str) -> timedelta:
-    """``30d``, ``12h`` or ``90m`` (a bare number is days)."""
+    """``30d``, ``12h`` or ``90m``, as in a filter's ``since`` (a bare number is days)."""
     if text.strip().isdigit():
         return timedelta(days=int(text))
-    match = _DURATION.match(text)
-    if not match:
+    age = job_filter.parse_age(text)
+    if age is None:
         raise Refused(f"--older-than {text!r}: give a number of days, hours or minutes "
                       "(30d, 12h, 90m)")
-    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+    return age
 
 
 def statuses(keep_dead_letters: bool) -> list[str]:
