@@ -21,9 +21,14 @@ import psycopg
 import pytest
 import yaml
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
-from mediaq import workflows
+from mediaq import db, workflows
 from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.submit import submit
+from mediaq.worker.claimer import ClaimedJob, Claimer
+from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.resources import Capacity
 
 MEDIAQ = [sys.executable, "-m", "mediaq.cli"]
 
@@ -273,3 +278,22 @@ def diagnostic_workflow(code: str, *steps: dict[str, Any], **fields: Any) -> dic
     ]
     return {"workflow_code": code, "workflow_name": code, "workflow_type": "test",
             "retry_count": 3, "steps": numbered, **fields}
+
+
+def claim_in_process(pool: ConnectionPool[db.Connection], code: str, source: Path,
+                     *steps: dict[str, Any]) -> tuple[JobHandle, ClaimedJob]:
+    """A job of a workflow ``code`` made of ``steps`` on ``source``, submitted and claimed
+    by an in-process worker as `mediaq worker` does: its handle and the claimed row."""
+    with db.transaction(pool) as conn:
+        workflows.apply(conn, workflows.normalise(diagnostic_workflow(code, *steps)))
+        submit(conn, code, source)
+    worker_id = f"{code.lower()}-worker"
+    claimer = Claimer(pool, worker_id=worker_id, host="test-host",
+                      capacity=Capacity(categories=("cpu",), limits={"cpu": 1},
+                                        vram_budget_mb=0),
+                      queues=None, lease_seconds=300)
+    claimer.register("test")
+    claimed = claimer.claim("cpu")
+    assert claimed is not None
+    return JobHandle(pool, worker_id, claimed.id, claimed.job_code, claimed.attempt,
+                     "cpu"), claimed

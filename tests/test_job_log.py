@@ -11,13 +11,10 @@ from pathlib import Path
 import pytest
 from psycopg_pool import ConnectionPool
 
-from mediaq import db, workflows
-from mediaq.submit import submit
-from mediaq.worker.claimer import Claimer
+from mediaq import db
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.maintenance.rescuer import rescue_once
-from mediaq.worker.resources import Capacity
-from tests.helpers import diagnostic_workflow
+from tests.helpers import claim_in_process
 
 CAP = 10240
 MARKER = re.compile(r"^… (\d+) bytes cut …$", re.MULTILINE)
@@ -37,17 +34,7 @@ def claimed_handle(pool: ConnectionPool[db.Connection], tmp_path_factory: pytest
     """A job of a one-step workflow, claimed by an in-process worker as `mediaq worker` does."""
     source = tmp_path_factory.mktemp("in") / "a.bin"
     source.write_bytes(b"x")
-    with db.transaction(pool) as conn:
-        workflows.apply(conn, workflows.normalise(diagnostic_workflow("T-LOG", {"action": "noop"})))
-        submit(conn, "T-LOG", source)
-    claimer = Claimer(pool, worker_id="log-worker", host="log-host",
-                      capacity=Capacity(categories=("cpu",), limits={"cpu": 1},
-                                        vram_budget_mb=0),
-                      queues=None, lease_seconds=300)
-    claimer.register("test")
-    claimed = claimer.claim("cpu")
-    assert claimed is not None
-    return JobHandle(pool, "log-worker", claimed.id, claimed.job_code, claimed.attempt, "cpu")
+    return claim_in_process(pool, "T-LOG", source, {"action": "noop"})[0]
 
 
 def stored_log(pool: ConnectionPool[db.Connection], job_id: int) -> str:

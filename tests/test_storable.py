@@ -21,15 +21,12 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from mediaq import actions, db, workflows
+from mediaq import actions, db
 from mediaq.actions import ActionContext, ActionResult
 from mediaq.config import Settings
 from mediaq.storable import REPLACEMENT, storable, storable_text
-from mediaq.submit import submit
 from mediaq.worker import executor
-from mediaq.worker.claimer import Claimer
 from mediaq.worker.executor import Executor
-from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.job_run import JobRun, Step
 from mediaq.worker.outcomes import (
     Abandoned,
@@ -38,8 +35,7 @@ from mediaq.worker.outcomes import (
     JobFailed,
     unstorable_reason,
 )
-from mediaq.worker.resources import Capacity
-from tests.helpers import MediaqEnv, diagnostic_workflow
+from tests.helpers import MediaqEnv, claim_in_process
 from tests.test_outcomes import Recorder, fusable
 
 # -- the sanitiser ---------------------------------------------------------------------
@@ -242,18 +238,8 @@ def returning(monkeypatch: pytest.MonkeyPatch) -> Any:
 def run_claimed(pool: ConnectionPool[db.Connection], settings: Settings) -> tuple[Any, int]:
     source = settings.storage.effective_input_roots[0] / "report.pdf"
     source.write_bytes(b"%PDF-1.4")
-    with db.transaction(pool) as conn:
-        workflows.apply(conn, workflows.normalise(diagnostic_workflow(
-            "T-NUL", {"action": "t_returns"}, {"action": "noop"})))
-        submit(conn, "T-NUL", source)
-    claimer = Claimer(pool, worker_id="nul-worker", host="nul-host",
-                      capacity=Capacity(categories=("cpu",), limits={"cpu": 1},
-                                        vram_budget_mb=0),
-                      queues=None, lease_seconds=300)
-    claimer.register("test")
-    claimed = claimer.claim("cpu")
-    assert claimed is not None
-    handle = JobHandle(pool, "nul-worker", claimed.id, claimed.job_code, claimed.attempt, "cpu")
+    handle, claimed = claim_in_process(pool, "T-NUL", source, {"action": "t_returns"},
+                                       {"action": "noop"})
     return Executor(settings).run(handle, claimed.workflow_id), claimed.id
 
 
