@@ -13,8 +13,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg_pool import ConnectionPool
 
-from mediaq import migrate
+from mediaq import db, migrate
 from mediaq.config import Settings, load_settings
 from tests.helpers import MediaqEnv, missing_tool_summary, with_database
 
@@ -113,3 +114,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Genera
     line = missing_tool_summary(messages)
     if line:
         terminalreporter.write_line(line, yellow=True, bold=True)
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[ConnectionPool[db.Connection]]:
+    """A worker's connection pool on a fresh, migrated database."""
+    pool = db.make_pool(database_url, size=2)
+    try:
+        yield pool
+    finally:
+        pool.close()

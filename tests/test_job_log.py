@@ -5,7 +5,6 @@ every other statement that writes a job's log)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from tests.helpers import claim_in_process
 
 CAP = 10240
 MARKER = re.compile(r"^… (\d+) bytes cut …$", re.MULTILINE)
-
-
-@pytest.fixture
-def pool(database_url: str) -> Iterator[ConnectionPool[db.Connection]]:
-    pool = db.make_pool(database_url, size=2)
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 def claimed_handle(pool: ConnectionPool[db.Connection], tmp_path_factory: pytest.TempPathFactory

@@ -212,15 +212,6 @@ def test_a_connection_lost_while_saving_a_result_still_abandons_to_the_lease(
 
 
 @pytest.fixture
-def pool(database_url: str) -> Iterator[ConnectionPool[db.Connection]]:
-    pool = db.make_pool(database_url, size=2)
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-@pytest.fixture
 def returning(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Register a test action ``t_returns`` answering ``data`` (and logging ``line``)."""
     answer: dict[str, Any] = {}
