@@ -263,20 +263,23 @@ SELECT j.id, j.job_code, j.attempt, j.input_file_path, j.params, j.started_at,
 
 -- name: workflow_steps_of
 -- The steps of one workflow version, in order.
-SELECT id, step_number, step_name, step_type, action, parameters, timeout_seconds, on_failure
+SELECT id, step_number, step_name, step_type, action, parameters, timeout_seconds, on_failure,
+       needs, when_expr, for_each, resource_category, vram_required, fallback_category, fuse
   FROM workflow_steps WHERE workflow_id = %(workflow_id)s
  ORDER BY step_number, id;
 
 -- name: step_history_of_job
--- Per step: how many executions so far, whether it completed or was given up on for
--- good (a `continue` step), and the output of the completed one (resume).
-SELECT step_id,
-       count(*) AS executions,
+-- Per step (per item of a fanned-out step): how many executions so far, whether it
+-- completed, was skipped (its condition was false) or was given up on for good (a
+-- `continue` step), and the output of the completed one (resume).
+SELECT step_id, item_index,
+       count(*) FILTER (WHERE status <> 'skipped') AS executions,
        bool_or(status = 'completed') AS completed,
+       bool_or(status = 'skipped') AS skipped,
        bool_or(status = 'failed' AND error_class IN ('permanent', 'exhausted')) AS given_up,
        (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data
   FROM step_executions WHERE job_id = %(job_id)s
- GROUP BY step_id;
+ GROUP BY step_id, item_index;
 
 -- name: job_step_committed
 -- Lock the job row if this worker still owns it (nothing else may change it until
@@ -299,8 +302,27 @@ WITH fenced AS (
     RETURNING id
 )
 INSERT INTO step_executions (job_id, step_id, status, input_data, started_at, retry_attempt,
-                             job_attempt, worker_id)
+                             job_attempt, worker_id, item_index)
 SELECT fenced.id, %(step_id)s, 'running', %(input_data)s, now(), %(retry_attempt)s,
+       %(attempt)s, %(worker_id)s, %(item_index)s
+  FROM fenced
+RETURNING id;
+
+-- name: step_skip
+-- Record a step whose condition was false as skipped (it counts as done for the steps
+-- that need it), if this worker still owns the job.
+WITH fenced AS (
+    UPDATE workflow_jobs
+       SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s,
+           updated_at = now()
+     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+       AND status = 'processing'
+    RETURNING id
+)
+INSERT INTO step_executions (job_id, step_id, status, input_data, output_data, started_at,
+                             completed_at, duration_seconds, duration_ms, job_attempt,
+                             worker_id)
+SELECT fenced.id, %(step_id)s, 'skipped', %(input_data)s, %(output_data)s, now(), now(), 0, 0,
        %(attempt)s, %(worker_id)s
   FROM fenced
 RETURNING id;
@@ -612,11 +634,13 @@ RETURNING id;
 -- One step of a workflow version.
 INSERT INTO workflow_steps
     (workflow_id, step_number, step_name, step_type, action, parameters, required_inputs,
-     expected_outputs, timeout_seconds, on_failure, sla_seconds)
+     expected_outputs, timeout_seconds, on_failure, sla_seconds, needs, when_expr, for_each,
+     resource_category, vram_required, fallback_category, fuse)
 VALUES
     (%(workflow_id)s, %(step_number)s, %(step_name)s, %(step_type)s, %(action)s, %(parameters)s,
      %(required_inputs)s, %(expected_outputs)s, %(timeout_seconds)s, %(on_failure)s,
-     %(sla_seconds)s);
+     %(sla_seconds)s, %(needs)s, %(when_expr)s, %(for_each)s, %(resource_category)s,
+     %(vram_required)s, %(fallback_category)s, %(fuse)s);
 
 -- name: workflows_list
 -- Current workflows with their step counts and job counts.
