@@ -34,10 +34,14 @@ STEP_FIELDS: dict[str, Any] = {
     "step_number": None, "step_name": None, "step_type": None, "action": None, "parameters": {},
     "required_inputs": None, "expected_outputs": None, "timeout_seconds": 300,
     "on_failure": "stop", "sla_seconds": None,
-    # the graph (mediaq/graph.py): the YAML key, its column in GRAPH_COLUMNS
+}
+# A step's place in the graph (mediaq/graph.py) and its own resources; the defaults make
+# a chain of steps that run where the workflow says.
+GRAPH_DEFAULTS: dict[str, Any] = {
     "needs": None, "when": None, "for_each": None, "resource_category": None,
     "vram_required": None, "fallback": None, "fuse": "auto",
 }
+STEP_FIELDS.update(GRAPH_DEFAULTS)
 # YAML key -> workflow_steps column, where the two differ (WHEN is an SQL keyword).
 GRAPH_COLUMNS = {"when": "when_expr", "fallback": "fallback_category"}
 FUSE = ("auto", "never")

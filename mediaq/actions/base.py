@@ -90,9 +90,10 @@ class ActionContext:
         # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256, …).
         self.previous_outputs = list(previous_outputs or [])
         self.workflow_code = workflow_code
-        # The output_data of the steps this one needs, by step name and by its slug
-        # (``extract_metadata``); a fanned-out step's is the list of its items' outputs,
-        # in item order. A step that failed (on_failure: continue) or was skipped is absent.
+        # The output_data of the steps this one needs, by the step name's slug
+        # (``Extract Metadata``: ``extract_metadata``); a fanned-out step's is the list of
+        # its items' outputs, in item order (None for an item that failed). A step that
+        # failed (on_failure: continue) or was skipped is absent.
         self.needs_outputs = dict(needs_outputs or {})
         self.item_index = item_index  # which item of a fanned-out step (for_each), if any
         # The folders an action may read (input roots) and write outside its staging

@@ -435,16 +435,23 @@ SELECT j.*, wd.workflow_code, wd.workflow_name, wd.version AS workflow_version
  WHERE j.job_code = %(ref)s OR j.id::text = %(ref)s;
 
 -- name: job_steps_detail
--- Every step of a job's workflow with its latest execution (for `mediaq show`).
-SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure,
+-- Every step of a job's workflow with its latest execution, where it ran, and how many
+-- of a fanned-out step's items are done (for `mediaq show`).
+SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure, ws.needs,
        se.status, se.retry_attempt, se.started_at, se.completed_at, se.duration_ms,
-       se.error_message, se.output_data,
+       se.error_message, se.output_data, se.worker_id, w.host,
        (SELECT count(*) FROM step_executions x
-         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS executions
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS executions,
+       (SELECT count(DISTINCT x.item_index) FROM step_executions x
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS items,
+       (SELECT count(DISTINCT x.item_index) FROM step_executions x
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id AND x.status = 'completed')
+           AS items_completed
   FROM workflow_steps ws
   LEFT JOIN LATERAL (SELECT * FROM step_executions e
                       WHERE e.job_id = %(job_id)s AND e.step_id = ws.id
                       ORDER BY e.id DESC LIMIT 1) se ON TRUE
+  LEFT JOIN workers w ON w.worker_id = se.worker_id
  WHERE ws.workflow_id = %(workflow_id)s
  ORDER BY ws.step_number, ws.id;
 

@@ -115,14 +115,10 @@ class JobRun:
         }
 
     def needs_outputs(self, step: Step) -> dict[str, Any]:
-        """The results of the steps ``step`` needs, by name and by slug."""
+        """The results of the steps ``step`` needs, by slug (``extract_metadata``)."""
         by_number = {s.number: s for s in self.steps}
-        out: dict[str, Any] = {}
-        for number in self.needs.get(step.number, ()):
-            if number in self.results:
-                name = by_number[number].name
-                out[name] = out[graph.slug(name)] = self.results[number]
-        return out
+        return {graph.slug(by_number[number].name): self.results[number]
+                for number in self.needs.get(step.number, ()) if number in self.results}
 
     def step_overrides(self, step: Step) -> dict[str, Any]:
         """Per-job parameters for a step, keyed by step number, name or action."""
