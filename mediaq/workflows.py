@@ -269,7 +269,7 @@ def apply(conn: db.Connection, doc: dict[str, Any]) -> ApplyResult:
     row = db.fetch_one(conn, "workflow_insert", {
         **{k: doc[k] for k in DEFINITION_FIELDS if k != "notify"},
         "workflow_code": code, "version": version, "steps_json": steps_json,
-        "notify": Jsonb(doc["notify"] or {}),
+        "notify": Jsonb(doc["notify"] or {}), "fallback_category": fallback_category(doc),
     })
     assert row is not None
     for step in doc["steps"]:
@@ -280,6 +280,19 @@ def apply(conn: db.Connection, doc: dict[str, Any]) -> ApplyResult:
             "for_each": Jsonb(step["for_each"]) if step["for_each"] is not None else None,
         })
     return ApplyResult(code, version, changed=True)
+
+
+def fallback_category(doc: dict[str, Any]) -> str | None:
+    """Where the workflow's jobs may run when no live worker serves its category: the
+    fallback every step that needs a GPU names (``fallback: cpu``), if they all name the
+    same one; None (the jobs wait) otherwise, and for a CPU workflow."""
+    own = doc["resource_category"]
+    on_gpu = [s for s in doc["steps"] if (s["resource_category"] or own) != "cpu"]
+    fallbacks = {s["fallback"] for s in on_gpu}
+    if own == "cpu" or not on_gpu or len(fallbacks) != 1 or None in fallbacks:
+        return None
+    (fallback,) = fallbacks
+    return str(fallback) if fallback != own else None
 
 
 def seed(conn: db.Connection) -> list[ApplyResult]:

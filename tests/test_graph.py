@@ -242,3 +242,25 @@ def test_random_graph_jobs_complete_in_dependency_order(mq: MediaqEnv, tmp_path:
         for step in steps:
             for need in step["needs"]:
                 assert rows[step["step_name"]]["started_at"] >= rows[need]["completed_at"]
+
+
+def test_a_gpu_workflow_falls_back_to_cpu_on_a_machine_without_one(mq: MediaqEnv) -> None:
+    """The laptop case: a GPU workflow whose GPU steps name `fallback: cpu` runs on a
+    worker with no VRAM budget instead of waiting for ever; one without a fallback waits,
+    and its ETA says why."""
+    gpu_step = {"step_name": "encode", "action": "echo", "resource_category": "gpu_encode"}
+    mq.apply_workflow(diagnostic_workflow(
+        "T-FALLS-BACK", {"step_name": "check", "action": "noop", "resource_category": "cpu"},
+        {**gpu_step, "fallback": "cpu"}, resource_category="gpu_encode", vram_required=4000))
+    mq.apply_workflow(diagnostic_workflow(
+        "T-WAITS", gpu_step, resource_category="gpu_encode", vram_required=4000))
+    falls_back = mq.submit("T-FALLS-BACK", mq.input_file("c.bin"))
+    waits = mq.submit("T-WAITS", mq.input_file("d.bin"))
+    mq.run_burst("--vram-mb", "0")
+    job = mq.job(falls_back)
+    assert (job["status"], job["resource_category"], job["vram_required"]) == (
+        "completed", "cpu", 0)
+    assert ("no live worker serves gpu_encode with 4000 MB of VRAM: running on cpu instead"
+            in job["log"])
+    assert mq.job(waits)["status"] in ("pending", "queued")
+    assert mq.job(waits)["resource_category"] == "gpu_encode"

@@ -169,6 +169,29 @@ UPDATE workflow_jobs j
                  LIMIT 100
                    FOR UPDATE SKIP LOCKED);
 
+-- name: jobs_fall_back
+-- Waiting jobs that no live worker can run (none takes their category with the VRAM
+-- they need) move to their workflow's fallback category (a GPU encode done in software
+-- on a CPU slot), once; the log says why. A live worker: running, heartbeat in the last
+-- minute (as job_etas reads it).
+UPDATE workflow_jobs j
+   SET resource_category = wd.fallback_category, vram_required = 0, waiting_reason = NULL,
+       updated_at = now(),
+       log = job_log_append(j.log, format(
+           '%%s no live worker serves %%s with %%s MB of VRAM: running on %%s instead' || E'\n',
+           %(stamp)s::text, j.resource_category, j.vram_required, wd.fallback_category))
+  FROM workflow_definitions wd
+ WHERE wd.id = j.workflow_id AND wd.fallback_category IS NOT NULL
+   AND j.status IN ('pending', 'queued')
+   AND j.resource_category <> wd.fallback_category
+   AND NOT EXISTS (
+       SELECT 1 FROM workers w
+        WHERE w.status = 'running' AND w.heartbeat_at > now() - interval '1 minute'
+          AND (cardinality(w.categories) = 0 OR j.resource_category = ANY (w.categories))
+          AND coalesce((w.limits ->> j.resource_category)::integer, 1) > 0
+          AND j.vram_required <= w.vram_budget_mb)
+RETURNING j.id, j.job_code, j.resource_category;
+
 -- name: jobs_runnable_exists
 -- Is any job runnable now or due within a horizon, for the given categories (burst mode exit)?
 SELECT EXISTS (
@@ -628,13 +651,13 @@ INSERT INTO workflow_definitions
     (workflow_code, workflow_name, description, workflow_type, input_types, output_types,
      steps_json, default_priority, timeout_minutes, retry_count, is_active, created_by,
      version, resource_category, vram_required, queue_name, sla_minutes, notify,
-     dedupe_window_seconds)
+     dedupe_window_seconds, fallback_category)
 VALUES
     (%(workflow_code)s, %(workflow_name)s, %(description)s, %(workflow_type)s, %(input_types)s,
      %(output_types)s, %(steps_json)s, %(default_priority)s, %(timeout_minutes)s,
      %(retry_count)s, %(is_active)s, %(created_by)s, %(version)s, %(resource_category)s,
      %(vram_required)s, %(queue_name)s, %(sla_minutes)s, %(notify)s,
-     %(dedupe_window_seconds)s)
+     %(dedupe_window_seconds)s, %(fallback_category)s)
 RETURNING id;
 
 -- name: workflow_step_insert

@@ -49,7 +49,11 @@ CREATE TABLE workflow_definitions (
     notify            JSONB NOT NULL DEFAULT '{}'::jsonb,
     -- A workflow that de-duplicates returns the job of an identical submission (same
     -- input content, same workflow version, same parameters) made within the window.
-    dedupe_window_seconds INTEGER CHECK (dedupe_window_seconds > 0)
+    dedupe_window_seconds INTEGER CHECK (dedupe_window_seconds > 0),
+    -- Derived when the workflow is applied (mediaq/workflows.py): the category its jobs
+    -- fall back to when no live worker can serve theirs (every step that needs a GPU
+    -- names that fallback); NULL: they wait.
+    fallback_category TEXT CHECK (fallback_category IN ('cpu', 'gpu_encode', 'gpu_ai'))
 );
 -- One current version per code; older versions stay for the jobs that use them.
 CREATE UNIQUE INDEX workflow_definitions_current_code

@@ -23,6 +23,11 @@ ALTER TABLE step_executions ADD CONSTRAINT step_executions_status_check
     CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'skipped'));
 ALTER TABLE step_executions ADD COLUMN item_index INTEGER;
 
+-- Derived when the workflow is applied: the category its jobs may fall back to when no
+-- live worker can serve theirs (every step needing a GPU names that fallback).
+ALTER TABLE workflow_definitions ADD COLUMN fallback_category TEXT
+    CHECK (fallback_category IN ('cpu', 'gpu_encode', 'gpu_ai'));
+
 DROP INDEX step_executions_one_completion;
 CREATE UNIQUE INDEX step_executions_one_completion
     ON step_executions (job_id, step_id, coalesce(item_index, -1))
