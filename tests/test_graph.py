@@ -41,7 +41,8 @@ def test_needs_name_steps_by_name_number_or_slug() -> None:
 @pytest.mark.parametrize(("needs", "message"), [
     ((None, ("Nope",)), r"step 2 'Step B': needs 'Nope', which is not a step"),
     ((None, (2,)), r"step 2 'Step B': needs itself"),
-    ((("Step C",), (1,), (2,)), r"step 1 'Step A': its needs form a cycle \(through steps 1, 2, 3\)"),
+    ((("Step C",), (1,), (2,)),
+     r"step 1 'Step A': its needs form a cycle \(through steps 1, 2, 3\)"),
 ])
 def test_a_graph_that_cannot_run_is_refused_naming_the_step(
     needs: tuple[Any, ...], message: str,
