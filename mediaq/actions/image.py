@@ -21,13 +21,14 @@ from mediaq.actions.image_io import (
     SourceInfo,
     inspect_image,
 )
-from mediaq.actions.image_lineage import lineage
+from mediaq.actions.image_lineage import jpeg_quality, lineage
 from mediaq.actions.image_metadata import METADATA_PARAMS, image_metadata
 from mediaq.actions.image_ops import cover_size, crop_region, fit_size, resized
 from mediaq.actions.image_quality import search_quality, searches_quality
 from mediaq.actions.image_steps import (
     OUTPUT_FORMAT,
     QUALITY,
+    Loaded,
     copied,
     copyable,
     encoding,
@@ -205,10 +206,14 @@ def optimize_image(ctx: ActionContext) -> ActionResult:
     how = encoding(ctx, fmt, optimize=True, quality=quality)
     meta = lineage(loaded.pixels) if pixels_kept(ctx, picture, fmt) else {}
     filename = f"{stem(ctx)}_optimized.{how.extension}"
-    output = write(ctx, picture, frames, how, filename, "primary", meta)
-    reencoded = True
+    output = None
     if not search and copyable(ctx, header, fmt, encoder_options=False):
-        output, reencoded = _smaller_of(ctx, header, output)
+        output = _at_or_below(ctx, header, loaded, quality, filename)
+    reencoded = output is None
+    if output is None:
+        output = write(ctx, picture, frames, how, filename, "primary", meta)
+        if not search and copyable(ctx, header, fmt, encoder_options=False):
+            output, reencoded = _smaller_of(ctx, header, output)
     ctx.progress(1.0, "written")
     output_bytes = output.staging_path.stat().st_size
     return ActionResult(
@@ -223,6 +228,20 @@ def optimize_image(ctx: ActionContext) -> ActionResult:
             "saving_ratio": round(1 - output_bytes / picture.info.size_bytes, 4),
         },
     )
+
+
+def _at_or_below(ctx: ActionContext, header: SourceInfo, loaded: Loaded, quality: int,
+                 filename: str) -> OutputFile | None:
+    """The source copied when the best pixels there are already come from a JPEG at or
+    below the requested quality: encoding them again would only copy its artefacts
+    into a new generation (for the few percent optimised tables save)."""
+    if header.format != "JPEG":
+        return None
+    found = jpeg_quality(loaded.pixels)
+    if found is None or found > quality:
+        return None
+    ctx.log(f"{ctx.source_path.name}: already JPEG quality {found} (asked {quality}); kept")
+    return copied(ctx, header, filename)
 
 
 def _smaller_of(ctx: ActionContext, header: SourceInfo,

@@ -32,6 +32,14 @@ _INTERMEDIATE_COMPRESSION = 1
 # Formats whose re-encode loses nothing: copying them buys nothing, so they are re-encoded.
 _LOSSLESS_FORMATS = frozenset({"PNG", "GIF", "BMP", "TIFF"})
 
+# Annex K's luminance table (natural order), which libjpeg scales by quality.
+_ANNEX_K_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+
 _SOI = b"\xff\xd8"
 _APP0, _APP1, _APP2, _APP13, _SOS, _COM = 0xE0, 0xE1, 0xE2, 0xED, 0xDA, 0xFE
 _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
@@ -84,6 +92,26 @@ def write_intermediate(ctx: ActionContext, frame: Image.Image, stem: str) -> Out
 def reencode_would_lose(fmt: str) -> bool:
     """Whether writing ``fmt`` again loses quality (so copying is worth it)."""
     return fmt not in _LOSSLESS_FORMATS
+
+
+def jpeg_quality(path: Path) -> int | None:
+    """The libjpeg quality whose luminance table is nearest ``path``'s (None if ``path``
+    is not a JPEG): what an encoder would need to match it."""
+    try:
+        with Image.open(path, formats=["JPEG"]) as im:
+            tables = getattr(im, "quantization", None)
+            table = list(tables[0]) if tables else None
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if not table or len(table) != len(_ANNEX_K_LUMA):
+        return None
+
+    def distance(quality: int) -> int:
+        scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+        scaled = (min(255, max(1, (v * scale + 50) // 100)) for v in _ANNEX_K_LUMA)
+        return sum(abs(a - b) for a, b in zip(scaled, table, strict=True))
+
+    return min(range(1, 101), key=distance)
 
 
 def copy_unchanged(source: Path, target: Path, fmt: str, metadata: dict[str, Any]) -> bool:
