@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import ExifTags, Image, ImageFilter
 
 from tests.helpers import MediaqEnv, requires_tool, run_action
 
 
-def photograph(path: Path, size: tuple[int, int] = (1600, 1200), quality: int = 95) -> Path:
+def photograph(path: Path, size: tuple[int, int] = (1600, 1200), quality: int = 95,
+               exif: Image.Exif | None = None) -> Path:
     """A photograph-like JPEG: smooth shapes and gradients with sensor-like noise
     (Gaussian, sigma 6), the kind each extra lossy generation visibly damages."""
     rng = np.random.default_rng(27)
@@ -32,8 +33,17 @@ def photograph(path: Path, size: tuple[int, int] = (1600, 1200), quality: int = 
     smooth = Image.fromarray(np.clip(scene, 0, 255).astype(np.uint8))
     noisy = np.asarray(smooth.filter(ImageFilter.GaussianBlur(2)), dtype=np.float64)
     noisy += rng.normal(0, 6, noisy.shape)
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, quality=quality)
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(
+        path, quality=quality, exif=exif or Image.Exif())
     return path
+
+
+def camera_exif() -> Image.Exif:
+    """A camera's EXIF with a position in it."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = "Fujifilm", "X-T5"
+    exif[ExifTags.IFD.GPSInfo] = {1: "N", 2: (48.0, 51.0, 30.0), 3: "E", 4: (2.0, 17.0, 40.0)}
+    return exif
 
 
 def luma(path: Path) -> np.ndarray:
@@ -75,7 +85,7 @@ def scan_of(path: Path) -> bytes:
 @pytest.mark.slow
 def test_the_seeded_workflow_webp_is_as_good_as_one_direct_encode(mq: MediaqEnv) -> None:
     mq.seed()
-    source = photograph(mq.inputs / "street.jpg")
+    source = photograph(mq.inputs / "street.jpg", exif=camera_exif())
     code = mq.submit("WF-IMAGE-PROCESS", source)
     mq.run_burst(timeout=180)
     job = mq.job(code)
@@ -98,6 +108,9 @@ def test_the_seeded_workflow_webp_is_as_good_as_one_direct_encode(mq: MediaqEnv)
           f"direct WebP q85: SSIM {direct_ssim:.4f}, {direct_bytes} bytes")
     assert workflow_ssim >= direct_ssim - 0.002
     assert workflow_bytes <= direct_bytes
+    # Validation recorded what the camera said, and not where it stood.
+    assert steps[1]["metadata"]["camera_model"] == "X-T5"
+    assert "gps" not in steps[1]["metadata"]
     # The steps on the way: nothing to resize, so no encode; one optimised JPEG.
     assert steps[2]["reencoded"] is False
     assert scan_of(Path(steps[2]["primary"])) == scan_of(source)
