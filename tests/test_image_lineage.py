@@ -102,7 +102,8 @@ def test_the_seeded_workflow_webp_is_as_good_as_one_direct_encode(mq: MediaqEnv)
         image.save(direct, "WEBP", quality=85)  # the same quality the seeded step uses
 
     reference = luma(source)
-    workflow_ssim, direct_ssim = mean_ssim(reference, luma(webp)), mean_ssim(reference, luma(direct))
+    workflow_ssim = mean_ssim(reference, luma(webp))
+    direct_ssim = mean_ssim(reference, luma(direct))
     workflow_bytes, direct_bytes = webp.stat().st_size, direct.stat().st_size
     print(f"workflow WebP: SSIM {workflow_ssim:.4f}, {workflow_bytes} bytes; "
           f"direct WebP q85: SSIM {direct_ssim:.4f}, {direct_bytes} bytes")

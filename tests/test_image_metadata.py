@@ -20,7 +20,8 @@ pytestmark = requires_tool("exiftool")
 TAGS = [
     "-Make=Canon", "-Model=Canon EOS R5", "-LensMake=Canon",
     "-LensModel=RF24-105mm F4 L IS USM", "-ExposureTime=1/250", "-FNumber=5.6", "-ISO=400",
-    "-FocalLength=50", "-FocalLengthIn35mmFormat=52", "-ExifIFD:ExposureProgram#=3", "-ExifIFD:Flash#=25",
+    "-FocalLength=50", "-FocalLengthIn35mmFormat=52", "-ExifIFD:ExposureProgram#=3",
+    "-ExifIFD:Flash#=25",
     "-DateTimeOriginal=2024:05:01 10:20:30", "-OffsetTimeOriginal=+02:00",
     "-XResolution=300", "-YResolution=300", "-ResolutionUnit=inches",
     "-Artist=Ada Lovelace", "-Copyright=(c) 2024 Ada Lovelace", "-Software=Darktable 4.6",

@@ -236,7 +236,7 @@ def _xmp_values(raw: bytes) -> dict[str, Any]:
     start, end = raw.find(b"<x:xmpmeta"), raw.rfind(b"</x:xmpmeta>")
     packet = raw[start:end + len(b"</x:xmpmeta>")] if start >= 0 and end > start else raw
     try:
-        root = ET.fromstring(packet)  # noqa: S314 - see the docstring
+        root = ET.fromstring(packet)
     except ET.ParseError:
         return {}
     prefixes = {uri: prefix for prefix, uri in _NS.items()}

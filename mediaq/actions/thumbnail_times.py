@@ -70,7 +70,7 @@ def chosen_stills(ctx: ActionContext, source: Path,
     with open_media(source) as container, reading(source):
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
-        start = float((stream.start_time or 0) * stream.time_base)
+        start = float((stream.start_time or 0) * (stream.time_base or 0))
         for asked, seconds in requested_times(ctx.params, info.duration):
             ctx.check()
             frame = _frame_at(container, stream, seconds, start, exact)
