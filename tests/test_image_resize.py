@@ -226,3 +226,17 @@ def test_thumbnail_of_a_tall_box_fits_inside_it(photo: Path, tmp_path: Path) -> 
     [output] = result.outputs
     assert size_of(output.staging_path) == (90, 68)
     assert result.data["box"] == [90, 200]
+
+
+def test_a_transparent_pad_keeps_alpha_and_a_jpeg_pad_is_flattened(photo: Path,
+                                                                   tmp_path: Path) -> None:
+    clear = run_action("resize_image", photo, tmp_path / "a", format="png", width=300,
+                       height=300, mode="pad", background="transparent")
+    with Image.open(primary(clear)) as image:
+        assert image.mode == "RGBA" and image.size == (300, 300)
+        assert image.getpixel((150, 2))[3] == 0 and image.getpixel((150, 150))[3] == 255
+    flat = run_action("resize_image", photo, tmp_path / "b", format="jpeg", width=300,
+                      height=300, mode="pad", background="transparent")
+    with Image.open(primary(flat)) as image:
+        assert image.mode == "RGB"
+        assert min(image.getpixel((150, 2))) > 245  # white where the bar was

@@ -138,7 +138,8 @@ def _unit(values: np.ndarray) -> np.ndarray:
 
 def flattened(image: Image.Image, background: str) -> Image.Image:
     """``image`` laid over an opaque ``background`` colour (CSS name or #rrggbb)."""
-    colour = ImageColor.getrgb(background)[:3]
+    # "transparent" (a pad colour) has no colour to flatten onto: white, as browsers show it.
+    colour = ImageColor.getrgb("white" if background == "transparent" else background)[:3]
     grey = image.mode in ("L", "LA")
     base = Image.new("RGBA", image.size, (*colour, 255))
     merged = Image.alpha_composite(base, image.convert("RGBA")).convert("RGB")
