@@ -189,3 +189,21 @@ def test_optimize_never_reencodes_an_already_optimal_file(tmp_path: Path) -> Non
     smaller = run_action("optimize_image", heavy, tmp_path / "heavy", quality=85)
     assert smaller.data["reencoded"] is True
     assert smaller.data["output_bytes"] < heavy.stat().st_size
+
+
+def test_move_to_library_leaves_intermediates_behind_unless_named(tmp_path: Path) -> None:
+    from mediaq.actions import get_action
+    from tests.helpers import action_context
+
+    source = photograph(tmp_path / "big.jpg", size=(960, 720))
+    resized = run_action("resize_image", source, tmp_path / "resize", max_dimension=480)
+    recorded = [{"path": str(o.staging_path), "role": o.role, "step": 2, **o.meta}
+                for o in resized.outputs]
+    library = tmp_path / "library"
+    library.mkdir()
+    ctx = action_context("move_to_library", source, tmp_path / "stage",
+                         {"mode": "copy", "template": "{name}.{ext}"},
+                         previous_outputs=recorded, library_roots=(library,))
+    filed = get_action("move_to_library").fn(ctx)
+    assert sorted(p.name for p in library.iterdir()) == ["big_480.jpg"]
+    assert len(filed.data["files"]) == 1
