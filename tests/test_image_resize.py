@@ -240,3 +240,18 @@ def test_a_transparent_pad_keeps_alpha_and_a_jpeg_pad_is_flattened(photo: Path,
     with Image.open(primary(flat)) as image:
         assert image.mode == "RGB"
         assert min(image.getpixel((150, 2))) > 245  # white where the bar was
+
+
+def test_a_large_jpeg_shrunk_on_load_is_cut_in_the_same_place(tmp_path: Path) -> None:
+    """Shrink-on-load decodes the JPEG at a fraction of its size; the crop is still
+    placed in source terms (compared with ImageMagick on the full-size decode)."""
+    source = tmp_path / "big.jpg"
+    magick("-size", "1600x1200", "-seed", "11", "plasma:fractal", "-blur", "0x2",
+           "-quality", "95", source)
+    result = run_action("resize_image", source, tmp_path / "out", format="png",
+                        width=200, height=300, mode="fill", gravity="east")
+    reference = tmp_path / "reference.png"
+    magick(source, "-resize", "200x300^", "-gravity", "east", "-extent", "200x300", reference)
+    left, top, right, bottom = result.data["crop"]
+    assert abs(left - 800) <= 2 and (top, right, bottom) == (0, 1600, 1200)
+    assert psnr(primary(result), reference) > 35
