@@ -207,3 +207,13 @@ def test_move_to_library_leaves_intermediates_behind_unless_named(tmp_path: Path
     filed = get_action("move_to_library").fn(ctx)
     assert sorted(p.name for p in library.iterdir()) == ["big_480.jpg"]
     assert len(filed.data["files"]) == 1
+
+
+def test_optimize_never_makes_a_png_bigger(tmp_path: Path) -> None:
+    """A PNG squeezed harder than Pillow squeezes it is delivered as it is."""
+    source = tmp_path / "tight.png"
+    gradient = np.tile(np.arange(256, dtype=np.uint8), (64, 1))
+    Image.fromarray(np.stack([gradient] * 3, axis=2)).save(source, optimize=True)
+    result = run_action("optimize_image", source, tmp_path / "out")
+    assert result.data["output_bytes"] <= source.stat().st_size
+    assert result.data["reencoded"] is False

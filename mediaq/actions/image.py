@@ -212,7 +212,8 @@ def optimize_image(ctx: ActionContext) -> ActionResult:
     reencoded = output is None
     if output is None:
         output = write(ctx, picture, frames, how, filename, "primary", meta)
-        if not search and copyable(ctx, header, fmt, encoder_options=False):
+        if not search and copyable(ctx, header, fmt, encoder_options=False,
+                                   lossless_too=True):
             output, reencoded = _smaller_of(ctx, header, output)
     ctx.progress(1.0, "written")
     output_bytes = output.staging_path.stat().st_size

@@ -184,12 +184,14 @@ def write(
 
 
 def copyable(ctx: ActionContext, header: SourceInfo, fmt: str, *,
-             encoder_options: bool = True) -> bool:
+             encoder_options: bool = True, lossless_too: bool = False) -> bool:
     """Whether the source can be delivered as it is instead of re-encoded to ``fmt``: a
-    lossy still of that format, upright, sRGB, and (``encoder_options``) no encoder
-    setting asked for that only an encode gives."""
+    lossy (or, ``lossless_too``, any) still of that format, upright, sRGB, and
+    (``encoder_options``) no encoder setting asked for that only an encode gives."""
     params = ctx.params
-    if fmt != header.format or not reencode_would_lose(fmt) or header.frames != 1:
+    if fmt != header.format or header.frames != 1:
+        return False
+    if not (lossless_too or reencode_would_lose(fmt)):
         return False
     if header.orientation not in (None, 1) or header.mode not in _COPYABLE_MODES:
         return False
