@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mediaq.errors import InvalidParameters
+from mediaq.errors import InvalidParameters, PermanentError
 from tests.helpers import run_action, skip_without_tool
 from tests.test_image_corpus import CONVERT, magick, vips
 
@@ -255,3 +255,11 @@ def test_a_large_jpeg_shrunk_on_load_is_cut_in_the_same_place(tmp_path: Path) ->
     left, top, right, bottom = result.data["crop"]
     assert abs(left - 800) <= 2 and (top, right, bottom) == (0, 1600, 1200)
     assert psnr(primary(result), reference) > 35
+
+
+def test_an_enlargement_past_max_pixels_is_refused_before_anything_is_made(
+        photo: Path, tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match=r"scene.png: a 60000x60000 output exceeds"):
+        run_action("resize_image", photo, tmp_path / "out", width=60000, height=60000,
+                   mode="stretch")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

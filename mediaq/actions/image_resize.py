@@ -39,6 +39,7 @@ from mediaq.actions.image_steps import (
     writer_schema,
 )
 from mediaq.actions.image_write import output_format
+from mediaq.errors import PermanentError
 
 
 @action(
@@ -71,6 +72,10 @@ def resize_image(ctx: ActionContext) -> ActionResult:
         mode, label = str(params["mode"]), f"{box[0]}x{box[1]}"
         described = {"mode": mode, "box": list(box)}
     plan = plan_for(upright, box, mode, upscale=bool(params["upscale"]))
+    out_w, out_h = plan.output
+    if out_w * out_h > int(params["max_pixels"]):  # an enlargement is a bomb of our own
+        raise PermanentError(f"{ctx.source_path.name}: a {out_w}x{out_h} output exceeds the "
+                             f"limit of {params['max_pixels']} pixels")
     how = encoding(ctx, fmt)
     filename = f"{stem(ctx)}_{label}.{how.extension}"
     if plan.identity and params["unchanged"] == "copy" and copyable(ctx, header, fmt):
