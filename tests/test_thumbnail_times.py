@@ -52,6 +52,8 @@ def test_the_thumbnail_at_25_percent_is_the_frame_at_25_percent(clip: Path,
     keyframe = ffmpeg_frame(clip, 0.0, tmp_path / "keyframe.png")
     neighbour = ffmpeg_frame(clip, 1.04, tmp_path / "next.png")
 
+    print(f"PSNR against ffmpeg's frame at 25 %: {psnr(output.staging_path, at_quarter)} dB; "
+          f"against the keyframe before: {psnr(output.staging_path, keyframe)} dB")
     assert psnr(output.staging_path, at_quarter) > 40
     # Not the keyframe before it, nor the frame after it.
     assert psnr(output.staging_path, keyframe) < 30
