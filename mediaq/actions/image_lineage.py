@@ -11,7 +11,8 @@ pixels, and never the previous generation's artefacts.
 A step that would change nothing at all (no resize, same format, same encoder
 options) copies its source instead of re-encoding it: a JPEG's metadata segments are
 rewritten as the step's metadata policy says, the compressed picture is kept byte
-for byte. ``optimize_image`` keeps such a copy whenever its re-encode would be larger.
+for byte. ``optimize_image`` keeps such a copy whenever its re-encode would be larger,
+or when the best pixels there are come from a JPEG already at or below its quality.
 """
 
 from __future__ import annotations
