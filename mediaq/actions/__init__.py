@@ -43,6 +43,8 @@ ENTRY_POINT_GROUP = "mediaq.actions"
 BUILTIN_MODULES = (
     "mediaq.actions.diagnostic",
     "mediaq.actions.image",
+    "mediaq.actions.image_resize",
+    "mediaq.actions.image_metadata",
     "mediaq.actions.documents.actions",
     "mediaq.actions.video",
     "mediaq.actions.audio.inspect",

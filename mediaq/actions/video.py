@@ -41,6 +41,7 @@ from mediaq.actions.avio import (
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.actions.media_output import MediaOutput, media_outputs
+from mediaq.actions.thumbnail_times import THUMBNAIL_TIME_PARAMS, chosen_stills, wants_chosen_times
 from mediaq.errors import PermanentError
 
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
@@ -390,10 +391,12 @@ def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: 
         "format": {"enum": sorted(_THUMB_FORMATS), "default": "jpeg"},
         "width": {"type": "integer", "minimum": 16, "maximum": 3840, "default": 320},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 85},
+        **THUMBNAIL_TIME_PARAMS,
     },
 })
 def generate_thumbnails(ctx: ActionContext) -> ActionResult:
-    """``count`` upright stills evenly spaced through the video, snapped to keyframes."""
+    """``count`` upright stills evenly spaced through the video, snapped to keyframes,
+    or at ``timestamps`` (seconds or "25%"; exact frames with ``exact``)."""
     source = ctx.source_path
     info = probe(source)
     if info.video is None:
@@ -401,14 +404,16 @@ def generate_thumbnails(ctx: ActionContext) -> ActionResult:
     count, width = ctx.params["count"], ctx.params["width"]
     pil_format, ext = _THUMB_FORMATS[ctx.params["format"]]
     outputs: list[OutputFile] = []
-    for index, (at, image) in enumerate(keyframe_stills(ctx, source, info, count), start=1):
+    stills = (chosen_stills(ctx, source, info) if wants_chosen_times(ctx.params) else
+              ((at, image, {}) for at, image in keyframe_stills(ctx, source, info, count)))
+    for index, (at, image, asked) in enumerate(stills, start=1):
         image = _fit_width(image, width)
         path = ctx.output_path(f"{source.stem}_thumb_{index:02d}.{ext}")
         with writing(path):
             image.save(path, pil_format, quality=ctx.params["quality"])
         outputs.append(OutputFile(path, role="thumbnail", meta={
             "time": round(at, 3), "width": image.width, "height": image.height,
-            "format": ctx.params["format"]}))
+            "format": ctx.params["format"], **asked}))
         ctx.progress(index / count, "thumbnails")
     if not outputs:
         raise PermanentError(f"{source.name}: no frame could be decoded for thumbnails")
