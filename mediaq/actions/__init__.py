@@ -55,6 +55,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.audio.waveform",
     "mediaq.actions.streaming.hls",
     "mediaq.actions.streaming.dash",
+    "mediaq.actions.streaming.cmaf",
     "mediaq.actions.editing.sprites",
     "mediaq.actions.editing.preview",
     "mediaq.actions.editing.compile",
