@@ -133,7 +133,7 @@ def test_bad_options_are_refused_in_words(params: dict[str, Any], message: str) 
 def test_hardware_decision_is_recorded_and_qsv_is_tried_after_nvenc(
         clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hardware.clear_cache()
-    data, out = transcode(clip, tmp_path / "auto", gop_seconds=2)
+    data, _ = transcode(clip, tmp_path / "auto", gop_seconds=2)
     decision = data["hardware_decision"]
     assert decision["encoder"] == "libx264" and decision["hardware"] is False
     assert list(decision["tried"]) == ["h264_nvenc", "h264_qsv"]

@@ -28,6 +28,7 @@ from mediaq.actions.avio import (
 )
 from mediaq.actions.base import ActionContext
 from mediaq.actions.clip import (
+    AAC_CODEC_STRING,
     SourceClip,
     add_h264_stream,
     constant_rate,
@@ -43,7 +44,6 @@ from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.streaming.codec_strings import video_codec_string
 from mediaq.actions.streaming.ladder import Rung, segment_starts
 from mediaq.actions.streaming.segmenter import (
-    AAC_CODEC_STRING,
     AAC_PRIMING,
     TrackFiles,
     first_decode_time,

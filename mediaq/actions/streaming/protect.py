@@ -143,7 +143,8 @@ def cenc_copy(ctx: ActionContext, track: TrackFiles, key: ClearKey, seconds: int
         "hls_segment_options": ":".join(segment_options),
     }
     clear = track.init.read_bytes() + b"".join(p.read_bytes() for p, _ in track.segments)
-    with av.open(io.BytesIO(clear), format="mp4") as source, media_outputs() as outputs:
+    source: Any = av.open(io.BytesIO(clear), format="mp4")
+    with source, media_outputs() as outputs:
         out = outputs.open(playlist, format="hls", options=options)
         in_stream: Any = source.streams[0]
         stream: Any = out.add_stream(lambda c: c.add_stream_from_template(in_stream))
