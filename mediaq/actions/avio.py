@@ -335,6 +335,8 @@ def encoder_options(encoder: str, *, crf: int, preset: str,
     options: dict[str, str]
     if encoder.endswith("_nvenc"):
         options = {"preset": "p4", "rc": "vbr", "cq": str(crf)}
+    elif encoder.endswith("_qsv"):
+        options = {"preset": "medium", "global_quality": str(crf)}
     elif encoder == "libvpx-vp9":
         options = {"crf": str(crf), "b": "0", "deadline": "good", "cpu-used": "4",
                    "row-mt": "1"}

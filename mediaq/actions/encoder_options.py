@@ -249,7 +249,7 @@ def _svtav1(encoding: Encoding, gop: int | None, pass_number: int,
     else:  # cbr (two_pass is refused by the schema)
         bit_rate = encoding.bitrate
         params += ["rc=2", "pred-struct=1"]  # SVT-AV1 does CBR in its low-delay structure
-    if encoding.tune:
+    if encoding.tune in _SVT_TUNE:  # a packaging ladder's x264 tune means nothing here
         params.append(f"tune={_SVT_TUNE[encoding.tune]}")
     if gop:
         options["g"] = str(gop)

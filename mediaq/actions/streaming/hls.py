@@ -8,7 +8,7 @@ from mediaq.actions import action
 from mediaq.actions.avio import writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.clip import safe_stem
-from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA
+from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA, prepare_package
 from mediaq.actions.streaming.segmenter import (
     TrackFiles,
     segment_ladder,
@@ -17,7 +17,7 @@ from mediaq.actions.streaming.segmenter import (
 )
 
 
-@action("package_hls", PACKAGE_SCHEMA)
+@action("package_hls", PACKAGE_SCHEMA, prepare=prepare_package)
 def package_hls(ctx: ActionContext) -> ActionResult:
     """Package the source as HLS: an fMP4 rendition ladder and a master playlist."""
     clip, tracks = segment_ladder(ctx, "hls")
