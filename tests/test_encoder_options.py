@@ -161,3 +161,18 @@ def test_workflow_step_refers_to_a_preset() -> None:
     doc["steps"][0]["parameters"]["preset"] = "nosuch"
     with pytest.raises(Exception, match="unknown encoding preset"):
         normalise(doc)
+
+
+def test_packaging_takes_the_encoder_options(clip: Path, tmp_path: Path) -> None:
+    result = run_action("package_hls", clip, tmp_path, renditions=["144p"], segment_seconds=1,
+                        preset="web_small", profile="baseline", rate_control="cbr")
+    init = next(p for p in tmp_path.iterdir() if p.name.endswith("144p_init.mp4"))
+    first = next(p for p in tmp_path.iterdir() if p.name.endswith("144p_00001.m4s"))
+    joined = tmp_path / "joined.mp4"
+    joined.write_bytes(init.read_bytes() + first.read_bytes())
+    facts = video_facts(joined)
+    # web_small's level with the step's own profile; keyframes still on the segment grid.
+    assert facts["profile"] in ("Baseline", "Constrained Baseline") and facts["level"] == 31
+    assert result.data["renditions"][0]["codecs"].startswith("avc1.42")
+    with pytest.raises(InvalidParameters, match="profile"):
+        get_action("package_dash").validate({"profile": "main10"})
