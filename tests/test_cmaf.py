@@ -18,7 +18,7 @@ from lxml import etree
 
 from mediaq.actions import get_action
 from mediaq.errors import InvalidParameters, PermanentError
-from tests.helpers import requires_tool, run_action
+from tests.helpers import MediaqEnv, diagnostic_workflow, requires_tool, run_action
 from tests.media_judge import ffmpeg, ffprobe, needs_ffmpeg
 from tests.test_streaming_actions import play_in_chromium
 
@@ -184,3 +184,36 @@ def test_clear_package_plays_in_both_players(source: Path, tmp_path: Path,
         verdict: dict[str, Any] = play_in_chromium(tmp_path, f"{kind}={manifest}&audio=1")
         assert verdict["errors"] == [] and verdict["done_by"] == "ok", (kind, verdict)
         assert sorted(verdict["buffered"]) == [0, 1] and verdict["frames"] > 0
+
+
+def test_a_workflow_with_presets_runs_through_the_engine(mq: MediaqEnv, source: Path) -> None:
+    """Steps name presets in the workflow's YAML; a worker runs them; what each step
+    decided (encoder, settings) is in its output_data, every file lands in place."""
+    mq.apply_workflow(diagnostic_workflow(
+        "WF-CMAF",
+        {"action": "transcode_video", "step_name": "web",
+         "parameters": {"preset": "web", "resolution": "240p"}},
+        {"action": "package_cmaf", "step_name": "cmaf",
+         "parameters": {"preset": "web", "renditions": ["144p"], "segment_seconds": 1,
+                        "hls_encryption": "aes-128", "key_rotation_segments": 2,
+                        "audio_bitrates": ["64k"]}},
+        resource_category="cpu"))
+    local = mq.inputs / source.name
+    shutil.copy(source, local)
+    code = mq.submit("WF-CMAF", local)
+    mq.run_burst(timeout=300)
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    steps = {row["step_name"]: row["output_data"] for row in mq.query(
+        """SELECT ws.step_name, se.output_data FROM step_executions se
+             JOIN workflow_steps ws ON ws.id = se.step_id WHERE se.job_id = %s""",
+        (job["id"],))}
+    assert steps["web"]["encoding"]["rate_control"] == "capped_crf"
+    assert steps["web"]["hardware_decision"]["encoder"] == "libx264"
+    assert steps["cmaf"]["hardware_decision"]["h264"]["tried"]
+    folder = mq.outputs / code
+    master = folder / steps["cmaf"]["master"]
+    assert master.exists() and (folder / steps["cmaf"]["manifest"]).exists()
+    media = folder / uris(master)[0]
+    assert all((folder / name).exists() for name in uris(media))
+    assert len(list(folder.glob("*.key"))) == 2
