@@ -186,6 +186,21 @@ def test_clear_package_plays_in_both_players(source: Path, tmp_path: Path,
         assert sorted(verdict["buffered"]) == [0, 1] and verdict["frames"] > 0
 
 
+@pytest.mark.slow
+@requires_tool("chromium")
+def test_a_ladder_of_three_codecs_plays(source: Path, tmp_path: Path) -> None:
+    """hls.js keeps the variants this Chromium decodes (H.264 and AV1; HEVC only where
+    the platform has a decoder) and switches between codecs; dash.js picks one set."""
+    result = run_action("package_cmaf", source, tmp_path, renditions=["144p"],
+                        codecs=["h264", "hevc", "av1"], segment_seconds=1,
+                        audio_bitrates=["64k"], audio_languages=["eng"])
+    hls = play_in_chromium(tmp_path, f"hls={result.data['master']}&audio=1")
+    assert hls["errors"] == [] and hls["done_by"] == "ok", hls
+    assert hls["variants"] >= 2 and len(hls["buffered"]) == hls["variants"]
+    dash = play_in_chromium(tmp_path, f"dash={result.data['manifest']}&audio=1")
+    assert dash["errors"] == [] and dash["done_by"] == "ok", dash
+
+
 def test_a_workflow_with_presets_runs_through_the_engine(mq: MediaqEnv, source: Path) -> None:
     """Steps name presets in the workflow's YAML; a worker runs them; what each step
     decided (encoder, settings) is in its output_data, every file lands in place."""
