@@ -174,5 +174,6 @@ def test_packaging_takes_the_encoder_options(clip: Path, tmp_path: Path) -> None
     # web_small's level with the step's own profile; keyframes still on the segment grid.
     assert facts["profile"] in ("Baseline", "Constrained Baseline") and facts["level"] == 31
     assert result.data["renditions"][0]["codecs"].startswith("avc1.42")
+    assert result.data["hardware_decision"]["encoder"] == "libx264"
     with pytest.raises(InvalidParameters, match="profile"):
         get_action("package_dash").validate({"profile": "main10"})

@@ -20,7 +20,7 @@ from mediaq.actions.streaming.segmenter import (
 @action("package_hls", PACKAGE_SCHEMA, prepare=prepare_package)
 def package_hls(ctx: ActionContext) -> ActionResult:
     """Package the source as HLS: an fMP4 rendition ladder and a master playlist."""
-    clip, tracks = segment_ladder(ctx, "hls")
+    clip, tracks, decision = segment_ladder(ctx, "hls")
     master = ctx.output_path(f"{safe_stem(ctx.source_path)}.m3u8")
     with writing(master):
         master.write_text(hls_master(tracks, clip.rate))
@@ -34,6 +34,7 @@ def package_hls(ctx: ActionContext) -> ActionResult:
         "duration": round(tracks[0].duration, 3), "fps": float(clip.rate),
         "renditions": [track_summary(t) for t in tracks if t.rung is not None],
         "audio": next((track_summary(t) for t in tracks if t.rung is None), None),
+        "hardware_decision": decision,
     })
 
 

@@ -19,7 +19,6 @@ from mediaq.actions.avio import (
     AudioEncoderFeed,
     ProgressClock,
     add_audio_stream,
-    choose_video_encoder,
     open_media,
     output_layout,
     parse_bitrate,
@@ -40,6 +39,7 @@ from mediaq.actions.clip import (
 )
 from mediaq.actions.encoder_options import encoding_from, video_settings
 from mediaq.actions.frames import Scaler
+from mediaq.actions.hardware import decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
@@ -99,7 +99,8 @@ class LadderSegmenter:
         self.prefix = prefix
         self.params = ctx.params
         self.seconds: int = ctx.params["segment_seconds"]
-        self.encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.choice = decide_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.encoder = self.choice.encoder
         self.with_audio = bool(ctx.params["audio"]) and clip.audio_rate is not None
         self.video_offset, self.audio_origin = track_placement(clip, self.with_audio)
 
@@ -339,10 +340,13 @@ def track_summary(track: TrackFiles) -> dict[str, Any]:
     return summary
 
 
-def segment_ladder(ctx: ActionContext, kind: str) -> tuple[SourceClip, list[TrackFiles]]:
+def segment_ladder(ctx: ActionContext,
+                   kind: str) -> tuple[SourceClip, list[TrackFiles], dict[str, Any]]:
+    """The clip, its tracks, and the hardware decision (for the step's output_data)."""
     clip = inspect_clip(ctx.source_path)
     rungs = plan_ladder(ctx.params["renditions"], clip)
     prefix = f"{safe_stem(ctx.source_path)}_{kind}_"
-    return clip, LadderSegmenter(ctx, clip, rungs, prefix).run()
+    segmenter = LadderSegmenter(ctx, clip, rungs, prefix)
+    return clip, segmenter.run(), segmenter.choice.as_data()
 
 
