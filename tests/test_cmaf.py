@@ -271,3 +271,30 @@ def test_hls_and_dash_protection_decrypt_to_the_same_frames(source: Path,
         for wrong in (["-i", single], ["-decryption_key", "00" * 16, "-i", single]):
             assert not set(frame_hashes(*wrong)) & set(frames)
     assert dash == hls
+
+
+@pytest.mark.parametrize("dash_encryption", ["none", "clearkey"])
+def test_audio_that_starts_late_keeps_its_offset(tmp_path: Path, dash_encryption: str) -> None:
+    """Lip sync: the source's audio starts 1 s after its video; every audio track, the
+    CENC copies too, starts 1 s later (first tfdt, MPD timeline, ffprobe of HLS)."""
+    source = tmp_path / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-itsoffset", "1.0",
+           "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "3",
+           "-map", "0", "-map", "1", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", "-c:a", "aac", source)
+    out = tmp_path / "out"
+    run_action("package_cmaf", source, out, renditions=["144p"], segment_seconds=1,
+               audio_bitrates=["64k", "32k"], dash_encryption=dash_encryption)
+    hls = {kind: float(ffprobe(out / f"late_cmaf_{label}.m3u8")["streams"][0]["start_time"])
+           for kind, label in (("video", "h264_144p"), ("audio", "audio_und_64k"))}
+    src = {s["codec_type"]: float(s["start_time"]) for s in ffprobe(source)["streams"]}
+    # As ffprobe sees it in the source (its AAC priming included), within a frame.
+    assert hls["audio"] - hls["video"] == pytest.approx(src["audio"] - src["video"], abs=0.03)
+    text = (out / "late.mpd").read_text()
+    starts = {m.group(1): int(m.group(3)) / int(m.group(2)) for m in re.finditer(
+        r'<Representation id="(\w+)".*?timescale="(\d+)".*?<S t="(\d+)"', text, re.S)}
+    assert len(starts) == 3, text
+    # The audio's first tfdt counts the AAC priming (1024 samples, 21 ms) before it.
+    for label, start in starts.items():
+        expected = src["audio"] - src["video"] if label.startswith("audio") else 0.0
+        assert start == pytest.approx(expected, abs=0.05), (label, starts)
