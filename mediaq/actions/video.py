@@ -9,6 +9,8 @@ deinterlaced before scaling, so every output plays the right way up everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,9 +30,7 @@ from mediaq.actions.avio import (
     ProgressClock,
     VideoInfo,
     add_audio_stream,
-    choose_video_encoder,
     common_origin,
-    encoder_options,
     open_media,
     output_layout,
     parse_bitrate,
@@ -39,7 +39,18 @@ from mediaq.actions.avio import (
     writing,
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.encoder_options import (
+    ENCODING_PROPERTIES,
+    PRESET_SCHEMA,
+    Encoding,
+    VideoSettings,
+    codec_rules,
+    encoding_from,
+    encoding_prepare,
+    video_settings,
+)
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
+from mediaq.actions.hardware import EncoderChoice, decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, media_outputs
 from mediaq.actions.thumbnail_times import THUMBNAIL_TIME_PARAMS, chosen_stills, wants_chosen_times
 from mediaq.errors import PermanentError
@@ -149,16 +160,18 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
                        "default": "720p"},
         "codec": {"enum": ["h264", "hevc", "vp9", "av1"], "default": "h264"},
         "crf": {"type": "integer", "minimum": 0, "maximum": 63, "default": 23},
-        "preset": {"enum": ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
-                            "slow", "slower", "veryslow"], "default": "veryfast"},
+        # A named encoding preset (presets/encoding.yaml), or an encoder speed as before.
+        "preset": PRESET_SCHEMA,
+        **ENCODING_PROPERTIES,
         "max_bitrate": BITRATE_SCHEMA,
         "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": 240},
         "upscale": {"type": "boolean", "default": False},
         "audio_codec": {"enum": ["aac", "opus", "none", "auto"], "default": "auto"},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
-        "hardware": {"enum": ["auto", "never", "require"], "default": "auto"},
+        "hardware": {"enum": ["auto", "never", "require", "nvenc", "qsv"], "default": "auto"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
     },
+    "allOf": codec_rules(["h264", "hevc", "vp9", "av1"]),
 }
 
 
@@ -170,13 +183,15 @@ class Rendition:
     height: int
     codec: str
     encoder: str
-    options: dict[str, str]
-    max_bitrate: int | None
+    settings: VideoSettings
+    first_pass: VideoSettings | None  # two-pass: what the first pass encodes with
     audio_codec: str | None
     audio_bitrate: int | None
     container: str
     filename: str
     label: str
+    choice: EncoderChoice
+    encoding: Encoding
 
 
 def parse_resolution(text: str, source: VideoInfo, *, upscale: bool) -> tuple[int, int]:
@@ -201,23 +216,31 @@ def _even(value: float) -> int:
     return max(2, int(value) // 2 * 2)
 
 
-def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) -> Rendition:
+def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
+                   stats: Path | None = None) -> Rendition:
+    """What to encode for one step; ``stats``: where a two-pass encode keeps its log."""
     assert info.video is not None
     width, height = parse_resolution(params["resolution"], info.video, upscale=params["upscale"])
     codec = params["codec"]
-    encoder = choose_video_encoder(codec, params["hardware"], ctx)
-    max_bitrate = parse_bitrate(params.get("max_bitrate"))
+    choice = decide_video_encoder(codec, params["hardware"], ctx)
+    encoder = choice.encoder
+    encoding = encoding_from(params)
+    rate = _output_rate(info.video, params.get("fps"))
+    two_pass = encoding.rate_control == "two_pass" and not choice.hardware
     container = CONTAINER_OF[codec]
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
     # Named after the rung asked for, so a small source still gets one file per step.
     label = params.get("name") or params["resolution"]
     return Rendition(
         width=width, height=height, codec=codec, encoder=encoder,
-        options=encoder_options(encoder, crf=params["crf"], preset=params["preset"],
-                                max_bitrate=max_bitrate),
-        max_bitrate=max_bitrate, audio_codec=audio_codec,
+        settings=video_settings(encoder, encoding, rate, pass_number=2 if two_pass else 0,
+                                stats=stats),
+        first_pass=(video_settings(encoder, encoding, rate, pass_number=1, stats=stats)
+                    if two_pass else None),
+        audio_codec=audio_codec,
         audio_bitrate=parse_bitrate(params["audio_bitrate"]) if audio_codec else None,
         container=container, filename=f"{ctx.source_path.stem}_{label}.{container}", label=label,
+        choice=choice, encoding=encoding,
     )
 
 
@@ -229,7 +252,8 @@ def _audio_codec_for(asked: str, container: str, info: MediaInfo) -> str | None:
     return {"aac": "aac", "opus": "libopus"}[asked]
 
 
-@action("transcode_video", TRANSCODE_SCHEMA)
+@action("transcode_video", TRANSCODE_SCHEMA,
+        prepare=encoding_prepare(TRANSCODE_SCHEMA["properties"]))
 def transcode_video(ctx: ActionContext) -> ActionResult:
     """Transcode the source to one rendition (size, codec, quality)."""
     return transcode_many([ctx])[0]
@@ -242,21 +266,39 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
     info = probe(lead.source_path)
     if info.video is None:
         raise PermanentError(f"{lead.source_path.name}: has no video stream")
-    renditions = [plan_rendition(ctx, ctx.params, info) for ctx in contexts]
-    for ctx, rendition in zip(contexts, renditions, strict=True):
-        if rendition.encoder.endswith("_nvenc"):
-            ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
-    paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
-    fps = _output_rate(info.video, contexts[0].params.get("fps"))
-    encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
+    with tempfile.TemporaryDirectory(prefix="mediaq-2pass-") as stats_dir:
+        renditions = [plan_rendition(ctx, ctx.params, info, Path(stats_dir) / f"{i}.log")
+                      for i, ctx in enumerate(contexts)]
+        for ctx, rendition in zip(contexts, renditions, strict=True):
+            if rendition.choice.hardware:
+                ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
+        paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
+        fps = _output_rate(info.video, contexts[0].params.get("fps"))
+        first = [(r, p) for r, p in zip(renditions, paths, strict=True) if r.first_pass]
+        if first:
+            # Two-pass renditions read the source once more first, to a throwaway file,
+            # so the encoder knows where the bits are needed.
+            encode_ladder(lead, info, [first_pass(r, p) for r, p in first], fps,
+                          stage="analysing")
+            for _, path in first:
+                path.with_suffix(".pass1" + path.suffix).unlink(missing_ok=True)
+        encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
     return [
         ActionResult(
             outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
             data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
-                  "encoder": r.encoder, "fused_with": len(contexts)},
+                  "encoder": r.encoder, "fused_with": len(contexts),
+                  "hardware_decision": r.choice.as_data(), "encoding": r.encoding.as_data()},
         )
         for r, path in zip(renditions, paths, strict=True)
     ]
+
+
+def first_pass(rendition: Rendition, path: Path) -> tuple[Rendition, Path]:
+    """The first pass of a two-pass rendition: video only, to a throwaway file."""
+    assert rendition.first_pass is not None
+    return (dataclasses.replace(rendition, settings=rendition.first_pass, audio_codec=None),
+            path.with_suffix(".pass1" + path.suffix))
 
 
 def _output_rate(video: VideoInfo, asked: float | None) -> Fraction:
@@ -289,12 +331,14 @@ class RenditionWriter:
         r = self.rendition
         stream: Any = container.add_stream(r.encoder, rate=rate)
         stream.width, stream.height = r.width, r.height
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = r.settings.pix_fmt
         stream.codec_context.time_base = time_base
         stream.codec_context.thread_type = "FRAME"
-        stream.options = dict(r.options)
-        if r.max_bitrate:
-            stream.codec_context.bit_rate = r.max_bitrate
+        stream.options = dict(r.settings.options)
+        if r.settings.bit_rate:
+            stream.codec_context.bit_rate = r.settings.bit_rate
+        if r.settings.gop:
+            stream.codec_context.gop_size = r.settings.gop
         if r.codec == "hevc":
             stream.codec_tag = "hvc1"  # what Apple players expect in MP4
         return stream
@@ -316,7 +360,10 @@ class RenditionWriter:
         return feed
 
     def encode_video(self, frame: VideoFrame) -> None:
-        self.output.mux(self.video.encode(self.scale.fresh(frame)))
+        scaled = self.scale.fresh(frame)
+        if self.rendition.settings.pix_fmt != "yuv420p":
+            scaled = scaled.reformat(format=self.rendition.settings.pix_fmt)
+        self.output.mux(self.video.encode(scaled))
 
     def encode_audio(self, frame: av.AudioFrame) -> None:
         if self.audio is not None:
@@ -324,7 +371,8 @@ class RenditionWriter:
 
 
 def encode_ladder(ctx: ActionContext, info: MediaInfo,
-                  targets: list[tuple[Rendition, Path]], rate: Fraction) -> None:
+                  targets: list[tuple[Rendition, Path]], rate: Fraction,
+                  stage: str = "encoding") -> None:
     """Decode ``ctx.source_path`` once, feeding every target's encoders."""
     source = ctx.source_path
     with open_media(source) as container, reading(source), media_outputs() as outputs:
@@ -345,7 +393,7 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
                             origin)
             for rendition, path in targets
         ]
-        _pump(ctx, container, vstream, astream, writers, info.duration, origin)
+        _pump(ctx, container, vstream, astream, writers, info.duration, origin, stage)
 
 
 def _muxer_options(container: str) -> dict[str, str]:
@@ -354,8 +402,9 @@ def _muxer_options(container: str) -> dict[str, str]:
 
 
 def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,
-          writers: list[RenditionWriter], duration: float, origin: float) -> None:
-    clock = ProgressClock(ctx, duration, "encoding", count_frames=True)
+          writers: list[RenditionWriter], duration: float, origin: float,
+          stage: str) -> None:
+    clock = ProgressClock(ctx, duration, stage, count_frames=True)
     upright: Upright | None = None
     streams = [s for s in (vstream, astream) if s is not None]
     first_pts: int | None = None

@@ -19,8 +19,6 @@ from mediaq.actions.avio import (
     AudioEncoderFeed,
     ProgressClock,
     add_audio_stream,
-    choose_video_encoder,
-    encoder_options,
     open_media,
     output_layout,
     parse_bitrate,
@@ -39,7 +37,9 @@ from mediaq.actions.clip import (
     safe_stem,
     upright_frames,
 )
+from mediaq.actions.encoder_options import encoding_from, video_settings
 from mediaq.actions.frames import Scaler
+from mediaq.actions.hardware import decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
@@ -99,7 +99,8 @@ class LadderSegmenter:
         self.prefix = prefix
         self.params = ctx.params
         self.seconds: int = ctx.params["segment_seconds"]
-        self.encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.choice = decide_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.encoder = self.choice.encoder
         self.with_audio = bool(ctx.params["audio"]) and clip.audio_rate is not None
         self.video_offset, self.audio_origin = track_placement(clip, self.with_audio)
 
@@ -145,17 +146,25 @@ class LadderSegmenter:
     def _video_track(self, outputs: OutputGroup, rung: Rung) -> SegmentedTrack:
         output = self._open(outputs, rung.label, late=self.video_offset > 0)
         per_segment = math.ceil(self.seconds * self.clip.rate)
-        options = encoder_options(self.encoder, crf=self.params["crf"],
-                                  preset=self.params["preset"], max_bitrate=rung.max_bitrate)
         # Keyframes come from segment_starts(); the encoder must add none of its own
-        # (no scene cuts, and a GOP ceiling past the longest segment).
-        options.update({"sc_threshold": "0", "forced-idr": "1"})
-        stream = output.add_stream(
-            lambda container: add_h264_stream(container, self.encoder, width=rung.width,
-                                              height=rung.height, rate=self.clip.rate,
-                                              options=options, gop=2 * per_segment,
-                                              sar=rung.sar),
-            drain=lambda stream: stream.encode(None))
+        # (no scene cuts, and a GOP ceiling past the longest segment). The rung's cap is
+        # its ceiling (capped_crf) or its target (cbr).
+        params = {**self.params, "gop_seconds": float(2 * per_segment / self.clip.rate),
+                  "closed_gop": True}
+        settings = video_settings(self.encoder,
+                                  encoding_from(params, bitrate=rung.max_bitrate),
+                                  self.clip.rate)
+        options = {**settings.options, "forced-idr": "1"}
+
+        def create(container: Any) -> Any:
+            stream = add_h264_stream(container, self.encoder, width=rung.width,
+                                     height=rung.height, rate=self.clip.rate,
+                                     options=options, gop=settings.gop, sar=rung.sar)
+            if settings.bit_rate:
+                stream.codec_context.bit_rate = settings.bit_rate
+            return stream
+
+        stream = output.add_stream(create, drain=lambda stream: stream.encode(None))
         return SegmentedTrack(rung.label, output.path, output, stream, rung=rung,
                               scale=Scaler(rung.width, rung.height))
 
@@ -331,10 +340,13 @@ def track_summary(track: TrackFiles) -> dict[str, Any]:
     return summary
 
 
-def segment_ladder(ctx: ActionContext, kind: str) -> tuple[SourceClip, list[TrackFiles]]:
+def segment_ladder(ctx: ActionContext,
+                   kind: str) -> tuple[SourceClip, list[TrackFiles], dict[str, Any]]:
+    """The clip, its tracks, and the hardware decision (for the step's output_data)."""
     clip = inspect_clip(ctx.source_path)
     rungs = plan_ladder(ctx.params["renditions"], clip)
     prefix = f"{safe_stem(ctx.source_path)}_{kind}_"
-    return clip, LadderSegmenter(ctx, clip, rungs, prefix).run()
+    segmenter = LadderSegmenter(ctx, clip, rungs, prefix)
+    return clip, segmenter.run(), segmenter.choice.as_data()
 
 
