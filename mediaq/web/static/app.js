@@ -40,8 +40,8 @@ async function api(path, options = {}) {
   });
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
-  if (response.status === 401) { logout("token refused: " + (data && data.error)); }
-  if (!response.ok) throw new ApiError(response.status, (data && data.error) || response.statusText);
+  if (response.status === 401) { logout("token refused: " + (data && (data.detail || data.title))); }
+  if (!response.ok) throw new ApiError(response.status, (data && (data.detail || data.title)) || response.statusText);
   return data;
 }
 
