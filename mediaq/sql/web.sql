@@ -196,7 +196,7 @@ DELETE FROM rate_limit_buckets WHERE updated_at < clock_timestamp() - interval '
 -- Progress (GET /api/media/jobs/{id}/progress, also as server-sent events)
 -- ===========================================================================
 
--- name: job_progress
+-- name: job_progress_api
 -- One job's progress by code or numeric id: a primary-key or unique-index lookup, cheap
 -- enough to poll (the event stream reads it about once a second).
 SELECT j.id, j.job_code, j.status, j.progress_percent, j.progress_stage, j.current_step,

@@ -41,7 +41,7 @@ PROGRESS_EXAMPLE = {"id": "JOB-2026-000001", "numericId": 1, "status": "processi
 def read_progress(pool: Any, ref: str) -> dict[str, Any] | None:
     numeric = int(ref) if ref.isdigit() and len(ref) < 19 else None
     with pool.connection() as conn:
-        row = db.fetch_one(conn, "job_progress", {"code": ref, "id": numeric})
+        row = db.fetch_one(conn, "job_progress_api", {"code": ref, "id": numeric})
     return shape(row) if row else None
 
 
