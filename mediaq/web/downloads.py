@@ -5,12 +5,13 @@ FileResponse; the file is streamed from disk."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from mediaq import download_links
 from mediaq.web.auth import admit
@@ -29,7 +30,7 @@ def download(
     path: Annotated[str, Path(max_length=4096)],
     expires: Annotated[int, Query(ge=0, le=2**40)],
     sig: Annotated[str, Query(min_length=1, max_length=100)],
-) -> FileResponse:
+) -> Response:
     """One output of a job, through a signed, expiring link from the job's ``outputs``
     (or a webhook's ``output_metadata``); ``Range`` requests are answered with 206."""
     admit(request, None)  # the client address's rate limit
@@ -41,6 +42,12 @@ def download(
     except download_links.LinkRefused as refused:
         raise HTTPException(refused.status, refused.message) from None
     left = max(0, int(expires - time.time()))
-    return FileResponse(target, media_type=download_links.content_type(target),
-                        filename=target.name, content_disposition_type="inline",
-                        headers={"Cache-Control": f"private, max-age={left}"})
+    cache = {"Cache-Control": f"private, max-age={left}"}
+    answer = FileResponse(target, media_type=download_links.content_type(target),
+                          filename=target.name, content_disposition_type="inline",
+                          headers=cache, stat_result=os.stat(target))
+    etag = answer.headers["etag"]
+    wanted = [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]
+    if etag in wanted or "*" in wanted:  # the client's copy is this one
+        return Response(status_code=304, headers={"ETag": etag, **cache})
+    return answer
