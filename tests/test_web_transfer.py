@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 import requests
 from tusclient import client as tus
@@ -391,10 +392,37 @@ def test_tus_upload_of_200_mb_resumes_after_two_cuts(
                                retry_delay=0, metadata={
                                    "filename": "session.wav", "workflow": "WF-QUICK",
                                    "priority": "9", "params": json.dumps({"1": {}})})
+    resumed_at: list[int] = []
+    asked = uploader.get_offset
+
+    def get_offset() -> int:  # tuspy asks the server (HEAD) after each cut
+        resumed_at.append(asked())
+        return resumed_at[-1]
+
+    uploader.get_offset = get_offset  # type: ignore[method-assign]
+    web_process = psutil.Process(mq.workers[-1].pid)
+    rss = [web_process.memory_info().rss]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.05):
+            rss.append(web_process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     started = time.monotonic()
-    uploader.upload()
+    try:
+        uploader.upload()
+    finally:
+        sampling.set()
+        sampler.join()
     seconds = time.monotonic() - started
     assert len(proxy.cut_offsets) == 2  # the link was cut twice, and the upload went on
+    # from what the server had kept, not from the start
+    assert len(resumed_at) == 2 and 50_000_000 < resumed_at[0] < resumed_at[1], resumed_at
+    # streamed: the web process grew by far less than the 200 MB that went through it
+    grown = max(rss) - rss[0]
+    assert grown < 64 * 2**20, grown
     upload_id = uploader.url.rsplit("/", 1)[1]
     shown = web.get(f"/api/media/uploads/{upload_id}", role="submitter").json()
     assert shown["status"] == "complete" and shown["offset"] == source.stat().st_size
@@ -410,7 +438,8 @@ def test_tus_upload_of_200_mb_resumes_after_two_cuts(
     assert mq.job(code)["status"] == "completed"
     # another token cannot see or touch the upload
     assert web.get(f"/api/media/uploads/{upload_id}", role="operator").status_code == 404
-    print(f"\n200 MB tus upload, cut twice at {proxy.cut_offsets}, took {seconds:.1f} s")
+    print(f"\n200 MB tus upload, cut twice, resumed at {resumed_at}, took {seconds:.1f} s; "
+          f"web RSS grew {grown / 2**20:.1f} MiB")
 
 
 def test_upload_limits_sniffing_and_expiry(mq: MediaqEnv) -> None:

@@ -13,6 +13,7 @@ on from there.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import email.utils
 import os
 import time
@@ -70,7 +71,7 @@ def _ttl_s(request: Request) -> float:
 
 
 def _expires(row: dict[str, Any]) -> str:
-    return email.utils.format_datetime(row["expires_at"], usegmt=True)
+    return email.utils.format_datetime(row["expires_at"].astimezone(dt.UTC), usegmt=True)
 
 
 def _location(request: Request, upload_id: str) -> str:
