@@ -211,7 +211,9 @@ async def upload_offset(upload_id: UploadId, request: Request, who: Submitter) -
 
 @router.patch("/{upload_id}", status_code=204, response_class=Response, openapi_extra={
     "requestBody": {"required": True, "content": {
-        OFFSET_STREAM: {"schema": {"type": "string", "format": "binary"}}}}})
+        OFFSET_STREAM: {"schema": {"type": "string", "format": "binary"}},
+        # The same bytes under the common name, for generic HTTP clients and tools.
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_append(
     upload_id: UploadId, request: Request, who: Submitter,
     upload_offset: Annotated[int, Header(ge=0, le=2**62)],
@@ -223,7 +225,8 @@ async def upload_append(
     if tus_resumable != TUS_VERSION:
         raise _refuse(412, f"Tus-Resumable {tus_resumable!r} is not supported",
                       **{"Tus-Version": TUS_VERSION})
-    if request.headers.get("content-type", "").split(";")[0].strip() != OFFSET_STREAM:
+    if request.headers.get("content-type", "").split(";")[0].strip() not in (
+            OFFSET_STREAM, "application/octet-stream"):
         raise _refuse(415, f"Content-Type must be {OFFSET_STREAM}")
     row = _own(await _db(request, _one, "upload_get", {"id": upload_id}), who, upload_id)
     if row["status"] == "complete":
