@@ -153,6 +153,18 @@ def parse_tus_metadata(header: str | None) -> dict[str, str]:
     return found
 
 
+def tus_metadata_header(stored: dict[str, Any]) -> str:
+    """The upload's metadata as an ``Upload-Metadata`` value (tus: HEAD echoes it)."""
+    items = []
+    for key in ("filename", "workflow", "priority", "params"):
+        value = stored.get(key)
+        if value in (None, {}, ""):
+            continue
+        text = json.dumps(value) if isinstance(value, dict) else str(value)
+        items.append(f"{key} {base64.b64encode(text.encode()).decode()}")
+    return ",".join(items)
+
+
 def intent(fields: dict[str, str]) -> Intent:
     """The upload's intent from its metadata: ``filename`` (or ``name``), ``workflow``,
     ``priority`` (1..10), ``params`` (a JSON object of step number → parameters)."""

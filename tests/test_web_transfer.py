@@ -483,7 +483,9 @@ def test_upload_limits_sniffing_and_expiry(mq: MediaqEnv) -> None:
     assert first.status_code == 204 and first.headers["upload-offset"] == "100"
     assert_one_line_error(requests.patch(url, data=b"x", timeout=30,
                                          headers={**patch, "Upload-Offset": "0"}), 409)
-    assert requests.head(url, headers=auth, timeout=30).headers["upload-offset"] == "100"
+    head = requests.head(url, headers=auth, timeout=30).headers
+    assert head["upload-offset"] == "100" and head["upload-length"] == "1000"
+    assert head["upload-metadata"] == "filename YS5wbmc="  # tus: HEAD echoes the metadata
     upload_id = url.rsplit("/", 1)[1]
     part = Path(mq.one("SELECT part_path FROM uploads WHERE id = %s", (upload_id,))["part_path"])
     assert part.stat().st_size == 100

@@ -206,6 +206,9 @@ async def upload_offset(upload_id: UploadId, request: Request, who: Submitter) -
                "Cache-Control": "no-store"}
     if row["status"] == "receiving":
         headers["Upload-Expires"] = _expires(row)
+    echoed = upload_files.tus_metadata_header(row["metadata"] or {})
+    if echoed:
+        headers["Upload-Metadata"] = echoed
     return Response(status_code=200, headers=_tus(headers))
 
 
