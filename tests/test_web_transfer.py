@@ -483,6 +483,12 @@ def test_upload_limits_sniffing_and_expiry(mq: MediaqEnv) -> None:
     assert first.status_code == 204 and first.headers["upload-offset"] == "100"
     assert_one_line_error(requests.patch(url, data=b"x", timeout=30,
                                          headers={**patch, "Upload-Offset": "0"}), 409)
+    # more bytes than the upload's length: refused whole, with or without Content-Length
+    assert_one_line_error(requests.patch(url, data=b"y" * 1000, timeout=30,
+                                         headers={**patch, "Upload-Offset": "100"}), 413)
+    chunked = requests.patch(url, data=iter([b"y" * 600, b"y" * 400]), timeout=30,
+                             headers={**patch, "Upload-Offset": "100"})
+    assert_one_line_error(chunked, 413)
     head = requests.head(url, headers=auth, timeout=30).headers
     assert head["upload-offset"] == "100" and head["upload-length"] == "1000"
     assert head["upload-metadata"] == "filename YS5wbmc="  # tus: HEAD echoes the metadata

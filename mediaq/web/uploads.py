@@ -247,8 +247,10 @@ async def upload_append(
                                f"{row['received']} bytes received")
         raise _refuse(409, f"another request is writing upload {upload_id}")
     received, overflow = await _receive(request, claimed)
-    released = await _db(request, _one, "upload_release",
-                         {"id": upload_id, "received": received, "ttl_s": _ttl_s(request)})
+    # A body longer than the upload is refused whole: none of its bytes count.
+    released = await _db(request, _one, "upload_release", {
+        "id": upload_id, "received": upload_offset if overflow else received,
+        "ttl_s": _ttl_s(request)})
     if overflow:
         raise _refuse(413, f"more bytes than the upload's length of {row['length']}")
     assert released is not None
@@ -261,7 +263,8 @@ async def upload_append(
 async def _receive(request: Request, row: db.Row) -> tuple[int, bool]:
     """Stream the body into the part file from the claimed offset; the bytes durably on
     disk at the end (however the body ended) and whether it ran past the length."""
-    offset, length = int(row["received"]), int(row["length"])
+    start = offset = int(row["received"])
+    length = int(row["length"])
     handle = await run_in_threadpool(_open_at, Path(row["part_path"]), offset)
     pending, overflow, held = bytearray(), False, time.monotonic()
     try:
@@ -282,8 +285,10 @@ async def _receive(request: Request, row: db.Row) -> tuple[int, bool]:
     except ClientDisconnect:
         pass  # what arrived is kept: the client resumes from it
     finally:
-        if pending:
+        if pending and not overflow:
             offset += await run_in_threadpool(handle.write, bytes(pending))
+        if overflow:  # refused whole: back to where this PATCH began
+            await run_in_threadpool(handle.truncate, start)
         await run_in_threadpool(_sync_close, handle)
     return offset, overflow
 
