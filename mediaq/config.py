@@ -44,6 +44,11 @@ LOG_FORMATS = ("console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _limits() -> Any:
+    """mediaq.rate_limits, imported when a check runs (it imports this module's errors)."""
+    return importlib.import_module("mediaq.rate_limits")
+
+
 def _notify(module: str) -> Any:
     """A mediaq.notify module, imported when a check runs: they import this module."""
     return importlib.import_module(f"mediaq.notify.{module}")
@@ -193,6 +198,27 @@ class WebSettings:
         text, flat="web_host", doc="The address `mediaq web` listens on."))
     port: int = field(default=8080, metadata=about(
         integer, check=at_least(1), flat="web_port", doc="The port `mediaq web` listens on."))
+    public_url: str = field(default="", metadata=about(
+        text, flat="web_public_url",
+        doc="The URL clients reach `mediaq web` at, for links in webhooks; empty: none."))
+    link_ttl_seconds: int = field(default=3600, metadata=about(
+        integer, check=at_least(1), flat="download_link_ttl_seconds",
+        doc="How long a signed download link works."))
+    rate_limit: str = field(default="1200/m", metadata=about(
+        text, check=raising(lambda value: _limits().parse_role_rates(value)),
+        doc="API requests per token, by role (300/m, submitter=600/m, admin=0; 0: none)."))
+    submit_rate_limit: str = field(default="300/m", metadata=about(
+        text, check=raising(lambda value: _limits().parse_role_rates(value)),
+        doc="Submits and uploads per token, by role (as rate_limit)."))
+    address_rate_limit: str = field(default="3000/m", metadata=about(
+        text, check=raising(lambda value: _limits().parse_rate(value)),
+        doc="API requests per client address, tokens or not (0: none)."))
+    upload_max_size: str = field(default="500MB", metadata=about(
+        text, check=raising(lambda value: _limits().parse_role_sizes(value)),
+        doc="The largest upload, by role (500MB, admin=10GB; 0: none); larger gets 413."))
+    upload_expiry_hours: float = field(default=24.0, metadata=about(
+        number, check=positive,
+        doc="An unfinished upload untouched this long is removed with its bytes."))
 
     def problems(self) -> Iterator[str]:
         if self.port > 65535:

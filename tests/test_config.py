@@ -288,6 +288,10 @@ def test_environment_names_are_unchanged(tmp_path: Path) -> None:
         "MEDIAQ_WEB_HOST", "MEDIAQ_WEB_PORT",
         # added with retention (mediaq prune)
         "MEDIAQ_RETENTION_DAYS",
+        # added with uploads, download links and rate limits (`mediaq web`)
+        "MEDIAQ_WEB_PUBLIC_URL", "MEDIAQ_DOWNLOAD_LINK_TTL_SECONDS", "MEDIAQ_RATE_LIMIT",
+        "MEDIAQ_SUBMIT_RATE_LIMIT", "MEDIAQ_ADDRESS_RATE_LIMIT", "MEDIAQ_UPLOAD_MAX_SIZE",
+        "MEDIAQ_UPLOAD_EXPIRY_HOURS",
     }
     env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_NOTIFY_CONCURRENCY": "2", "MEDIAQ_NOTIFIER": "no",
            "MEDIAQ_TRIGGERS": "0", "MEDIAQ_LOG_FORMAT": "json", "MEDIAQ_STEP_ISOLATION": "yes"}

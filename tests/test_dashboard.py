@@ -229,3 +229,45 @@ def test_dashboard_live(mq: MediaqEnv, tmp_path: Path) -> None:
                       headers={"Authorization": f"Bearer {web.tokens['admin']}"})
     finally:
         browser.close()
+
+
+@requires_tool("chromium", "convert")
+def test_dashboard_links_each_output(mq: MediaqEnv, tmp_path: Path) -> None:
+    """A finished job's detail lists its outputs as signed links that the page itself
+    can fetch (same origin, no token: the link is the credential)."""
+    mq.apply_workflow(diagnostic_workflow("WF-THUMB", {"action": "create_thumbnail",
+                                                       "parameters": {"sizes": [32, 48]}}))
+    source = mq.inputs / "pic.jpg"
+    subprocess.run(["convert", "-size", "160x120", "gradient:red-blue", str(source)],
+                   check=True, timeout=60)
+    code = mq.submit("WF-THUMB", source)
+    mq.run_burst()
+    web = start_web(mq)
+    browser = Browser(tmp_path / "chromium")
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=web.base + "/")
+        wait_for(lambda: browser.js("document.readyState === 'complete' && "
+                                    "!document.querySelector('#login').hidden"),
+                 timeout=60, interval=0.2, message="the token prompt")
+        browser.js(f"""document.querySelector('#token-input').value = '{web.tokens["viewer"]}';
+                       document.querySelector('#login-form').requestSubmit()""")
+        wait_for(lambda: browser.js(f"""!!document.querySelector('#jobs a.job') &&
+                 [...document.querySelectorAll('#jobs a.job')].some(a => a.textContent
+                 === '{code}')"""), timeout=60, interval=0.2, message="the job row")
+        browser.js(f"""[...document.querySelectorAll('#jobs a.job')]
+                       .find(a => a.textContent === '{code}').click()""")
+        links = wait_for(lambda: browser.js(
+            "[...document.querySelectorAll('#detail-outputs a')].map(a => ({name: "
+            "a.textContent, href: a.href}))"), timeout=60, interval=0.2,
+            message="the output links")
+        assert sorted(link["name"] for link in links) == ["pic_thumb_32.jpg", "pic_thumb_48.jpg"]
+        assert all(link["href"].startswith(web.base + "/api/media/downloads/") for link in links)
+        sizes = browser.js("""Promise.all([...document.querySelectorAll('#detail-outputs a')]
+            .map(a => fetch(a.href).then(r => r.ok ? r.blob() : null)
+            .then(b => b && b.size)))""")
+        expected = [(mq.outputs / code / link["name"]).stat().st_size for link in links]
+        assert sizes == expected
+        assert_png(browser.screenshot(tmp_path / "outputs.png"))
+    finally:
+        browser.close()

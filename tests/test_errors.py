@@ -128,12 +128,14 @@ def make(name: str) -> Exception:
 def test_each_family_has_its_status(name: str, status: int) -> None:
     code, body = answer(make(name))
     assert code == status
-    assert body["error"].endswith("m")
+    assert body["status"] == status and body["detail"].endswith("m")  # an RFC 9457 problem
 
 
 @pytest.mark.parametrize("name", ["Cancelled", "Paused", "LeaseLost", "StepFailed", "Interrupt"])
 def test_a_signal_is_never_a_bad_request(name: str) -> None:
-    assert answer(make(name)) == (500, {"error": "internal error"})
+    assert answer(make(name)) == (500, {"type": "about:blank", "title": "Internal Server Error",
+                                        "status": 500, "detail": "internal error",
+                                        "instance": "/"})
 
 
 def test_families_are_distinct() -> None:

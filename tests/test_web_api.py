@@ -52,7 +52,16 @@ NEEDS = {
     ("post", "/api/media/jobs/{job_id}/resume"): "operator",
     ("post", "/api/media/notifications/{notification_id}/retry"): "operator",
     ("post", "/api/media/workflows"): "admin",
+    ("delete", "/api/media/jobs/{job_id}"): "operator",
+    ("post", "/api/media/uploads"): "submitter",
+    ("head", "/api/media/uploads/{upload_id}"): "submitter",
+    ("patch", "/api/media/uploads/{upload_id}"): "submitter",
+    ("delete", "/api/media/uploads/{upload_id}"): "submitter",
+    ("get", "/api/media/uploads/{upload_id}"): "submitter",
 }
+# Routes open without a token: tus discovery, and downloads (the signed link is the
+# credential; tests/test_web_transfer.py checks those).
+PUBLIC = {"/healthz", "/api/media/uploads", "/api/media/downloads/{key_id}/{path}"}
 
 
 
@@ -103,9 +112,19 @@ def sleepy(mq: MediaqEnv, code: str = "WF-SLEEPY", seconds: float = 30) -> None:
 def assert_one_line_error(response: requests.Response, status: int | tuple[int, ...]) -> str:
     allowed = (status,) if isinstance(status, int) else status
     assert response.status_code in allowed, (response.status_code, response.text)
+    # RFC 9457: a problem with a one-line detail and the request's id (also a header)
+    assert response.headers["content-type"] == "application/problem+json", response.headers
     body = response.json()
-    assert set(body) == {"error"} and body["error"] and "\n" not in body["error"], body
-    return str(body["error"])
+    assert set(body) <= {"type", "title", "status", "detail", "instance", "requestId"}, body
+    assert body["status"] == response.status_code and body["title"], body
+    assert body["detail"] and "\n" not in body["detail"], body
+    assert body["requestId"] == response.headers["x-request-id"], body
+    return str(body["detail"])
+
+
+def assert_status(response: requests.Response, status: int) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    return ""
 
 
 def assert_no_secrets(web: Web, mq: MediaqEnv) -> None:
@@ -127,21 +146,23 @@ def test_every_route_refuses_anonymous_and_lesser_roles(mq: MediaqEnv) -> None:
     assert len(routes) >= 15, routes
     assert ("get", "/metrics") in routes and ("get", "/api/media/jobs/stats") in routes
     fill = {"{job_id}": "JOB-NOPE", "{code}": "WF-NOPE", "{name}": "cycle-time",
-            "{notification_id}": "1"}
+            "{notification_id}": "1", "{upload_id}": "u" * 24}
     for method, template in routes:
-        if template == "/healthz":
+        if template in PUBLIC and (method, template) not in NEEDS:
             continue
         path = template
         for key, value in fill.items():
             path = path.replace(key, value)
-        assert_one_line_error(web.call(method, path, role=None), 401)
+        # a HEAD answer has no body: its status says it all
+        refused = assert_one_line_error if method != "head" else assert_status
+        refused(web.call(method, path, role=None), 401)
         bad = web.call(method, path, role=None, headers={"Authorization": "Bearer mq_wrong"})
-        assert_one_line_error(bad, 401)
+        refused(bad, 401)
         need = NEEDS.get((method, template), "viewer")
         for role in ROLES:
             response = web.call(method, path, role=role, json={})
             if ROLES.index(role) < ROLES.index(need):
-                assert_one_line_error(response, 403)
+                refused(response, 403)
             else:
                 assert response.status_code not in (401, 403), (method, path, role)
     # A revoked token stops working at once.

@@ -10,6 +10,7 @@ hand their outcomes back through a queue.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import random
@@ -22,7 +23,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from mediaq import db
+from mediaq import db, download_links
 from mediaq.config import Settings
 from mediaq.errors import ConfigError
 from mediaq.notify.channels import Channels, Notification, Outcome
@@ -162,7 +163,7 @@ class Notifier:
         rows.sort(key=lambda row: row["endpoint"] or "")
         for endpoint, group in groupby(rows, key=lambda row: row["endpoint"] or ""):
             for row in self._admitted(conn, endpoint, list(group)):
-                self._start(pool, _notification(row))
+                self._start(pool, self._with_links(conn, _notification(row)))
         return len(rows)
 
     def _admitted(self, conn: psycopg.Connection[Any], endpoint: str,
@@ -187,6 +188,17 @@ class Notifier:
         if won:
             self.log.info("breaker:probe", endpoint=endpoint)
         return admitted
+
+    def _with_links(self, conn: psycopg.Connection[Any], note: Notification) -> Notification:
+        """The note with signed download links on its outputs (web.public_url set): made
+        at each attempt, so a retry hours later still carries live links."""
+        web = self.settings.web
+        if not web.public_url:
+            return note
+        payload = download_links.with_output_urls(
+            conn, note.payload, self.settings.storage.outputs, web.public_url,
+            web.link_ttl_seconds)
+        return dataclasses.replace(note, payload=payload)
 
     def _start(self, pool: ThreadPoolExecutor, note: Notification) -> None:
         self.in_flight += 1

@@ -162,3 +162,141 @@ SELECT o.outcome, count(j.id) AS n
   LEFT JOIN workflow_jobs j
     ON j.status = o.outcome AND j.completed_at > now() - interval '15 minutes'
  GROUP BY o.outcome ORDER BY o.outcome;
+
+-- ===========================================================================
+-- Rate limits (token buckets shared by every `mediaq web` process)
+-- ===========================================================================
+
+-- name: rate_limit_take
+-- Take one token from each of %(buckets)s (refilled at per_second up to capacity since
+-- its last use); a bucket with less than one token refuses and keeps what it has.
+-- clock_timestamp(), read once per row as EXCLUDED.updated_at: every process reads the
+-- one database clock. Buckets in one order (ORDER BY): two takes never deadlock.
+INSERT INTO rate_limit_buckets AS b (bucket, tokens, capacity, per_second, allowed, updated_at)
+SELECT w.bucket, w.capacity - 1, w.capacity, w.per_second, TRUE, clock_timestamp()
+  FROM unnest(%(buckets)s::text[], %(capacity)s::float8[], %(per_second)s::float8[])
+       AS w(bucket, capacity, per_second)
+ ORDER BY w.bucket
+ON CONFLICT (bucket) DO UPDATE
+   SET tokens = least(EXCLUDED.capacity, b.tokens + EXCLUDED.per_second
+                     * greatest(0, extract(epoch FROM EXCLUDED.updated_at - b.updated_at)))
+                - CASE WHEN least(EXCLUDED.capacity, b.tokens + EXCLUDED.per_second
+                     * greatest(0, extract(epoch FROM EXCLUDED.updated_at - b.updated_at))) >= 1 THEN 1 ELSE 0 END,
+       allowed = least(EXCLUDED.capacity, b.tokens + EXCLUDED.per_second
+                     * greatest(0, extract(epoch FROM EXCLUDED.updated_at - b.updated_at))) >= 1,
+       capacity = EXCLUDED.capacity, per_second = EXCLUDED.per_second,
+       updated_at = EXCLUDED.updated_at
+RETURNING b.bucket, b.tokens, b.per_second, b.allowed;
+
+-- name: rate_limit_forget_idle
+-- Buckets untouched for an hour are full again: forget them.
+DELETE FROM rate_limit_buckets WHERE updated_at < clock_timestamp() - interval '1 hour';
+
+-- ===========================================================================
+-- Progress (GET /api/media/jobs/{id}/progress, also as server-sent events)
+-- ===========================================================================
+
+-- name: job_progress_api
+-- One job's progress by code or numeric id: a primary-key or unique-index lookup, cheap
+-- enough to poll (the event stream reads it about once a second).
+SELECT j.id, j.job_code, j.status, j.progress_percent, j.progress_stage, j.current_step,
+       (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id)
+           AS total_steps,
+       j.error_message, j.started_at, j.completed_at, j.updated_at
+  FROM workflow_jobs j
+ WHERE j.job_code = %(code)s OR j.id = %(id)s;
+
+-- ===========================================================================
+-- Signed download links
+-- ===========================================================================
+
+-- name: download_key_get
+-- The secret signing one job's links for one token (NULL: webhooks), made on first use.
+-- A concurrent first use inserts nothing and reads the other's row.
+WITH made AS (
+    INSERT INTO download_keys (job_id, token_id, secret)
+    VALUES (%(job_id)s, %(token_id)s, %(secret)s)
+    ON CONFLICT (job_id, holder) DO NOTHING
+    RETURNING id, secret
+)
+SELECT id, secret FROM made
+UNION ALL
+SELECT id, secret FROM download_keys
+ WHERE job_id = %(job_id)s AND holder = coalesce(%(token_id)s::bigint, 0)
+ LIMIT 1;
+
+-- name: download_key_check
+-- A link's key: its secret, its job, and whether its token (if any) is still live.
+SELECT k.job_id, k.secret, j.job_code, (k.token_id IS NULL OR t.revoked_at IS NULL) AS live
+  FROM download_keys k
+  JOIN workflow_jobs j ON j.id = k.job_id
+  LEFT JOIN api_tokens t ON t.id = k.token_id
+ WHERE k.id = %(key_id)s;
+
+-- name: download_job_exists
+-- The job still exists (a notification may outlive it).
+SELECT id FROM workflow_jobs WHERE id = %(job_id)s;
+
+-- ===========================================================================
+-- Uploads (tus resumable uploads and multipart posts)
+-- ===========================================================================
+
+-- name: upload_create
+-- A new upload, receiving until %(length)s bytes are in its part file.
+INSERT INTO uploads (id, token_id, length, received, filename, metadata, part_path, expires_at)
+VALUES (%(id)s, %(token_id)s, %(length)s, %(received)s, %(filename)s, %(metadata)s,
+        %(part_path)s, now() + make_interval(secs => %(ttl_s)s))
+RETURNING *;
+
+-- name: upload_get
+-- One upload, with its job's code.
+SELECT u.*, j.job_code
+  FROM uploads u LEFT JOIN workflow_jobs j ON j.id = u.job_id
+ WHERE u.id = %(id)s;
+
+-- name: upload_claim
+-- Take a receiving upload for one PATCH at %(offset)s: nobody else writing (or their
+-- claim ran out), and the client's offset is the one on disk.
+UPDATE uploads
+   SET busy_until = now() + make_interval(secs => %(hold_s)s), updated_at = now()
+ WHERE id = %(id)s AND status = 'receiving' AND received = %(offset)s
+   AND (busy_until IS NULL OR busy_until < now())
+RETURNING *;
+
+-- name: upload_hold
+-- A long PATCH keeps its claim.
+UPDATE uploads SET busy_until = now() + make_interval(secs => %(hold_s)s)
+ WHERE id = %(id)s AND status = 'receiving';
+
+-- name: upload_release
+-- A PATCH is over: %(received)s bytes are durably on disk; the expiry starts again.
+UPDATE uploads
+   SET received = %(received)s, busy_until = NULL, updated_at = now(),
+       expires_at = now() + make_interval(secs => %(ttl_s)s)
+ WHERE id = %(id)s AND status = 'receiving'
+RETURNING *;
+
+-- name: upload_complete
+-- A finished upload landed under an input root (and became a job, or did not: error).
+UPDATE uploads
+   SET status = 'complete', received = length, landed_path = %(landed_path)s,
+       content_type = %(content_type)s, job_id = %(job_id)s, error = %(error)s,
+       busy_until = NULL, updated_at = now()
+ WHERE id = %(id)s;
+
+-- name: upload_delete
+-- Terminate an upload nobody is writing to (tus termination).
+DELETE FROM uploads
+ WHERE id = %(id)s AND (busy_until IS NULL OR busy_until < now())
+RETURNING part_path, status;
+
+-- name: upload_delete_any
+-- Forget an upload whose bytes were refused.
+DELETE FROM uploads WHERE id = %(id)s;
+
+-- name: uploads_expire
+-- Unfinished uploads past their expiry, nobody writing: removed (their part files next).
+DELETE FROM uploads
+ WHERE status = 'receiving' AND expires_at < now()
+   AND (busy_until IS NULL OR busy_until < now())
+RETURNING id, part_path;

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from mediaq import db, operations
+from mediaq import db, download_links, operations
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import ACTIVE
@@ -23,7 +23,7 @@ dead_letters_router = APIRouter(prefix="/api/media", tags=["jobs"])
 
 Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
-Submitter = Annotated[Principal, Depends(require("submitter"))]
+Submitter = Annotated[Principal, Depends(require("submitter", kind="submit"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 
 # JobStatus values, and "running" for processing (tests/test_job_transitions.py checks).
@@ -141,14 +141,16 @@ def job_stats(conn: Conn, _: Viewer) -> dict[str, Any]:
 
 
 @router.get("/{job_id}")
-def show_job(job_id: str, conn: Conn,
-             _: Viewer) -> dict[str, Any]:
-    """One job (by code or numeric id) with its log and steps."""
-    return _detail(conn, job_id)
+def show_job(job_id: str, request: Request, conn: Conn, who: Viewer) -> dict[str, Any]:
+    """One job (by code or numeric id) with its log, steps and ``outputs``: each output
+    with a ``url``, a signed download link that expires (``web.link_ttl_seconds``) and
+    stops working when this token is revoked or the job is deleted."""
+    return _detail(conn, job_id, request, who)
 
 
 @router.patch("/{job_id}")
-def change_job(job_id: str, body: JobChange, conn: Conn, who: Operator) -> dict[str, Any]:
+def change_job(job_id: str, body: JobChange, request: Request, conn: Conn,
+               who: Operator) -> dict[str, Any]:
     """Change a waiting (pending, queued or paused) job's priority; returns the job.
 
     ``{"priority": 8}``: 10 is the most urgent. ``{"priority": 1, "priorityOrder":
@@ -157,7 +159,7 @@ def change_job(job_id: str, body: JobChange, conn: Conn, who: Operator) -> dict[
     change (409)."""
     operations.set_priority(conn, job_id, body.priority, by=who.name or who.role,
                             lowest_first=body.priorityOrder == "lowest-first")
-    return _detail(conn, job_id)
+    return _detail(conn, job_id, request, who)
 
 
 LIVE = ACTIVE
@@ -172,15 +174,28 @@ def _with_etas(conn: db.Connection, rows: list[db.Row]) -> list[db.Row]:
     return [{**row, **etas.get(row["id"], {})} for row in rows]
 
 
-def _detail(conn: db.Connection, ref: str) -> dict[str, Any]:
+def _detail(conn: db.Connection, ref: str, request: Request,
+            who: Principal) -> dict[str, Any]:
     [row] = _with_etas(conn, [operations.find_job(conn, ref)])
     steps = db.fetch_all(conn, "job_steps_detail",
                          {"job_id": row["id"], "workflow_id": row["workflow_id"]})
     out = serialise.job({**row, "total_steps": len(steps)})
     out["log"] = row["log"]
     out["steps"] = [serialise.step(s) for s in steps]
-    out["outputs"] = serialise.plain((row.get("output_metadata") or {}).get("outputs", []))
+    outputs = (row.get("output_metadata") or {}).get("outputs", [])
+    out["outputs"] = serialise.plain(signer(conn, row, request, who).outputs(outputs)
+                                     if outputs else [])
     return out
+
+
+def signer(conn: db.Connection, job: db.Row, request: Request,
+           who: Principal) -> download_links.Signer:
+    """Signs this job's links for this token, on the address the client used (or
+    ``web.public_url``)."""
+    settings = request.app.state.settings
+    base = settings.web.public_url or str(request.base_url)
+    return download_links.Signer.for_job(conn, job, who.token_id, settings.storage.outputs,
+                                         base, settings.web.link_ttl_seconds)
 
 
 @router.post("", status_code=201)
@@ -215,6 +230,14 @@ def _operate(conn: db.Connection, job_id: str, who: Principal, verb: str) -> dic
             "retryAfter": serialise.plain(row["retry_after"]), "log": row["log"],
             "cancelRequested": row["cancel_requested"],
             "pauseRequested": row["pause_requested"]}
+
+
+@router.delete("/{job_id}")
+def delete_job(job_id: str, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Cancel a job (as ``POST /api/media/jobs/{job_id}/cancel``): a waiting one at once,
+    a running one within seconds; the job's row and history stay (``mediaq prune``
+    deletes finished jobs). A finished job cannot be cancelled (409)."""
+    return _operate(conn, job_id, who, "cancel")
 
 
 @router.post("/{job_id}/retry")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,18 +14,22 @@ from fastapi.staticfiles import StaticFiles
 
 from mediaq import db
 from mediaq.config import Settings
-from mediaq.web import api, catalog, errors, metrics
-from mediaq.web.auth import Principal, get_conn, require
+from mediaq.web import (
+    api,
+    catalog,
+    downloads,
+    errors,
+    maintenance,
+    metrics,
+    openapi_docs,
+    progress,
+    uploads,
+)
+from mediaq.web.auth import Limits, Principal, get_conn, require
+from mediaq.web.request_ids import RequestIds
 
 STATIC = Path(__file__).resolve().parent / "static"
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+MAINTENANCE_SECONDS = 60.0
 
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
@@ -36,9 +41,13 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = db.make_pool(url, pool_size, application="mediaq-web")
+        app.state.admit_pool = db.make_pool(url, 4, application="mediaq-web-admit")
+        chores = asyncio.create_task(maintenance.loop(app, MAINTENANCE_SECONDS))
         try:
             yield
         finally:
+            chores.cancel()
+            app.state.admit_pool.close()
             app.state.pool.close()
 
     app = FastAPI(title="mediaq", version="1", lifespan=lifespan, openapi_url=None,
@@ -46,7 +55,11 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
                   description="The media job API. Send `Authorization: Bearer "
                               "<token>`; tokens come from `mediaq tokens create`.")
     app.state.settings = settings
+    app.state.limits = Limits.from_settings(settings)
     errors.install(app)
+    app.include_router(progress.router)
+    app.include_router(uploads.router)
+    app.include_router(downloads.router)
     app.include_router(api.router)
     app.include_router(api.dead_letters_router)
     app.include_router(catalog.router)
@@ -78,12 +91,6 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        response.headers["Content-Security-Policy"] = CSP
-        return response
-
+    app.add_middleware(RequestIds)
+    openapi_docs.install(app)
     return app

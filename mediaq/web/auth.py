@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from mediaq import db
+from mediaq import db, rate_limits
 from mediaq.errors import Refused
 
 ROLES = ("viewer", "submitter", "operator", "admin")
@@ -87,17 +87,76 @@ def get_conn(request: Request) -> Any:
         yield conn
 
 
-def require(role: str) -> Callable[..., Principal]:
-    """A dependency: 401 without a valid token, 403 when its role is below ``role``."""
+def admission_pool(request: Request) -> Any:
+    """The small pool that authentication and rate limits use, apart from the request's
+    own connection (``get_conn``): a request may hold its connection while it waits for
+    this one, never the other way round, so the two pools cannot deadlock."""
+    return request.app.state.admit_pool
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def admit(request: Request, token: str | None, kind: str = "request") -> Principal | None:
+    """Authenticate ``token`` and take from the request's rate-limit buckets (its client
+    address; the token; the token's submits when ``kind`` is "submit") in one short
+    transaction of its own, committed whatever the request then does. None: no valid
+    token. 429 with Retry-After when a bucket is empty."""
+    limits: Limits = request.app.state.limits
+    with admission_pool(request).connection() as conn:
+        principal = authenticate(conn, token) if token else None
+        wanted = limits.buckets(client_address(request), principal, kind)
+        verdict = rate_limits.take(conn, wanted)
+    if not verdict.allowed:
+        assert verdict.limit is not None
+        scope = "address" if (verdict.bucket or "").startswith("addr:") else "token"
+        raise HTTPException(
+            429, f"too many requests for this {scope}: {verdict.limit.count} per "
+                 f"{verdict.limit.seconds:g} s; retry in {verdict.retry_after} s",
+            headers={"Retry-After": str(verdict.retry_after)})
+    return principal
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The rate limits of `mediaq web` (settings ``web.*rate_limit``), by role."""
+
+    requests: dict[str, rate_limits.Rate | None]
+    submits: dict[str, rate_limits.Rate | None]
+    address: rate_limits.Rate | None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        web = settings.web
+        return cls(rate_limits.parse_role_rates(web.rate_limit),
+                   rate_limits.parse_role_rates(web.submit_rate_limit),
+                   rate_limits.parse_rate(web.address_rate_limit))
+
+    def buckets(self, address: str, who: Principal | None,
+                kind: str) -> dict[str, rate_limits.Rate]:
+        wanted: dict[str, rate_limits.Rate | None] = {f"addr:{address}": self.address}
+        if who is not None:
+            wanted[f"token:{who.token_id}"] = self.requests.get(who.role)
+            if kind == "submit":
+                wanted[f"submit:{who.token_id}"] = self.submits.get(who.role)
+        return {name: rate for name, rate in wanted.items() if rate is not None}
+
+
+def require(role: str, kind: str = "request") -> Callable[..., Principal]:
+    """A dependency: 401 without a valid token, 403 when its role is below ``role``,
+    429 past a rate limit (``kind`` "submit": the submit limit too)."""
 
     def dependency(
+        request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
-        conn: db.Connection = Depends(get_conn, scope="function"),  # noqa: B008
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
+        scheme_ok = credentials is not None and credentials.scheme.lower() == "bearer"
+        principal = admit(request, credentials.credentials if credentials and scheme_ok
+                          else None, kind)
+        if not scheme_ok:
             raise HTTPException(401, "a bearer token is required",
                                 headers={"WWW-Authenticate": "Bearer"})
-        principal = authenticate(conn, credentials.credentials)
         if principal is None:
             raise HTTPException(401, "invalid or revoked token",
                                 headers={"WWW-Authenticate": "Bearer"})

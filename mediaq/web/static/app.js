@@ -40,8 +40,8 @@ async function api(path, options = {}) {
   });
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
-  if (response.status === 401) { logout("token refused: " + (data && data.error)); }
-  if (!response.ok) throw new ApiError(response.status, (data && data.error) || response.statusText);
+  if (response.status === 401) { logout("token refused: " + (data && (data.detail || data.title))); }
+  if (!response.ok) throw new ApiError(response.status, (data && (data.detail || data.title)) || response.statusText);
   return data;
 }
 
@@ -209,6 +209,11 @@ async function showDetail() {
     el("td", {}, s.stepNumber), el("td", {}, s.stepName), el("td", {}, s.action),
     el("td", {}, s.status ? el("span", { class: "badge b-" + (s.status === "running" ? "processing" : s.status) }, s.status) : ""),
     el("td", {}, s.executions), el("td", {}, s.durationMs ?? ""), el("td", {}, s.errorMessage ?? ""))));
+  // Each output's signed download link (made for this token; it expires).
+  $("#detail-outputs").replaceChildren(...(job.outputs || []).filter((o) => o && o.path)
+    .map((o) => el("li", {}, /^https?:\/\//.test(o.url || "")
+      ? el("a", { href: o.url, target: "_blank", rel: "noopener noreferrer" }, o.name)
+      : o.name, " ", o.contentType || "", o.size_bytes ? " · " + o.size_bytes + " bytes" : "")));
   const log = $("#detail-log");
   const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
   log.textContent = job.log || "";
