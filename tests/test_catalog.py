@@ -129,7 +129,7 @@ def test_the_api_lists_and_shows_assets(mq: MediaqEnv) -> None:
     with conn_to(mq) as conn:
         token = create_token(conn, "viewer", "t-viewer")[0]
         conn.commit()
-    proc, base = mq.start_web()
+    _, base = mq.start_web()
     headers = {"Authorization": f"Bearer {token}"}
     assert requests.get(base + "/api/media/assets", timeout=10).status_code == 401
     got = requests.get(base + "/api/media/assets", headers=headers, timeout=10,

@@ -58,6 +58,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.analysis.transcribe",
     "mediaq.actions.finalize",
     "mediaq.actions.library",
+    "mediaq.actions.reels.scenes_extract",
 )
 
 
