@@ -59,6 +59,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.finalize",
     "mediaq.actions.library",
     "mediaq.actions.reels.scenes_extract",
+    "mediaq.actions.reels.highlights",
     "mediaq.actions.vision.actions",
 )
 
