@@ -177,6 +177,6 @@ def still_at(path: Path, seconds: float, target: Path, width: int = 320) -> None
                 break
         if picture is None:
             raise PermanentError(f"{path.name}: no frame to show at {seconds:.3f} s")
-        image = picture.to_image()
+        image = picture.to_image()  # type: ignore[no-untyped-call]
     height = max(2, round(image.height * width / image.width))
     image.resize((width, height), Image.Resampling.BILINEAR).save(target, "JPEG", quality=85)

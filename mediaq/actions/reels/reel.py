@@ -90,7 +90,7 @@ class ReelWriter:
             feed = None
             if astream is not None and self.audio_rate:
                 a_out = out.add_stream(lambda c: add_audio_stream(
-                    c, "aac", rate=self.audio_rate, layout="stereo", bit_rate=128_000))
+                    c, "aac", rate=self.audio_rate or 48_000, layout="stereo", bit_rate=128_000))
                 feed = AudioEncoderFeed(a_out)
                 out.drain_on_finish(lambda: feed.push(None) if feed else [])
             held: deque[Planes] = deque()
@@ -110,7 +110,7 @@ class ReelWriter:
                 scale = Scaler(*self.size)
                 for index, frame in enumerate(constant_rate(frames, start=start,
                                                             rate=self.rate, count=count)):
-                    planes = scale(frame).to_ndarray()
+                    planes: Planes = scale(frame).to_ndarray()  # type: ignore[assignment]
                     if index < len(fading_in):
                         mix = (index + 1) / (len(fading_in) + 1)
                         planes = (fading_in[index] * (1 - mix) + planes * mix).astype(np.uint8)

@@ -12,6 +12,7 @@ Memory stays flat: one previous thumbnail, per-second sums, never a frame list.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -150,11 +151,18 @@ class Segment:
 
 
 def segments_of(signals: Signals, length: float) -> list[Segment]:
-    """The video in pieces of about ``length`` seconds that never cross a cut (a scene's
-    last piece shorter than half of ``length`` joins the one before it)."""
-    bounds = [0.0, *[c for c in signals.cuts if 0 < c < signals.duration], signals.duration]
+    """The video in pieces of about ``length`` seconds that never cross a cut. Cuts less
+    than ``length / 2`` after the previous one (a burst of quick cuts, or fast motion
+    that the cut detector takes for cuts) do not split: such a passage is one busy
+    segment rather than many too short to fade. A scene's last piece shorter than
+    ``length / 2`` joins the one before it."""
+    kept: list[float] = []
+    for cut in signals.cuts:
+        if 0 < cut < signals.duration and cut - (kept[-1] if kept else 0.0) >= length / 2:
+            kept.append(cut)
+    bounds = [0.0, *kept, signals.duration]
     found: list[Segment] = []
-    for scene_start, scene_end in zip(bounds, bounds[1:], strict=False):
+    for scene_start, scene_end in itertools.pairwise(bounds):
         start = scene_start
         pieces: list[Segment] = []
         while scene_end - start > 1e-6:
@@ -162,9 +170,11 @@ def segments_of(signals: Signals, length: float) -> list[Segment]:
             if pieces and end - start < length / 2:
                 pieces[-1].end = end
             else:
-                pieces.append(Segment(start, end, starts_scene=not pieces and start > 0))
+                pieces.append(Segment(start, end, starts_scene=False))
             start = end
         found.extend(pieces)
+    for seg in found:  # any cut inside counts, also one that did not split
+        seg.starts_scene = any(seg.start <= c < seg.end for c in signals.cuts)
     return found
 
 

@@ -116,7 +116,7 @@ def tag_media(ctx: ActionContext) -> ActionResult:
             nsfw = max(nsfw, entry["nsfw"])
         scenes.append(entry)
     spent = time.monotonic() - started
-    tags = [{"label": label, "score": round(score, 4), "model": tagger.model}
+    tags: list[dict[str, Any]] = [{"label": label, "score": round(score, 4), "model": tagger.model}
             for label, score in sorted(best.items(), key=lambda kv: -kv[1])]
     data: dict[str, Any] = {"tags": tags, "frames_analysed": len(scenes),
                             "frames_per_second": round(len(scenes) / max(spent, 1e-6), 2)}

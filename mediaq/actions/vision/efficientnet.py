@@ -35,7 +35,6 @@ def weights_path() -> Path:
 def build_model(state: dict[str, Array]) -> bytes:
     """The serialised ONNX model: input ``image`` (N, 3, 224, 224) float32, normalised
     to [-1, 1]; output ``logits`` (N, 1000)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes: list[Any] = []

@@ -58,7 +58,8 @@ def frames_at(ctx: ActionContext, path: Path, times: list[float],
             scale = min(1.0, max_side / max(frame.width, frame.height))
             width = max(2, round(frame.width * scale) // 2 * 2)
             height = max(2, round(frame.height * scale) // 2 * 2)
-            rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+            rgb: RGB = frame.to_ndarray(  # type: ignore[assignment]
+                format="rgb24", width=width, height=height)
             while index < len(wanted) and seconds + 1e-3 >= wanted[index]:
                 index += 1
             yield seconds, rgb
