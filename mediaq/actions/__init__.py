@@ -60,6 +60,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.library",
     "mediaq.actions.reels.scenes_extract",
     "mediaq.actions.reels.highlights",
+    "mediaq.actions.reels.compilations",
     "mediaq.actions.vision.actions",
 )
 

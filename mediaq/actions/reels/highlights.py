@@ -15,7 +15,7 @@ from typing import Any
 from mediaq.actions import action
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.clip import HARDWARE_SCHEMA, PRESETS, inspect_clip, safe_stem
-from mediaq.actions.reels.reel import ReelWriter
+from mediaq.actions.reels.reel import Piece, ReelWriter
 from mediaq.actions.reels.scenes_extract import CUT_SCHEMA, cut_ranges
 from mediaq.actions.reels.signals import Segment, measure, score, segments_of
 from mediaq.errors import PermanentError
@@ -127,9 +127,12 @@ def write_reel(ctx: ActionContext, segments: list[Segment], chosen: list[Segment
     params = ctx.params
     clip = inspect_clip(ctx.source_path)
     target = ctx.output_path(f"{safe_stem(ctx.source_path)}_{label}.mp4")
-    writer = ReelWriter(ctx, clip, target, crossfade=params["crossfade"], crf=params["crf"],
-                        preset=params["preset"], hardware=params["hardware"])
-    result = writer.write([(s.start, s.end) for s in chosen])
+    writer = ReelWriter(ctx, target, crossfade=params["crossfade"], crf=params["crf"],
+                        preset=params["preset"], hardware=params["hardware"], first=clip,
+                        audio=clip.audio_rate is not None)
+    planned = sum(s.duration for s in chosen) - params["crossfade"] * (len(chosen) - 1)
+    result = writer.write([Piece(clip, s.start, s.end) for s in chosen],
+                          planned_seconds=planned)
     kept = [s.as_data() for s in chosen]
     return ActionResult(
         outputs=[OutputFile(target, role="rendition", meta={
