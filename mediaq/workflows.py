@@ -221,7 +221,7 @@ def apply(conn: db.Connection, doc: dict[str, Any]) -> ApplyResult:
 
 
 def seed(conn: db.Connection) -> list[ApplyResult]:
-    """Install (or update) the five built-in workflows of ``mediaq/seed_workflows/``."""
+    """Install (or update) the built-in workflows of ``mediaq/seed_workflows/``."""
     return [apply(conn, load_file(path)) for path in sorted(SEED_DIR.glob("*.yaml"))]
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mediaq.actions import get_action
-from tests.helpers import action_context, requires_tool, run_action
+from tests.helpers import MediaqEnv, action_context, requires_tool, run_action
 from tests.media_judge import decodes_fully, duration_of, ffmpeg, ffprobe, video_stream
 
 pytestmark = requires_tool("ffmpeg", "ffprobe")
@@ -149,3 +149,19 @@ def test_highlights_then_extract_clips(media: Path, tmp_path: Path) -> None:
     for segment, clip in zip(kept, files, strict=True):
         assert abs(duration_of(clip) - segment["duration"]) <= 0.15
         assert decodes_fully(clip)
+
+
+def test_the_seeded_highlights_workflow(mq: MediaqEnv, media: Path) -> None:
+    mq.seed()
+    source = mq.inputs / "shots.mp4"
+    source.write_bytes(three_shots(media, keyframes_at_cuts=True).read_bytes())
+    code = mq.submit("WF-VIDEO-HIGHLIGHTS", source, "--param",
+                     "generate_digest.target_length=5")
+    mq.run_burst(timeout=300)
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    assert job["output_metadata"]["failed_steps"] == []
+    files = {Path(o["path"]).name for o in job["output_metadata"]["outputs"]}
+    assert {f"shots_scene00{i}.mp4" for i in range(3)} <= files
+    assert "shots_digest.mp4" in files and "shots_clip000.mp4" in files
+    assert abs(duration_of(mq.outputs / code / "shots_digest.mp4") - 5) <= 0.5
