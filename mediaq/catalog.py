@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import structlog
 from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
 
 from mediaq import db
 from mediaq.errors import MediaqError
 from mediaq.files import walk_files
+
+log = structlog.get_logger("mediaq.catalog")
 
 VIDEO = frozenset({"mp4", "mov", "mkv", "webm", "avi", "m4v", "ts", "mts", "m2ts", "mpg",
                    "mpeg", "wmv", "flv", "3gp", "ogv"})
@@ -186,6 +191,18 @@ def record_job(conn: db.Connection, job_id: int) -> list[int]:
         _link(conn, asset_id, job_id, "output", step_number)
         touched.append(asset_id)
     return touched
+
+
+def record_job_quietly(pool: ConnectionPool[db.Connection], job_id: int) -> None:
+    """:func:`record_job` in its own transaction, after the job's completion has been
+    committed; a failure is logged, never raised: the catalog must not fail a job.
+
+    The one line the worker calls once a job has completed."""
+    try:
+        with db.transaction(pool) as conn:
+            record_job(conn, job_id)
+    except (psycopg.Error, OSError, MediaqError) as exc:
+        log.warning("catalog:record_failed", job_id=job_id, error=str(exc).splitlines()[0])
 
 
 def merge_measurements(found: AssetFacts, data: dict[str, Any], *, source: str) -> None:

@@ -10,7 +10,7 @@ import psycopg
 import requests
 from psycopg.rows import dict_row
 
-from mediaq import catalog
+from mediaq import catalog, db
 from mediaq.web.auth import create_token
 from tests.helpers import MediaqEnv, requires_tool
 from tests.media_judge import ffmpeg
@@ -107,10 +107,17 @@ def test_a_completed_job_catalogues_its_input_and_outputs(mq: MediaqEnv) -> None
     mq.run_burst()
     job = mq.job(code)
     assert job["status"] == "completed", job["error_message"]
+    # What the worker calls once the job is committed: its own transaction, never raising.
+    pool = db.make_pool(mq.url, size=1)
+    try:
+        catalog.record_job_quietly(pool, job["id"])
+        catalog.record_job_quietly(pool, 10**9)  # no such job: nothing, quietly
+    finally:
+        pool.close()
     with conn_to(mq) as conn:
-        touched = catalog.record_job(conn, job["id"])
-        assert touched == catalog.record_job(conn, job["id"])  # twice: the same rows
+        touched = catalog.record_job(conn, job["id"])  # again: the same rows
         conn.commit()
+    assert mq.one("SELECT count(*) AS n FROM assets")["n"] == len(touched)
     source_row = mq.one("SELECT * FROM asset_library WHERE path = %s", (str(source),))
     assert source_row["origin"] == "input" and source_row["scene_count"] == 1
     assert source_row["used_by_jobs"] == 1
