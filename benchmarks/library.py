@@ -85,7 +85,8 @@ SELECT '/library/' || i || '.mp4', 'video', (i %% 600)::float8,
   FROM generate_series(1, %(n)s) AS i;
 INSERT INTO mediaq.asset_tags (asset_id, tag, score, source)
 SELECT id, (ARRAY['beach', 'city', 'dog', 'cat', 'car'])[1 + id %% 5], 0.5, 'bench'
-  FROM mediaq.assets;
+  FROM mediaq.assets
+;
 ANALYZE mediaq.assets;
 ANALYZE mediaq.asset_tags;
 """
@@ -95,7 +96,9 @@ def catalog_queries(admin: str) -> dict[str, float]:
     url = create_database(admin)
     migrate.upgrade(url)
     with db.connect(url) as conn:
-        conn.execute(FILL, {"n": ASSETS})
+        for statement in FILL.split(";"):
+            if statement.strip():
+                conn.execute(statement, {"n": ASSETS})
         conn.commit()
         timings: dict[str, float] = {}
         asks = {
@@ -133,7 +136,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mediaq-bench-library-"))
     figures: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     figures["vision"] = vision()
+    print(json.dumps(figures["vision"]), flush=True)
     figures["digest"] = digest(work)
+    print(json.dumps(figures["digest"]), flush=True)
     with server("library") as (admin, _root):
         figures["catalog"] = catalog_queries(admin)
     figures["load_after"] = os.getloadavg()[0]

@@ -18,6 +18,7 @@ from mediaq.actions.reels.cutting import (
     keyframes,
     still_at,
 )
+from mediaq.errors import PermanentError
 
 CUT_SCHEMA: dict[str, Any] = {
     "copy": {"enum": ["auto", "never"], "default": "auto"},
@@ -81,6 +82,10 @@ def cut_ranges(ctx: ActionContext, ranges: list[tuple[float, float]],
     described: list[dict[str, Any]] = []
     for number, (start, end) in enumerate(ranges):
         ctx.progress(number / max(len(ranges), 1), f"cutting {label} {number + 1}")
+        end = min(end, clip.duration)  # never pad a clip past the source's end
+        if end - start < 1 / float(clip.rate):
+            raise PermanentError(f"{path.name}: {label} {number} ({start:.3f} s to "
+                                 f"{end:.3f} s) lies outside the video ({clip.duration:.3f} s)")
         target = ctx.output_path(f"{stem}_{label}{number:03d}.mp4")
         reaches_end = end >= clip.duration - tolerance
         first = keyframe_at(keys, start, tolerance)
