@@ -165,3 +165,39 @@ def test_the_seeded_highlights_workflow(mq: MediaqEnv, media: Path) -> None:
     assert {f"shots_scene00{i}.mp4" for i in range(3)} <= files
     assert "shots_digest.mp4" in files and "shots_clip000.mp4" in files
     assert abs(duration_of(mq.outputs / code / "shots_digest.mp4") - 5) <= 0.5
+
+
+@requires_tool("chromium")
+def test_the_digest_plays_in_a_browser(media: Path, tmp_path: Path) -> None:
+    """Headless Chromium loads the digest over HTTP and plays it through."""
+    import functools
+    import http.server
+    import threading
+
+    from tests.test_dashboard import Browser
+
+    result = run_action("generate_digest", digest_source(media), tmp_path / "site",
+                        target_length=6)
+    name = result.outputs[0].staging_path.name
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler,
+                                directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    browser = Browser(tmp_path / "chromium")
+    try:
+        played = browser.js(f"""new Promise(done => {{
+            const v = document.createElement('video');
+            v.muted = true; v.playbackRate = 4;
+            v.onended = () => done({{ended: true, duration: v.duration,
+                                     width: v.videoWidth, time: v.currentTime}});
+            v.onerror = () => done({{error: v.error && v.error.code}});
+            v.src = 'http://127.0.0.1:{server.server_port}/{name}';
+            document.body.appendChild(v);
+            v.play().catch(e => done({{error: String(e)}}));
+            setTimeout(() => done({{timeout: true, time: v.currentTime}}), 60000);
+        }})""")
+    finally:
+        browser.close()
+        server.shutdown()
+    assert played.get("ended"), played
+    assert abs(played["duration"] - 6) <= 0.5 and played["width"] == SIZE[0]
