@@ -68,6 +68,10 @@ def test_scan_fills_the_catalog_and_sql_answers_orientation_and_duration(
     listed = json.loads(mq.cli("assets", "list", "--orientation", "landscape",
                                "--min-duration", "30", "--json").stdout)
     assert [r["path"] for r in listed] == [str(files["wide_long"])]
+    assert "wide_long.mp4" in mq.cli("assets").stdout  # bare: the list, newest first
+    shown = json.loads(mq.cli("assets", "show", str(listed[0]["id"]), "--json").stdout)
+    assert shown["orientation"] == "landscape" and shown["tag_scores"] == []
+    assert mq.cli("assets", "show", "999999", check=False).returncode == 1
 
 
 def test_tags_filter_and_a_seeded_random_draw(mq: MediaqEnv) -> None:
