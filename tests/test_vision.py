@@ -11,7 +11,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from mediaq import catalog
-from tests.helpers import MediaqEnv, requires_tool, run_action
+from mediaq.actions import get_action
+from tests.helpers import MediaqEnv, action_context, requires_tool, run_action
 from tests.media_judge import ffmpeg
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test photos)")
@@ -35,14 +36,19 @@ def test_a_face_is_found_in_the_astronaut_and_none_in_a_blank_frame(tmp_path: Pa
             .data["faces_count"] == 0, empty
 
 
-@requires_tool("ffmpeg")
-def test_faces_in_video_frames_with_times(tmp_path: Path) -> None:
-    video = tmp_path / "face.mp4"
-    # 2 s of the astronaut, then 2 s of black.
+def face_then_black(folder: Path) -> Path:
+    """2 s of the astronaut, then 2 s of black (5 fps)."""
+    video = folder / "face.mp4"
     ffmpeg("-loop", "1", "-framerate", "5", "-t", "2", "-i", photo("astronaut.png"),
            "-f", "lavfi", "-i", "color=c=black:size=512x512:rate=5:duration=2",
            "-filter_complex", "[0]format=yuv420p[a];[1]format=yuv420p[b];[a][b]concat=n=2",
            "-c:v", "libx264", "-preset", "ultrafast", video)
+    return video
+
+
+@requires_tool("ffmpeg")
+def test_faces_in_video_frames_with_times(tmp_path: Path) -> None:
+    video = face_then_black(tmp_path)
     result = run_action("detect_faces", video, tmp_path, interval=0.5)
     data = result.data
     assert data["frames_analysed"] == 8
@@ -101,3 +107,18 @@ def test_tags_and_faces_reach_the_catalog(mq: MediaqEnv) -> None:
     tags = mq.query("SELECT tag, score, source FROM asset_tags WHERE asset_id = %s",
                     (asset["id"],))
     assert all(t["source"] == "efficientnet-lite0-imagenet1k" for t in tags)
+
+
+@requires_tool("ffmpeg")
+def test_highlights_pick_the_faces_from_a_faces_step_or_by_themselves(tmp_path: Path) -> None:
+    video = face_then_black(tmp_path)
+    faces = run_action("detect_faces", video, tmp_path / "f", interval=0.5)
+    previous = [{"role": "report", **faces.outputs[0].meta}]
+    only_faces = {"faces": True, "count": 1, "segment_seconds": 2, "crossfade": 0,
+                  "weights": {"faces": 1, "motion": 0, "loudness": 0, "scene_change": 0}}
+    for number, earlier in enumerate((previous, [])):
+        ctx = action_context("generate_highlights", video, tmp_path / f"h{number}",
+                             only_faces, previous_outputs=earlier)
+        kept = get_action("generate_highlights").fn(ctx).data["segments"]
+        assert [(s["start"], s["end"]) for s in kept] == [(0.0, 2.0)], earlier
+        assert kept[0]["signals"]["faces"] == 1.0

@@ -83,8 +83,14 @@ def extract_clips(ctx: ActionContext) -> ActionResult:
 
 def scored_segments(ctx: ActionContext) -> list[Segment]:
     params = ctx.params
+    known = None
+    if params["faces"]:
+        known = next(([(float(t), int(c)) for t, c in out["face_samples"]]
+                      for out in reversed(ctx.previous_outputs)
+                      if isinstance(out.get("face_samples"), list)), None)
     signals = measure(ctx, ctx.source_path,
-                      face_interval=params["face_interval"] if params["faces"] else None)
+                      face_interval=params["face_interval"] if params["faces"] else None,
+                      known_faces=known)
     segments = segments_of(signals, params["segment_seconds"])
     score(segments, signals, {**WEIGHTS_SCHEMA["default"], **params["weights"]})
     ctx.log(f"{ctx.source_path.name}: {len(segments)} segment(s) scored from {signals.frames} "

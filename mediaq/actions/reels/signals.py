@@ -66,8 +66,10 @@ class _PerSecond:
         return out
 
 
-def measure(ctx: ActionContext, path: Path, *, face_interval: float | None) -> Signals:
-    """Decode ``path`` once and measure every signal per second."""
+def measure(ctx: ActionContext, path: Path, *, face_interval: float | None,
+            known_faces: list[tuple[float, int]] | None = None) -> Signals:
+    """Decode ``path`` once and measure every signal per second; ``known_faces``: (time,
+    faces) samples a detect_faces step already took, used instead of detecting again."""
     started = time.monotonic()
     with open_media(path) as container, reading(path):
         if not container.streams.video:
@@ -80,7 +82,12 @@ def measure(ctx: ActionContext, path: Path, *, face_interval: float | None) -> S
         fps = float(vstream.average_rate or vstream.guessed_rate or 25)
         v_origin = float(vstream.start_time * vstream.time_base) if vstream.start_time else 0.0
         motion, power = _PerSecond(seconds), _PerSecond(seconds)
-        faces = np.full(seconds, np.nan) if face_interval else None
+        faces = np.full(seconds, np.nan) if face_interval or known_faces else None
+        if known_faces and faces is not None:
+            for at, count in known_faces:
+                index = min(max(int(at), 0), seconds - 1)
+                faces[index] = np.nanmax([faces[index], float(count)])
+            face_interval = None  # already measured
         next_face = 0.0
         resampler = AudioResampler(format="flt", layout="mono", rate=16_000)
         thumbnailer: Thumbnailer | None = None

@@ -76,7 +76,11 @@ def detect_faces(ctx: ActionContext) -> ActionResult:
         with writing(report):
             report.write_text(json.dumps({**data, "frames": frames}, indent=1) + "\n",
                               encoding="utf-8")
-        outputs.append(OutputFile(report, role="report", meta={"format": "json"}))
+        # The samples travel with the report, so a later step of the job (a digest's
+        # faces signal) reads them instead of detecting again.
+        outputs.append(OutputFile(report, role="report", meta={
+            "format": "json", "face_samples": [[f["time"], f["count"]]
+                                               for f in frames][:3600]}))
     ctx.log(f"{path.name}: {data['frames_with_faces']} of {len(frames)} frame(s) with faces, "
             f"{data['frames_per_second']} frames/s")
     return ActionResult(outputs=outputs, data={**data, "frames": frames[:200]})
