@@ -29,7 +29,7 @@ def parse_queries(text: str) -> dict[str, str]:
     return found
 
 
-QUERY_FILES = ("queries.sql", "triggers.sql", "reports.sql", "web.sql")
+QUERY_FILES = ("queries.sql", "triggers.sql", "reports.sql", "web.sql", "catalog.sql")
 
 
 def load_queries(paths: tuple[Path, ...] | None = None) -> dict[str, str]:

@@ -65,6 +65,10 @@ BUILTIN_MODULES = (
     "mediaq.actions.analysis.transcribe",
     "mediaq.actions.finalize",
     "mediaq.actions.library",
+    "mediaq.actions.reels.scenes_extract",
+    "mediaq.actions.reels.highlights",
+    "mediaq.actions.reels.compilations",
+    "mediaq.actions.vision.actions",
 )
 
 

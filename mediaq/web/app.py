@@ -25,6 +25,7 @@ from mediaq.web import (
     progress,
     uploads,
 )
+from mediaq.web.assets_api import router as assets_router
 from mediaq.web.auth import Limits, Principal, get_conn, require
 from mediaq.web.request_ids import RequestIds
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api.dead_letters_router)
     app.include_router(catalog.router)
+    app.include_router(assets_router)
 
     @app.get("/healthz", tags=["service"])
     def healthz(request: Request) -> JSONResponse:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 import structlog
 
+from mediaq import catalog
 from mediaq.actions import ActionContext, ActionResult, get_action
 from mediaq.config import Settings
 from mediaq.errors import (
@@ -143,8 +144,11 @@ class Executor:
             # lease decide (it expires and a rescuer hands the job on).
             outcome = Abandoned(str(exc).strip().splitlines()[0] if str(exc) else repr(exc))
         match outcome:
-            case JobCompleted():
+            case JobCompleted(outputs=outputs):
                 bound.info("job:completed")
+                if outputs:  # the media library: its input and outputs, probed (no-op
+                    # jobs, which make nothing, cost nothing here)
+                    catalog.record_job_quietly(handle.pool, handle.job_id)
             case JobFailed(message=message):
                 bound.info("job:failed", error=message)
             case AttemptLost():
