@@ -39,6 +39,15 @@ from mediaq.actions.avio import (
     writing,
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.color import (
+    COLOR_SCHEMA,
+    ColorPlan,
+    ToneMapper,
+    hdr10_encoder_options,
+    plan_color,
+    tag_stream,
+    tone_mapper_for,
+)
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.actions.media_output import MediaOutput, media_outputs
 from mediaq.errors import PermanentError
@@ -157,6 +166,7 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
         "hardware": {"enum": ["auto", "never", "require"], "default": "auto"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
+        **COLOR_SCHEMA,  # tone_map, hdr: see actions/color.py
     },
 }
 
@@ -176,6 +186,7 @@ class Rendition:
     container: str
     filename: str
     label: str
+    color: ColorPlan = ColorPlan("sdr")
 
 
 def parse_resolution(text: str, source: VideoInfo, *, upscale: bool) -> tuple[int, int]:
@@ -210,13 +221,17 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) 
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
     # Named after the rung asked for, so a small source still gets one file per step.
     label = params.get("name") or params["resolution"]
+    color = plan_color(params, info, codec, ctx.source_path.name)
+    options = encoder_options(encoder, crf=params["crf"], preset=params["preset"],
+                              max_bitrate=max_bitrate)
+    if color.mode == "keep":
+        options.update(hdr10_encoder_options(encoder, color))
     return Rendition(
         width=width, height=height, codec=codec, encoder=encoder,
-        options=encoder_options(encoder, crf=params["crf"], preset=params["preset"],
-                                max_bitrate=max_bitrate),
-        max_bitrate=max_bitrate, audio_codec=audio_codec,
+        options=options, max_bitrate=max_bitrate, audio_codec=audio_codec,
         audio_bitrate=parse_bitrate(params["audio_bitrate"]) if audio_codec else None,
         container=container, filename=f"{ctx.source_path.stem}_{label}.{container}", label=label,
+        color=color,
     )
 
 
@@ -252,7 +267,7 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
         ActionResult(
             outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
             data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
-                  "encoder": r.encoder, "fused_with": len(contexts)},
+                  "encoder": r.encoder, "fused_with": len(contexts), **r.color.as_data()},
         )
         for r, path in zip(renditions, paths, strict=True)
     ]
@@ -273,10 +288,11 @@ class RenditionWriter:
 
     def __init__(self, output: MediaOutput, rendition: Rendition, rate: Fraction,
                  time_base: Fraction, audio_rate: int, audio_channels: int,
-                 origin: float = 0.0) -> None:
+                 origin: float = 0.0, tone: ToneMapper | None = None) -> None:
         self.rendition = rendition
         self.output = output
-        self.scale = Scaler(rendition.width, rendition.height)
+        self.scale = Scaler(rendition.width, rendition.height, rendition.color.pix_fmt)
+        self.tone = tone if rendition.color.mode == "tonemap" else None
         self.video = output.add_stream(
             lambda container: self._video_stream(container, rate, time_base),
             drain=lambda stream: stream.encode(None))
@@ -288,7 +304,8 @@ class RenditionWriter:
         r = self.rendition
         stream: Any = container.add_stream(r.encoder, rate=rate)
         stream.width, stream.height = r.width, r.height
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = r.color.pix_fmt
+        tag_stream(stream, r.color)
         stream.codec_context.time_base = time_base
         stream.codec_context.thread_type = "FRAME"
         stream.options = dict(r.options)
@@ -315,6 +332,8 @@ class RenditionWriter:
         return feed
 
     def encode_video(self, frame: VideoFrame) -> None:
+        if self.tone is not None:
+            frame = self.tone(frame)
         self.output.mux(self.video.encode(self.scale.fresh(frame)))
 
     def encode_audio(self, frame: av.AudioFrame) -> None:
@@ -337,11 +356,12 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
         # 1.4 s), and keep the streams' offsets from each other: the earliest start of
         # the streams written is subtracted from all of them, not each stream's own.
         origin = common_origin(vstream, astream if with_audio else None)
+        tone = tone_mapper_for([rendition.color for rendition, _ in targets])
         writers = [
             RenditionWriter(outputs.open(path, format=rendition.container,
                                          options=_muxer_options(rendition.container)),
                             rendition, rate, vstream.time_base, audio_rate, audio_channels,
-                            origin)
+                            origin, tone)
             for rendition, path in targets
         ]
         _pump(ctx, container, vstream, astream, writers, info.duration, origin)
