@@ -86,6 +86,9 @@ class ColorPlan:
         return data
 
 
+SDR = ColorPlan("sdr")
+
+
 def plan_color(params: dict[str, Any], info: MediaInfo, codec: str, name: str) -> ColorPlan:
     """Decide from the step's ``tone_map`` / ``hdr`` and the probed source."""
     video = info.video

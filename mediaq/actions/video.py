@@ -41,6 +41,7 @@ from mediaq.actions.avio import (
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.color import (
     COLOR_SCHEMA,
+    SDR,
     ColorPlan,
     ToneMapper,
     hdr10_encoder_options,
@@ -186,7 +187,7 @@ class Rendition:
     container: str
     filename: str
     label: str
-    color: ColorPlan = ColorPlan("sdr")
+    color: ColorPlan = SDR
 
 
 def parse_resolution(text: str, source: VideoInfo, *, upscale: bool) -> tuple[int, int]:
