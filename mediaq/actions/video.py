@@ -51,6 +51,7 @@ from mediaq.actions.color import (
 )
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.actions.media_output import MediaOutput, media_outputs
+from mediaq.actions.quality import QUALITY_SCHEMA, Rendered, judge
 from mediaq.errors import PermanentError
 
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
@@ -168,6 +169,7 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
         "hardware": {"enum": ["auto", "never", "require"], "default": "auto"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
         **COLOR_SCHEMA,  # tone_map, hdr: see actions/color.py
+        **QUALITY_SCHEMA,  # measure_quality, min_ssim, min_psnr: actions/quality.py
     },
 }
 
@@ -264,13 +266,17 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
     paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
     fps = _output_rate(info.video, contexts[0].params.get("fps"))
     encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
+    scores = judge(lead, info.duration, [
+        Rendered(ctx.params, r.label, r.width, r.height, r.color, path)
+        for ctx, r, path in zip(contexts, renditions, paths, strict=True)])
     return [
         ActionResult(
             outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
             data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
-                  "encoder": r.encoder, "fused_with": len(contexts), **r.color.as_data()},
+                  "encoder": r.encoder, "fused_with": len(contexts), **r.color.as_data(),
+                  **({"quality": score} if score else {})},
         )
-        for r, path in zip(renditions, paths, strict=True)
+        for r, path, score in zip(renditions, paths, scores, strict=True)
     ]
 
 
