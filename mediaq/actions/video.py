@@ -51,6 +51,7 @@ from mediaq.actions.color import (
 )
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.actions.media_output import MediaOutput, media_outputs
+from mediaq.actions.pertitle import LADDER_SCHEMA, choose_crf
 from mediaq.actions.quality import QUALITY_SCHEMA, Rendered, judge
 from mediaq.errors import PermanentError
 
@@ -170,6 +171,7 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
         **COLOR_SCHEMA,  # tone_map, hdr: see actions/color.py
         **QUALITY_SCHEMA,  # measure_quality, min_ssim, min_psnr: actions/quality.py
+        **LADDER_SCHEMA,  # ladder: auto, target_ssim: actions/pertitle.py
     },
 }
 
@@ -260,6 +262,10 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
     if info.video is None:
         raise PermanentError(f"{lead.source_path.name}: has no video stream")
     renditions = [plan_rendition(ctx, ctx.params, info) for ctx in contexts]
+    # ladder: auto: each rung's CRF from a probe of the source, then planned again with it.
+    choices = [choose_crf(ctx, info, r) for ctx, r in zip(contexts, renditions, strict=True)]
+    renditions = [plan_rendition(ctx, {**ctx.params, "crf": c["crf"]}, info) if c else r
+                  for ctx, r, c in zip(contexts, renditions, choices, strict=True)]
     for ctx, rendition in zip(contexts, renditions, strict=True):
         if rendition.encoder.endswith("_nvenc"):
             ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
@@ -274,9 +280,10 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
             outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
             data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
                   "encoder": r.encoder, "fused_with": len(contexts), **r.color.as_data(),
-                  **({"quality": score} if score else {})},
+                  **({"quality": score} if score else {}),
+                  **({"per_title": choice} if choice else {})},
         )
-        for r, path, score in zip(renditions, paths, scores, strict=True)
+        for r, path, score, choice in zip(renditions, paths, scores, choices, strict=True)
     ]
 
 
