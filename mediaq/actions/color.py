@@ -127,7 +127,7 @@ def pq_to_nits(signal: np.ndarray) -> np.ndarray:
     m1, m2 = 2610 / 16384, 2523 / 4096 * 128
     c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
     p = np.power(np.clip(signal, 0.0, 1.0), 1 / m2)
-    return 10000.0 * np.power(np.maximum(p - c1, 0.0) / (c2 - c3 * p), 1 / m1)
+    return np.asarray(10000.0 * np.power(np.maximum(p - c1, 0.0) / (c2 - c3 * p), 1 / m1))
 
 
 def hlg_to_nits(rgb: np.ndarray, peak_nits: float = DEFAULT_PEAK_NITS) -> np.ndarray:
@@ -141,7 +141,7 @@ def hlg_to_nits(rgb: np.ndarray, peak_nits: float = DEFAULT_PEAK_NITS) -> np.nda
     e = np.clip(rgb, 0.0, 1.0)
     scene = np.where(e <= 0.5, e * e / 3.0,
                      (np.exp((np.maximum(e, 0.5) - c) / a) + b) / 12.0)
-    return peak_nits * np.power(scene, HLG_SYSTEM_GAMMA)
+    return np.asarray(peak_nits * np.power(scene, HLG_SYSTEM_GAMMA))
 
 
 def hable(x: np.ndarray | float) -> Any:
@@ -152,7 +152,7 @@ def hable(x: np.ndarray | float) -> Any:
 def bt1886_inverse_eotf(linear: np.ndarray) -> np.ndarray:
     """Display light to an SDR signal for a BT.1886 (gamma 2.4) display: the mapping
     is display-referred, so the camera OETF of BT.709 would be the wrong inverse."""
-    return np.power(np.clip(linear, 0.0, 1.0), 1 / 2.4)
+    return np.asarray(np.power(np.clip(linear, 0.0, 1.0), 1 / 2.4))
 
 
 def tone_map_rgb(signal: np.ndarray, transfer: str, peak_nits: float) -> np.ndarray:
@@ -266,7 +266,7 @@ class ToneMapper:
             # Built from the first (already upright) frame: a quarter turn swapped its sides.
             graph = av.filter.Graph()
             source = graph.add_buffer(width=frame.width, height=frame.height,
-                                      format=frame.format.name, time_base=frame.time_base)
+                                      format=frame.format, time_base=frame.time_base)
             self._graph = configure_chain(graph, source, self.steps, "buffersink")
         self._graph.push(frame)
         mapped = self._graph.vpull()  # every step is one frame in, one frame out

@@ -42,11 +42,16 @@ LADDER_SCHEMA: dict[str, Any] = {
 class Rung(Protocol):
     """What the probe needs of a planned rendition (video.Rendition)."""
 
-    width: int
-    height: int
-    codec: str
-    encoder: str
-    color: ColorPlan
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def codec(self) -> str: ...
+    @property
+    def encoder(self) -> str: ...
+    @property
+    def color(self) -> ColorPlan: ...
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 import av
 import av.error
 import av.filter
+from av.video.format import VideoFormat
 from av.video.frame import VideoFrame
 
 from mediaq.actions.avio import ProgressClock, configure_chain, open_media, reading
@@ -55,9 +56,9 @@ class Meter:
     def __init__(self, metric: str, width: int, height: int, pix_fmt: str) -> None:
         self.metric = metric
         graph = av.filter.Graph()
-        self._main = graph.add_buffer(width=width, height=height, format=pix_fmt,
+        self._main = graph.add_buffer(width=width, height=height, format=VideoFormat(pix_fmt),
                                       time_base=Fraction(1, 1000))
-        self._ref = graph.add_buffer(width=width, height=height, format=pix_fmt,
+        self._ref = graph.add_buffer(width=width, height=height, format=VideoFormat(pix_fmt),
                                      time_base=Fraction(1, 1000))
         node = graph.add(metric)
         self._main.link_to(node, 0, 0)
@@ -112,7 +113,7 @@ class ReferenceScaler:
         if self._graph is None:
             graph = av.filter.Graph()
             source = graph.add_buffer(width=frame.width, height=frame.height,
-                                      format=frame.format.name, time_base=Fraction(1, 1000))
+                                      format=frame.format, time_base=Fraction(1, 1000))
             self._graph = configure_chain(graph, source, self.steps, "buffersink")
         frame.pts = None
         self._graph.push(frame)
