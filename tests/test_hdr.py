@@ -144,3 +144,20 @@ def test_sdr_source_is_left_alone(tmp_path: Path) -> None:
                  preset="ultrafast")
     assert result.data["color"] == "sdr"
     assert video_stream(result.outputs[0].staging_path)["pix_fmt"] == "yuv420p"
+
+
+def test_hls_ladder_of_a_pq_source_is_tone_mapped(hdr_sources: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    source = hdr_sources["pq"]
+    rung = {"width": 320, "height": 180, "name": "full"}
+    result = run("package_hls", source, tmp_path, renditions=[rung], audio=False,
+                 preset="ultrafast", crf=16)
+    playlist = next(o.staging_path for o in result.outputs
+                    if o.staging_path.name.endswith("full.m3u8"))
+    sdr = tmp_path / "hls.mkv"
+    ffmpeg("-i", playlist, "-c:v", "ffv1", sdr)
+    reference = reference_sdr(source, tmp_path / "reference.mkv")
+    mine_luma, mine_sat = luma_and_saturation(sdr)
+    ref_luma, ref_sat = luma_and_saturation(reference)
+    assert abs(mine_luma - ref_luma) <= LUMA_TOLERANCE, (mine_luma, ref_luma)
+    assert abs(mine_sat - ref_sat) <= SATURATION_TOLERANCE, (mine_sat, ref_sat)

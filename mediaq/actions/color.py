@@ -33,6 +33,7 @@ import hashlib
 import re
 import struct
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ BT2020_TO_BT709 = np.array([[1.6605, -0.5876, -0.0728],
 DEFAULT_MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
 DEFAULT_MAX_CLL = "1000,400"
 HDR_CODECS = ("hevc", "av1")
+_HDR_TRC = {16: "smpte2084", 18: "arib-std-b67"}  # FFmpeg's AVColorTransferCharacteristic
 
 COLOR_SCHEMA: dict[str, Any] = {
     "tone_map": {"enum": ["auto", "hable", "off"], "default": "auto"},
@@ -279,3 +281,16 @@ def tone_mapper_for(plans: list[ColorPlan]) -> ToneMapper | None:
     """The shared tone mapper when any rendition tone-maps, else None."""
     plan = next((p for p in plans if p.mode == "tonemap"), None)
     return ToneMapper(plan) if plan is not None else None
+
+
+def sdr_frames(stream: Any, frames: Iterator[tuple[float, VideoFrame]]
+               ) -> Iterator[tuple[float, VideoFrame]]:
+    """(time, frame) pairs tone-mapped to SDR BT.709 when ``stream`` is PQ or HLG, for
+    outputs that are always 8-bit SDR (the H.264 HLS and DASH ladders)."""
+    transfer = _HDR_TRC.get(int(stream.codec_context.color_trc or 0))
+    if transfer is None:
+        yield from frames
+        return
+    tone = ToneMapper(ColorPlan("tonemap", transfer, DEFAULT_PEAK_NITS))
+    for at, frame in frames:
+        yield at, tone(frame)

@@ -39,6 +39,7 @@ from mediaq.actions.clip import (
     safe_stem,
     upright_frames,
 )
+from mediaq.actions.color import sdr_frames
 from mediaq.actions.frames import Scaler
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
@@ -197,6 +198,7 @@ class LadderSegmenter:
             vstream.codec_context.thread_type = "AUTO"
             astream = container.streams.audio[0] if audio is not None else None
             frames = upright_frames(container, vstream, astream, on_audio if audio else None)
+            frames = sdr_frames(vstream, frames)  # PQ/HLG sources: tone-mapped (color.py)
             index = -1
             for index, frame in enumerate(constant_rate(frames, start=0.0, rate=clip.rate,
                                                         count=count)):
