@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,9 @@ def make_hdr(path: Path, transfer: str) -> Path:
     return path
 
 
-def reference_sdr(source: Path, out: Path) -> Path:
+def reference_sdr(source: Path, out: Path, peak_nits: float = DEFAULT_PEAK_NITS) -> Path:
     """Debian's ffmpeg's tone mapping: the same Hable curve and peak, no desaturation."""
-    peak = DEFAULT_PEAK_NITS / 100
+    peak = peak_nits / 100
     ffmpeg("-i", source, "-vf",
            "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,"
            f"tonemap=tonemap=hable:desat=0:peak={peak},zscale=t=bt709:m=bt709:r=tv,"
@@ -72,10 +73,23 @@ def frame_side_data(path: Path) -> list[dict[str, Any]]:
     return list(frames[0].get("side_data_list", []))
 
 
+# A 4,000-nit grade on a BT.2020-primaries display, MaxCLL 4000, MaxFALL 1000.
+MASTER_DISPLAY = "G(8500,39850)B(6550,2300)R(35400,14600)WP(15635,16450)L(40000000,50)"
+
+
+def with_hdr10_metadata(source: Path, out: Path) -> Path:
+    ffmpeg("-i", source, "-c:v", "libx265", "-preset", "ultrafast", "-crf", "16",
+           "-x265-params", "log-level=error:hdr10=1:colorprim=bt2020:transfer=smpte2084:"
+           f"colormatrix=bt2020nc:master-display={MASTER_DISPLAY}:max-cll=4000,1000", out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def hdr_sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("hdr")
-    return {name: make_hdr(d / f"{name}.mp4", transfer) for name, transfer in TRANSFERS.items()}
+    made = {name: make_hdr(d / f"{name}.mp4", transfer) for name, transfer in TRANSFERS.items()}
+    made["pq4000"] = with_hdr10_metadata(made["pq"], d / "pq4000.mp4")
+    return made
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFERS))
@@ -161,3 +175,32 @@ def test_hls_ladder_of_a_pq_source_is_tone_mapped(hdr_sources: dict[str, Path],
     ref_luma, ref_sat = luma_and_saturation(reference)
     assert abs(mine_luma - ref_luma) <= LUMA_TOLERANCE, (mine_luma, ref_luma)
     assert abs(mine_sat - ref_sat) <= SATURATION_TOLERANCE, (mine_sat, ref_sat)
+
+
+def test_tone_map_peak_comes_from_the_source_metadata(hdr_sources: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    source = hdr_sources["pq4000"]
+    result = run("transcode_video", source, tmp_path, resolution="source", crf=16,
+                 preset="ultrafast")
+    assert result.data["tone_map_peak_nits"] == 4000
+    reference = reference_sdr(source, tmp_path / "reference.mkv", peak_nits=4000)
+    mine_luma, mine_sat = luma_and_saturation(result.outputs[0].staging_path)
+    ref_luma, ref_sat = luma_and_saturation(reference)
+    assert abs(mine_luma - ref_luma) <= LUMA_TOLERANCE, (mine_luma, ref_luma)
+    assert abs(mine_sat - ref_sat) <= SATURATION_TOLERANCE, (mine_sat, ref_sat)
+
+
+@pytest.mark.parametrize("codec", ["hevc", "av1"])
+def test_hdr_keep_carries_the_source_metadata(hdr_sources: dict[str, Path], tmp_path: Path,
+                                              codec: str) -> None:
+    result = run("transcode_video", hdr_sources["pq4000"], tmp_path, resolution="source",
+                 codec=codec, preset="ultrafast", hdr="keep", hardware="never")
+    out = result.outputs[0].staging_path
+    stream = video_stream(out)
+    assert stream["codec_name"] == codec and stream["pix_fmt"] == "yuv420p10le"
+    assert stream["color_transfer"] == "smpte2084"
+    sides = {side["side_data_type"]: side for side in frame_side_data(out)}
+    light = sides["Content light level metadata"]
+    assert (light["max_content"], light["max_average"]) == (4000, 1000)
+    # HEVC says 40000000/10000, AV1 1024000/256: 4,000 nits either way.
+    assert Fraction(sides["Mastering display metadata"]["max_luminance"]) == 4000

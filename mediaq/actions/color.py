@@ -41,9 +41,10 @@ from typing import Any
 import av
 import av.filter
 import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
 from av.video.frame import VideoFrame
 
-from mediaq.actions.avio import MediaInfo, configure_chain
+from mediaq.actions.avio import MediaInfo, configure_chain, open_media, reading
 from mediaq.errors import PermanentError
 
 LUT_SIZE = 65
@@ -73,6 +74,8 @@ class ColorPlan:
     mode: str  # "sdr" (nothing to do), "tonemap" or "keep"
     transfer: str | None = None  # the source's HDR transfer
     peak_nits: float = DEFAULT_PEAK_NITS
+    mastering: str | None = None  # the source's, in x265's master-display notation
+    max_cll: str | None = None  # the source's "MaxCLL,MaxFALL"
 
     @property
     def pix_fmt(self) -> str:
@@ -84,26 +87,54 @@ class ColorPlan:
             data.update({"tone_map": "hable", "tone_map_peak_nits": self.peak_nits,
                          "source_transfer": self.transfer})
         elif self.mode == "keep":
-            data.update({"hdr": "hdr10" if self.transfer == "smpte2084" else "hlg"})
+            data.update({"hdr": "hdr10" if self.transfer == "smpte2084" else "hlg",
+                         "mastering_display": self.mastering or DEFAULT_MASTER_DISPLAY,
+                         "max_cll": self.max_cll or DEFAULT_MAX_CLL})
         return data
 
 
 SDR = ColorPlan("sdr")
 
 
-def plan_color(params: dict[str, Any], info: MediaInfo, codec: str, name: str) -> ColorPlan:
+def plan_color(params: dict[str, Any], info: MediaInfo, codec: str, path: Path) -> ColorPlan:
     """Decide from the step's ``tone_map`` / ``hdr`` and the probed source."""
     video = info.video
     if video is None or not video.hdr:
-        return ColorPlan("sdr")
+        return SDR
     if params.get("hdr") == "keep":
         if codec not in HDR_CODECS:
-            raise PermanentError(f"{name}: hdr: keep needs codec hevc or av1 (10-bit), "
+            raise PermanentError(f"{path.name}: hdr: keep needs codec hevc or av1 (10-bit), "
                                  f"not {codec}")
-        return ColorPlan("keep", video.color_transfer)
+        mastering, max_cll, _ = hdr_metadata(path)
+        return ColorPlan("keep", video.color_transfer, mastering=mastering, max_cll=max_cll)
     if params.get("tone_map", "auto") == "off":
-        return ColorPlan("sdr")
-    return ColorPlan("tonemap", video.color_transfer, DEFAULT_PEAK_NITS)
+        return SDR
+    _, _, peak = hdr_metadata(path)
+    # HLG is relative to its display: its peak is the nominal 1,000 nits whatever it says.
+    if video.color_transfer != "smpte2084" or peak is None:
+        peak = DEFAULT_PEAK_NITS
+    return ColorPlan("tonemap", video.color_transfer, peak)
+
+
+def hdr_metadata(path: Path) -> tuple[str | None, str | None, float | None]:
+    """The source's mastering display (x265 notation), "MaxCLL,MaxFALL" and the peak
+    to tone-map from (MaxCLL, else the mastering display's peak, as FFmpeg's tonemap
+    takes it), read from the first frame's side data; None where it says nothing."""
+    with open_media(path) as container, reading(path):
+        frame = next(container.decode(video=0), None)
+    if frame is None:
+        return None, None, None
+    side: Any = frame.side_data  # PyAV's stubs key it by str; it takes the Type enum
+    master_raw = side.get(SideDataType.MASTERING_DISPLAY_METADATA)
+    light_raw = side.get(SideDataType.CONTENT_LIGHT_LEVEL)
+    mastering, master_peak = (mastering_from_side_data(bytes(master_raw))
+                              if master_raw is not None else (None, None))
+    max_cll, cll_peak = None, None
+    if light_raw is not None and len(bytes(light_raw)) >= 8:
+        cll, fall = struct.unpack("<2I", bytes(light_raw)[:8])
+        if cll:
+            max_cll, cll_peak = f"{cll},{fall}", float(cll)
+    return mastering, max_cll, cll_peak or master_peak
 
 
 def tone_map_steps(plan: ColorPlan) -> list[tuple[str, str]]:
@@ -193,12 +224,11 @@ def lut_file(transfer: str, peak_nits: float, size: int = LUT_SIZE) -> Path:
 # --------------------------------------------------------------------------- keeping HDR
 
 
-def hdr10_encoder_options(encoder: str, plan: ColorPlan,
-                          mastering: str | None = None, max_cll: str | None = None
-                          ) -> dict[str, str]:
-    """Options that make ``encoder`` write HDR10 (or HLG) signalling and metadata."""
-    master = mastering or DEFAULT_MASTER_DISPLAY
-    cll = max_cll or DEFAULT_MAX_CLL
+def hdr10_encoder_options(encoder: str, plan: ColorPlan) -> dict[str, str]:
+    """Options that make ``encoder`` write HDR10 (or HLG) signalling and metadata: the
+    source's mastering display and light levels, or a 1,000-nit P3 grade's."""
+    master = plan.mastering or DEFAULT_MASTER_DISPLAY
+    cll = plan.max_cll or DEFAULT_MAX_CLL
     transfer = plan.transfer or "smpte2084"
     if encoder == "libx265":
         return {"x265-params": ":".join([
@@ -234,22 +264,28 @@ def tag_stream(stream: Any, plan: ColorPlan) -> None:
         ctx.color_range = 1
 
 
-def mastering_from_side_data(raw: bytes) -> str | None:
-    """x265's master-display string from FFmpeg's AVMasteringDisplayMetadata bytes."""
+def mastering_from_side_data(raw: bytes) -> tuple[str | None, float | None]:
+    """x265's master-display string and the peak in nits, from FFmpeg's
+    AVMasteringDisplayMetadata: 10 AVRationals (primaries R, G, B as x, y; white
+    point x, y; min and max luminance), then has_primaries and has_luminance."""
     if len(raw) < 88:
-        return None
-    vals = struct.unpack("<20i2i", raw[:88])
+        return None, None
+    vals = struct.unpack("<22i", raw[:88])
+
     def q(i: int) -> float:
         return vals[i] / vals[i + 1] if vals[i + 1] else 0.0
-    # display_primaries[3][2] in R, G, B order; white_point[2]; min, max luminance.
-    (rx, ry), (gx, gy), (bx, by) = ((q(0), q(2)), (q(4), q(6)), (q(8), q(10)))
-    wx, wy, lmin, lmax = q(12), q(14), q(16), q(18)
-    if not vals[20] or not vals[21]:
-        return None
+
     def c(v: float) -> int:
         return round(v * 50000)
+
+    (rx, ry), (gx, gy), (bx, by) = (q(0), q(2)), (q(4), q(6)), (q(8), q(10))
+    wx, wy, lmin, lmax = q(12), q(14), q(16), q(18)
+    has_primaries, has_luminance = vals[20], vals[21]
+    if not (has_primaries and has_luminance):
+        return None, (lmax if has_luminance and lmax > 0 else None)
     return (f"G({c(gx)},{c(gy)})B({c(bx)},{c(by)})R({c(rx)},{c(ry)})"
-            f"WP({c(wx)},{c(wy)})L({round(lmax * 10000)},{round(lmin * 10000)})")
+            f"WP({c(wx)},{c(wy)})L({round(lmax * 10000)},{round(lmin * 10000)})",
+            lmax if lmax > 0 else None)
 
 
 class ToneMapper:

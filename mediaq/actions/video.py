@@ -226,7 +226,7 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) 
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
     # Named after the rung asked for, so a small source still gets one file per step.
     label = params.get("name") or params["resolution"]
-    color = plan_color(params, info, codec, ctx.source_path.name)
+    color = plan_color(params, info, codec, ctx.source_path)
     options = encoder_options(encoder, crf=params["crf"], preset=params["preset"],
                               max_bitrate=max_bitrate)
     if color.mode == "keep":
