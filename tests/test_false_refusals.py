@@ -1,7 +1,8 @@
 """Files other decoders read must not be refused (issue 22's corpus): a PDF padded with
 NUL bytes after %%EOF, audio whose packet times understate what it decodes to (the WMA
-Pro case), raw AC-3 / E-AC-3; and an audio stream with no audio data fails with a
-reason, not a crash. Sources are made by Debian's ffmpeg and reportlab."""
+Pro case), raw AC-3 / E-AC-3, Theora with dropped (empty) frames; and an audio stream
+with no audio data fails with a reason, not a crash. Sources are made by Debian's
+ffmpeg and reportlab."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import av
 import pytest
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
 from mediaq.errors import PermanentError
 from tests.helpers import run_action as run
-from tests.media_judge import audio_stream, duration_of, ffmpeg, needs_ffmpeg
+from tests.media_judge import audio_stream, decodes_fully, duration_of, ffmpeg, needs_ffmpeg
 
 # ASF's File Properties Object, which holds the play duration the demuxer reports.
 ASF_FILE_PROPERTIES = uuid.UUID("8CABDCA1-A947-11CF-8EE4-00C00C205365").bytes_le
@@ -105,3 +107,34 @@ def test_audio_stream_without_audio_data_fails_with_a_reason(tmp_path: Path) -> 
     with pytest.raises(PermanentError, match=r"^cover\.ogg: the audio stream holds no "
                                              r"audio data$"):
         run("transcode_audio", source, tmp_path / "t")
+
+
+def theora_with_dropped_frames(path: Path, source: Path) -> Path:
+    """Debian's ffmpeg's Theora, remuxed with frames 5-7 replaced by empty packets: how
+    Theora encoders write a repeated frame. (PyAV only copies packets here.)"""
+    with av.open(str(source)) as src, av.open(str(path), "w", format="ogg") as out:
+        stream = src.streams.video[0]
+        copy = out.add_stream_from_template(stream, opaque=True)
+        for index, packet in enumerate(p for p in src.demux(stream) if p.size):
+            if 4 <= index <= 6:
+                empty = av.Packet(b"")
+                empty.pts, empty.dts, empty.time_base = packet.pts, packet.dts, packet.time_base
+                packet = empty
+            packet.stream = copy
+            out.mux(packet)
+    return path
+
+
+@needs_ffmpeg
+def test_theora_with_dropped_frames_decodes(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.ogv"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=2", "-c:v",
+           "libtheora", plain)
+    source = theora_with_dropped_frames(tmp_path / "dropped.ogv", plain)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-f", "null", "-"],
+                   check=True)  # Debian's ffmpeg reads it
+    assert run("validate_video", source, tmp_path / "v").data["valid"] is True
+    out = run("transcode_video", source, tmp_path / "t", resolution="source",
+              preset="ultrafast").outputs[0].staging_path
+    assert decodes_fully(out)
+    assert duration_of(out) == pytest.approx(2.0, abs=0.15)

@@ -31,6 +31,11 @@ def decode_tolerantly(container: InputContainer, streams: list[Any]) -> Iterator
     """Frames of ``streams`` in file order, skipping a few undecodable packets."""
     corrupt = 0
     for packet in container.demux(*streams):
+        if packet.size == 0 and packet.pts is not None:
+            # An empty packet with a time is a dropped (repeated) frame, as Theora writes
+            # them; FFmpeg's decoders refuse it with EINVAL, which would end the stream.
+            # The end-of-stream packets PyAV adds to drain decoders have no time.
+            continue
         try:
             frames = packet.decode()
         except av.error.InvalidDataError:

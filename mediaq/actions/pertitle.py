@@ -22,7 +22,7 @@ from av.video.frame import VideoFrame
 from mediaq.actions.avio import MediaInfo, encoder_options, open_media, reading
 from mediaq.actions.base import ActionContext
 from mediaq.actions.color import ColorPlan, ToneMapper
-from mediaq.actions.frames import Scaler, Upright, seek_to
+from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to
 from mediaq.actions.quality import Meter, ReferenceScaler
 
 SAMPLE_SECONDS = 1.0
@@ -130,7 +130,7 @@ def _sample(ctx: ActionContext, info: MediaInfo, rung: Rung, rate: Fraction) -> 
             seek_to(container, stream, max(start, 0.0))
             window = Window()
             upright: Upright | None = None
-            for frame in container.decode(stream):
+            for frame in decode_tolerantly(container, [stream]):
                 at = float(frame.time or 0.0) - start_time
                 if at < start - 1e-3:
                     continue

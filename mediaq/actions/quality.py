@@ -158,7 +158,7 @@ def measure(ctx: ActionContext, source: Path, duration: float,
             stack.enter_context(reading(j.path))
             stream: Any = container.streams.video[0]
             stream.codec_context.thread_type = "AUTO"
-            j.frames = iter(container.decode(stream))
+            j.frames = iter(decode_tolerantly(container, [stream]))
             j.pending = next(j.frames, None)
             j.start = j.pending.time if j.pending is not None else None
         container = stack.enter_context(open_media(source))

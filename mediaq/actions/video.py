@@ -103,7 +103,7 @@ def _decode_opening_frames(ctx: ActionContext, path: Path, frames: int = 10) -> 
     with open_media(path) as container, reading(path):
         stream = container.streams.video[0]
         decoded = 0
-        for decoded, _frame in enumerate(container.decode(stream), start=1):
+        for decoded, _frame in enumerate(decode_tolerantly(container, [stream]), start=1):
             ctx.check()
             if decoded >= frames:
                 break
