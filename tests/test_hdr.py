@@ -204,3 +204,16 @@ def test_hdr_keep_carries_the_source_metadata(hdr_sources: dict[str, Path], tmp_
     assert (light["max_content"], light["max_average"]) == (4000, 1000)
     # HEVC says 40000000/10000, AV1 1024000/256: 4,000 nits either way.
     assert Fraction(sides["Mastering display metadata"]["max_luminance"]) == 4000
+
+
+def test_quality_is_measured_against_the_tone_mapped_or_kept_source(
+        hdr_sources: dict[str, Path], tmp_path: Path) -> None:
+    """SDR renditions are judged against the tone-mapped source, 10-bit ones in 10 bits:
+    both score high at a low CRF (judging SDR against raw PQ would score far lower)."""
+    sdr = run("transcode_video", hdr_sources["hlg"], tmp_path / "sdr", resolution="source",
+              crf=16, preset="ultrafast", measure_quality="ssim")
+    kept = run("transcode_video", hdr_sources["pq"], tmp_path / "kept", resolution="source",
+               codec="hevc", crf=16, preset="ultrafast", hdr="keep", measure_quality="psnr")
+    assert sdr.data["quality"]["ssim"] > 0.95
+    assert kept.data["quality"]["psnr"] > 35
+    assert kept.data["quality"]["frames_compared"] == 25
