@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mediaq.errors import PermanentError
+from tests.helpers import MediaqEnv, diagnostic_workflow
 from tests.helpers import run_action as run
 from tests.media_judge import ffmpeg, needs_ffmpeg, video_stream
 
@@ -90,3 +91,31 @@ def test_min_psnr_passes_when_met(source: Path, tmp_path: Path) -> None:
 def test_no_scores_unless_asked(source: Path, tmp_path: Path) -> None:
     result = run("transcode_video", source, tmp_path, resolution="240p", preset="ultrafast")
     assert "quality" not in result.data
+
+
+@pytest.mark.slow
+def test_scores_reach_step_output_data_and_floors_fail_the_job(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow(
+        "T-QUALITY",
+        {"action": "transcode_video", "parameters": {
+            "resolution": "180p", "preset": "ultrafast", "measure_quality": "ssim"}},
+        {"action": "transcode_video", "parameters": {
+            "resolution": "144p", "preset": "ultrafast", "crf": 50, "min_psnr": 45}},
+    ))
+    source = mq.inputs / "clip.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=1", "-c:v",
+           "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", source)
+    code = mq.submit("T-QUALITY", source)
+    mq.run_burst(timeout=120)
+    job = mq.job(code)
+    assert job["status"] == "failed"
+    assert re.fullmatch(r"step \d 'transcode_video \d' failed: clip\.mp4: rendition 144p "
+                        r"has PSNR [\d.]+ dB, below min_psnr 45 dB", job["error_message"]), \
+        job["error_message"]
+    rows = mq.query(
+        """SELECT ws.step_number, se.status, se.output_data FROM step_executions se
+             JOIN workflow_steps ws ON ws.id = se.step_id
+            WHERE se.job_id = %s AND se.status = 'completed'""", (job["id"],))
+    # The fused pass failed as a whole; the first step, run again alone, kept its score.
+    first = [r for r in rows if r["step_number"] == 1]
+    assert first and 0.8 < first[0]["output_data"]["quality"]["ssim"] <= 1
