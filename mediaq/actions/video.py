@@ -220,13 +220,15 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) 
     assert info.video is not None
     width, height = parse_resolution(params["resolution"], info.video, upscale=params["upscale"])
     codec = params["codec"]
-    encoder = choose_video_encoder(codec, params["hardware"], ctx)
+    color = plan_color(params, info, codec, ctx.source_path)
+    # HDR10 metadata is written by libx265 / libsvtav1: keeping HDR encodes in software.
+    hardware = "never" if color.mode == "keep" else params["hardware"]
+    encoder = choose_video_encoder(codec, hardware, ctx)
     max_bitrate = parse_bitrate(params.get("max_bitrate"))
     container = CONTAINER_OF[codec]
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
     # Named after the rung asked for, so a small source still gets one file per step.
     label = params.get("name") or params["resolution"]
-    color = plan_color(params, info, codec, ctx.source_path)
     options = encoder_options(encoder, crf=params["crf"], preset=params["preset"],
                               max_bitrate=max_bitrate)
     if color.mode == "keep":
