@@ -61,3 +61,26 @@ def test_fixed_ladder_keeps_the_crf_asked(sources: dict[str, Path], tmp_path: Pa
     result = run("transcode_video", sources["slide"], tmp_path, resolution="360p", crf=30,
                  preset="ultrafast", audio_codec="none")
     assert "per_title" not in result.data
+
+
+def test_hls_ladder_auto_gives_each_rung_its_own_crf(sources: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    crfs: dict[str, list[int]] = {}
+    bits: dict[str, int] = {}
+    for name, source in sources.items():
+        # Caps high enough for the noisy shot: under the default ones it cannot reach
+        # the target at any CRF (the probe encodes under the cap and says so).
+        rungs_asked = [{"width": 640, "height": 360, "bitrate": "40M", "name": "360p"},
+                       {"width": 426, "height": 240, "bitrate": "20M", "name": "240p"}]
+        result = run("package_hls", source, tmp_path / name, renditions=rungs_asked,
+                     ladder="auto", target_ssim=TARGET, audio=False, preset="ultrafast")
+        rungs = result.data["renditions"]
+        crfs[name] = [r["per_title"]["crf"] for r in rungs]
+        assert all(r["per_title"]["probe"]["reached"] for r in rungs)
+        bits[name] = sum(r["average_bitrate"] for r in rungs)
+        # The 360p rung, judged by Debian's ffmpeg against the source.
+        playlist = next(o.staging_path for o in result.outputs
+                        if o.staging_path.name.endswith("_360p.m3u8"))
+        assert debian_score("ssim", playlist, source) >= TARGET - 0.005
+    assert min(crfs["slide"]) > max(crfs["noisy"])
+    assert bits["noisy"] >= 2 * bits["slide"], bits

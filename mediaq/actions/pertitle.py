@@ -19,9 +19,9 @@ from typing import Any, Protocol
 import av
 from av.video.frame import VideoFrame
 
-from mediaq.actions.avio import MediaInfo, encoder_options, open_media, reading
+from mediaq.actions.avio import MediaInfo, encoder_options, open_media, probe, reading
 from mediaq.actions.base import ActionContext
-from mediaq.actions.color import ColorPlan, ToneMapper
+from mediaq.actions.color import DEFAULT_PEAK_NITS, SDR, ColorPlan, ToneMapper
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to
 from mediaq.actions.quality import Meter, ReferenceScaler
 
@@ -52,6 +52,8 @@ class Rung(Protocol):
     def encoder(self) -> str: ...
     @property
     def color(self) -> ColorPlan: ...
+    @property
+    def max_bitrate(self) -> int | None: ...
 
 
 @dataclass
@@ -159,8 +161,11 @@ def _trial(rung: Rung, preset: str, crf: int, windows: list[Window], rate: Fract
         encoder.time_base = 1 / rate
         encoder.framerate = rate
         encoder.thread_type = "FRAME"
+        # The rung's rate cap too: under it a busy picture may not reach the target.
         encoder.options = encoder_options(rung.encoder, crf=crf, preset=preset,
-                                          max_bitrate=None)
+                                          max_bitrate=rung.max_bitrate)
+        if rung.max_bitrate:
+            encoder.bit_rate = rung.max_bitrate
         packets = []
         for index, frame in enumerate(window.encode):
             frame.pts, frame.time_base = index, 1 / rate
@@ -182,3 +187,29 @@ def _trial(rung: Rung, preset: str, crf: int, windows: list[Window], rate: Fract
     ssim = meter.score() or 0.0
     seconds = max(frames / float(rate), 1e-3)
     return Trial(crf=crf, ssim=ssim, kbps=bits / seconds / 1000)
+
+
+@dataclass(frozen=True)
+class LadderRung:
+    """A packaging ladder's rung as the probe sees it."""
+
+    width: int
+    height: int
+    codec: str
+    encoder: str
+    color: ColorPlan
+    max_bitrate: int | None
+
+
+def ladder_choices(ctx: ActionContext, sizes: list[tuple[int, int, int | None]], codec: str,
+                   encoder: str) -> list[dict[str, Any] | None]:
+    """For the HLS/DASH packagers: each rung's per-title choice (None for a fixed
+    ladder). Their rungs are 8-bit SDR, tone-mapped from PQ/HLG as they encode."""
+    if ctx.params.get("ladder") != "auto":
+        return [None] * len(sizes)
+    info = probe(ctx.source_path)
+    video = info.video
+    color = (ColorPlan("tonemap", video.color_transfer, DEFAULT_PEAK_NITS)
+             if video is not None and video.hdr else SDR)
+    return [choose_crf(ctx, info, LadderRung(width, height, codec, encoder, color, cap))
+            for width, height, cap in sizes]

@@ -17,6 +17,7 @@ from mediaq.actions.clip import (
     even,
     fit_inside,
 )
+from mediaq.actions.pertitle import LADDER_SCHEMA
 
 RENDITION_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -42,6 +43,7 @@ PACKAGE_SCHEMA: dict[str, Any] = {
         "audio": {"type": "boolean", "default": True},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
         "hardware": HARDWARE_SCHEMA,
+        **LADDER_SCHEMA,  # ladder: auto, target_ssim: each rung's CRF (actions/pertitle.py)
     },
 }
 
@@ -55,6 +57,8 @@ class Rung:
     height: int
     max_bitrate: int
     sar: Fraction  # makes width x height show at the source's display aspect
+    crf: int | None = None  # ladder: auto: this rung's own CRF (else the step's)
+    per_title: dict[str, Any] | None = None  # what the probe chose it from
 
 
 def plan_ladder(specs: list[str | dict[str, Any]], clip: SourceClip) -> list[Rung]:

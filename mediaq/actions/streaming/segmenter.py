@@ -6,6 +6,7 @@ Each track goes through FFmpeg's hls muxer as a CMAF segmenter: fMP4 init + numb
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import struct
@@ -42,6 +43,7 @@ from mediaq.actions.clip import (
 from mediaq.actions.color import sdr_frames
 from mediaq.actions.frames import Scaler
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
+from mediaq.actions.pertitle import ladder_choices
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
 
@@ -146,7 +148,8 @@ class LadderSegmenter:
     def _video_track(self, outputs: OutputGroup, rung: Rung) -> SegmentedTrack:
         output = self._open(outputs, rung.label, late=self.video_offset > 0)
         per_segment = math.ceil(self.seconds * self.clip.rate)
-        options = encoder_options(self.encoder, crf=self.params["crf"],
+        crf = self.params["crf"] if rung.crf is None else rung.crf
+        options = encoder_options(self.encoder, crf=crf,
                                   preset=self.params["preset"], max_bitrate=rung.max_bitrate)
         # Keyframes come from segment_starts(); the encoder must add none of its own
         # (no scene cuts, and a GOP ceiling past the longest segment).
@@ -330,13 +333,25 @@ def track_summary(track: TrackFiles) -> dict[str, Any]:
     if track.rung is not None:
         summary.update(width=track.rung.width, height=track.rung.height,
                        max_bitrate=track.rung.max_bitrate)
+        if track.rung.per_title is not None:
+            summary["per_title"] = track.rung.per_title
     return summary
 
 
 def segment_ladder(ctx: ActionContext, kind: str) -> tuple[SourceClip, list[TrackFiles]]:
     clip = inspect_clip(ctx.source_path)
     rungs = plan_ladder(ctx.params["renditions"], clip)
+    rungs = per_title_rungs(ctx, rungs)
     prefix = f"{safe_stem(ctx.source_path)}_{kind}_"
     return clip, LadderSegmenter(ctx, clip, rungs, prefix).run()
 
 
+
+
+def per_title_rungs(ctx: ActionContext, rungs: list[Rung]) -> list[Rung]:
+    """``ladder: auto``: each rung with the CRF a probe chose for it (pertitle.py)."""
+    encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+    sizes = [(r.width, r.height, r.max_bitrate) for r in rungs]
+    choices = ladder_choices(ctx, sizes, ctx.params["codec"], encoder)
+    return [dataclasses.replace(r, crf=c["crf"], per_title=c) if c else r
+            for r, c in zip(rungs, choices, strict=True)]
