@@ -30,9 +30,11 @@ ffmpeg, which the tests use as the reference.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,7 +217,7 @@ def lut_file(transfer: str, peak_nits: float, size: int = LUT_SIZE) -> Path:
     grid = np.stack([r, g, b], axis=-1).reshape(-1, 3)
     table = tone_map_rgb(grid, transfer, peak_nits)
     body = "\n".join(f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in table.tolist())
-    partial = path.with_suffix(f".{id(table)}.part")
+    partial = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
     partial.write_text(f"LUT_3D_SIZE {size}\n{body}\n")
     partial.replace(path)  # atomic: concurrent workers never read half a file
     return path
