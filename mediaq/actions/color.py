@@ -226,21 +226,26 @@ def lut_file(transfer: str, peak_nits: float, size: int = LUT_SIZE) -> Path:
 # --------------------------------------------------------------------------- keeping HDR
 
 
-def hdr10_encoder_options(encoder: str, plan: ColorPlan) -> dict[str, str]:
-    """Options that make ``encoder`` write HDR10 (or HLG) signalling and metadata: the
-    source's mastering display and light levels, or a 1,000-nit P3 grade's."""
+def with_hdr10(encoder: str, options: dict[str, str], plan: ColorPlan) -> dict[str, str]:
+    """``options`` plus what makes ``encoder`` write HDR10 (or HLG) signalling and
+    metadata: the source's mastering display and light levels, or a 1,000-nit P3
+    grade's. Appended to the encoder's own parameter string, never replacing it."""
     master = plan.mastering or DEFAULT_MASTER_DISPLAY
     cll = plan.max_cll or DEFAULT_MAX_CLL
     transfer = plan.transfer or "smpte2084"
     if encoder == "libx265":
-        return {"x265-params": ":".join([
-            "log-level=error", "hdr10=1", "hdr10-opt=1", "repeat-headers=1",
-            "colorprim=bt2020", f"transfer={transfer}", "colormatrix=bt2020nc",
-            f"master-display={master}", f"max-cll={cll}"])}
-    if encoder == "libsvtav1":
-        return {"svtav1-params": f"mastering-display={_svt_master(master)}:"
-                                 f"content-light={cll}"}
-    return {}
+        key, extra = "x265-params", [
+            "hdr10=1", "hdr10-opt=1", "repeat-headers=1", "colorprim=bt2020",
+            f"transfer={transfer}", "colormatrix=bt2020nc", f"master-display={master}",
+            f"max-cll={cll}"]
+    elif encoder == "libsvtav1":
+        key, extra = "svtav1-params", [f"mastering-display={_svt_master(master)}",
+                                       f"content-light={cll}"]
+    else:
+        return dict(options)
+    merged = dict(options)
+    merged[key] = ":".join([p for p in [options.get(key, "")] if p] + extra)
+    return merged
 
 
 def _svt_master(x265: str) -> str:

@@ -12,6 +12,7 @@ low one. The choice and what the probe saw are recorded in the step's output_dat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
@@ -52,8 +53,18 @@ class Rung(Protocol):
     def encoder(self) -> str: ...
     @property
     def color(self) -> ColorPlan: ...
-    @property
-    def max_bitrate(self) -> int | None: ...
+
+
+# The encoder options and bit rate of a rung at a given CRF: the real encode's own, so
+# the trials see the same speed, profile and rate cap (under a cap a busy picture may
+# not reach the target at any CRF).
+SettingsFor = Callable[[int], tuple[dict[str, str], int | None]]
+
+
+def crf_settings(encoder: str, preset: str, max_bitrate: int | None) -> SettingsFor:
+    """:data:`SettingsFor` from :func:`~mediaq.actions.avio.encoder_options`."""
+    return lambda crf: (encoder_options(encoder, crf=crf, preset=preset,
+                                        max_bitrate=max_bitrate), max_bitrate)
 
 
 @dataclass
@@ -71,7 +82,8 @@ class Trial:
     kbps: float
 
 
-def choose_crf(ctx: ActionContext, info: MediaInfo, rung: Rung) -> dict[str, Any] | None:
+def choose_crf(ctx: ActionContext, info: MediaInfo, rung: Rung,
+               settings_for: SettingsFor) -> dict[str, Any] | None:
     """The CRF for ``rung`` when the step asks for ``ladder: auto``, with what the probe
     measured (recorded in output_data); None for a fixed ladder."""
     params = ctx.params
@@ -87,7 +99,7 @@ def choose_crf(ctx: ActionContext, info: MediaInfo, rung: Rung) -> dict[str, Any
     def trial(crf: int) -> Trial:
         if crf not in trials:
             ctx.check()
-            trials[crf] = _trial(rung, params["preset"], crf, windows, rate)
+            trials[crf] = _trial(rung, crf, settings_for(crf), windows, rate)
         return trials[crf]
 
     # SSIM falls as CRF rises: the highest CRF that still meets the target.
@@ -149,8 +161,10 @@ def _sample(ctx: ActionContext, info: MediaInfo, rung: Rung, rate: Fraction) -> 
     return windows
 
 
-def _trial(rung: Rung, preset: str, crf: int, windows: list[Window], rate: Fraction) -> Trial:
-    """Encode every window at ``crf`` in memory, decode it back, score it."""
+def _trial(rung: Rung, crf: int, settings: tuple[dict[str, str], int | None],
+           windows: list[Window], rate: Fraction) -> Trial:
+    """Encode every window with ``settings`` in memory, decode it back, score it."""
+    options, bit_rate = settings
     meter = Meter("ssim", rung.width, rung.height, rung.color.pix_fmt)
     bits = 0
     frames = 0
@@ -161,11 +175,9 @@ def _trial(rung: Rung, preset: str, crf: int, windows: list[Window], rate: Fract
         encoder.time_base = 1 / rate
         encoder.framerate = rate
         encoder.thread_type = "FRAME"
-        # The rung's rate cap too: under it a busy picture may not reach the target.
-        encoder.options = encoder_options(rung.encoder, crf=crf, preset=preset,
-                                          max_bitrate=rung.max_bitrate)
-        if rung.max_bitrate:
-            encoder.bit_rate = rung.max_bitrate
+        encoder.options = dict(options)
+        if bit_rate:
+            encoder.bit_rate = bit_rate
         packets = []
         for index, frame in enumerate(window.encode):
             frame.pts, frame.time_base = index, 1 / rate
@@ -198,10 +210,9 @@ class LadderRung:
     codec: str
     encoder: str
     color: ColorPlan
-    max_bitrate: int | None
 
 
-def ladder_choices(ctx: ActionContext, sizes: list[tuple[int, int, int | None]], codec: str,
+def ladder_choices(ctx: ActionContext, sizes: list[tuple[int, int, SettingsFor]], codec: str,
                    encoder: str) -> list[dict[str, Any] | None]:
     """For the HLS/DASH packagers: each rung's per-title choice (None for a fixed
     ladder). Their rungs are 8-bit SDR, tone-mapped from PQ/HLG as they encode."""
@@ -211,5 +222,5 @@ def ladder_choices(ctx: ActionContext, sizes: list[tuple[int, int, int | None]],
     video = info.video
     color = (ColorPlan("tonemap", video.color_transfer, DEFAULT_PEAK_NITS)
              if video is not None and video.hdr else SDR)
-    return [choose_crf(ctx, info, LadderRung(width, height, codec, encoder, color, cap))
-            for width, height, cap in sizes]
+    return [choose_crf(ctx, info, LadderRung(width, height, codec, encoder, color), settings)
+            for width, height, settings in sizes]

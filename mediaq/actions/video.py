@@ -44,14 +44,14 @@ from mediaq.actions.color import (
     SDR,
     ColorPlan,
     ToneMapper,
-    hdr10_encoder_options,
     plan_color,
     tag_stream,
     tone_mapper_for,
+    with_hdr10,
 )
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.actions.media_output import MediaOutput, media_outputs
-from mediaq.actions.pertitle import LADDER_SCHEMA, choose_crf
+from mediaq.actions.pertitle import LADDER_SCHEMA, choose_crf, crf_settings
 from mediaq.actions.quality import QUALITY_SCHEMA, Rendered, judge
 from mediaq.errors import PermanentError
 
@@ -232,7 +232,7 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) 
     options = encoder_options(encoder, crf=params["crf"], preset=params["preset"],
                               max_bitrate=max_bitrate)
     if color.mode == "keep":
-        options.update(hdr10_encoder_options(encoder, color))
+        options = with_hdr10(encoder, options, color)
     return Rendition(
         width=width, height=height, codec=codec, encoder=encoder,
         options=options, max_bitrate=max_bitrate, audio_codec=audio_codec,
@@ -265,7 +265,9 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
         raise PermanentError(f"{lead.source_path.name}: has no video stream")
     renditions = [plan_rendition(ctx, ctx.params, info) for ctx in contexts]
     # ladder: auto: each rung's CRF from a probe of the source, then planned again with it.
-    choices = [choose_crf(ctx, info, r) for ctx, r in zip(contexts, renditions, strict=True)]
+    choices = [choose_crf(ctx, info, r, crf_settings(r.encoder, ctx.params["preset"],
+                                                     r.max_bitrate))
+               for ctx, r in zip(contexts, renditions, strict=True)]
     renditions = [plan_rendition(ctx, {**ctx.params, "crf": c["crf"]}, info) if c else r
                   for ctx, r, c in zip(contexts, renditions, choices, strict=True)]
     for ctx, rendition in zip(contexts, renditions, strict=True):

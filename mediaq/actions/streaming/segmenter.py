@@ -43,7 +43,7 @@ from mediaq.actions.clip import (
 from mediaq.actions.color import sdr_frames
 from mediaq.actions.frames import Scaler
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
-from mediaq.actions.pertitle import ladder_choices
+from mediaq.actions.pertitle import crf_settings, ladder_choices
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
 
@@ -351,7 +351,8 @@ def segment_ladder(ctx: ActionContext, kind: str) -> tuple[SourceClip, list[Trac
 def per_title_rungs(ctx: ActionContext, rungs: list[Rung]) -> list[Rung]:
     """``ladder: auto``: each rung with the CRF a probe chose for it (pertitle.py)."""
     encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
-    sizes = [(r.width, r.height, r.max_bitrate) for r in rungs]
+    preset = ctx.params["preset"]
+    sizes = [(r.width, r.height, crf_settings(encoder, preset, r.max_bitrate)) for r in rungs]
     choices = ladder_choices(ctx, sizes, ctx.params["codec"], encoder)
     return [dataclasses.replace(r, crf=c["crf"], per_title=c) if c else r
             for r, c in zip(rungs, choices, strict=True)]
