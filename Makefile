@@ -8,8 +8,8 @@ DEMO_HOME ?= $(CURDIR)/.demo
 # The Debian packages of the programs the tests use as independent judges and sources
 # of media (tests/helpers.py TOOL_PACKAGES: which program comes from which), and one
 # program of each to tell whether they are installed.
-TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus prometheus-alertmanager
-TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool amtool
+TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus prometheus-alertmanager libimage-exiftool-perl
+TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool amtool exiftool
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help

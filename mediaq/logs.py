@@ -30,7 +30,12 @@ def configure(fmt: str = "console", level: str = "info") -> None:
     )
 
 
+def log_stamp() -> str:
+    """How a line of a job's ``log`` column starts: ``[YYYY-MM-DD HH:MM:SS]`` (UTC), for
+    statements that write the rest of the line themselves."""
+    return datetime.now(UTC).strftime("[%Y-%m-%d %H:%M:%S]")
+
+
 def log_line(message: str) -> str:
     """One line of a job's ``log`` column: ``[YYYY-MM-DD HH:MM:SS] message`` (UTC)."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"[{stamp}] {message}\n"
+    return f"{log_stamp()} {message}\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -41,9 +42,15 @@ def job_output_dir(output_root: Path, job_code: str) -> Path:
     return output_root / job_code
 
 
-def staging_dir(staging_root: Path, job_code: str, attempt: int, step_number: int) -> Path:
-    """A folder private to one step attempt; nothing in it is ever a finished output."""
-    return staging_root / f"{job_code}.a{attempt}.s{step_number}"
+def staging_dir(staging_root: Path, job_code: str, attempt: int, step_number: int,
+                item_index: int | None = None) -> Path:
+    """A folder private to one step attempt (of one item of a fanned-out step); nothing in
+    it is ever a finished output."""
+    item = f".i{item_index}" if item_index is not None else ""
+    return staging_root / f"{job_code}.a{attempt}.s{step_number}{item}"
+
+
+_STEP_SUFFIX = re.compile(r"\d+(\.i\d+)?")
 
 
 def discard_earlier_attempts(staging_root: Path, job_code: str, attempt: int) -> None:
@@ -54,7 +61,8 @@ def discard_earlier_attempts(staging_root: Path, job_code: str, attempt: int) ->
         return
     for folder in staging_root.iterdir():
         number, _, step = folder.name.removeprefix(prefix).partition(".s")
-        if (folder.name.startswith(prefix) and number.isdigit() and step.isdigit()
+        if (folder.name.startswith(prefix) and number.isdigit()
+                and _STEP_SUFFIX.fullmatch(step)
                 and int(number) < attempt):
             discard(folder)
 

@@ -70,6 +70,9 @@ class StepStatus(StrEnum):
     """The step failed (``error_class`` says how), or a rescue found it running."""
     CANCELLED = "cancelled"
     """Stopped by a cancel, a pause or a drain, or closed after a failed one-pass run."""
+    SKIPPED = "skipped"
+    """Its condition (``when``) was false: never ran, counts as done for the steps that
+    need it; ``output_data.skipped`` says why."""
 
 
 class Transition(NamedTuple):

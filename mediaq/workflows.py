@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from psycopg.types.json import Jsonb
 
-from mediaq import db
+from mediaq import db, graph
 from mediaq.actions import get_action
 from mediaq.errors import ActionNotAvailable, InvalidParameters, WorkflowError
 
@@ -35,6 +35,16 @@ STEP_FIELDS: dict[str, Any] = {
     "required_inputs": None, "expected_outputs": None, "timeout_seconds": 300,
     "on_failure": "stop", "sla_seconds": None,
 }
+# A step's place in the graph (mediaq/graph.py) and its own resources; the defaults make
+# a chain of steps that run where the workflow says.
+GRAPH_DEFAULTS: dict[str, Any] = {
+    "needs": None, "when": None, "for_each": None, "resource_category": None,
+    "vram_required": None, "fallback": None, "fuse": "auto",
+}
+STEP_FIELDS.update(GRAPH_DEFAULTS)
+# YAML key -> workflow_steps column, where the two differ (WHEN is an SQL keyword).
+GRAPH_COLUMNS = {"when": "when_expr", "fallback": "fallback_category"}
+FUSE = ("auto", "never")
 CATEGORIES = ("cpu", "gpu_encode", "gpu_ai")
 ON_FAILURE = ("stop", "continue", "retry")
 
@@ -111,6 +121,7 @@ def _check_steps(doc: dict[str, Any], source: str) -> None:
                                 "(step names must be unique)")
         seen_numbers.add(step["step_number"])
         seen_names.add(step["step_name"])
+        _check_step_resources(step, where)
         try:
             registered = get_action(step["action"])
         except ActionNotAvailable as exc:
@@ -124,6 +135,39 @@ def _check_steps(doc: dict[str, Any], source: str) -> None:
         except InvalidParameters as exc:
             detail = " ".join(str(exc).split())  # one line, whatever the value printed
             raise WorkflowError(f"{where}: parameters refused: {detail}") from None
+    _check_graph(doc, prefix)
+
+
+def _check_step_resources(step: dict[str, Any], where: str) -> None:
+    for key in ("resource_category", "fallback"):
+        if step[key] is not None and step[key] not in CATEGORIES:
+            raise WorkflowError(f"{where}: {key} must be one of {', '.join(CATEGORIES)}")
+    vram = step["vram_required"]
+    if vram is not None and (not isinstance(vram, int) or isinstance(vram, bool) or vram < 0):
+        raise WorkflowError(f"{where}: vram_required must be a whole number of MB ≥ 0")
+    if step["fuse"] not in FUSE:
+        raise WorkflowError(f"{where}: fuse must be one of {', '.join(FUSE)}")
+
+
+def _check_graph(doc: dict[str, Any], prefix: str) -> None:
+    """Refuse a graph that cannot run: a need on a missing step, a cycle, a condition or
+    fan-out list that does not parse."""
+    where = f"{prefix}workflow {doc['workflow_code']}"
+    nodes = [graph.StepNode(s["step_number"], s["step_name"],
+                            tuple(s["needs"]) if s["needs"] is not None else None)
+             for s in doc["steps"]]
+    try:
+        graph.topological_order(nodes)
+    except WorkflowError as exc:
+        raise WorkflowError(f"{where}, {exc}") from None
+    for step in doc["steps"]:
+        named = f"{where}, step {step['step_number']} '{step['step_name']}'"
+        for key, check in (("when", graph.check_expression), ("for_each", graph.check_for_each)):
+            if step[key] is not None:
+                try:
+                    check(step[key])
+                except WorkflowError as exc:
+                    raise WorkflowError(f"{named}: {key}: {exc}") from None
 
 
 def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:
@@ -151,7 +195,22 @@ def _normalise_step(step: Any, index: int, source: str) -> dict[str, Any]:
                             f"{', '.join(ON_FAILURE)}")
     if not isinstance(out["parameters"], dict):
         raise WorkflowError(f"{source}: step {index}: parameters must be a mapping")
+    out["needs"] = _step_needs(out["needs"], index, source)
+    if out["when"] is not None and not isinstance(out["when"], str):
+        raise WorkflowError(f"{source}: step {index}: when must be an expression (text)")
     return out
+
+
+def _step_needs(needs: Any, index: int, source: str) -> list[str | int] | None:
+    """``needs`` as a list of step names or numbers (one may be given bare)."""
+    if needs is None:
+        return None
+    if isinstance(needs, str | int) and not isinstance(needs, bool):
+        needs = [needs]
+    if not isinstance(needs, list) or not all(
+            isinstance(n, str | int) and not isinstance(n, bool) for n in needs):
+        raise WorkflowError(f"{source}: step {index}: needs must list step names or numbers")
+    return needs
 
 
 def _step_sla_seconds(step: dict[str, Any], index: int, source: str) -> Any:
@@ -187,7 +246,7 @@ def export(conn: db.Connection, workflow_code: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"workflow_code": current["workflow_code"]}
     doc.update({k: current[k] for k in DEFINITION_FIELDS})
     steps = db.fetch_all(conn, "workflow_steps_full", {"workflow_id": current["id"]})
-    doc["steps"] = [{k: s[k] for k in STEP_FIELDS} for s in steps]
+    doc["steps"] = [{k: s[GRAPH_COLUMNS.get(k, k)] for k in STEP_FIELDS} for s in steps]
     doc["version"] = current["version"]
     return doc
 
@@ -210,14 +269,30 @@ def apply(conn: db.Connection, doc: dict[str, Any]) -> ApplyResult:
     row = db.fetch_one(conn, "workflow_insert", {
         **{k: doc[k] for k in DEFINITION_FIELDS if k != "notify"},
         "workflow_code": code, "version": version, "steps_json": steps_json,
-        "notify": Jsonb(doc["notify"] or {}),
+        "notify": Jsonb(doc["notify"] or {}), "fallback_category": fallback_category(doc),
     })
     assert row is not None
     for step in doc["steps"]:
         db.execute(conn, "workflow_step_insert", {
-            **step, "workflow_id": row["id"], "parameters": Jsonb(step["parameters"] or {}),
+            **{GRAPH_COLUMNS.get(k, k): v for k, v in step.items()},
+            "workflow_id": row["id"], "parameters": Jsonb(step["parameters"] or {}),
+            "needs": Jsonb(step["needs"]) if step["needs"] is not None else None,
+            "for_each": Jsonb(step["for_each"]) if step["for_each"] is not None else None,
         })
     return ApplyResult(code, version, changed=True)
+
+
+def fallback_category(doc: dict[str, Any]) -> str | None:
+    """Where the workflow's jobs may run when no live worker serves its category: the
+    fallback every step that needs a GPU names (``fallback: cpu``), if they all name the
+    same one; None (the jobs wait) otherwise, and for a CPU workflow."""
+    own = doc["resource_category"]
+    on_gpu = [s for s in doc["steps"] if (s["resource_category"] or own) != "cpu"]
+    fallbacks = {s["fallback"] for s in on_gpu}
+    if own == "cpu" or not on_gpu or len(fallbacks) != 1 or None in fallbacks:
+        return None
+    (fallback,) = fallbacks
+    return str(fallback) if fallback != own else None
 
 
 def seed(conn: db.Connection) -> list[ApplyResult]:

@@ -43,6 +43,7 @@ TOOL_PACKAGES = {
     "identify": "imagemagick",
     "convert": "imagemagick",
     "vips": "libvips-tools",
+    "exiftool": "libimage-exiftool-perl",
     "soffice": "libreoffice-writer-nogui",
     "promtool": "prometheus",
     "amtool": "prometheus-alertmanager",

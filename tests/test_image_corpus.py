@@ -185,7 +185,8 @@ def delays(path: Path) -> list[int]:
 
 
 def one_output(result: ActionResult) -> Path:
-    [output] = result.outputs
+    """The delivered output (not the lossless pixels left for later steps)."""
+    [output] = [o for o in result.outputs if o.role != "intermediate"]
     return output.staging_path
 
 

@@ -63,7 +63,8 @@ def assert_complete(names: set[str], prefix: str = "") -> None:
               | {f"mediaq/migrations/versions/{n}" for n in MIGRATIONS}
               | {f"mediaq/migrations/sql/{n}" for n in REVISION_SQL}
               | {f"mediaq/seed_workflows/{n}" for n in SEEDS}
-              | {"mediaq/sql/schema.sql", "mediaq/migrations/env.py", "mediaq/__main__.py"})
+              | {"mediaq/sql/schema.sql", "mediaq/migrations/env.py", "mediaq/__main__.py",
+                 "mediaq/actions/presets/encoding.yaml"})
     missing = {prefix + n for n in wanted} - names
     assert not missing, sorted(missing)
 

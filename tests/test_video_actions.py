@@ -314,11 +314,11 @@ def test_probe_describes_audio_layout(sources: dict[str, Path]) -> None:
 
 def test_hardware_encoders_fall_back_to_software_with_a_log_line(
         sources: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mediaq.actions import avio
+    from mediaq.actions import hardware
 
     # A GPU without NVENC (an H100, say): opening h264_nvenc fails there as it does here.
-    monkeypatch.setattr(avio, "has_gpu", lambda: True)
-    avio.hardware_encoder_works.cache_clear()
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    hardware.clear_cache()
     lines: list[str] = []
     ctx = context("transcode_video", sources["silent"], tmp_path,
                   {"resolution": "144p"}, on_log=lines.append)
@@ -328,7 +328,7 @@ def test_hardware_encoders_fall_back_to_software_with_a_log_line(
     with pytest.raises(TransientError, match="h264_nvenc is not available"):
         run("transcode_video", sources["silent"], tmp_path / "hw", resolution="144p",
             hardware="require")
-    avio.hardware_encoder_works.cache_clear()
+    hardware.clear_cache()
 
 
 @settings(max_examples=25, deadline=None,

@@ -294,7 +294,9 @@ def test_normalise_fills_defaults() -> None:
     assert doc["steps"] == [{
         "step_number": 1, "step_name": "Step 1", "step_type": None, "action": "noop",
         "parameters": {}, "required_inputs": None, "expected_outputs": None,
-        "timeout_seconds": 300, "on_failure": "stop", "sla_seconds": None}]
+        "timeout_seconds": 300, "on_failure": "stop", "sla_seconds": None,
+        "needs": None, "when": None, "for_each": None, "resource_category": None,
+        "vram_required": None, "fallback": None, "fuse": "auto"}]
     with pytest.raises(WorkflowError, match=r"step 1 'Step 1': the number is used by an "
                        r"earlier step \(step numbers must be unique\)"):
         workflows.normalise({"workflow_code": "T", "steps": [

@@ -24,6 +24,10 @@ from mediaq.errors import ActionNotAvailable, InvalidParameters
 
 ActionFn = Callable[[ActionContext], ActionResult]
 FusedFn = Callable[[list[ActionContext]], list[ActionResult]]
+# Rewrites a step's parameters before the schema sees them (a named preset expanded
+# under them) and checks what a schema says badly (which number a mode needs); the
+# bool is ``partial`` (a workflow's step, before the job's parameters are merged in).
+PrepareFn = Callable[[dict[str, Any], bool], dict[str, Any]]
 
 __all__ = [
     "ActionContext",
@@ -43,6 +47,8 @@ ENTRY_POINT_GROUP = "mediaq.actions"
 BUILTIN_MODULES = (
     "mediaq.actions.diagnostic",
     "mediaq.actions.image",
+    "mediaq.actions.image_resize",
+    "mediaq.actions.image_metadata",
     "mediaq.actions.documents.actions",
     "mediaq.actions.video",
     "mediaq.actions.audio.inspect",
@@ -51,6 +57,7 @@ BUILTIN_MODULES = (
     "mediaq.actions.audio.waveform",
     "mediaq.actions.streaming.hls",
     "mediaq.actions.streaming.dash",
+    "mediaq.actions.streaming.cmaf",
     "mediaq.actions.editing.sprites",
     "mediaq.actions.editing.preview",
     "mediaq.actions.editing.compile",
@@ -73,6 +80,7 @@ class RegisteredAction:
     # Runs several consecutive steps of this action that read the same source in one
     # pass (decode once, encode many); one result per context, in order.
     fuse: FusedFn | None = None
+    prepare: PrepareFn | None = None
 
     @functools.cached_property
     def _validator(self) -> jsonschema.protocols.Validator:
@@ -98,6 +106,11 @@ class RegisteredAction:
         checked all the same (types, values, unknown keys). The step's parameters with
         the job's merged in are checked in full when the step runs.
         """
+        if self.prepare is not None:
+            try:
+                params = self.prepare(params, partial)
+            except InvalidParameters as exc:
+                raise InvalidParameters(f"action '{self.name}': {exc}") from None
         validator = self._partial_validator if partial else self._validator
         error = jsonschema.exceptions.best_match(validator.iter_errors(params))
         if error is not None:
@@ -124,13 +137,15 @@ def action(
     *,
     produces_primary: bool = False,
     input_kind: str = "file",
+    prepare: PrepareFn | None = None,
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` as the action ``name``.
 
     ``schema`` is a JSON Schema for the step's parameters (an object; unknown keys
     are refused unless the schema says otherwise). ``produces_primary`` marks
     actions whose primary output becomes the next step's source; ``input_kind``
-    "directory" lets a workflow that starts with this action take a folder as input.
+    "directory" lets a workflow that starts with this action take a folder as input;
+    ``prepare`` rewrites and cross-checks parameters before the schema does (presets).
     """
     full_schema: dict[str, Any] = {"type": "object", "additionalProperties": False}
     full_schema.update(schema or {})
@@ -143,6 +158,7 @@ def action(
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
             produces_primary=produces_primary,
             input_kind=input_kind,
+            prepare=prepare,
         )
         return fn
 

@@ -8,7 +8,6 @@ Whatever FFmpeg raises is turned into a one-line PermanentError by :func:`readin
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +26,12 @@ from av.audio.resampler import AudioResampler
 from av.container import InputContainer, OutputContainer
 
 from mediaq.actions.base import ActionContext, check_source_file
+from mediaq.actions.hardware import (  # noqa: F401  (re-exported)
+    SOFTWARE_ENCODERS,
+    decide_video_encoder,
+    hardware_encoder_works,
+    has_gpu,
+)
 from mediaq.errors import InputRefused, PermanentError, TransientError
 
 # Demuxers that read one self-contained local file. Everything that follows
@@ -43,11 +48,6 @@ _OPEN_OPTIONS = {
     "protocol_whitelist": "file",
     "format_whitelist": ",".join(ALLOWED_DEMUXERS),
 }
-
-# Software encoder per codec, and the hardware one tried first on a GPU worker.
-SOFTWARE_ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9",
-                     "av1": "libsvtav1"}
-HARDWARE_ENCODERS = {"h264": "h264_nvenc", "hevc": "hevc_nvenc", "av1": "av1_nvenc"}
 
 PROGRESS_EVERY_S = 0.25
 
@@ -326,38 +326,10 @@ class ProgressClock:
 # --------------------------------------------------------------------------- encoders
 
 
-def has_gpu() -> bool:
-    return os.path.exists("/dev/nvidia0")
-
-
-@functools.cache
-def hardware_encoder_works(name: str) -> bool:
-    """Whether ``name`` opens here. Some GPUs (e.g. H100) have no NVENC unit at all."""
-    if name not in av.codecs_available or not has_gpu():
-        return False
-    try:
-        ctx: Any = av.CodecContext.create(name, "w")
-        ctx.width, ctx.height, ctx.pix_fmt = 256, 256, "yuv420p"
-        ctx.time_base = Fraction(1, 25)
-        ctx.open()
-        ctx.close()
-    except (av.error.FFmpegError, ValueError, OSError):
-        return False
-    return True
-
-
 def choose_video_encoder(codec: str, hardware: str, ctx: ActionContext) -> str:
-    """The encoder for ``codec``: hardware when asked/allowed and present, else software."""
-    hw = HARDWARE_ENCODERS.get(codec)
-    if hardware != "never" and hw is not None:
-        if hardware_encoder_works(hw):
-            return hw
-        if hardware == "require":
-            raise TransientError(f"hardware encoder {hw} is not available on this worker")
-        if has_gpu():
-            ctx.log(f"{hw} is not available on this GPU; encoding with "
-                    f"{SOFTWARE_ENCODERS[codec]}")
-    return SOFTWARE_ENCODERS[codec]
+    """The encoder for ``codec``: hardware when asked/allowed and present, else software
+    (:func:`mediaq.actions.hardware.decide_video_encoder` says why)."""
+    return decide_video_encoder(codec, hardware, ctx).encoder
 
 
 def encoder_options(encoder: str, *, crf: int, preset: str,
@@ -366,6 +338,8 @@ def encoder_options(encoder: str, *, crf: int, preset: str,
     options: dict[str, str]
     if encoder.endswith("_nvenc"):
         options = {"preset": "p4", "rc": "vbr", "cq": str(crf)}
+    elif encoder.endswith("_qsv"):
+        options = {"preset": "medium", "global_quality": str(crf)}
     elif encoder == "libvpx-vp9":
         options = {"crf": str(crf), "b": "0", "deadline": "good", "cpu-used": "4",
                    "row-mt": "1"}

@@ -74,6 +74,8 @@ class ActionContext:
         submit_files: SubmitFiles | None = None,
         input_roots: tuple[Path, ...] = (),
         library_roots: tuple[Path, ...] = (),
+        needs_outputs: dict[str, Any] | None = None,
+        item_index: int | None = None,
     ) -> None:
         self.job_code = job_code
         self.step_number = step_number
@@ -88,6 +90,12 @@ class ActionContext:
         # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256, …).
         self.previous_outputs = list(previous_outputs or [])
         self.workflow_code = workflow_code
+        # The output_data of the steps this one needs, by the step name's slug
+        # (``Extract Metadata``: ``extract_metadata``); a fanned-out step's is the list of
+        # its items' outputs, in item order (None for an item that failed). A step that
+        # failed (on_failure: continue) or was skipped is absent.
+        self.needs_outputs = dict(needs_outputs or {})
+        self.item_index = item_index  # which item of a fanned-out step (for_each), if any
         # The folders an action may read (input roots) and write outside its staging
         # folder (library roots); none unless the worker says so.
         self.input_roots = tuple(input_roots)

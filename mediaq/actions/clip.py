@@ -245,7 +245,8 @@ def add_h264_stream(output: OutputContainer, encoder: str, *, width: int, height
     """A video encoder stream on ``output`` taking frames with pts counted in frames."""
     stream: Any = output.add_stream(encoder, rate=rate)
     stream.width, stream.height = width, height
-    stream.pix_fmt = "yuv420p"
+    # Quick Sync takes NV12 (the same 4:2:0 samples, chroma interleaved).
+    stream.pix_fmt = "nv12" if encoder.endswith("_qsv") else "yuv420p"
     ctx = stream.codec_context
     ctx.time_base = 1 / rate
     ctx.thread_type = "FRAME"
@@ -260,6 +261,8 @@ def add_h264_stream(output: OutputContainer, encoder: str, *, width: int, height
 def encode_frame(stream: Any, frame: VideoFrame, index: int, *, key: bool = False) -> list[Any]:
     """Encode ``frame`` as output frame ``index``. A decoded frame carries its source
     picture type, which libx264 obeys: it is reset so the encoder picks its own GOP."""
+    if stream.codec_context.pix_fmt == "nv12" and frame.format.name != "nv12":
+        frame = frame.reformat(format="nv12")
     frame.pts = index
     frame.time_base = stream.codec_context.time_base
     frame.pict_type = PictureType.I if key else PictureType.NONE

@@ -13,6 +13,17 @@ def noop(ctx: ActionContext) -> ActionResult:
     return ActionResult(data={"noop": True})
 
 
+@action("echo", {"properties": {"value": {"default": None}}})
+def echo(ctx: ActionContext) -> ActionResult:
+    """Return ``value``, which item of a fanned-out step this is, and the ``value`` of each
+    step this one needs (a list for a fanned-out one): graphs shown without media."""
+    received = {name: [o and o.get("value") for o in out] if isinstance(out, list)
+                else out.get("value")
+                for name, out in ctx.needs_outputs.items()}
+    return ActionResult(data={"value": ctx.params["value"], "item": ctx.item_index,
+                              "received": received})
+
+
 @action(
     "sleep",
     {"properties": {"seconds": {"type": "number", "minimum": 0, "default": 1},

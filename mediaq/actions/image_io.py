@@ -210,6 +210,14 @@ def load_picture(
         return picture
 
 
+def read_metadata(
+    path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[Image.Exif, bytes | None]:
+    """The EXIF and XMP of ``path``, read from its header (nothing decoded)."""
+    with _open_checked(path, SAFE_FORMATS, max_pixels) as im, reading(path, max_pixels):
+        return im.getexif(), _xmp_of(im)
+
+
 @contextmanager
 def _open_checked(path: Path, formats: tuple[str, ...], max_pixels: int) -> Iterator[Image.Image]:
     """Open ``path`` (header only) after refusing missing, empty and oversized files."""

@@ -59,6 +59,14 @@ def crop_region(image: Image.Image, aspect: tuple[int, int], strategy: str) -> B
     if (crop_w, crop_h) == (width, height) or strategy == "centre":
         left, top = (width - crop_w) // 2, (height - crop_h) // 2
         return left, top, left + crop_w, top + crop_h
+    return subject_box(image, (crop_w, crop_h), strategy)
+
+
+def subject_box(image: Image.Image, size: tuple[int, int], strategy: str) -> Box:
+    """The ``size`` box of ``image`` that keeps what ``strategy`` (entropy | attention)
+    finds most interesting."""
+    width, height = image.size
+    crop_w, crop_h = min(size[0], width), min(size[1], height)
     small, scale = _analysis_copy(image)
     score = _attention_map(small) if strategy == "attention" else _entropy_map(small)
     left, top = _best_window(score, crop_w * scale, crop_h * scale)
@@ -130,7 +138,8 @@ def _unit(values: np.ndarray) -> np.ndarray:
 
 def flattened(image: Image.Image, background: str) -> Image.Image:
     """``image`` laid over an opaque ``background`` colour (CSS name or #rrggbb)."""
-    colour = ImageColor.getrgb(background)[:3]
+    # "transparent" (a pad colour) has no colour to flatten onto: white, as browsers show it.
+    colour = ImageColor.getrgb("white" if background == "transparent" else background)[:3]
     grey = image.mode in ("L", "LA")
     base = Image.new("RGBA", image.size, (*colour, 255))
     merged = Image.alpha_composite(base, image.convert("RGBA")).convert("RGB")

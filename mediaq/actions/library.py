@@ -108,7 +108,7 @@ class Filing:
         "template": {"type": "string", "minLength": 1, "default": DEFAULT_TEMPLATE},
         "source": {"enum": ["outputs", "input"], "default": "outputs"},
         "roles": {"type": "array", "items": {"type": "string"}, "default": [],
-                  "description": "output roles to file (empty: all)"},
+                  "description": "output roles to file (empty: all but intermediates)"},
         "mode": {"enum": ["move", "copy"], "default": "move"},
         "on_conflict": {"enum": ["fail", "skip", "rename", "overwrite"], "default": "fail"},
     },
@@ -156,6 +156,8 @@ def _filings(ctx: ActionContext) -> Iterable[Filing]:
     for output in ctx.previous_outputs:
         if roles and output.get("role") not in roles:
             continue
+        if not roles and output.get("role") == "intermediate":
+            continue  # lossless working pixels for later steps, not a deliverable
         path = Path(output["path"])
         yield Filing(path, {**common, "name": path.stem, "role": output.get("role", "primary"),
                             "rendition": output.get("rendition") or _rendition(path, ctx.job_code),

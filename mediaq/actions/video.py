@@ -9,6 +9,8 @@ deinterlaced before scaling, so every output plays the right way up everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,9 +30,7 @@ from mediaq.actions.avio import (
     ProgressClock,
     VideoInfo,
     add_audio_stream,
-    choose_video_encoder,
     common_origin,
-    encoder_options,
     open_media,
     output_layout,
     parse_bitrate,
@@ -49,10 +49,22 @@ from mediaq.actions.color import (
     tone_mapper_for,
     with_hdr10,
 )
+from mediaq.actions.encoder_options import (
+    ENCODING_PROPERTIES,
+    PRESET_SCHEMA,
+    Encoding,
+    VideoSettings,
+    codec_rules,
+    encoding_from,
+    encoding_prepare,
+    video_settings,
+)
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
+from mediaq.actions.hardware import EncoderChoice, decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, media_outputs
-from mediaq.actions.pertitle import LADDER_SCHEMA, choose_crf, crf_settings
+from mediaq.actions.pertitle import LADDER_SCHEMA, SettingsFor, choose_crf
 from mediaq.actions.quality import QUALITY_SCHEMA, Rendered, judge
+from mediaq.actions.thumbnail_times import THUMBNAIL_TIME_PARAMS, chosen_stills, wants_chosen_times
 from mediaq.errors import PermanentError
 
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
@@ -160,19 +172,21 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
                        "default": "720p"},
         "codec": {"enum": ["h264", "hevc", "vp9", "av1"], "default": "h264"},
         "crf": {"type": "integer", "minimum": 0, "maximum": 63, "default": 23},
-        "preset": {"enum": ["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
-                            "slow", "slower", "veryslow"], "default": "veryfast"},
+        # A named encoding preset (presets/encoding.yaml), or an encoder speed as before.
+        "preset": PRESET_SCHEMA,
+        **ENCODING_PROPERTIES,
         "max_bitrate": BITRATE_SCHEMA,
         "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": 240},
         "upscale": {"type": "boolean", "default": False},
         "audio_codec": {"enum": ["aac", "opus", "none", "auto"], "default": "auto"},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
-        "hardware": {"enum": ["auto", "never", "require"], "default": "auto"},
+        "hardware": {"enum": ["auto", "never", "require", "nvenc", "qsv"], "default": "auto"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
         **COLOR_SCHEMA,  # tone_map, hdr: see actions/color.py
         **QUALITY_SCHEMA,  # measure_quality, min_ssim, min_psnr: actions/quality.py
         **LADDER_SCHEMA,  # ladder: auto, target_ssim: actions/pertitle.py
     },
+    "allOf": codec_rules(["h264", "hevc", "vp9", "av1"]),
 }
 
 
@@ -184,13 +198,15 @@ class Rendition:
     height: int
     codec: str
     encoder: str
-    options: dict[str, str]
-    max_bitrate: int | None
+    settings: VideoSettings
+    first_pass: VideoSettings | None  # two-pass: what the first pass encodes with
     audio_codec: str | None
     audio_bitrate: int | None
     container: str
     filename: str
     label: str
+    choice: EncoderChoice
+    encoding: Encoding
     color: ColorPlan = SDR
 
 
@@ -216,30 +232,43 @@ def _even(value: float) -> int:
     return max(2, int(value) // 2 * 2)
 
 
-def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo) -> Rendition:
+def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
+                   stats: Path | None = None) -> Rendition:
+    """What to encode for one step; ``stats``: where a two-pass encode keeps its log."""
     assert info.video is not None
     width, height = parse_resolution(params["resolution"], info.video, upscale=params["upscale"])
     codec = params["codec"]
     color = plan_color(params, info, codec, ctx.source_path)
     # HDR10 metadata is written by libx265 / libsvtav1: keeping HDR encodes in software.
-    hardware = "never" if color.mode == "keep" else params["hardware"]
-    encoder = choose_video_encoder(codec, hardware, ctx)
-    max_bitrate = parse_bitrate(params.get("max_bitrate"))
+    choice = decide_video_encoder(codec, "never" if color.mode == "keep" else params["hardware"],
+                                  ctx)
+    encoder = choice.encoder
+    encoding = encoding_from(params)
+    rate = _output_rate(info.video, params.get("fps"))
+    two_pass = encoding.rate_control == "two_pass" and not choice.hardware
     container = CONTAINER_OF[codec]
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
     # Named after the rung asked for, so a small source still gets one file per step.
     label = params.get("name") or params["resolution"]
-    options = encoder_options(encoder, crf=params["crf"], preset=params["preset"],
-                              max_bitrate=max_bitrate)
-    if color.mode == "keep":
-        options = with_hdr10(encoder, options, color)
     return Rendition(
         width=width, height=height, codec=codec, encoder=encoder,
-        options=options, max_bitrate=max_bitrate, audio_codec=audio_codec,
+        settings=_with_color(encoder, color, video_settings(
+            encoder, encoding, rate, pass_number=2 if two_pass else 0, stats=stats)),
+        first_pass=(video_settings(encoder, encoding, rate, pass_number=1, stats=stats)
+                    if two_pass else None),
+        audio_codec=audio_codec,
         audio_bitrate=parse_bitrate(params["audio_bitrate"]) if audio_codec else None,
         container=container, filename=f"{ctx.source_path.stem}_{label}.{container}", label=label,
-        color=color,
+        choice=choice, encoding=encoding, color=color,
     )
+
+
+def _with_color(encoder: str, color: ColorPlan, settings: VideoSettings) -> VideoSettings:
+    """``hdr: keep``: 10-bit, with the encoder's HDR10 parameters (actions/color.py)."""
+    if color.mode != "keep":
+        return settings
+    return dataclasses.replace(settings, options=with_hdr10(encoder, settings.options, color),
+                               pix_fmt=color.pix_fmt)
 
 
 def _audio_codec_for(asked: str, container: str, info: MediaInfo) -> str | None:
@@ -250,7 +279,8 @@ def _audio_codec_for(asked: str, container: str, info: MediaInfo) -> str | None:
     return {"aac": "aac", "opus": "libopus"}[asked]
 
 
-@action("transcode_video", TRANSCODE_SCHEMA)
+@action("transcode_video", TRANSCODE_SCHEMA,
+        prepare=encoding_prepare(TRANSCODE_SCHEMA["properties"]))
 def transcode_video(ctx: ActionContext) -> ActionResult:
     """Transcode the source to one rendition (size, codec, quality)."""
     return transcode_many([ctx])[0]
@@ -263,19 +293,30 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
     info = probe(lead.source_path)
     if info.video is None:
         raise PermanentError(f"{lead.source_path.name}: has no video stream")
-    renditions = [plan_rendition(ctx, ctx.params, info) for ctx in contexts]
-    # ladder: auto: each rung's CRF from a probe of the source, then planned again with it.
-    choices = [choose_crf(ctx, info, r, crf_settings(r.encoder, ctx.params["preset"],
-                                                     r.max_bitrate))
-               for ctx, r in zip(contexts, renditions, strict=True)]
-    renditions = [plan_rendition(ctx, {**ctx.params, "crf": c["crf"]}, info) if c else r
-                  for ctx, r, c in zip(contexts, renditions, choices, strict=True)]
-    for ctx, rendition in zip(contexts, renditions, strict=True):
-        if rendition.encoder.endswith("_nvenc"):
-            ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
-    paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
-    fps = _output_rate(info.video, contexts[0].params.get("fps"))
-    encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
+    with tempfile.TemporaryDirectory(prefix="mediaq-2pass-") as stats_dir:
+        renditions = [plan_rendition(ctx, ctx.params, info, Path(stats_dir) / f"{i}.log")
+                      for i, ctx in enumerate(contexts)]
+        # ladder: auto: each rung's CRF from a probe of the source, then planned again.
+        choices = [choose_crf(ctx, info, r, _settings_at(r, info))
+                   for ctx, r in zip(contexts, renditions, strict=True)]
+        renditions = [plan_rendition(ctx, {**ctx.params, "crf": c["crf"]}, info,
+                                     Path(stats_dir) / f"{i}.log") if c else r
+                      for i, (ctx, r, c) in enumerate(zip(contexts, renditions, choices,
+                                                          strict=True))]
+        for ctx, rendition in zip(contexts, renditions, strict=True):
+            if rendition.choice.hardware:
+                ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
+        paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
+        fps = _output_rate(info.video, contexts[0].params.get("fps"))
+        first = [(r, p) for r, p in zip(renditions, paths, strict=True) if r.first_pass]
+        if first:
+            # Two-pass renditions read the source once more first, to a throwaway file,
+            # so the encoder knows where the bits are needed.
+            encode_ladder(lead, info, [first_pass(r, p) for r, p in first], fps,
+                          stage="analysing")
+            for _, path in first:
+                path.with_suffix(".pass1" + path.suffix).unlink(missing_ok=True)
+        encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
     scores = judge(lead, info.duration, [
         Rendered(ctx.params, r.label, r.width, r.height, r.color, path)
         for ctx, r, path in zip(contexts, renditions, paths, strict=True)])
@@ -283,12 +324,32 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
         ActionResult(
             outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
             data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
-                  "encoder": r.encoder, "fused_with": len(contexts), **r.color.as_data(),
-                  **({"quality": score} if score else {}),
+                  "encoder": r.encoder, "fused_with": len(contexts),
+                  "hardware_decision": r.choice.as_data(), "encoding": r.encoding.as_data(),
+                  **r.color.as_data(), **({"quality": score} if score else {}),
                   **({"per_title": choice} if choice else {})},
         )
         for r, path, score, choice in zip(renditions, paths, scores, choices, strict=True)
     ]
+
+
+def _settings_at(r: Rendition, info: MediaInfo) -> SettingsFor:
+    """The rendition's encoder options and bit rate at another CRF (per-title trials)."""
+    assert info.video is not None
+
+    def at(crf: int) -> tuple[dict[str, str], int | None]:
+        encoding = dataclasses.replace(r.encoding, crf=crf)
+        settings = _with_color(r.encoder, r.color, video_settings(
+            r.encoder, encoding, _output_rate(info.video, None)))
+        return settings.options, settings.bit_rate
+    return at
+
+
+def first_pass(rendition: Rendition, path: Path) -> tuple[Rendition, Path]:
+    """The first pass of a two-pass rendition: video only, to a throwaway file."""
+    assert rendition.first_pass is not None
+    return (dataclasses.replace(rendition, settings=rendition.first_pass, audio_codec=None),
+            path.with_suffix(".pass1" + path.suffix))
 
 
 def _output_rate(video: VideoInfo, asked: float | None) -> Fraction:
@@ -309,7 +370,7 @@ class RenditionWriter:
                  origin: float = 0.0, tone: ToneMapper | None = None) -> None:
         self.rendition = rendition
         self.output = output
-        self.scale = Scaler(rendition.width, rendition.height, rendition.color.pix_fmt)
+        self.scale = Scaler(rendition.width, rendition.height, rendition.settings.pix_fmt)
         self.tone = tone if rendition.color.mode == "tonemap" else None
         self.video = output.add_stream(
             lambda container: self._video_stream(container, rate, time_base),
@@ -322,13 +383,15 @@ class RenditionWriter:
         r = self.rendition
         stream: Any = container.add_stream(r.encoder, rate=rate)
         stream.width, stream.height = r.width, r.height
-        stream.pix_fmt = r.color.pix_fmt
+        stream.pix_fmt = r.settings.pix_fmt
         tag_stream(stream, r.color)
         stream.codec_context.time_base = time_base
         stream.codec_context.thread_type = "FRAME"
-        stream.options = dict(r.options)
-        if r.max_bitrate:
-            stream.codec_context.bit_rate = r.max_bitrate
+        stream.options = dict(r.settings.options)
+        if r.settings.bit_rate:
+            stream.codec_context.bit_rate = r.settings.bit_rate
+        if r.settings.gop:
+            stream.codec_context.gop_size = r.settings.gop
         if r.codec == "hevc":
             stream.codec_tag = "hvc1"  # what Apple players expect in MP4
         return stream
@@ -352,7 +415,10 @@ class RenditionWriter:
     def encode_video(self, frame: VideoFrame) -> None:
         if self.tone is not None:
             frame = self.tone(frame)
-        self.output.mux(self.video.encode(self.scale.fresh(frame)))
+        scaled = self.scale.fresh(frame)
+        if self.rendition.settings.pix_fmt != "yuv420p":
+            scaled = scaled.reformat(format=self.rendition.settings.pix_fmt)
+        self.output.mux(self.video.encode(scaled))
 
     def encode_audio(self, frame: av.AudioFrame) -> None:
         if self.audio is not None:
@@ -360,7 +426,8 @@ class RenditionWriter:
 
 
 def encode_ladder(ctx: ActionContext, info: MediaInfo,
-                  targets: list[tuple[Rendition, Path]], rate: Fraction) -> None:
+                  targets: list[tuple[Rendition, Path]], rate: Fraction,
+                  stage: str = "encoding") -> None:
     """Decode ``ctx.source_path`` once, feeding every target's encoders."""
     source = ctx.source_path
     with open_media(source) as container, reading(source), media_outputs() as outputs:
@@ -382,7 +449,7 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
                             origin, tone)
             for rendition, path in targets
         ]
-        _pump(ctx, container, vstream, astream, writers, info.duration, origin)
+        _pump(ctx, container, vstream, astream, writers, info.duration, origin, stage)
 
 
 def _muxer_options(container: str) -> dict[str, str]:
@@ -391,8 +458,9 @@ def _muxer_options(container: str) -> dict[str, str]:
 
 
 def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,
-          writers: list[RenditionWriter], duration: float, origin: float) -> None:
-    clock = ProgressClock(ctx, duration, "encoding", count_frames=True)
+          writers: list[RenditionWriter], duration: float, origin: float,
+          stage: str) -> None:
+    clock = ProgressClock(ctx, duration, stage, count_frames=True)
     upright: Upright | None = None
     streams = [s for s in (vstream, astream) if s is not None]
     first_pts: int | None = None
@@ -428,10 +496,12 @@ def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: 
         "format": {"enum": sorted(_THUMB_FORMATS), "default": "jpeg"},
         "width": {"type": "integer", "minimum": 16, "maximum": 3840, "default": 320},
         "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 85},
+        **THUMBNAIL_TIME_PARAMS,
     },
 })
 def generate_thumbnails(ctx: ActionContext) -> ActionResult:
-    """``count`` upright stills evenly spaced through the video, snapped to keyframes."""
+    """``count`` upright stills evenly spaced through the video, snapped to keyframes,
+    or at ``timestamps`` (seconds or "25%"; exact frames with ``exact``)."""
     source = ctx.source_path
     info = probe(source)
     if info.video is None:
@@ -439,14 +509,16 @@ def generate_thumbnails(ctx: ActionContext) -> ActionResult:
     count, width = ctx.params["count"], ctx.params["width"]
     pil_format, ext = _THUMB_FORMATS[ctx.params["format"]]
     outputs: list[OutputFile] = []
-    for index, (at, image) in enumerate(keyframe_stills(ctx, source, info, count), start=1):
+    stills = (chosen_stills(ctx, source, info) if wants_chosen_times(ctx.params) else
+              ((at, image, {}) for at, image in keyframe_stills(ctx, source, info, count)))
+    for index, (at, image, asked) in enumerate(stills, start=1):
         image = _fit_width(image, width)
         path = ctx.output_path(f"{source.stem}_thumb_{index:02d}.{ext}")
         with writing(path):
             image.save(path, pil_format, quality=ctx.params["quality"])
         outputs.append(OutputFile(path, role="thumbnail", meta={
             "time": round(at, 3), "width": image.width, "height": image.height,
-            "format": ctx.params["format"]}))
+            "format": ctx.params["format"], **asked}))
         ctx.progress(index / count, "thumbnails")
     if not outputs:
         raise PermanentError(f"{source.name}: no frame could be decoded for thumbnails")

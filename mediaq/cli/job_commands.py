@@ -21,7 +21,7 @@ from rich.progress import (
 
 from mediaq import db, operations, prune
 from mediaq.cli import Env, pass_env
-from mediaq.cli.render import as_json, console, fmt, show_rows, table
+from mediaq.cli.render import as_json, console, draw_graph, fmt, show_rows, table
 from mediaq.errors import Refused, SubmissionRefused
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
@@ -134,6 +134,7 @@ def show(env: Env, job: str) -> None:
         click.echo(f"{'eta_blocked_reason':18} {eta['eta_blocked_reason']}")
     table(steps, ["step_number", "step_name", "action", "status", "executions", "duration_ms",
                   "error_message"], title="Steps")
+    draw_graph(steps, _task_label, title="Tasks")
     outputs = (row.get("output_metadata") or {}).get("outputs", [])
     if outputs:
         table(outputs, ["path", "role", "format", "width", "height", "size_bytes"],
@@ -141,6 +142,18 @@ def show(env: Env, job: str) -> None:
     if row["log"]:
         console.print("[bold]Log[/bold]")
         click.echo(row["log"].rstrip())
+
+
+def _task_label(step: dict[str, Any]) -> str:
+    """A step's state in the job's graph: its status (items done, for a fanned-out step)
+    and where it ran."""
+    status = step["status"] or "waiting"
+    if step["items"]:
+        status += f" ({step['items_completed']}/{step['items']} items completed)"
+    where = f" on {step['worker_id']}" if step["worker_id"] else ""
+    if step["host"] and step["worker_id"] and step["host"] not in step["worker_id"]:
+        where += f" ({step['host']})"
+    return status + where
 
 
 @click.command("watch")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +11,8 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+
+from mediaq import graph
 
 console = Console(soft_wrap=False, width=200)
 
@@ -59,3 +61,24 @@ def show_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str
         click.echo(as_json(rows))
     else:
         table(rows, columns, title=title)
+
+
+def draw_graph(steps: Sequence[dict[str, Any]], label: Callable[[dict[str, Any]], str],
+               title: str = "Graph") -> None:
+    """A workflow's (or a job's) steps as a graph, stage by stage: rows with
+    ``step_number``, ``step_name`` and ``needs`` (as stored), each labelled by ``label``."""
+    nodes = [(graph.StepNode(int(s["step_number"] or 0), str(s["step_name"]),
+                             tuple(s["needs"]) if isinstance(s.get("needs"), list) else None),
+              label(s)) for s in steps]
+    console.print(f"[bold]{title}[/bold] (a step runs once every step after its '<-' is done)")
+    for line in graph.draw(nodes):
+        click.echo(line)
+
+
+def resources_label(step: dict[str, Any]) -> str:
+    """Where a step runs: its category (the workflow's when it names none), its VRAM and
+    its fallback category."""
+    category = step.get("resource_category") or "workflow's"
+    vram = f" {step['vram_required']} MB" if step.get("vram_required") else ""
+    fallback = f", else {step['fallback']}" if step.get("fallback") else ""
+    return f"[{category}{vram}{fallback}]"

@@ -10,7 +10,7 @@ import yaml
 from mediaq import db, workflows
 from mediaq.actions import available_actions
 from mediaq.cli import Env, pass_env
-from mediaq.cli.render import table
+from mediaq.cli.render import draw_graph, fmt, resources_label, table
 
 
 @click.group("workflows")
@@ -64,6 +64,10 @@ def show(env: Env, code: str) -> None:
         click.echo(f"{key:18} {value}")
     table(steps, ["step_number", "step_name", "action", "parameters", "timeout_seconds",
                   "on_failure"])
+    draw_graph(steps, lambda s: " ".join(filter(None, (
+        s["action"], resources_label(s),
+        f"when {s['when']}" if s["when"] else "",
+        f"for each {fmt(s['for_each'])}" if s["for_each"] is not None else ""))))
 
 
 @workflows_group.command("export")
@@ -74,6 +78,10 @@ def export(env: Env, code: str) -> None:
     with env.connect() as conn:
         doc = workflows.export(conn, code)
     doc.pop("version", None)
+    # A step's graph keys left at their defaults are left out, as a hand-written file has.
+    doc["steps"] = [{k: v for k, v in step.items()
+                     if k not in workflows.GRAPH_DEFAULTS or v != workflows.GRAPH_DEFAULTS[k]}
+                    for step in doc["steps"]]
     click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), nl=False)
 
 

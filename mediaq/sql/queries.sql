@@ -169,6 +169,29 @@ UPDATE workflow_jobs j
                  LIMIT 100
                    FOR UPDATE SKIP LOCKED);
 
+-- name: jobs_fall_back
+-- Waiting jobs that no live worker can run (none takes their category with the VRAM
+-- they need) move to their workflow's fallback category (a GPU encode done in software
+-- on a CPU slot), once; the log says why. A live worker: running, heartbeat in the last
+-- minute (as job_etas reads it).
+UPDATE workflow_jobs j
+   SET resource_category = wd.fallback_category, vram_required = 0, waiting_reason = NULL,
+       updated_at = now(),
+       log = job_log_append(j.log, format(
+           '%%s no live worker serves %%s with %%s MB of VRAM: running on %%s instead' || E'\n',
+           %(stamp)s::text, j.resource_category, j.vram_required, wd.fallback_category))
+  FROM workflow_definitions wd
+ WHERE wd.id = j.workflow_id AND wd.fallback_category IS NOT NULL
+   AND j.status IN ('pending', 'queued')
+   AND j.resource_category <> wd.fallback_category
+   AND NOT EXISTS (
+       SELECT 1 FROM workers w
+        WHERE w.status = 'running' AND w.heartbeat_at > now() - interval '1 minute'
+          AND (cardinality(w.categories) = 0 OR j.resource_category = ANY (w.categories))
+          AND coalesce((w.limits ->> j.resource_category)::integer, 1) > 0
+          AND j.vram_required <= w.vram_budget_mb)
+RETURNING j.id, j.job_code, j.resource_category;
+
 -- name: jobs_runnable_exists
 -- Is any job runnable now or due within a horizon, for the given categories (burst mode exit)?
 SELECT EXISTS (
@@ -263,20 +286,23 @@ SELECT j.id, j.job_code, j.attempt, j.input_file_path, j.params, j.started_at,
 
 -- name: workflow_steps_of
 -- The steps of one workflow version, in order.
-SELECT id, step_number, step_name, step_type, action, parameters, timeout_seconds, on_failure
+SELECT id, step_number, step_name, step_type, action, parameters, timeout_seconds, on_failure,
+       needs, when_expr, for_each, resource_category, vram_required, fallback_category, fuse
   FROM workflow_steps WHERE workflow_id = %(workflow_id)s
  ORDER BY step_number, id;
 
 -- name: step_history_of_job
--- Per step: how many executions so far, whether it completed or was given up on for
--- good (a `continue` step), and the output of the completed one (resume).
-SELECT step_id,
-       count(*) AS executions,
+-- Per step (per item of a fanned-out step): how many executions so far, whether it
+-- completed, was skipped (its condition was false) or was given up on for good (a
+-- `continue` step), and the output of the completed one (resume).
+SELECT step_id, item_index,
+       count(*) FILTER (WHERE status <> 'skipped') AS executions,
        bool_or(status = 'completed') AS completed,
+       bool_or(status = 'skipped') AS skipped,
        bool_or(status = 'failed' AND error_class IN ('permanent', 'exhausted')) AS given_up,
        (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data
   FROM step_executions WHERE job_id = %(job_id)s
- GROUP BY step_id;
+ GROUP BY step_id, item_index;
 
 -- name: job_step_committed
 -- Lock the job row if this worker still owns it (nothing else may change it until
@@ -299,8 +325,27 @@ WITH fenced AS (
     RETURNING id
 )
 INSERT INTO step_executions (job_id, step_id, status, input_data, started_at, retry_attempt,
-                             job_attempt, worker_id)
+                             job_attempt, worker_id, item_index)
 SELECT fenced.id, %(step_id)s, 'running', %(input_data)s, now(), %(retry_attempt)s,
+       %(attempt)s, %(worker_id)s, %(item_index)s
+  FROM fenced
+RETURNING id;
+
+-- name: step_skip
+-- Record a step whose condition was false as skipped (it counts as done for the steps
+-- that need it), if this worker still owns the job.
+WITH fenced AS (
+    UPDATE workflow_jobs
+       SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s,
+           updated_at = now()
+     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+       AND status = 'processing'
+    RETURNING id
+)
+INSERT INTO step_executions (job_id, step_id, status, input_data, output_data, started_at,
+                             completed_at, duration_seconds, duration_ms, job_attempt,
+                             worker_id)
+SELECT fenced.id, %(step_id)s, 'skipped', %(input_data)s, %(output_data)s, now(), now(), 0, 0,
        %(attempt)s, %(worker_id)s
   FROM fenced
 RETURNING id;
@@ -413,16 +458,23 @@ SELECT j.*, wd.workflow_code, wd.workflow_name, wd.version AS workflow_version
  WHERE j.job_code = %(ref)s OR j.id::text = %(ref)s;
 
 -- name: job_steps_detail
--- Every step of a job's workflow with its latest execution (for `mediaq show`).
-SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure,
+-- Every step of a job's workflow with its latest execution, where it ran, and how many
+-- of a fanned-out step's items are done (for `mediaq show`).
+SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure, ws.needs,
        se.status, se.retry_attempt, se.started_at, se.completed_at, se.duration_ms,
-       se.error_message, se.output_data,
+       se.error_message, se.output_data, se.worker_id, w.host,
        (SELECT count(*) FROM step_executions x
-         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS executions
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS executions,
+       (SELECT count(DISTINCT x.item_index) FROM step_executions x
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS items,
+       (SELECT count(DISTINCT x.item_index) FROM step_executions x
+         WHERE x.job_id = %(job_id)s AND x.step_id = ws.id AND x.status = 'completed')
+           AS items_completed
   FROM workflow_steps ws
   LEFT JOIN LATERAL (SELECT * FROM step_executions e
                       WHERE e.job_id = %(job_id)s AND e.step_id = ws.id
                       ORDER BY e.id DESC LIMIT 1) se ON TRUE
+  LEFT JOIN workers w ON w.worker_id = se.worker_id
  WHERE ws.workflow_id = %(workflow_id)s
  ORDER BY ws.step_number, ws.id;
 
@@ -599,24 +651,26 @@ INSERT INTO workflow_definitions
     (workflow_code, workflow_name, description, workflow_type, input_types, output_types,
      steps_json, default_priority, timeout_minutes, retry_count, is_active, created_by,
      version, resource_category, vram_required, queue_name, sla_minutes, notify,
-     dedupe_window_seconds)
+     dedupe_window_seconds, fallback_category)
 VALUES
     (%(workflow_code)s, %(workflow_name)s, %(description)s, %(workflow_type)s, %(input_types)s,
      %(output_types)s, %(steps_json)s, %(default_priority)s, %(timeout_minutes)s,
      %(retry_count)s, %(is_active)s, %(created_by)s, %(version)s, %(resource_category)s,
      %(vram_required)s, %(queue_name)s, %(sla_minutes)s, %(notify)s,
-     %(dedupe_window_seconds)s)
+     %(dedupe_window_seconds)s, %(fallback_category)s)
 RETURNING id;
 
 -- name: workflow_step_insert
 -- One step of a workflow version.
 INSERT INTO workflow_steps
     (workflow_id, step_number, step_name, step_type, action, parameters, required_inputs,
-     expected_outputs, timeout_seconds, on_failure, sla_seconds)
+     expected_outputs, timeout_seconds, on_failure, sla_seconds, needs, when_expr, for_each,
+     resource_category, vram_required, fallback_category, fuse)
 VALUES
     (%(workflow_id)s, %(step_number)s, %(step_name)s, %(step_type)s, %(action)s, %(parameters)s,
      %(required_inputs)s, %(expected_outputs)s, %(timeout_seconds)s, %(on_failure)s,
-     %(sla_seconds)s);
+     %(sla_seconds)s, %(needs)s, %(when_expr)s, %(for_each)s, %(resource_category)s,
+     %(vram_required)s, %(fallback_category)s, %(fuse)s);
 
 -- name: workflows_list
 -- Current workflows with their step counts and job counts.

@@ -49,7 +49,11 @@ CREATE TABLE workflow_definitions (
     notify            JSONB NOT NULL DEFAULT '{}'::jsonb,
     -- A workflow that de-duplicates returns the job of an identical submission (same
     -- input content, same workflow version, same parameters) made within the window.
-    dedupe_window_seconds INTEGER CHECK (dedupe_window_seconds > 0)
+    dedupe_window_seconds INTEGER CHECK (dedupe_window_seconds > 0),
+    -- Derived when the workflow is applied (mediaq/workflows.py): the category its jobs
+    -- fall back to when no live worker can serve theirs (every step that needs a GPU
+    -- names that fallback); NULL: they wait.
+    fallback_category TEXT CHECK (fallback_category IN ('cpu', 'gpu_encode', 'gpu_ai'))
 );
 -- One current version per code; older versions stay for the jobs that use them.
 CREATE UNIQUE INDEX workflow_definitions_current_code
@@ -71,7 +75,16 @@ CREATE TABLE workflow_steps (
     on_failure       VARCHAR(50) DEFAULT 'stop'
         CHECK (on_failure IN ('stop', 'continue', 'retry')),
     -- engine columns
-    sla_seconds      INTEGER
+    sla_seconds      INTEGER,
+    -- the graph (mediaq/graph.py): NULL needs = follow the step before; NULL resources =
+    -- the workflow's
+    needs             JSONB,
+    when_expr         TEXT,
+    for_each          JSONB,
+    resource_category TEXT CHECK (resource_category IN ('cpu', 'gpu_encode', 'gpu_ai')),
+    vram_required     INTEGER CHECK (vram_required >= 0),
+    fallback_category TEXT CHECK (fallback_category IN ('cpu', 'gpu_encode', 'gpu_ai')),
+    fuse              TEXT NOT NULL DEFAULT 'auto' CHECK (fuse IN ('auto', 'never'))
 );
 CREATE INDEX workflow_steps_workflow ON workflow_steps (workflow_id, step_number);
 
@@ -170,7 +183,7 @@ CREATE TABLE step_executions (
     job_id           BIGINT NOT NULL REFERENCES workflow_jobs (id) ON DELETE CASCADE,
     step_id          INTEGER NOT NULL REFERENCES workflow_steps (id),
     status           VARCHAR(50) DEFAULT 'pending'
-        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'skipped')),
     input_data       JSONB,
     output_data      JSONB,
     started_at       TIMESTAMPTZ,
@@ -182,12 +195,15 @@ CREATE TABLE step_executions (
     job_attempt      INTEGER NOT NULL DEFAULT 0,
     worker_id        TEXT,
     duration_ms      INTEGER,
-    error_class      TEXT
+    error_class      TEXT,
+    item_index       INTEGER  -- which item of a fanned-out step (for_each); NULL otherwise
 );
 CREATE INDEX step_executions_job ON step_executions (job_id, step_id);
--- At most one completed execution per step of a job: "each step exactly once".
+-- At most one completed (or skipped) execution per step, or item, of a job: "each step
+-- exactly once".
 CREATE UNIQUE INDEX step_executions_one_completion
-    ON step_executions (job_id, step_id) WHERE status = 'completed';
+    ON step_executions (job_id, step_id, coalesce(item_index, -1))
+    WHERE status IN ('completed', 'skipped');
 -- A step's recent runs, newest first (the estimate reads the last 50).
 CREATE INDEX step_executions_history
     ON step_executions (step_id, completed_at DESC) WHERE status = 'completed';

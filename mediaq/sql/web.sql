@@ -116,7 +116,7 @@ WITH d AS (
       FROM step_executions se
       JOIN workflow_steps ws ON ws.id = se.step_id
       JOIN workflow_definitions wd ON wd.id = ws.workflow_id
-     WHERE se.duration_ms IS NOT NULL
+     WHERE se.duration_ms IS NOT NULL AND se.status <> 'skipped'
 ), c AS (
     SELECT d.workflow, d.action, u.i, count(*) FILTER (WHERE d.seconds <= u.le) AS n_le
       FROM d CROSS JOIN unnest(%(bounds)s::float8[]) WITH ORDINALITY AS u(le, i)

@@ -75,6 +75,10 @@ def step(row: dict[str, Any]) -> dict[str, Any]:
         "retryAttempt": row["retry_attempt"], "executions": row["executions"],
         "startedAt": row["started_at"], "completedAt": row["completed_at"],
         "durationMs": row["duration_ms"], "errorMessage": row["error_message"],
+        # the graph: what the step waits for (None: the step before), where it last ran,
+        # and a fanned-out step's items
+        "needs": row.get("needs"), "workerId": row.get("worker_id"), "host": row.get("host"),
+        "items": row.get("items") or None, "itemsCompleted": row.get("items_completed"),
     })
 
 

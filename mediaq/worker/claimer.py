@@ -16,6 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from mediaq import db
 from mediaq.logs import log_line
+from mediaq.worker.maintenance.rescuer import fall_back
 from mediaq.worker.resources import GPU_CATEGORIES, Capacity
 
 NO_VRAM_LIMIT = 2**31 - 1
@@ -66,6 +67,9 @@ class Claimer:
                 "queues": self.queues, "vram_budget_mb": cap.vram_budget_mb,
                 "version": version,
             })
+            # Jobs waiting for a GPU no live worker has may run here instead (their
+            # workflow says so): decided now, before a burst worker looks for work.
+            fall_back(conn)
 
     def claim(self, category: str) -> ClaimedJob | None:
         """Claim the next job of ``category`` this machine has room for, or None."""

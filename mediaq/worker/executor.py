@@ -29,6 +29,7 @@ from mediaq.errors import (
     Paused,
     PermanentError,
     StepFailed,
+    WorkflowError,
 )
 from mediaq.outputs import (
     check_input,
@@ -42,7 +43,7 @@ from mediaq.triggers.scan import submit_found_files
 from mediaq.worker import completer
 from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
-from mediaq.worker.job_run import JobRun, Step, load_run
+from mediaq.worker.job_run import SINGLE, Item, JobRun, Step, load_run, plan_graph
 from mediaq.worker.outcomes import (
     Abandoned,
     AttemptLost,
@@ -62,6 +63,7 @@ from mediaq.worker.outcomes import (
     stop_outcome,
     unstorable_reason,
 )
+from mediaq.worker.step_plan import Skip, plan_items
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
 # importable from here for callers that build a run by hand (tests/test_errors.py).
@@ -71,16 +73,36 @@ log = structlog.get_logger("mediaq.executor")
 T = TypeVar("T")
 
 
-def _keep_earlier_outputs(run: JobRun, step: Step, result: ActionResult) -> None:
-    """Rename staged files that would replace another step's output in the job folder
-    (a retry of the same step replaces its own, as it should)."""
-    taken = {Path(o["path"]).name for o in run.outputs if o.get("step") != step.number}
+def _keep_earlier_outputs(run: JobRun, step: Step, item: Item, result: ActionResult) -> None:
+    """Rename staged files that would replace another step's (or item's) output in the
+    job folder (a retry of the same step replaces its own, as it should)."""
+    taken = {Path(o["path"]).name for o in run.outputs
+             if (o.get("step"), o.get("item")) != (step.number, item.index)}
+    suffix = f"_step{step.number}" + (f"_item{item.index + 1}" if item.index is not None
+                                      else "")
     for output in result.outputs:
         if output.staging_path.name in taken:
             path = output.staging_path
-            renamed = path.with_name(f"{path.stem}_step{step.number}{path.suffix}")
+            renamed = path.with_name(f"{path.stem}{suffix}{path.suffix}")
             path.rename(renamed)
             output.staging_path = renamed
+
+
+def _may_fuse(run: JobRun, step: Step, other: Step) -> bool:
+    """Whether ``step`` may run in one pass with ``other``: the same fusable action on the
+    same source (the same needs), unconditional, not fanned out, not started yet."""
+    return (step.action == other.action and _fusable(step.action) and step.fuse == "auto"
+            and step.when is None and step.for_each is None
+            and (step.id, None) not in run.history)
+
+
+def _same_source(run: JobRun, first: Step, step: Step) -> bool:
+    """Whether ``step`` reads what the group starting at ``first`` reads: it needs what
+    ``first`` needs, or it follows the group in a chain (no ``needs`` of its own; a
+    fusable action's outputs are renditions, never the next step's source)."""
+    needs = run.needs.get(step.number, ())
+    return needs == run.needs.get(first.number, ()) or (
+        step.needs is None and len(needs) == 1 and needs[0] >= first.number)
 
 
 def _fusable(action_name: str) -> bool:
@@ -153,12 +175,15 @@ class Executor:
         if not run.steps:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, "the workflow has no steps"))
         try:
+            plan_graph(run)
+        except WorkflowError as exc:
+            return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
+        try:
             run.input_path = check_input(run.context["input_file_path"],
                                          self.settings.storage.effective_input_roots,
-                                         kind=_input_kind(run.steps[0].action))
+                                         kind=_input_kind(run.order[0].action))
         except InputRefused as exc:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
-        run.source_path = run.input_path
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
         for group in self._step_groups(run):
@@ -186,11 +211,13 @@ class Executor:
     # -- steps -------------------------------------------------------------------------
 
     def _run_or_skip(self, handle: JobHandle, run: JobRun, step: Step) -> JobOutcome | None:
-        """Run ``step`` unless an earlier attempt finished it; the job's outcome if the
-        attempt ends here, else None."""
-        past = run.history.get(step.id)
-        if past is not None and past["completed"]:
-            self._remember_outputs(run, step, past["output_data"] or {})
+        """Run ``step`` (each of its items) unless an earlier attempt finished it or its
+        condition is false; the job's outcome if the attempt ends here, else None."""
+        past = run.history.get((step.id, None))
+        if past is not None and past["skipped"]:
+            return None
+        if step.for_each is None and past is not None and past["completed"]:
+            self._remember_outputs(run, step, SINGLE, past["output_data"] or {})
             return None
         if past is not None and past["given_up"] and step.on_failure == "continue":
             run.failed_steps.append({"step": step.number, "name": step.name})
@@ -198,8 +225,34 @@ class Executor:
         stop = self._stop_asked(handle)
         if stop is not None:
             return stop
-        return self._run_step(handle, run, step,
-                              retry_attempt=int(past["executions"]) if past else 0)
+        planned = plan_items(step, run)
+        if isinstance(planned, Skip):
+            handle.skip_step(step_id=step.id, step_number=step.number, step_name=step.name,
+                             reason=planned.reason, progress_percent=run.percent(step, done=True),
+                             input_data={"action": step.action, "when": step.when})
+            return None
+        if isinstance(planned, StepFailed):  # its condition or list could not be evaluated
+            execution_id = handle.start_step(
+                step_id=step.id, step_number=step.number, step_name=step.name,
+                retry_attempt=0, progress_percent=run.percent(step, done=False),
+                input_data={"action": step.action, "when": step.when,
+                            "for_each": step.for_each})
+            return self._failed(handle, run, step, execution_id, planned)
+        for item in planned:
+            done = run.history.get((step.id, item.index))
+            if done is not None and done["completed"]:
+                self._remember_outputs(run, step, item, done["output_data"] or {})
+                continue
+            if done is not None and done["given_up"] and step.on_failure == "continue":
+                continue
+            stop = self._stop_asked(handle)
+            if stop is not None:
+                return stop
+            ended = self._run_step(handle, run, step, item,
+                                   retry_attempt=int(done["executions"]) if done else 0)
+            if ended is not None:
+                return ended
+        return None
 
     @staticmethod
     def _stop_asked(handle: JobHandle) -> JobOutcome | None:
@@ -217,11 +270,11 @@ class Executor:
     def _step_groups(run: JobRun) -> list[list[Step]]:
         """Consecutive unstarted steps of one fusable action form a group; others stand alone."""
         groups: list[list[Step]] = []
-        for step in run.steps:
+        for step in run.order:
             previous = groups[-1][-1] if groups else None
-            if (previous is not None and previous.action == step.action
-                    and _fusable(step.action) and step.id not in run.history
-                    and previous.id not in run.history):
+            if (previous is not None and _may_fuse(run, previous, step)
+                    and _may_fuse(run, step, previous)
+                    and _same_source(run, groups[-1][0], step)):
                 groups[-1].append(step)
             else:
                 groups.append([step])
@@ -233,7 +286,7 @@ class Executor:
         when the pass failed (its executions are then closed, and the steps run one by
         one, each with its own retry and failure rules), or the job's outcome when a stop
         request ended the attempt."""
-        assert run.source_path is not None
+        source = run.source_for(steps[0])
         stop = self._stop_asked(handle)
         if stop is not None:
             return stop
@@ -242,7 +295,7 @@ class Executor:
         executions = [
             handle.start_step(step_id=step.id, step_number=step.number, step_name=step.name,
                               retry_attempt=0, progress_percent=low,
-                              input_data={"source": str(run.source_path), "action": step.action,
+                              input_data={"source": str(source), "action": step.action,
                                           "fused_steps": [s.number for s in steps]})
             for step in steps
         ]
@@ -276,14 +329,15 @@ class Executor:
             fallback = FusedPassFailed(failure.message)
             for step, execution_id in zip(steps, executions, strict=True):
                 completer.close_step(handle, execution_id, step, fallback, low)
-            run.history.update({step.id: {"executions": 1, "completed": False,
-                                          "given_up": False} for step in steps})
+            run.history.update({(step.id, None): {"executions": 1, "completed": False,
+                                                  "skipped": False, "given_up": False}
+                                for step in steps})
             return fallback
         seconds = time.monotonic() - started
         pending = list(zip(steps, executions, stage_dirs, results, strict=True))
         for index, (step, execution_id, stage_dir, result) in enumerate(pending):
-            refused = self._commit_result(handle, run, step, execution_id, stage_dir, result,
-                                          seconds)
+            refused = self._commit_result(handle, run, step, SINGLE, execution_id, stage_dir,
+                                          result, seconds)
             if refused is None:
                 continue
             # The database refused this step's result: the step fails for good. If that
@@ -300,23 +354,26 @@ class Executor:
 
     # -- one step -----------------------------------------------------------------------
 
-    def _run_step(self, handle: JobHandle, run: JobRun, step: Step,
+    def _run_step(self, handle: JobHandle, run: JobRun, step: Step, item: Item,
                   retry_attempt: int) -> JobOutcome | None:
-        assert run.input_path is not None and run.source_path is not None
-        percent_at_start = run.percent(step, done=False)
-        step_share = run.percent(step, done=True) - percent_at_start
+        source = run.source_for(step)
+        percent_at_start = run.percent(step, done=False, item=item)
+        step_share = run.percent(step, done=True, item=item) - percent_at_start
         execution_id = handle.start_step(
             step_id=step.id, step_number=step.number, step_name=step.name,
             retry_attempt=retry_attempt, progress_percent=percent_at_start,
-            input_data={"source": str(run.source_path), "action": step.action},
+            input_data={"source": str(source), "action": step.action,
+                        **({"item": item.params} if item.index is not None else {})},
+            item_index=item.index, item_label=item.label,
         )
         stage_dir = staging_dir(self.settings.storage.staging, handle.job_code, handle.attempt,
-                                step.number)
+                                step.number, item.index)
         started = time.monotonic()
         try:
             ctx = self._context(handle, run, step, stage_dir, retry_attempt,
                                 lambda f, stage: handle.progress(
-                                    percent_at_start + step_share * f, stage or step.name))
+                                    percent_at_start + step_share * f, stage or step.name),
+                                item=item)
             fn = get_action(step.action).fn
             if isolation_wanted(self.settings):  # in a child, under the step limits
                 result = self._classified(step, run, lambda: run_isolated(
@@ -329,35 +386,35 @@ class Executor:
         except StepFailed as failure:
             discard(stage_dir)
             return self._failed(handle, run, step, execution_id, failure)
-        refused = self._commit_result(handle, run, step, execution_id, stage_dir, result,
-                                      time.monotonic() - started)
+        refused = self._commit_result(handle, run, step, item, execution_id, stage_dir,
+                                      result, time.monotonic() - started)
         return None if refused is None else self._failed(handle, run, step, execution_id,
-                                                          refused)
+                                                          refused, item=item)
 
-    def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                       stage_dir: Path, result: ActionResult,
+    def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, item: Item,
+                       execution_id: int, stage_dir: Path, result: ActionResult,
                        seconds: float) -> StepFailed | None:
         """Publish and record a step's result; None when it is committed, else the
         step's permanent failure (the database refused the result for its data; nothing
         was published) for the caller to close the step with."""
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
-        _keep_earlier_outputs(run, step, result)
+        _keep_earlier_outputs(run, step, item, result)
         staged = tuple(o.staging_path for o in result.outputs)
-        output_data = self._describe_outputs(result, output_dir, step, seconds)
+        output_data = self._describe_outputs(result, output_dir, step, item, seconds)
         # The workflow's last step completes the job in the same transaction: one commit
         # (one WAL flush, one wake-up of the triggers) less per job, same end state as
         # completing it after the loop. Its outputs join the job's before the completion
         # is built.
-        last = step is run.steps[-1]
-        known, source = len(run.outputs), run.source_path
+        last = run.is_last(step, item)
+        known = len(run.outputs)
         if last:
-            self._remember_outputs(run, step, output_data)
+            self._remember_outputs(run, step, item, output_data)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
                                 output_dir=output_dir,
                                 completes=run.completion() if last else None)
         try:
             completer.close_step(handle, execution_id, step, outcome,
-                                 run.percent(step, done=outcome.advances))
+                                 run.percent(step, done=outcome.advances, item=item))
         except (psycopg.Error, UnicodeEncodeError) as exc:
             # Refused for its data even after ``mediaq.storable`` (a NaN, say): the same
             # result would be refused again, so the step fails for good, naming the file,
@@ -368,28 +425,29 @@ class Executor:
                 raise  # a lost connection: run() abandons the attempt to its lease
             discard(stage_dir)
             del run.outputs[known:]
-            run.source_path = source
+            self._forget_outputs(run, step, item)
             assert run.input_path is not None
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
         discard(stage_dir)
         if not last:
-            self._remember_outputs(run, step, output_data)
+            self._remember_outputs(run, step, item, output_data)
         return None
 
     def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
-                 retry_attempt: int, on_progress: Any) -> ActionContext:
-        """The action's view of this step; invalid parameters fail it for good."""
-        assert run.input_path is not None and run.source_path is not None
+                 retry_attempt: int, on_progress: Any, item: Item = SINGLE) -> ActionContext:
+        """The action's view of this step (of one item of it); invalid parameters fail it
+        for good. An item's parameters go over the step's, the job's over both."""
+        assert run.input_path is not None
         step_deadline = time.monotonic() + step.timeout_seconds
         try:
-            params = get_action(step.action).validate({**step.parameters,
+            params = get_action(step.action).validate({**step.parameters, **item.params,
                                                        **run.step_overrides(step)})
         except PermanentError as exc:
             raise StepFailed(ErrorClass.PERMANENT, exc.message) from None
         return ActionContext(
             job_code=handle.job_code, step_number=step.number, step_name=step.name,
-            input_path=run.input_path, source_path=run.source_path, params=params,
+            input_path=run.input_path, source_path=run.source_for(step), params=params,
             staging_dir=stage_dir, attempt=retry_attempt,
             deadline=min(step_deadline, run.job_deadline),
             cancel_event=handle.stop_signal, on_progress=on_progress,
@@ -397,6 +455,7 @@ class Executor:
             workflow_code=run.context["workflow_code"],
             input_roots=self.settings.storage.effective_input_roots,
             library_roots=self.settings.storage.effective_library_roots,
+            needs_outputs=run.needs_outputs(step), item_index=item.index,
             submit_files=functools.partial(submit_found_files, handle.pool,
                                            found_by=f"scan:{handle.job_code}"),
         )
@@ -417,7 +476,7 @@ class Executor:
                            timeout_minutes=run.context["timeout_minutes"]) from None
 
     def _describe_outputs(
-        self, result: ActionResult, output_dir: Path, step: Step, seconds: float
+        self, result: ActionResult, output_dir: Path, step: Step, item: Item, seconds: float
     ) -> dict[str, Any]:
         outputs = []
         for out in result.outputs:
@@ -428,6 +487,7 @@ class Executor:
                 "size_bytes": out.staging_path.stat().st_size,
                 "sha256": sha256_of(out.staging_path),
                 "step": step.number,
+                **({"item": item.index} if item.index is not None else {}),
                 **out.meta,
             })
         primary = next((o["path"] for o in outputs if o["role"] == "primary"), None)
@@ -435,17 +495,34 @@ class Executor:
                 "seconds": round(seconds, 3)}
 
     @staticmethod
-    def _remember_outputs(run: JobRun, step: Step, output_data: dict[str, Any]) -> None:
+    def _remember_outputs(run: JobRun, step: Step, item: Item,
+                          output_data: dict[str, Any]) -> None:
+        """What a finished step (item) gave: the job's outputs, the result the steps that
+        need it see, and its primary output (the source of the steps after it)."""
         run.outputs.extend(output_data.get("outputs", []))
-        primary = output_data.get("primary")
-        if primary:
-            run.source_path = Path(primary)
+        if item.index is None:
+            run.results[step.number] = output_data
+            primary = output_data.get("primary")
+            if primary:
+                run.primaries[step.number] = Path(primary)
+        else:
+            items = run.results.setdefault(step.number, [None] * item.count)
+            items[item.index] = output_data
+
+    @staticmethod
+    def _forget_outputs(run: JobRun, step: Step, item: Item) -> None:
+        """Undo ``_remember_outputs`` for a result the database refused."""
+        if item.index is None:
+            run.results.pop(step.number, None)
+            run.primaries.pop(step.number, None)
+        elif isinstance(run.results.get(step.number), list):
+            run.results[step.number][item.index] = None
 
     # -- failures and interruptions -----------------------------------------------------
 
     def _failed(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                failure: StepFailed,
-                also_close: list[tuple[Step, int]] | None = None) -> JobOutcome | None:
+                failure: StepFailed, also_close: list[tuple[Step, int]] | None = None,
+                item: Item = SINGLE) -> JobOutcome | None:
         """Close the failed step as the rules say; the job's outcome if the attempt ends.
         ``also_close``: executions of a one-pass run's later steps, closed as 'fused'
         first when the failure ends the attempt (the job must still be ours to close
@@ -461,10 +538,12 @@ class Executor:
                                      FusedPassFailed(f"step {step.number}: {failure.message}"),
                                      run.percent(later, done=False))
         completer.close_step(handle, execution_id, step, outcome,
-                             run.percent(step, done=outcome.advances))
+                             run.percent(step, done=outcome.advances, item=item))
         match outcome:
             case ContinueAfterFailure():
                 run.failed_steps.append({"step": step.number, "name": step.name,
+                                         **({"item": item.index} if item.index is not None
+                                            else {}),
                                          "error": outcome.error})
                 return None
             case StepGaveUp(job=failed):

@@ -73,17 +73,26 @@ class JobHandle:
 
     def start_step(
         self, *, step_id: int, step_number: int, step_name: str, retry_attempt: int,
-        progress_percent: float, input_data: dict[str, Any],
+        progress_percent: float, input_data: dict[str, Any], item_index: int | None = None,
+        item_label: str = "",
     ) -> int:
         row = self._fenced(
             "step_start",
             step_id=step_id, step_number=step_number, step_name=step_name,
             retry_attempt=retry_attempt, progress_percent=progress_percent,
-            input_data=Jsonb(input_data),
-            log_line=log_line(f"Step {step_number} '{step_name}' started"
+            input_data=Jsonb(input_data), item_index=item_index,
+            log_line=log_line(f"Step {step_number} '{step_name}'{item_label} started"
                               + (f" (attempt {retry_attempt + 1})" if retry_attempt else "")),
         )
         return int(row["id"])
+
+    def skip_step(self, *, step_id: int, step_number: int, step_name: str, reason: str,
+                  progress_percent: float, input_data: dict[str, Any]) -> None:
+        """Record a step whose condition was false as skipped, with the reason."""
+        self._fenced(
+            "step_skip", step_id=step_id, progress_percent=round(progress_percent, 2),
+            input_data=Jsonb(input_data), output_data=Jsonb({"skipped": reason}),
+            log_line=log_line(f"Step {step_number} '{step_name}' skipped: {reason}"))
 
     def progress(self, percent: float, stage: str | None, *, force: bool = False) -> None:
         """Write progress at most every half second (and always when ``force``)."""

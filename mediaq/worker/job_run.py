@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mediaq import db
+from mediaq import db, graph
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.outcomes import JobCompleted
 
@@ -25,6 +25,26 @@ class Step:
     parameters: dict[str, Any]
     timeout_seconds: int
     on_failure: str
+    needs: tuple[str | int, ...] | None = None  # None: follows the step before
+    when: str | None = None
+    for_each: Any = None
+    fuse: str = "auto"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One task of a step: the step itself, or one item of a fanned-out step."""
+
+    index: int | None  # None: the step is not fanned out
+    params: dict[str, Any]
+    count: int = 1  # how many items the step has
+
+    @property
+    def label(self) -> str:
+        return "" if self.index is None else f" [item {self.index + 1}/{self.count}]"
+
+
+SINGLE = Item(None, {})
 
 
 @dataclass
@@ -33,17 +53,72 @@ class JobRun:
 
     context: db.Row
     steps: list[Step]
-    history: dict[int, db.Row]
+    history: dict[tuple[int, int | None], db.Row]  # by (step id, item index)
     input_path: Path | None = None
     source_path: Path | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_steps: list[dict[str, Any]] = field(default_factory=list)
     job_deadline: float = 0.0
     completed: JobCompleted | None = None  # written with the last step's commit
+    # The graph: each step's needed step numbers, and the steps in an order that runs
+    # everything after what it needs (mediaq.graph).
+    needs: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    order: list[Step] = field(default_factory=list)
+    # What finished steps gave, by step number: output_data, or the list of a fanned-out
+    # step's items' output_data. Failed (continue) and skipped steps are absent.
+    results: dict[int, Any] = field(default_factory=dict)
+    primaries: dict[int, Path] = field(default_factory=dict)  # step number -> primary output
 
-    def percent(self, step: Step, *, done: bool) -> float:
-        """The job's progress at the start (or the end) of ``step``."""
-        return 100.0 * (self.steps.index(step) + (1 if done else 0)) / len(self.steps)
+    def percent(self, step: Step, *, done: bool, item: Item = SINGLE) -> float:
+        """The job's progress at the start (or the end) of ``step`` (of one of its items)."""
+        position = self.order.index(step) if self.order else self.steps.index(step)
+        share = 1.0 / item.count
+        within = (item.index or 0) * share + (share if done else 0.0)
+        return 100.0 * (position + within) / len(self.steps)
+
+    def is_last(self, step: Step, item: Item) -> bool:
+        """The task whose commit completes the job."""
+        last = self.order[-1] if self.order else self.steps[-1]
+        return step is last and (item.index is None or item.index == item.count - 1)
+
+    def source_for(self, step: Step) -> Path:
+        """What ``step`` reads: the primary output of the latest step it (indirectly)
+        needs that made one, else the job's input (in a chain: the last primary so far)."""
+        assert self.input_path is not None
+        before = graph.ancestors(self.needs, step.number) if self.needs else set()
+        position = {s.number: i for i, s in enumerate(self.order)}
+        made = [n for n in self.primaries if n in before]
+        if not made:
+            return self.input_path
+        return self.primaries[max(made, key=lambda n: position.get(n, n))]
+
+    def expression_variables(self) -> dict[str, Any]:
+        """What a ``when`` or ``for_each`` expression sees: the job's input and
+        parameters, and the finished steps' outputs by name and by slug."""
+        by_number = {s.number: s for s in self.steps}
+        steps: dict[str, Any] = {}
+        for number, result in self.results.items():
+            name = by_number[number].name
+            steps[name] = steps[graph.slug(name)] = result
+        input_path = Path(str(self.context["input_file_path"]))
+        metadata = self.context.get("input_metadata")
+        params = self.context["params"]
+        return {
+            "input": {**(metadata if isinstance(metadata, dict) else {}),
+                      "path": str(input_path), "name": input_path.name,
+                      "extension": input_path.suffix.lower().lstrip("."),
+                      "size_bytes": self.context.get("input_bytes") or 0},
+            "params": params if isinstance(params, dict) else {},
+            "job": {"code": self.context.get("job_code"),
+                    "workflow": self.context.get("workflow_code")},
+            "steps": steps,
+        }
+
+    def needs_outputs(self, step: Step) -> dict[str, Any]:
+        """The results of the steps ``step`` needs, by slug (``extract_metadata``)."""
+        by_number = {s.number: s for s in self.steps}
+        return {graph.slug(by_number[number].name): self.results[number]
+                for number in self.needs.get(step.number, ()) if number in self.results}
 
     def step_overrides(self, step: Step) -> dict[str, Any]:
         """Per-job parameters for a step, keyed by step number, name or action."""
@@ -78,9 +153,21 @@ def load_run(handle: JobHandle, workflow_id: int) -> JobRun:
             name=r["step_name"] or f"step {r['step_number']}",
             action=r["action"] or "", parameters=r["parameters"] or {},
             timeout_seconds=r["timeout_seconds"] or 300, on_failure=r["on_failure"] or "stop",
+            needs=tuple(r["needs"]) if isinstance(r["needs"], list) else None,
+            when=r["when_expr"], for_each=r["for_each"], fuse=r["fuse"] or "auto",
         )
         for r in step_rows
     ]
-    run = JobRun(context=context, steps=steps, history={h["step_id"]: h for h in history})
+    run = JobRun(context=context, steps=steps,
+                 history={(h["step_id"], h["item_index"]): h for h in history})
     run.job_deadline = time.monotonic() + float(context["seconds_left"])
     return run
+
+
+def plan_graph(run: JobRun) -> None:
+    """Resolve the steps' needs and the order to run them in. A graph that cannot run
+    (only a hand-written INSERT makes one: `workflows apply` refuses them) raises
+    WorkflowError, naming the step."""
+    run.needs = graph.resolve_needs(run.steps)
+    by_number = {s.number: s for s in run.steps}
+    run.order = [by_number[n] for n in graph.topological_order(run.steps)]

@@ -14,7 +14,7 @@ from mediaq.actions import action
 from mediaq.actions.avio import writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.clip import SourceClip, remove_quietly, safe_stem
-from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA
+from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA, prepare_package
 from mediaq.actions.streaming.segmenter import (
     TrackFiles,
     segment_ladder,
@@ -23,10 +23,10 @@ from mediaq.actions.streaming.segmenter import (
 )
 
 
-@action("package_dash", PACKAGE_SCHEMA)
+@action("package_dash", PACKAGE_SCHEMA, prepare=prepare_package)
 def package_dash(ctx: ActionContext) -> ActionResult:
     """Package the source as MPEG-DASH: an fMP4 rendition ladder and an MPD."""
-    clip, tracks = segment_ladder(ctx, "dash")
+    clip, tracks, decision = segment_ladder(ctx, "dash")
     mpd = ctx.output_path(f"{safe_stem(ctx.source_path)}.mpd")
     with writing(mpd):
         mpd.write_text(dash_manifest(tracks, clip, ctx.params["segment_seconds"]))
@@ -41,6 +41,7 @@ def package_dash(ctx: ActionContext) -> ActionResult:
         "duration": round(tracks[0].duration, 3), "fps": float(clip.rate),
         "renditions": [track_summary(t) for t in tracks if t.rung is not None],
         "audio": next((track_summary(t) for t in tracks if t.rung is None), None),
+        "hardware_decision": decision,
     })
 
 

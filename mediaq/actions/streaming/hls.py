@@ -8,7 +8,7 @@ from mediaq.actions import action
 from mediaq.actions.avio import writing
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.clip import safe_stem
-from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA
+from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA, prepare_package
 from mediaq.actions.streaming.segmenter import (
     TrackFiles,
     segment_ladder,
@@ -17,10 +17,10 @@ from mediaq.actions.streaming.segmenter import (
 )
 
 
-@action("package_hls", PACKAGE_SCHEMA)
+@action("package_hls", PACKAGE_SCHEMA, prepare=prepare_package)
 def package_hls(ctx: ActionContext) -> ActionResult:
     """Package the source as HLS: an fMP4 rendition ladder and a master playlist."""
-    clip, tracks = segment_ladder(ctx, "hls")
+    clip, tracks, decision = segment_ladder(ctx, "hls")
     master = ctx.output_path(f"{safe_stem(ctx.source_path)}.m3u8")
     with writing(master):
         master.write_text(hls_master(tracks, clip.rate))
@@ -34,6 +34,7 @@ def package_hls(ctx: ActionContext) -> ActionResult:
         "duration": round(tracks[0].duration, 3), "fps": float(clip.rate),
         "renditions": [track_summary(t) for t in tracks if t.rung is not None],
         "audio": next((track_summary(t) for t in tracks if t.rung is None), None),
+        "hardware_decision": decision,
     })
 
 

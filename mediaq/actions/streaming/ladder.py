@@ -12,10 +12,17 @@ from mediaq.actions.clip import (
     DEFAULT_BITS_PER_PIXEL_SECOND,
     HARDWARE_SCHEMA,
     NAMED_RUNGS,
-    PRESETS,
     SourceClip,
     even,
     fit_inside,
+)
+from mediaq.actions.encoder_options import (
+    ENCODING_PROPERTIES,
+    PRESET_SCHEMA,
+    PROFILES,
+    SPEEDS,
+    TUNES,
+    encoding_prepare,
 )
 from mediaq.actions.pertitle import LADDER_SCHEMA
 
@@ -39,13 +46,23 @@ PACKAGE_SCHEMA: dict[str, Any] = {
         "segment_seconds": {"type": "integer", "minimum": 1, "maximum": 30, "default": 4},
         "codec": {"enum": ["h264"], "default": "h264"},
         "crf": {"type": "integer", "minimum": 0, "maximum": 51, "default": 23},
-        "preset": {"enum": PRESETS, "default": "veryfast"},
+        # A named encoding preset (presets/encoding.yaml), or an encoder speed as before.
+        "preset": PRESET_SCHEMA,
+        "speed": {"enum": SPEEDS, "default": "veryfast"},
+        # Each rung's bit rate is the ceiling (capped_crf) or the target (cbr).
+        "rate_control": {"enum": ["capped_crf", "cbr"], "default": "capped_crf"},
+        "profile": {"enum": PROFILES["h264"]},
+        "level": ENCODING_PROPERTIES["level"],
+        "tune": {"enum": TUNES["h264"]},
         "audio": {"type": "boolean", "default": True},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
         "hardware": HARDWARE_SCHEMA,
         **LADDER_SCHEMA,  # ladder: auto, target_ssim: each rung's CRF (actions/pertitle.py)
     },
 }
+
+# Named presets expand into these; the rate control's number is each rung's bit rate.
+prepare_package = encoding_prepare(PACKAGE_SCHEMA["properties"], bitrate_from_rung=True)
 
 
 @dataclass(frozen=True)

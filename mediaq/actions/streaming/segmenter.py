@@ -20,8 +20,6 @@ from mediaq.actions.avio import (
     AudioEncoderFeed,
     ProgressClock,
     add_audio_stream,
-    choose_video_encoder,
-    encoder_options,
     open_media,
     output_layout,
     parse_bitrate,
@@ -41,9 +39,11 @@ from mediaq.actions.clip import (
     upright_frames,
 )
 from mediaq.actions.color import sdr_frames
+from mediaq.actions.encoder_options import encoding_from, video_settings
 from mediaq.actions.frames import Scaler
+from mediaq.actions.hardware import decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
-from mediaq.actions.pertitle import crf_settings, ladder_choices
+from mediaq.actions.pertitle import SettingsFor, ladder_choices
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
 
@@ -102,7 +102,8 @@ class LadderSegmenter:
         self.prefix = prefix
         self.params = ctx.params
         self.seconds: int = ctx.params["segment_seconds"]
-        self.encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.choice = decide_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
+        self.encoder = self.choice.encoder
         self.with_audio = bool(ctx.params["audio"]) and clip.audio_rate is not None
         self.video_offset, self.audio_origin = track_placement(clip, self.with_audio)
 
@@ -148,18 +149,27 @@ class LadderSegmenter:
     def _video_track(self, outputs: OutputGroup, rung: Rung) -> SegmentedTrack:
         output = self._open(outputs, rung.label, late=self.video_offset > 0)
         per_segment = math.ceil(self.seconds * self.clip.rate)
-        crf = self.params["crf"] if rung.crf is None else rung.crf
-        options = encoder_options(self.encoder, crf=crf,
-                                  preset=self.params["preset"], max_bitrate=rung.max_bitrate)
         # Keyframes come from segment_starts(); the encoder must add none of its own
-        # (no scene cuts, and a GOP ceiling past the longest segment).
-        options.update({"sc_threshold": "0", "forced-idr": "1"})
-        stream = output.add_stream(
-            lambda container: add_h264_stream(container, self.encoder, width=rung.width,
-                                              height=rung.height, rate=self.clip.rate,
-                                              options=options, gop=2 * per_segment,
-                                              sar=rung.sar),
-            drain=lambda stream: stream.encode(None))
+        # (no scene cuts, and a GOP ceiling past the longest segment). The rung's cap is
+        # its ceiling (capped_crf) or its target (cbr).
+        params = {**self.params, "gop_seconds": float(2 * per_segment / self.clip.rate),
+                  "closed_gop": True}
+        if rung.crf is not None:
+            params["crf"] = rung.crf  # ladder: auto
+        settings = video_settings(self.encoder,
+                                  encoding_from(params, bitrate=rung.max_bitrate),
+                                  self.clip.rate)
+        options = {**settings.options, "forced-idr": "1"}
+
+        def create(container: Any) -> Any:
+            stream = add_h264_stream(container, self.encoder, width=rung.width,
+                                     height=rung.height, rate=self.clip.rate,
+                                     options=options, gop=settings.gop, sar=rung.sar)
+            if settings.bit_rate:
+                stream.codec_context.bit_rate = settings.bit_rate
+            return stream
+
+        stream = output.add_stream(create, drain=lambda stream: stream.encode(None))
         return SegmentedTrack(rung.label, output.path, output, stream, rung=rung,
                               scale=Scaler(rung.width, rung.height))
 
@@ -338,21 +348,31 @@ def track_summary(track: TrackFiles) -> dict[str, Any]:
     return summary
 
 
-def segment_ladder(ctx: ActionContext, kind: str) -> tuple[SourceClip, list[TrackFiles]]:
+def segment_ladder(ctx: ActionContext,
+                   kind: str) -> tuple[SourceClip, list[TrackFiles], dict[str, Any]]:
+    """The clip, its tracks, and the hardware decision (for the step's output_data)."""
     clip = inspect_clip(ctx.source_path)
     rungs = plan_ladder(ctx.params["renditions"], clip)
-    rungs = per_title_rungs(ctx, rungs)
+    rungs = per_title_rungs(ctx, clip, rungs)
     prefix = f"{safe_stem(ctx.source_path)}_{kind}_"
-    return clip, LadderSegmenter(ctx, clip, rungs, prefix).run()
+    segmenter = LadderSegmenter(ctx, clip, rungs, prefix)
+    return clip, segmenter.run(), segmenter.choice.as_data()
 
 
-
-
-def per_title_rungs(ctx: ActionContext, rungs: list[Rung]) -> list[Rung]:
+def per_title_rungs(ctx: ActionContext, clip: SourceClip, rungs: list[Rung]) -> list[Rung]:
     """``ladder: auto``: each rung with the CRF a probe chose for it (pertitle.py)."""
-    encoder = choose_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
-    preset = ctx.params["preset"]
-    sizes = [(r.width, r.height, crf_settings(encoder, preset, r.max_bitrate)) for r in rungs]
+    if ctx.params.get("ladder") != "auto":
+        return rungs
+    encoder = decide_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx).encoder
+
+    def settings_for(cap: int) -> SettingsFor:
+        def at(crf: int) -> tuple[dict[str, str], int | None]:
+            encoding = encoding_from({**ctx.params, "crf": crf}, bitrate=cap)
+            settings = video_settings(encoder, encoding, clip.rate)
+            return settings.options, settings.bit_rate
+        return at
+
+    sizes = [(r.width, r.height, settings_for(r.max_bitrate)) for r in rungs]
     choices = ladder_choices(ctx, sizes, ctx.params["codec"], encoder)
     return [dataclasses.replace(r, crf=c["crf"], per_title=c) if c else r
             for r, c in zip(rungs, choices, strict=True)]

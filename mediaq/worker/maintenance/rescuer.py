@@ -9,6 +9,7 @@ import structlog
 from psycopg_pool import ConnectionPool
 
 from mediaq import db
+from mediaq.logs import log_stamp
 
 log = structlog.get_logger("mediaq.rescuer")
 
@@ -22,9 +23,20 @@ def rescue_once(
                                {"worker_id": worker_id, "max_rescues": max_rescues})
         db.execute(conn, "slots_release_orphans")
         db.execute(conn, "workers_mark_lost", {"lease_seconds": lease_seconds})
+        fell_back = fall_back(conn)
     for row in rescued:
         log.warning("job:rescued", job_id=row["id"], job_code=row["job_code"], status=row["status"])
-    return rescued
+    return rescued + fell_back
+
+
+def fall_back(conn: db.Connection) -> list[db.Row]:
+    """Move waiting jobs no live worker can run to their workflow's fallback category
+    (``jobs_fall_back``); the rows moved."""
+    moved = db.fetch_all(conn, "jobs_fall_back", {"stamp": log_stamp()})
+    for row in moved:
+        log.info("job:fell_back", job_id=row["id"], job_code=row["job_code"],
+                 category=row["resource_category"])
+    return moved
 
 
 class Rescuer(threading.Thread):
