@@ -138,3 +138,5 @@ def test_theora_with_dropped_frames_decodes(tmp_path: Path) -> None:
               preset="ultrafast").outputs[0].staging_path
     assert decodes_fully(out)
     assert duration_of(out) == pytest.approx(2.0, abs=0.15)
+    for action in ("detect_scenes", "generate_sprite_sheet", "generate_thumbnails"):
+        assert run(action, source, tmp_path / action).outputs, action
