@@ -336,11 +336,11 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
 def _settings_at(r: Rendition, info: MediaInfo) -> SettingsFor:
     """The rendition's encoder options and bit rate at another CRF (per-title trials)."""
     assert info.video is not None
+    rate = _output_rate(info.video, None)
 
     def at(crf: int) -> tuple[dict[str, str], int | None]:
         encoding = dataclasses.replace(r.encoding, crf=crf)
-        settings = _with_color(r.encoder, r.color, video_settings(
-            r.encoder, encoding, _output_rate(info.video, None)))
+        settings = _with_color(r.encoder, r.color, video_settings(r.encoder, encoding, rate))
         return settings.options, settings.bit_rate
     return at
 
