@@ -35,11 +35,14 @@ from mediaq.actions.hardware import (  # noqa: F401  (re-exported)
 from mediaq.errors import InputRefused, PermanentError, TransientError
 
 # Demuxers that read one self-contained local file. Everything that follows
-# references (hls, dash, concat, image2, …) is left out on purpose.
+# references (hls, dash, concat, image2, …) is left out on purpose. Raw AC-3, E-AC-3
+# and DTS are how broadcast and disc deliveries often arrive; AMR is what phones
+# record voice memos in. DSD (dsf, iff), TAK and TTA stay out: niche, and each
+# demuxer admitted is more parser surface for hostile files.
 ALLOWED_DEMUXERS = (
     "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", "mpegts", "avi", "flv", "mpeg", "asf",
     "wav", "w64", "mp3", "flac", "ogg", "aac", "aiff", "caf", "ivf", "h264", "hevc", "m4v",
-    "mpegvideo", "wv", "ape",
+    "mpegvideo", "wv", "ape", "ac3", "eac3", "dts", "amr",
 )
 _OPEN_OPTIONS = {
     "protocol_whitelist": "file",

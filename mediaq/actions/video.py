@@ -39,6 +39,16 @@ from mediaq.actions.avio import (
     writing,
 )
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.color import (
+    COLOR_SCHEMA,
+    SDR,
+    ColorPlan,
+    ToneMapper,
+    plan_color,
+    tag_stream,
+    tone_mapper_for,
+    with_hdr10,
+)
 from mediaq.actions.encoder_options import (
     ENCODING_PROPERTIES,
     PRESET_SCHEMA,
@@ -52,6 +62,8 @@ from mediaq.actions.encoder_options import (
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly, seek_to, turn_image
 from mediaq.actions.hardware import EncoderChoice, decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, media_outputs
+from mediaq.actions.pertitle import LADDER_SCHEMA, SettingsFor, choose_crf
+from mediaq.actions.quality import QUALITY_SCHEMA, Rendered, judge
 from mediaq.actions.thumbnail_times import THUMBNAIL_TIME_PARAMS, chosen_stills, wants_chosen_times
 from mediaq.errors import PermanentError
 
@@ -103,7 +115,7 @@ def _decode_opening_frames(ctx: ActionContext, path: Path, frames: int = 10) -> 
     with open_media(path) as container, reading(path):
         stream = container.streams.video[0]
         decoded = 0
-        for decoded, _frame in enumerate(container.decode(stream), start=1):
+        for decoded, _frame in enumerate(decode_tolerantly(container, [stream]), start=1):
             ctx.check()
             if decoded >= frames:
                 break
@@ -170,6 +182,9 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
         "hardware": {"enum": ["auto", "never", "require", "nvenc", "qsv"], "default": "auto"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
+        **COLOR_SCHEMA,  # tone_map, hdr: see actions/color.py
+        **QUALITY_SCHEMA,  # measure_quality, min_ssim, min_psnr: actions/quality.py
+        **LADDER_SCHEMA,  # ladder: auto, target_ssim: actions/pertitle.py
     },
     "allOf": codec_rules(["h264", "hevc", "vp9", "av1"]),
 }
@@ -192,6 +207,7 @@ class Rendition:
     label: str
     choice: EncoderChoice
     encoding: Encoding
+    color: ColorPlan = SDR
 
 
 def parse_resolution(text: str, source: VideoInfo, *, upscale: bool) -> tuple[int, int]:
@@ -222,7 +238,10 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
     assert info.video is not None
     width, height = parse_resolution(params["resolution"], info.video, upscale=params["upscale"])
     codec = params["codec"]
-    choice = decide_video_encoder(codec, params["hardware"], ctx)
+    color = plan_color(params, info, codec, ctx.source_path)
+    # HDR10 metadata is written by libx265 / libsvtav1: keeping HDR encodes in software.
+    choice = decide_video_encoder(codec, "never" if color.mode == "keep" else params["hardware"],
+                                  ctx)
     encoder = choice.encoder
     encoding = encoding_from(params)
     rate = _output_rate(info.video, params.get("fps"))
@@ -233,15 +252,23 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
     label = params.get("name") or params["resolution"]
     return Rendition(
         width=width, height=height, codec=codec, encoder=encoder,
-        settings=video_settings(encoder, encoding, rate, pass_number=2 if two_pass else 0,
-                                stats=stats),
+        settings=_with_color(encoder, color, video_settings(
+            encoder, encoding, rate, pass_number=2 if two_pass else 0, stats=stats)),
         first_pass=(video_settings(encoder, encoding, rate, pass_number=1, stats=stats)
                     if two_pass else None),
         audio_codec=audio_codec,
         audio_bitrate=parse_bitrate(params["audio_bitrate"]) if audio_codec else None,
         container=container, filename=f"{ctx.source_path.stem}_{label}.{container}", label=label,
-        choice=choice, encoding=encoding,
+        choice=choice, encoding=encoding, color=color,
     )
+
+
+def _with_color(encoder: str, color: ColorPlan, settings: VideoSettings) -> VideoSettings:
+    """``hdr: keep``: 10-bit, with the encoder's HDR10 parameters (actions/color.py)."""
+    if color.mode != "keep":
+        return settings
+    return dataclasses.replace(settings, options=with_hdr10(encoder, settings.options, color),
+                               pix_fmt=color.pix_fmt)
 
 
 def _audio_codec_for(asked: str, container: str, info: MediaInfo) -> str | None:
@@ -269,6 +296,13 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
     with tempfile.TemporaryDirectory(prefix="mediaq-2pass-") as stats_dir:
         renditions = [plan_rendition(ctx, ctx.params, info, Path(stats_dir) / f"{i}.log")
                       for i, ctx in enumerate(contexts)]
+        # ladder: auto: each rung's CRF from a probe of the source, then planned again.
+        choices = [choose_crf(ctx, info, r, _settings_at(r, info))
+                   for ctx, r in zip(contexts, renditions, strict=True)]
+        renditions = [plan_rendition(ctx, {**ctx.params, "crf": c["crf"]}, info,
+                                     Path(stats_dir) / f"{i}.log") if c else r
+                      for i, (ctx, r, c) in enumerate(zip(contexts, renditions, choices,
+                                                          strict=True))]
         for ctx, rendition in zip(contexts, renditions, strict=True):
             if rendition.choice.hardware:
                 ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
@@ -283,15 +317,32 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
             for _, path in first:
                 path.with_suffix(".pass1" + path.suffix).unlink(missing_ok=True)
         encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
+    scores = judge(lead, info.duration, [
+        Rendered(ctx.params, r.label, r.width, r.height, r.color, path)
+        for ctx, r, path in zip(contexts, renditions, paths, strict=True)])
     return [
         ActionResult(
             outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
             data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
                   "encoder": r.encoder, "fused_with": len(contexts),
-                  "hardware_decision": r.choice.as_data(), "encoding": r.encoding.as_data()},
+                  "hardware_decision": r.choice.as_data(), "encoding": r.encoding.as_data(),
+                  **r.color.as_data(), **({"quality": score} if score else {}),
+                  **({"per_title": choice} if choice else {})},
         )
-        for r, path in zip(renditions, paths, strict=True)
+        for r, path, score, choice in zip(renditions, paths, scores, choices, strict=True)
     ]
+
+
+def _settings_at(r: Rendition, info: MediaInfo) -> SettingsFor:
+    """The rendition's encoder options and bit rate at another CRF (per-title trials)."""
+    assert info.video is not None
+    rate = _output_rate(info.video, None)
+
+    def at(crf: int) -> tuple[dict[str, str], int | None]:
+        encoding = dataclasses.replace(r.encoding, crf=crf)
+        settings = _with_color(r.encoder, r.color, video_settings(r.encoder, encoding, rate))
+        return settings.options, settings.bit_rate
+    return at
 
 
 def first_pass(rendition: Rendition, path: Path) -> tuple[Rendition, Path]:
@@ -316,10 +367,11 @@ class RenditionWriter:
 
     def __init__(self, output: MediaOutput, rendition: Rendition, rate: Fraction,
                  time_base: Fraction, audio_rate: int, audio_channels: int,
-                 origin: float = 0.0) -> None:
+                 origin: float = 0.0, tone: ToneMapper | None = None) -> None:
         self.rendition = rendition
         self.output = output
-        self.scale = Scaler(rendition.width, rendition.height)
+        self.scale = Scaler(rendition.width, rendition.height, rendition.settings.pix_fmt)
+        self.tone = tone if rendition.color.mode == "tonemap" else None
         self.video = output.add_stream(
             lambda container: self._video_stream(container, rate, time_base),
             drain=lambda stream: stream.encode(None))
@@ -332,6 +384,7 @@ class RenditionWriter:
         stream: Any = container.add_stream(r.encoder, rate=rate)
         stream.width, stream.height = r.width, r.height
         stream.pix_fmt = r.settings.pix_fmt
+        tag_stream(stream, r.color)
         stream.codec_context.time_base = time_base
         stream.codec_context.thread_type = "FRAME"
         stream.options = dict(r.settings.options)
@@ -360,6 +413,8 @@ class RenditionWriter:
         return feed
 
     def encode_video(self, frame: VideoFrame) -> None:
+        if self.tone is not None:
+            frame = self.tone(frame)
         scaled = self.scale.fresh(frame)
         if self.rendition.settings.pix_fmt != "yuv420p":
             scaled = scaled.reformat(format=self.rendition.settings.pix_fmt)
@@ -386,11 +441,12 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
         # 1.4 s), and keep the streams' offsets from each other: the earliest start of
         # the streams written is subtracted from all of them, not each stream's own.
         origin = common_origin(vstream, astream if with_audio else None)
+        tone = tone_mapper_for([rendition.color for rendition, _ in targets])
         writers = [
             RenditionWriter(outputs.open(path, format=rendition.container,
                                          options=_muxer_options(rendition.container)),
                             rendition, rate, vstream.time_base, audio_rate, audio_channels,
-                            origin)
+                            origin, tone)
             for rendition, path in targets
         ]
         _pump(ctx, container, vstream, astream, writers, info.duration, origin, stage)

@@ -147,8 +147,13 @@ def encode_source(ctx: ActionContext, info: MediaInfo, plans: list[EncodePlan]) 
         tags = read_tags(container, stream)
         clock = ProgressClock(ctx, info.duration, "encoding")
         with encoded_outputs(plans, tags, source.name) as outputs:
+            decoded = False
             for frame in decode_audio(container, stream, clock):
+                decoded = True
                 for output in outputs:
                     output.write(frame)
+            if not decoded:
+                # Else no output file is ever opened, and describing it fails as a crash.
+                raise PermanentError(f"{source.name}: the audio stream holds no audio data")
         return [output.seconds_written for output in outputs]
 

@@ -83,8 +83,29 @@ def check_complete(ctx: ActionContext, path: Path, duration: float) -> None:
     if length <= 0:
         raise PermanentError(f"{path.name}: the audio stream holds no audio data")
     if length < TRUNCATION_TOLERANCE * declared - 0.5:
+        # Packet times can understate the audio (WMA Pro in ASF: packets stamped at half
+        # the rate of what they decode to). Before calling the file cut, count what
+        # actually decodes, as Debian's ffmpeg would play it.
+        length = max(length, decoded_seconds(ctx, path))
+    if length < TRUNCATION_TOLERANCE * declared - 0.5:
         raise PermanentError(f"{path.name}: truncated (audio ends at {length:.1f} s of "
                              f"{declared:.1f} s)")
+
+
+def decoded_seconds(ctx: ActionContext, path: Path) -> float:
+    """Seconds of audio the first audio stream decodes to (samples / rate)."""
+    seconds = 0.0
+    with open_media(path) as container, reading(path):
+        stream = first_audio_stream(container)
+        try:
+            for packet in container.demux(stream):
+                ctx.check()
+                for frame in packet.decode():
+                    if frame.sample_rate:
+                        seconds += frame.samples / frame.sample_rate
+        except (av.error.InvalidDataError, av.error.EOFError):
+            pass  # what decoded before the damage is what counts
+    return seconds
 
 
 def wav_declared_duration(path: Path, present_duration: float) -> float | None:

@@ -32,6 +32,8 @@ PDFIUM_LOCK = threading.RLock()
 
 # A complete PDF ends with %%EOF; a missing marker in its tail means a cut-off file.
 PDF_TAIL_WINDOW = 8192
+PDF_PADDING = b"\x00 \t\r\n\x0c"
+PDF_MAX_PADDING = 1 << 20
 
 # Taller renders are cut at the bottom: a thumbnail shows the top of an odd, long page.
 MAX_THUMBNAIL_HEIGHT = 16_000
@@ -71,12 +73,29 @@ def _load_pdf(path: Path, name: str) -> Any:
 
 
 def _check_pdf_complete(path: Path, name: str) -> None:
-    size = path.stat().st_size
+    end = _end_of_content(path)
     with path.open("rb") as fp:
-        fp.seek(max(0, size - PDF_TAIL_WINDOW))
-        tail = fp.read()
+        fp.seek(max(0, end - PDF_TAIL_WINDOW))
+        tail = fp.read(end - max(0, end - PDF_TAIL_WINDOW))
     if b"%%EOF" not in tail:
         raise PermanentError(f"{name}: truncated PDF (it does not end with %%EOF)")
+
+
+def _end_of_content(path: Path) -> int:
+    """Where the file ends once trailing padding is left out: NUL bytes and whitespace
+    after %%EOF (block-aligned writers, some scanners) do not make a PDF incomplete,
+    and pdfium opens such files. At most PDF_MAX_PADDING bytes are looked through."""
+    size = path.stat().st_size
+    end = size
+    with path.open("rb") as fp:
+        while end > 0 and size - end < PDF_MAX_PADDING:
+            start = max(0, end - PDF_TAIL_WINDOW)
+            fp.seek(start)
+            chunk = fp.read(end - start).rstrip(PDF_PADDING)
+            if chunk:
+                return start + len(chunk)
+            end = start
+    return end
 
 
 def pdf_page_count(pdf: Any) -> int:

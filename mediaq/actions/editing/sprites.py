@@ -22,7 +22,7 @@ from mediaq.actions.clip import (
     inspect_clip,
     safe_stem,
 )
-from mediaq.actions.frames import seek_to, turn_image
+from mediaq.actions.frames import decode_tolerantly, seek_to, turn_image
 from mediaq.errors import PermanentError
 
 _SHEET_FORMATS = {"jpeg": ("JPEG", "jpg"), "webp": ("WEBP", "webp")}
@@ -174,7 +174,7 @@ class StillFinder:
         if self.forward is None and self.asked > self.SWITCH_AFTER \
                 and self.exact * 2 > self.asked:
             seek_to(self.container, self.stream, target)
-            self.forward = self.container.decode(self.stream)
+            self.forward = decode_tolerantly(self.container, [self.stream])
         if self.forward is not None:
             return self._first_from(self.forward, target)
         key = self._keyframe_before(target)
@@ -182,12 +182,12 @@ class StillFinder:
             return key
         self.exact += 1
         seek_to(self.container, self.stream, target)
-        return self._first_from(self.container.decode(self.stream), target)
+        return self._first_from(decode_tolerantly(self.container, [self.stream]), target)
 
     def _keyframe_before(self, target: float) -> tuple[float, VideoFrame] | None:
         self.stream.codec_context.skip_frame = "NONKEY"
         seek_to(self.container, self.stream, target)
-        key: VideoFrame | None = next(self.container.decode(self.stream), None)
+        key: VideoFrame | None = next(decode_tolerantly(self.container, [self.stream]), None)
         self.stream.codec_context.skip_frame = "DEFAULT"
         return (self._time(key), key) if key is not None else None
 

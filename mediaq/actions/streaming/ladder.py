@@ -24,6 +24,7 @@ from mediaq.actions.encoder_options import (
     TUNES,
     encoding_prepare,
 )
+from mediaq.actions.pertitle import LADDER_SCHEMA
 
 RENDITION_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -56,6 +57,7 @@ PACKAGE_SCHEMA: dict[str, Any] = {
         "audio": {"type": "boolean", "default": True},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
         "hardware": HARDWARE_SCHEMA,
+        **LADDER_SCHEMA,  # ladder: auto, target_ssim: each rung's CRF (actions/pertitle.py)
     },
 }
 
@@ -72,6 +74,8 @@ class Rung:
     height: int
     max_bitrate: int
     sar: Fraction  # makes width x height show at the source's display aspect
+    crf: int | None = None  # ladder: auto: this rung's own CRF (else the step's)
+    per_title: dict[str, Any] | None = None  # what the probe chose it from
 
 
 def plan_ladder(specs: list[str | dict[str, Any]], clip: SourceClip) -> list[Rung]:

@@ -6,6 +6,7 @@ Each track goes through FFmpeg's hls muxer as a CMAF segmenter: fMP4 init + numb
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import struct
@@ -37,10 +38,12 @@ from mediaq.actions.clip import (
     safe_stem,
     upright_frames,
 )
+from mediaq.actions.color import sdr_frames
 from mediaq.actions.encoder_options import encoding_from, video_settings
 from mediaq.actions.frames import Scaler
 from mediaq.actions.hardware import decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
+from mediaq.actions.pertitle import SettingsFor, ladder_choices
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
 from mediaq.errors import PermanentError
 
@@ -151,6 +154,8 @@ class LadderSegmenter:
         # its ceiling (capped_crf) or its target (cbr).
         params = {**self.params, "gop_seconds": float(2 * per_segment / self.clip.rate),
                   "closed_gop": True}
+        if rung.crf is not None:
+            params["crf"] = rung.crf  # ladder: auto
         settings = video_settings(self.encoder,
                                   encoding_from(params, bitrate=rung.max_bitrate),
                                   self.clip.rate)
@@ -206,6 +211,7 @@ class LadderSegmenter:
             vstream.codec_context.thread_type = "AUTO"
             astream = container.streams.audio[0] if audio is not None else None
             frames = upright_frames(container, vstream, astream, on_audio if audio else None)
+            frames = sdr_frames(vstream, frames)  # PQ/HLG sources: tone-mapped (color.py)
             index = -1
             for index, frame in enumerate(constant_rate(frames, start=0.0, rate=clip.rate,
                                                         count=count)):
@@ -337,6 +343,8 @@ def track_summary(track: TrackFiles) -> dict[str, Any]:
     if track.rung is not None:
         summary.update(width=track.rung.width, height=track.rung.height,
                        max_bitrate=track.rung.max_bitrate)
+        if track.rung.per_title is not None:
+            summary["per_title"] = track.rung.per_title
     return summary
 
 
@@ -345,8 +353,26 @@ def segment_ladder(ctx: ActionContext,
     """The clip, its tracks, and the hardware decision (for the step's output_data)."""
     clip = inspect_clip(ctx.source_path)
     rungs = plan_ladder(ctx.params["renditions"], clip)
+    rungs = per_title_rungs(ctx, clip, rungs)
     prefix = f"{safe_stem(ctx.source_path)}_{kind}_"
     segmenter = LadderSegmenter(ctx, clip, rungs, prefix)
     return clip, segmenter.run(), segmenter.choice.as_data()
 
 
+def per_title_rungs(ctx: ActionContext, clip: SourceClip, rungs: list[Rung]) -> list[Rung]:
+    """``ladder: auto``: each rung with the CRF a probe chose for it (pertitle.py)."""
+    if ctx.params.get("ladder") != "auto":
+        return rungs
+    encoder = decide_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx).encoder
+
+    def settings_for(cap: int) -> SettingsFor:
+        def at(crf: int) -> tuple[dict[str, str], int | None]:
+            encoding = encoding_from({**ctx.params, "crf": crf}, bitrate=cap)
+            settings = video_settings(encoder, encoding, clip.rate)
+            return settings.options, settings.bit_rate
+        return at
+
+    sizes = [(r.width, r.height, settings_for(r.max_bitrate)) for r in rungs]
+    choices = ladder_choices(ctx, sizes, ctx.params["codec"], encoder)
+    return [dataclasses.replace(r, crf=c["crf"], per_title=c) if c else r
+            for r, c in zip(rungs, choices, strict=True)]
