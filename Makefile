@@ -48,6 +48,7 @@ test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 
 bench: $(STAMP) ## Ratios from one run: queue vs pgqueuer/procrastinate, scale, media vs the ffmpeg CLI, images, upload memory (BENCH_QUICK=1: shorter)
 	$(BIN)/python -m benchmarks.core
+	$(BIN)/python -m benchmarks.graph
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.media
 	$(BIN)/python -m benchmarks.images

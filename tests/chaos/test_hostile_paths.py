@@ -95,7 +95,7 @@ def test_paths_out_of_the_input_roots_are_refused(mq: MediaqEnv, figure: Any) ->
                                      json={"type": "PATHS", "inputPath": path})
             assert 400 <= response.status_code < 500, (name, response.status_code,
                                                        response.text)
-            error = response.json()["error"]
+            error = response.json()["detail"]  # RFC 9457 problem+json
             assert "\n" not in error
             row["http"] = f"{response.status_code}: {error}"
             # 3. the SQL function and 4. a plain INSERT
