@@ -1851,7 +1851,6 @@ CREATE TABLE uploads (
 CREATE INDEX uploads_expiry ON uploads (expires_at) WHERE status = 'receiving';
 CREATE INDEX uploads_job ON uploads (job_id);
 CREATE INDEX uploads_token ON uploads (token_id);
-=======
 -- ---------------------------------------------------------------------------
 -- The media library (issue 24): every file mediaq has seen or made, with its probed
 -- facts, tags, faces and scenes, and what it was derived from. Filled by
