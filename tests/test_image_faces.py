@@ -104,3 +104,20 @@ def test_thumbnails_keep_the_face(tmp_path: Path) -> None:
     with Image.open(path) as image:  # and the grey canvas is not most of it
         rgb = np.asarray(image.convert("RGB"))
     assert np.mean(np.all(rgb == 128, axis=2)) < 0.5
+
+
+def test_faces_that_do_not_fit_together_keep_the_largest(tmp_path: Path) -> None:
+    """Two astronauts side by side, the right one larger: a tall crop cannot hold both
+    faces, so it holds the larger one whole."""
+    source = tmp_path / "pair.png"
+    magick(PHOTOS / "astronaut.png", "-resize", "384x384",
+           "-background", "#808080", "-gravity", "south", "-extent", "384x512",
+           PHOTOS / "astronaut.png", "+append", source)
+    result = run_action("resize_image", source, tmp_path / "out", format="png",
+                        width=128, height=512, mode="crop", gravity="faces")
+    data = result.data
+    assert data["gravity_used"] == "faces" and data["faces_kept"] == "largest"
+    assert len(data["faces"]) == 2
+    largest = max(data["faces"], key=lambda f: f[2] * f[3])
+    assert largest[0] >= 384  # the right-hand, full-size astronaut
+    assert inside(largest, data["crop"])
