@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image
+
 from mediaq.actions import action, get_action
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
+from mediaq.actions.image_faces import face_box
 from mediaq.actions.image_geometry import GRAVITIES, Shaper, box_for, plan_for
 from mediaq.actions.image_io import (
     DEFAULT_MAX_PIXELS,
@@ -102,7 +105,8 @@ def validate_image(ctx: ActionContext) -> ActionResult:
 def create_thumbnail(ctx: ActionContext) -> ActionResult:
     """Upright thumbnails, never enlarged: of one or several square sizes, or of any
     aspect (``width`` x ``height``); ``fit`` inside the box, ``fill`` it with a crop
-    at ``gravity``, or ``smart``-crop the subject."""
+    at ``gravity`` (``faces`` keeps the faces found, else crops smart), or
+    ``smart``-crop the subject."""
     if ctx.params.get("width") is not None or ctx.params.get("height") is not None:
         return _boxed_thumbnail(ctx)
     sizes = sorted({int(size) for size in ctx.params.get("sizes") or [ctx.params["size"]]})
@@ -111,10 +115,7 @@ def create_thumbnail(ctx: ActionContext) -> ActionResult:
     box = _thumbnail_decode_size(header, sizes[-1], mode)
     picture = load(ctx, header, box=box, animated=False,
                    each_frame=(lambda frame: resized(frame, box)) if box else None).picture
-    source = picture.first
-    if mode != "fit":
-        strategy = "centre" if mode == "fill" else str(ctx.params["strategy"])
-        source = source.crop(crop_region(source, (1, 1), strategy))
+    source, placement = _square(ctx, header, picture.first, mode)
     fmt = output_format(ctx.params["format"], header.format)
     how = encoding(ctx, fmt)
     outputs = []
@@ -127,12 +128,32 @@ def create_thumbnail(ctx: ActionContext) -> ActionResult:
         outputs.append(write(ctx, picture, [frame], how, filename, "thumbnail"))
     ctx.progress(1.0, "written")
     described = [summary(picture.info, output)["output"] for output in outputs]
-    data: dict[str, Any] = {"source": picture.info.as_data(), "mode": mode, "sizes": sizes}
+    data: dict[str, Any] = {"source": picture.info.as_data(), "mode": mode, "sizes": sizes,
+                            **placement}
     if len(sizes) == 1:
         data.update(size=sizes[0], output=described[0])
     else:
         data["outputs"] = described
     return ActionResult(outputs=outputs, data=data)
+
+
+def _square(ctx: ActionContext, header: SourceInfo, source: Image.Image,
+            mode: str) -> tuple[Image.Image, dict[str, Any]]:
+    """The square a fill or smart thumbnail is cut from (the whole picture for fit), and
+    for ``gravity: faces`` which gravity placed it and the faces seen (source pixels)."""
+    if mode == "fit":
+        return source, {}
+    if ctx.params["gravity"] == "faces":
+        side = min(source.size)
+        found = face_box(source, (side, side))
+        fx, fy = source.width / header.upright_size[0], source.height / header.upright_size[1]
+        if found is not None:
+            return source.crop(found.box), {"gravity_used": "faces", **found.as_data(fx, fy)}
+        # No face: the smart subject finder places the square instead.
+        return source.crop(crop_region(source, (1, 1), "attention")), {
+            "gravity_used": "smart", "faces": []}
+    strategy = "centre" if mode == "fill" else str(ctx.params["strategy"])
+    return source.crop(crop_region(source, (1, 1), strategy)), {}
 
 
 def _boxed_thumbnail(ctx: ActionContext) -> ActionResult:
@@ -154,7 +175,8 @@ def _boxed_thumbnail(ctx: ActionContext) -> ActionResult:
     ctx.progress(1.0, "written")
     return ActionResult(outputs=[output], data={
         **summary(picture.info, output), "mode": mode, "box": list(box),
-        **({"crop": list(shaper.region)} if shaper.region else {})})
+        **({"crop": list(shaper.region)} if shaper.region else {}),
+        **(shaper.placement or {})})
 
 
 def _thumbnail_decode_size(header: SourceInfo, largest: int, mode: str) -> tuple[int, int] | None:

@@ -1,6 +1,7 @@
 """Resize geometry: how a width x height box and a mode (fit, fill, crop, pad, stretch)
 shape an image, where a crop or a pad sits (gravity, including the smart subject
-finder of :mod:`image_ops`), which resampling filter, and sharpening after a downscale.
+finder of :mod:`image_ops` and the faces of :mod:`image_faces`), which resampling
+filter, and sharpening after a downscale.
 
 A :class:`Plan` is decided from the upright source size in the header, before anything
 is decoded, so the decoder can shrink on load; :class:`Shaper` then applies it to the
@@ -14,14 +15,16 @@ from typing import Any
 
 from PIL import Image, ImageColor, ImageFilter
 
+from mediaq.actions.image_faces import face_box
 from mediaq.actions.image_ops import Box, subject_box
 from mediaq.errors import InvalidParameters
 
 MODES = ("fit", "fill", "crop", "pad", "stretch")
 COMPASS = ("center", "north", "south", "east", "west",
            "northeast", "northwest", "southeast", "southwest")
-# smart: where people look first (edges, saturation, skin); entropy: the busiest part.
-GRAVITIES = (*COMPASS, "smart", "entropy")
+# smart: where people look first (edges, saturation, skin); entropy: the busiest part;
+# faces: the detected faces (all, or the largest when they do not fit), else smart.
+GRAVITIES = (*COMPASS, "smart", "entropy", "faces")
 FILTERS: dict[str, Image.Resampling] = {
     "lanczos": Image.Resampling.LANCZOS,
     "bicubic": Image.Resampling.BICUBIC,
@@ -148,8 +151,8 @@ def placed(outer: tuple[int, int], inner: tuple[int, int], gravity: str) -> tupl
 
 @dataclass
 class Shaper:
-    """Applies a :class:`Plan` to decoded frames. A smart crop is decided on the first
-    frame and kept, so an animation's frames are cut at one place."""
+    """Applies a :class:`Plan` to decoded frames. A smart or faces crop is decided on
+    the first frame and kept, so an animation's frames are cut at one place."""
 
     plan: Plan
     gravity: str = "center"
@@ -157,6 +160,9 @@ class Shaper:
     sharpen: float = 0.0
     background: str = "white"
     region: Box | None = field(default=None, init=False)  # in source pixels, once known
+    # For gravity faces, once the crop is decided: which gravity placed it (faces, or
+    # smart when none was found) and the faces seen, in source pixels.
+    placement: dict[str, Any] | None = field(default=None, init=False)
 
     def __call__(self, image: Image.Image) -> Image.Image:
         plan = self.plan
@@ -181,8 +187,14 @@ class Shaper:
         size = (min(image.width, max(1, round(self.plan.crop[0] * fx))),
                 min(image.height, max(1, round(self.plan.crop[1] * fy))))
         if self.region is None:
-            if self.gravity in ("smart", "entropy"):
-                strategy = "attention" if self.gravity == "smart" else "entropy"
+            placement = face_box(image, size) if self.gravity == "faces" else None
+            if placement is not None:
+                box = placement.box
+                self.placement = {"gravity_used": "faces", **placement.as_data(fx, fy)}
+            elif self.gravity in ("smart", "entropy", "faces"):
+                if self.gravity == "faces":  # no face found: the subject finder decides
+                    self.placement = {"gravity_used": "smart", "faces": []}
+                strategy = "entropy" if self.gravity == "entropy" else "attention"
                 box = subject_box(image, size, strategy)
             else:
                 x, y = placed(image.size, size, self.gravity)

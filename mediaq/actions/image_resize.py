@@ -1,5 +1,5 @@
 """``resize_image``: a width x height box and a mode (fit, fill, crop, pad, stretch),
-gravity (compass, or the smart subject finder), resampling filter, sharpening after a
+gravity (compass, the smart subject finder, or faces), resampling filter, sharpening after a
 downscale and a background for pads; or, as before, a max_dimension square.
 
 A resize that changes nothing is not an encode: the source is copied (metadata policy
@@ -93,6 +93,8 @@ def resize_image(ctx: ActionContext) -> ActionResult:
     ctx.progress(1.0, "written")
     if shaper.region is not None:
         described["crop"] = list(shaper.region)
+    if shaper.placement is not None:  # gravity faces: found, or fell back to smart
+        described.update(shaper.placement)
     return ActionResult(outputs=outputs, data={
         **summary(header, outputs[0]), **described, "reencoded": True})
 
