@@ -150,6 +150,8 @@ def _task_label(step: dict[str, Any]) -> str:
     status = step["status"] or "waiting"
     if step["items"]:
         status += f" ({step['items_completed']}/{step['items']} items completed)"
+    if status == "skipped":  # decided, never run: no worker to name
+        return status
     where = f" on {step['worker_id']}" if step["worker_id"] else ""
     if step["host"] and step["worker_id"] and step["host"] not in step["worker_id"]:
         where += f" ({step['host']})"
