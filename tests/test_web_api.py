@@ -52,6 +52,7 @@ NEEDS = {
     ("post", "/api/media/jobs/{job_id}/resume"): "operator",
     ("post", "/api/media/notifications/{notification_id}/retry"): "operator",
     ("post", "/api/media/workflows"): "admin",
+    ("post", "/api/media/breakers/{action}/close"): "operator",
 }
 
 

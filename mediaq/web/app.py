@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from mediaq import db
 from mediaq.config import Settings
-from mediaq.web import api, catalog, errors, metrics
+from mediaq.web import api, breakers, catalog, errors, metrics
 from mediaq.web.auth import Principal, get_conn, require
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -50,6 +50,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api.dead_letters_router)
     app.include_router(catalog.router)
+    app.include_router(breakers.router)
 
     @app.get("/healthz", tags=["service"])
     def healthz(request: Request) -> JSONResponse:

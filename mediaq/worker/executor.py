@@ -40,7 +40,8 @@ from mediaq.outputs import (
     staging_dir,
 )
 from mediaq.triggers.scan import submit_found_files
-from mediaq.worker import completer
+from mediaq.worker import completer, storage_health
+from mediaq.worker.breakers import Breakers
 from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.job_run import SINGLE, Item, JobRun, Step, load_run, plan_graph
@@ -64,6 +65,7 @@ from mediaq.worker.outcomes import (
     unstorable_reason,
 )
 from mediaq.worker.step_plan import Skip, plan_items
+from mediaq.worker.watchdog import Watchdog, abandon_step
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
 # importable from here for callers that build a run by hand (tests/test_errors.py).
@@ -125,6 +127,11 @@ class Executor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Operations that survive a bad day (issue 25): breakers on actions, and a hard
+        # deadline and stall detector over every step, kept by a thread of their own.
+        self.breakers = Breakers(settings)
+        self.watchdog = Watchdog(settings.worker.step_timeout_grace_seconds,
+                                 settings.worker.stall_seconds)
 
     def run(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
         """Run the job to an outcome, have it written (when the job is still ours) and
@@ -178,12 +185,19 @@ class Executor:
             plan_graph(run)
         except WorkflowError as exc:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
+        unhealthy = storage_health.hand_back_if_unhealthy(handle, self.settings)
+        if unhealthy is not None:
+            return unhealthy  # this host's storage is not fit: the job waits, unharmed
         try:
             run.input_path = check_input(run.context["input_file_path"],
                                          self.settings.storage.effective_input_roots,
                                          kind=_input_kind(run.order[0].action))
         except InputRefused as exc:
-            return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
+            # A missing input is the job's fault only where the roots are healthy.
+            unhealthy = storage_health.hand_back_if_unhealthy(handle, self.settings,
+                                                              fresh=True)
+            return unhealthy or self._fail(handle, JobFailed(ErrorClass.PERMANENT,
+                                                             exc.message))
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
         for group in self._step_groups(run):
@@ -231,6 +245,9 @@ class Executor:
                              reason=planned.reason, progress_percent=run.percent(step, done=True),
                              input_data={"action": step.action, "when": step.when})
             return None
+        waiting = self.breakers.admit(handle, step.action)  # an open breaker: wait, unharmed
+        if waiting is not None:
+            return waiting
         if isinstance(planned, StepFailed):  # its condition or list could not be evaluated
             execution_id = handle.start_step(
                 step_id=step.id, step_number=step.number, step_name=step.name,
@@ -287,7 +304,7 @@ class Executor:
         one, each with its own retry and failure rules), or the job's outcome when a stop
         request ended the attempt."""
         source = run.source_for(steps[0])
-        stop = self._stop_asked(handle)
+        stop = self._stop_asked(handle) or self.breakers.admit(handle, steps[0].action)
         if stop is not None:
             return stop
         first, last = steps[0], steps[-1]
@@ -375,11 +392,14 @@ class Executor:
                                     percent_at_start + step_share * f, stage or step.name),
                                 item=item)
             fn = get_action(step.action).fn
-            if isolation_wanted(self.settings):  # in a child, under the step limits
-                result = self._classified(step, run, lambda: run_isolated(
-                    step.action, [ctx], fused=False, settings=self.settings)[0])
-            else:
-                result = self._classified(step, run, lambda: fn(ctx))
+            with self.watchdog.watching(handle, ctx.deadline, functools.partial(
+                    abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
+                    step, execution_id, item)):
+                if isolation_wanted(self.settings):  # in a child, under the step limits
+                    result = self._classified(step, run, lambda: run_isolated(
+                        step.action, [ctx], fused=False, settings=self.settings)[0])
+                else:
+                    result = self._classified(step, run, lambda: fn(ctx))
         except (Cancelled, Paused, LeaseLost) as signal:
             discard(stage_dir)
             return self._interrupted(handle, run, [(step, execution_id)], signal)
@@ -430,6 +450,7 @@ class Executor:
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
         discard(stage_dir)
+        self.breakers.succeeded(handle, step.action)
         if not last:
             self._remember_outputs(run, step, item, output_data)
         return None
@@ -527,6 +548,8 @@ class Executor:
         ``also_close``: executions of a one-pass run's later steps, closed as 'fused'
         first when the failure ends the attempt (the job must still be ours to close
         them)."""
+        if failure.error_class == ErrorClass.TRANSIENT:
+            self.breakers.failed(handle, step.action, failure.message)
         outcome = after_failure(
             failure, step, retries_used=int(run.context["retry_count"] or 0),
             max_retries=int(run.context["max_retries"] or 0),

@@ -1,0 +1,35 @@
+-- mediaq schema, revision 0022: circuit breakers on actions, and the storage health of
+-- each worker (issue 25: operations that survive a bad day).
+
+SET LOCAL search_path = mediaq, public;
+
+-- Circuit breakers on actions (issue 25). One row per action on one host, and one per
+-- action on every host (host ''). A breaker opens when its action failed transiently
+-- breaker_threshold times within breaker_window_seconds (the action-wide one only when
+-- the failures come from two hosts or more: one host's broken encoder stops that host,
+-- not the fleet); new steps of the action then wait until reopen_at; after the
+-- cool-down one step runs as the probe (half_open); a success closes it.
+CREATE TABLE action_breakers (
+    action            TEXT NOT NULL,
+    host              TEXT NOT NULL DEFAULT '',
+    state             TEXT NOT NULL DEFAULT 'closed'
+        CHECK (state IN ('closed', 'open', 'half_open')),
+    failures          INTEGER NOT NULL DEFAULT 0 CHECK (failures >= 0),
+    failing_hosts     TEXT[] NOT NULL DEFAULT '{}',
+    window_started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    opened_at         TIMESTAMPTZ,
+    reopen_at         TIMESTAMPTZ,
+    probe_job_id      BIGINT,
+    last_error        TEXT,
+    times_opened      INTEGER NOT NULL DEFAULT 0,
+    updated_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (action, host),
+    CHECK (state = 'closed' OR reopen_at IS NOT NULL)
+);
+
+COMMENT ON TABLE action_breakers IS
+    'Circuit breakers on actions (host empty: every host); see mediaq/worker/breakers.py.';
+
+-- Why a worker does not claim: its input or output roots are missing or unwritable, or
+-- the output disk is below its floor (mediaq/worker/storage_health.py); NULL: healthy.
+ALTER TABLE workers ADD COLUMN storage_problem TEXT;
