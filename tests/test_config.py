@@ -288,6 +288,11 @@ def test_environment_names_are_unchanged(tmp_path: Path) -> None:
         "MEDIAQ_WEB_HOST", "MEDIAQ_WEB_PORT",
         # added with retention (mediaq prune)
         "MEDIAQ_RETENTION_DAYS",
+        # added with breakers, storage health and the step watchdog (issue 25)
+        "MEDIAQ_ACTION_BREAKER_THRESHOLD", "MEDIAQ_ACTION_BREAKER_WINDOW_SECONDS",
+        "MEDIAQ_ACTION_BREAKER_COOLDOWN_SECONDS", "MEDIAQ_STEP_TIMEOUT_GRACE_SECONDS",
+        "MEDIAQ_STALL_SECONDS", "MEDIAQ_RECYCLE_AFTER_ABANDONED",
+        "MEDIAQ_OUTPUT_FREE_FLOOR_MB",
     }
     env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_NOTIFY_CONCURRENCY": "2", "MEDIAQ_NOTIFIER": "no",
            "MEDIAQ_TRIGGERS": "0", "MEDIAQ_LOG_FORMAT": "json", "MEDIAQ_STEP_ISOLATION": "yes"}

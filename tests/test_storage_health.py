@@ -46,6 +46,18 @@ def test_a_missing_output_mount_stops_claims_and_nothing_fails(mq: MediaqEnv) ->
     assert '"worker:storage_healthy"' in mq.worker_log(worker)
 
 
+def test_claims_pause_while_the_output_disk_is_below_its_floor(mq: MediaqEnv) -> None:
+    mq.apply_workflow(diagnostic_workflow("T-FLOOR", {"action": "noop"}))
+    code = mq.one("SELECT job_code FROM submit_job('T-FLOOR', %s)",
+                  (str(mq.input_file("in.bin")),))["job_code"]
+    mq.start_worker(output_free_floor_mb=str(10**9))  # more than any disk here has
+    job = wait_for(lambda: (j := mq.job(code))["waiting_reason"] and j, timeout=60,
+                   message="the job to say why it waits")
+    assert job["status"] == "queued" and job["attempt"] == 0
+    assert job["waiting_reason"].endswith(
+        "MB free, below the floor of 1000000000 MB (output_free_floor_mb)")
+
+
 def test_each_storage_check_names_the_root_and_the_reason(settings: Settings,
                                                           tmp_path: Path) -> None:
     inputs, outputs = tmp_path / "in", tmp_path / "out"

@@ -64,6 +64,9 @@ class Breakers:
         self.threshold = worker.action_breaker_threshold
         self.window_seconds = worker.action_breaker_window_seconds
         self.cooldown_seconds = worker.action_breaker_cooldown_seconds
+        # (job, action) whose step found a breaker not closed before it ran: only their
+        # success has something to close, so the usual step costs one look-up, not two.
+        self._saw_breaker: set[tuple[int, str]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -89,6 +92,7 @@ class Breakers:
                                                              "host": self.host})
             if not rows:
                 return None  # the usual case: one indexed look-up, nothing locked
+            self._saw_breaker.add((handle.job_id, action))
             waiting = [r for r in rows if not r["due"]
                        and not (r["state"] == "half_open" and r["probe_job_id"] == handle.job_id)]
             if waiting:
@@ -113,6 +117,7 @@ class Breakers:
         threshold (or re-open a half-open breaker whose probe failed)."""
         if not self.enabled:
             return
+        self._saw_breaker.discard((handle.job_id, action))
         with db.transaction(handle.pool) as conn:
             db.execute(conn, "breaker_record_failure", {
                 "action": action, "host": self.host, "error": error[:500],
@@ -126,10 +131,12 @@ class Breakers:
                         error=error)
 
     def succeeded(self, handle: JobHandle, action: str) -> None:
-        """A step of ``action`` succeeded here: its breakers close (a no-op write-free
-        look-up when none is open) and the jobs that waited for them may start."""
-        if not self.enabled:
+        """A step of ``action`` succeeded here after it found a breaker open or half-open
+        (it was the probe, or an operator or another host closed it meanwhile): the
+        breakers close and the jobs that waited for them may start."""
+        if not self.enabled or (handle.job_id, action) not in self._saw_breaker:
             return
+        self._saw_breaker.discard((handle.job_id, action))
         with db.transaction(handle.pool) as conn:
             closed = close(conn, action, self.host)
         for row in closed:
