@@ -330,11 +330,15 @@ class Executor:
                 ctx.deadline = min(together, run.job_deadline)
             fuse = get_action(first.action).fuse
             assert fuse is not None
-            if isolation_wanted(self.settings):
-                results = self._classified(first, run, lambda: run_isolated(
-                    first.action, contexts, fused=True, settings=self.settings))
-            else:
-                results = self._classified(first, run, lambda: fuse(contexts))
+            with self.watchdog.watching(handle, contexts[0].deadline, functools.partial(
+                    abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
+                    first, executions[0], SINGLE,
+                    also_close=tuple(zip(steps[1:], executions[1:], strict=True)))):
+                if isolation_wanted(self.settings):
+                    results = self._classified(first, run, lambda: run_isolated(
+                        first.action, contexts, fused=True, settings=self.settings))
+                else:
+                    results = self._classified(first, run, lambda: fuse(contexts))
         except (Cancelled, Paused, LeaseLost) as signal:
             for stage_dir in stage_dirs:
                 discard(stage_dir)

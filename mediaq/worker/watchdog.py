@@ -41,6 +41,7 @@ from mediaq.worker.job_run import Item, JobRun, Step
 from mediaq.worker.outcomes import (
     ContinueAfterFailure,
     ErrorClass,
+    FusedPassFailed,
     HandedBack,
     StepGaveUp,
     after_failure,
@@ -139,11 +140,13 @@ class Watchdog:
 
 
 def abandon_step(breakers: Breakers, settings: Settings, watchdog: Watchdog, handle: JobHandle,
-                 run: JobRun, step: Step, execution_id: int, item: Item, why: str) -> None:
+                 run: JobRun, step: Step, execution_id: int, item: Item, why: str,
+                 also_close: tuple[tuple[Step, int], ...] = ()) -> None:
     """Write what an abandoned step comes to, from the watchdog's thread: its execution
     fails (transient; permanent once the job's own timeout has passed) and the job moves
     as ``on_failure`` says; for ``continue`` the job is handed back, since the thread that
-    would go on is the stuck one. Fenced: a step that committed first wins."""
+    would go on is the stuck one. Fenced: a step that committed first wins.
+    ``also_close``: the other steps of a one-pass run, closed as 'fused' first."""
     past_job = time.monotonic() >= run.job_deadline
     failure = StepFailed(ErrorClass.PERMANENT if past_job else ErrorClass.TRANSIENT,
                          f"{why}" if not past_job else
@@ -156,6 +159,10 @@ def abandon_step(breakers: Breakers, settings: Settings, watchdog: Watchdog, han
     log.warning("step:abandoned", job_id=handle.job_id, job_code=handle.job_code,
                 step=step.number, action=step.action, why=why)
     try:
+        for other, other_execution in also_close:
+            completer.close_step(handle, other_execution, other,
+                                 FusedPassFailed(f"step {step.number}: {why}"),
+                                 run.percent(other, done=False))
         completer.close_step(handle, execution_id, step, outcome,
                              run.percent(step, done=outcome.advances, item=item))
         match outcome:
