@@ -30,9 +30,9 @@ def close(conn: db.Connection, action: str, host: str | None = None) -> list[db.
     return closed
 
 
-def storage_problems(conn: db.Connection) -> list[dict[str, Any]]:
+def claim_problems(conn: db.Connection) -> list[dict[str, Any]]:
     """Live workers that do not claim because of their storage, and why."""
-    return [dict(row) for row in db.fetch_all(conn, "workers_storage_problems")]
+    return [dict(row) for row in db.fetch_all(conn, "workers_claim_problems")]
 
 
 def workers(conn: db.Connection) -> list[dict[str, Any]]:

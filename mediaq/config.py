@@ -93,6 +93,9 @@ class WorkerSettings:
     stall_seconds: float = field(default=600.0, metadata=about(
         number, check=at_least(0),
         doc="A step whose progress has not moved for this long fails (transient); 0: off."))
+    min_free_memory_mb: int = field(default=0, metadata=about(
+        integer, check=at_least(0),
+        doc="Workers stop claiming while the host has less memory available (MB); 0: off."))
     recycle_after_abandoned: int = field(default=2, metadata=about(
         integer, check=at_least(1),
         doc="Steps abandoned while still running (stuck in native code) before the worker "

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mediaq.config import Settings
-from mediaq.worker.storage_health import check
+from mediaq.worker.storage_health import check, memory_problem
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
 
@@ -21,7 +21,7 @@ def test_a_missing_output_mount_stops_claims_and_nothing_fails(mq: MediaqEnv) ->
                     (str(mq.input_file(f"in{i}.bin")),))["job_code"] for i in range(3)]
     worker = mq.start_worker()
     problem = f"output root {mount / 'outputs'} is missing (not mounted?)"
-    wait_for(lambda: mq.query("SELECT 1 FROM workers WHERE storage_problem = %s", (problem,)),
+    wait_for(lambda: mq.query("SELECT 1 FROM workers WHERE claim_problem = %s", (problem,)),
              timeout=60, message="the worker to report its storage")
     waiting = wait_for(lambda: [j for j in mq.query(
         "SELECT status, waiting_reason, retry_count, attempt FROM workflow_jobs "
@@ -34,7 +34,7 @@ def test_a_missing_output_mount_stops_claims_and_nothing_fails(mq: MediaqEnv) ->
     assert mq.one("SELECT count(*) AS n FROM step_executions")["n"] == 0
     assert '"worker:storage_unhealthy"' in mq.worker_log(worker)
     shown = json.loads(mq.cli("workers", "--json").stdout)
-    assert [w["storage_problem"] for w in shown] == [problem]
+    assert [w["claim_problem"] for w in shown] == [problem]
     stats = mq.cli("stats").stdout
     assert "Workers not claiming (storage)" in stats and "missing (not mounted?)" in stats
 
@@ -42,7 +42,7 @@ def test_a_missing_output_mount_stops_claims_and_nothing_fails(mq: MediaqEnv) ->
     wait_for(lambda: mq.one("SELECT count(*) AS n FROM workflow_jobs WHERE job_code = ANY (%s)"
                             " AND status = 'completed'", (codes,))["n"] == 3,
              timeout=60, message="the jobs to run once the mount is back")
-    assert mq.one("SELECT storage_problem FROM workers")["storage_problem"] is None
+    assert mq.one("SELECT claim_problem FROM workers")["claim_problem"] is None
     assert '"worker:storage_healthy"' in mq.worker_log(worker)
 
 
@@ -94,3 +94,11 @@ def test_a_missing_input_on_a_healthy_host_is_still_permanent(mq: MediaqEnv) -> 
     job = mq.job(code)
     assert job["status"] == "failed" and job["error_class"] == "permanent"
     assert "soon-gone.bin" in job["error_message"]
+
+
+def test_memory_admission_floor() -> None:
+    assert memory_problem(0) is None and memory_problem(1) is None
+    low = memory_problem(10**9)
+    assert low is not None and low.startswith("the host has ")
+    assert low.endswith("MB of memory available, below the floor of 1000000000 MB "
+                        "(min_free_memory_mb)")

@@ -383,11 +383,11 @@ def stats(env: Env, as_json_output: bool) -> None:
     with env.connect() as conn:
         data = operations.stats(conn)
         data["open_breakers"] = breakers.listing(conn)
-        data["storage_problems"] = breakers.storage_problems(conn)
+        data["claim_problems"] = breakers.claim_problems(conn)
     if as_json_output:
         click.echo(as_json(data))
         return
-    open_breakers, storage = data.pop("open_breakers"), data.pop("storage_problems")
+    open_breakers, storage = data.pop("open_breakers"), data.pop("claim_problems")
     endpoints = data.pop("endpoints")
     counts = data.pop("notifications")
     for key, value in data.items():
@@ -400,7 +400,7 @@ def stats(env: Env, as_json_output: bool) -> None:
         table(open_breakers, ["action", "host", "state", "failures", "reopen_at",
                               "last_error"], title="Circuit breakers on actions")
     if storage:
-        table(storage, ["worker_id", "host", "storage_problem"],
+        table(storage, ["worker_id", "host", "claim_problem"],
               title="Workers not claiming (storage)")
 
 

@@ -53,10 +53,10 @@ def close_breaker(env: Env, action: str, host: str | None) -> None:
 @pass_env
 def workers_command(env: Env, as_json_output: bool) -> None:
     """Workers (running, draining, or stopped in the last day), and why one does not
-    claim (storage_problem: a root missing or unwritable, the output disk below its floor)."""
+    claim (claim_problem: a root missing or unwritable, the output disk below its floor)."""
     with env.connect() as conn:
         rows = breakers.workers(conn)
-    show_rows(rows, ["worker_id", "host", "status", "heartbeat_at", "storage_problem"],
+    show_rows(rows, ["worker_id", "host", "status", "heartbeat_at", "claim_problem"],
               "Workers", as_json_output=as_json_output)
 
 

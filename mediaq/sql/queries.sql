@@ -1199,10 +1199,10 @@ UPDATE workflow_jobs
    AND status = 'processing'
 RETURNING status;
 
--- name: worker_set_storage_problem
+-- name: worker_set_claim_problem
 -- Show why this worker does not claim (its storage), or that it is healthy again (NULL).
-UPDATE workers SET storage_problem = %(problem)s
- WHERE worker_id = %(worker_id)s AND storage_problem IS DISTINCT FROM %(problem)s;
+UPDATE workers SET claim_problem = %(problem)s
+ WHERE worker_id = %(worker_id)s AND claim_problem IS DISTINCT FROM %(problem)s;
 
 -- name: jobs_mark_waiting_storage
 -- Tell operators why runnable jobs of this worker's categories are not starting here:
@@ -1224,17 +1224,17 @@ UPDATE workflow_jobs
    SET waiting_reason = NULL, updated_at = now()
  WHERE status IN ('pending', 'queued') AND waiting_reason = %(reason)s;
 
--- name: workers_storage_problems
+-- name: workers_claim_problems
 -- Live workers that do not claim because of their storage.
-SELECT worker_id, host, storage_problem, heartbeat_at
+SELECT worker_id, host, claim_problem, heartbeat_at
   FROM workers
- WHERE status <> 'stopped' AND storage_problem IS NOT NULL
+ WHERE status <> 'stopped' AND claim_problem IS NOT NULL
  ORDER BY host, worker_id;
 
 -- name: workers_list
 -- Every worker not stopped long ago, with what it can run and why it may not claim.
 SELECT worker_id, host, pid, status, categories, started_at, heartbeat_at, version,
-       storage_problem
+       claim_problem
   FROM workers
  WHERE status <> 'stopped' OR stopped_at > now() - interval '1 day'
  ORDER BY host, worker_id;

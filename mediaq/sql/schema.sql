@@ -1819,4 +1819,4 @@ COMMENT ON TABLE action_breakers IS
 
 -- Why a worker does not claim: its input or output roots are missing or unwritable, or
 -- the output disk is below its floor (mediaq/worker/storage_health.py); NULL: healthy.
-ALTER TABLE workers ADD COLUMN storage_problem TEXT;
+ALTER TABLE workers ADD COLUMN claim_problem TEXT;

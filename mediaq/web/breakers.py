@@ -31,9 +31,9 @@ def _shown(row: dict[str, Any]) -> dict[str, Any]:
 def list_breakers(conn: Conn, _: Viewer, all: bool = False) -> dict[str, Any]:
     """Breakers that are open or half-open (``all``: closed ones too; ``host`` null: the
     action on every host), and the live workers that do not claim because of their
-    storage (``storage_problems``)."""
+    storage (``claim_problems``)."""
     return {"data": [_shown(row) for row in breakers.listing(conn, everything=all)],
-            "storage_problems": [_shown(row) for row in breakers.storage_problems(conn)]}
+            "claim_problems": [_shown(row) for row in breakers.claim_problems(conn)]}
 
 
 @router.post("/{action}/close")

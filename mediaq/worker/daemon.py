@@ -110,7 +110,8 @@ class Worker:
         self.executor.watchdog.on_abandoned = self._abandoned
         self.storage = StorageWatch(self.pool, settings.storage, worker_id=self.worker_id,
                                     host=settings.worker.host_id,
-                                    categories=list(self.capacity.categories))
+                                    categories=list(self.capacity.categories),
+                                    min_free_memory_mb=settings.worker.min_free_memory_mb)
         self.log = log.bind(worker_id=self.worker_id)
         self.processed = 0
         self.notifier = (Notifier(settings, url, notifier_id=f"{self.worker_id}:notify")

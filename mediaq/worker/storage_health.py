@@ -6,9 +6,12 @@ retries on ``NotADirectoryError``. Now the worker checks its input and output ro
 it starts and every ``CHECK_INTERVAL_S``: while one is missing, unreadable (inputs) or
 unwritable (outputs), or the output disk has less than ``output_free_floor_mb`` free, it
 claims nothing, logs ``worker:storage_unhealthy``, shows the reason in
-``workers.storage_problem`` (``mediaq workers``, ``mediaq stats``) and on the jobs that
+``workers.claim_problem`` (``mediaq workers``, ``mediaq stats``) and on the jobs that
 wait (``waiting_reason``). A missing input on a host whose roots are healthy is still a
 permanent error (``mediaq.outputs.check_input``).
+
+Memory-aware admission rides on the same watch: with ``min_free_memory_mb`` the worker
+also stops claiming while the host has less memory available, and says so the same way.
 
 The default roots under ``MEDIAQ_HOME`` are created; configured roots never are: a
 missing mount point must not turn into a folder on the local disk.
@@ -23,6 +26,7 @@ import tempfile
 import threading
 import time
 
+import psutil
 import structlog
 from psycopg_pool import ConnectionPool
 
@@ -48,6 +52,17 @@ def current_problem() -> str | None:
 
 def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+def memory_problem(floor_mb: int) -> str | None:
+    """Memory-aware admission: too little memory available on the host to start a job."""
+    if floor_mb <= 0:
+        return None
+    available = psutil.virtual_memory().available
+    if available >= floor_mb * MIB:
+        return None
+    return (f"the host has {available // MIB} MB of memory available, below the floor of "
+            f"{floor_mb} MB (min_free_memory_mb)")
 
 
 def check(storage: StorageSettings) -> str | None:
@@ -90,13 +105,14 @@ class StorageWatch(threading.Thread):
 
     def __init__(self, pool: ConnectionPool[db.Connection], storage: StorageSettings, *,
                  worker_id: str, host: str, categories: list[str],
-                 interval: float = CHECK_INTERVAL_S) -> None:
+                 min_free_memory_mb: int = 0, interval: float = CHECK_INTERVAL_S) -> None:
         super().__init__(name="mediaq-storage", daemon=True)
         self.pool = pool
         self.storage = storage
         self.worker_id = worker_id
         self.host = host
         self.categories = categories
+        self.min_free_memory_mb = min_free_memory_mb
         self.interval = interval
         self.halt = threading.Event()
         self._found: str | None = None
@@ -115,7 +131,7 @@ class StorageWatch(threading.Thread):
     def check_now(self) -> str | None:
         """Check once (at start, before the first claim) and report a change."""
         try:
-            found = check(self.storage)
+            found = check(self.storage) or memory_problem(self.min_free_memory_mb)
         except OSError as exc:  # anything the checks above did not foresee
             found = f"storage check failed: {_why(exc)}"
         self._checked_at = time.monotonic()
@@ -137,7 +153,7 @@ class StorageWatch(threading.Thread):
         reason = None if found is None else f"host {self.host} does not claim: {found}"
         try:
             with db.transaction(self.pool) as conn:
-                db.execute(conn, "worker_set_storage_problem",
+                db.execute(conn, "worker_set_claim_problem",
                            {"worker_id": self.worker_id, "problem": found})
                 if self._shown is not None and self._shown != reason:
                     db.execute(conn, "jobs_clear_waiting_storage", {"reason": self._shown})

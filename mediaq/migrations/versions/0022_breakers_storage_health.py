@@ -1,4 +1,4 @@
-"""Circuit breakers on actions (action_breakers) and workers.storage_problem.
+"""Circuit breakers on actions (action_breakers) and workers.claim_problem.
 
 Revision ID: 0022
 Revises: 0015
