@@ -191,6 +191,11 @@ class Worker:
 
     def _produce(self) -> None:
         while not self.stopping.is_set():
+            if self.options.burst and self.storage.problem is not None:
+                # Nothing can run here until an operator fixes the root: a burst run ends
+                # (the jobs wait for a healthy worker) rather than wait for ever.
+                self.log.error("worker:burst_storage_unhealthy", problem=self.storage.problem)
+                return
             claimed = self._claim_while_room()
             if claimed:
                 continue
