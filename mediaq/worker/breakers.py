@@ -18,6 +18,7 @@ list and close breakers with ``mediaq breakers``, the API and ``/metrics``
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -30,6 +31,8 @@ from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.outcomes import HandedBack
 
 log = structlog.get_logger("mediaq.breakers")
+
+CACHE_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Blocked:
@@ -67,6 +70,11 @@ class Breakers:
         # (job, action) whose step found a breaker not closed before it ran: only their
         # success has something to close, so the usual step costs one look-up, not two.
         self._saw_breaker: set[tuple[int, str]] = set()
+        # action -> until when (monotonic) "no breaker stands before it" is taken as known:
+        # a busy worker looks each action up once a second, not once a step. A breaker
+        # another worker opens is seen within that second (steps already running race
+        # it anyway); one this worker opens clears the cache at once.
+        self._clear_until: dict[str, float] = {}
 
     @property
     def enabled(self) -> bool:
@@ -87,11 +95,14 @@ class Breakers:
         return HandedBack()
 
     def _check(self, handle: JobHandle, action: str) -> Blocked | None:
+        if time.monotonic() < self._clear_until.get(action, 0.0):
+            return None
         with db.transaction(handle.pool) as conn:
             rows = db.fetch_all(conn, "breakers_blocking", {"action": action,
                                                              "host": self.host})
-            if not rows:
-                return None  # the usual case: one indexed look-up, nothing locked
+            if not rows:  # the usual case: one indexed look-up, nothing locked
+                self._clear_until[action] = time.monotonic() + CACHE_SECONDS
+                return None
             self._saw_breaker.add((handle.job_id, action))
             waiting = [r for r in rows if not r["due"]
                        and not (r["state"] == "half_open" and r["probe_job_id"] == handle.job_id)]
@@ -125,6 +136,8 @@ class Breakers:
             opened = db.fetch_all(conn, "breakers_trip", {
                 "action": action, "host": self.host, "threshold": self.threshold,
                 "cooldown_seconds": self.cooldown_seconds})
+        if opened:
+            self._clear_until.pop(action, None)
         for row in opened:
             log.warning("breaker:opened", action=action, host=row["host"] or None,
                         failures=row["failures"], until=row["reopen_at"].isoformat(),
