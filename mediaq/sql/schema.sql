@@ -1820,3 +1820,18 @@ COMMENT ON TABLE action_breakers IS
 -- Why a worker does not claim: its input or output roots are missing or unwritable, or
 -- the output disk is below its floor (mediaq/worker/storage_health.py); NULL: healthy.
 ALTER TABLE workers ADD COLUMN claim_problem TEXT;
+
+-- The statements of this section that move jobs, named on their moves (the transition
+-- list says which statement makes each move: tests/test_job_transitions.py).
+UPDATE job_status_transitions
+   SET description = description || '; jobs_mark_waiting_storage: no worker of this host may claim (its storage, or too little memory)'
+ WHERE from_status = 'pending' AND to_status = 'queued';
+UPDATE job_status_transitions
+   SET description = description || '; job_hand_back_waiting: an open circuit breaker or unhealthy storage stops the next step (no retry spent, retry_after and waiting_reason set)'
+ WHERE from_status = 'processing' AND to_status = 'pending';
+UPDATE job_status_transitions
+   SET description = replace(description, 'job_schedule_retry, job_hand_back, jobs_rescue_expired:', 'job_schedule_retry, job_hand_back, job_hand_back_waiting, jobs_rescue_expired:')
+ WHERE from_status = 'processing' AND to_status IN ('paused', 'cancelled');
+UPDATE job_statuses
+   SET description = 'claimable, but a worker found too little free VRAM on its machine, or could not claim (its storage, its memory): waiting_reason says why'
+ WHERE status = 'queued';
