@@ -99,6 +99,7 @@ class Watchdog:
                 self._watches.pop(key, None)
 
     def _ensure_thread(self) -> None:
+        """Start the watching thread unless it runs (called with the lock held)."""
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="mediaq-watchdog",
                                             daemon=True)
@@ -109,6 +110,9 @@ class Watchdog:
             time.sleep(CHECK_INTERVAL_S)
             now = time.monotonic()
             with self._lock:
+                if not self._watches:  # nothing runs: the next step starts a new thread
+                    self._thread = None
+                    return
                 due = [(key, watch, why) for key, watch in self._watches.items()
                        if not watch.fired and (why := self._overdue(watch, now))]
                 for key, watch, _ in due:
