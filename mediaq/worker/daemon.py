@@ -41,6 +41,7 @@ from mediaq.worker.storage_health import StorageWatch
 log = structlog.get_logger("mediaq.worker")
 
 BURST_RETRY_HORIZON_S = 60.0
+STORAGE_FIRST_CHECK_WAIT_S = 10.0
 EXIT_RECYCLE = 75  # sysexits' EX_TEMPFAIL: stuck steps abandoned, restart me
 
 
@@ -134,8 +135,10 @@ class Worker:
         if unserved:  # said once: such jobs wait for another worker (job_etas says so too)
             self.log.warning("worker:cannot_serve", categories=sorted(unserved),
                              reasons=unserved)
-        self.storage.check_now()  # before the first claim: a bad root claims nothing
+        # The first storage check before the first claim: a bad root claims nothing (a
+        # hung mount stalls the check's thread, never this one: claims wait meanwhile).
         self.storage.start()
+        self.storage.first_check.wait(STORAGE_FIRST_CHECK_WAIT_S)
         listener = threading.Thread(target=self._listen, name="mediaq-listen", daemon=True)
         listener.start()
         self.heartbeat.start()

@@ -117,11 +117,14 @@ class StorageWatch(threading.Thread):
         self.halt = threading.Event()
         self._found: str | None = None
         self._checked_at = time.monotonic()
+        self.first_check = threading.Event()  # set once the first check has returned
         self._shown: str | None = None  # the waiting reason last written on jobs
 
     @property
     def problem(self) -> str | None:
         """Why this worker must not claim now, or None."""
+        if not self.first_check.is_set():
+            return "the storage check has not returned yet (a hung mount?)"
         stalled = time.monotonic() - self._checked_at
         if stalled > 3 * self.interval:
             return (f"the storage check has not returned for {stalled:.0f} s "
@@ -129,12 +132,14 @@ class StorageWatch(threading.Thread):
         return self._found
 
     def check_now(self) -> str | None:
-        """Check once (at start, before the first claim) and report a change."""
+        """Check once and report a change (the thread's first pass runs before the
+        worker's first claim)."""
         try:
             found = check(self.storage) or memory_problem(self.min_free_memory_mb)
         except OSError as exc:  # anything the checks above did not foresee
             found = f"storage check failed: {_why(exc)}"
         self._checked_at = time.monotonic()
+        self.first_check.set()
         changed = found != self._found
         self._found = found
         _latest["problem"] = found
@@ -165,8 +170,10 @@ class StorageWatch(threading.Thread):
             log.warning("worker:storage_report_failed", error=str(exc))
 
     def run(self) -> None:
-        while not self.halt.wait(self.interval):
+        while True:
             self.check_now()
+            if self.halt.wait(self.interval):
+                return
 
 
 def hand_back_if_unhealthy(handle: JobHandle, settings: Settings, *,
