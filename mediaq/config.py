@@ -83,6 +83,28 @@ class WorkerSettings:
         doc="On SIGTERM, running jobs get this long to finish before they are handed back."))
     host_id: str = field(default_factory=socket.gethostname, metadata=about(
         text, doc="The machine name per-machine limits and VRAM budgets are kept under."))
+    # Operations that survive a bad day (issue 25): breakers on actions, hard timeouts.
+    action_breaker_threshold: int = field(default=5, metadata=about(
+        integer, check=at_least(0),
+        doc="Transient failures of one action within the window that open its breaker; 0: off."))
+    action_breaker_window_seconds: float = field(default=300.0, metadata=about(
+        number, check=positive, doc="The window in which an action's failures are counted."))
+    action_breaker_cooldown_seconds: float = field(default=60.0, metadata=about(
+        number, check=positive,
+        doc="How long an open action breaker holds its steps back before one probe runs."))
+    step_timeout_grace_seconds: float = field(default=30.0, metadata=about(
+        number, check=at_least(0),
+        doc="A step past timeout_seconds plus this is abandoned from outside its thread."))
+    stall_seconds: float = field(default=600.0, metadata=about(
+        number, check=at_least(0),
+        doc="A step whose progress has not moved for this long fails (transient); 0: off."))
+    min_free_memory_mb: int = field(default=0, metadata=about(
+        integer, check=at_least(0),
+        doc="Workers stop claiming while the host has less memory available (MB); 0: off."))
+    recycle_after_abandoned: int = field(default=2, metadata=about(
+        integer, check=at_least(1),
+        doc="Steps abandoned while still running (stuck in native code) before the worker "
+            "stops claiming and exits to be restarted."))
 
     def problems(self) -> Iterator[str]:
         if self.retry_max_seconds < self.retry_base_seconds:
@@ -102,6 +124,9 @@ class StorageSettings:
     retention_days: int = field(default=30, metadata=about(
         integer, check=at_least(0),
         doc="Workers prune finished jobs completed this many days ago (hourly); 0: never."))
+    output_free_floor_mb: int = field(default=100, metadata=about(
+        integer, check=at_least(0),
+        doc="Workers stop claiming while the output root has less free space (MB); 0: off."))
 
     @property
     def outputs(self) -> Path:

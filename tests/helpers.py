@@ -121,6 +121,9 @@ class MediaqEnv:
             "MEDIAQ_RETRY_BASE_SECONDS": "0.2",
             "MEDIAQ_RETRY_MAX_SECONDS": "1",
             "MEDIAQ_SHUTDOWN_GRACE_SECONDS": "5",
+            # Off unless a test turns it on (tests/test_breakers.py): tests that fail an
+            # action on purpose many times must not wait out a breaker's cool-down.
+            "MEDIAQ_ACTION_BREAKER_THRESHOLD": "0",
             "MEDIAQ_LOG_FORMAT": "json",
             **{f"MEDIAQ_{k.upper()}": v for k, v in settings.items()},
         }

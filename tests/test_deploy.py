@@ -62,6 +62,7 @@ METRICS: dict[str, set[str]] = {
     "mediaq_disk_total_bytes": {"root", "path", "host"},
     "mediaq_worker_rss_bytes": {"worker", "host"},
     "mediaq_host_load1": {"host"},
+    "mediaq_action_breaker_open": {"action", "host"},
 }
 HISTOGRAMS = {"media_step_duration_seconds"}
 SCRAPE_LABELS = {"instance", "job"}
@@ -366,6 +367,20 @@ def test_resource_failure_and_queue_age_alerts_fire(tmp_path: Path) -> None:
             ],
         },
     ]
+    tests.append({  # an action's breaker on gpu-1 opens at minute 5 and stays open
+        "interval": "1m",
+        "input_series": [
+            series("mediaq_action_breaker_open", "0x5 1x30", action="transcode_video",
+                   host="gpu-1"),
+            series("mediaq_action_breaker_open", "0x35", action="noop", host=""),
+        ],
+        "alert_rule_test": [
+            {"eval_time": "15m", "alertname": "MediaqActionBreakerOpen", "exp_alerts": []},
+            {"eval_time": "25m", "alertname": "MediaqActionBreakerOpen",
+             "exp_alerts": [expected("MediaqActionBreakerOpen", action="transcode_video",
+                                     host="gpu-1")]},
+        ],
+    })
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     spec = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": tests}
     (tmp_path / "resources_test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -261,7 +261,8 @@ def test_the_mermaid_drawing_has_every_move(conn: Conn) -> None:
     text = mermaid(rows)
     assert text.splitlines()[:2] == ["stateDiagram-v2", "    [*] --> pending"]
     assert mermaid_edges(text) == legal_pairs(conn)
-    assert "    processing --> pending : job_schedule_retry, job_hand_back, jobs_rescue_expired" \
+    assert "    processing --> pending : job_schedule_retry, job_hand_back, " \
+           "jobs_rescue_expired, job_hand_back_waiting" \
         in text.splitlines()
     assert "    completed --> [*]" in text.splitlines()
     assert mermaid(reversed(rows)) == text  # the order of the rows does not count

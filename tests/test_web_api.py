@@ -58,6 +58,7 @@ NEEDS = {
     ("patch", "/api/media/uploads/{upload_id}"): "submitter",
     ("delete", "/api/media/uploads/{upload_id}"): "submitter",
     ("get", "/api/media/uploads/{upload_id}"): "submitter",
+    ("post", "/api/media/breakers/{action}/close"): "operator",
 }
 # Routes open without a token: tus discovery, and downloads (the signed link is the
 # credential; tests/test_web_transfer.py checks those).

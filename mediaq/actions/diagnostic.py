@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+
 from mediaq.actions import action
 from mediaq.actions.base import ActionContext, ActionResult
 from mediaq.errors import PermanentError, TransientError
@@ -49,13 +53,30 @@ def sleep(ctx: ActionContext) -> ActionResult:
             "kind": {"enum": ["permanent", "transient"], "default": "permanent"},
             "times": {"type": "integer", "minimum": 0},
             "message": {"type": "string", "default": "failed on purpose"},
+            "while_exists": {"type": "string"},
         }
     },
 )
 def fail(ctx: ActionContext) -> ActionResult:
-    """Fail (``kind`` permanent|transient); with ``times`` only the first N attempts fail."""
+    """Fail (``kind`` permanent|transient); with ``times`` only the first N attempts fail;
+    with ``while_exists`` only while that file exists (a dependency that recovers, for
+    every job at once, when the file is removed)."""
     times = ctx.params.get("times")
     if times is not None and ctx.attempt >= times:
         return ActionResult(data={"failed_attempts": times})
+    flag = ctx.params.get("while_exists")
+    if flag is not None and not os.path.exists(flag):
+        return ActionResult(data={"recovered": True})
     error = PermanentError if ctx.params["kind"] == "permanent" else TransientError
     raise error(str(ctx.params["message"]))
+
+
+@action("sleep_native", {"properties": {"seconds": {"type": "integer", "minimum": 0,
+                                                    "default": 1}}})
+def sleep_native(ctx: ActionContext) -> ActionResult:
+    """Block in the C library's sleep(3) for ``seconds``, deaf to cancel and deadlines:
+    a decoder stuck in native code, for the worker's watchdog to abandon."""
+    ctx.progress(0.01, "blocking in sleep(3)")  # one report: then the progress stalls
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.sleep(int(ctx.params["seconds"]))
+    return ActionResult(data={"slept_seconds": ctx.params["seconds"]})

@@ -123,6 +123,7 @@ def register() -> None:
         db_commands,
         job_commands,
         notify_commands,
+        ops_commands,
         report_commands,
         trigger_commands,
         web_commands,
@@ -130,7 +131,8 @@ def register() -> None:
         workflow_commands,
     )
 
-    for module in (asset_commands, db_commands, job_commands, notify_commands, report_commands,
+    for module in (asset_commands, db_commands, job_commands, notify_commands, ops_commands,
+                   report_commands,
                    trigger_commands, web_commands, worker_commands, workflow_commands):
         for command in module.COMMANDS:
             main.add_command(command)

@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mediaq import db, operations, prune
+from mediaq import breakers, db, operations, prune
 from mediaq.cli import Env, pass_env
 from mediaq.cli.render import as_json, console, draw_graph, fmt, show_rows, table
 from mediaq.errors import Refused, SubmissionRefused
@@ -384,9 +384,12 @@ def stats(env: Env, as_json_output: bool) -> None:
     """Queue counters, VRAM used/available, average processing time."""
     with env.connect() as conn:
         data = operations.stats(conn)
+        data["open_breakers"] = breakers.listing(conn)
+        data["claim_problems"] = breakers.claim_problems(conn)
     if as_json_output:
         click.echo(as_json(data))
         return
+    open_breakers, storage = data.pop("open_breakers"), data.pop("claim_problems")
     endpoints = data.pop("endpoints")
     counts = data.pop("notifications")
     for key, value in data.items():
@@ -395,6 +398,12 @@ def stats(env: Env, as_json_output: bool) -> None:
     if endpoints:
         table(endpoints, ["endpoint", "state", "consecutive_failures", "open_until",
                           "last_error"], title="Notification endpoints (circuit breakers)")
+    if open_breakers:
+        table(open_breakers, ["action", "host", "state", "failures", "reopen_at",
+                              "last_error"], title="Circuit breakers on actions")
+    if storage:
+        table(storage, ["worker_id", "host", "claim_problem"],
+              title="Workers not claiming (storage)")
 
 
 @click.command("prune")

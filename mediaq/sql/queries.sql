@@ -1101,3 +1101,140 @@ SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 SELECT job_code FROM workflow_jobs
  WHERE job_code = ANY (%(codes)s::text[])
    AND status NOT IN (SELECT status FROM job_statuses WHERE terminal);
+
+-- ===========================================================================
+-- Operations that survive a bad day (issue 25): circuit breakers on actions,
+-- storage health of workers (mediaq/worker/breakers.py, storage_health.py)
+-- ===========================================================================
+
+-- name: breaker_record_failure
+-- Count a transient failure of an action on this host, in its host's breaker and in the
+-- action-wide one (host ''); a window that has run out starts again at this failure.
+INSERT INTO action_breakers AS b (action, host, failures, failing_hosts, last_error)
+VALUES (%(action)s, '', 1, ARRAY[%(host)s::text], %(error)s),
+       (%(action)s, %(host)s, 1, ARRAY[%(host)s::text], %(error)s)
+ON CONFLICT (action, host) DO UPDATE
+   SET failures = CASE WHEN b.window_started_at
+                            < now() - make_interval(secs => %(window_seconds)s)
+                       THEN 1 ELSE b.failures + 1 END,
+       failing_hosts = CASE WHEN b.window_started_at
+                                 < now() - make_interval(secs => %(window_seconds)s)
+                                 OR b.failing_hosts IS NULL
+                            THEN ARRAY[%(host)s::text]
+                            WHEN %(host)s::text = ANY (b.failing_hosts) THEN b.failing_hosts
+                            ELSE b.failing_hosts || %(host)s::text END,
+       window_started_at = CASE WHEN b.window_started_at
+                                     < now() - make_interval(secs => %(window_seconds)s)
+                                THEN now() ELSE b.window_started_at END,
+       last_error = EXCLUDED.last_error, updated_at = now();
+
+-- name: breakers_trip
+-- Open this action's breakers that reached the threshold (the action-wide one only with
+-- failures from two hosts or more), and re-open a half-open one whose probe failed.
+UPDATE action_breakers
+   SET state = 'open', opened_at = now(), probe_job_id = NULL,
+       reopen_at = now() + make_interval(secs => %(cooldown_seconds)s),
+       times_opened = times_opened + 1, updated_at = now()
+ WHERE action = %(action)s AND host IN ('', %(host)s)
+   AND (state = 'half_open'
+        OR (state = 'closed' AND failures >= %(threshold)s
+            AND (host <> '' OR cardinality(failing_hosts) >= 2)))
+RETURNING action, host, failures, reopen_at;
+
+-- name: breakers_blocking
+-- The breakers that stand before a step of this action on this host (locked: the probe
+-- is taken by one job only): open or half-open, with whether their wait is over.
+SELECT action, host, state, failures, last_error, reopen_at, probe_job_id,
+       reopen_at <= now() AS due
+  FROM action_breakers
+ WHERE action = %(action)s AND host IN ('', %(host)s) AND state <> 'closed'
+ ORDER BY host
+   FOR UPDATE;
+
+-- name: breaker_take_probe
+-- Let one job through a breaker whose cool-down is over (half-open); others wait until
+-- the probe's window ends (then another job may probe, if this one never reported).
+UPDATE action_breakers
+   SET state = 'half_open', probe_job_id = %(job_id)s,
+       reopen_at = now() + make_interval(secs => %(probe_seconds)s), updated_at = now()
+ WHERE action = %(action)s AND host = %(host)s AND state <> 'closed';
+
+-- name: breakers_close
+-- Close this action's breakers on this host and the action-wide one (a success, or an
+-- operator: host NULL closes the action's breakers on every host).
+UPDATE action_breakers
+   SET state = 'closed', failures = 0, failing_hosts = '{}', window_started_at = now(),
+       reopen_at = NULL, probe_job_id = NULL, updated_at = now()
+ WHERE action = %(action)s AND state <> 'closed'
+   AND (%(host)s::text IS NULL OR host IN ('', %(host)s::text))
+RETURNING action, host;
+
+-- name: jobs_release_breaker_waits
+-- Jobs that wait for a breaker of this action may start now that it closed.
+UPDATE workflow_jobs
+   SET retry_after = now(), waiting_reason = NULL, updated_at = now()
+ WHERE status IN ('pending', 'queued')
+   AND left(waiting_reason, length(%(prefix)s)) = %(prefix)s;
+
+-- name: breakers_list
+-- Every breaker that is not closed, or (all) every breaker, for operators.
+SELECT action, nullif(host, '') AS host, state, failures, failing_hosts, last_error,
+       opened_at, reopen_at, probe_job_id, times_opened, updated_at
+  FROM action_breakers
+ WHERE %(all)s OR state <> 'closed'
+ ORDER BY action, host;
+
+-- name: job_hand_back_waiting
+-- Give a running job back without spending a retry: a breaker (or this host's storage)
+-- stops its next step; it is not claimed again before %(until)s, and says why.
+UPDATE workflow_jobs
+   SET status = after_attempt(cancel_requested, pause_requested),
+       retry_after = %(until)s, waiting_reason = %(reason)s,
+       completed_at = CASE WHEN cancel_requested THEN now() END,
+       error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_class END,
+       cancel_requested = FALSE, pause_requested = FALSE,
+       progress_stage = NULL, lease_expires_at = NULL,
+       updated_at = now(), log = job_log_append(log, %(log_line)s)
+ WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
+   AND status = 'processing'
+RETURNING status;
+
+-- name: worker_set_claim_problem
+-- Show why this worker does not claim (its storage), or that it is healthy again (NULL).
+UPDATE workers SET claim_problem = %(problem)s
+ WHERE worker_id = %(worker_id)s AND claim_problem IS DISTINCT FROM %(problem)s;
+
+-- name: jobs_mark_waiting_storage
+-- Tell operators why runnable jobs of this worker's categories are not starting here:
+-- only rows without a reason yet (another host's reason stands), at most 100.
+UPDATE workflow_jobs j
+   SET status = 'queued', waiting_reason = %(reason)s, updated_at = now()
+ WHERE j.id IN (SELECT id FROM workflow_jobs
+                 WHERE status IN ('pending', 'queued')
+                   AND resource_category = ANY (%(categories)s::text[])
+                   AND (retry_after IS NULL OR retry_after <= now())
+                   AND waiting_reason IS NULL
+                 ORDER BY priority DESC, id
+                 LIMIT 100
+                   FOR UPDATE SKIP LOCKED);
+
+-- name: jobs_clear_waiting_storage
+-- This host's storage is healthy again: clear the reasons it gave.
+UPDATE workflow_jobs
+   SET waiting_reason = NULL, updated_at = now()
+ WHERE status IN ('pending', 'queued') AND waiting_reason = %(reason)s;
+
+-- name: workers_claim_problems
+-- Live workers that do not claim because of their storage.
+SELECT worker_id, host, claim_problem, heartbeat_at
+  FROM workers
+ WHERE status <> 'stopped' AND claim_problem IS NOT NULL
+ ORDER BY host, worker_id;
+
+-- name: workers_list
+-- Every worker not stopped long ago, with what it can run and why it may not claim.
+SELECT worker_id, host, pid, status, categories, started_at, heartbeat_at, version,
+       claim_problem
+  FROM workers
+ WHERE status <> 'stopped' OR stopped_at > now() - interval '1 day'
+ ORDER BY host, worker_id;

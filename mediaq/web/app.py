@@ -16,6 +16,7 @@ from mediaq import db
 from mediaq.config import Settings
 from mediaq.web import (
     api,
+    breakers,
     catalog,
     downloads,
     errors,
@@ -65,6 +66,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.include_router(api.dead_letters_router)
     app.include_router(catalog.router)
     app.include_router(assets_router)
+    app.include_router(breakers.router)
 
     @app.get("/healthz", tags=["service"])
     def healthz(request: Request) -> JSONResponse:

@@ -32,6 +32,7 @@ from mediaq import db
 from mediaq.config import Settings
 from mediaq.host_stats import load1, snapshot, watched_roots
 from mediaq.notify.outbox import shown_recipient
+from mediaq.web import breakers
 
 MIB = 1024 * 1024
 
@@ -56,6 +57,7 @@ class DatabaseCollector:
         yield _workers(conn)
         yield from _finished(conn)
         yield from _resources(conn, self.settings)
+        yield from breakers.metrics(conn)
 
 
 def _jobs(conn: db.Connection) -> Iterator[Metric]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -35,10 +36,13 @@ from mediaq.worker.maintenance.pruner import Pruner
 from mediaq.worker.maintenance.rescuer import Rescuer
 from mediaq.worker.outcomes import Abandoned, JobOutcome
 from mediaq.worker.resources import Capacity, read_gpu, vram_budget
+from mediaq.worker.storage_health import StorageWatch
 
 log = structlog.get_logger("mediaq.worker")
 
 BURST_RETRY_HORIZON_S = 60.0
+STORAGE_FIRST_CHECK_WAIT_S = 10.0
+EXIT_RECYCLE = 75  # sysexits' EX_TEMPFAIL: stuck steps abandoned, restart me
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,18 @@ class Worker:
                                settings.worker.lease_seconds, self.wake)
         self.pruner = Pruner(url, settings.storage.retention_days,
                              settings.storage.staging)
-        self.jobs_pool = ThreadPoolExecutor(max_workers=max(1, self.capacity.max_parallel),
-                                            thread_name_prefix="mediaq-job")
+        # Room for the threads of abandoned steps still stuck in native code (see
+        # mediaq/worker/watchdog.py): past that many, the worker recycles itself.
+        self.jobs_pool = ThreadPoolExecutor(
+            max_workers=max(1, self.capacity.max_parallel)
+            + settings.worker.recycle_after_abandoned,
+            thread_name_prefix="mediaq-job")
+        self.abandoned: set[int] = set()  # id() of the handles of abandoned, stuck steps
+        self.executor.watchdog.on_abandoned = self._abandoned
+        self.storage = StorageWatch(self.pool, settings.storage, worker_id=self.worker_id,
+                                    host=settings.worker.host_id,
+                                    categories=list(self.capacity.categories),
+                                    min_free_memory_mb=settings.worker.min_free_memory_mb)
         self.log = log.bind(worker_id=self.worker_id)
         self.processed = 0
         self.notifier = (Notifier(settings, url, notifier_id=f"{self.worker_id}:notify")
@@ -121,6 +135,10 @@ class Worker:
         if unserved:  # said once: such jobs wait for another worker (job_etas says so too)
             self.log.warning("worker:cannot_serve", categories=sorted(unserved),
                              reasons=unserved)
+        # The first storage check before the first claim: a bad root claims nothing (a
+        # hung mount stalls the check's thread, never this one: claims wait meanwhile).
+        self.storage.start()
+        self.storage.first_check.wait(STORAGE_FIRST_CHECK_WAIT_S)
         listener = threading.Thread(target=self._listen, name="mediaq-listen", daemon=True)
         listener.start()
         self.heartbeat.start()
@@ -176,6 +194,11 @@ class Worker:
 
     def _produce(self) -> None:
         while not self.stopping.is_set():
+            if self.options.burst and self.storage.problem is not None:
+                # Nothing can run here until an operator fixes the root: a burst run ends
+                # (the jobs wait for a healthy worker) rather than wait for ever.
+                self.log.error("worker:burst_storage_unhealthy", problem=self.storage.problem)
+                return
             claimed = self._claim_while_room()
             if claimed:
                 continue
@@ -206,6 +229,8 @@ class Worker:
             self.idle_categories -= named
 
     def _claim_while_room(self) -> bool:
+        if self.storage.problem is not None:
+            return False  # said by the storage watch: log, worker row, waiting reasons
         claimed_any = False
         for category in self.capacity.free_categories():
             if self.stopping.is_set():
@@ -240,8 +265,29 @@ class Worker:
         future = self.jobs_pool.submit(self.executor.run, handle, job.workflow_id)
         future.add_done_callback(functools.partial(self._finished, handle))
 
+    def _abandoned(self, handle: JobHandle) -> None:
+        """The watchdog abandoned this job's step (its outcome is written): stop renewing
+        its lease and free its slot; its thread may stay stuck, so past
+        ``recycle_after_abandoned`` such threads the worker drains and exits to be
+        restarted (a thread cannot be killed in process)."""
+        with self.running_lock:
+            if self.running.get(handle.job_id) is handle:
+                del self.running[handle.job_id]
+            self.abandoned.add(id(handle))
+            stuck = len(self.abandoned)
+        self.capacity.give_back(handle.category)
+        self.log.warning("worker:step_abandoned", job_id=handle.job_id,
+                         job_code=handle.job_code, stuck_threads=stuck)
+        if stuck >= self.settings.worker.recycle_after_abandoned:
+            self.log.error("worker:recycling", stuck_threads=stuck)
+            self.stop()
+        self._notice(handle.category)
+
     def _finished(self, handle: JobHandle, future: Future[JobOutcome]) -> None:
         with self.running_lock:
+            if id(handle) in self.abandoned:  # its slot was given back when abandoned
+                self.abandoned.discard(id(handle))
+                return
             self.running.pop(handle.job_id, None)
             self.processed += 1
         self.capacity.give_back(handle.category)
@@ -281,8 +327,12 @@ class Worker:
             leftovers = list(self.running.values())
         for handle in leftovers:
             handle.stop_signal.stop(Paused("worker shutting down"))
-        self.jobs_pool.shutdown(wait=True)
+        # Threads of abandoned steps may never return: wait for the others only.
+        while self.running and self.abandoned and time.monotonic() < deadline + 10:
+            time.sleep(0.1)
+        self.jobs_pool.shutdown(wait=not self.abandoned)
         self.heartbeat.halt.set()
+        self.storage.halt.set()
         self.rescuer.halt.set()
         self.pruner.halt.set()
         try:  # best effort: with the server gone, the workers view shows the lapse
@@ -292,3 +342,10 @@ class Worker:
             pass
         self.pool.close()
         self.log.info("worker:stopped", processed=self.processed)
+        if self.abandoned:
+            # The interpreter would wait at exit for the stuck threads: leave now, with a
+            # status that tells systemd (Restart=on-failure) to start a fresh worker.
+            self.log.error("worker:exit_with_stuck_steps", stuck_threads=len(self.abandoned))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_RECYCLE)

@@ -41,7 +41,8 @@ from mediaq.outputs import (
     staging_dir,
 )
 from mediaq.triggers.scan import submit_found_files
-from mediaq.worker import completer
+from mediaq.worker import completer, storage_health
+from mediaq.worker.breakers import Breakers
 from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.job_run import SINGLE, Item, JobRun, Step, load_run, plan_graph
@@ -65,6 +66,7 @@ from mediaq.worker.outcomes import (
     unstorable_reason,
 )
 from mediaq.worker.step_plan import Skip, plan_items
+from mediaq.worker.watchdog import Watchdog, abandon_step
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
 # importable from here for callers that build a run by hand (tests/test_errors.py).
@@ -126,6 +128,11 @@ class Executor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Operations that survive a bad day (issue 25): breakers on actions, and a hard
+        # deadline and stall detector over every step, kept by a thread of their own.
+        self.breakers = Breakers(settings)
+        self.watchdog = Watchdog(settings.worker.step_timeout_grace_seconds,
+                                 settings.worker.stall_seconds)
 
     def run(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
         """Run the job to an outcome, have it written (when the job is still ours) and
@@ -182,12 +189,19 @@ class Executor:
             plan_graph(run)
         except WorkflowError as exc:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
+        unhealthy = storage_health.hand_back_if_unhealthy(handle, self.settings)
+        if unhealthy is not None:
+            return unhealthy  # this host's storage is not fit: the job waits, unharmed
         try:
             run.input_path = check_input(run.context["input_file_path"],
                                          self.settings.storage.effective_input_roots,
                                          kind=_input_kind(run.order[0].action))
         except InputRefused as exc:
-            return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
+            # A missing input is the job's fault only where the roots are healthy.
+            unhealthy = storage_health.hand_back_if_unhealthy(handle, self.settings,
+                                                              fresh=True)
+            return unhealthy or self._fail(handle, JobFailed(ErrorClass.PERMANENT,
+                                                             exc.message))
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
         for group in self._step_groups(run):
@@ -235,6 +249,9 @@ class Executor:
                              reason=planned.reason, progress_percent=run.percent(step, done=True),
                              input_data={"action": step.action, "when": step.when})
             return None
+        waiting = self.breakers.admit(handle, step.action)  # an open breaker: wait, unharmed
+        if waiting is not None:
+            return waiting
         if isinstance(planned, StepFailed):  # its condition or list could not be evaluated
             execution_id = handle.start_step(
                 step_id=step.id, step_number=step.number, step_name=step.name,
@@ -291,7 +308,7 @@ class Executor:
         one, each with its own retry and failure rules), or the job's outcome when a stop
         request ended the attempt."""
         source = run.source_for(steps[0])
-        stop = self._stop_asked(handle)
+        stop = self._stop_asked(handle) or self.breakers.admit(handle, steps[0].action)
         if stop is not None:
             return stop
         first, last = steps[0], steps[-1]
@@ -317,11 +334,15 @@ class Executor:
                 ctx.deadline = min(together, run.job_deadline)
             fuse = get_action(first.action).fuse
             assert fuse is not None
-            if isolation_wanted(self.settings):
-                results = self._classified(first, run, lambda: run_isolated(
-                    first.action, contexts, fused=True, settings=self.settings))
-            else:
-                results = self._classified(first, run, lambda: fuse(contexts))
+            with self.watchdog.watching(handle, contexts[0].deadline, functools.partial(
+                    abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
+                    first, executions[0], SINGLE,
+                    also_close=tuple(zip(steps[1:], executions[1:], strict=True)))):
+                if isolation_wanted(self.settings):
+                    results = self._classified(first, run, lambda: run_isolated(
+                        first.action, contexts, fused=True, settings=self.settings))
+                else:
+                    results = self._classified(first, run, lambda: fuse(contexts))
         except (Cancelled, Paused, LeaseLost) as signal:
             for stage_dir in stage_dirs:
                 discard(stage_dir)
@@ -379,11 +400,14 @@ class Executor:
                                     percent_at_start + step_share * f, stage or step.name),
                                 item=item)
             fn = get_action(step.action).fn
-            if isolation_wanted(self.settings):  # in a child, under the step limits
-                result = self._classified(step, run, lambda: run_isolated(
-                    step.action, [ctx], fused=False, settings=self.settings)[0])
-            else:
-                result = self._classified(step, run, lambda: fn(ctx))
+            with self.watchdog.watching(handle, ctx.deadline, functools.partial(
+                    abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
+                    step, execution_id, item)):
+                if isolation_wanted(self.settings):  # in a child, under the step limits
+                    result = self._classified(step, run, lambda: run_isolated(
+                        step.action, [ctx], fused=False, settings=self.settings)[0])
+                else:
+                    result = self._classified(step, run, lambda: fn(ctx))
         except (Cancelled, Paused, LeaseLost) as signal:
             discard(stage_dir)
             return self._interrupted(handle, run, [(step, execution_id)], signal)
@@ -434,6 +458,7 @@ class Executor:
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
         discard(stage_dir)
+        self.breakers.succeeded(handle, step.action)
         if not last:
             self._remember_outputs(run, step, item, output_data)
         return None
@@ -531,6 +556,8 @@ class Executor:
         ``also_close``: executions of a one-pass run's later steps, closed as 'fused'
         first when the failure ends the attempt (the job must still be ours to close
         them)."""
+        if failure.error_class == ErrorClass.TRANSIENT:
+            self.breakers.failed(handle, step.action, failure.message)
         outcome = after_failure(
             failure, step, retries_used=int(run.context["retry_count"] or 0),
             max_retries=int(run.context["max_retries"] or 0),

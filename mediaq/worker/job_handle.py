@@ -48,6 +48,8 @@ class JobHandle:
     category: str
     stop_signal: StopSignal = field(default_factory=StopSignal)
     _last_progress: float = 0.0
+    progress_percent: float = -1.0
+    progress_moved_at: float = field(default_factory=time.monotonic)
 
     @property
     def fence(self) -> dict[str, Any]:
@@ -97,6 +99,8 @@ class JobHandle:
     def progress(self, percent: float, stage: str | None, *, force: bool = False) -> None:
         """Write progress at most every half second (and always when ``force``)."""
         now = time.monotonic()
+        if percent != self.progress_percent:  # the watchdog's stall detector reads these
+            self.progress_percent, self.progress_moved_at = percent, now
         if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now

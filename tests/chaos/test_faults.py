@@ -492,7 +492,9 @@ def test_disk_full_is_transient_and_leaves_nothing_half_written(
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
         code = mq.submit("C-FULL", source)
-        mq.start_worker(retry_max_seconds="0.5")
+        # No free-space floor: this is the disk filling up under a running step (with the
+        # floor the worker would not claim at all: tests/test_storage_health.py).
+        mq.start_worker(retry_max_seconds="0.5", output_free_floor_mb="0")
         failed = wait_for(lambda: mq.query(
             "SELECT se.error_class, se.error_message FROM step_executions se JOIN workflow_jobs"
             " j ON j.id = se.job_id WHERE j.job_code = %s AND se.status = 'failed'", (code,)),
