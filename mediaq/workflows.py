@@ -296,7 +296,7 @@ def fallback_category(doc: dict[str, Any]) -> str | None:
 
 
 def seed(conn: db.Connection) -> list[ApplyResult]:
-    """Install (or update) the five built-in workflows of ``mediaq/seed_workflows/``."""
+    """Install (or update) the built-in workflows of ``mediaq/seed_workflows/``."""
     return [apply(conn, load_file(path)) for path in sorted(SEED_DIR.glob("*.yaml"))]
 
 

@@ -21,6 +21,7 @@ SEEDED = {
     "WF-AUDIO-TRANSCODE": ("cpu", 0, 6, 4, "audio_processing"),
     "WF-DOC-PROCESS": ("cpu", 0, 5, 4, "document_processing"),
     "WF-VIDEO-ANALYZE": ("gpu_ai", 6000, 6, 6, "video_analysis"),
+    "WF-VIDEO-CHUNKED": ("cpu", 0, 6, 5, "video_processing"),
 }
 
 
@@ -46,7 +47,7 @@ def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
 # -- seed ---------------------------------------------------------------------------------
 
 
-def test_seed_installs_the_five_workflows_once(mq: MediaqEnv) -> None:
+def test_seed_installs_the_seeded_workflows_once(mq: MediaqEnv) -> None:
     out = mq.cli("workflows", "seed").stdout
     assert sorted(out.strip().splitlines()) == sorted(f"{c}: version 1" for c in SEEDED)
     rows = current(mq)
@@ -67,8 +68,8 @@ def test_seed_installs_the_five_workflows_once(mq: MediaqEnv) -> None:
     again = mq.cli("workflows", "seed").stdout
     assert sorted(again.strip().splitlines()) == sorted(
         f"{c}: version 1 (unchanged)" for c in SEEDED)
-    assert definitions(mq) == 5
-    assert int(mq.one("SELECT count(*) AS n FROM workflow_steps")["n"]) == 7 + 5 + 6 + 5 + 6
+    assert definitions(mq) == len(SEEDED)
+    assert int(mq.one("SELECT count(*) AS n FROM workflow_steps")["n"]) == 7 + 5 + 6 + 5 + 6 + 6
 
 
 def test_seeded_workflows_export_and_reapply_unchanged(mq: MediaqEnv) -> None:
@@ -82,7 +83,7 @@ def test_seeded_workflows_export_and_reapply_unchanged(mq: MediaqEnv) -> None:
             result = workflows.apply(conn, workflows.normalise(yaml.safe_load(text)))
             assert (result.version, result.changed) == (1, False), code
         conn.commit()
-    assert definitions(mq) == 5
+    assert definitions(mq) == len(SEEDED)
 
 
 # -- apply, versions ----------------------------------------------------------------------

@@ -18,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from av.video.frame import VideoFrame
+from av.video.frame import PictureType, VideoFrame
 
 from mediaq.actions import action
 from mediaq.actions.avio import (
@@ -35,7 +35,7 @@ from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.actions.encoder_options import SPEEDS, Encoding, video_settings
 from mediaq.actions.frames import Scaler
 from mediaq.actions.hardware import decide_video_encoder
-from mediaq.actions.media_output import media_output
+from mediaq.actions.media_output import MediaOutput, media_output
 from mediaq.errors import PermanentError, TransientError
 
 CHUNK_CODECS = ["h264", "hevc", "av1"]
@@ -59,6 +59,8 @@ ENCODE_CHUNK_SCHEMA: dict[str, Any] = {
         "maxrate": BITRATE_SCHEMA,
         "bufsize": BITRATE_SCHEMA,
         "gop_seconds": {"type": "number", "minimum": 0.1, "maximum": 20, "default": 2},
+        # Encoded before each chunk (but the first) and dropped: see encode_chunk.
+        "preroll_seconds": {"type": "number", "minimum": 0, "maximum": 10, "default": 1},
         "width": {"type": "integer", "minimum": 16, "maximum": 8192},
         "height": {"type": "integer", "minimum": 16, "maximum": 8192},
         # Chunks encoded on different hosts must use one encoder: software by default.
@@ -69,6 +71,7 @@ ENCODE_CHUNK_SCHEMA: dict[str, Any] = {
     "required": ["chunk_index", "frame_count", "start_pts"],
 }
 MP4 = {"movflags": "+faststart"}
+FORCED_IDR = {"libx264": {"forced-idr": "1"}, "libx265": {"forced-idr": "1"}}
 
 
 def chunk_rate(stream: Any) -> Fraction:
@@ -86,61 +89,107 @@ def encode_chunk(ctx: ActionContext) -> ActionResult:
     source = ctx.source_path
     choice = decide_video_encoder(params["codec"], params["hardware"], ctx)
     path = ctx.output_path(f"{source.stem}_chunk{index:05d}.mp4")
+    start = params["start_pts"]
     with open_media(source) as container, reading(source):
         stream: Any = container.streams.video[0]
         stream.codec_context.thread_type = "AUTO"
-        rate = chunk_rate(stream)
-        encoding = Encoding(rate_control="capped_crf" if params.get("maxrate") else "crf",
-                            crf=params["crf"], speed=params["speed"],
-                            maxrate=parse_bitrate(params.get("maxrate")),
-                            bufsize=parse_bitrate(params.get("bufsize")),
-                            gop_seconds=params["gop_seconds"], closed_gop=True)
-        settings = video_settings(choice.encoder, encoding, rate)
-        width = params.get("width") or stream.codec_context.width
-        height = params.get("height") or stream.codec_context.height
+        tb = Fraction(stream.time_base)
+        # The frames before the chunk are encoded and thrown away (not chunk 0's: it
+        # starts the film): the encoder's rate control then meets the chunk's first frame
+        # with the history a one-pass encode has there, instead of a cold start that codes
+        # it worse than any other GOP's first frame.
+        preroll = round(Fraction(params["preroll_seconds"]) / tb) if index else 0
         with media_output(path, format="mp4", options=MP4) as out:
-            def make(c: Any) -> Any:
-                video: Any = c.add_stream(choice.encoder, rate=rate)
-                video.width, video.height = width, height
-                video.pix_fmt = settings.pix_fmt
-                video.codec_context.time_base = stream.time_base
-                video.time_base = stream.time_base
-                video.codec_context.thread_type = "FRAME"
-                video.options = dict(settings.options)
-                if settings.bit_rate:
-                    video.codec_context.bit_rate = settings.bit_rate
-                if settings.gop:
-                    video.codec_context.gop_size = settings.gop
-                if params["codec"] == "hevc":
-                    video.codec_tag = "hvc1"
-                return video
-
-            video = out.add_stream(make, drain=lambda s: s.encode(None))
-            scale = Scaler(width, height)
+            encoder = ChunkEncoder(out, choice.encoder, params, stream)
             encoded = 0
-            for frame in chunk_frames(ctx, container, stream):
+            for frame in chunk_frames(ctx, container, stream, start - preroll):
                 assert frame.pts is not None
-                frame.pts -= params["start_pts"]
-                shaped = scale.fresh(frame)
-                if settings.pix_fmt != "yuv420p":
-                    shaped = shaped.reformat(format=settings.pix_fmt)
-                out.mux(video.encode(shaped))
-                encoded += 1
-                if encoded % 25 == 0:
+                frame.pts -= start
+                encoded += encoder.encode(frame, first=frame.pts == 0)
+                if encoded and encoded % 25 == 0:
                     ctx.progress(encoded / params["frame_count"], f"chunk {index}")
+            encoder.flush()
             if encoded != params["frame_count"]:
                 raise PermanentError(f"{source.name}: chunk {index} has {encoded} frames, "
                                      f"the plan says {params['frame_count']} (source changed?)")
     return ActionResult(
         outputs=[OutputFile(path, role="sidecar", meta={"kind": "chunk", "chunk_index": index})],
-        data={"chunk_index": index, "start_pts": params["start_pts"], "frame_count": encoded,
-              "time_base": str(Fraction(stream.time_base)), "encoder": choice.encoder,
-              "file": path.name})
+        data={"chunk_index": index, "start_pts": start, "frame_count": encoded,
+              "time_base": str(tb), "encoder": choice.encoder, "file": path.name,
+              "preroll_frames": encoder.dropped})
 
 
-def chunk_frames(ctx: ActionContext, container: Any, stream: Any) -> Iterator[VideoFrame]:
-    """The decoded frames whose pts lie in [start_pts, end_pts), in presentation order."""
-    start, end = ctx.params["start_pts"], ctx.params.get("end_pts")
+class ChunkEncoder:
+    """One chunk's video encoder: frames in, the chunk's packets (the preroll's dropped)
+    into the chunk file."""
+
+    def __init__(self, out: MediaOutput, encoder: str, params: dict[str, Any],
+                 source: Any) -> None:
+        rate = chunk_rate(source)
+        encoding = Encoding(rate_control="capped_crf" if params.get("maxrate") else "crf",
+                            crf=params["crf"], speed=params["speed"],
+                            maxrate=parse_bitrate(params.get("maxrate")),
+                            bufsize=parse_bitrate(params.get("bufsize")),
+                            gop_seconds=params["gop_seconds"], closed_gop=True)
+        self.settings = settings = video_settings(encoder, encoding, rate)
+        self.width = params.get("width") or source.codec_context.width
+        self.height = params.get("height") or source.codec_context.height
+        self.out = out
+        self.dropped = 0
+        self.started = False
+
+        def make(container: Any) -> Any:
+            video: Any = container.add_stream(encoder, rate=rate)
+            video.width, video.height = self.width, self.height
+            video.pix_fmt = settings.pix_fmt
+            video.codec_context.time_base = source.time_base
+            video.time_base = source.time_base
+            video.codec_context.thread_type = "FRAME"
+            # forced-idr: the chunk's first frame, forced to a keyframe after a preroll,
+            # is an IDR frame, which nothing after it may refer across.
+            video.options = {**settings.options, **FORCED_IDR.get(encoder, {})}
+            if settings.bit_rate:
+                video.codec_context.bit_rate = settings.bit_rate
+            if settings.gop:
+                video.codec_context.gop_size = settings.gop
+            if params["codec"] == "hevc":
+                video.codec_tag = "hvc1"
+            return video
+
+        self.stream = out.add_stream(make)
+        self.scale = Scaler(self.width, self.height)
+
+    def encode(self, frame: VideoFrame, *, first: bool) -> int:
+        """Encode ``frame`` (pts relative to the chunk's first frame); 1 if it belongs to
+        the chunk, 0 for a preroll frame."""
+        shaped = self.scale.fresh(frame)
+        if first:
+            shaped.pict_type = PictureType.I
+        if self.settings.pix_fmt != "yuv420p":
+            shaped = shaped.reformat(format=self.settings.pix_fmt)
+        self._keep(self.stream.encode(shaped))
+        return 0 if shaped.pts is not None and shaped.pts < 0 else 1
+
+    def flush(self) -> None:
+        self._keep(self.stream.encode(None))
+
+    def _keep(self, packets: list[Any]) -> None:
+        for packet in packets:
+            if packet.pts is not None and packet.pts < 0:
+                self.dropped += 1
+                continue
+            if not self.started:
+                if not packet.is_keyframe:
+                    raise PermanentError(f"{self.out.path.name}: the encoder did not start "
+                                         "the chunk with a keyframe")
+                self.started = True
+            self.out.mux(packet)
+
+
+def chunk_frames(ctx: ActionContext, container: Any, stream: Any,
+                 start: int) -> Iterator[VideoFrame]:
+    """The decoded frames whose pts lie in [start, end_pts), in presentation order."""
+    end = ctx.params.get("end_pts")
     floor = (stream.start_time or 0) - 1
     back = 0
     while True:

@@ -58,13 +58,13 @@ def stitch_video(ctx: ActionContext) -> ActionResult:
         try:
             check_same_settings(inputs, chunks)
             video_out = out.add_stream(
-                lambda c: c.add_stream_from_template(inputs[0].streams.video[0]))
+                lambda c: c.add_stream_from_template(inputs[0].streams.video[0], opaque=True))
             video_out.time_base = source_tb
             streams: list[Iterator[tuple[float, int, Any]]] = [
                 video_packets(ctx, inputs, chunks, video_out, source_tb, origin_pts, total)]
             if audio_in is not None:
                 audio_out = out.add_stream(
-                    lambda c: c.add_stream_from_template(audio_in.streams.audio[0]))
+                    lambda c: c.add_stream_from_template(audio_in.streams.audio[0], opaque=True))
                 streams.append(audio_packets(audio_in, audio_out))
             write_interleaved(out, streams)
         finally:
