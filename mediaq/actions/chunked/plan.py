@@ -8,6 +8,7 @@ their keyframe) belong to the chunk before, which decodes them.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from dataclasses import dataclass
 from fractions import Fraction
@@ -71,11 +72,11 @@ def read_frames(ctx: ActionContext) -> tuple[SourceFrames, bool, float]:
 def scene_cut_keyframes(frames: SourceFrames) -> set[int]:
     """Indexes of keyframes that came sooner than the source's usual GOP (scene cuts)."""
     keys = [i for i, key in enumerate(frames.keyframe) if key]
-    gaps = [frames.pts[b] - frames.pts[a] for a, b in zip(keys, keys[1:], strict=False)]
+    gaps = [frames.pts[b] - frames.pts[a] for a, b in itertools.pairwise(keys)]
     if len(gaps) < 3:
         return set()
     usual = statistics.median(gaps)
-    return {b for a, b in zip(keys, keys[1:], strict=False)
+    return {b for a, b in itertools.pairwise(keys)
             if frames.pts[b] - frames.pts[a] < SCENE_CUT_GOP_FRACTION * usual}
 
 

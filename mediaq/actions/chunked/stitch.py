@@ -90,7 +90,8 @@ def ordered_chunks(ctx: ActionContext) -> list[dict[str, Any]]:
                              "complete")
     chunks = sorted(items, key=lambda item: item["chunk_index"])
     if [c["chunk_index"] for c in chunks] != list(range(len(chunks))):
-        raise PermanentError(f"stitch_video: the chunks of step '{step}' are not 0..{len(chunks) - 1}")
+        raise PermanentError(f"stitch_video: the chunks of step '{step}' are not numbered "
+                             f"0 to {len(chunks) - 1}")
     return chunks
 
 
