@@ -27,6 +27,7 @@ class ChunkedRun:
     cpu: dict[str, float] = field(default_factory=dict)
     wall: dict[str, float] = field(default_factory=dict)
     chunk_wall: list[float] = field(default_factory=list)
+    chunk_cpu: list[float] = field(default_factory=list)
 
 
 def _timed(run: ChunkedRun, key: str, fn: Any) -> Any:
@@ -54,9 +55,10 @@ def run_chunked(source: Path, out: Path, *, chunk_seconds: float, audio: bool = 
     items = []
     for item in run.plan["chunks"]:
         chunk_ctx = action_context("encode_chunk", source, out, {**item, **encode})
-        before = time.perf_counter()
+        before, before_cpu = time.perf_counter(), time.process_time()
         result = _timed(run, "chunks", lambda c=chunk_ctx: get_action("encode_chunk").fn(c))
         run.chunk_wall.append(time.perf_counter() - before)
+        run.chunk_cpu.append(time.process_time() - before_cpu)
         items.append(recorded(result))
         run.chunk_files.append(result.outputs[0].staging_path)
     needs: dict[str, Any] = {"encode_chunks": items}

@@ -60,7 +60,7 @@ ENCODE_CHUNK_SCHEMA: dict[str, Any] = {
         "bufsize": BITRATE_SCHEMA,
         "gop_seconds": {"type": "number", "minimum": 0.1, "maximum": 20, "default": 2},
         # Encoded before each chunk (but the first) and dropped: see encode_chunk.
-        "preroll_seconds": {"type": "number", "minimum": 0, "maximum": 10, "default": 1},
+        "preroll_seconds": {"type": "number", "minimum": 0, "maximum": 10, "default": 0.5},
         "width": {"type": "integer", "minimum": 16, "maximum": 8192},
         "height": {"type": "integer", "minimum": 16, "maximum": 8192},
         # Chunks encoded on different hosts must use one encoder: software by default.
