@@ -31,7 +31,7 @@ from tests.chunk_judge import (
     start_times,
 )
 from tests.helpers import MediaqEnv, action_context
-from tests.media_judge import ffmpeg, needs_ffmpeg
+from tests.media_judge import ffmpeg, needs_ffmpeg, video_stream
 
 pytestmark = needs_ffmpeg
 
@@ -215,6 +215,8 @@ def test_other_codecs_stitch_too(codec: str, sources: dict[str, Path], tmp_path:
     with av.open(str(run.output)) as container:
         assert container.streams.video[0].codec_context.name in {
             "hevc": {"hevc"}, "av1": {"libdav1d", "av1", "libaom-av1"}}[codec]
+    if codec == "hevc":  # parameter sets out of band, as Apple players want
+        assert video_stream(run.output)["codec_tag_string"] == "hvc1"
 
 
 def test_the_stitch_refuses_missing_or_mismatched_chunks(sources: dict[str, Path],
@@ -246,6 +248,12 @@ def test_the_stitch_refuses_missing_or_mismatched_chunks(sources: dict[str, Path
 
 def test_the_seeded_workflow_redoes_a_failed_chunk_alone(mq: MediaqEnv,
                                                          sources: dict[str, Path]) -> None:
+    mq.seed()
+    shown = mq.cli("workflows", "show", "WF-VIDEO-CHUNKED").stdout
+    graph = shown[shown.index("Graph"):].splitlines()[1:]
+    # The chunks and the audio side by side, after the split, before the stitch.
+    (stage,) = [line for line in graph if "Encode Chunks" in line]
+    assert stage.startswith("stage 3") and "Encode Audio" in "\n".join(graph[2:4])
     doc = yaml.safe_load((SEED_DIR / "wf-video-chunked.yaml").read_text(encoding="utf-8"))
     steps = {s["step_name"]: s for s in doc["steps"]}
     steps["Split"]["parameters"]["chunk_seconds"] = 8

@@ -60,6 +60,11 @@ def stitch_video(ctx: ActionContext) -> ActionResult:
             video_out = out.add_stream(
                 lambda c: c.add_stream_from_template(inputs[0].streams.video[0], opaque=True))
             video_out.time_base = source_tb
+            # The chunks' sample entry (hvc1: parameter sets out of band, what Apple
+            # players want), which a stream made from a template does not carry over.
+            template = inputs[0].streams.video[0]
+            if template.codec_tag:
+                video_out.codec_tag = template.codec_tag
             streams: list[Iterator[tuple[float, int, Any]]] = [
                 video_packets(ctx, inputs, chunks, video_out, source_tb, origin_pts, total)]
             if audio_in is not None:
