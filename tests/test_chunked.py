@@ -60,6 +60,10 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "open_gop": (["-f", "lavfi", "-i", GRAINY.format(rate=25), "-itsoffset", "1",
                       *SINE, "-t", "20", *X264, "-bf", "3", "-x264-params",
                       "open-gop=1:keyint=40", "-c:a", "aac", "-shortest"], "open_gop.mkv"),
+        # MPEG-TS: both streams near 11.4 s, the audio 0.5 s after the video.
+        "ts": (["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25", "-itsoffset", "0.5",
+                *SINE, "-map", "0:v", "-map", "1:a", "-t", "12", *X264, "-g", "25",
+                "-c:a", "aac", "-output_ts_offset", "10"], "offset.ts"),
         # Short, for the other codecs.
         "short": (["-f", "lavfi", "-i", GRAINY.format(rate=25), "-t", "6", *X264, "-g",
                    "25"], "short.mp4"),
@@ -196,6 +200,14 @@ def test_open_gops_with_b_frames_and_late_audio(sources: dict[str, Path],
     check_stitched(source, run.output, audio=True)
     starts = start_times(run.output)
     assert starts["audio"] - starts["video"] == pytest.approx(1.0, abs=2 * AV_TOLERANCE)
+
+
+def test_an_mpeg_ts_source_starts_at_zero_with_its_audio_offset(
+        sources: dict[str, Path], tmp_path: Path) -> None:
+    run = run_chunked(sources["ts"], tmp_path / "out", chunk_seconds=4, speed="ultrafast")
+    assert run.plan["origin"] == pytest.approx(11.4, abs=0.01)
+    check_stitched(sources["ts"], run.output, audio=True)
+    assert start_times(run.output)["video"] == 0.0
 
 
 def test_without_audio_the_stitch_is_video_only(sources: dict[str, Path],
