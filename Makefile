@@ -46,7 +46,7 @@ test-deps: ## Install the Debian packages the tests use (ffmpeg, chromium, Image
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(STAMP) ## Ratios from one run: queue vs pgqueuer/procrastinate, scale, media vs the ffmpeg CLI, images, upload memory (BENCH_QUICK=1: shorter)
+bench: $(STAMP) ## Ratios from one run: queue, graphs, scale, media vs the ffmpeg CLI, images, upload memory, library, chunked vs one pass (BENCH_QUICK=1: shorter)
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.graph
 	$(BIN)/python -m benchmarks.scale
@@ -54,6 +54,7 @@ bench: $(STAMP) ## Ratios from one run: queue vs pgqueuer/procrastinate, scale, 
 	$(BIN)/python -m benchmarks.images
 	$(BIN)/python -m benchmarks.uploads
 	$(BIN)/python -m benchmarks.library
+	$(BIN)/python -m benchmarks.chunked
 
 chaos: $(STAMP) ## The reliability suite in full: faults, load and hostile input, with figures
 	MEDIAQ_CHAOS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos

@@ -23,6 +23,7 @@ SEEDED = {
     "WF-VIDEO-ANALYZE": ("gpu_ai", 6000, 6, 6, "video_analysis"),
     "WF-VIDEO-HIGHLIGHTS": ("cpu", 0, 6, 5, "video_processing"),
     "WF-LIBRARY-TAG": ("cpu", 0, 3, 3, "media_library"),
+    "WF-VIDEO-CHUNKED": ("cpu", 0, 6, 5, "video_processing"),
 }
 
 
@@ -48,7 +49,7 @@ def one_line_error(result) -> str:  # type: ignore[no-untyped-def]
 # -- seed ---------------------------------------------------------------------------------
 
 
-def test_seed_installs_the_seven_workflows_once(mq: MediaqEnv) -> None:
+def test_seed_installs_the_seeded_workflows_once(mq: MediaqEnv) -> None:
     out = mq.cli("workflows", "seed").stdout
     assert sorted(out.strip().splitlines()) == sorted(f"{c}: version 1" for c in SEEDED)
     rows = current(mq)
@@ -70,7 +71,8 @@ def test_seed_installs_the_seven_workflows_once(mq: MediaqEnv) -> None:
     assert sorted(again.strip().splitlines()) == sorted(
         f"{c}: version 1 (unchanged)" for c in SEEDED)
     assert definitions(mq) == len(SEEDED)
-    assert int(mq.one("SELECT count(*) AS n FROM workflow_steps")["n"]) == 7 + 5 + 6 + 5 + 6 + 6 + 3
+    steps = int(mq.one("SELECT count(*) AS n FROM workflow_steps")["n"])
+    assert steps == 7 + 5 + 6 + 5 + 6 + 6 + 3 + 6
 
 
 def test_seeded_workflows_export_and_reapply_unchanged(mq: MediaqEnv) -> None:

@@ -27,7 +27,8 @@ def _report(results: list[workflows.ApplyResult]) -> None:
 @workflows_group.command("seed")
 @pass_env
 def seed(env: Env) -> None:
-    """Install the five built-in workflows (video, image, audio, document, analysis; idempotent)."""
+    """Install the built-in workflows (video, chunked video, image, audio, document,
+    analysis; idempotent)."""
     with env.connect() as conn:
         _report(workflows.seed(conn))
 
