@@ -304,7 +304,9 @@ def test_each_step_outcome_closes_its_execution_in_one_commit(
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    settings = Settings().replace(home=tmp_path)
+    # No database behind the recording handle: the action breakers (which read theirs)
+    # are off, as in every test but tests/test_breakers.py.
+    settings = Settings().replace(home=tmp_path, action_breaker_threshold=0)
     settings.storage.effective_input_roots[0].mkdir(parents=True)
     return settings
 

@@ -152,7 +152,9 @@ def run_job(settings: Settings, monkeypatch: pytest.MonkeyPatch, handle: Recorde
 
 @pytest.fixture
 def tmp_settings(tmp_path: Path) -> Settings:
-    settings = Settings().replace(home=tmp_path)
+    # No database behind the recording handle: the action breakers (which read theirs)
+    # are off, as in every test but tests/test_breakers.py.
+    settings = Settings().replace(home=tmp_path, action_breaker_threshold=0)
     settings.storage.effective_input_roots[0].mkdir(parents=True)
     return settings
 
