@@ -1101,3 +1101,10 @@ SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 SELECT job_code FROM workflow_jobs
  WHERE job_code = ANY (%(codes)s::text[])
    AND status NOT IN (SELECT status FROM job_statuses WHERE terminal);
+
+-- name: storage_attempts_live
+-- Of these job codes, (job_code, attempt) of those running now: an object-storage staging
+-- prefix <code>.a<attempt>.… of any other attempt belongs to a dead attempt.
+SELECT job_code, attempt FROM workflow_jobs
+ WHERE job_code = ANY (%(codes)s::text[])
+   AND status = 'processing';
