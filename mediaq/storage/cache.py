@@ -99,7 +99,7 @@ class InputCache:
                 on_progress(min(received / info.size, 1.0), "downloading")
 
         try:
-            s3ops.download(s3, uri, partial, settings, on_bytes, info.etag)
+            s3ops.download(s3, uri, partial, settings, on_bytes, info)
             self._verify(uri, partial, info)
             os.replace(partial, entry / _DATA)
         finally:

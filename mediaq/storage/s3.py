@@ -158,13 +158,14 @@ def head(s3: Any, uri: S3Uri, *, missing: type[PermanentError] = InputRefused) -
 
 
 def download(s3: Any, uri: S3Uri, target: Path, settings: ClientSettings,
-             on_bytes: Callable[[int], None], etag: str) -> None:
-    """Stream the object into ``target``; only the version with ``etag`` (a changed
-    object mid-download fails, it does not mix versions)."""
+             on_bytes: Callable[[int], None], info: ObjectInfo) -> None:
+    """Stream the object into ``target``: the version HEAD saw where the bucket keeps
+    versions (the transfer manager itself pins ranged parts to one ETag; the cache then
+    checks size and ETag)."""
+    extra = {"VersionId": info.version_id} if info.version_id else {}
     with translated(uri, s3, missing=InputRefused):
-        s3.download_file(uri.bucket, uri.key, str(target),
-                         ExtraArgs={"IfMatch": f'"{etag}"'}, Callback=on_bytes,
-                         Config=transfer_config(settings))
+        s3.download_file(uri.bucket, uri.key, str(target), ExtraArgs=extra,
+                         Callback=on_bytes, Config=transfer_config(settings))
 
 
 def upload(s3: Any, source: Path, uri: S3Uri, settings: ClientSettings,
