@@ -109,6 +109,12 @@ def check_outputs(store: Store, job: dict[str, Any]) -> list[dict[str, Any]]:
         assert len(data) == output["size_bytes"]
         assert hashlib.sha256(data).hexdigest() == output["sha256"]
     assert job["output_file_path"].startswith("s3://")
+    manifests = [o for o in outputs if o["path"].endswith("_manifest.json")]
+    for entry in manifests:  # finalize_job's manifest names the same objects
+        manifest = json.loads(store.get(entry["path"]))
+        assert {(o["path"], o["sha256"]) for o in manifest["outputs"]} <= {
+            (o["path"], o["sha256"]) for o in outputs}
+        assert all("local_path" not in o for o in manifest["outputs"])
     return list(outputs)
 
 
@@ -127,7 +133,7 @@ def test_image_workflow_from_every_door_into_an_s3_output_root(store: Store) -> 
     by_cli = mq.submit("WF-IMAGE-PROCESS", photo)
     by_sql = mq.one("SELECT job_code FROM submit_job('WF-IMAGE-PROCESS', %s)",
                     (photo,))["job_code"]
-    mq.query("INSERT INTO workflow_jobs (workflow_id, input_file_path) SELECT workflow_id, %s"
+    mq.query("INSERT INTO workflow_jobs (workflow_id, input_file_path) SELECT id, %s"
              " FROM workflow_definitions WHERE workflow_code = 'WF-IMAGE-PROCESS'", (photo,))
     by_insert = mq.one("SELECT job_code FROM workflow_jobs WHERE job_code NOT IN (%s, %s)",
                        (by_cli, by_sql))["job_code"]
@@ -147,11 +153,6 @@ def test_image_workflow_from_every_door_into_an_s3_output_root(store: Store) -> 
         thumb = next(o for o in outputs if o["role"] == "thumbnail")
         with Image.open(io.BytesIO(store.get(thumb["path"]))) as image:
             assert max(image.size) <= 300
-        manifest_entry = next(o for o in outputs if o["path"].endswith("_manifest.json"))
-        manifest = json.loads(store.get(manifest_entry["path"]))
-        assert {(o["path"], o["sha256"]) for o in manifest["outputs"]} <= {
-            (o["path"], o["sha256"]) for o in outputs}
-        assert all("local_path" not in o for o in manifest["outputs"])
     # Four jobs, one input: fetched once on this host, three cache hits.
     entries = [p for p in (mq.root / "cache").iterdir() if p.is_dir()]
     assert len(entries) == 1
@@ -174,6 +175,7 @@ def test_audio_and_video_workflows_on_s3(store: Store) -> None:
     mq.run_burst("--vram-mb", "8000", timeout=480)
     job = mq.job(audio)
     assert job["status"] == "completed", job["error_message"]
+    assert any(o["path"].endswith("_manifest.json") for o in job["output_metadata"]["outputs"])
     for output in check_outputs(store, job):
         if output["path"].endswith(".mp3"):
             assert head_type(store, output["path"]) == "audio/mpeg"

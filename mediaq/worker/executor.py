@@ -469,7 +469,7 @@ class Executor:
         last = run.is_last(step, item)
         known = len(run.outputs)
         if last:
-            self._remember_outputs(run, step, item, output_data)
+            self._remember_outputs(run, step, item, output_data, fresh=True)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
                                 output_dir=output_dir,
                                 completes=run.completion() if last else None)
@@ -505,7 +505,7 @@ class Executor:
             handle.finalize_remote = None
             self.objects.discard(stage_dir)
         if not last:
-            self._remember_outputs(run, step, item, output_data)
+            self._remember_outputs(run, step, item, output_data, fresh=True)
         return None
 
     def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
@@ -573,7 +573,7 @@ class Executor:
                 "seconds": round(seconds, 3)}
 
     def _remember_outputs(self, run: JobRun, step: Step, item: Item,
-                          output_data: dict[str, Any]) -> None:
+                          output_data: dict[str, Any], fresh: bool = False) -> None:
         """What a finished step (item) gave: the job's outputs, the result the steps that
         need it see, and its primary output (the source of the steps after it)."""
         run.outputs.extend(output_data.get("outputs", []))
@@ -581,15 +581,17 @@ class Executor:
             run.results[step.number] = output_data
             primary = output_data.get("primary")
             if primary:
-                run.primaries[step.number] = self._local(primary, output_data)
+                run.primaries[step.number] = self._local(primary, output_data, fresh=fresh)
         else:
             items = run.results.setdefault(step.number, [None] * item.count)
             items[item.index] = output_data
 
-    def _local(self, location: str, output_data: dict[str, Any] | None = None) -> Path:
+    def _local(self, location: str, output_data: dict[str, Any] | None = None,
+               fresh: bool = False) -> Path:
         """A path this host can open for a recorded output: an ``s3://`` object is read
         from this host's copy in the local output folder when its size and SHA-256 still
-        match the record (the step ran here), else fetched through the cache."""
+        match the record (the step ran here; ``fresh``: it is being committed now, its
+        copy lands there with the commit), else fetched through the cache."""
         if not is_s3(location):
             return Path(self.objects.path_map.to_local(location))
         record = next((o for o in (output_data or {}).get("outputs", [])
@@ -597,6 +599,8 @@ class Executor:
         name = location.rsplit("/", 1)[-1]
         job_code = location.rsplit("/", 2)[-2]
         here = job_output_dir(self.settings.storage.outputs, job_code) / name
+        if fresh:
+            return here
         if record is not None and here.is_file() and (
                 here.stat().st_size == record.get("size_bytes")
                 and sha256_of(here) == record.get("sha256")):
