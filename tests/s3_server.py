@@ -101,11 +101,14 @@ class HoldingProxy:
                 answer = conn.getresponse()
                 data = answer.read()
                 self.send_response(answer.status)
+                # A HEAD answer's Content-Length is the object's size: keep it.
+                dropped = ("transfer-encoding", "connection") + (
+                    () if self.command == "HEAD" else ("content-length",))
                 for key, value in answer.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection",
-                                           "content-length"):
+                    if key.lower() not in dropped:
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

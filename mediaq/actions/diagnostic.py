@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 from mediaq.actions import action
@@ -35,12 +36,13 @@ def echo(ctx: ActionContext) -> ActionResult:
 def sleep(ctx: ActionContext) -> ActionResult:
     """Sleep for ``seconds``, plus ``seconds_per_mb`` of the input's size (work that grows
     with the input, as a transcode does), reporting progress and honouring cancel.
-    ``output_bytes``: first write an output of that many (seeded random) bytes, so that
-    publishing can be tested around a worker stopped mid-step."""
+    ``output_bytes``: first write an output of that many random bytes (seeded by the job
+    and the process: two workers' outputs differ), so that publishing can be tested
+    around a worker stopped or killed mid-step."""
     outputs = []
     if ctx.params["output_bytes"]:
         path = ctx.output_path(f"{ctx.job_code}_sleep{ctx.step_number}.bin")
-        path.write_bytes(random.Random(ctx.job_code).randbytes(int(ctx.params["output_bytes"])))
+        path.write_bytes(random.Random(f"{ctx.job_code}:{os.getpid()}").randbytes(int(ctx.params["output_bytes"])))
         outputs.append(OutputFile(path, role="primary"))
     per_mb = float(ctx.params["seconds_per_mb"])
     size_mb = ctx.input_path.stat().st_size / 1e6 if per_mb else 0.0

@@ -49,8 +49,10 @@ class S3Uri:
         return posixpath.basename(self.key.rstrip("/"))
 
     def child(self, *parts: str) -> S3Uri:
-        """The object ``parts`` below this prefix."""
-        return S3Uri(self.bucket, self.key + "/".join(p.strip("/") for p in parts))
+        """The object (or, when the last part ends with "/", the prefix) ``parts``
+        below this prefix."""
+        key = self.key + "/".join(p.strip("/") for p in parts)
+        return S3Uri(self.bucket, key + "/" if parts and parts[-1].endswith("/") else key)
 
     def within(self, root: S3Uri) -> bool:
         return self.bucket == root.bucket and self.key.startswith(root.key)
