@@ -103,9 +103,10 @@ def _location(item: str) -> Path | str:
 
 def locations(raw: Any) -> tuple[Path | str, ...]:
     """Folders and ``s3://bucket/prefix/`` roots: a list, or one string separated by
-    commas (or by colons when no item is an s3:// prefix)."""
+    commas or colons (an s3:// prefix is never split at its own colon)."""
     if isinstance(raw, str):
-        items = raw.split(",") if ("," in raw or "://" in raw) else raw.split(":")
+        items = [part for item in raw.split(",")
+                 for part in ([item] if "://" in item else item.split(":"))]
     elif isinstance(raw, list | tuple) and all(isinstance(i, str | Path) for i in raw):
         items = [str(i) for i in raw]
     else:

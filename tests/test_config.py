@@ -288,6 +288,10 @@ def test_environment_names_are_unchanged(tmp_path: Path) -> None:
         "MEDIAQ_WEB_HOST", "MEDIAQ_WEB_PORT",
         # added with retention (mediaq prune)
         "MEDIAQ_RETENTION_DAYS",
+        # added with object storage (mediaq.storage)
+        "MEDIAQ_CACHE_DIR", "MEDIAQ_CACHE_MAX_MB", "MEDIAQ_S3_ENDPOINT_URL",
+        "MEDIAQ_S3_TIMEOUT_SECONDS", "MEDIAQ_S3_MULTIPART_MB", "MEDIAQ_S3_SWEEP_SECONDS",
+        "MEDIAQ_PATH_MAP",
     }
     env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_NOTIFY_CONCURRENCY": "2", "MEDIAQ_NOTIFIER": "no",
            "MEDIAQ_TRIGGERS": "0", "MEDIAQ_LOG_FORMAT": "json", "MEDIAQ_STEP_ISOLATION": "yes"}

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mediaq import db, operations
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
+from mediaq.states import ACTIVE
 from mediaq.storage.setup import check_submitted
 from mediaq.storage.uri import is_s3
-from mediaq.states import ACTIVE
 from mediaq.submit import submit
 from mediaq.web import serialise
 from mediaq.web.auth import Principal, get_conn, require
