@@ -51,6 +51,7 @@ bench: $(STAMP) ## Ratios from one run: queue vs pgqueuer/procrastinate, scale, 
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.media
 	$(BIN)/python -m benchmarks.images
+	$(BIN)/python -m benchmarks.object_storage
 
 chaos: $(STAMP) ## The reliability suite in full: faults, load and hostile input, with figures
 	MEDIAQ_CHAOS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos

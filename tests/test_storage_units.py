@@ -15,6 +15,7 @@ from mediaq.storage import s3 as s3ops
 from mediaq.storage.cache import InputCache
 from mediaq.storage.remote import ObjectStorage
 from mediaq.storage.uri import PathMap, S3Uri, check_s3_input
+from tests.helpers import MediaqEnv, diagnostic_workflow
 from tests.s3_server import CREDENTIALS, MOTO_SERVER, bucket_name, client, moto_server
 
 
@@ -138,3 +139,23 @@ def test_the_sweep_keeps_live_attempts_and_aborts_dead_uploads(
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == ["jobs/.staging/J-1.a2.s1/out.bin", "jobs/J-1/out.bin"]
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_the_database_stores_canonical_paths_under_a_path_map(mq: MediaqEnv) -> None:
+    """This host mounts the share that the database calls /mnt/mediaq-share at its own
+    folder: inputs are read through the mapping, outputs recorded as canonical paths."""
+    canonical_root = "/mnt/mediaq-share"
+    mq.env["MEDIAQ_PATH_MAP"] = f"{canonical_root}={mq.root}"
+    mq.apply_workflow(diagnostic_workflow(
+        "T-MAP", {"action": "sleep", "parameters": {"seconds": 0, "output_bytes": 100}},
+        {"action": "finalize_job", "parameters": {"verify_checksums": True}}))
+    mq.input_file("a.bin", b"abc")
+    code = mq.submit("T-MAP", mq.inputs / "a.bin")  # the CLI stores the canonical path
+    assert mq.job(code)["input_file_path"] == f"{canonical_root}/inputs/a.bin"
+    mq.run_burst(timeout=60)
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    for output in job["output_metadata"]["outputs"]:
+        assert output["path"].startswith(f"{canonical_root}/outputs/{code}/")
+        local = mq.root / output["path"].removeprefix(canonical_root + "/")
+        assert local.stat().st_size == output["size_bytes"]
