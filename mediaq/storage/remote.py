@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from mediaq.outputs import sha256_of
 from mediaq.storage import s3 as s3ops
 from mediaq.storage.cache import InputCache, Progress
 from mediaq.storage.uri import PathMap, S3Uri, is_s3
@@ -44,11 +45,15 @@ class ObjectStorage:
     """One per worker process; thread-safe (the client and the cache are)."""
 
     def __init__(self, client_settings: s3ops.ClientSettings, cache: InputCache,
-                 output_root: str | None, path_map: PathMap) -> None:
+                 output_root: str | None, path_map: PathMap,
+                 local_outputs: Path | None = None) -> None:
         self.client_settings = client_settings
         self.cache = cache
         self.output_root = S3Uri.parse(output_root, prefix=True) if output_root else None
         self.path_map = path_map
+        # The local output folder: with an s3:// root, the commit leaves a copy of each
+        # output there (<local_outputs>/<job_code>/<name>) for later steps on this host.
+        self.local_outputs = local_outputs
 
     @property
     def s3(self) -> Any:
@@ -66,6 +71,36 @@ class ObjectStorage:
         if is_s3(location):
             return self.fetch(S3Uri.parse(location), held=held)
         return Path(self.path_map.to_local(location))
+
+    def local_copy(self, location: str, output_data: dict[str, Any] | None = None,
+                   fresh: bool = False) -> Path:
+        """A path this host can open for a recorded output: an ``s3://`` object is read
+        from this host's copy in the local output folder when its size and SHA-256 still
+        match the record (the step ran here; ``fresh``: it is being committed now, its
+        copy lands there with the commit), else fetched through the cache; a local path
+        goes through the path map."""
+        if not is_s3(location):
+            return Path(self.path_map.to_local(location))
+        record = next((o for o in (output_data or {}).get("outputs", [])
+                       if o.get("path") == location), None)
+        job_code, name = location.rsplit("/", 2)[-2:]
+        if self.local_outputs is not None:
+            here = self.local_outputs / job_code / name
+            if fresh:
+                return here
+            if record is not None and here.is_file() and (
+                    here.stat().st_size == record.get("size_bytes")
+                    and sha256_of(here) == record.get("sha256")):
+                return here
+        return self.localize(location)
+
+    def with_local_paths(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Earlier outputs as an action sees them: ``path`` as recorded (an ``s3://``
+        location stays one), ``local_path`` where this host reads it."""
+        if self.output_root is None and not self.path_map.pairs:
+            return outputs
+        return [{**o, "local_path": str(self.local_copy(str(o["path"]), {"outputs": [o]}))}
+                for o in outputs]
 
     # -- outputs ------------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ def object_storage(storage: StorageSettings) -> ObjectStorage:
     return ObjectStorage(client_settings(storage),
                          InputCache(storage.effective_cache_dir,
                                     storage.cache_max_mb * 1024 * 1024),
-                         storage.remote_output_root, PathMap.parse(storage.path_map))
+                         storage.remote_output_root, PathMap.parse(storage.path_map),
+                         storage.outputs)
 
 
 def check_submitted(text: str, storage: StorageSettings) -> str:

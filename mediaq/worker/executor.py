@@ -525,7 +525,7 @@ class Executor:
             staging_dir=stage_dir, attempt=retry_attempt,
             deadline=min(step_deadline, run.job_deadline),
             cancel_event=handle.stop_signal, on_progress=on_progress,
-            on_log=handle.log, previous_outputs=self._with_local_paths(run.outputs),
+            on_log=handle.log, previous_outputs=self.objects.with_local_paths(run.outputs),
             workflow_code=run.context["workflow_code"],
             input_roots=self.settings.storage.effective_input_roots,
             library_roots=self.settings.storage.effective_library_roots,
@@ -581,39 +581,11 @@ class Executor:
             run.results[step.number] = output_data
             primary = output_data.get("primary")
             if primary:
-                run.primaries[step.number] = self._local(primary, output_data, fresh=fresh)
+                run.primaries[step.number] = self.objects.local_copy(
+                    primary, output_data, fresh=fresh)
         else:
             items = run.results.setdefault(step.number, [None] * item.count)
             items[item.index] = output_data
-
-    def _local(self, location: str, output_data: dict[str, Any] | None = None,
-               fresh: bool = False) -> Path:
-        """A path this host can open for a recorded output: an ``s3://`` object is read
-        from this host's copy in the local output folder when its size and SHA-256 still
-        match the record (the step ran here; ``fresh``: it is being committed now, its
-        copy lands there with the commit), else fetched through the cache."""
-        if not is_s3(location):
-            return Path(self.objects.path_map.to_local(location))
-        record = next((o for o in (output_data or {}).get("outputs", [])
-                       if o.get("path") == location), None)
-        name = location.rsplit("/", 1)[-1]
-        job_code = location.rsplit("/", 2)[-2]
-        here = job_output_dir(self.settings.storage.outputs, job_code) / name
-        if fresh:
-            return here
-        if record is not None and here.is_file() and (
-                here.stat().st_size == record.get("size_bytes")
-                and sha256_of(here) == record.get("sha256")):
-            return here
-        return self.objects.localize(location)
-
-    def _with_local_paths(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Earlier outputs as an action sees them: ``path`` as recorded (an ``s3://``
-        location stays one), ``local_path`` where this host reads it."""
-        if self.objects.output_root is None and not self.objects.path_map.pairs:
-            return outputs
-        return [{**o, "local_path": str(self._local(str(o["path"]), {"outputs": [o]}))}
-                for o in outputs]
 
     @staticmethod
     def _forget_outputs(run: JobRun, step: Step, item: Item) -> None:
