@@ -350,3 +350,24 @@ def test_a_worker_stopped_past_its_lease_publishes_nothing(store: Store) -> None
     check_outputs(store, job)
     wait_for(lambda: store.staged_keys() == [], timeout=60,
              message="the sweep of the stale attempt's staged objects")
+
+
+def test_the_http_api_takes_s3_inputs_and_shows_s3_outputs(store: Store) -> None:
+    from tests.test_web_api import assert_one_line_error, start_web
+
+    mq = store.mq
+    mq.apply_workflow(diagnostic_workflow(
+        "T-API", {"action": "sleep", "parameters": {"seconds": 0, "output_bytes": 64}}))
+    web = start_web(mq)
+    source = store.put("api.bin", b"from the api")
+    created = web.post("/api/media/jobs", role="submitter",
+                       json={"type": "T-API", "inputPath": source})
+    assert created.status_code == 201, created.text
+    missing = web.post("/api/media/jobs", role="submitter",
+                       json={"type": "T-API", "inputPath": source + ".nope"})
+    assert assert_one_line_error(missing, 400).endswith("no such object")
+    mq.run_burst(timeout=60)
+    detail = web.get(f"/api/media/jobs/{created.json()['id']}").json()
+    assert detail["status"] == "completed"
+    assert [o["path"] for o in detail["outputs"]] == [
+        f"s3://{store.outputs}/jobs/{detail['id']}/{detail['id']}_sleep1.bin"]

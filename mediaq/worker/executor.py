@@ -501,7 +501,7 @@ class Executor:
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
         discard(stage_dir)
-        if handle.finalize_remote is not None or self.objects.output_root is not None:
+        if self.objects.output_root is not None:
             handle.finalize_remote = None
             self.objects.discard(stage_dir)
         if not last:
