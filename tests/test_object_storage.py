@@ -371,3 +371,36 @@ def test_the_http_api_takes_s3_inputs_and_shows_s3_outputs(store: Store) -> None
     assert detail["status"] == "completed"
     assert [o["path"] for o in detail["outputs"]] == [
         f"s3://{store.outputs}/jobs/{detail['id']}/{detail['id']}_sleep1.bin"]
+
+
+def test_a_job_resumed_on_another_host_reads_earlier_outputs_from_the_store(
+        store: Store) -> None:
+    """Host A commits step 1 and is killed in step 2; host B (its own MEDIAQ_HOME, no
+    shared folder) resumes at step 2, and finalize_job checks step 1's object through
+    B's cache."""
+    mq = store.mq
+    mq.apply_workflow(diagnostic_workflow(
+        "T-HOSTS", {"action": "sleep", "parameters": {"seconds": 0, "output_bytes": 5000}},
+        {"action": "sleep", "parameters": {"seconds": 30}},
+        {"action": "finalize_job", "parameters": {"verify_checksums": True}}))
+    code = mq.submit("T-HOSTS", store.put("in.bin", b"input"))
+    host_a = mq.start_worker("--id", "host-a", home=str(mq.root / "host-a"))
+    wait_for(lambda: mq.query("SELECT 1 FROM step_executions se JOIN workflow_jobs j ON"
+                              " j.id = se.job_id WHERE j.job_code = %s AND se.step_id ="
+                              " (SELECT id FROM workflow_steps ws WHERE ws.step_number = 2"
+                              " AND ws.workflow_id = j.workflow_id)", (code,)),
+             timeout=60, message="host A to start step 2")
+    os.kill(host_a.pid, signal.SIGKILL)
+    host_a.wait(10)
+    mq.query("UPDATE workflow_steps SET parameters = '{\"seconds\": 0}'"
+             " WHERE step_number = 2 AND workflow_id = (SELECT id FROM workflow_definitions"
+             " WHERE workflow_code = 'T-HOSTS')")
+    mq.start_worker("--id", "host-b", home=str(mq.root / "host-b"),
+                    cache_dir=str(mq.root / "host-b" / "cache"))
+    wait_for(lambda: mq.job(code)["status"] in ("completed", "failed"), timeout=120,
+             message="host B to finish the job")
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    outputs = check_outputs(store, job)
+    assert any(o["path"].endswith("_manifest.json") for o in outputs)
+    assert list((mq.root / "host-b" / "cache").iterdir())  # step 1's object came this way
