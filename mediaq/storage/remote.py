@@ -54,6 +54,9 @@ class ObjectStorage:
         # The local output folder: with an s3:// root, the commit leaves a copy of each
         # output there (<local_outputs>/<job_code>/<name>) for later steps on this host.
         self.local_outputs = local_outputs
+        # Local copies already checked against their record: (location, sha256) ->
+        # (size, mtime_ns) seen then, so each later step does not hash them again.
+        self._checked: dict[tuple[str, str], tuple[int, int]] = {}
 
     @property
     def s3(self) -> Any:
@@ -88,11 +91,25 @@ class ObjectStorage:
             here = self.local_outputs / job_code / name
             if fresh:
                 return here
-            if record is not None and here.is_file() and (
-                    here.stat().st_size == record.get("size_bytes")
-                    and sha256_of(here) == record.get("sha256")):
+            if record is not None and self._matches(here, location, record):
                 return here
         return self.localize(location)
+
+    def _matches(self, here: Path, location: str, record: dict[str, Any]) -> bool:
+        try:
+            stat = here.stat()
+        except OSError:
+            return False
+        key = (location, str(record.get("sha256")))
+        seen = (stat.st_size, stat.st_mtime_ns)
+        if self._checked.get(key) == seen:
+            return True
+        if stat.st_size != record.get("size_bytes") or sha256_of(here) != key[1]:
+            return False
+        if len(self._checked) > 10_000:  # a long-lived worker: forget old jobs' copies
+            self._checked.clear()
+        self._checked[key] = seen
+        return True
 
     def with_local_paths(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Earlier outputs as an action sees them: ``path`` as recorded (an ``s3://``
