@@ -28,8 +28,10 @@ from mediaq.settings_fields import (
     at_least,
     boolean,
     integer,
+    locations,
     number,
     one_of,
+    optional_location,
     optional_path,
     optional_text,
     path,
@@ -47,6 +49,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 def _limits() -> Any:
     """mediaq.rate_limits, imported when a check runs (it imports this module's errors)."""
     return importlib.import_module("mediaq.rate_limits")
+def _storage_uri() -> Any:
+    return importlib.import_module("mediaq.storage.uri")
 
 
 def _notify(module: str) -> Any:
@@ -115,10 +119,12 @@ class WorkerSettings:
 class StorageSettings:
     home: Path = field(default_factory=lambda: Path(DEFAULT_HOME).expanduser(), metadata=about(
         path, doc="Where the embedded database, outputs and staging live."))
-    input_roots: tuple[Path, ...] = field(default=(), metadata=about(
-        paths, doc="Folders inputs must be in (colon- or comma-separated); empty: <home>/inputs."))
-    output_root: Path | None = field(default=None, metadata=about(
-        optional_path, doc="Outputs go to <output_root>/<job_code>/; empty: <home>/outputs."))
+    input_roots: tuple[Path | str, ...] = field(default=(), metadata=about(
+        locations, doc="Folders and s3://bucket/prefix/ roots inputs must be in "
+        "(comma-separated); empty: <home>/inputs."))
+    output_root: Path | str | None = field(default=None, metadata=about(
+        optional_location, doc="Outputs go to <output_root>/<job_code>/ (a folder or "
+        "s3://bucket/prefix/); empty: <home>/outputs."))
     library_roots: tuple[Path, ...] = field(default=(), metadata=about(
         paths, doc="Folders move_to_library may write into; empty: <home>/library."))
     retention_days: int = field(default=30, metadata=about(
@@ -127,10 +133,45 @@ class StorageSettings:
     output_free_floor_mb: int = field(default=100, metadata=about(
         integer, check=at_least(0),
         doc="Workers stop claiming while the output root has less free space (MB); 0: off."))
+    cache_dir: Path | None = field(default=None, metadata=about(
+        optional_path, doc="This host's cache of s3:// inputs; empty: <home>/cache."))
+    cache_max_mb: int = field(default=10240, metadata=about(
+        integer, check=at_least(1),
+        doc="The input cache's size cap; least recently used objects are evicted."))
+    s3_endpoint_url: str | None = field(default=None, metadata=about(
+        optional_text, secret="url",
+        doc="S3-compatible endpoint (http:// allowed), over AWS_ENDPOINT_URL(_S3)."))
+    s3_timeout_seconds: float = field(default=60.0, metadata=about(
+        number, check=positive,
+        doc="A transfer silent this long has stalled (a transient error)."))
+    s3_multipart_mb: int = field(default=8, metadata=about(
+        integer, check=at_least(5), doc="Objects past this size go up in parts of this size."))
+    s3_sweep_seconds: float = field(default=300.0, metadata=about(
+        number, check=positive,
+        doc="How often a worker sweeps staged objects and multipart uploads of dead attempts."))
+    path_map: str = field(default="", metadata=about(
+        text, check=raising(lambda value: _storage_uri().PathMap.parse(value)),
+        doc="CANONICAL=LOCAL folder pairs (comma-separated): the database stores CANONICAL."))
 
     @property
     def outputs(self) -> Path:
-        return self.output_root or self.home / "outputs"
+        """The local output folder (with an s3:// output root: <home>/outputs, where
+        steps stage their files before they are uploaded)."""
+        if isinstance(self.output_root, Path):
+            return self.output_root
+        return self.home / "outputs"
+
+    @property
+    def remote_output_root(self) -> str | None:
+        return self.output_root if isinstance(self.output_root, str) else None
+
+    @property
+    def bucket_input_roots(self) -> tuple[str, ...]:
+        return tuple(r for r in self.input_roots if isinstance(r, str))
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        return self.cache_dir or self.home / "cache"
 
     @property
     def staging(self) -> Path:
@@ -139,7 +180,10 @@ class StorageSettings:
 
     @property
     def effective_input_roots(self) -> tuple[Path, ...]:
-        return self.input_roots or (self.home / "inputs",)
+        """The local input roots (bucket prefixes are ``bucket_input_roots``)."""
+        if not self.input_roots:
+            return (self.home / "inputs",)
+        return tuple(r for r in self.input_roots if isinstance(r, Path))
 
     @property
     def effective_library_roots(self) -> tuple[Path, ...]:
@@ -294,8 +338,10 @@ class Settings:
             shown.setdefault(spec.section, {})[spec.key] = _shown(spec.secret, value)
         storage = self.storage
         shown["storage"].update({
-            "input_roots": ", ".join(str(p) for p in storage.effective_input_roots),
-            "output_root": str(storage.outputs),
+            "input_roots": ", ".join([*(str(p) for p in storage.effective_input_roots),
+                                      *storage.bucket_input_roots]),
+            "output_root": storage.remote_output_root or str(storage.outputs),
+            "cache_dir": str(storage.effective_cache_dir),
             "library_roots": ", ".join(str(p) for p in storage.effective_library_roots),
         })
         if self.database.embedded:

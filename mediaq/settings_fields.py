@@ -92,6 +92,32 @@ def paths(raw: Any) -> tuple[Path, ...]:
     return tuple(Path(p).expanduser().resolve() for p in items if p.strip())
 
 
+def _location(item: str) -> Path | str:
+    """A local folder (resolved) or an ``s3://bucket/prefix/`` kept as written."""
+    if item.startswith("s3://"):
+        return item if item.endswith("/") else item + "/"
+    if "://" in item:
+        raise ValueError(f"{item!r}: only local folders and s3:// prefixes are supported")
+    return Path(item).expanduser().resolve()
+
+
+def locations(raw: Any) -> tuple[Path | str, ...]:
+    """Folders and ``s3://bucket/prefix/`` roots: a list, or one string separated by
+    commas or colons (an s3:// prefix is never split at its own colon)."""
+    if isinstance(raw, str):
+        items = [part for item in raw.split(",")
+                 for part in ([item] if "://" in item else item.split(":"))]
+    elif isinstance(raw, list | tuple) and all(isinstance(i, str | Path) for i in raw):
+        items = [str(i) for i in raw]
+    else:
+        raise ValueError("expected a list of folders or a comma-separated string")
+    return tuple(_location(p.strip()) for p in items if p.strip())
+
+
+def optional_location(raw: Any) -> Path | str | None:
+    return _location(text(raw).strip()) if text(raw).strip() else None
+
+
 # -- checks: a parsed value → what is wrong with it, or None -------------------------------
 
 

@@ -297,6 +297,10 @@ def test_environment_names_are_unchanged(tmp_path: Path) -> None:
         "MEDIAQ_ACTION_BREAKER_COOLDOWN_SECONDS", "MEDIAQ_STEP_TIMEOUT_GRACE_SECONDS",
         "MEDIAQ_STALL_SECONDS", "MEDIAQ_RECYCLE_AFTER_ABANDONED",
         "MEDIAQ_OUTPUT_FREE_FLOOR_MB", "MEDIAQ_MIN_FREE_MEMORY_MB",
+        # added with object storage (mediaq.storage)
+        "MEDIAQ_CACHE_DIR", "MEDIAQ_CACHE_MAX_MB", "MEDIAQ_S3_ENDPOINT_URL",
+        "MEDIAQ_S3_TIMEOUT_SECONDS", "MEDIAQ_S3_MULTIPART_MB", "MEDIAQ_S3_SWEEP_SECONDS",
+        "MEDIAQ_PATH_MAP",
     }
     env = {"MEDIAQ_HOME": str(tmp_path), "MEDIAQ_NOTIFY_CONCURRENCY": "2", "MEDIAQ_NOTIFIER": "no",
            "MEDIAQ_TRIGGERS": "0", "MEDIAQ_LOG_FORMAT": "json", "MEDIAQ_STEP_ISOLATION": "yes"}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import random
 
 from mediaq.actions import action
-from mediaq.actions.base import ActionContext, ActionResult
+from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.errors import PermanentError, TransientError
 
 
@@ -31,11 +32,20 @@ def echo(ctx: ActionContext) -> ActionResult:
 @action(
     "sleep",
     {"properties": {"seconds": {"type": "number", "minimum": 0, "default": 1},
-                    "seconds_per_mb": {"type": "number", "minimum": 0, "default": 0}}},
+                    "seconds_per_mb": {"type": "number", "minimum": 0, "default": 0},
+                    "output_bytes": {"type": "integer", "minimum": 0, "default": 0}}},
 )
 def sleep(ctx: ActionContext) -> ActionResult:
     """Sleep for ``seconds``, plus ``seconds_per_mb`` of the input's size (work that grows
-    with the input, as a transcode does), reporting progress and honouring cancel."""
+    with the input, as a transcode does), reporting progress and honouring cancel.
+    ``output_bytes``: first write an output of that many random bytes (seeded by the job
+    and the process: two workers' outputs differ), so that publishing can be tested
+    around a worker stopped or killed mid-step."""
+    outputs = []
+    if ctx.params["output_bytes"]:
+        path = ctx.output_path(f"{ctx.job_code}_sleep{ctx.step_number}.bin")
+        path.write_bytes(random.Random(f"{ctx.job_code}:{os.getpid()}").randbytes(int(ctx.params["output_bytes"])))
+        outputs.append(OutputFile(path, role="primary"))
     per_mb = float(ctx.params["seconds_per_mb"])
     size_mb = ctx.input_path.stat().st_size / 1e6 if per_mb else 0.0
     seconds = float(ctx.params["seconds"]) + per_mb * size_mb
@@ -43,7 +53,7 @@ def sleep(ctx: ActionContext) -> ActionResult:
     for i in range(ticks):
         ctx.sleep(seconds / ticks)
         ctx.progress((i + 1) / ticks, "sleeping")
-    return ActionResult(data={"slept_seconds": seconds})
+    return ActionResult(outputs=outputs, data={"slept_seconds": seconds})
 
 
 @action(

@@ -45,7 +45,8 @@ def finalize_job(ctx: ActionContext) -> ActionResult:
 
 
 def _verify(output: dict[str, Any], *, checksum: bool) -> None:
-    path = Path(output["path"])
+    # ``local_path``: where this host reads an output recorded as an s3:// object.
+    path = Path(output.get("local_path") or output["path"])
     if not path.is_file():
         raise PermanentError(f"output {path.name} of step {output.get('step')} is missing")
     size = path.stat().st_size
@@ -65,5 +66,6 @@ def _count_by_role(outputs: list[dict[str, Any]]) -> dict[str, int]:
 
 def _manifest_entry(output: dict[str, Any]) -> dict[str, Any]:
     entry = dict(output)
+    entry.pop("local_path", None)  # this host's copy, not the output's location
     entry["file"] = Path(output["path"]).name  # the manifest lives beside its outputs
     return entry

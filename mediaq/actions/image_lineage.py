@@ -54,7 +54,8 @@ def pixel_source(ctx: ActionContext, header: SourceInfo) -> Path:
     does not match the source's upright size and frame count is ignored."""
     source = str(ctx.source_path)
     for entry in reversed(ctx.previous_outputs):
-        if entry.get("path") != source or not entry.get(PIXELS_KEY):
+        if source not in (entry.get("path"), entry.get("local_path")) \
+                or not entry.get(PIXELS_KEY):
             continue
         candidate = Path(str(entry[PIXELS_KEY]))
         if not candidate.is_absolute():

@@ -26,6 +26,8 @@ from mediaq.errors import Refused, SubmissionRefused
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import TERMINAL
+from mediaq.storage.setup import canonical, check_submitted
+from mediaq.storage.uri import is_s3
 from mediaq.submit import params_from_pairs, submit, submit_batch
 from mediaq.worker.autoscale import parse_range, workers_for
 
@@ -72,12 +74,17 @@ def submit_command(
         click.echo(f"submitted {code}")
 
 
-def _checked_input(env: Env, text: str) -> Path:
-    """An input path made absolute and checked against the input roots."""
+def _checked_input(env: Env, text: str) -> Path | str:
+    """An input path made absolute and checked against the input roots (an ``s3://``
+    object: against the bucket-prefix roots, and there); a local path is stored as its
+    canonical form (``MEDIAQ_PATH_MAP``)."""
+    if is_s3(text):
+        return check_submitted(text, env.settings.storage)
     path = Path(text).expanduser()
     typed = text if "://" in text or path.is_absolute() else str(Path.cwd() / path)
     kind = "directory" if Path(typed).is_dir() else "file"  # a folder for a scan workflow
-    return check_input(typed, env.settings.storage.effective_input_roots, kind=kind)
+    checked = check_input(typed, env.settings.storage.effective_input_roots, kind=kind)
+    return canonical(str(checked), env.settings.storage)
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any] | None:

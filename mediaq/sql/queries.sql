@@ -1238,3 +1238,9 @@ SELECT worker_id, host, pid, status, categories, started_at, heartbeat_at, versi
   FROM workers
  WHERE status <> 'stopped' OR stopped_at > now() - interval '1 day'
  ORDER BY host, worker_id;
+-- name: storage_attempts_live
+-- Of these job codes, (job_code, attempt) of those running now: an object-storage staging
+-- prefix <code>.a<attempt>.… of any other attempt belongs to a dead attempt.
+SELECT job_code, attempt FROM workflow_jobs
+ WHERE job_code = ANY (%(codes)s::text[])
+   AND status = 'processing';

@@ -153,13 +153,14 @@ CREATE TABLE workflow_jobs (
         CHECK (status <> 'processing' OR worker_id IS NOT NULL OR attempt = 0),
     -- The CLI and the API check an input path against the input roots; the database
     -- cannot see the file system, but it refuses what no input root ever allows: a
-    -- relative path or URL, and a ".." segment, plain or URL-encoded. A symlink out of
+    -- relative path or a URL other than s3:// (0023), and a ".." segment, plain or
+    -- URL-encoded. A symlink out of
     -- the roots is refused by the worker before the file is opened. (Databases that
     -- got this constraint from revision 0011 have it NOT VALID: rows older than the
     -- revision were not checked.)
     CONSTRAINT input_file_path_absolute_without_dot_dot CHECK (
         coalesce(input_file_path, '') = ''
-        OR (input_file_path LIKE '/%'
+        OR ((input_file_path LIKE '/%' OR input_file_path LIKE 's3://%')
             AND input_file_path !~* '(^|/)(\.|%2e){2}(/|%2f|$)'))
 );
 CREATE UNIQUE INDEX workflow_jobs_idempotency_key

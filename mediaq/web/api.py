@@ -14,6 +14,8 @@ from mediaq import db, download_links, operations
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import ACTIVE
+from mediaq.storage.setup import check_submitted
+from mediaq.storage.uri import is_s3
 from mediaq.submit import submit
 from mediaq.web import serialise
 from mediaq.web.auth import Principal, get_conn, require
@@ -204,7 +206,9 @@ def create_job(body: JobCreate, request: Request, conn: Conn,
     """Submit a file to a workflow; the same ``idempotencyKey`` returns the same job."""
     roots: tuple[Path, ...] = request.app.state.settings.storage.effective_input_roots
     kind = "directory" if _is_dir(body.inputPath) else "file"  # a folder for a scan workflow
-    resolved = check_input(body.inputPath, roots, kind=kind)
+    storage = request.app.state.settings.storage
+    resolved: Path | str = (check_submitted(body.inputPath, storage) if is_s3(body.inputPath)
+                            else check_input(body.inputPath, roots, kind=kind))
     row = submit(conn, body.type, resolved, priority=body.priority, params=body.params,
                  metadata=body.metadata, notify=body.notify,
                  idempotency_key=body.idempotencyKey,

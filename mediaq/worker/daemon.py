@@ -32,6 +32,7 @@ from mediaq.worker.claimer import ClaimedJob, Claimer
 from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
 from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.maintenance.object_sweeper import ObjectSweeper
 from mediaq.worker.maintenance.pruner import Pruner
 from mediaq.worker.maintenance.rescuer import Rescuer
 from mediaq.worker.outcomes import Abandoned, JobOutcome
@@ -101,6 +102,9 @@ class Worker:
                                settings.worker.lease_seconds, self.wake)
         self.pruner = Pruner(url, settings.storage.retention_days,
                              settings.storage.staging)
+        self.object_sweeper = (ObjectSweeper(url, self.executor.objects,
+                                             settings.storage.s3_sweep_seconds)
+                               if settings.storage.remote_output_root else None)
         # Room for the threads of abandoned steps still stuck in native code (see
         # mediaq/worker/watchdog.py): past that many, the worker recycles itself.
         self.jobs_pool = ThreadPoolExecutor(
@@ -145,6 +149,8 @@ class Worker:
         self.rescuer.start()
         if not self.options.burst:
             self.pruner.start()
+            if self.object_sweeper is not None:
+                self.object_sweeper.start()
         notifying = self._start_notifier()
         triggering = self._start_triggers()
         try:
@@ -335,6 +341,8 @@ class Worker:
         self.storage.halt.set()
         self.rescuer.halt.set()
         self.pruner.halt.set()
+        if self.object_sweeper is not None:
+            self.object_sweeper.halt.set()
         try:  # best effort: with the server gone, the workers view shows the lapse
             with db.transaction(self.pool, timeout=3) as conn:
                 db.execute(conn, "worker_stopped", {"worker_id": self.worker_id})

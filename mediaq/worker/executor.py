@@ -30,6 +30,7 @@ from mediaq.errors import (
     Paused,
     PermanentError,
     StepFailed,
+    TransientError,
     WorkflowError,
 )
 from mediaq.outputs import (
@@ -40,6 +41,8 @@ from mediaq.outputs import (
     sha256_of,
     staging_dir,
 )
+from mediaq.storage.setup import object_storage
+from mediaq.storage.uri import check_s3_input, is_s3
 from mediaq.triggers.scan import submit_found_files
 from mediaq.worker import completer, storage_health
 from mediaq.worker.breakers import Breakers
@@ -133,6 +136,9 @@ class Executor:
         self.breakers = Breakers(settings)
         self.watchdog = Watchdog(settings.worker.step_timeout_grace_seconds,
                                  settings.worker.stall_seconds)
+        # s3:// inputs and outputs, the input cache, path mappings (mediaq.storage).
+        self.objects = object_storage(settings.storage)
+        self._held: dict[int, list[str]] = {}  # cache entries pinned by each running job
 
     def run(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
         """Run the job to an outcome, have it written (when the job is still ours) and
@@ -168,6 +174,7 @@ class Executor:
 
     def _attempt(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
         run = load_run(handle, workflow_id)
+        self._held[handle.job_id] = []
         try:
             return self._run_steps(handle, run)
         except (psycopg.Error, UnicodeEncodeError) as exc:
@@ -180,6 +187,8 @@ class Executor:
             name = Path(str(run.context["input_file_path"])).name
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT,
                                                 cannot_store(name, reason, "a job record")))
+        finally:
+            self.objects.cache.release(self._held.pop(handle.job_id, []))
 
     def _run_steps(self, handle: JobHandle, run: JobRun) -> JobOutcome:
         discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
@@ -193,15 +202,17 @@ class Executor:
         if unhealthy is not None:
             return unhealthy  # this host's storage is not fit: the job waits, unharmed
         try:
-            run.input_path = check_input(run.context["input_file_path"],
-                                         self.settings.storage.effective_input_roots,
-                                         kind=_input_kind(run.order[0].action))
+            run.input_path = self._input(handle, run)
         except InputRefused as exc:
             # A missing input is the job's fault only where the roots are healthy.
             unhealthy = storage_health.hand_back_if_unhealthy(handle, self.settings,
                                                               fresh=True)
             return unhealthy or self._fail(handle, JobFailed(ErrorClass.PERMANENT,
                                                              exc.message))
+        except PermanentError as exc:
+            return self._fail(handle, JobFailed(ErrorClass.PERMANENT, exc.message))
+        except TransientError as exc:  # the store is unreachable or the download stalled
+            return self._input_unavailable(handle, run, exc)
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
         for group in self._step_groups(run):
@@ -220,6 +231,44 @@ class Executor:
         completion = run.completion()
         completer.finish(handle, completion)
         return completion
+
+    def _input(self, handle: JobHandle, run: JobRun) -> Path:
+        """The job's input as a local path: an ``s3://`` object fetched through this
+        host's cache (a ``downloading`` stage), a local path through the path map."""
+        text = str(run.context["input_file_path"])
+        if not is_s3(text):
+            return check_input(self.objects.path_map.to_local(text),
+                               self.settings.storage.effective_input_roots,
+                               kind=_input_kind(run.order[0].action))
+        uri = check_s3_input(text, self.settings.storage.bucket_input_roots)
+        at = run.percent(self._first_unfinished(run), done=False)
+        handle.progress(at, "downloading", force=True)
+        path = self.objects.fetch(uri, lambda f, stage: handle.progress(at, stage),
+                                  held=self._held.setdefault(handle.job_id, []))
+        handle.progress(at, None, force=True)
+        return path
+
+    @staticmethod
+    def _first_unfinished(run: JobRun) -> Step:
+        return next((s for s in run.order
+                     if not (run.history.get((s.id, None)) or {}).get("completed")),
+                    run.order[0])
+
+    def _input_unavailable(self, handle: JobHandle, run: JobRun,
+                           exc: TransientError) -> JobOutcome:
+        """A transient failure to fetch the input fails the first unfinished step as
+        transient, so the step's retry rules (back-off, retry_count) apply to it."""
+        step = self._first_unfinished(run)
+        done = run.history.get((step.id, None))
+        execution_id = handle.start_step(
+            step_id=step.id, step_number=step.number, step_name=step.name,
+            retry_attempt=int(done["executions"]) if done else 0,
+            progress_percent=run.percent(step, done=False),
+            input_data={"source": str(run.context["input_file_path"]), "action": step.action})
+        ended = self._failed(handle, run, step, execution_id,
+                             StepFailed(ErrorClass.TRANSIENT, exc.message))
+        return ended if ended is not None else self._fail(
+            handle, JobFailed(ErrorClass.TRANSIENT, exc.message))
 
     @staticmethod
     def _fail(handle: JobHandle, failed: JobFailed) -> JobFailed:
@@ -428,7 +477,21 @@ class Executor:
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
         _keep_earlier_outputs(run, step, item, result)
         staged = tuple(o.staging_path for o in result.outputs)
-        output_data = self._describe_outputs(result, output_dir, step, item, seconds)
+        output_data = self._describe_outputs(result, output_dir, step, item, seconds,
+                                             handle.job_code)
+        if self.objects.output_root is not None and staged:
+            # Uploaded under this attempt's own keys now; copied to the final keys only
+            # inside the fenced commit (JobHandle.commit_step), so a worker that lost the
+            # job publishes nothing.
+            try:
+                uploaded = self.objects.stage(staged, stage_dir, handle.job_code)
+            except (PermanentError, TransientError) as exc:
+                discard(stage_dir)
+                self.objects.discard(stage_dir)
+                error_class = (ErrorClass.TRANSIENT if isinstance(exc, TransientError)
+                               else ErrorClass.PERMANENT)
+                return StepFailed(error_class, exc.message)
+            handle.finalize_remote = functools.partial(self.objects.finalize, uploaded)
         # The workflow's last step completes the job in the same transaction: one commit
         # (one WAL flush, one wake-up of the triggers) less per job, same end state as
         # completing it after the loop. Its outputs join the job's before the completion
@@ -436,22 +499,32 @@ class Executor:
         last = run.is_last(step, item)
         known = len(run.outputs)
         if last:
-            self._remember_outputs(run, step, item, output_data)
+            self._remember_outputs(run, step, item, output_data, fresh=True)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
                                 output_dir=output_dir,
                                 completes=run.completion() if last else None)
         try:
             completer.close_step(handle, execution_id, step, outcome,
                                  run.percent(step, done=outcome.advances, item=item))
+        except (PermanentError, TransientError) as exc:  # a final copy failed: rolled back
+            handle.finalize_remote = None
+            discard(stage_dir)
+            self.objects.discard(stage_dir)
+            del run.outputs[known:]
+            self._forget_outputs(run, step, item)
+            return StepFailed(ErrorClass.TRANSIENT if isinstance(exc, TransientError)
+                              else ErrorClass.PERMANENT, exc.message)
         except (psycopg.Error, UnicodeEncodeError) as exc:
             # Refused for its data even after ``mediaq.storable`` (a NaN, say): the same
             # result would be refused again, so the step fails for good, naming the file,
             # rather than the job being abandoned to its lease and re-run. The
             # transaction rolled back: nothing was published, the job is still ours.
+            handle.finalize_remote = None
             reason = unstorable_reason(exc)
             if reason is None:
                 raise  # a lost connection: run() abandons the attempt to its lease
             discard(stage_dir)
+            self.objects.discard(stage_dir)
             del run.outputs[known:]
             self._forget_outputs(run, step, item)
             assert run.input_path is not None
@@ -459,8 +532,11 @@ class Executor:
         run.completed = outcome.completes
         discard(stage_dir)
         self.breakers.succeeded(handle, step.action)
+        if self.objects.output_root is not None:
+            handle.finalize_remote = None
+            self.objects.discard(stage_dir)
         if not last:
-            self._remember_outputs(run, step, item, output_data)
+            self._remember_outputs(run, step, item, output_data, fresh=True)
         return None
 
     def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
@@ -480,7 +556,7 @@ class Executor:
             staging_dir=stage_dir, attempt=retry_attempt,
             deadline=min(step_deadline, run.job_deadline),
             cancel_event=handle.stop_signal, on_progress=on_progress,
-            on_log=handle.log, previous_outputs=run.outputs,
+            on_log=handle.log, previous_outputs=self.objects.with_local_paths(run.outputs),
             workflow_code=run.context["workflow_code"],
             input_roots=self.settings.storage.effective_input_roots,
             library_roots=self.settings.storage.effective_library_roots,
@@ -505,13 +581,17 @@ class Executor:
                            timeout_minutes=run.context["timeout_minutes"]) from None
 
     def _describe_outputs(
-        self, result: ActionResult, output_dir: Path, step: Step, item: Item, seconds: float
+        self, result: ActionResult, output_dir: Path, step: Step, item: Item, seconds: float,
+        job_code: str,
     ) -> dict[str, Any]:
         outputs = []
         for out in result.outputs:
-            final = output_dir / out.staging_path.name
+            name = out.staging_path.name
+            final = (str(self.objects.final_uri(job_code, name))
+                     if self.objects.output_root is not None
+                     else self.objects.path_map.to_canonical(output_dir / name))
             outputs.append({
-                "path": str(final),
+                "path": final,
                 "role": out.role,
                 "size_bytes": out.staging_path.stat().st_size,
                 "sha256": sha256_of(out.staging_path),
@@ -523,9 +603,8 @@ class Executor:
         return {**result.data, "outputs": outputs, "primary": primary,
                 "seconds": round(seconds, 3)}
 
-    @staticmethod
-    def _remember_outputs(run: JobRun, step: Step, item: Item,
-                          output_data: dict[str, Any]) -> None:
+    def _remember_outputs(self, run: JobRun, step: Step, item: Item,
+                          output_data: dict[str, Any], fresh: bool = False) -> None:
         """What a finished step (item) gave: the job's outputs, the result the steps that
         need it see, and its primary output (the source of the steps after it)."""
         run.outputs.extend(output_data.get("outputs", []))
@@ -533,7 +612,8 @@ class Executor:
             run.results[step.number] = output_data
             primary = output_data.get("primary")
             if primary:
-                run.primaries[step.number] = Path(primary)
+                run.primaries[step.number] = self.objects.local_copy(
+                    primary, output_data, fresh=fresh)
         else:
             items = run.results.setdefault(step.number, [None] * item.count)
             items[item.index] = output_data

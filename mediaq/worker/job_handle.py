@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ class JobHandle:
     attempt: int
     category: str
     stop_signal: StopSignal = field(default_factory=StopSignal)
+    # Set by the executor before a step's commit when its outputs go to object storage:
+    # copies the attempt's uploaded objects to their final keys (mediaq.storage.remote),
+    # run while the job row is locked, like the renames below.
+    finalize_remote: Callable[[], object] | None = None
     _last_progress: float = 0.0
     progress_percent: float = -1.0
     progress_moved_at: float = field(default_factory=time.monotonic)
@@ -147,6 +152,8 @@ class JobHandle:
                     raise self._lost()
             # Last, once every statement is accepted: a result the database refuses
             # (``outcomes.unstorable_reason``) leaves nothing published.
+            if self.finalize_remote is not None and staged_files:
+                self.finalize_remote()  # raises a storage error: the commit rolls back
             for staged in staged_files or []:
                 assert output_dir is not None
                 published.append(publish(staged, output_dir))

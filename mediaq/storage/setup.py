@@ -1,0 +1,44 @@
+"""Object storage as configured: the worker's ``ObjectStorage`` and the submission doors'
+check of an ``s3://`` input."""
+
+from __future__ import annotations
+
+from mediaq.config import StorageSettings
+from mediaq.errors import PermanentError, SubmissionRefused, TransientError
+from mediaq.storage import s3 as s3ops
+from mediaq.storage.cache import InputCache
+from mediaq.storage.remote import ObjectStorage
+from mediaq.storage.uri import PathMap, S3Uri, check_s3_input
+
+
+def client_settings(storage: StorageSettings) -> s3ops.ClientSettings:
+    return s3ops.ClientSettings(endpoint_url=storage.s3_endpoint_url,
+                                timeout_seconds=storage.s3_timeout_seconds,
+                                multipart_threshold_mb=storage.s3_multipart_mb)
+
+
+def object_storage(storage: StorageSettings) -> ObjectStorage:
+    return ObjectStorage(client_settings(storage),
+                         InputCache(storage.effective_cache_dir,
+                                    storage.cache_max_mb * 1024 * 1024),
+                         storage.remote_output_root, PathMap.parse(storage.path_map),
+                         storage.outputs)
+
+
+def check_submitted(text: str, storage: StorageSettings) -> str:
+    """An ``s3://`` input as a submission door checks it: inside a bucket-prefix input
+    root, and there (one HEAD request); SubmissionRefused with one line otherwise."""
+    try:
+        uri = check_s3_input(text, storage.bucket_input_roots)
+        s3ops.head(s3ops.client(client_settings(storage)), uri)
+    except (PermanentError, TransientError) as exc:
+        raise SubmissionRefused(exc.message) from None
+    return str(uri)
+
+
+def canonical(text: str, storage: StorageSettings) -> str:
+    """A local path as the database stores it (``MEDIAQ_PATH_MAP``)."""
+    return PathMap.parse(storage.path_map).to_canonical(text)
+
+
+__all__ = ["S3Uri", "canonical", "check_submitted", "client_settings", "object_storage"]
