@@ -17,6 +17,7 @@ from mediaq.config import Settings
 from mediaq.web import (
     api,
     catalog,
+    dashboard,
     downloads,
     errors,
     maintenance,
@@ -59,6 +60,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.state.limits = Limits.from_settings(settings)
     errors.install(app)
     app.include_router(progress.router)
+    app.include_router(dashboard.router)
     app.include_router(uploads.router)
     app.include_router(downloads.router)
     app.include_router(api.router)
