@@ -41,6 +41,13 @@ def series(conn: Conn, _: Viewer, range: Range = "hour") -> dict[str, Any]:
             "vram": serialise.rows(db.fetch_all(conn, "dash_vram", params))}
 
 
+@router.get("/dashboard/me")
+def me(who: Viewer) -> dict[str, Any]:
+    """This token's name and role (the page hides what the role may not do; the API
+    refuses it anyway)."""
+    return {"name": who.name, "role": who.role}
+
+
 @router.get("/dashboard/live")
 def live(conn: Conn, _: Viewer) -> dict[str, Any]:
     """Jobs per status and the newest change: the one row an open dashboard polls; it
