@@ -1790,7 +1790,8 @@ SELECT c.category AS resource_category,
     ON j.resource_category = c.category
  GROUP BY c.category;
 
--- ====================================================================-- Media in and out over HTTP (`mediaq web`, revision 0017): signed download links,
+-- ===========================================================================
+-- Media in and out over HTTP (`mediaq web`, revision 0017): signed download links,
 -- rate limits kept across web processes, resumable uploads.
 -- ===========================================================================
 
@@ -1851,7 +1852,7 @@ CREATE TABLE uploads (
 CREATE INDEX uploads_expiry ON uploads (expires_at) WHERE status = 'receiving';
 CREATE INDEX uploads_job ON uploads (job_id);
 CREATE INDEX uploads_token ON uploads (token_id);
-=======
+
 -- ---------------------------------------------------------------------------
 -- The media library (issue 24): every file mediaq has seen or made, with its probed
 -- facts, tags, faces and scenes, and what it was derived from. Filled by
