@@ -128,7 +128,7 @@ def login(browser: Browser, web: Web, role: str, view: str = "jobs") -> None:
              timeout=60, interval=0.2, message="the page")
     browser.js(f"""sessionStorage.setItem('mediaq.token', '{web.tokens[role]}');
                    location.reload()""")
-    wait_for(lambda: browser.js("document.body.dataset.loaded === '1'"), timeout=60,
+    wait_for(lambda: browser.js("!!document.body && document.body.dataset.loaded === '1'"), timeout=60,
              interval=0.2, message="the dashboard")
 
 
@@ -189,10 +189,13 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
         assert browser.js("[...document.querySelectorAll('#detail-graph g.node')]"
                           ".every(g => g.dataset.state === 'completed')")
         assert "@" in browser.js("document.querySelector('#detail-graph .n-where').textContent")
+        browser.js("document.querySelector('#detail-media img.thumb').scrollIntoView()")
+        wait_for(lambda: browser.js("""(() => { const img = document.querySelector(
+            '#detail-media img.thumb'); return img.complete && img.naturalWidth > 0; })()"""),
+                 timeout=60, interval=0.2, message="the thumbnail to load")
         thumb = browser.js("""(async () => { const img = document.querySelector('#detail-media img.thumb');
-            const r = await fetch(img.src); return {status: r.status, type: r.headers.get('content-type'),
-            loaded: img.complete && img.naturalWidth > 0}; })()""")
-        assert thumb == {"status": 200, "type": "image/jpeg", "loaded": True}
+            const r = await fetch(img.src); return {status: r.status, type: r.headers.get('content-type')}; })()""")
+        assert thumb == {"status": 200, "type": "image/jpeg"}
         for kind in ("mp4", "hls"):
             browser.js(f"""(() => {{ const v = document.querySelector('#detail-media video[data-kind={kind}]');
                 v.muted = true; window.__v = v;
@@ -200,7 +203,10 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
                 if (v.readyState >= 1) go(); else v.addEventListener('loadedmetadata', go, {{once: true}});
                 return true; }})()""")
             wait_for(lambda: browser.js("window.__v.currentTime") > 1.8, timeout=90,
-                     interval=0.2, message=f"the {kind} player to play past its seek point")
+                     interval=0.2, message=f"the {kind} player to play past its seek point "
+                     + str(browser.js("[window.__v.dataset.error, window.__v.readyState, "
+                                      "window.__v.currentTime, document.querySelector("
+                                      "'#detail-media').textContent]")))
         wait_for(lambda: browser.js("""[...document.querySelectorAll('#waveform *')]
             .some((e) => e.shadowRoot && e.shadowRoot.querySelector('canvas'))"""),
                  timeout=60, interval=0.2, message="the waveform canvas")

@@ -17,7 +17,6 @@ from mediaq.config import Settings
 from mediaq.web import (
     api,
     catalog,
-    dashboard,
     downloads,
     errors,
     maintenance,
@@ -27,6 +26,7 @@ from mediaq.web import (
     uploads,
 )
 from mediaq.web.assets_api import router as assets_router
+from mediaq.web.dashboard import router as dashboard_router
 from mediaq.web.auth import Limits, Principal, get_conn, require
 from mediaq.web.request_ids import RequestIds
 
@@ -60,7 +60,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.state.limits = Limits.from_settings(settings)
     errors.install(app)
     app.include_router(progress.router)
-    app.include_router(dashboard.router)
+    app.include_router(dashboard_router)
     app.include_router(uploads.router)
     app.include_router(downloads.router)
     app.include_router(api.router)

@@ -111,7 +111,7 @@ function route() {
     if (link.dataset.view === state.view) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  if (state.view === "jobs" && arg) state.selected = decodeURIComponent(arg);
+  if (state.view === "jobs" && arg) { state.selected = decodeURIComponent(arg); window.scrollTo(0, 0); }
   state.lastLive = "";  // load the new view now
   tick();
 }

@@ -121,10 +121,12 @@ async function renderMedia(job, outputs) {
   media.players = [];
   const box = $("#detail-media");
   box.replaceChildren();
-  const usable = outputs.filter((o) => o.url);
+  // an HLS/DASH package's variant playlists, init and media segments are the players'
+  // business: only its master playlist (format hls or dash) is shown
+  const usable = outputs.filter((o) => o.url && !["init", "segment", "playlist"].includes(o.kind));
   const images = usable.filter((o) => IMAGE.test(o.name));
   const videos = usable.filter((o) => VIDEO.test(o.name));
-  const packages = usable.filter((o) => /\.(m3u8|mpd)$/i.test(o.name));
+  const packages = usable.filter((o) => /\.(m3u8|mpd)$/i.test(o.name) && (o.format === "hls" || o.format === "dash" || /\.mpd$/i.test(o.name)));
   const audios = usable.filter((o) => AUDIO.test(o.name));
   const peaks = usable.find((o) => /_waveform\.json$/i.test(o.name));
   const vtt = usable.find((o) => /\.vtt$/i.test(o.name));
@@ -155,7 +157,8 @@ async function renderMedia(job, outputs) {
     const wave = el("div", { class: "waveform", id: "waveform", role: "img",
       "aria-label": "waveform of the audio" });
     parts.push(section("Audio" + (audios.length ? " " + audios[0].name : "") + " and waveform", wave, audio));
-    if (peaks) drawWaveform(wave, audio, peaks.url).catch((e) => wave.append(el("p", { class: "error" }, e.message)));
+    // no audio file of its own: the waveform follows (and seeks) the first rendition
+    if (peaks) drawWaveform(wave, audio || firstVideo, peaks.url).catch((e) => wave.append(el("p", { class: "error" }, e.message)));
   }
   const scenes = job.steps.map((s) => s.outputData && s.outputData.scenes).find(Array.isArray);
   if (scenes) parts.push(section("Scenes", sceneList(scenes, firstVideo)));
@@ -191,6 +194,9 @@ async function attachStream(job, output, video) {
     await loadScript("/static/vendor/hls.min.js");
     if (!window.Hls.isSupported()) { video.src = output.url; return; }
     const hls = new window.Hls({ xhrSetup: (xhr, url) => { xhr.open("GET", sign(url), true); } });
+    hls.on(window.Hls.Events.ERROR, (event, data) => {
+      if (data.fatal) video.dataset.error = data.details + " " + ((data.response && data.response.code) || "");
+    });
     hls.loadSource(output.url);
     hls.attachMedia(video);
     media.players.push(hls);
