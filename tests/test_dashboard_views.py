@@ -62,8 +62,8 @@ SELECT d.id, '/data/in/clip_' || g || '.mp4',
        CASE WHEN g % 8 IN (0, 1, 2, 3) THEN now() - make_interval(secs => 60 * 58 - g * 10 - 20) END,
        CASE WHEN g % 8 IN (0, 1, 2, 3, 7) THEN now() - make_interval(secs => 60 * 58 - g * 10 - 50) END,
        CASE WHEN g % 8 = 3 THEN (ARRAY['clip_' || g || '.mp4: moov atom not found',
-                                      'disk full while writing clip_' || g || '.mp4'])[1 + g % 2] END,
-       CASE WHEN g % 8 = 3 THEN (ARRAY['permanent', 'transient'])[1 + g % 2]
+                                      'disk full while writing clip_' || g || '.mp4'])[1 + (g / 8) % 2] END,
+       CASE WHEN g % 8 = 3 THEN (ARRAY['permanent', 'transient'])[1 + (g / 8) % 2]
             WHEN g % 8 = 7 THEN 'cancelled' END,
        CASE WHEN g % 8 IN (0, 1, 2, 3) THEN 100 ELSE 0 END
   FROM generate_series(1, 320) g, workflow_definitions d

@@ -230,7 +230,7 @@ function cellText(key, v) {
 function table(rows, columns) {
   if (!rows || !rows.length) return el("p", { class: "muted" }, "nothing yet");
   const cols = columns || Object.keys(rows[0]);
-  return el("div", { class: "scroll" }, el("table", {},
+  return el("div", { class: "scroll", tabindex: "0" }, el("table", {},
     el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", { scope: "col" }, title(c))))),
     el("tbody", {}, ...rows.map((r) => el("tr", {}, ...cols.map((c) => el("td", {}, cellText(c, r[c]))))))));
 }

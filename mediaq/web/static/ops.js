@@ -22,11 +22,11 @@ VIEWS.hosts = async () => {
     "process (SIGTERM / the queue's pause), not yet a host switch";
   if (!data.data.length) { $("#hosts").replaceChildren(el("p", { class: "muted" }, "no worker has started yet")); return; }
   $("#hosts").replaceChildren(...data.data.map((h) => el("article", { class: "host", dataset: { host: h.host } },
-    el("h3", {}, h.host, " ", el("span", { class: "muted" }, h.live_workers + " live workers · heartbeat " + age(h.heartbeat_age_s) + " ago")),
+    el("h3", {}, h.host, " ", el("span", { class: "muted" }, h.live_workers + (h.live_workers === 1 ? " live worker" : " live workers") + " · heartbeat " + age(h.heartbeat_age_s) + " ago")),
     el("div", { class: "host-facts" },
       el("span", {}, "VRAM (MB) ", meter(h.vram_reserved_mb, h.vram_budget_mb, "VRAM of " + h.host)),
       ...Object.entries(h.slots).map(([cat, s]) => el("span", {}, cat + " slots ", meter(s.used, s.total, cat + " slots of " + h.host)))),
-    h.workers.length ? el("div", { class: "scroll" }, el("table", { class: "workers" },
+    h.workers.length ? el("div", { class: "scroll", tabindex: "0" }, el("table", { class: "workers" },
       el("thead", {}, el("tr", {}, ...["Worker", "Status", "PID", "Categories (limit)", "VRAM budget (MB)",
         "Heartbeat age", "Running now"].map((t) => el("th", { scope: "col" }, t)))),
       el("tbody", {}, ...h.workers.map((w) => el("tr", { dataset: { worker: w.worker_id } },
@@ -56,7 +56,7 @@ function renderDeadLetters() {
     g.reason, g.exampleJob, g.exampleMessage].join(" ").toLowerCase().includes(q));
   $("#dl-total").textContent = dl.total + " failed jobs in " + dl.groups.length + " groups";
   if (!shown.length) { $("#dead-letters").replaceChildren(el("p", { class: "muted" }, "no dead letters")); return; }
-  $("#dead-letters").replaceChildren(el("div", { class: "scroll" }, el("table", {},
+  $("#dead-letters").replaceChildren(el("div", { class: "scroll", tabindex: "0" }, el("table", {},
     el("thead", {}, el("tr", {}, el("th", { scope: "col" }, el("span", { class: "sr-only" }, "Select")),
       ...["Jobs", "Workflow", "Step", "Error class", "Reason", "Newest failure", "Example job"].map((t) => el("th", { scope: "col" }, t)))),
     el("tbody", {}, ...shown.map(([g, i]) => el("tr", { dataset: { group: i } },
