@@ -141,7 +141,7 @@ READY = {
     "jobs": "document.querySelectorAll('#jobs tbody tr[data-job]').length >= 100",
     "analytics": "document.querySelectorAll('.chart[data-drawn]').length >= 4 && "
                  "!!document.querySelector('[data-report=sla] table')",
-    "hosts": "document.querySelectorAll('#hosts tr[data-worker]').length === 2",
+    "hosts": "document.querySelectorAll('#hosts tr[data-worker]').length >= 2",
     "workflows": "!!document.querySelector('#wf-list table')",
     "dead-letters": "document.querySelectorAll('#dead-letters tr[data-group]').length >= 2",
     "submit": "!!document.querySelector('#s-workflow option')",
