@@ -6,8 +6,10 @@
 // letters, Submit, Library.
 "use strict";
 
-const ACTIVE = ["pending", "queued", "processing"];
 const FAST_MS = 1000, SLOW_MS = 5000, ANALYTICS_MS = 30000;
+// a view reloads when the live row changes, and at least this often (workers come and
+// go, ETAs move, without a job changing)
+const STALE_MS = 15000;
 const TOKEN_KEY = "mediaq.token";
 const ROLES = ["viewer", "submitter", "operator", "admin"];
 const state = {
@@ -113,6 +115,7 @@ function route() {
   }
   if (state.view === "jobs" && arg) { state.selected = decodeURIComponent(arg); window.scrollTo(0, 0); }
   state.lastLive = "";  // load the new view now
+  for (const fig of document.querySelectorAll(".chart[data-drawn]")) delete fig.dataset.drawn;
   tick();
 }
 
@@ -270,7 +273,7 @@ VIEWS.jobs = async () => {
   const list = await api("/api/media/jobs?" + filters());
   renderJobs(list);
   await showDetail();
-  return list.data.some((j) => ACTIVE.includes(j.status));
+  return list.data.some((j) => j.status === "processing");
 };
 
 VIEWS.workflows = async () => {
@@ -297,9 +300,10 @@ async function tick() {
     const live = await api("/api/media/dashboard/live");
     if (gen !== state.gen) return;
     renderCounters(live);
-    const busy = live.pending + live.queued + live.processing > 0;
+    // fast only while something runs: a backlog nobody works on changes nothing
+    const busy = live.processing > 0;
     const signature = JSON.stringify(live) + state.view;
-    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS : 60000);
+    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS : STALE_MS);
     if (signature !== state.lastLive || stale || (state.view === "jobs" && state.selected && busy)) {
       state.lastLive = signature;
       state.viewLoadedAt = Date.now();
