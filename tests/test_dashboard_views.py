@@ -28,6 +28,7 @@ AXE = Path(__file__).parent / "data" / "axe" / "axe.min.js"
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 VIEWS = ("jobs", "analytics", "hosts", "workflows", "dead-letters", "submit", "library")
 WIDTHS = (1280, 390)
+FAILED = "SELECT count(*) AS n FROM workflow_jobs WHERE status = 'failed'"
 
 MEDIA_WORKFLOW = {
     "workflow_code": "WF-DASH-MEDIA", "workflow_name": "Dashboard media", "workflow_type": "video",
@@ -60,7 +61,9 @@ OVERLAPS = """(() => {
     const a = rects[i], b = rects[j];
     const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
     const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
-    if (w > 1 && h > 1) bad.push([picked[i].outerHTML.slice(0, 80), picked[j].outerHTML.slice(0, 80)]);
+    if (w > 1 && h > 1) {
+      bad.push([picked[i].outerHTML.slice(0, 80), picked[j].outerHTML.slice(0, 80)]);
+    }
   }
   return {checked: picked.length, overlaps: bad.slice(0, 5), count: bad.length,
           pageWidth: document.documentElement.scrollWidth, viewport: innerWidth};
@@ -80,9 +83,10 @@ def make_source(path: Path) -> Path:
 
 
 def sign(mq: MediaqEnv, key_id: int, relative: str, expires: int) -> str:
-    secret = bytes(mq.one("SELECT secret FROM download_keys WHERE id = %s", (key_id,))["secret"])
-    digest = hmac.new(secret, f"{mq.one('SELECT job_id FROM download_keys WHERE id = %s', (key_id,))['job_id']}"
-                      f"\n{relative}\n{expires}".encode(), hashlib.sha256).digest()
+    """A link's signature made with the key's own secret (as mediaq.download_links)."""
+    key = mq.one("SELECT secret, job_id FROM download_keys WHERE id = %s", (key_id,))
+    message = f"{key['job_id']}\n{relative}\n{expires}".encode()
+    digest = hmac.new(bytes(key["secret"]), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
@@ -93,8 +97,8 @@ def login(browser: Browser, web: Web, role: str, view: str = "jobs") -> None:
              timeout=60, interval=0.2, message="the page")
     browser.js(f"""sessionStorage.setItem('mediaq.token', '{web.tokens[role]}');
                    location.reload()""")
-    wait_for(lambda: browser.js("!!document.body && document.body.dataset.loaded === '1'"), timeout=60,
-             interval=0.2, message="the dashboard")
+    wait_for(lambda: browser.js("!!document.body && document.body.dataset.loaded === '1'"),
+             timeout=60, interval=0.2, message="the dashboard")
 
 
 def show(browser: Browser, view: str, ready: str) -> None:
@@ -119,7 +123,8 @@ def axe_violations(browser: Browser) -> list[dict[str, Any]]:
         browser.js(AXE.read_text(encoding="utf-8") + ";true")
     found = browser.js("""axe.run(document, {resultTypes: ['violations']}).then((r) =>
         r.violations.filter((v) => ['serious', 'critical'].includes(v.impact))
-          .map((v) => ({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 3).map((n) => n.html)})))""")
+          .map((v) => ({id: v.id, impact: v.impact,
+                        nodes: v.nodes.slice(0, 3).map((n) => n.html)})))""")
     return list(found)
 
 
@@ -149,7 +154,8 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
 
         # The job's page: thumbnails load as images, the MP4 and HLS players seek and play,
         # the waveform is drawn, the graph shows five steps completed with their worker.
-        show(browser, "jobs/" + code, "document.querySelectorAll('#detail-graph g.node').length === 5"
+        show(browser, "jobs/" + code,
+             "document.querySelectorAll('#detail-graph g.node').length === 5"
              " && !!document.querySelector('#detail-media video[data-kind=hls]')")
         assert browser.js("[...document.querySelectorAll('#detail-graph g.node')]"
                           ".every(g => g.dataset.state === 'completed')")
@@ -158,14 +164,18 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
         wait_for(lambda: browser.js("""(() => { const img = document.querySelector(
             '#detail-media img.thumb'); return img.complete && img.naturalWidth > 0; })()"""),
                  timeout=60, interval=0.2, message="the thumbnail to load")
-        thumb = browser.js("""(async () => { const img = document.querySelector('#detail-media img.thumb');
-            const r = await fetch(img.src); return {status: r.status, type: r.headers.get('content-type')}; })()""")
+        thumb = browser.js("""(async () => {
+            const img = document.querySelector('#detail-media img.thumb');
+            const r = await fetch(img.src);
+            return {status: r.status, type: r.headers.get('content-type')}; })()""")
         assert thumb == {"status": 200, "type": "image/jpeg"}
         for kind in ("mp4", "hls"):
-            browser.js(f"""(() => {{ const v = document.querySelector('#detail-media video[data-kind={kind}]');
+            browser.js(f"""(() => {{
+                const v = document.querySelector('#detail-media video[data-kind={kind}]');
                 v.muted = true; window.__v = v;
                 const go = () => {{ v.currentTime = 1.6; v.play(); }};
-                if (v.readyState >= 1) go(); else v.addEventListener('loadedmetadata', go, {{once: true}});
+                if (v.readyState >= 1) go();
+                else v.addEventListener('loadedmetadata', go, {{once: true}});
                 return true; }})()""")
             wait_for(lambda: browser.js("window.__v.currentTime") > 1.8, timeout=90,
                      interval=0.2, message=f"the {kind} player to play past its seek point "
@@ -195,8 +205,8 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
                 assert_png(browser.screenshot(shots / f"{view}-{width}.png"))
                 if width == 1280:
                     assert axe_violations(browser) == [], view
-            show(browser, "jobs/" + code, "document.querySelectorAll('#detail-graph g.node')"
-                                          ".length === 5")
+            show(browser, "jobs/" + code, "!document.querySelector('#detail').hidden && "
+                 "document.querySelectorAll('#detail-graph g.node').length === 5")
             browser.js("document.querySelector('#detail').scrollIntoView()")
             layout = browser.js(OVERLAPS)
             assert layout["count"] == 0 and layout["pageWidth"] <= layout["viewport"], layout
@@ -206,16 +216,18 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
         browser.send("Emulation.setDeviceMetricsOverride", width=1280, height=900,
                      deviceScaleFactor=1, mobile=False)
         show(browser, "dead-letters", READY["dead-letters"])
-        failed = mq.one("SELECT count(*) AS n FROM workflow_jobs WHERE status = 'failed'")["n"]
+        failed = mq.one(FAILED)["n"]
         browser.js("""document.querySelector('.dl-pick').click();
                       document.querySelector('#dl-retry').click()""")
         wait_for(lambda: browser.js("document.querySelector('#confirm').open"), timeout=60,
                  interval=0.2, message="the confirmation")
-        assert " jobs in 1 groups?" in browser.js("document.querySelector('#confirm-text').textContent")
+        question = browser.js("document.querySelector('#confirm-text').textContent")
+        assert " jobs in 1 groups?" in question
         browser.js("document.querySelector('#confirm-yes').click()")
-        wait_for(lambda: "jobs changed" in browser.js("document.querySelector('#dl-result').textContent"),
+        wait_for(lambda: "jobs changed" in browser.js(
+            "document.querySelector('#dl-result').textContent"),
                  timeout=60, interval=0.2, message="the bulk retry")
-        assert mq.one("SELECT count(*) AS n FROM workflow_jobs WHERE status = 'failed'")["n"] < failed
+        assert mq.one(FAILED)["n"] < failed
 
         # Submit: a path under the input root makes a job the page links to.
         show(browser, "submit", READY["submit"])
@@ -223,7 +235,8 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
             document.querySelector('#s-path').value = '{mq.inputs / "clip.mp4"}';
             document.querySelector('#submit-form').requestSubmit()""")
         submitted = wait_for(lambda: browser.js(
-            "document.querySelector('#submitted-job') && document.querySelector('#submitted-job').textContent"),
+            "document.querySelector('#submitted-job') && "
+            "document.querySelector('#submitted-job').textContent"),
             timeout=60, interval=0.2, message="the new job")
         assert mq.job(submitted)["status"] == "pending"
 
@@ -231,11 +244,13 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
         browser.js("document.querySelector('#logout').click()")
         login(browser, web, "viewer")
         show(browser, "jobs", READY["jobs"])
-        assert browser.js("document.querySelectorAll('button[data-act], button[data-priority]').length") == 0
+        assert browser.js("document.querySelectorAll("
+                          "'button[data-act], button[data-priority]').length") == 0
         show(browser, "dead-letters", READY["dead-letters"])
         assert browser.js("document.querySelector('#dl-retry').hidden") is True
         show(browser, "submit", READY["submit"])
-        assert browser.js("document.querySelector('#submit-form button').disabled") is True
+        wait_for(lambda: browser.js("document.querySelector('#submit-form button').disabled"),
+                 timeout=60, interval=0.2, message="the submit button disabled for a viewer")
         _api_refusals(mq, web, code)
         # The live badge says so when the server goes away.
         mq.stop_workers()
@@ -256,9 +271,11 @@ def _api_refusals(mq: MediaqEnv, web: Web, code: str) -> None:
                        ("/api/media/jobs/cancel", {"where": "class=permanent"}),
                        ("/api/media/jobs", {"type": "WF-DASH-MEDIA",
                                             "inputPath": str(mq.inputs / "clip.mp4")})):
-        assert requests.post(web.base + path, json=body, headers=viewer, timeout=60).status_code == 403
+        answer = requests.post(web.base + path, json=body, headers=viewer, timeout=60)
+        assert answer.status_code == 403, (path, answer.status_code)
     job = requests.get(f"{web.base}/api/media/jobs/{code}", headers=viewer, timeout=60).json()
-    files = requests.get(f"{web.base}/api/media/jobs/{code}/files", headers=viewer, timeout=60).json()
+    files = requests.get(f"{web.base}/api/media/jobs/{code}/files", headers=viewer,
+                         timeout=60).json()
     assert any(f["path"].endswith(".m3u8") for f in files["files"])
     assert {f["path"] for f in files["files"]} >= {Path(o["path"]).name for o in job["outputs"]}
     url = job["outputs"][0]["url"]
@@ -267,7 +284,7 @@ def _api_refusals(mq: MediaqEnv, web: Web, code: str) -> None:
     secret_file.write_text("not an output")
     for relative in (f"{code}/../secret.txt", "secret.txt", f"{code}/../../etc/passwd"):
         expires = 2**33
-        link = (f"{web.base}/api/media/downloads/{key_id}/{quote(relative)}"
+        link = (f"{web.base}/api/media/downloads/{key_id}/{quote(relative, safe='')}"
                 f"?expires={expires}&sig={sign(mq, key_id, relative, expires)}")
         answer = requests.get(link, timeout=60)
         assert answer.status_code == 404, (relative, answer.status_code)

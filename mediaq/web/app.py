@@ -26,8 +26,8 @@ from mediaq.web import (
     uploads,
 )
 from mediaq.web.assets_api import router as assets_router
-from mediaq.web.dashboard import router as dashboard_router
 from mediaq.web.auth import Limits, Principal, get_conn, require
+from mediaq.web.dashboard import router as dashboard_router
 from mediaq.web.request_ids import RequestIds
 
 STATIC = Path(__file__).resolve().parent / "static"

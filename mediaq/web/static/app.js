@@ -356,6 +356,7 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const id of ["#f-status", "#f-workflow", "#f-category"]) $(id).addEventListener("change", refresh);
   $("#detail-close").addEventListener("click", () => {
     state.selected = null; $("#detail").hidden = true; location.hash = "#/jobs";
+    $("#detail-graph").replaceChildren(); $("#detail-media").replaceChildren(); media.key = "";
   });
   $("#wf-select").addEventListener("change", loadSource);
   $("#wf-apply").addEventListener("click", applySource);
