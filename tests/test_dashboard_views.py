@@ -186,7 +186,8 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
             .some((e) => e.shadowRoot && e.shadowRoot.querySelector('canvas'))"""),
                  timeout=60, interval=0.2, message="the waveform canvas")
         assert browser.js("document.querySelectorAll('#detail-media .scenes li').length") == 2
-        assert_png(browser.screenshot(shots / "job-1280.png"))
+        browser.js("document.querySelector('#detail-media').scrollIntoView()")
+        assert_png(browser.screenshot(shots / "job-media-1280.png"))
         assert axe_violations(browser) == []
 
         for width in WIDTHS:
@@ -239,6 +240,26 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
             "document.querySelector('#submitted-job').textContent"),
             timeout=60, interval=0.2, message="the new job")
         assert mq.job(submitted)["status"] == "pending"
+        # ... and a file upload (multipart, streamed to an input root) makes another: the
+        # page uploads the job's own MP4 rendition, fetched through its signed link.
+        browser.js(f"""(async () => {{
+            const job = await api('/api/media/jobs/{code}');
+            const mp4 = job.outputs.find((o) => o.name === 'clip_source.mp4');
+            const blob = await (await fetch(mp4.url)).blob();
+            const files = new DataTransfer();
+            files.items.add(new File([blob], 'upload.mp4', {{type: 'video/mp4'}}));
+            document.querySelector('#s-file').files = files.files;
+            document.querySelector('#s-path').value = '';
+            document.querySelector('#submit-form').requestSubmit();
+            return true; }})()""")
+        uploaded = wait_for(lambda: (text := browser.js(
+            "document.querySelector('#submitted-job') && "
+            "document.querySelector('#submitted-job').textContent")) != submitted and text,
+            timeout=60, interval=0.2, message="the uploaded file's job")
+        row = mq.job(uploaded)
+        assert row["input_file_path"].endswith("upload.mp4"), row["input_file_path"]
+        assert Path(row["input_file_path"]).stat().st_size == (
+            mq.outputs / code / "clip_source.mp4").stat().st_size
 
         # A viewer sees no retry, cancel or priority buttons and cannot submit.
         browser.js("document.querySelector('#logout').click()")
