@@ -300,3 +300,134 @@ DELETE FROM uploads
  WHERE status = 'receiving' AND expires_at < now()
    AND (busy_until IS NULL OR busy_until < now())
 RETURNING id, part_path;
+
+-- ===========================================================================
+-- The dashboard's charts and Hosts view (GET /api/media/dashboard/…)
+-- %(unit)s is 'minute' or 'hour' (the bucket), %(span)s the range ('1 hour', '1 day',
+-- '7 days'); every series has one row per bucket, empty buckets included, so a chart's
+-- x axis is the same for every series.
+-- ===========================================================================
+
+-- name: dash_throughput
+-- Jobs completed and failed per bucket over the range.
+WITH buckets AS (
+    SELECT generate_series(date_trunc(%(unit)s, now() - %(span)s::interval),
+                           date_trunc(%(unit)s, now()), ('1 ' || %(unit)s)::interval) AS t
+), done AS (
+    SELECT date_trunc(%(unit)s, completed_at) AS t,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+      FROM workflow_jobs
+     WHERE completed_at >= date_trunc(%(unit)s, now() - %(span)s::interval)
+       AND status IN ('completed', 'failed')
+     GROUP BY 1
+)
+SELECT extract(epoch FROM b.t)::bigint AS t, coalesce(d.completed, 0) AS completed,
+       coalesce(d.failed, 0) AS failed
+  FROM buckets b LEFT JOIN done d ON d.t = b.t
+ ORDER BY b.t;
+
+-- name: dash_queue_depth
+-- Per resource category and bucket end: jobs waiting then (submitted, not yet started or
+-- finished) and the age of the oldest of them, in seconds.
+WITH buckets AS (
+    SELECT generate_series(date_trunc(%(unit)s, now() - %(span)s::interval),
+                           date_trunc(%(unit)s, now()), ('1 ' || %(unit)s)::interval)
+           + ('1 ' || %(unit)s)::interval AS t_end
+), jobs AS (
+    SELECT resource_category, submitted_at,
+           coalesce(started_at, completed_at, 'infinity'::timestamptz) AS left_queue_at
+      FROM workflow_jobs
+     WHERE coalesce(started_at, completed_at, 'infinity'::timestamptz)
+           >= now() - %(span)s::interval - ('1 ' || %(unit)s)::interval
+)
+SELECT extract(epoch FROM least(b.t_end, now()))::bigint AS t, c.category,
+       count(j.submitted_at) AS waiting,
+       coalesce(extract(epoch FROM least(b.t_end, now()) - min(j.submitted_at)), 0)::float8
+           AS oldest_waiting_s
+  FROM buckets b
+ CROSS JOIN unnest(ARRAY['cpu', 'gpu_encode', 'gpu_ai']) AS c(category)
+  LEFT JOIN jobs j ON j.resource_category = c.category
+                  AND j.submitted_at <= least(b.t_end, now())
+                  AND j.left_queue_at > least(b.t_end, now())
+ GROUP BY b.t_end, c.category
+ ORDER BY b.t_end, c.category;
+
+-- name: dash_vram
+-- Per host and bucket end: the VRAM (MB) of the GPU step runs under way then (the step's
+-- own vram_required, else its job's).
+WITH buckets AS (
+    SELECT generate_series(date_trunc(%(unit)s, now() - %(span)s::interval),
+                           date_trunc(%(unit)s, now()), ('1 ' || %(unit)s)::interval)
+           + ('1 ' || %(unit)s)::interval AS t_end
+), runs AS (
+    SELECT w.host, se.started_at, coalesce(se.completed_at, 'infinity'::timestamptz) AS ended,
+           coalesce(ws.vram_required, j.vram_required, 0) AS vram_mb
+      FROM step_executions se
+      JOIN workflow_jobs j ON j.id = se.job_id
+      JOIN workflow_steps ws ON ws.id = se.step_id
+      JOIN workers w ON w.worker_id = se.worker_id
+     WHERE se.started_at IS NOT NULL
+       AND coalesce(ws.resource_category, j.resource_category) <> 'cpu'
+       AND coalesce(se.completed_at, 'infinity'::timestamptz)
+           >= now() - %(span)s::interval - ('1 ' || %(unit)s)::interval
+), hosts AS (SELECT host FROM worker_hosts UNION SELECT host FROM runs)
+SELECT extract(epoch FROM least(b.t_end, now()))::bigint AS t, h.host,
+       coalesce(sum(r.vram_mb), 0)::bigint AS vram_mb
+  FROM buckets b
+ CROSS JOIN hosts h
+  LEFT JOIN runs r ON r.host = h.host AND r.started_at <= least(b.t_end, now())
+                  AND r.ended > least(b.t_end, now())
+ GROUP BY b.t_end, h.host
+ ORDER BY b.t_end, h.host;
+
+-- name: dash_hosts
+-- Each host: VRAM budget and reservation, its live workers, slots in use per category,
+-- and its most recent heartbeat's age in seconds.
+SELECT h.host, h.vram_budget_mb, h.vram_reserved_mb,
+       extract(epoch FROM now() - max(w.heartbeat_at))::float8 AS heartbeat_age_s,
+       count(DISTINCT w.worker_id) FILTER (WHERE w.status <> 'stopped') AS live_workers,
+       coalesce((SELECT jsonb_object_agg(category, jsonb_build_object('used', used, 'total', total))
+                   FROM (SELECT s.category, count(s.job_id) AS used, count(*) AS total
+                           FROM worker_slots s WHERE s.host = h.host
+                          GROUP BY s.category) x), '{}'::jsonb) AS slots
+  FROM (SELECT host, vram_budget_mb, vram_reserved_mb FROM worker_hosts
+        UNION
+        SELECT DISTINCT host, 0, 0 FROM workers
+         WHERE host NOT IN (SELECT host FROM worker_hosts)) h
+  LEFT JOIN workers w ON w.host = h.host
+ GROUP BY h.host, h.vram_budget_mb, h.vram_reserved_mb
+ ORDER BY h.host;
+
+-- name: dash_workers
+-- Every worker that is not stopped, or stopped within the last hour, with its heartbeat
+-- age and the jobs (and steps) it runs now.
+SELECT w.worker_id, w.host, w.pid, w.status, w.categories, w.limits, w.vram_budget_mb,
+       w.version, w.started_at,
+       extract(epoch FROM now() - w.heartbeat_at)::float8 AS heartbeat_age_s,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'job', j.job_code, 'workflow', d.workflow_code, 'step', ws.step_name,
+                    'category', coalesce(ws.resource_category, j.resource_category),
+                    'progress', j.progress_percent) ORDER BY se.started_at)
+                   FROM step_executions se
+                   JOIN workflow_jobs j ON j.id = se.job_id
+                   JOIN workflow_definitions d ON d.id = j.workflow_id
+                   JOIN workflow_steps ws ON ws.id = se.step_id
+                  WHERE se.worker_id = w.worker_id AND se.status = 'running'),
+                '[]'::jsonb) AS running
+  FROM workers w
+ WHERE w.status <> 'stopped' OR w.stopped_at > now() - interval '1 hour'
+ ORDER BY w.host, w.worker_id;
+
+-- name: dash_live
+-- The one cheap row the dashboard polls for live updates: jobs per status and the newest
+-- change (a page refetches its view only when this row changes).
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'processing') AS processing,
+       count(*) FILTER (WHERE status = 'paused') AS paused,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       max(updated_at) AS changed_at
+  FROM workflow_jobs;

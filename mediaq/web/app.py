@@ -28,6 +28,7 @@ from mediaq.web import (
 )
 from mediaq.web.assets_api import router as assets_router
 from mediaq.web.auth import Limits, Principal, get_conn, require
+from mediaq.web.dashboard import router as dashboard_router
 from mediaq.web.request_ids import RequestIds
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -60,6 +61,7 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     app.state.limits = Limits.from_settings(settings)
     errors.install(app)
     app.include_router(progress.router)
+    app.include_router(dashboard_router)
     app.include_router(uploads.router)
     app.include_router(downloads.router)
     app.include_router(api.router)

@@ -25,7 +25,11 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+# media-src/worker-src blob:: hls.js and dash.js feed the <video> through a MediaSource
+# object URL (and hls.js demuxes in a blob worker). style-src 'unsafe-inline':
+# wavesurfer.js styles its shadow DOM with a <style> element; scripts stay 'self' only.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+       "img-src 'self' data: blob:; media-src 'self' blob:; worker-src 'self' blob:; "
        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 # A client's own id is kept when it looks like one (a proxy's, a tracing id); anything
 # else could forge log lines.

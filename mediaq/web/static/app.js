@@ -1,24 +1,38 @@
 // mediaq dashboard: plain JS, no build step. The token lives in sessionStorage and goes
 // out only as an Authorization header (never a cookie), so other sites cannot make this
 // browser send authenticated requests (no CSRF); data is written with textContent only.
+// app.js: the core (API calls, views, the live loop, the jobs list, workflows);
+// job.js: a job's page (graph, media); charts.js: Analytics; ops.js: Hosts, Dead
+// letters, Submit, Library.
 "use strict";
 
-const ACTIVE = ["pending", "queued", "processing"];
-const FAST_MS = 1000, SLOW_MS = 5000, ANALYTICS_MS = 15000;
+const FAST_MS = 1000, SLOW_MS = 5000, ANALYTICS_MS = 30000;
+// a view reloads when the live row changes, and at least this often (workers come and
+// go, ETAs move, without a job changing)
+const STALE_MS = 15000;
 const TOKEN_KEY = "mediaq.token";
-const state = { selected: null, timer: null, analyticsAt: 0, workflowsLoaded: false, gen: 0 };
+const ROLES = ["viewer", "submitter", "operator", "admin"];
+const state = {
+  selected: null, timer: null, analyticsAt: 0, workflowsLoaded: false, gen: 0,
+  view: "jobs", lastLive: "", viewLoadedAt: 0, role: null, workflows: [], connected: true,
+};
+const VIEWS = {};  // name -> async loader (set by each script)
 
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
+  const svg = ["svg", "g", "rect", "line", "path", "text", "title", "polyline", "defs",
+    "marker"].includes(tag);
+  const node = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag)
+    : document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.setAttribute("class", value);
     else if (key === "dataset") Object.assign(node.dataset, value);
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
+    else node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children) {
+  for (const child of children.flat()) {
     if (child === null || child === undefined) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -33,20 +47,42 @@ class ApiError extends Error {
 
 async function api(path, options = {}) {
   const headers = { Authorization: "Bearer " + token() };
-  if (options.body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method: options.method || "GET", headers, credentials: "omit", cache: "no-store",
-    body: options.body === undefined ? undefined : JSON.stringify(options.body),
-  });
+  let body = options.body;
+  if (body !== undefined && !(body instanceof FormData)) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, {
+      method: options.method || "GET", headers, credentials: "omit", cache: "no-store", body,
+    });
+  } catch (e) {
+    connection(false);
+    throw new ApiError(0, "the server cannot be reached");
+  }
+  connection(response.status < 500);
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
   if (response.status === 401) { logout("token refused: " + (data && (data.detail || data.title))); }
   if (!response.ok) throw new ApiError(response.status, (data && (data.detail || data.title)) || response.statusText);
+  if (options.withHeaders) return { data, headers: response.headers };
   return data;
 }
 
+// A visible state when the server goes away: the badge turns red until a call succeeds.
+function connection(up) {
+  state.connected = up;
+  const live = $("#live");
+  live.classList.toggle("down", !up);
+  if (!up) live.textContent = "disconnected · retrying";
+}
+
+function can(role) { return state.role !== null && ROLES.indexOf(state.role) >= ROLES.indexOf(role); }
+
 function showLogin(message) {
   $("#login").hidden = false; $("#app").hidden = true; $("#logout").hidden = true;
+  $("#nav").hidden = true;
   $("#login-error").textContent = message || "";
   $("#live").textContent = "signed out";
 }
@@ -54,14 +90,32 @@ function showLogin(message) {
 function logout(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   clearTimeout(state.timer);
-  state.gen++; state.selected = null; state.workflowsLoaded = false;
+  state.gen++; state.selected = null; state.workflowsLoaded = false; state.role = null;
+  state.lastLive = "";
   $("#detail").hidden = true;
+  $("#counters").replaceChildren();
   showLogin(message);
 }
 
-function start() {
+async function start() {
   $("#login").hidden = true; $("#app").hidden = false; $("#logout").hidden = false;
-  state.analyticsAt = 0;
+  $("#nav").hidden = false;
+  state.analyticsAt = 0; state.lastLive = "";
+  route();
+}
+
+// Views: #/jobs (the landing page), #/jobs/JOB-CODE, #/analytics, #/hosts, ...
+function route() {
+  const [, name = "jobs", arg] = (location.hash || "#/jobs").split("/");
+  state.view = VIEWS[name] ? name : "jobs";
+  for (const view of document.querySelectorAll(".view")) view.hidden = view.dataset.view !== state.view;
+  for (const link of document.querySelectorAll("#nav a")) {
+    if (link.dataset.view === state.view) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (state.view === "jobs" && arg) { state.selected = decodeURIComponent(arg); window.scrollTo(0, 0); }
+  state.lastLive = "";  // load the new view now
+  for (const fig of document.querySelectorAll(".chart[data-drawn]")) delete fig.dataset.drawn;
   tick();
 }
 
@@ -87,9 +141,9 @@ const ACTIONS = {
 const REPRIORITISABLE = ["pending", "queued", "paused"];
 
 function priorityCell(job) {
-  if (!REPRIORITISABLE.includes(job.status)) return el("td", {}, job.priority);
+  if (!REPRIORITISABLE.includes(job.status) || !can("operator")) return el("td", {}, job.priority);
   const step = (delta, label, title) => el("button", {
-    type: "button", class: "prio", title, "aria-label": title,
+    type: "button", class: "prio", title, "aria-label": title + " (" + job.id + ")",
     dataset: { priority: delta > 0 ? "up" : "down", job: job.id },
     onclick: () => reprioritise(job.id, job.priority + delta),
   }, label);
@@ -101,14 +155,16 @@ function priorityCell(job) {
 function jobRow(job) {
   const bar = el("div", { class: "bar" });
   bar.style.width = Math.max(0, Math.min(100, job.progress)) + "%";
-  const buttons = (ACTIONS[job.status] || []).map((act) =>
-    el("button", { type: "button", dataset: { act, job: job.id }, onclick: () => operate(job.id, act) }, act));
+  const buttons = can("operator") ? (ACTIONS[job.status] || []).map((act) =>
+    el("button", { type: "button", dataset: { act, job: job.id }, "aria-label": act + " " + job.id,
+                   onclick: () => operate(job.id, act) }, act)) : [];
   const row = el("tr", { dataset: { job: job.id, status: job.status } },
-    el("td", {}, el("a", { class: "job", onclick: () => select(job.id) }, job.id)),
+    el("td", {}, el("a", { class: "job", href: "#/jobs/" + encodeURIComponent(job.id) }, job.id)),
     el("td", {}, job.type),
     el("td", {}, el("span", { class: "badge b-" + job.status }, job.status)),
-    el("td", {}, el("div", { class: "progress", role: "progressbar",
-                             "aria-valuenow": String(job.progress) }, bar),
+    el("td", {}, el("div", { class: "progress", role: "progressbar", "aria-label": "progress of " + job.id,
+                             "aria-valuenow": String(Math.round(job.progress)),
+                             "aria-valuemin": "0", "aria-valuemax": "100" }, bar),
        el("span", { class: "pct" }, Math.round(job.progress) + "%" +
           (job.waitingReason ? " · " + job.waitingReason : "") +
           (job.estimatedFinish ? " · ETA " + clock(job.estimatedFinish) : "") +
@@ -128,7 +184,7 @@ function renderJobs(list) {
     const row = jobRow(job);
     const before = old.get(job.id);
     // keep the old bar element's width first so the CSS transition animates the move
-    if (before) {
+    if (before && before.querySelector(".bar")) {
       const oldBar = before.querySelector(".bar"), newBar = row.querySelector(".bar");
       const target = newBar.style.width;
       newBar.style.width = oldBar.style.width;
@@ -141,86 +197,59 @@ function renderJobs(list) {
   $("#jobs-total").textContent = list.pagination.total + " jobs";
 }
 
-function renderCounters(stats) {
-  const parts = [["pending", stats.pending], ["queued", stats.queued], ["running", stats.running],
-    ["paused", stats.paused], ["completed", stats.completed], ["failed", stats.failed],
-    ["workers", stats.workers], ["VRAM", stats.totalVramUsed + "/" + stats.totalVramAvailable + " MB"]];
+function renderCounters(live) {
+  const parts = [["pending", live.pending], ["queued", live.queued], ["running", live.processing],
+    ["paused", live.paused], ["completed", live.completed], ["failed", live.failed]];
   $("#counters").replaceChildren(...parts.map(([k, v]) => el("span", {}, k + " ", el("b", {}, v))));
 }
 
-function table(rows) {
+// Human column titles, with units, for the SQL views' snake_case columns.
+const TITLES = {
+  workflow_stage: "Stage", n: "Runs", p50_hours: "p50 (h)", p90_hours: "p90 (h)",
+  avg_seconds: "Mean (s)", p50_seconds: "p50 (s)", p90_seconds: "p90 (s)", max_seconds: "Max (s)",
+  reworked: "Reworked", missed: "Missed", miss_rate: "Miss rate (%)",
+  avg_sla_seconds: "Mean SLA (s)", avg_overrun_seconds: "Mean overrun (s)",
+  max_overrun_seconds: "Max overrun (s)", workflow_id: "Job", started_at: "Started",
+  last_started_at: "Last started", sla_due_timestamp: "SLA due", starts: "Starts",
+  step_number: "Step", queue_name: "Queue", jobs_in_queue: "Jobs", waiting: "Waiting",
+  processing: "Processing", avg_priority: "Mean priority", next_scheduled: "Next scheduled",
+  paused: "Paused", stage_runs: "Stage runs", jobs_reworked: "Jobs reworked",
+  extra_starts: "Extra starts", rework_rate: "Rework rate (%)", age_seconds: "Age (s)",
+  overdue: "Overdue", workflow_code: "Workflow", workflow_name: "Name", version: "Version",
+  steps: "Steps", jobs: "Jobs", is_current: "Current", created_at: "Created",
+};
+function title(key) {
+  return TITLES[key] || key.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
+}
+function cellText(key, v) {
+  if (v === null || v === undefined) return "";
+  if (typeof v === "number" && /rate/.test(key) && v <= 1) return (100 * v).toFixed(1);
+  if (typeof v === "number" && !Number.isInteger(v)) return v.toFixed(2);
+  if (typeof v === "string" && /^\d{4}-\d\d-\d\dT/.test(v)) return when(v);
+  if (typeof v === "object") return JSON.stringify(v);
+  return v;
+}
+
+function table(rows, columns) {
   if (!rows || !rows.length) return el("p", { class: "muted" }, "nothing yet");
-  const cols = Object.keys(rows[0]);
-  return el("table", {},
-    el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", {}, c)))),
-    el("tbody", {}, ...rows.map((r) => el("tr", {}, ...cols.map((c) => {
-      const v = r[c];
-      return el("td", {}, v === null ? "" : typeof v === "object" ? JSON.stringify(v) : v);
-    })))));
-}
-
-function renderQueues(data) {
-  $("#queues").replaceChildren(table(data.queues));
-  const hosts = data.hosts.map((h) => {
-    const bar = el("div", { class: "bar" });
-    bar.style.width = (h.vram_budget_mb ? 100 * h.vram_reserved_mb / h.vram_budget_mb : 0) + "%";
-    return el("div", { class: "vram-row" }, h.host + " ",
-      el("div", { class: "progress" }, bar),
-      el("span", { class: "pct" }, h.vram_reserved_mb + " / " + h.vram_budget_mb + " MB"));
-  });
-  $("#vram").replaceChildren(...(hosts.length ? hosts : [el("p", { class: "muted" }, "no GPU hosts")]));
-}
-
-async function loadAnalytics() {
-  for (const box of document.querySelectorAll("[data-report]")) {
-    try {
-      const data = await api("/api/media/analytics/" + box.dataset.report);
-      box.replaceChildren(table(data.data.slice(0, 20)));
-    } catch (e) {
-      box.replaceChildren(el("p", { class: "muted" }, e.message));
-    }
-  }
+  const cols = columns || Object.keys(rows[0]);
+  return el("div", { class: "scroll", tabindex: "0" }, el("table", {},
+    el("thead", {}, el("tr", {}, ...cols.map((c) => el("th", { scope: "col" }, title(c))))),
+    el("tbody", {}, ...rows.map((r) => el("tr", {}, ...cols.map((c) => el("td", {}, cellText(c, r[c]))))))));
 }
 
 async function loadWorkflows() {
   const data = await api("/api/media/workflows");
-  for (const id of ["#f-workflow", "#wf-select"]) {
+  state.workflows = data.data;
+  for (const id of ["#f-workflow", "#wf-select", "#s-workflow"]) {
     const select = $(id), keep = select.value;
-    const first = select.options[0];
-    select.replaceChildren(first, ...data.data.map((w) => el("option", { value: w.workflow_code },
+    const first = id === "#s-workflow" ? null : select.options[0];
+    select.replaceChildren(...[first].filter(Boolean), ...data.data.map((w) => el("option", { value: w.workflow_code },
       w.workflow_code)));
-    select.value = keep;
+    if (keep) select.value = keep;
   }
   state.workflowsLoaded = true;
 }
-
-async function showDetail() {
-  if (!state.selected) { $("#detail").hidden = true; return; }
-  const job = await api("/api/media/jobs/" + encodeURIComponent(state.selected));
-  $("#detail").hidden = false;
-  $("#detail-title").textContent = job.id + " · " + job.type + " · " + job.status;
-  const fields = ["status", "progress", "progressStage", "priority", "resourceCategory",
-    "vramRequired", "inputPath", "outputPath", "retryCount", "maxRetries", "waitingReason",
-    "submittedBy", "createdAt", "startedAt", "estimatedStart", "estimatedFinish", "etaBlockedReason",
-    "completedAt", "errorMessage"];
-  $("#detail-fields").replaceChildren(...fields.filter((f) => job[f] !== null && job[f] !== "")
-    .flatMap((f) => [el("dt", {}, f), el("dd", {}, job[f])]));
-  $("#detail-steps tbody").replaceChildren(...job.steps.map((s) => el("tr", {},
-    el("td", {}, s.stepNumber), el("td", {}, s.stepName), el("td", {}, s.action),
-    el("td", {}, s.status ? el("span", { class: "badge b-" + (s.status === "running" ? "processing" : s.status) }, s.status) : ""),
-    el("td", {}, s.executions), el("td", {}, s.durationMs ?? ""), el("td", {}, s.errorMessage ?? ""))));
-  // Each output's signed download link (made for this token; it expires).
-  $("#detail-outputs").replaceChildren(...(job.outputs || []).filter((o) => o && o.path)
-    .map((o) => el("li", {}, /^https?:\/\//.test(o.url || "")
-      ? el("a", { href: o.url, target: "_blank", rel: "noopener noreferrer" }, o.name)
-      : o.name, " ", o.contentType || "", o.size_bytes ? " · " + o.size_bytes + " bytes" : "")));
-  const log = $("#detail-log");
-  const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-  log.textContent = job.log || "";
-  if (atEnd) log.scrollTop = log.scrollHeight;
-}
-
-function select(code) { state.selected = code; showDetail().catch(report); }
 
 function report(e) { $("#action-error").textContent = e.message; }
 
@@ -229,7 +258,7 @@ async function operate(code, act) {
   try {
     await api("/api/media/jobs/" + encodeURIComponent(code) + "/" + act, { method: "POST" });
   } catch (e) { report(e); }
-  tick();
+  state.lastLive = ""; tick();
 }
 
 async function reprioritise(code, priority) {
@@ -237,37 +266,62 @@ async function reprioritise(code, priority) {
   try {
     await api("/api/media/jobs/" + encodeURIComponent(code), { method: "PATCH", body: { priority } });
   } catch (e) { report(e); }
-  tick();
+  state.lastLive = ""; tick();
 }
 
+VIEWS.jobs = async () => {
+  const list = await api("/api/media/jobs?" + filters());
+  renderJobs(list);
+  await showDetail();
+  return list.data.some((j) => j.status === "processing");
+};
+
+VIEWS.workflows = async () => {
+  await loadWorkflows();
+  $("#wf-list").replaceChildren(table(state.workflows));
+};
+
+// The live loop: one cheap row (GET /api/media/dashboard/live) every 1 s while work is
+// under way, 5 s otherwise; the current view reloads only when that row changed (or the
+// open job is running), so an idle dashboard costs one small statement per tick.
 async function tick() {
   clearTimeout(state.timer);
   if (!token()) return;
   const gen = ++state.gen;  // a newer tick (a filter change) supersedes this one
   let delay = SLOW_MS;
   try {
-    if (!state.workflowsLoaded) await loadWorkflows();
-    const [list, stats, queues] = await Promise.all([api("/api/media/jobs?" + filters()),
-      api("/api/media/jobs/stats"), api("/api/media/queues")]);
-    if (gen !== state.gen) return;
-    renderJobs(list); renderCounters(stats); renderQueues(queues);
-    const busy = stats.pending + stats.queued + stats.running > 0 ||
-      list.data.some((j) => ACTIVE.includes(j.status));
-    delay = busy ? FAST_MS : SLOW_MS;
-    await showDetail();
-    if (Date.now() - state.analyticsAt > ANALYTICS_MS) {
-      state.analyticsAt = Date.now();
-      loadAnalytics();
+    if (state.role === null) {
+      const me = await api("/api/media/dashboard/me");
+      state.role = me.role;
+      $("#role").textContent = (me.name ? me.name + " · " : "") + me.role;
+      document.body.dataset.role = me.role;
     }
+    if (!state.workflowsLoaded) await loadWorkflows();
+    const live = await api("/api/media/dashboard/live");
+    if (gen !== state.gen) return;
+    renderCounters(live);
+    // fast only while something runs: a backlog nobody works on changes nothing
+    const busy = live.processing > 0;
+    const signature = JSON.stringify(live) + state.view;
+    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS : STALE_MS);
+    if (signature !== state.lastLive || stale || (state.view === "jobs" && state.selected && busy)) {
+      state.lastLive = signature;
+      state.viewLoadedAt = Date.now();
+      const viewBusy = await VIEWS[state.view]();
+      if (viewBusy) delay = FAST_MS;
+    }
+    if (busy) delay = FAST_MS;
     document.body.dataset.loaded = "1";
+    if (gen !== state.gen) return;
+    const badge = $("#live");
+    badge.textContent = delay === FAST_MS ? "live · 1 s" : "idle · 5 s";
+    badge.classList.toggle("fast", delay === FAST_MS);
   } catch (e) {
     if (!token()) return;
     report(e);
+    if (e.status === 0 || e.status >= 500) state.lastLive = "";
   }
   if (gen !== state.gen) return;
-  const live = $("#live");
-  live.textContent = delay === FAST_MS ? "live · 1 s" : "idle · 5 s";
-  live.classList.toggle("fast", delay === FAST_MS);
   state.timer = setTimeout(tick, delay);
 }
 
@@ -288,17 +342,24 @@ async function applySource() {
   } catch (e) { $("#wf-result").textContent = e.message; }
 }
 
+function refresh() { state.lastLive = ""; tick(); }
+
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", (event) => {
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("#token-input").value.trim());
     $("#token-input").value = "";
+    state.role = null;
     start();
   });
   $("#logout").addEventListener("click", () => logout(""));
-  for (const id of ["#f-status", "#f-workflow", "#f-category"]) $(id).addEventListener("change", tick);
-  $("#detail-close").addEventListener("click", () => { state.selected = null; $("#detail").hidden = true; });
+  for (const id of ["#f-status", "#f-workflow", "#f-category"]) $(id).addEventListener("change", refresh);
+  $("#detail-close").addEventListener("click", () => {
+    state.selected = null; $("#detail").hidden = true; location.hash = "#/jobs";
+    $("#detail-graph").replaceChildren(); $("#detail-media").replaceChildren(); media.key = "";
+  });
   $("#wf-select").addEventListener("change", loadSource);
   $("#wf-apply").addEventListener("click", applySource);
+  window.addEventListener("hashchange", () => { if (token()) route(); });
   if (token()) start(); else showLogin("");
 });

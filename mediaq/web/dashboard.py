@@ -1,0 +1,93 @@
+"""The dashboard's own reads: chart series over a range, the Hosts view, a job's files
+with signed links (so a player can fetch an HLS/DASH package's playlists and segments),
+and the one cheap row that live pages poll. All viewer-level and read-only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+
+from mediaq import db, operations
+from mediaq.web import serialise
+from mediaq.web.api import signer
+from mediaq.web.auth import Principal, get_conn, require
+
+router = APIRouter(prefix="/api/media", tags=["dashboard"])
+
+Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+
+Range = Literal["hour", "day", "week"]
+# (bucket unit, span): a minute a point over an hour, an hour a point over a day or week.
+RANGES: dict[str, tuple[str, str]] = {"hour": ("minute", "1 hour"),
+                                      "day": ("hour", "1 day"),
+                                      "week": ("hour", "7 days")}
+MAX_FILES = 5000
+"""A job folder listed for the players holds at most this many files (an HLS ladder of a
+long film has a few thousand segments); past it the listing is cut and says so."""
+
+
+@router.get("/dashboard/series")
+def series(conn: Conn, _: Viewer, range: Range = "hour") -> dict[str, Any]:
+    """The charts' data over the last hour (per minute), day or week (per hour):
+    completed/failed jobs, queue depth and oldest waiting age per resource category, VRAM
+    in use per host; each point's ``t`` is a Unix time in seconds."""
+    unit, span = RANGES[range]
+    params = {"unit": unit, "span": span}
+    return {"range": range, "unit": unit,
+            "throughput": serialise.rows(db.fetch_all(conn, "dash_throughput", params)),
+            "queue": serialise.rows(db.fetch_all(conn, "dash_queue_depth", params)),
+            "vram": serialise.rows(db.fetch_all(conn, "dash_vram", params))}
+
+
+@router.get("/dashboard/me")
+def me(who: Viewer) -> dict[str, Any]:
+    """This token's name and role (the page hides what the role may not do; the API
+    refuses it anyway)."""
+    return {"name": who.name, "role": who.role}
+
+
+@router.get("/dashboard/live")
+def live(conn: Conn, _: Viewer) -> dict[str, Any]:
+    """Jobs per status and the newest change: the one row an open dashboard polls; it
+    reloads its view only when ``changedAt`` or a count moves."""
+    row = db.fetch_one(conn, "dash_live") or {}
+    return serialise.record({**row, "changedAt": row.get("changed_at")})
+
+
+@router.get("/hosts")
+def hosts(conn: Conn, _: Viewer) -> dict[str, Any]:
+    """Each host (VRAM budget and reservation, slots used per category, heartbeat age)
+    with its workers by id and the steps each runs now."""
+    workers = serialise.rows(db.fetch_all(conn, "dash_workers"))
+    out = []
+    for host in serialise.rows(db.fetch_all(conn, "dash_hosts")):
+        host["workers"] = [w for w in workers if w["host"] == host["host"]]
+        out.append(host)
+    return {"data": out}
+
+
+@router.get("/jobs/{job_id}/files")
+def job_files(job_id: str, request: Request, conn: Conn, who: Viewer) -> dict[str, Any]:
+    """Every file in the job's output folder (``outputs/<job code>/``), each with a signed
+    link for this token: the players map a playlist's relative segment names to these.
+    Nothing outside the folder is listed (symbolic links are skipped)."""
+    job = operations.find_job(conn, job_id)
+    sign = signer(conn, job, request, who)
+    folder = sign.output_root / str(job["job_code"])
+    files: list[dict[str, Any]] = []
+    truncated = False
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_symlink() or not path.is_file():
+                continue
+            if len(files) >= MAX_FILES:
+                truncated = True
+                break
+            url = sign.url(path)
+            if url is not None:
+                files.append({"path": path.relative_to(folder).as_posix(), "url": url,
+                              "size": path.stat().st_size})
+    return {"job": job["job_code"], "files": files, "truncated": truncated}
+
