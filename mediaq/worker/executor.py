@@ -1,6 +1,7 @@
-"""Run one claimed job: its workflow's steps in order, resuming after finished ones.
+"""Run one claimed job: its workflow's steps in graph order, resuming after finished ones.
 
-Reads as a pipeline: load the job → check the input → for each unfinished step:
+Reads as a pipeline: load the job → resolve its graph → check the input → for each
+unfinished step (``step_plan``: skipped, one task, its items, or a one-pass group):
 start (fenced) → run the action (no transaction open) → decide the step's outcome →
 have the completer write it → end the attempt with the job's outcome. Every decision is
 a value from ``mediaq.worker.outcomes`` (the rules there are pure functions); which
@@ -13,16 +14,15 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 import structlog
 
 from mediaq import catalog
-from mediaq.actions import ActionContext, ActionResult, get_action
+from mediaq.actions import ActionResult, get_action
 from mediaq.config import Settings
 from mediaq.errors import (
-    ActionNotAvailable,
     Cancelled,
     InputRefused,
     Interrupt,
@@ -34,20 +34,17 @@ from mediaq.errors import (
     WorkflowError,
 )
 from mediaq.outputs import (
-    check_input,
     discard,
     discard_earlier_attempts,
     job_output_dir,
-    sha256_of,
     staging_dir,
 )
 from mediaq.storage.setup import object_storage
-from mediaq.storage.uri import check_s3_input, is_s3
-from mediaq.triggers.scan import submit_found_files
 from mediaq.worker import completer, storage_health
 from mediaq.worker.breakers import Breakers
 from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.job_input import first_unfinished, local_input
 from mediaq.worker.job_run import SINGLE, Item, JobRun, Step, load_run, plan_graph
 from mediaq.worker.outcomes import (
     Abandoned,
@@ -68,7 +65,14 @@ from mediaq.worker.outcomes import (
     stop_outcome,
     unstorable_reason,
 )
-from mediaq.worker.step_plan import Skip, plan_items
+from mediaq.worker.run_outputs import (
+    describe_outputs,
+    forget_outputs,
+    keep_earlier_outputs,
+    remember_outputs,
+)
+from mediaq.worker.step_context import action_context
+from mediaq.worker.step_plan import Skip, fused_groups, plan_items
 from mediaq.worker.watchdog import Watchdog, abandon_step
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
@@ -77,53 +81,6 @@ __all__ = ["Executor", "JobRun", "Step"]
 
 log = structlog.get_logger("mediaq.executor")
 T = TypeVar("T")
-
-
-def _keep_earlier_outputs(run: JobRun, step: Step, item: Item, result: ActionResult) -> None:
-    """Rename staged files that would replace another step's (or item's) output in the
-    job folder (a retry of the same step replaces its own, as it should)."""
-    taken = {Path(o["path"]).name for o in run.outputs
-             if (o.get("step"), o.get("item")) != (step.number, item.index)}
-    suffix = f"_step{step.number}" + (f"_item{item.index + 1}" if item.index is not None
-                                      else "")
-    for output in result.outputs:
-        if output.staging_path.name in taken:
-            path = output.staging_path
-            renamed = path.with_name(f"{path.stem}{suffix}{path.suffix}")
-            path.rename(renamed)
-            output.staging_path = renamed
-
-
-def _may_fuse(run: JobRun, step: Step, other: Step) -> bool:
-    """Whether ``step`` may run in one pass with ``other``: the same fusable action on the
-    same source (the same needs), unconditional, not fanned out, not started yet."""
-    return (step.action == other.action and _fusable(step.action) and step.fuse == "auto"
-            and step.when is None and step.for_each is None
-            and (step.id, None) not in run.history)
-
-
-def _same_source(run: JobRun, first: Step, step: Step) -> bool:
-    """Whether ``step`` reads what the group starting at ``first`` reads: it needs what
-    ``first`` needs, or it follows the group in a chain (no ``needs`` of its own; a
-    fusable action's outputs are renditions, never the next step's source)."""
-    needs = run.needs.get(step.number, ())
-    return needs == run.needs.get(first.number, ()) or (
-        step.needs is None and len(needs) == 1 and needs[0] >= first.number)
-
-
-def _fusable(action_name: str) -> bool:
-    try:
-        return get_action(action_name).fuse is not None
-    except ActionNotAvailable:
-        return False
-
-
-def _input_kind(first_action: str) -> str:
-    """What the job's input must be: a folder when the first step scans one."""
-    try:
-        return get_action(first_action).input_kind
-    except ActionNotAvailable:
-        return "file"  # the step itself fails with the clear message
 
 
 class Executor:
@@ -202,7 +159,8 @@ class Executor:
         if unhealthy is not None:
             return unhealthy  # this host's storage is not fit: the job waits, unharmed
         try:
-            run.input_path = self._input(handle, run)
+            run.input_path = local_input(self.objects, self.settings, handle, run,
+                                         held=self._held.setdefault(handle.job_id, []))
         except InputRefused as exc:
             # A missing input is the job's fault only where the roots are healthy.
             unhealthy = storage_health.hand_back_if_unhealthy(handle, self.settings,
@@ -215,7 +173,7 @@ class Executor:
             return self._input_unavailable(handle, run, exc)
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
-        for group in self._step_groups(run):
+        for group in fused_groups(run):
             if len(group) > 1:
                 fused = self._run_fused(handle, run, group)
                 if fused is None:
@@ -232,33 +190,11 @@ class Executor:
         completer.finish(handle, completion)
         return completion
 
-    def _input(self, handle: JobHandle, run: JobRun) -> Path:
-        """The job's input as a local path: an ``s3://`` object fetched through this
-        host's cache (a ``downloading`` stage), a local path through the path map."""
-        text = str(run.context["input_file_path"])
-        if not is_s3(text):
-            return check_input(self.objects.path_map.to_local(text),
-                               self.settings.storage.effective_input_roots,
-                               kind=_input_kind(run.order[0].action))
-        uri = check_s3_input(text, self.settings.storage.bucket_input_roots)
-        at = run.percent(self._first_unfinished(run), done=False)
-        handle.progress(at, "downloading", force=True)
-        path = self.objects.fetch(uri, lambda f, stage: handle.progress(at, stage),
-                                  held=self._held.setdefault(handle.job_id, []))
-        handle.progress(at, None, force=True)
-        return path
-
-    @staticmethod
-    def _first_unfinished(run: JobRun) -> Step:
-        return next((s for s in run.order
-                     if not (run.history.get((s.id, None)) or {}).get("completed")),
-                    run.order[0])
-
     def _input_unavailable(self, handle: JobHandle, run: JobRun,
                            exc: TransientError) -> JobOutcome:
         """A transient failure to fetch the input fails the first unfinished step as
         transient, so the step's retry rules (back-off, retry_count) apply to it."""
-        step = self._first_unfinished(run)
+        step = first_unfinished(run)
         done = run.history.get((step.id, None))
         execution_id = handle.start_step(
             step_id=step.id, step_number=step.number, step_name=step.name,
@@ -284,7 +220,7 @@ class Executor:
         if past is not None and past["skipped"]:
             return None
         if step.for_each is None and past is not None and past["completed"]:
-            self._remember_outputs(run, step, SINGLE, past["output_data"] or {})
+            remember_outputs(self.objects, run, step, SINGLE, past["output_data"] or {})
             return None
         if past is not None and past["given_up"] and step.on_failure == "continue":
             run.failed_steps.append({"step": step.number, "name": step.name})
@@ -311,7 +247,7 @@ class Executor:
         for item in planned:
             done = run.history.get((step.id, item.index))
             if done is not None and done["completed"]:
-                self._remember_outputs(run, step, item, done["output_data"] or {})
+                remember_outputs(self.objects, run, step, item, done["output_data"] or {})
                 continue
             if done is not None and done["given_up"] and step.on_failure == "continue":
                 continue
@@ -335,20 +271,6 @@ class Executor:
         return stop
 
     # -- fused steps (decode once, encode many) -----------------------------------------
-
-    @staticmethod
-    def _step_groups(run: JobRun) -> list[list[Step]]:
-        """Consecutive unstarted steps of one fusable action form a group; others stand alone."""
-        groups: list[list[Step]] = []
-        for step in run.order:
-            previous = groups[-1][-1] if groups else None
-            if (previous is not None and _may_fuse(run, previous, step)
-                    and _may_fuse(run, step, previous)
-                    and _same_source(run, groups[-1][0], step)):
-                groups[-1].append(step)
-            else:
-                groups.append([step])
-        return groups
 
     def _run_fused(self, handle: JobHandle, run: JobRun,
                    steps: list[Step]) -> JobOutcome | FusedPassFailed | None:
@@ -374,8 +296,9 @@ class Executor:
         started = time.monotonic()
         label = " + ".join(step.name for step in steps)
         try:
-            contexts = [self._context(handle, run, step, stage_dir, 0, lambda f, stage: (
-                handle.progress(low + (high - low) * f, stage or label)))
+            contexts = [action_context(
+                self.settings, self.objects, handle, run, step, stage_dir, 0,
+                lambda f, stage: handle.progress(low + (high - low) * f, stage or label))
                 for step, stage_dir in zip(steps, stage_dirs, strict=True)]
             # The pass does every step's work, so it gets their timeouts together.
             together = time.monotonic() + sum(step.timeout_seconds for step in steps)
@@ -444,10 +367,11 @@ class Executor:
                                 step.number, item.index)
         started = time.monotonic()
         try:
-            ctx = self._context(handle, run, step, stage_dir, retry_attempt,
-                                lambda f, stage: handle.progress(
-                                    percent_at_start + step_share * f, stage or step.name),
-                                item=item)
+            ctx = action_context(
+                self.settings, self.objects, handle, run, step, stage_dir, retry_attempt,
+                lambda f, stage: handle.progress(percent_at_start + step_share * f,
+                                                 stage or step.name),
+                item=item)
             fn = get_action(step.action).fn
             with self.watchdog.watching(handle, ctx.deadline, functools.partial(
                     abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
@@ -475,9 +399,9 @@ class Executor:
         step's permanent failure (the database refused the result for its data; nothing
         was published) for the caller to close the step with."""
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
-        _keep_earlier_outputs(run, step, item, result)
+        keep_earlier_outputs(run, step, item, result)
         staged = tuple(o.staging_path for o in result.outputs)
-        output_data = self._describe_outputs(result, output_dir, step, item, seconds,
+        output_data = describe_outputs(self.objects, result, output_dir, step, item, seconds,
                                              handle.job_code)
         if self.objects.output_root is not None and staged:
             # Uploaded under this attempt's own keys now; copied to the final keys only
@@ -499,7 +423,7 @@ class Executor:
         last = run.is_last(step, item)
         known = len(run.outputs)
         if last:
-            self._remember_outputs(run, step, item, output_data, fresh=True)
+            remember_outputs(self.objects, run, step, item, output_data, fresh=True)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
                                 output_dir=output_dir,
                                 completes=run.completion() if last else None)
@@ -511,7 +435,7 @@ class Executor:
             discard(stage_dir)
             self.objects.discard(stage_dir)
             del run.outputs[known:]
-            self._forget_outputs(run, step, item)
+            forget_outputs(run, step, item)
             return StepFailed(ErrorClass.TRANSIENT if isinstance(exc, TransientError)
                               else ErrorClass.PERMANENT, exc.message)
         except (psycopg.Error, UnicodeEncodeError) as exc:
@@ -526,7 +450,7 @@ class Executor:
             discard(stage_dir)
             self.objects.discard(stage_dir)
             del run.outputs[known:]
-            self._forget_outputs(run, step, item)
+            forget_outputs(run, step, item)
             assert run.input_path is not None
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         run.completed = outcome.completes
@@ -536,34 +460,8 @@ class Executor:
             handle.finalize_remote = None
             self.objects.discard(stage_dir)
         if not last:
-            self._remember_outputs(run, step, item, output_data, fresh=True)
+            remember_outputs(self.objects, run, step, item, output_data, fresh=True)
         return None
-
-    def _context(self, handle: JobHandle, run: JobRun, step: Step, stage_dir: Path,
-                 retry_attempt: int, on_progress: Any, item: Item = SINGLE) -> ActionContext:
-        """The action's view of this step (of one item of it); invalid parameters fail it
-        for good. An item's parameters go over the step's, the job's over both."""
-        assert run.input_path is not None
-        step_deadline = time.monotonic() + step.timeout_seconds
-        try:
-            params = get_action(step.action).validate({**step.parameters, **item.params,
-                                                       **run.step_overrides(step)})
-        except PermanentError as exc:
-            raise StepFailed(ErrorClass.PERMANENT, exc.message) from None
-        return ActionContext(
-            job_code=handle.job_code, step_number=step.number, step_name=step.name,
-            input_path=run.input_path, source_path=run.source_for(step), params=params,
-            staging_dir=stage_dir, attempt=retry_attempt,
-            deadline=min(step_deadline, run.job_deadline),
-            cancel_event=handle.stop_signal, on_progress=on_progress,
-            on_log=handle.log, previous_outputs=self.objects.with_local_paths(run.outputs),
-            workflow_code=run.context["workflow_code"],
-            input_roots=self.settings.storage.effective_input_roots,
-            library_roots=self.settings.storage.effective_library_roots,
-            needs_outputs=run.needs_outputs(step), item_index=item.index,
-            submit_files=functools.partial(submit_found_files, handle.pool,
-                                           found_by=f"scan:{handle.job_code}"),
-        )
 
     def _classified(self, step: Step, run: JobRun, call: Callable[[], T]) -> T:
         """Run an action with no transaction open; what it raises becomes StepFailed
@@ -579,53 +477,6 @@ class Executor:
         except Exception as exc:
             raise classify(exc, step, past_job_deadline=time.monotonic() >= run.job_deadline,
                            timeout_minutes=run.context["timeout_minutes"]) from None
-
-    def _describe_outputs(
-        self, result: ActionResult, output_dir: Path, step: Step, item: Item, seconds: float,
-        job_code: str,
-    ) -> dict[str, Any]:
-        outputs = []
-        for out in result.outputs:
-            name = out.staging_path.name
-            final = (str(self.objects.final_uri(job_code, name))
-                     if self.objects.output_root is not None
-                     else self.objects.path_map.to_canonical(output_dir / name))
-            outputs.append({
-                "path": final,
-                "role": out.role,
-                "size_bytes": out.staging_path.stat().st_size,
-                "sha256": sha256_of(out.staging_path),
-                "step": step.number,
-                **({"item": item.index} if item.index is not None else {}),
-                **out.meta,
-            })
-        primary = next((o["path"] for o in outputs if o["role"] == "primary"), None)
-        return {**result.data, "outputs": outputs, "primary": primary,
-                "seconds": round(seconds, 3)}
-
-    def _remember_outputs(self, run: JobRun, step: Step, item: Item,
-                          output_data: dict[str, Any], fresh: bool = False) -> None:
-        """What a finished step (item) gave: the job's outputs, the result the steps that
-        need it see, and its primary output (the source of the steps after it)."""
-        run.outputs.extend(output_data.get("outputs", []))
-        if item.index is None:
-            run.results[step.number] = output_data
-            primary = output_data.get("primary")
-            if primary:
-                run.primaries[step.number] = self.objects.local_copy(
-                    primary, output_data, fresh=fresh)
-        else:
-            items = run.results.setdefault(step.number, [None] * item.count)
-            items[item.index] = output_data
-
-    @staticmethod
-    def _forget_outputs(run: JobRun, step: Step, item: Item) -> None:
-        """Undo ``_remember_outputs`` for a result the database refused."""
-        if item.index is None:
-            run.results.pop(step.number, None)
-            run.primaries.pop(step.number, None)
-        elif isinstance(run.results.get(step.number), list):
-            run.results[step.number][item.index] = None
 
     # -- failures and interruptions -----------------------------------------------------
 
