@@ -136,6 +136,10 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
     assert mq.job(code)["status"] == "completed", mq.job(code)
     with mq.connect() as conn:
         conn.execute(FILL)
+        # An open action breaker (issue 25), shown with the hosts for operators to close.
+        conn.execute("INSERT INTO action_breakers (action, host, state, failures, opened_at,"
+                     " reopen_at, last_error) VALUES ('transcode_video', 'encoder-01', 'open',"
+                     " 5, now(), now() + interval '10 minutes', 'encoder busy')")
     web = start_web(mq)
     browser = Browser(tmp_path / "chromium")
     shots = Path(os.environ.get("MEDIAQ_SCREENSHOTS", tmp_path / "shots"))
@@ -229,6 +233,14 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
             "document.querySelector('#dl-result').textContent"),
                  timeout=60, interval=0.2, message="the bulk retry")
         assert mq.one(FAILED)["n"] < failed
+
+        # Hosts: the open breaker is listed; an operator closes it from the page.
+        show(browser, "hosts", "!!document.querySelector('#breakers tr[data-breaker] button')")
+        assert "encoder busy" in browser.js("document.querySelector('#breakers').textContent")
+        browser.js("document.querySelector('#breakers tr[data-breaker] button').click()")
+        wait_for(lambda: mq.one("SELECT state FROM action_breakers WHERE action ="
+                                " 'transcode_video'")["state"] == "closed",
+                 timeout=60, interval=0.2, message="the breaker to close")
 
         # Submit: a path under the input root makes a job the page links to.
         show(browser, "submit", READY["submit"])

@@ -16,7 +16,31 @@ function meter(used, total, label) {
   el("span", { class: "pct" }, used + " / " + total));
 }
 
+// Open action breakers (their steps wait instead of failing) and workers that do not claim
+// because of their storage; an operator closes a breaker from here.
+async function renderBreakers() {
+  const data = await api("/api/media/breakers");
+  const rows = data.data.map((b) => el("tr", { dataset: { breaker: b.action } },
+    el("td", {}, b.action), el("td", {}, b.host || "every host"),
+    el("td", {}, el("span", { class: "badge" }, b.state)), el("td", {}, b.failures),
+    el("td", {}, b.reopen_at ? new Date(b.reopen_at).toLocaleTimeString() : ""),
+    el("td", {}, b.last_error || ""),
+    el("td", {}, can("operator") ? el("button", { type: "button", onclick: async () => {
+      await api("/api/media/breakers/" + encodeURIComponent(b.action) + "/close" +
+        (b.host ? "?host=" + encodeURIComponent(b.host) : ""), { method: "POST" });
+      renderBreakers();
+    } }, "Close") : "")));
+  const problems = data.claim_problems.map((p) => el("li", {}, p.worker_id + " on " + p.host + ": " + p.claim_problem));
+  $("#breakers").replaceChildren(
+    rows.length ? el("div", { class: "scroll", tabindex: "0" }, el("table", {},
+      el("thead", {}, el("tr", {}, ...["Action", "Host", "State", "Failures", "Probe at", "Last error", ""]
+        .map((t) => el("th", { scope: "col" }, t)))), el("tbody", {}, ...rows)))
+      : el("p", { class: "muted" }, "no open breakers"),
+    problems.length ? el("ul", {}, ...problems) : el("p", { class: "muted" }, "every live worker claims"));
+}
+
 VIEWS.hosts = async () => {
+  renderBreakers();
   const data = await api("/api/media/hosts");
   $("#hosts-note").textContent = data.data.length + " hosts · drain and pause are per worker " +
     "process (SIGTERM / the queue's pause), not yet a host switch";
