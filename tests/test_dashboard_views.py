@@ -241,6 +241,19 @@ def test_dashboard_views_media_and_layout(mq: MediaqEnv, tmp_path: Path) -> None
         wait_for(lambda: mq.one("SELECT state FROM action_breakers WHERE action ="
                                 " 'transcode_video'")["state"] == "closed",
                  timeout=60, interval=0.2, message="the breaker to close")
+        # ... and pauses a host's claims, then resumes them.
+        host = browser.js("document.querySelector('#hosts article.host').dataset.host")
+        browser.js("document.querySelector('#hosts article.host .host-switch').click()")
+        wait_for(lambda: mq.one("SELECT paused_by FROM worker_hosts WHERE host = %s",
+                                (host,))["paused_by"], timeout=60, interval=0.2,
+                 message="the host to pause")
+        wait_for(lambda: "Resume claims" in browser.js(
+            "document.querySelector('#hosts article.host .host-switch').textContent"),
+                 timeout=60, interval=0.2, message="the button to say Resume")
+        browser.js("document.querySelector('#hosts article.host .host-switch').click()")
+        wait_for(lambda: mq.one("SELECT paused_by FROM worker_hosts WHERE host = %s",
+                                (host,))["paused_by"] is None, timeout=60, interval=0.2,
+                 message="the host to resume")
 
         # Submit: a path under the input root makes a job the page links to.
         show(browser, "submit", READY["submit"])

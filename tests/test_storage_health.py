@@ -102,3 +102,25 @@ def test_memory_admission_floor() -> None:
     assert low is not None and low.startswith("the host has ")
     assert low.endswith("MB of memory available, below the floor of 1000000000 MB "
                         "(min_free_memory_mb)")
+
+
+def test_a_paused_host_claims_nothing_until_resumed(mq: MediaqEnv) -> None:
+    """`mediaq hosts pause HOST`: the host's workers claim nothing new (the jobs say why),
+    and claim again once resumed."""
+    mq.apply_workflow(diagnostic_workflow("T-HOST-PAUSE", {"action": "noop"}))
+    mq.start_worker(host_id="box-1")
+    wait_for(lambda: mq.query("SELECT 1 FROM worker_hosts WHERE host = 'box-1'"),
+             message="the worker to register its host")
+    assert mq.cli("hosts", "pause", "box-1").stdout.strip() == "box-1: claims paused"
+    wait_for(lambda: "paused by cli:" in (mq.one(
+        "SELECT claim_problem FROM workers WHERE host = 'box-1'")["claim_problem"] or ""),
+             timeout=60, message="the worker to see the pause")
+    code = mq.submit("T-HOST-PAUSE", mq.input_file("p.bin"))
+    wait_for(lambda: "does not claim: paused by" in (mq.job(code)["waiting_reason"] or ""),
+             timeout=60, message="the job to say why it waits")
+    assert mq.job(code)["attempt"] == 0  # never claimed
+    mq.cli("hosts", "resume", "box-1")
+    wait_for(lambda: mq.job(code)["status"] == "completed", timeout=60,
+             message="the job to run once the host is resumed")
+    refused = mq.cli("hosts", "pause", "nowhere", check=False)
+    assert refused.returncode != 0 and "host nowhere is not known" in refused.stderr

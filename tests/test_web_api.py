@@ -59,6 +59,8 @@ NEEDS = {
     ("delete", "/api/media/uploads/{upload_id}"): "submitter",
     ("get", "/api/media/uploads/{upload_id}"): "submitter",
     ("post", "/api/media/breakers/{action}/close"): "operator",
+    ("post", "/api/media/hosts/{host}/pause"): "operator",
+    ("post", "/api/media/hosts/{host}/resume"): "operator",
 }
 # Routes open without a token: tus discovery, and downloads (the signed link is the
 # credential; tests/test_web_transfer.py checks those).

@@ -1,11 +1,13 @@
-"""``mediaq breakers`` and ``mediaq workers``: circuit breakers on actions and the
-storage health of workers (issue 25)."""
+"""``mediaq breakers``, ``mediaq workers`` and ``mediaq hosts``: circuit breakers on
+actions, the storage health of workers, and an operator's pause of a host (issue 25)."""
 
 from __future__ import annotations
 
+import getpass
+
 import click
 
-from mediaq import breakers
+from mediaq import breakers, hosts
 from mediaq.cli import Env, pass_env
 from mediaq.cli.render import show_rows
 
@@ -60,4 +62,29 @@ def workers_command(env: Env, as_json_output: bool) -> None:
               "Workers", as_json_output=as_json_output)
 
 
-COMMANDS = [breakers_group, workers_command]
+@click.group("hosts")
+def hosts_group() -> None:
+    """Pause or resume a whole host's claims (its running jobs go on and finish)."""
+
+
+@hosts_group.command("pause")
+@click.argument("host")
+@pass_env
+def pause_host(env: Env, host: str) -> None:
+    """Stop HOST's workers claiming new work (within their 10 s admission check)."""
+    with env.connect() as conn:
+        hosts.pause(conn, host, by=f"cli:{getpass.getuser()}")
+    click.echo(f"{host}: claims paused")
+
+
+@hosts_group.command("resume")
+@click.argument("host")
+@pass_env
+def resume_host(env: Env, host: str) -> None:
+    """Let HOST's workers claim again."""
+    with env.connect() as conn:
+        hosts.resume(conn, host)
+    click.echo(f"{host}: claims resumed")
+
+
+COMMANDS = [breakers_group, workers_command, hosts_group]

@@ -1244,3 +1244,23 @@ SELECT worker_id, host, pid, status, categories, started_at, heartbeat_at, versi
 SELECT job_code, attempt FROM workflow_jobs
  WHERE job_code = ANY (%(codes)s::text[])
    AND status = 'processing';
+
+-- ===========================================================================
+-- Hosts paused by an operator (mediaq/hosts.py; read by each worker's admission watch)
+-- ===========================================================================
+
+-- name: host_pause
+-- Pause a host's claims (its running jobs go on); the host must be known.
+UPDATE worker_hosts SET paused_by = %(by)s, paused_at = now(), updated_at = now()
+ WHERE host = %(host)s
+RETURNING host, paused_by, paused_at;
+
+-- name: host_resume
+-- Let a paused host claim again.
+UPDATE worker_hosts SET paused_by = NULL, paused_at = NULL, updated_at = now()
+ WHERE host = %(host)s
+RETURNING host;
+
+-- name: host_paused
+-- Who paused this host's claims, and when (no row or NULL: not paused).
+SELECT paused_by, paused_at FROM worker_hosts WHERE host = %(host)s;

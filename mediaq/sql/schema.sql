@@ -350,7 +350,11 @@ CREATE TABLE worker_hosts (
     host               TEXT PRIMARY KEY,
     vram_budget_mb     INTEGER NOT NULL DEFAULT 0,
     vram_reserved_mb   INTEGER NOT NULL DEFAULT 0 CHECK (vram_reserved_mb >= 0),
-    updated_at         TIMESTAMPTZ NOT NULL DEFAULT now()
+    updated_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- An operator's pause of the whole host (`mediaq hosts pause`, the Hosts view): its
+    -- workers claim nothing new while it is set; running jobs go on.
+    paused_by          TEXT,
+    paused_at          TIMESTAMPTZ
 );
 
 -- Numbered slots per (host, category): a job runs only while it holds one.

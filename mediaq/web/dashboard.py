@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 
-from mediaq import db, operations
+from mediaq import db, hosts as host_switch, operations
 from mediaq.web import serialise
 from mediaq.web.api import signer
 from mediaq.web.auth import Principal, get_conn, require
@@ -17,6 +17,7 @@ router = APIRouter(prefix="/api/media", tags=["dashboard"])
 
 Conn = Annotated[db.Connection, Depends(get_conn, scope="function")]
 Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
 
 Range = Literal["hour", "day", "week"]
 # (bucket unit, span): a minute a point over an hour, an hour a point over a day or week.
@@ -66,6 +67,20 @@ def hosts(conn: Conn, _: Viewer) -> dict[str, Any]:
         host["workers"] = [w for w in workers if w["host"] == host["host"]]
         out.append(host)
     return {"data": out}
+
+
+@router.post("/hosts/{host}/pause")
+def pause_host(host: str, conn: Conn, who: Operator) -> dict[str, Any]:
+    """Stop the host's workers claiming new work (within their 10 s admission check);
+    running jobs go on and finish."""
+    return serialise.record(host_switch.pause(conn, host, by=f"api:{who.name}"))
+
+
+@router.post("/hosts/{host}/resume")
+def resume_host(host: str, conn: Conn, _: Operator) -> dict[str, Any]:
+    """Let the host's workers claim again."""
+    host_switch.resume(conn, host)
+    return {"host": host, "paused": False}
 
 
 @router.get("/jobs/{job_id}/files")

@@ -11,7 +11,8 @@ wait (``waiting_reason``). A missing input on a host whose roots are healthy is 
 permanent error (``mediaq.outputs.check_input``).
 
 Memory-aware admission rides on the same watch: with ``min_free_memory_mb`` the worker
-also stops claiming while the host has less memory available, and says so the same way.
+also stops claiming while the host has less memory available, and says so the same way;
+so does an operator's pause of the whole host (``mediaq hosts pause``, ``mediaq.hosts``).
 
 The default roots under ``MEDIAQ_HOME`` are created; configured roots never are: a
 missing mount point must not turn into a folder on the local disk.
@@ -30,7 +31,7 @@ import psutil
 import structlog
 from psycopg_pool import ConnectionPool
 
-from mediaq import db
+from mediaq import db, hosts
 from mediaq.config import Settings, StorageSettings
 from mediaq.logs import log_line
 from mediaq.worker.job_handle import JobHandle
@@ -135,7 +136,8 @@ class StorageWatch(threading.Thread):
         """Check once and report a change (the thread's first pass runs before the
         worker's first claim)."""
         try:
-            found = check(self.storage) or memory_problem(self.min_free_memory_mb)
+            found = (check(self.storage) or memory_problem(self.min_free_memory_mb)
+                     or self._host_paused())
         except OSError as exc:  # anything the checks above did not foresee
             found = f"storage check failed: {_why(exc)}"
         self._checked_at = time.monotonic()
@@ -151,6 +153,14 @@ class StorageWatch(threading.Thread):
                           problem=found)
         self._report(found)
         return found
+
+    def _host_paused(self) -> str | None:
+        try:
+            with self.pool.connection() as conn:
+                return hosts.paused_by(conn, self.host)
+        except Exception as exc:  # a database outage: claims fail on their own meanwhile
+            log.warning("worker:host_pause_unknown", error=str(exc))
+            return None
 
     def _report(self, found: str | None) -> None:
         """Show the problem on the worker row and on the jobs that wait (every pass: new

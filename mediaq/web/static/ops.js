@@ -42,11 +42,16 @@ async function renderBreakers() {
 VIEWS.hosts = async () => {
   renderBreakers();
   const data = await api("/api/media/hosts");
-  $("#hosts-note").textContent = data.data.length + " hosts · drain and pause are per worker " +
-    "process (SIGTERM / the queue's pause), not yet a host switch";
+  $("#hosts-note").textContent = data.data.length + " hosts · a paused host's workers claim " +
+    "nothing new (within 10 s); running jobs finish";
   if (!data.data.length) { $("#hosts").replaceChildren(el("p", { class: "muted" }, "no worker has started yet")); return; }
   $("#hosts").replaceChildren(...data.data.map((h) => el("article", { class: "host", dataset: { host: h.host } },
-    el("h3", {}, h.host, " ", el("span", { class: "muted" }, h.live_workers + (h.live_workers === 1 ? " live worker" : " live workers") + " · heartbeat " + age(h.heartbeat_age_s) + " ago")),
+    el("h3", {}, h.host, " ", el("span", { class: "muted" }, h.live_workers + (h.live_workers === 1 ? " live worker" : " live workers") + " · heartbeat " + age(h.heartbeat_age_s) + " ago"),
+      h.paused_by ? el("span", { class: "badge w-paused" }, "paused by " + h.paused_by) : "",
+      can("operator") ? el("button", { type: "button", class: "host-switch", onclick: async () => {
+        await api("/api/media/hosts/" + encodeURIComponent(h.host) + (h.paused_by ? "/resume" : "/pause"), { method: "POST" });
+        VIEWS.hosts();
+      } }, h.paused_by ? "Resume claims" : "Pause claims") : ""),
     el("div", { class: "host-facts" },
       el("span", {}, "VRAM (MB) ", meter(h.vram_reserved_mb, h.vram_budget_mb, "VRAM of " + h.host)),
       ...Object.entries(h.slots).map(([cat, s]) => el("span", {}, cat + " slots ", meter(s.used, s.total, cat + " slots of " + h.host)))),
