@@ -250,15 +250,16 @@ SELECT j.id, j.cancel_requested, j.pause_requested,
 -- too often. Their running step executions are closed as failed with the "system" class.
 -- A worker's session is gone when its liveness lock (worker_liveness_lock) is free:
 -- pg_try_advisory_xact_lock takes it for this transaction only, so a rescuer never keeps
--- it. Only workers that own processing jobs are tried (a handful of lock probes a pass),
--- and such a dead worker is shown stopped at once. A frozen (SIGSTOP) or cut-off worker
--- keeps its session, so its lock stays held and only its lease hands its jobs on.
-WITH dead AS MATERIALIZED (
-    SELECT w.worker_id FROM workers w
-     WHERE w.liveness_key IS NOT NULL
-       AND w.worker_id IN (SELECT p.worker_id FROM workflow_jobs p
-                            WHERE p.status = 'processing')
-       AND pg_try_advisory_xact_lock(28017, w.liveness_key)
+-- it. Only workers that own processing jobs are tried (a handful of lock probes a pass;
+-- the scalar subquery keeps the planner from probing every row of workers), and such a
+-- dead worker is shown stopped at once. A frozen (SIGSTOP) or cut-off worker keeps its
+-- session, so its lock stays held and only its lease hands its jobs on.
+WITH owners AS MATERIALIZED (
+    SELECT DISTINCT worker_id FROM workflow_jobs WHERE status = 'processing'
+), dead AS MATERIALIZED (
+    SELECT o.worker_id FROM owners o
+     WHERE (SELECT pg_try_advisory_xact_lock(28017, w.liveness_key) FROM workers w
+             WHERE w.worker_id = o.worker_id AND w.liveness_key IS NOT NULL)
 ), dead_shown AS (
     UPDATE workers w SET status = 'stopped', stopped_at = now()
       FROM dead WHERE w.worker_id = dead.worker_id AND w.status <> 'stopped'
