@@ -33,16 +33,35 @@ CREATE SCHEMA IF NOT EXISTS mediaq;
 -- Workers, hosts, slots
 -- ===========================================================================
 
+-- name: worker_liveness_lock
+-- Take this worker's liveness lock on the session that runs it (the listening session,
+-- kept for the process's whole life): a session-level advisory lock in namespace 28017
+-- on hashtext(worker_id). PostgreSQL frees it the moment the session ends (the process
+-- was killed, its host closed the socket), which is how rescuers know the worker died
+-- without waiting for its lease. False: another live session holds it (a half-open
+-- session of this same worker, or a hash twin), and the lease alone protects its jobs.
+SELECT pg_try_advisory_lock(28017, hashtext(%(worker_id)s)) AS held;
+
 -- name: worker_register
--- Record a starting worker (a restarted worker with the same id takes its row over).
-INSERT INTO workers (worker_id, host, pid, categories, limits, queues, vram_budget_mb, version)
+-- Record a starting worker (a restarted worker with the same id takes its row over);
+-- liveness_key says whether it holds its liveness lock (worker_liveness_lock).
+INSERT INTO workers (worker_id, host, pid, categories, limits, queues, vram_budget_mb, version,
+                     liveness_key)
 VALUES (%(worker_id)s, %(host)s, %(pid)s, %(categories)s, %(limits)s, %(queues)s,
-        %(vram_budget_mb)s, %(version)s)
+        %(vram_budget_mb)s, %(version)s,
+        CASE WHEN %(liveness)s THEN hashtext(%(worker_id)s) END)
 ON CONFLICT (worker_id) DO UPDATE
    SET host = EXCLUDED.host, pid = EXCLUDED.pid, categories = EXCLUDED.categories,
        limits = EXCLUDED.limits, queues = EXCLUDED.queues,
        vram_budget_mb = EXCLUDED.vram_budget_mb, version = EXCLUDED.version,
+       liveness_key = EXCLUDED.liveness_key,
        status = 'running', started_at = now(), heartbeat_at = now(), stopped_at = NULL;
+
+-- name: worker_liveness_set
+-- Record whether the worker holds its liveness lock (after its listening session was
+-- reconnected and the lock taken again, or not).
+UPDATE workers SET liveness_key = CASE WHEN %(liveness)s THEN hashtext(worker_id) END
+ WHERE worker_id = %(worker_id)s;
 
 -- name: worker_heartbeat
 -- Show the worker alive, with what its machine has left (disk free on the storage roots,
@@ -226,13 +245,30 @@ SELECT j.id, j.cancel_requested, j.pause_requested,
     ON j.id = mine.id;
 
 -- name: jobs_rescue_expired
--- Hand jobs whose lease ran out back to the queue (no retry spent: the worker died,
--- not the job), or fail them once they were rescued too often. Their running step
--- executions are closed as failed with the "system" class.
-WITH expired AS (
-    SELECT id FROM workflow_jobs
+-- Hand jobs whose lease ran out, or whose worker's session is gone, back to the queue
+-- (no retry spent: the worker died, not the job), or fail them once they were rescued
+-- too often. Their running step executions are closed as failed with the "system" class.
+-- A worker's session is gone when its liveness lock (worker_liveness_lock) is free:
+-- pg_try_advisory_xact_lock takes it for this transaction only, so a rescuer never keeps
+-- it. Only workers that own processing jobs are tried (a handful of lock probes a pass;
+-- the scalar subquery keeps the planner from probing every row of workers), and such a
+-- dead worker is shown stopped at once. A frozen (SIGSTOP) or cut-off worker keeps its
+-- session, so its lock stays held and only its lease hands its jobs on.
+WITH owners AS MATERIALIZED (
+    SELECT DISTINCT worker_id FROM workflow_jobs WHERE status = 'processing'
+), dead AS MATERIALIZED (
+    SELECT o.worker_id FROM owners o
+     WHERE (SELECT pg_try_advisory_xact_lock(28017, w.liveness_key) FROM workers w
+             WHERE w.worker_id = o.worker_id AND w.liveness_key IS NOT NULL)
+), dead_shown AS (
+    UPDATE workers w SET status = 'stopped', stopped_at = now()
+      FROM dead WHERE w.worker_id = dead.worker_id AND w.status <> 'stopped'
+), expired AS (
+    SELECT id, coalesce(lease_expires_at, '-infinity') >= now() AS session_gone
+      FROM workflow_jobs
      WHERE status = 'processing'
-       AND coalesce(lease_expires_at, '-infinity') < now()
+       AND (coalesce(lease_expires_at, '-infinity') < now()
+            OR worker_id IN (SELECT worker_id FROM dead))
      ORDER BY id
      LIMIT 100
        FOR UPDATE SKIP LOCKED
@@ -253,9 +289,12 @@ WITH expired AS (
            lease_expires_at = NULL,
            progress_stage = NULL,
            updated_at = now(),
-           log = job_log_append(j.log, format(E'[%%s] Lease of %%s expired; rescued by %%s\n',
+           log = job_log_append(j.log, format(E'[%%s] %%s of %%s %%s; rescued by %%s\n',
                                  to_char(now(), 'YYYY-MM-DD HH24:MI:SS'),
-                                 coalesce(j.worker_id, 'an unknown worker'), %(worker_id)s::text))
+                                 CASE WHEN expired.session_gone THEN 'Session' ELSE 'Lease' END,
+                                 coalesce(j.worker_id, 'an unknown worker'),
+                                 CASE WHEN expired.session_gone THEN 'ended' ELSE 'expired' END,
+                                 %(worker_id)s::text))
       FROM expired
      WHERE j.id = expired.id
     RETURNING j.id, j.job_code, j.status, j.attempt
@@ -733,8 +772,15 @@ SELECT * FROM workflow_steps WHERE workflow_id = %(workflow_id)s ORDER BY step_n
 -- ===========================================================================
 
 -- name: listen_jobs
--- Workers wake on this channel: new work, freed slots, resumed queues.
+-- Workers wake on this channel for events every worker must hear (a resumed queue);
+-- work and freed slots go to the channels of wake_channels.
 LISTEN mediaq_jobs;
+
+-- name: wake_channels
+-- The channels a worker listens on while it has room in a category (wake_channel()):
+-- new or requeued work of the category, and a slot of it freed on this host.
+SELECT c AS category, wake_channel(c) AS work, wake_channel(c, %(host)s) AS slot
+  FROM unnest(%(categories)s::text[]) AS c;
 
 -- name: database_exists
 -- Does the embedded server have the mediaq database yet?

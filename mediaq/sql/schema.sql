@@ -341,7 +341,11 @@ CREATE TABLE workers (
     started_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     heartbeat_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     stopped_at     TIMESTAMPTZ,
-    version        TEXT
+    version        TEXT,
+    -- The key of the session-level advisory lock (namespace 28017) the worker holds on
+    -- its listening session for its whole life; a free lock means the process is gone
+    -- and its jobs are rescued at once. NULL: a worker that holds none (lease only).
+    liveness_key   INTEGER
 );
 
 -- One row per machine: its VRAM budget and how much of it running jobs hold.
@@ -692,6 +696,16 @@ CREATE FUNCTION after_attempt(cancel_requested boolean, pause_requested boolean)
                       WHEN pause_requested THEN 'paused'
                       ELSE 'pending' END $$;
 
+-- The NOTIFY channel that wakes workers for one resource category (new or requeued
+-- work, for every host), or, with a host, for a slot of that category freed on that
+-- machine: a process listens only to the categories it has room for, so a wake-up goes
+-- to those that can use it, not to every listening process. Channel names stay under
+-- PostgreSQL's 63 bytes (the host is hashed).
+CREATE FUNCTION wake_channel(category text, host text DEFAULT NULL) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT 'mq:' || left(category, 40)
+                 || CASE WHEN host IS NULL THEN '' ELSE '@' || left(md5(host), 12) END $$;
+
 -- The after-insert work on workflow_jobs (the media_queue row, the wake-up NOTIFY)
 -- runs once per statement over the inserted rows, not once per row: batch submission
 -- at bulk speed. PostgreSQL folds identical notifications of one transaction into one.
@@ -704,7 +718,7 @@ BEGIN
            queue_status_for(n.status), n.worker_id
       FROM new_jobs n
      ORDER BY n.id;
-    PERFORM pg_notify('mediaq_jobs', c.resource_category)
+    PERFORM pg_notify(wake_channel(c.resource_category), c.resource_category)
        FROM (SELECT DISTINCT resource_category FROM new_jobs
               WHERE status IN ('pending', 'queued')) AS c;
     RETURN NULL;
@@ -933,9 +947,15 @@ BEGIN
             UPDATE worker_slots
                SET job_id = NULL, job_attempt = NULL, worker_id = NULL, taken_at = NULL, vram_mb = 0
              WHERE job_id = OLD.id AND job_attempt = OLD.attempt
-            RETURNING category
+            RETURNING host, category
         LOOP
-            PERFORM pg_notify('mediaq_jobs', released.category);
+            -- Only that machine's processes can use the slot, and only if work waits.
+            IF EXISTS (SELECT 1 FROM workflow_jobs w
+                        WHERE w.status IN ('pending', 'queued')
+                          AND w.resource_category = released.category) THEN
+                PERFORM pg_notify(wake_channel(released.category, released.host),
+                                  released.category);
+            END IF;
         END LOOP;
     END IF;
 
@@ -944,7 +964,7 @@ BEGIN
         PERFORM write_job_notifications(OLD, NEW);
     END IF;
     IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status IN ('pending', 'queued') THEN
-        PERFORM pg_notify('mediaq_jobs', NEW.resource_category);
+        PERFORM pg_notify(wake_channel(NEW.resource_category), NEW.resource_category);
     END IF;
     RETURN NULL;
 END $$;

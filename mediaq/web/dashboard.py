@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 
-from mediaq import db, hosts as host_switch, operations
+from mediaq import db, operations
+from mediaq import hosts as host_switch
 from mediaq.web import serialise
 from mediaq.web.api import signer
 from mediaq.web.auth import Principal, get_conn, require

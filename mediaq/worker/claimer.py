@@ -50,8 +50,9 @@ class Claimer:
         self.queues = queues
         self.lease_seconds = lease_seconds
 
-    def register(self, version: str) -> None:
-        """Record the worker, its machine and the machine's numbered slots."""
+    def register(self, version: str, *, liveness: bool = False) -> None:
+        """Record the worker, its machine and the machine's numbered slots; ``liveness``:
+        the worker holds its liveness lock (``worker_liveness_lock``)."""
         cap = self.capacity
         with db.transaction(self.pool) as conn:
             db.execute(conn, "host_ensure",
@@ -65,7 +66,7 @@ class Claimer:
                 "worker_id": self.worker_id, "host": self.host, "pid": os.getpid(),
                 "categories": list(cap.categories), "limits": Jsonb(cap.limits),
                 "queues": self.queues, "vram_budget_mb": cap.vram_budget_mb,
-                "version": version,
+                "version": version, "liveness": liveness,
             })
             # Jobs waiting for a GPU no live worker has may run here instead (their
             # workflow says so): decided now, before a burst worker looks for work.

@@ -1,6 +1,7 @@
 """The worker daemon: the producer loop that claims work and hands it to job threads.
 
-Wakes on LISTEN/NOTIFY (channel ``mediaq_jobs``) with a polling fallback; never
+Wakes on LISTEN/NOTIFY (worker/listener.py: the channels of the categories it has room
+in, on the session that also holds its liveness lock) with a polling fallback; never
 holds a transaction open while media is processed; on SIGTERM stops claiming,
 lets running jobs finish within the grace time, hands back the rest, and exits.
 """
@@ -32,6 +33,7 @@ from mediaq.worker.claimer import ClaimedJob, Claimer
 from mediaq.worker.executor import Executor
 from mediaq.worker.heartbeat import Heartbeat
 from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.listener import Listener
 from mediaq.worker.maintenance.object_sweeper import ObjectSweeper
 from mediaq.worker.maintenance.pruner import Pruner
 from mediaq.worker.maintenance.rescuer import Rescuer
@@ -98,6 +100,11 @@ class Worker:
         self.heartbeat = Heartbeat(self.pool, self.worker_id, settings.worker.lease_seconds,
                                    self.running, self.running_lock,
                                    roots=watched_roots(settings.storage))
+        self.listener = Listener(url, self.pool, worker_id=self.worker_id,
+                                 host=settings.worker.host_id, capacity=self.capacity,
+                                 notice=self._notice)
+        self.listen_thread = threading.Thread(target=self.listener.run, name="mediaq-listen",
+                                              daemon=True)
         self.rescuer = Rescuer(self.pool, self.worker_id, settings.worker.max_rescues,
                                settings.worker.lease_seconds, self.wake)
         self.pruner = Pruner(url, settings.storage.retention_days,
@@ -130,7 +137,8 @@ class Worker:
         """Run until stopped (or, in burst mode, until nothing is left); jobs processed."""
         # Import every action (codecs, plugins) now, not inside the first job's time.
         actions = available_actions()
-        self.claimer.register(__version__)
+        # The liveness lock first: no job is claimed by a worker rescuers cannot see die.
+        self.claimer.register(__version__, liveness=self.listener.open())
         self.log.info("worker:started", actions=len(actions),
                       categories=list(self.capacity.categories), limits=self.capacity.limits,
                       vram_budget_mb=self.capacity.vram_budget_mb,
@@ -143,8 +151,7 @@ class Worker:
         # hung mount stalls the check's thread, never this one: claims wait meanwhile).
         self.storage.start()
         self.storage.first_check.wait(STORAGE_FIRST_CHECK_WAIT_S)
-        listener = threading.Thread(target=self._listen, name="mediaq-listen", daemon=True)
-        listener.start()
+        self.listen_thread.start()
         self.heartbeat.start()
         self.rescuer.start()
         if not self.options.burst:
@@ -312,19 +319,6 @@ class Worker:
             self.notified.add(payload)
         self.wake.set()
 
-    def _listen(self) -> None:
-        """Wake the producer on NOTIFY; reconnect after outages."""
-        while not self.stopping.is_set():
-            try:
-                with db.connect(self.url, autocommit=True, application="mediaq-listen") as conn:
-                    db.execute(conn, "listen_jobs")
-                    while not self.stopping.is_set():
-                        for notify in conn.notifies(timeout=1.0, stop_after=1):
-                            self._notice(notify.payload)
-            except psycopg.Error as exc:
-                self.log.warning("listen:error", error=str(exc))
-                self.stopping.wait(1.0)
-
     def _drain(self) -> None:
         deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds
         while self.capacity.total_running and time.monotonic() < deadline:
@@ -348,6 +342,10 @@ class Worker:
                 db.execute(conn, "worker_stopped", {"worker_id": self.worker_id})
         except psycopg.Error:
             pass
+        # Only now, with every job finished or handed back, let the liveness lock go.
+        self.listener.halt.set()
+        self.listen_thread.join(timeout=5)
+        self.listener.close()
         self.pool.close()
         self.log.info("worker:stopped", processed=self.processed)
         if self.abandoned:

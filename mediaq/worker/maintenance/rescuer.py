@@ -1,9 +1,19 @@
-"""Rescue jobs whose worker vanished (lease expired), free orphaned slots."""
+"""Rescue jobs whose worker vanished (its session ended, or its lease expired), free
+orphaned slots.
+
+A killed worker's session ends at once and frees its liveness lock
+(worker/listener.py); ``jobs_rescue_expired`` rescues such a worker's jobs without
+waiting for the lease, so every worker runs that one statement every
+``DEAD_SESSION_SCAN_S`` (a kill -9 is rescued within about a second). The rest of the
+pass (orphaned slots, silent workers, fallbacks) keeps its quarter-lease pace. A frozen
+or cut-off worker keeps its session and lock: its lease alone hands its jobs on.
+"""
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 
 import structlog
 from psycopg_pool import ConnectionPool
@@ -12,21 +22,35 @@ from mediaq import db
 from mediaq.logs import log_stamp
 
 log = structlog.get_logger("mediaq.rescuer")
+DEAD_SESSION_SCAN_S = 1.0  # how often jobs of dead sessions are looked for
 
 
 def rescue_once(
     pool: ConnectionPool[db.Connection], worker_id: str, max_rescues: int, lease_seconds: int
 ) -> list[db.Row]:
-    """One pass: expired leases back to the queue (or failed if rescued too often)."""
+    """One pass: jobs of dead sessions and expired leases back to the queue (or failed if
+    rescued too often), orphaned slots freed, silent workers shown stopped, fallbacks."""
     with db.transaction(pool) as conn:
-        rescued = db.fetch_all(conn, "jobs_rescue_expired",
-                               {"worker_id": worker_id, "max_rescues": max_rescues})
+        rescued = _rescue(conn, worker_id, max_rescues)
         db.execute(conn, "slots_release_orphans")
         db.execute(conn, "workers_mark_lost", {"lease_seconds": lease_seconds})
         fell_back = fall_back(conn)
+    return rescued + fell_back
+
+
+def rescue_dead(pool: ConnectionPool[db.Connection], worker_id: str,
+                max_rescues: int) -> list[db.Row]:
+    """The quick pass: only ``jobs_rescue_expired`` (dead sessions, expired leases)."""
+    with db.transaction(pool) as conn:
+        return _rescue(conn, worker_id, max_rescues)
+
+
+def _rescue(conn: db.Connection, worker_id: str, max_rescues: int) -> list[db.Row]:
+    rescued = db.fetch_all(conn, "jobs_rescue_expired",
+                           {"worker_id": worker_id, "max_rescues": max_rescues})
     for row in rescued:
         log.warning("job:rescued", job_id=row["id"], job_code=row["job_code"], status=row["status"])
-    return rescued + fell_back
+    return rescued
 
 
 def fall_back(conn: db.Connection) -> list[db.Row]:
@@ -55,9 +79,17 @@ class Rescuer(threading.Thread):
     def run(self) -> None:
         # Every worker rescues; jitter keeps a fleet from all scanning at once.
         interval = max(0.5, self.lease_seconds / 4)
-        while not self.halt.wait(random.uniform(0.75 * interval, 1.25 * interval)):
+        next_full = time.monotonic() + random.uniform(0.75 * interval, 1.25 * interval)
+        while not self.halt.wait(random.uniform(0.75, 1.25) * DEAD_SESSION_SCAN_S):
             try:
-                if rescue_once(self.pool, self.worker_id, self.max_rescues, self.lease_seconds):
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + random.uniform(0.75 * interval,
+                                                                  1.25 * interval)
+                    found = rescue_once(self.pool, self.worker_id, self.max_rescues,
+                                        self.lease_seconds)
+                else:
+                    found = rescue_dead(self.pool, self.worker_id, self.max_rescues)
+                if found:
                     self.wake.set()
             except Exception as exc:
                 log.warning("rescuer:error", error=str(exc))
