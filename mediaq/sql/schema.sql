@@ -342,6 +342,10 @@ CREATE TABLE workers (
     heartbeat_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     stopped_at     TIMESTAMPTZ,
     version        TEXT,
+    -- Why the worker does not claim: its input or output roots are missing or
+    -- unwritable, the output disk is below its floor, the host is paused
+    -- (mediaq/worker/storage_health.py); NULL: it claims.
+    claim_problem  TEXT,
     -- The key of the session-level advisory lock (namespace 28017) the worker holds on
     -- its listening session for its whole life; a free lock means the process is gone
     -- and its jobs are rescued at once. NULL: a worker that holds none (lease only).
@@ -1986,9 +1990,6 @@ CREATE TABLE action_breakers (
 COMMENT ON TABLE action_breakers IS
     'Circuit breakers on actions (host empty: every host); see mediaq/worker/breakers.py.';
 
--- Why a worker does not claim: its input or output roots are missing or unwritable, or
--- the output disk is below its floor (mediaq/worker/storage_health.py); NULL: healthy.
-ALTER TABLE workers ADD COLUMN claim_problem TEXT;
 
 -- The statements of this section that move jobs, named on their moves (the transition
 -- list says which statement makes each move: tests/test_job_transitions.py).
