@@ -230,9 +230,6 @@ def test_the_status_lists_of_the_cli_the_api_and_the_dashboard(conn: Conn) -> No
     assert set(render.STATUS_STYLE) == set(STATES)
 
     script = APP_JS.read_text(encoding="utf-8")
-    active = re.search(r"const ACTIVE = \[([^\]]*)\]", script)
-    assert active is not None
-    assert set(re.findall(r'"(\w+)"', active.group(1))) == set(ACTIVE)
     block = re.search(r"const ACTIONS = \{(.*?)\};", script, re.DOTALL)
     assert block is not None
     actions = {state: set(re.findall(r'"(\w+)"', acts))

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import structlog
@@ -77,7 +78,8 @@ def check(storage: StorageSettings) -> str | None:
         if not os.access(root, os.R_OK | os.X_OK):
             return f"input root {root} is not readable by this worker"
     outputs = storage.outputs
-    if storage.output_root is None:
+    if not isinstance(storage.output_root, Path):  # the default, or the local staging
+        # folder of an s3:// output root: ours to create (a configured one never is)
         try:
             outputs.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
