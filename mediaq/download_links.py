@@ -24,6 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 from mediaq import db
+from mediaq.storage.setup import Presign
+from mediaq.storage.uri import is_s3
 
 PREFIX = "/api/media/downloads"
 # Types Python's table lacks or gets wrong for media outputs.
@@ -56,10 +58,14 @@ class Signer:
     output_root: Path
     base_url: str
     ttl_seconds: int
+    # Outputs in object storage get presigned URLs instead (mediaq.storage.setup):
+    # they expire with the link, but revoking a token cannot recall one already given.
+    presign: Presign | None = None
 
     @classmethod
     def for_job(cls, conn: db.Connection, job: dict[str, Any], token_id: int | None,
-                output_root: Path, base_url: str, ttl_seconds: int) -> Signer:
+                output_root: Path, base_url: str, ttl_seconds: int,
+                presign: Presign | None = None) -> Signer:
         params = {"job_id": job["id"], "token_id": token_id, "secret": secrets.token_bytes(32)}
         # A concurrent first use inserted the key after this statement's snapshot: the
         # statement returns nothing, and the next one reads that key.
@@ -67,11 +73,14 @@ class Signer:
                or db.fetch_one(conn, "download_key_get", params))
         assert row is not None
         return cls(int(row["id"]), bytes(row["secret"]), int(job["id"]), str(job["job_code"]),
-                   output_root.resolve(), base_url.rstrip("/"), ttl_seconds)
+                   output_root.resolve(), base_url.rstrip("/"), ttl_seconds, presign)
 
     def url(self, path: str | Path, now: float | None = None) -> str | None:
         """The signed URL of an output ``path``, or None when it is not under this job's
         output folder (moved to a library, say)."""
+        if is_s3(str(path)):
+            return (self.presign(str(path), self.job_code, self.ttl_seconds)
+                    if self.presign is not None else None)
         relative = relative_output(Path(path), self.output_root, self.job_code)
         if relative is None:
             return None
@@ -138,7 +147,8 @@ def resolve(conn: db.Connection, key_id: int, relative: str, expires: int, sig: 
 
 
 def with_output_urls(conn: db.Connection, payload: dict[str, Any], output_root: Path,
-                     base_url: str, ttl_seconds: int) -> dict[str, Any]:
+                     base_url: str, ttl_seconds: int,
+                     presign: Presign | None = None) -> dict[str, Any]:
     """A webhook payload whose ``job.output_metadata.outputs`` carry signed URLs (made
     when the notification is sent, so a retry hours later still sends live links)."""
     job = payload.get("job")
@@ -149,6 +159,6 @@ def with_output_urls(conn: db.Connection, payload: dict[str, Any], output_root: 
         return payload
     if db.fetch_one(conn, "download_job_exists", {"job_id": job["id"]}) is None:
         return payload
-    signer = Signer.for_job(conn, job, None, output_root, base_url, ttl_seconds)
+    signer = Signer.for_job(conn, job, None, output_root, base_url, ttl_seconds, presign)
     return {**payload, "job": {**job, "output_metadata": {
         **meta, "outputs": signer.outputs(meta["outputs"])}}}

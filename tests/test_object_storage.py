@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 from PIL import Image
 
 import mediaq
@@ -371,6 +372,15 @@ def test_the_http_api_takes_s3_inputs_and_shows_s3_outputs(store: Store) -> None
     assert detail["status"] == "completed"
     assert [o["path"] for o in detail["outputs"]] == [
         f"s3://{store.outputs}/jobs/{detail['id']}/{detail['id']}_sleep1.bin"]
+    # Its download link is a presigned URL of the store's: it reads the object, with no
+    # token, and nothing else (a signature made for one key opens no other).
+    (output,) = detail["outputs"]
+    assert "Signature=" in output["url"] and "Expires=" in output["url"]
+    fetched = requests.get(output["url"], timeout=30)
+    assert fetched.status_code == 200
+    assert hashlib.sha256(fetched.content).hexdigest() == output["sha256"]
+    other = output["url"].replace("_sleep1.bin", "_other.bin")
+    assert requests.get(other, timeout=30).status_code == 403
 
 
 def test_a_job_resumed_on_another_host_reads_earlier_outputs_from_the_store(

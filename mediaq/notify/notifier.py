@@ -27,6 +27,7 @@ from mediaq import db, download_links
 from mediaq.config import Settings
 from mediaq.errors import ConfigError
 from mediaq.notify.channels import Channels, Notification, Outcome
+from mediaq.storage.setup import presigner
 
 log = structlog.get_logger("mediaq.notify")
 
@@ -197,7 +198,7 @@ class Notifier:
             return note
         payload = download_links.with_output_urls(
             conn, note.payload, self.settings.storage.outputs, web.public_url,
-            web.link_ttl_seconds)
+            web.link_ttl_seconds, presigner(self.settings.storage))
         return dataclasses.replace(note, payload=payload)
 
     def _start(self, pool: ThreadPoolExecutor, note: Notification) -> None:

@@ -224,3 +224,12 @@ def multipart_uploads(s3: Any, prefix: S3Uri) -> list[tuple[str, str]]:
 def abort_upload(s3: Any, bucket: str, key: str, upload_id: str) -> None:
     with translated(f"s3://{bucket}/{key}", s3):
         s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
+
+def presigned_get(s3: Any, uri: S3Uri, seconds: int) -> str:
+    """A URL that reads the object for ``seconds`` without credentials (the client
+    signs it locally: no request is made), answered with the object's content type."""
+    return str(s3.generate_presigned_url(
+        "get_object", ExpiresIn=seconds,
+        Params={"Bucket": uri.bucket, "Key": uri.key,
+                "ResponseContentType": content_type(uri.key)}))

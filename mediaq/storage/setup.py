@@ -3,8 +3,10 @@ check of an ``s3://`` input."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mediaq.config import StorageSettings
-from mediaq.errors import PermanentError, SubmissionRefused, TransientError
+from mediaq.errors import InputRefused, PermanentError, SubmissionRefused, TransientError
 from mediaq.storage import s3 as s3ops
 from mediaq.storage.cache import InputCache
 from mediaq.storage.remote import ObjectStorage
@@ -23,6 +25,31 @@ def object_storage(storage: StorageSettings) -> ObjectStorage:
                                     storage.cache_max_mb * 1024 * 1024),
                          storage.remote_output_root, PathMap.parse(storage.path_map),
                          storage.outputs)
+
+
+Presign = Callable[[str, str, int], str | None]
+"""(location, job code, seconds) -> a presigned GET URL, or None when the location is
+not an object in that job's folder under the s3:// output root."""
+
+
+def presigner(storage: StorageSettings) -> Presign | None:
+    """How download links reach outputs in object storage: presigned URLs, valid as long
+    as a link (None when the outputs are local files, which `mediaq web` serves)."""
+    if storage.remote_output_root is None:
+        return None
+    root = S3Uri.parse(storage.remote_output_root, prefix=True)
+    settings = client_settings(storage)
+
+    def presign(location: str, job_code: str, seconds: int) -> str | None:
+        try:
+            uri = S3Uri.parse(location)
+        except InputRefused:
+            return None
+        if uri.bucket != root.bucket or not uri.key.startswith(f"{root.key}{job_code}/"):
+            return None  # never sign an object outside the job's own folder
+        return s3ops.presigned_get(s3ops.client(settings), uri, seconds)
+
+    return presign
 
 
 def check_submitted(text: str, storage: StorageSettings) -> str:

@@ -14,7 +14,7 @@ from mediaq import db, download_links, operations
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import ACTIVE
-from mediaq.storage.setup import check_submitted
+from mediaq.storage.setup import check_submitted, presigner
 from mediaq.storage.uri import is_s3
 from mediaq.submit import submit
 from mediaq.web import serialise
@@ -197,7 +197,8 @@ def signer(conn: db.Connection, job: db.Row, request: Request,
     settings = request.app.state.settings
     base = settings.web.public_url or str(request.base_url)
     return download_links.Signer.for_job(conn, job, who.token_id, settings.storage.outputs,
-                                         base, settings.web.link_ttl_seconds)
+                                         base, settings.web.link_ttl_seconds,
+                                         presigner(settings.storage))
 
 
 @router.post("", status_code=201)
