@@ -55,7 +55,6 @@ class JobRun:
     steps: list[Step]
     history: dict[tuple[int, int | None], db.Row]  # by (step id, item index)
     input_path: Path | None = None
-    source_path: Path | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     failed_steps: list[dict[str, Any]] = field(default_factory=list)
     job_deadline: float = 0.0
