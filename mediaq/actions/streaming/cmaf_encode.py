@@ -47,6 +47,7 @@ from mediaq.actions.streaming.segmenter import (
     AAC_PRIMING,
     TrackFiles,
     first_decode_time,
+    open_fmp4_track,
     read_media_playlist,
     track_placement,
 )
@@ -122,20 +123,8 @@ class CmafEncoder:
             raise
 
     def _open(self, outputs: OutputGroup, label: str, *, late: bool) -> MediaOutput:
-        name = f"{self.prefix}{label}"
-        playlist = self.ctx.output_path(f"{name}.m3u8")
-        pattern = str(playlist.parent).replace("%", "%%") + f"/{name}_%05d.m4s"
-        options = {
-            "hls_time": str(self.seconds), "hls_segment_type": "fmp4",
-            "hls_playlist_type": "vod", "hls_list_size": "0", "start_number": "1",
-            "hls_flags": "independent_segments", "hls_segment_filename": pattern,
-            "hls_fmp4_init_filename": f"{name}_init.mp4",
-            # See segmenter.LadderSegmenter._open: one muxer a track, offsets kept.
-            "avoid_negative_ts": "disabled",
-        }
-        if late:
-            options["hls_segment_options"] = "movflags=+frag_discont"
-        return outputs.open(playlist, format="hls", options=options)
+        return open_fmp4_track(outputs, self.ctx, f"{self.prefix}{label}", self.seconds,
+                               late=late)
 
     def _video_track(self, outputs: OutputGroup, codec: str, rung: Rung) -> _Track:
         label = f"{codec}_{rung.label}"

@@ -91,6 +91,32 @@ class TrackFiles:
         return round(size * 8 / max(self.duration, 1e-3))
 
 
+def open_fmp4_track(outputs: OutputGroup, ctx: ActionContext, name: str, seconds: float,
+                    *, late: bool = False) -> MediaOutput:
+    """An hls muxer for one track writing ``name.m3u8``, ``name_init.mp4`` and
+    ``name_00001.m4s``…; ``late``: the track's first packet has a positive timestamp (it
+    starts after the other track), which the segments' tfdt must carry."""
+    playlist = ctx.output_path(f"{name}.m3u8")
+    # The segment name is a printf pattern: a literal % in the folder must be doubled.
+    pattern = str(playlist.parent).replace("%", "%%") + f"/{name}_%05d.m4s"
+    options = {
+        "hls_time": str(seconds), "hls_segment_type": "fmp4",
+        "hls_playlist_type": "vod", "hls_list_size": "0", "start_number": "1",
+        "hls_flags": "independent_segments", "hls_segment_filename": pattern,
+        "hls_fmp4_init_filename": f"{name}_init.mp4",
+        # Each track has its own muxer: shifting each one's negative timestamps (the
+        # B-frame delay, the AAC priming) to zero would shift them by different amounts
+        # and put audio and video out of sync. An edit list in each init hides them.
+        "avoid_negative_ts": "disabled",
+    }
+    if late:
+        # Left alone, the fragmenting MP4 muxer starts tfdt at zero and says where the
+        # track starts only with an empty edit in the init, which MSE players (hls.js,
+        # dash.js) ignore. frag_discont makes the first tfdt the first timestamp.
+        options["hls_segment_options"] = "movflags=+frag_discont"
+    return outputs.open(playlist, format="hls", options=options)
+
+
 class LadderSegmenter:
     """Decodes the source once and writes every rung (and the audio once) as CMAF tracks."""
 
@@ -123,28 +149,8 @@ class LadderSegmenter:
             raise
 
     def _open(self, outputs: OutputGroup, label: str, *, late: bool = False) -> MediaOutput:
-        """An hls muxer for one track; ``late``: the track's first packet has a positive
-        timestamp (it starts after the other track), which the segments' tfdt must carry."""
-        name = f"{self.prefix}{label}"
-        playlist = self.ctx.output_path(f"{name}.m3u8")
-        # The segment name is a printf pattern: a literal % in the folder must be doubled.
-        pattern = str(playlist.parent).replace("%", "%%") + f"/{name}_%05d.m4s"
-        options = {
-            "hls_time": str(self.seconds), "hls_segment_type": "fmp4",
-            "hls_playlist_type": "vod", "hls_list_size": "0", "start_number": "1",
-            "hls_flags": "independent_segments", "hls_segment_filename": pattern,
-            "hls_fmp4_init_filename": f"{name}_init.mp4",
-            # Each track has its own muxer: shifting each one's negative timestamps (the
-            # B-frame delay, the AAC priming) to zero would shift them by different amounts
-            # and put audio and video out of sync. An edit list in each init hides them.
-            "avoid_negative_ts": "disabled",
-        }
-        if late:
-            # Left alone, the fragmenting MP4 muxer starts tfdt at zero and says where the
-            # track starts only with an empty edit in the init, which MSE players (hls.js,
-            # dash.js) ignore. frag_discont makes the first tfdt the first timestamp.
-            options["hls_segment_options"] = "movflags=+frag_discont"
-        return outputs.open(playlist, format="hls", options=options)
+        return open_fmp4_track(outputs, self.ctx, f"{self.prefix}{label}", self.seconds,
+                               late=late)
 
     def _video_track(self, outputs: OutputGroup, rung: Rung) -> SegmentedTrack:
         output = self._open(outputs, rung.label, late=self.video_offset > 0)
