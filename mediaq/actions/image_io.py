@@ -9,9 +9,10 @@ AVIF from Pillow itself.
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,7 @@ def load_picture(
     size. Errors as for :func:`inspect_image`.
     """
     with _open_checked(path, formats, max_pixels) as im, reading(path, max_pixels):
+        _refuse_what_cannot_fit(im)
         info = _describe_source(path, im)
         if animated and info.frames > max_frames:
             raise PermanentError(
@@ -189,7 +191,8 @@ def load_picture(
             )
         if box is not None and im.format in ("JPEG", "MPO"):
             _shrink_on_load(im, box, info.orientation)
-        exif = im.getexif()
+        exif = im.getexif()  # all of it: a PNG is decoded to reach an eXIf chunk at its end
+        info = replace(info, orientation=_orientation_in(exif))
         picture = Picture(
             info=info,
             frames=[],
@@ -234,6 +237,31 @@ def _open_checked(path: Path, formats: tuple[str, ...], max_pixels: int) -> Iter
         im.close()
 
 
+def _refuse_what_cannot_fit(im: Image.Image) -> None:
+    """Raise MemoryError when decoding ``im`` needs more address space than the
+    process's RLIMIT_AS leaves (a step's child under ``step_memory_limit_mb``).
+
+    Pillow zeroes every block it allocates, so a bomb that fails part-way through the
+    allocation has already spent CPU time (seconds on a slow machine) faulting in
+    pages; refused here it costs nothing, and fails as the memory limit, as it would.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return
+    # Pillow keeps single-band 8-bit images at a byte a pixel, 16-bit ones at two and
+    # everything else (RGB included) at four.
+    per_pixel = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
+    if _address_space_in_use() + im.width * im.height * per_pixel > soft:
+        raise MemoryError(f"{im.width}x{im.height} {im.mode} cannot be decoded here")
+
+
+def _address_space_in_use() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
@@ -258,7 +286,15 @@ def _describe_source(path: Path, im: Image.Image) -> SourceInfo:
 
 
 def _exif_orientation(im: Image.Image) -> int | None:
-    value = im.getexif().get(ExifTags.Base.Orientation)
+    """The orientation the header gives. Pillow decodes a whole PNG to look for an
+    eXIf chunk after its pixels; describing one reads only the chunks before them."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return None
+    return _orientation_in(im.getexif())
+
+
+def _orientation_in(exif: Image.Exif) -> int | None:
+    value = exif.get(ExifTags.Base.Orientation)
     return value if isinstance(value, int) and 1 <= value <= 8 else None
 
 
