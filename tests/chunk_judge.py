@@ -40,8 +40,8 @@ def _timed(run: ChunkedRun, key: str, fn: Any) -> Any:
 
 def recorded(result: Any) -> dict[str, Any]:
     """A result's output_data as the engine records it (outputs with their paths)."""
-    return {**result.data, "outputs": [{"path": str(o.staging_path), "role": o.role}
-                                       for o in result.outputs]}
+    return {**result.data, "outputs": [{"path": str(o.staging_path), "role": o.role,
+                                        **o.meta} for o in result.outputs]}
 
 
 def run_chunked(source: Path, out: Path, *, chunk_seconds: float, audio: bool = True,

@@ -54,6 +54,8 @@ BUILTIN_MODULES = (
     "mediaq.actions.chunked.plan",
     "mediaq.actions.chunked.encode",
     "mediaq.actions.chunked.stitch",
+    "mediaq.actions.chunked.ladder",
+    "mediaq.actions.chunked.package",
     "mediaq.actions.audio.inspect",
     "mediaq.actions.audio.transcode",
     "mediaq.actions.audio.normalize",

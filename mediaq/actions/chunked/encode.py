@@ -124,16 +124,19 @@ class ChunkEncoder:
     into the chunk file."""
 
     def __init__(self, out: MediaOutput, encoder: str, params: dict[str, Any],
-                 source: Any) -> None:
+                 source: Any, *, size: tuple[int, int] | None = None,
+                 sar: Fraction | None = None, gop_seconds: float | None = None) -> None:
+        """``size``, ``sar`` and ``gop_seconds`` (a ceiling when the caller forces the
+        keyframes itself) override the step's parameters: a ladder rung's encoder."""
         rate = chunk_rate(source)
-        encoding = Encoding(rate_control="capped_crf" if params.get("maxrate") else "crf",
-                            crf=params["crf"], speed=params["speed"],
-                            maxrate=parse_bitrate(params.get("maxrate")),
+        maxrate = parse_bitrate(params.get("maxrate"))
+        encoding = Encoding(rate_control="capped_crf" if maxrate else "crf",
+                            crf=params["crf"], speed=params["speed"], maxrate=maxrate,
                             bufsize=parse_bitrate(params.get("bufsize")),
-                            gop_seconds=params["gop_seconds"], closed_gop=True)
+                            gop_seconds=gop_seconds or params["gop_seconds"], closed_gop=True)
         self.settings = settings = video_settings(encoder, encoding, rate)
-        self.width = params.get("width") or source.codec_context.width
-        self.height = params.get("height") or source.codec_context.height
+        self.width, self.height = size or (params.get("width") or source.codec_context.width,
+                                           params.get("height") or source.codec_context.height)
         self.out = out
         self.dropped = 0
         self.started = False
@@ -154,6 +157,8 @@ class ChunkEncoder:
                 video.codec_context.gop_size = settings.gop
             if params["codec"] == "hevc":
                 video.codec_tag = "hvc1"
+            if sar is not None and sar != 1:
+                video.codec_context.sample_aspect_ratio = sar  # in the SPS: shown right
             return video
 
         self.stream = out.add_stream(make)
@@ -161,7 +166,7 @@ class ChunkEncoder:
 
     def encode(self, frame: VideoFrame, *, first: bool) -> int:
         """Encode ``frame`` (pts relative to the chunk's first frame); 1 if it belongs to
-        the chunk, 0 for a preroll frame."""
+        the chunk, 0 for a preroll frame. ``first``: forced to a keyframe (an IDR frame)."""
         shaped = self.scale.fresh(frame)
         if first:
             shaped.pict_type = PictureType.I
