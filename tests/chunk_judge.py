@@ -156,3 +156,50 @@ def decode_errors(path: Path) -> str:
     result = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-f", "null",
                              "-"], capture_output=True, text=True, timeout=600)
     return result.stderr.strip() + ("" if result.returncode == 0 else " (failed)")
+
+
+@dataclass
+class LadderRun:
+    """What a chunked ladder made: the plan, each chunk task's data and the package."""
+
+    plan: dict[str, Any]
+    chunks: list[dict[str, Any]]
+    packaged: dict[str, Any]
+    folder: Path
+
+
+def run_chunked_ladder(source: Path, out: Path, *, chunk_seconds: float, audio: bool = True,
+                       **encode: Any) -> LadderRun:
+    """split_video, encode_chunk_ladder per item, encode_audio_track, package_chunked."""
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = action_context("split_video", source, out, {"chunk_seconds": chunk_seconds})
+    plan = get_action("split_video").fn(ctx).data
+    items = [recorded(get_action("encode_chunk_ladder").fn(
+        action_context("encode_chunk_ladder", source, out, {**item, **encode})))
+        for item in plan["chunks"]]
+    needs: dict[str, Any] = {"encode_chunks": items}
+    if audio and plan["has_audio"]:
+        needs["encode_audio"] = recorded(get_action("encode_audio_track").fn(
+            action_context("encode_audio_track", source, out, {})))
+    packaged = get_action("package_chunked").fn(
+        action_context("package_chunked", source, out, {}, needs_outputs=needs))
+    return LadderRun(plan, items, packaged.data, out)
+
+
+def keyframe_times(path: Path) -> list[float]:
+    """Presentation times of the keyframes of ``path``'s video (a file or a playlist)."""
+    assert FFPROBE is not None
+    out = subprocess.run([FFPROBE, "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "packet=pts_time,flags", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    rows = [line.split(",") for line in out.split() if line.strip()]
+    return sorted(float(pts) for pts, flags, *_ in rows if "K" in flags)
+
+
+def decode_all_errors(path: Path) -> str:
+    """What ffmpeg says while decoding every stream of ``path`` (every variant of a
+    master playlist or an MPD; empty: none)."""
+    assert FFMPEG is not None
+    result = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-map", "0",
+                             "-f", "null", "-"], capture_output=True, text=True, timeout=600)
+    return result.stderr.strip() + ("" if result.returncode == 0 else " (failed)")
