@@ -135,8 +135,10 @@ class ChunkEncoder:
                             bufsize=parse_bitrate(params.get("bufsize")),
                             gop_seconds=gop_seconds or params["gop_seconds"], closed_gop=True)
         self.settings = settings = video_settings(encoder, encoding, rate)
-        self.width, self.height = size or (params.get("width") or source.codec_context.width,
-                                           params.get("height") or source.codec_context.height)
+        width, height = size or (params.get("width") or source.codec_context.width,
+                                 params.get("height") or source.codec_context.height)
+        self.width: int = width
+        self.height: int = height
         self.out = out
         self.dropped = 0
         self.started = False

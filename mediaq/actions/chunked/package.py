@@ -119,8 +119,8 @@ def ladder_of(chunks: list[dict[str, Any]]) -> list[Rung]:
     """The rungs every chunk was encoded at (chunk 0's), refusing a chunk with others."""
     first = chunks[0].get("renditions")
     if not first:
-        raise PermanentError(f"package_chunked: chunk 0 has no renditions (encode the "
-                             f"chunks with encode_chunk_ladder)")
+        raise PermanentError("package_chunked: chunk 0 has no renditions (encode the "
+                             "chunks with encode_chunk_ladder)")
     names = [r["name"] for r in first]
     for chunk in chunks[1:]:
         theirs = [r["name"] for r in chunk.get("renditions") or []]
