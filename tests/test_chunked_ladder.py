@@ -226,7 +226,6 @@ def test_the_documented_ladder_workflow_runs_on_a_worker(mq: MediaqEnv, source: 
     steps["Split"]["parameters"]["chunk_seconds"] = 4
     steps["Encode Chunks"]["parameters"].update(renditions=RUNGS, gop_seconds=2,
                                                 speed="ultrafast", fail_first_attempt=[1])
-    mq.seed()  # validate_video and finalize_job's workflows need nothing else
     path = mq.write_yaml("ladder.yaml", doc)
     mq.cli("workflows", "apply", str(path))
     film = mq.inputs / "film.mp4"
