@@ -55,6 +55,7 @@ bench: $(STAMP) ## Ratios from one run: queue, graphs, scale, media vs the ffmpe
 	$(BIN)/python -m benchmarks.uploads
 	$(BIN)/python -m benchmarks.library
 	$(BIN)/python -m benchmarks.chunked
+	$(BIN)/python -m benchmarks.chunked_ladder
 	$(BIN)/python -m benchmarks.object_storage
 
 chaos: $(STAMP) ## The reliability suite in full: faults, load and hostile input, with figures
