@@ -21,6 +21,7 @@ from mediaq.actions.streaming.segmenter import (
     track_outputs,
     track_summary,
 )
+from mediaq.actions.tracks.languages import UNDETERMINED, language_name
 
 
 @action("package_dash", PACKAGE_SCHEMA, prepare=prepare_package)
@@ -41,6 +42,8 @@ def package_dash(ctx: ActionContext) -> ActionResult:
         "duration": round(tracks[0].duration, 3), "fps": float(clip.rate),
         "renditions": [track_summary(t) for t in tracks if t.rung is not None],
         "audio": next((track_summary(t) for t in tracks if t.rung is None), None),
+        "audio_tracks": [{**track_summary(t), "language": t.language}
+                         for t in tracks if t.rung is None],
         "hardware_decision": decision,
     })
 
@@ -75,15 +78,19 @@ def dash_manifest(tracks: list[TrackFiles], clip: SourceClip, seconds: int) -> s
             "sar": f"{track.rung.sar.numerator}:{track.rung.sar.denominator}",
         })
         _segment_template(rep, track, timescale=90_000)
-    for track in tracks:
-        if track.rung is not None:
-            continue
-        audio_set = ET.SubElement(period, "AdaptationSet", {
-            "id": "1", "contentType": "audio", "mimeType": "audio/mp4",
-            "segmentAlignment": "true", "startWithSAP": "1",
-        })
+    # One adaptation set per audio track (a language each), the first the main one.
+    for n, track in enumerate(t for t in tracks if t.rung is None):
+        attributes = {"id": str(n + 1), "contentType": "audio", "mimeType": "audio/mp4",
+                      "segmentAlignment": "true", "startWithSAP": "1"}
+        if track.language and track.language != UNDETERMINED:
+            attributes["lang"] = track.language
+        audio_set = ET.SubElement(period, "AdaptationSet", attributes)
+        if track.language and track.language != UNDETERMINED:
+            ET.SubElement(audio_set, "Label").text = language_name(track.language)
+        ET.SubElement(audio_set, "Role", {"schemeIdUri": "urn:mpeg:dash:role:2011",
+                                          "value": "main" if n == 0 else "alternate"})
         rep = ET.SubElement(audio_set, "Representation", {
-            "id": "audio", "codecs": track.codec, "bandwidth": str(track.peak_bps),
+            "id": track.label, "codecs": track.codec, "bandwidth": str(track.peak_bps),
             "audioSamplingRate": str(track.sample_rate),
         })
         ET.SubElement(rep, "AudioChannelConfiguration", {

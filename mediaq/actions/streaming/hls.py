@@ -15,6 +15,7 @@ from mediaq.actions.streaming.segmenter import (
     track_outputs,
     track_summary,
 )
+from mediaq.actions.tracks.languages import UNDETERMINED, language_name
 
 
 @action("package_hls", PACKAGE_SCHEMA, prepare=prepare_package)
@@ -34,30 +35,37 @@ def package_hls(ctx: ActionContext) -> ActionResult:
         "duration": round(tracks[0].duration, 3), "fps": float(clip.rate),
         "renditions": [track_summary(t) for t in tracks if t.rung is not None],
         "audio": next((track_summary(t) for t in tracks if t.rung is None), None),
+        "audio_tracks": [{**track_summary(t), "language": t.language}
+                         for t in tracks if t.rung is None],
         "hardware_decision": decision,
     })
 
 
 def hls_master(tracks: list[TrackFiles], rate: Fraction) -> str:
-    """A master playlist: one variant per rung, the audio as one rendition group.
-    BANDWIDTH is the peak segment bit rate (RFC 8216), video plus audio."""
-    audio = next((t for t in tracks if t.rung is None), None)
+    """A master playlist: one variant per rung, every audio track a rendition of one
+    group (``LANGUAGE`` and ``NAME`` from its language, the first the ``DEFAULT``).
+    BANDWIDTH is the peak segment bit rate (RFC 8216): video plus the largest audio."""
+    audio = [t for t in tracks if t.rung is None]
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    if audio is not None:
-        lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,'
-                     f'AUTOSELECT=YES,CHANNELS="{audio.channels}",URI="{audio.playlist.name}"')
+    for n, track in enumerate(audio):
+        language = track.language if track.language not in (None, UNDETERMINED) else None
+        attributes = [f'TYPE=AUDIO,GROUP-ID="audio",NAME="{language_name(language)}"']
+        if language:
+            attributes.append(f'LANGUAGE="{language}"')
+        attributes.append(f'DEFAULT={"YES" if n == 0 else "NO"},AUTOSELECT=YES,'
+                          f'CHANNELS="{track.channels}",URI="{track.playlist.name}"')
+        lines.append("#EXT-X-MEDIA:" + ",".join(attributes))
+    audio_peak = max((t.peak_bps for t in audio), default=0)
+    audio_average = max((t.average_bps for t in audio), default=0)
     for track in tracks:
         if track.rung is None:
             continue
-        codecs = track.codec + (f",{audio.codec}" if audio else "")
-        peak = track.peak_bps + (audio.peak_bps if audio else 0)
-        average = track.average_bps + (audio.average_bps if audio else 0)
-        attributes = (f"BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},"
-                      f"RESOLUTION={track.rung.width}x{track.rung.height},"
-                      f'FRAME-RATE={float(rate):.3f},CODECS="{codecs}"')
-        if audio is not None:
-            attributes += ',AUDIO="audio"'
-        lines += [f"#EXT-X-STREAM-INF:{attributes}", track.playlist.name]
+        codecs = track.codec + (f",{audio[0].codec}" if audio else "")
+        attributes_text = (f"BANDWIDTH={track.peak_bps + audio_peak},"
+                           f"AVERAGE-BANDWIDTH={track.average_bps + audio_average},"
+                           f"RESOLUTION={track.rung.width}x{track.rung.height},"
+                           f'FRAME-RATE={float(rate):.3f},CODECS="{codecs}"')
+        if audio:
+            attributes_text += ',AUDIO="audio"'
+        lines += [f"#EXT-X-STREAM-INF:{attributes_text}", track.playlist.name]
     return "\n".join(lines) + "\n"
-
-

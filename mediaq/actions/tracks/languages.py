@@ -84,3 +84,25 @@ def tracks_in(streams: list[dict[str, Any]], kind: str) -> list[ChosenTrack]:
     of_kind = [s for s in streams if s.get("type") == kind]
     return [ChosenTrack(int(s["index"]), normalize_language(s.get("language")), n)
             for n, s in enumerate(of_kind)]
+
+
+# What players show for a track (HLS NAME, DASH Label): the language's English name.
+_NAMES = {
+    "ara": "Arabic", "bul": "Bulgarian", "cat": "Catalan", "ces": "Czech", "cym": "Welsh",
+    "dan": "Danish", "deu": "German", "ell": "Greek", "eng": "English", "spa": "Spanish",
+    "est": "Estonian", "eus": "Basque", "fas": "Persian", "fin": "Finnish", "fra": "French",
+    "gle": "Irish", "glg": "Galician", "heb": "Hebrew", "hin": "Hindi", "hrv": "Croatian",
+    "hun": "Hungarian", "ind": "Indonesian", "isl": "Icelandic", "ita": "Italian",
+    "jpn": "Japanese", "kor": "Korean", "lit": "Lithuanian", "lav": "Latvian",
+    "nld": "Dutch", "nob": "Norwegian Bokmål", "nor": "Norwegian", "pol": "Polish",
+    "por": "Portuguese", "ron": "Romanian", "rus": "Russian", "slk": "Slovak",
+    "slv": "Slovenian", "srp": "Serbian", "swe": "Swedish", "tha": "Thai", "tur": "Turkish",
+    "ukr": "Ukrainian", "vie": "Vietnamese", "zho": "Chinese",
+}
+
+
+def language_name(code: str | None) -> str:
+    """The name players show for a track in ``code`` (the code itself when unknown)."""
+    if not code or code == UNDETERMINED:
+        return "audio"
+    return _NAMES.get(code, code)
