@@ -88,7 +88,8 @@ def write_vobsub(stem: Path, cues: list[tuple[float, float, tuple[int, int, int,
              f"id: {language}, index: 0"]
     for start, offset in entries:
         ms = round(start * 1000)
-        stamp = f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}:{ms % 1000:03d}"
+        stamp = (f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}:"
+                 f"{ms % 1000:03d}")
         lines.append(f"timestamp: {stamp}, filepos: {offset:09x}")
     idx = stem.with_suffix(".idx")
     idx.write_text("\n".join(lines) + "\n")

@@ -18,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lxml import etree
 
 from mediaq.actions import get_action
 from mediaq.errors import InvalidParameters, PermanentError
 from tests.dvd_subtitles import write_vobsub
 from tests.helpers import action_context, requires_tool, run_action
 from tests.media_judge import FFMPEG, ffmpeg, ffprobe, needs_ffmpeg
+from tests.test_cmaf import mpd_schema
 from tests.test_streaming_actions import play_in_chromium
 
 pytestmark = needs_ffmpeg
@@ -39,20 +41,18 @@ Hello <i>world</i>
 00:00:01,300 --> 00:00:01,800
 Second line
 """
-ASS = r"""[Script Info]
-ScriptType: v4.00+
-PlayResX: 384
-PlayResY: 288
-
-[V4+ Styles]
-Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding
-Style: Default,Arial,16,&H00ffffff,&H00ffffff,&H00000000,&H00000000,0,0,0,0,100,100,0,0,1,1,0,2,10,10,10,0
-
-[Events]
-Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text
-Dialogue: 0,0:00:00.30,0:00:01.10,Default,,0,0,0,,{\i1}Bonjour{\i0} le monde
-Dialogue: 0,0:00:01.40,0:00:01.90,Default,,0,0,0,,Deux\Nlignes
-"""
+ASS = "\n".join([
+    "[Script Info]", "ScriptType: v4.00+", "PlayResX: 384", "PlayResY: 288", "",
+    "[V4+ Styles]",
+    "Format: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, "
+    "BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, "
+    "BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding",
+    "Style: Default,Arial,16,&H00ffffff,&H00ffffff,&H00000000,&H00000000,0,0,0,0,100,100,"
+    "0,0,1,1,0,2,10,10,10,0", "",
+    "[Events]",
+    "Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text",
+    r"Dialogue: 0,0:00:00.30,0:00:01.10,Default,,0,0,0,,{\i1}Bonjour{\i0} le monde",
+    r"Dialogue: 0,0:00:01.40,0:00:01.90,Default,,0,0,0,,Deux\Nlignes", ""])
 ENG_CUES = [(0.2, 1.0, "Hello world"), (1.3, 1.8, "Second line")]
 FRA_CUES = [(0.3, 1.1, "Bonjour le monde"), (1.4, 1.9, "Deux\nlignes")]
 
@@ -371,9 +371,6 @@ def test_hls_master_has_one_audio_rendition_per_language(sources: dict[str, Path
 
 def test_dash_has_one_audio_adaptation_set_per_language(sources: dict[str, Path],
                                                         tmp_path: Path) -> None:
-    from tests.test_cmaf import mpd_schema
-    from lxml import etree
-
     result = run_action("package_dash", sources["multi"], tmp_path, renditions=[SMALL],
                         segment_seconds=1, preset="ultrafast",
                         audio_languages=["eng", "fra", "deu"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -147,7 +147,7 @@ def upright_frames(container: InputContainer, vstream: Any, astream: Any = None,
 
 
 def upright_frames_with_audio(container: InputContainer, vstream: Any,
-                              sinks: dict[int, AudioSink]
+                              sinks: Mapping[int, AudioSink]
                               ) -> Iterator[tuple[float, VideoFrame]]:
     """:func:`upright_frames`, with the frames of each audio stream whose index ``sinks``
     names going to its own sink (several languages decoded in the same pass)."""

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,11 @@ class RenditionWriter:
         # Cues are on the source's clock; the output's starts at ``origin``.
         self.burn = (Burner(chosen[0], rendition.width, rendition.height, origin)
                      if rendition.subtitles == "burn" and chosen else None)
-        self.subtitles = [output.add_stream(lambda c, t=t: SubtitleMuxer(c, t, origin))
+        self.subtitles = [output.add_stream(functools.partial(SubtitleMuxer, track=t,
+                                                              shift=origin))
                           for t in chosen if rendition.subtitles == "keep" and t.is_text]
         for muxer in self.subtitles:
-            output.drain_on_finish(lambda m=muxer: m.due(None))
+            output.drain_on_finish(functools.partial(muxer.due, None))
 
     def _video_stream(self, container: OutputContainer, rate: Fraction,
                       time_base: Fraction) -> Any:

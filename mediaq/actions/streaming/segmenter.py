@@ -283,7 +283,7 @@ def chosen_audio(ctx: ActionContext, clip: SourceClip) -> list[AudioSource]:
         labels: dict[str, int] = {}
         sources = []
         for track in chosen:
-            stream = container.streams[track.index]
+            stream: Any = container.streams[track.index]
             labels[track.language] = labels.get(track.language, 0) + 1
             label = "audio" if not asked else f"audio_{track.language}" + (
                 f"_{labels[track.language]}" if labels[track.language] > 1 else "")

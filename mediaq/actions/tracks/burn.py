@@ -108,10 +108,11 @@ class Burner:
         probe = ImageDraw.Draw(Image.new("RGBA", (1, 1)))
         box = probe.multiline_textbbox((0, 0), "\n".join(lines), font=font, stroke_width=stroke,
                                        align="center")
-        tw, th = box[2] - box[0] + 2 * stroke, box[3] - box[1] + 2 * stroke
+        left, top = int(box[0]), int(box[1])
+        tw, th = int(box[2]) - left + 2 * stroke, int(box[3]) - top + 2 * stroke
         image = Image.new("RGBA", (tw, th), (0, 0, 0, 0))
         ImageDraw.Draw(image).multiline_text(
-            (stroke - box[0], stroke - box[1]), "\n".join(lines), font=font,
+            (stroke - left, stroke - top), "\n".join(lines), font=font,
             fill=(255, 255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0, 255),
             align="center")
         margin = max(2, round(self.height / 20))

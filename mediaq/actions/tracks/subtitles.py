@@ -293,7 +293,7 @@ class SubtitleMuxer:
         self.shift = shift
         self.next = 0
 
-    def due(self, until: float | None) -> list[av.Packet]:
+    def due(self, until: float | None) -> list[Any]:
         """Packets of the cues starting before ``until`` seconds (None: all the rest)."""
         packets = []
         while self.next < len(self.cues) and (until is None
