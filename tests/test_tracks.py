@@ -84,10 +84,11 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     idx = write_vobsub(d / "box", [(0.2, 1.0, (40, 80, 80, 20))], (160, 120))
     ffmpeg(*video, *_tones("eng"), "-i", idx, "-t", "2", "-map", "0", "-map", "1",
            "-map", "2", *x264, "-c:a", "aac", "-c:s", "copy", made["dvd"])
-    # 4 s with English and French audio, for the streaming packages and the player
-    ffmpeg(*video, *_tones("eng", "fra"), "-t", "4", "-map", "0", "-map", "1", "-map", "2",
-           *x264, "-c:a", "aac", "-metadata:s:a:0", "language=eng",
-           "-metadata:s:a:1", "language=fra", made["talk"])
+    # 4 s with English and French audio and English subtitles, for the player
+    ffmpeg(*video, *_tones("eng", "fra"), "-i", d / "eng.srt", "-t", "4", "-map", "0",
+           "-map", "1", "-map", "2", "-map", "3", *x264, "-c:a", "aac", "-c:s", "srt",
+           "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fra",
+           "-metadata:s:s:0", "language=eng", made["talk"])
     # both audio tracks start 0.5 s after the video
     ffmpeg(*video, "-itsoffset", "0.5", *_tones("eng"), "-itsoffset", "0.5", *_tones("fra"),
            "-t", "2", "-map", "0", "-map", "1", "-map", "2", *x264, "-c:a", "aac",
@@ -166,6 +167,15 @@ def source_cues(source: Path, track: int, texts: list[tuple[float, float, str]]
         [t for c in texts for t in c[:2]], abs=0.03)
     return [(start, end, text) for (start, end, _), (_, _, text) in zip(read, texts,
                                                                         strict=True)]
+
+
+def shifted(cues: list[tuple[float, float, str]], seconds: float
+            ) -> list[tuple[float, float, str]]:
+    return [(start - seconds, end - seconds, text) for start, end, text in cues]
+
+
+def video_start(path: Path) -> float:
+    return float(str(streams(path, "video")[0]["start_time"]))
 
 
 def same_cues(got: list[tuple[float, float, str]],
@@ -386,15 +396,57 @@ def test_dash_has_one_audio_adaptation_set_per_language(sources: dict[str, Path]
     assert [language(s) for s in streams(mpd_path, "audio")] == ["eng", "fra", "deu"]
 
 
+def test_packages_carry_text_subtitles_as_webvtt(sources: dict[str, Path],
+                                                 tmp_path: Path) -> None:
+    hls = run_action("package_hls", sources["multi"], tmp_path / "hls", renditions=[SMALL],
+                     segment_seconds=1, preset="ultrafast", subtitles="keep")
+    master = (tmp_path / "hls" / hls.data["master"]).read_text().splitlines()
+    subs = [line for line in master if line.startswith("#EXT-X-MEDIA:TYPE=SUBTITLES")]
+    assert [re.search(r'LANGUAGE="(\w+)"', line).group(1) for line in subs  # type: ignore[union-attr]
+            ] == ["eng", "fra"]
+    assert all('GROUP-ID="subs"' in line for line in subs)
+    assert 'SUBTITLES="subs"' in next(x for x in master if x.startswith("#EXT-X-STREAM-INF"))
+    # cues keep their distance from the video's first frame
+    shift = video_start(sources["multi"]) - video_start(tmp_path / "hls" /
+                                                        "multi_hls_small.m3u8")
+    for lang, track, texts in (("eng", 0, ENG_CUES), ("fra", 1, FRA_CUES)):
+        vtt = tmp_path / "hls" / f"multi_hls_sub_{lang}.vtt"
+        same_cues(parse_webvtt("\n".join(line for line in vtt.read_text().splitlines()
+                                         if not line.startswith("X-TIMESTAMP-MAP"))),
+                  shifted(source_cues(sources["multi"], track, texts), shift))
+    dash = run_action("package_dash", sources["multi"], tmp_path / "dash", renditions=[SMALL],
+                      segment_seconds=1, preset="ultrafast", subtitles="keep",
+                      subtitle_languages=["fra"])
+    mpd_path = tmp_path / "dash" / dash.data["manifest"]
+    assert mpd_schema().validate(etree.parse(str(mpd_path)))
+    text_sets = [s for s in ET.parse(mpd_path).getroot().iterfind(".//d:AdaptationSet", MPD_NS)
+                 if s.get("contentType") == "text"]
+    assert [(s.get("lang"), s.get("mimeType")) for s in text_sets] == [("fra", "text/vtt")]
+    base = text_sets[0].find("d:Representation/d:BaseURL", MPD_NS)
+    assert base is not None and (tmp_path / "dash" / str(base.text)).exists()
+
+
 @pytest.mark.slow
 @requires_tool("chromium")
 def test_hls_js_switches_audio_tracks(sources: dict[str, Path], tmp_path: Path) -> None:
-    """hls.js lists both languages and plays on after ``hls.audioTrack = 1``."""
+    """hls.js lists both languages and plays on after ``hls.audioTrack = 1``; it lists
+    the subtitles too and loads their cues at the source's times."""
     result = run_action("package_hls", sources["talk"], tmp_path, renditions=[SMALL],
-                        segment_seconds=1, preset="ultrafast", audio_languages=["eng", "fra"])
-    verdict = play_in_chromium(tmp_path, f"hls={result.data['master']}&switch_audio=1")
+                        segment_seconds=1, preset="ultrafast", audio_languages=["eng", "fra"],
+                        subtitles="keep")
+    verdict = play_in_chromium(tmp_path,
+                               f"hls={result.data['master']}&switch_audio=1&subtitles=1")
     assert verdict["errors"] == [] and verdict["done_by"] == "ok", verdict
     assert [(t["lang"], t["name"]) for t in verdict["audio_tracks"]] == [
         ("eng", "English"), ("fra", "French")]
     assert verdict["audio_track"] == 1 and verdict["switched_buffered"]
     assert verdict["played"] >= verdict["switched_at"] + 1.0
+    assert [(t["lang"], t["name"]) for t in verdict["subtitle_tracks"]] == [("eng", "English")]
+    loaded = [c for track in verdict["cues"] if track["language"] == "eng"
+              for c in track["cues"]]
+    shift = video_start(sources["talk"]) - video_start(tmp_path / "talk_hls_small.m3u8")
+    expected = shifted(source_cues(sources["talk"], 0, ENG_CUES), shift)
+    assert [c[2] for c in loaded] == [c[2] for c in expected], verdict["cues"]
+    for (start, end, _), (want_start, want_end, _) in zip(loaded, expected, strict=True):
+        assert start == pytest.approx(want_start, abs=0.05)
+        assert end == pytest.approx(want_end, abs=0.05)

@@ -60,6 +60,10 @@ PACKAGE_SCHEMA: dict[str, Any] = {
         # One audio rendition per track of these languages, in this order (the first is
         # the default); absent: the source's first audio track only.
         "audio_languages": TRACK_SCHEMA["audio_languages"],
+        # keep: each text subtitle track as a WebVTT rendition (HLS SUBTITLES group, DASH
+        # text/vtt adaptation set); drop: none.
+        "subtitles": {"enum": ["keep", "drop"], "default": "drop"},
+        "subtitle_languages": TRACK_SCHEMA["subtitle_languages"],
         "hardware": HARDWARE_SCHEMA,
         **LADDER_SCHEMA,  # ladder: auto, target_ssim: each rung's CRF (actions/pertitle.py)
     },

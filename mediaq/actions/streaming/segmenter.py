@@ -382,6 +382,13 @@ def avc_codec_string(init: Path) -> str:
     return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
 
 
+def package_start(clip: SourceClip, tracks: list[TrackFiles]) -> float:
+    """The source time a package's clock starts at: where its first video frame was on
+    the source's clock, less where that frame sits in the package (its tfdt)."""
+    video = next(t for t in tracks if t.rung is not None)
+    return (clip.video_start or 0.0) - video.start
+
+
 def track_outputs(track: TrackFiles, *, keep_playlist: bool) -> list[OutputFile]:
     meta = {"rendition": track.label}
     files = [OutputFile(track.init, role="sidecar", meta={**meta, "kind": "init"})]

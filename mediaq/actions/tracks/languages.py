@@ -101,8 +101,9 @@ _NAMES = {
 }
 
 
-def language_name(code: str | None) -> str:
-    """The name players show for a track in ``code`` (the code itself when unknown)."""
+def language_name(code: str | None, untagged: str = "audio") -> str:
+    """The name players show for a track in ``code`` (the code itself when unknown,
+    ``untagged`` for none)."""
     if not code or code == UNDETERMINED:
-        return "audio"
+        return untagged
     return _NAMES.get(code, code)
