@@ -61,11 +61,18 @@ class Burner:
 
     def apply(self, frame: VideoFrame, seconds: float) -> VideoFrame:
         """``frame`` (output time ``seconds``) with the cues it falls in drawn on it."""
-        active = [n for n in range(self.next, len(self.cues))
-                  if self.cues[n].start - self.shift <= seconds < self.cues[n].end - self.shift]
         while self.next < len(self.cues) and self.cues[self.next].end - self.shift <= seconds:
             self.cache.pop(self.next, None)
             self.next += 1
+        # Cues are in start order: only those from the first unfinished one up to the
+        # first that starts later are looked at (a film has thousands).
+        active: list[int] = []
+        for n in range(self.next, len(self.cues)):
+            cue = self.cues[n]
+            if cue.start - self.shift > seconds:
+                break
+            if seconds < cue.end - self.shift:
+                active.append(n)
         if not active:
             return frame
         fmt = frame.format.name
