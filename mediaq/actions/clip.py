@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,7 +28,7 @@ from mediaq.actions.avio import (
     reading,
     stream_start,
 )
-from mediaq.actions.frames import Scaler, Upright, decode_tolerantly
+from mediaq.actions.frames import Scaler, Upright, decode_by_stream
 from mediaq.errors import PermanentError
 
 # Highest output frame rate; faster sources are halved (or more) to get under it.
@@ -142,14 +142,22 @@ def upright_frames(container: InputContainer, vstream: Any, astream: Any = None,
                    on_audio: AudioSink | None = None) -> Iterator[tuple[float, VideoFrame]]:
     """(seconds since the stream's start, upright frame) in presentation order, from the
     current position; audio frames of ``astream`` go to ``on_audio`` as they come."""
+    sinks = {astream.index: on_audio} if astream is not None and on_audio else {}
+    return upright_frames_with_audio(container, vstream, sinks)
+
+
+def upright_frames_with_audio(container: InputContainer, vstream: Any,
+                              sinks: Mapping[int, AudioSink]
+                              ) -> Iterator[tuple[float, VideoFrame]]:
+    """:func:`upright_frames`, with the frames of each audio stream whose index ``sinks``
+    names going to its own sink (several languages decoded in the same pass)."""
     origin = float(vstream.start_time * vstream.time_base) if vstream.start_time else 0.0
     time_base = vstream.time_base
     upright: Upright | None = None
-    streams = [vstream] + ([astream] if astream is not None and on_audio else [])
-    for frame in decode_tolerantly(container, streams):
+    streams = [vstream] + [s for s in container.streams.audio if s.index in sinks]
+    for index, frame in decode_by_stream(container, streams):
         if isinstance(frame, AudioFrame):
-            assert on_audio is not None
-            on_audio(frame)
+            sinks[index](frame)
             continue
         if upright is None:
             upright = Upright(vstream, frame)

@@ -29,6 +29,13 @@ ROTATION_FILTERS = {90: [("transpose", "clock")], 180: [("hflip", ""), ("vflip",
 
 def decode_tolerantly(container: InputContainer, streams: list[Any]) -> Iterator[Any]:
     """Frames of ``streams`` in file order, skipping a few undecodable packets."""
+    for _, frame in decode_by_stream(container, streams):
+        yield frame
+
+
+def decode_by_stream(container: InputContainer, streams: list[Any]) -> Iterator[tuple[int, Any]]:
+    """(stream index, frame) of ``streams`` in file order, skipping a few undecodable
+    packets: several audio tracks decoded at once are told apart by the index."""
     corrupt = 0
     for packet in container.demux(*streams):
         if packet.size == 0 and packet.pts is not None:
@@ -43,7 +50,9 @@ def decode_tolerantly(container: InputContainer, streams: list[Any]) -> Iterator
             if corrupt > MAX_CORRUPT_PACKETS:
                 raise
             continue
-        yield from frames
+        index = packet.stream.index
+        for frame in frames:
+            yield index, frame
 
 
 class Upright:

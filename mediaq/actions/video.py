@@ -26,6 +26,7 @@ from mediaq.actions.frames import decode_tolerantly, seek_to, turn_image
 from mediaq.actions.pertitle import choose_crf
 from mediaq.actions.quality import Rendered, judge
 from mediaq.actions.thumbnail_times import THUMBNAIL_TIME_PARAMS, chosen_stills, wants_chosen_times
+from mediaq.actions.tracks.output import load_subtitles, track_data, write_extracted
 
 # Rendition planning and the encode loop live in their own modules; their names are
 # still importable from here.
@@ -186,28 +187,35 @@ def transcode_many(contexts: list[ActionContext]) -> list[ActionResult]:
                 ctx.log(f"{rendition.label}: encoding with {rendition.encoder}")
         paths = [ctx.output_path(r.filename) for ctx, r in zip(contexts, renditions, strict=True)]
         fps = _output_rate(info.video, contexts[0].params.get("fps"))
+        subtitles = load_subtitles(lead, info, renditions)
         first = [(r, p) for r, p in zip(renditions, paths, strict=True) if r.first_pass]
         if first:
             # Two-pass renditions read the source once more first, to a throwaway file,
-            # so the encoder knows where the bits are needed.
+            # so the encoder knows where the bits are needed (burnt subtitles included).
             encode_ladder(lead, info, [first_pass(r, p) for r, p in first], fps,
-                          stage="analysing")
+                          stage="analysing", subtitles=subtitles)
             for _, path in first:
                 path.with_suffix(".pass1" + path.suffix).unlink(missing_ok=True)
-        encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps)
+        origin = encode_ladder(lead, info, list(zip(renditions, paths, strict=True)), fps,
+                               subtitles=subtitles)
+    extracted = [write_extracted(ctx, r, path, subtitles, origin)
+                 for ctx, r, path in zip(contexts, renditions, paths, strict=True)]
     scores = judge(lead, info.duration, [
         Rendered(ctx.params, r.label, r.width, r.height, r.color, path)
         for ctx, r, path in zip(contexts, renditions, paths, strict=True)])
     return [
         ActionResult(
-            outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path))],
-            data={"rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
+            outputs=[OutputFile(path, role="rendition", meta=_describe_rendition(r, path)),
+                     *files],
+            data={**track_data(r, subtitles, files),
+                  "rendition": r.label, "width": r.width, "height": r.height, "codec": r.codec,
                   "encoder": r.encoder, "fused_with": len(contexts),
                   "hardware_decision": r.choice.as_data(), "encoding": r.encoding.as_data(),
                   **r.color.as_data(), **({"quality": score} if score else {}),
                   **({"per_title": choice} if choice else {})},
         )
-        for r, path, score, choice in zip(renditions, paths, scores, choices, strict=True)
+        for r, path, score, choice, files in zip(renditions, paths, scores, choices,
+                                                 extracted, strict=True)
     ]
 
 

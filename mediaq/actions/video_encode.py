@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,17 +25,23 @@ from mediaq.actions.avio import (
 )
 from mediaq.actions.base import ActionContext
 from mediaq.actions.color import ToneMapper, tag_stream, tone_mapper_for
-from mediaq.actions.frames import Scaler, Upright, decode_tolerantly
+from mediaq.actions.frames import Scaler, Upright, decode_by_stream
 from mediaq.actions.media_output import MediaOutput, media_outputs
+from mediaq.actions.tracks.burn import Burner
+from mediaq.actions.tracks.subtitles import SubtitleMuxer, SubtitleTrack
 from mediaq.actions.video_rendition import Rendition
+
+# A source audio track's (sample rate, channels), by stream index.
+AudioInputs = dict[int, tuple[int, int]]
 
 
 class RenditionWriter:
     """One rendition's output: a scaler, a video encoder and (maybe) an audio encoder."""
 
     def __init__(self, output: MediaOutput, rendition: Rendition, rate: Fraction,
-                 time_base: Fraction, audio_rate: int, audio_channels: int,
-                 origin: float = 0.0, tone: ToneMapper | None = None) -> None:
+                 time_base: Fraction, audio: AudioInputs, origin: float = 0.0,
+                 tone: ToneMapper | None = None,
+                 subtitles: dict[int, SubtitleTrack] | None = None) -> None:
         self.rendition = rendition
         self.output = output
         self.scale = Scaler(rendition.width, rendition.height, rendition.settings.pix_fmt)
@@ -42,8 +49,20 @@ class RenditionWriter:
         self.video = output.add_stream(
             lambda container: self._video_stream(container, rate, time_base),
             drain=lambda stream: stream.encode(None))
-        self.audio = (self._audio_feed(audio_rate, audio_channels, origin)
-                      if rendition.audio_codec else None)
+        # One encoder per source audio track kept (audio_languages), in the order asked.
+        self.audio = {t.index: self._audio_feed(*audio[t.index], origin, t.language)
+                      for t in rendition.audio_tracks
+                      if rendition.audio_codec and t.index in audio}
+        chosen = [subtitles[t.index] for t in rendition.subtitle_tracks
+                  if subtitles and t.index in subtitles]
+        # Cues are on the source's clock; the output's starts at ``origin``.
+        self.burn = (Burner(chosen[0], rendition.width, rendition.height, origin)
+                     if rendition.subtitles == "burn" and chosen else None)
+        self.subtitles = [output.add_stream(functools.partial(SubtitleMuxer, track=t,
+                                                              shift=origin))
+                          for t in chosen if rendition.subtitles == "keep" and t.is_text]
+        for muxer in self.subtitles:
+            output.drain_on_finish(functools.partial(muxer.due, None))
 
     def _video_stream(self, container: OutputContainer, rate: Fraction,
                       time_base: Fraction) -> Any:
@@ -63,7 +82,8 @@ class RenditionWriter:
             stream.codec_tag = "hvc1"  # what Apple players expect in MP4
         return stream
 
-    def _audio_feed(self, rate: int, channels: int, origin: float) -> AudioEncoderFeed:
+    def _audio_feed(self, rate: int, channels: int, origin: float,
+                    language: str) -> AudioEncoderFeed:
         r = self.rendition
         assert r.audio_codec is not None
         codec = r.audio_codec
@@ -73,50 +93,63 @@ class RenditionWriter:
             lambda container: add_audio_stream(container, codec, rate=rate,
                                                layout=output_layout(channels),
                                                bit_rate=r.audio_bitrate))
+        if language != "und":
+            stream.metadata["language"] = language
         # Placed on the source's clock from the common origin: audio that starts after
         # the video keeps its delay (a positive first pts, an edit list in MP4).
         feed = AudioEncoderFeed(stream, origin=origin)
         self.output.drain_on_finish(lambda: feed.push(None))
         return feed
 
-    def encode_video(self, frame: VideoFrame) -> None:
+    def encode_video(self, frame: VideoFrame, seconds: float = 0.0) -> None:
+        """Encode ``frame``, at ``seconds`` on the output's clock."""
         if self.tone is not None:
             frame = self.tone(frame)
         scaled = self.scale.fresh(frame)
+        if self.burn is not None:
+            scaled = self.burn.apply(scaled, seconds)
         if self.rendition.settings.pix_fmt != "yuv420p":
             scaled = scaled.reformat(format=self.rendition.settings.pix_fmt)
+        for muxer in self.subtitles:
+            self.output.mux(muxer.due(seconds))
         self.output.mux(self.video.encode(scaled))
 
-    def encode_audio(self, frame: av.AudioFrame) -> None:
-        if self.audio is not None:
-            self.output.mux(self.audio.push(frame))
+    def encode_audio(self, frame: av.AudioFrame, index: int) -> None:
+        """Encode ``frame`` of the source's audio stream ``index`` (if it is kept)."""
+        feed = self.audio.get(index)
+        if feed is not None:
+            self.output.mux(feed.push(frame))
 
 
 def encode_ladder(ctx: ActionContext, info: MediaInfo,
                   targets: list[tuple[Rendition, Path]], rate: Fraction,
-                  stage: str = "encoding") -> None:
-    """Decode ``ctx.source_path`` once, feeding every target's encoders."""
+                  stage: str = "encoding",
+                  subtitles: dict[int, SubtitleTrack] | None = None) -> float:
+    """Decode ``ctx.source_path`` once, feeding every target's encoders; the source time
+    the outputs start at (their origin)."""
     source = ctx.source_path
     with open_media(source) as container, reading(source), media_outputs() as outputs:
         vstream: Any = container.streams.video[0]
         vstream.codec_context.thread_type = "AUTO"
-        astream = container.streams.audio[0] if container.streams.audio else None
-        audio_rate = astream.codec_context.sample_rate if astream else 48_000
-        audio_channels = astream.codec_context.channels if astream else 2
-        with_audio = any(rendition.audio_codec for rendition, _ in targets)
+        wanted = {t.index for rendition, _ in targets if rendition.audio_codec
+                  for t in rendition.audio_tracks}
+        astreams = [s for s in container.streams.audio if s.index in wanted]
+        audio = {s.index: (s.codec_context.sample_rate, s.codec_context.channels)
+                 for s in astreams}
         # Outputs start at zero, whatever the source's start time (MPEG-TS starts at
         # 1.4 s), and keep the streams' offsets from each other: the earliest start of
         # the streams written is subtracted from all of them, not each stream's own.
-        origin = common_origin(vstream, astream if with_audio else None)
+        origin = common_origin(vstream, *astreams)
         tone = tone_mapper_for([rendition.color for rendition, _ in targets])
         writers = [
             RenditionWriter(outputs.open(path, format=rendition.container,
                                          options=_muxer_options(rendition.container)),
-                            rendition, rate, vstream.time_base, audio_rate, audio_channels,
-                            origin, tone)
+                            rendition, rate, vstream.time_base, audio, origin, tone,
+                            subtitles)
             for rendition, path in targets
         ]
-        _pump(ctx, container, vstream, astream, writers, info.duration, origin, stage)
+        _pump(ctx, container, vstream, astreams, writers, info.duration, origin, stage)
+    return origin
 
 
 def _muxer_options(container: str) -> dict[str, str]:
@@ -124,14 +157,15 @@ def _muxer_options(container: str) -> dict[str, str]:
     return {"movflags": "+faststart"} if container == "mp4" else {}
 
 
-def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: Any,
+def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astreams: list[Any],
           writers: list[RenditionWriter], duration: float, origin: float,
           stage: str) -> None:
     clock = ProgressClock(ctx, duration, stage, count_frames=True)
     upright: Upright | None = None
-    streams = [s for s in (vstream, astream) if s is not None]
+    streams = [vstream, *astreams]
     first_pts: int | None = None
-    for frame in decode_tolerantly(container, streams):
+    time_base = vstream.time_base
+    for index, frame in decode_by_stream(container, streams):
         if isinstance(frame, VideoFrame):
             if upright is None:
                 upright = Upright(vstream, frame)
@@ -142,15 +176,17 @@ def _pump(ctx: ActionContext, container: InputContainer, vstream: Any, astream: 
             if frame.pts is not None:
                 frame.pts -= first_pts
             for shaped in upright.apply(frame):
+                seconds = float(shaped.pts * time_base) if shaped.pts is not None else 0.0
                 for writer in writers:
-                    writer.encode_video(shaped)
+                    writer.encode_video(shaped, seconds)
             clock.tick(frame.time)
         else:
             for writer in writers:
-                writer.encode_audio(frame)
+                writer.encode_audio(frame, index)
     if upright is not None:
         for shaped in upright.apply(None):
+            seconds = float(shaped.pts * time_base) if shaped.pts is not None else 0.0
             for writer in writers:
-                writer.encode_video(shaped)
+                writer.encode_video(shaped, seconds)
 
 

@@ -26,6 +26,8 @@ from mediaq.actions.encoder_options import (
 from mediaq.actions.hardware import EncoderChoice, decide_video_encoder
 from mediaq.actions.pertitle import LADDER_SCHEMA, SettingsFor
 from mediaq.actions.quality import QUALITY_SCHEMA
+from mediaq.actions.tracks import TRACK_SCHEMA
+from mediaq.actions.tracks.languages import ChosenTrack, choose_tracks, tracks_in
 
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
                      "480p": 480, "360p": 360, "240p": 240, "144p": 144}
@@ -51,6 +53,7 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
         **COLOR_SCHEMA,  # tone_map, hdr: see actions/color.py
         **QUALITY_SCHEMA,  # measure_quality, min_ssim, min_psnr: actions/quality.py
         **LADDER_SCHEMA,  # ladder: auto, target_ssim: actions/pertitle.py
+        **TRACK_SCHEMA,  # audio_languages, subtitles, subtitle_languages: actions/tracks
     },
     "allOf": codec_rules(["h264", "hevc", "vp9", "av1"]),
 }
@@ -74,6 +77,11 @@ class Rendition:
     choice: EncoderChoice
     encoding: Encoding
     color: ColorPlan = SDR
+    # The source's audio tracks encoded, in output order (audio_languages).
+    audio_tracks: tuple[ChosenTrack, ...] = ()
+    subtitles: str = "drop"  # keep | extract | burn | drop
+    subtitle_tracks: tuple[ChosenTrack, ...] = ()
+    missing_languages: tuple[str, ...] = ()  # asked for, not in the source
 
 
 def parse_resolution(text: str, source: VideoInfo, *, upscale: bool) -> tuple[int, int]:
@@ -114,6 +122,7 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
     two_pass = encoding.rate_control == "two_pass" and not choice.hardware
     container = CONTAINER_OF[codec]
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
+    audio_tracks, subtitle_tracks, missing = plan_tracks(ctx, params, info)
     # Named after the rung asked for, so a small source still gets one file per step.
     label = params.get("name") or params["resolution"]
     return Rendition(
@@ -126,7 +135,32 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
         audio_bitrate=parse_bitrate(params["audio_bitrate"]) if audio_codec else None,
         container=container, filename=f"{ctx.source_path.stem}_{label}.{container}", label=label,
         choice=choice, encoding=encoding, color=color,
+        audio_tracks=tuple(audio_tracks) if audio_codec else (),
+        subtitles=params["subtitles"] if subtitle_tracks else "drop",
+        subtitle_tracks=tuple(subtitle_tracks), missing_languages=tuple(missing),
     )
+
+
+def plan_tracks(ctx: ActionContext, params: dict[str, Any], info: MediaInfo
+                ) -> tuple[list[ChosenTrack], list[ChosenTrack], list[str]]:
+    """The audio tracks (``audio_languages``, else the first), the subtitle tracks
+    (``subtitle_languages``, else all; burn draws the first) and the languages asked for
+    that the source lacks."""
+    source = ctx.source_path
+    audio = tracks_in(info.streams, "audio")
+    asked = params.get("audio_languages")
+    chosen, missing = choose_tracks(source, "audio", audio, asked)
+    if not asked:
+        chosen = audio[:1]
+    subtitles: list[ChosenTrack] = []
+    if params.get("subtitles", "drop") != "drop":
+        subtitles, lacking = choose_tracks(source, "subtitle", tracks_in(info.streams,
+                                                                         "subtitle"),
+                                           params.get("subtitle_languages"))
+        missing += lacking
+        if params["subtitles"] == "burn":
+            subtitles = subtitles[:1]
+    return chosen, subtitles, missing
 
 
 def _with_color(encoder: str, color: ColorPlan, settings: VideoSettings) -> VideoSettings:

@@ -9,14 +9,11 @@ rungs switch cleanly and the segments of all codecs line up.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-import av
-import av.error
 from av.audio.frame import AudioFrame
-from av.video.frame import VideoFrame
 
 from mediaq.actions.avio import (
     AudioEncoderFeed,
@@ -34,11 +31,11 @@ from mediaq.actions.clip import (
     constant_rate,
     encode_frame,
     frame_count,
-    frame_seconds,
     remove_quietly,
+    upright_frames_with_audio,
 )
 from mediaq.actions.encoder_options import encoding_from, video_settings
-from mediaq.actions.frames import MAX_CORRUPT_PACKETS, Scaler, Upright
+from mediaq.actions.frames import Scaler
 from mediaq.actions.hardware import EncoderChoice, decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.streaming.codec_strings import video_codec_string
@@ -188,8 +185,8 @@ class CmafEncoder:
         with open_media(source) as container, reading(source):
             vstream: Any = container.streams.video[0]
             vstream.codec_context.thread_type = "AUTO"
-            astreams = [s for s in container.streams.audio if s.index in by_stream]
-            frames = _upright_frames(container, vstream, astreams, on_audio)
+            sinks = {index: functools.partial(on_audio, index) for index in by_stream}
+            frames = upright_frames_with_audio(container, vstream, sinks)
             index = -1
             for index, frame in enumerate(constant_rate(frames, start=0.0, rate=clip.rate,
                                                         count=count)):
@@ -221,39 +218,6 @@ class CmafEncoder:
                            start=start)
         return CmafTrack(files, "audio", "aac", language=track.audio.language,
                          bitrate=track.audio.bitrate)
-
-
-AudioSink = Callable[[int, AudioFrame], None]
-
-
-def _upright_frames(container: Any, vstream: Any, astreams: list[Any],
-                    on_audio: AudioSink) -> Iterator[tuple[float, VideoFrame]]:
-    """(seconds since the video's start, upright frame); the frames of each audio stream
-    go to ``on_audio(stream index, frame)`` as they come (several languages at once)."""
-    origin = float(vstream.start_time * vstream.time_base) if vstream.start_time else 0.0
-    time_base = vstream.time_base
-    upright: Upright | None = None
-    corrupt = 0
-    for packet in container.demux(vstream, *astreams):
-        try:
-            decoded = packet.decode()
-        except av.error.InvalidDataError:
-            corrupt += 1
-            if corrupt > MAX_CORRUPT_PACKETS:
-                raise
-            continue
-        if packet.stream.type == "audio":
-            for audio in decoded:
-                on_audio(packet.stream.index, audio)
-            continue
-        for frame in decoded:
-            if upright is None:
-                upright = Upright(vstream, frame)
-            for shaped in upright.apply(frame):
-                yield frame_seconds(shaped, time_base) - origin, shaped
-    if upright is not None:
-        for shaped in upright.apply(None):
-            yield frame_seconds(shaped, time_base) - origin, shaped
 
 
 def audio_ladder(ctx: ActionContext, container_streams: list[tuple[int, str]],

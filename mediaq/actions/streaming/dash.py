@@ -17,9 +17,16 @@ from mediaq.actions.clip import SourceClip, remove_quietly, safe_stem
 from mediaq.actions.streaming.ladder import PACKAGE_SCHEMA, prepare_package
 from mediaq.actions.streaming.segmenter import (
     TrackFiles,
+    package_start,
     segment_ladder,
     track_outputs,
     track_summary,
+)
+from mediaq.actions.tracks.languages import UNDETERMINED, language_name
+from mediaq.actions.tracks.packaged import (
+    PackagedSubtitles,
+    package_subtitles,
+    subtitle_outputs,
 )
 
 
@@ -27,27 +34,37 @@ from mediaq.actions.streaming.segmenter import (
 def package_dash(ctx: ActionContext) -> ActionResult:
     """Package the source as MPEG-DASH: an fMP4 rendition ladder and an MPD."""
     clip, tracks, decision = segment_ladder(ctx, "dash")
-    mpd = ctx.output_path(f"{safe_stem(ctx.source_path)}.mpd")
+    stem = safe_stem(ctx.source_path)
+    subtitles = package_subtitles(ctx, f"{stem}_dash_", package_start(clip, tracks),
+                                  max(t.start + t.duration for t in tracks))
+    mpd = ctx.output_path(f"{stem}.mpd")
     with writing(mpd):
-        mpd.write_text(dash_manifest(tracks, clip, ctx.params["segment_seconds"]))
+        mpd.write_text(dash_manifest(tracks, clip, ctx.params["segment_seconds"], subtitles))
     remove_quietly([t.playlist for t in tracks])  # only the segmenter's bookkeeping
     outputs = [OutputFile(mpd, role="rendition", meta={
         "format": "dash", "renditions": sum(1 for t in tracks if t.rung is not None),
         "duration": round(tracks[0].duration, 3)})]
     for track in tracks:
         outputs.extend(track_outputs(track, keep_playlist=False))
+    outputs.extend(subtitle_outputs(subtitles, keep_playlist=False))
     return ActionResult(outputs=outputs, data={
         "manifest": mpd.name, "segment_seconds": ctx.params["segment_seconds"],
         "duration": round(tracks[0].duration, 3), "fps": float(clip.rate),
         "renditions": [track_summary(t) for t in tracks if t.rung is not None],
         "audio": next((track_summary(t) for t in tracks if t.rung is None), None),
+        "audio_tracks": [{**track_summary(t), "language": t.language}
+                         for t in tracks if t.rung is None],
+        "subtitles": [{"language": s.language, "file": s.vtt.name, "cues": s.cues}
+                      for s in subtitles],
         "hardware_decision": decision,
     })
 
 
-def dash_manifest(tracks: list[TrackFiles], clip: SourceClip, seconds: int) -> str:
-    """A static MPD: the video rungs in one adaptation set, the audio in another, each
-    representation a SegmentTemplate with an explicit SegmentTimeline."""
+def dash_manifest(tracks: list[TrackFiles], clip: SourceClip, seconds: int,
+                  subtitles: list[PackagedSubtitles] | None = None) -> str:
+    """A static MPD: the video rungs in one adaptation set, each audio track in its own
+    (``lang``), each representation a SegmentTemplate with an explicit SegmentTimeline;
+    each subtitle track a ``text/vtt`` set of one file."""
     # Each track starts where its first tfdt says (an offset between the source's audio and
     # video is kept), so the presentation lasts until the last track's end.
     duration = max(t.start + t.duration for t in tracks)
@@ -75,21 +92,36 @@ def dash_manifest(tracks: list[TrackFiles], clip: SourceClip, seconds: int) -> s
             "sar": f"{track.rung.sar.numerator}:{track.rung.sar.denominator}",
         })
         _segment_template(rep, track, timescale=90_000)
-    for track in tracks:
-        if track.rung is not None:
-            continue
-        audio_set = ET.SubElement(period, "AdaptationSet", {
-            "id": "1", "contentType": "audio", "mimeType": "audio/mp4",
-            "segmentAlignment": "true", "startWithSAP": "1",
-        })
+    # One adaptation set per audio track (a language each), the first the main one.
+    for n, track in enumerate(t for t in tracks if t.rung is None):
+        attributes = {"id": str(n + 1), "contentType": "audio", "mimeType": "audio/mp4",
+                      "segmentAlignment": "true", "startWithSAP": "1"}
+        if track.language and track.language != UNDETERMINED:
+            attributes["lang"] = track.language
+        audio_set = ET.SubElement(period, "AdaptationSet", attributes)
+        if track.language and track.language != UNDETERMINED:
+            ET.SubElement(audio_set, "Label").text = language_name(track.language)
+        ET.SubElement(audio_set, "Role", {"schemeIdUri": "urn:mpeg:dash:role:2011",
+                                          "value": "main" if n == 0 else "alternate"})
         rep = ET.SubElement(audio_set, "Representation", {
-            "id": "audio", "codecs": track.codec, "bandwidth": str(track.peak_bps),
+            "id": track.label, "codecs": track.codec, "bandwidth": str(track.peak_bps),
             "audioSamplingRate": str(track.sample_rate),
         })
         ET.SubElement(rep, "AudioChannelConfiguration", {
             "schemeIdUri": "urn:mpeg:dash:23003:3:audio_channel_configuration:2011",
             "value": str(track.channels)})
         _segment_template(rep, track, timescale=track.sample_rate)
+    set_id = 1 + sum(1 for t in tracks if t.rung is None)
+    for n, sub in enumerate(subtitles or []):
+        text_set = ET.SubElement(period, "AdaptationSet", {
+            "id": str(set_id + n), "contentType": "text", "mimeType": "text/vtt",
+            "lang": sub.language})
+        ET.SubElement(text_set, "Label").text = language_name(sub.language, "subtitles")
+        ET.SubElement(text_set, "Role", {"schemeIdUri": "urn:mpeg:dash:role:2011",
+                                         "value": "subtitle"})
+        rep = ET.SubElement(text_set, "Representation", {
+            "id": sub.vtt.stem.rsplit("_dash_", 1)[-1], "bandwidth": "256"})
+        ET.SubElement(rep, "BaseURL").text = sub.vtt.name
     ET.indent(mpd)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(mpd, "unicode") + "\n"
 

@@ -25,6 +25,7 @@ from mediaq.actions.encoder_options import (
     encoding_prepare,
 )
 from mediaq.actions.pertitle import LADDER_SCHEMA
+from mediaq.actions.tracks import TRACK_SCHEMA
 
 RENDITION_SCHEMA: dict[str, Any] = {
     "anyOf": [
@@ -56,6 +57,13 @@ PACKAGE_SCHEMA: dict[str, Any] = {
         "tune": {"enum": TUNES["h264"]},
         "audio": {"type": "boolean", "default": True},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
+        # One audio rendition per track of these languages, in this order (the first is
+        # the default); absent: the source's first audio track only.
+        "audio_languages": TRACK_SCHEMA["audio_languages"],
+        # keep: each text subtitle track as a WebVTT rendition (HLS SUBTITLES group, DASH
+        # text/vtt adaptation set); drop: none.
+        "subtitles": {"enum": ["keep", "drop"], "default": "drop"},
+        "subtitle_languages": TRACK_SCHEMA["subtitle_languages"],
         "hardware": HARDWARE_SCHEMA,
         **LADDER_SCHEMA,  # ladder: auto, target_ssim: each rung's CRF (actions/pertitle.py)
     },

@@ -1,4 +1,5 @@
-"""One decoding pass cut into CMAF tracks: every rung, and the audio once.
+"""One decoding pass cut into CMAF tracks: every rung, and each audio track kept once
+(the first, or every language of ``audio_languages``, in that order).
 
 Each track goes through FFmpeg's hls muxer as a CMAF segmenter: fMP4 init + numbered
 ``.m4s`` segments cut at keyframes that are forced on the segment grid.
@@ -10,6 +11,7 @@ import dataclasses
 import math
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from mediaq.actions.avio import (
     output_layout,
     parse_bitrate,
     reading,
+    stream_start,
 )
 from mediaq.actions.base import ActionContext, OutputFile
 from mediaq.actions.clip import (
@@ -36,7 +39,7 @@ from mediaq.actions.clip import (
     inspect_clip,
     remove_quietly,
     safe_stem,
-    upright_frames,
+    upright_frames_with_audio,
 )
 from mediaq.actions.color import sdr_frames
 from mediaq.actions.encoder_options import encoding_from, video_settings
@@ -45,6 +48,7 @@ from mediaq.actions.hardware import decide_video_encoder
 from mediaq.actions.media_output import MediaOutput, OutputGroup, media_outputs
 from mediaq.actions.pertitle import SettingsFor, ladder_choices
 from mediaq.actions.streaming.ladder import Rung, plan_ladder, segment_starts
+from mediaq.actions.tracks.languages import ChosenTrack, choose_tracks, tracks_of
 from mediaq.errors import PermanentError
 
 AAC_PRIMING = 1024  # samples FFmpeg's AAC encoder puts before the first one
@@ -61,6 +65,7 @@ class SegmentedTrack:
     rung: Rung | None = None  # None: the audio track
     audio: AudioEncoderFeed | None = None
     scale: Scaler | None = None  # video tracks
+    source: ChosenTrack | None = None  # audio tracks: the source stream it encodes
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class TrackFiles:
     sample_rate: int = 0  # audio only
     channels: int = 0
     start: float = 0.0  # seconds: the first segment's decode time (its tfdt)
+    language: str | None = None  # audio tracks
 
     @property
     def duration(self) -> float:
@@ -130,16 +136,19 @@ class LadderSegmenter:
         self.seconds: int = ctx.params["segment_seconds"]
         self.choice = decide_video_encoder(ctx.params["codec"], ctx.params["hardware"], ctx)
         self.encoder = self.choice.encoder
-        self.with_audio = bool(ctx.params["audio"]) and clip.audio_rate is not None
-        self.video_offset, self.audio_origin = track_placement(clip, self.with_audio)
+        self.audio_tracks = chosen_audio(ctx, clip) if ctx.params["audio"] else []
+        self.with_audio = bool(self.audio_tracks)
+        starts = [t.start for t in self.audio_tracks if t.start is not None]
+        # The earliest audio track sets the common origin with the video (lip sync).
+        placed = dataclasses.replace(clip, audio_start=min(starts, default=None))
+        self.video_offset, self.audio_origin = track_placement(placed, self.with_audio)
 
     def run(self) -> list[TrackFiles]:
         """Encode, segment and read back every track (video rungs first, then audio)."""
         try:
             with media_outputs() as outputs:
                 tracks = [self._video_track(outputs, rung) for rung in self.rungs]
-                if self.with_audio:
-                    tracks.append(self._audio_track(outputs))
+                tracks += [self._audio_track(outputs, t) for t in self.audio_tracks]
                 self._pump(tracks)
             return [self._read_back(track) for track in tracks]
         except BaseException:
@@ -179,44 +188,40 @@ class LadderSegmenter:
         return SegmentedTrack(rung.label, output.path, output, stream, rung=rung,
                               scale=Scaler(rung.width, rung.height))
 
-    def _audio_track(self, outputs: OutputGroup) -> SegmentedTrack:
-        assert self.clip.audio_rate is not None
-        rate = self.clip.audio_rate if self.clip.audio_rate in (44_100, 48_000) else 48_000
-        output = self._open(outputs, "audio", late=self._audio_starts_late(rate))
-        layout = output_layout(self.clip.audio_channels)
+    def _audio_track(self, outputs: OutputGroup, source: AudioSource) -> SegmentedTrack:
+        rate = source.rate if source.rate in (44_100, 48_000) else 48_000
+        output = self._open(outputs, source.label, late=self._audio_starts_late(source, rate))
+        layout = output_layout(source.channels)
         bit_rate = parse_bitrate(self.params["audio_bitrate"])
         stream = output.add_stream(lambda container: add_audio_stream(
             container, "aac", rate=rate, layout=layout, bit_rate=bit_rate))
         feed = AudioEncoderFeed(stream, origin=self.audio_origin)
         output.drain_on_finish(lambda: feed.push(None))
-        return SegmentedTrack("audio", output.path, output, stream, audio=feed)
+        return SegmentedTrack(source.label, output.path, output, stream, audio=feed,
+                              source=source.track)
 
-    def _audio_starts_late(self, rate: int) -> bool:
+    def _audio_starts_late(self, source: AudioSource, rate: int) -> bool:
         """Whether the audio's first packet, the encoder's priming (1024 samples before
         the first sample), still has a positive timestamp; a frame to spare, as the first
         decoded frame may start a little off the stream's start time."""
-        if self.audio_origin is None or self.clip.audio_start is None:
+        if self.audio_origin is None or source.start is None:
             return False
-        return (self.clip.audio_start - self.audio_origin) * rate >= 2 * AAC_PRIMING
+        return (source.start - self.audio_origin) * rate >= 2 * AAC_PRIMING
 
     def _pump(self, tracks: list[SegmentedTrack]) -> None:
         clip, source = self.clip, self.clip.path
         videos = [t for t in tracks if t.rung is not None]
-        audio = next((t for t in tracks if t.audio is not None), None)
+        sinks = {t.source.index: _sink(t) for t in tracks
+                 if t.audio is not None and t.source is not None}
         offset = self.video_offset
         count = frame_count(clip.duration - offset / clip.rate, clip.rate)
         starts = segment_starts(count, clip.rate, self.seconds)
         clock = ProgressClock(self.ctx, clip.duration, "packaging", count_frames=True)
 
-        def on_audio(frame: AudioFrame) -> None:
-            assert audio is not None and audio.audio is not None
-            audio.output.mux(audio.audio.push(frame))
-
         with open_media(source) as container, reading(source):
             vstream: Any = container.streams.video[0]
             vstream.codec_context.thread_type = "AUTO"
-            astream = container.streams.audio[0] if audio is not None else None
-            frames = upright_frames(container, vstream, astream, on_audio if audio else None)
+            frames = upright_frames_with_audio(container, vstream, sinks)
             frames = sdr_frames(vstream, frames)  # PQ/HLG sources: tone-mapped (color.py)
             index = -1
             for index, frame in enumerate(constant_rate(frames, start=0.0, rate=clip.rate,
@@ -243,7 +248,56 @@ class LadderSegmenter:
         return TrackFiles(label=track.label, rung=None, playlist=track.playlist, init=init,
                           segments=segments, codec=AAC_CODEC_STRING,
                           sample_rate=int(audio.sample_rate), channels=int(audio.channels),
-                          start=start)
+                          start=start, language=track.source.language if track.source else None)
+
+
+@dataclass(frozen=True)
+class AudioSource:
+    """A source audio track to package: where it starts, its rate and its track name."""
+
+    track: ChosenTrack
+    label: str  # "audio" (the first track, no languages asked) or "audio_{language}"
+    rate: int
+    channels: int
+    start: float | None
+
+    @property
+    def language(self) -> str:
+        return self.track.language
+
+
+def chosen_audio(ctx: ActionContext, clip: SourceClip) -> list[AudioSource]:
+    """The audio tracks to package: ``audio_languages`` in that order (every track of
+    each), else the source's first; none when the source has no audio."""
+    if clip.audio_rate is None:
+        return []
+    with open_media(clip.path) as container, reading(clip.path):
+        streams = list(container.streams.audio)
+        asked = ctx.params.get("audio_languages")
+        chosen, missing = choose_tracks(clip.path, "audio", tracks_of(streams), asked)
+        if missing:
+            ctx.log(f"{clip.path.name}: no audio in {', '.join(missing)}; packaged "
+                    f"{', '.join(t.language for t in chosen)}")
+        if not asked:
+            chosen = chosen[:1]
+        labels: dict[str, int] = {}
+        sources = []
+        for track in chosen:
+            stream: Any = container.streams[track.index]
+            labels[track.language] = labels.get(track.language, 0) + 1
+            label = "audio" if not asked else f"audio_{track.language}" + (
+                f"_{labels[track.language]}" if labels[track.language] > 1 else "")
+            sources.append(AudioSource(track, label, int(stream.codec_context.sample_rate),
+                                       int(stream.codec_context.channels),
+                                       stream_start(stream)))
+    return sources
+
+
+def _sink(track: SegmentedTrack) -> Callable[[AudioFrame], None]:
+    def push(frame: AudioFrame) -> None:
+        assert track.audio is not None
+        track.output.mux(track.audio.push(frame))
+    return push
 
 
 def track_placement(clip: SourceClip, with_audio: bool) -> tuple[int, float | None]:
@@ -326,6 +380,13 @@ def avc_codec_string(init: Path) -> str:
         return "avc1.640028"  # High@4.0: what players assume when told nothing better
     profile, constraints, level = data[at + 5], data[at + 6], data[at + 7]
     return f"avc1.{profile:02x}{constraints:02x}{level:02x}"
+
+
+def package_start(clip: SourceClip, tracks: list[TrackFiles]) -> float:
+    """The source time a package's clock starts at: where its first video frame was on
+    the source's clock, less where that frame sits in the package (its tfdt)."""
+    video = next(t for t in tracks if t.rung is not None)
+    return (clip.video_start or 0.0) - video.start
 
 
 def track_outputs(track: TrackFiles, *, keep_playlist: bool) -> list[OutputFile]:
