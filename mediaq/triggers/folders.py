@@ -22,6 +22,8 @@ from typing import Any
 
 import structlog
 
+from mediaq.storage.uri import S3Uri, is_s3
+
 log = structlog.get_logger("mediaq.triggers")
 
 
@@ -33,12 +35,19 @@ class WatchFolder:
     patterns: tuple[str, ...]
     settle_seconds: int
     recursive: bool
+    prefix: S3Uri | None = None  # a bucket prefix (objects.py) instead of a local folder
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WatchFolder:
-        return cls(id=row["id"], path=Path(row["path"]), workflow_code=row["workflow_code"],
+        text = row["path"]
+        prefix = S3Uri.parse(text, prefix=True) if is_s3(text) else None
+        return cls(id=row["id"], path=Path(text), workflow_code=row["workflow_code"],
                    patterns=tuple(row["patterns"] or ()), settle_seconds=row["settle_seconds"],
-                   recursive=row["recursive"])
+                   recursive=row["recursive"], prefix=prefix)
+
+    @property
+    def location(self) -> str:
+        return str(self.prefix) if self.prefix is not None else str(self.path)
 
 
 class FolderEvents:
@@ -74,7 +83,8 @@ class FolderEvents:
         """Watch new folders, stop watching removed ones."""
         if self._inotify is None:
             return
-        wanted = {folder.id: folder for folder in folders}
+        # A bucket prefix sends no events: its listings are all there is.
+        wanted = {folder.id: folder for folder in folders if folder.prefix is None}
         for folder_id in set(self._watched) - set(wanted):
             for descriptor in self._watched.pop(folder_id):
                 sharing = self._folders_of.get(descriptor, set())
