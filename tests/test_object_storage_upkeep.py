@@ -125,6 +125,17 @@ def test_adding_a_bucket_prefix_refuses_what_a_worker_would(store: Store) -> Non
         assert result.returncode == 1 and message in result.stderr, (path, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
     assert mq.query("SELECT * FROM watch_folders") == []
+    # A store that refuses the listing later, and a row edited by hand: each folder's
+    # last_error says why in one line, and the watcher goes on.
+    mq.cli("watch-folder", "add", f"s3://{store.inputs}/uploads/", "--workflow", "T-NOOP")
+    mq.query("INSERT INTO watch_folders (path, workflow_code) VALUES ('s3://A_B/x/', 'T-NOOP')")
+    with moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as strict:
+        mq.env["MEDIAQ_S3_ENDPOINT_URL"] = strict
+        mq.cli("triggers", "--once")
+    errors = [f["last_error"] for f in json.loads(
+        mq.cli("watch-folder", "list", "--json").stdout)]
+    assert errors[0].startswith(f"s3://{store.inputs}/uploads/: access denied")
+    assert "is not a valid bucket name" in errors[1]
 
 
 def test_an_object_settles_when_two_listings_a_settle_time_apart_agree() -> None:

@@ -115,6 +115,9 @@ class Triggers:
     def _scan(self, conn: db.Connection, folder: WatchFolder) -> None:
         interval = self.settings.triggers.watch_scan_seconds
         self.next_scan[folder.id] = time.monotonic() + interval
+        if folder.unusable is not None:
+            self._record(conn, folder, folder.unusable)
+            return
         if folder.prefix is not None:
             self._scan_prefix(conn, folder)
             return
