@@ -26,7 +26,7 @@ from mediaq.queries import queries
 from mediaq.storage import s3 as s3ops
 from mediaq.storage.cache import InputCache
 from mediaq.storage.setup import client_settings
-from mediaq.storage.uri import S3Uri, is_s3
+from mediaq.storage.uri import check_s3_input, is_s3
 
 CHUNK = 1 << 20
 
@@ -42,9 +42,10 @@ def input_hash(input_path: str | Path, storage: StorageSettings | None = None) -
 
 def object_hash(location: str, storage: StorageSettings) -> str:
     """``sha256:<hex>`` of an object's content; SubmissionRefused with one line when it
-    cannot be read."""
+    cannot be read, or lies outside the bucket-prefix input roots (nothing a worker would
+    refuse is fetched to be hashed)."""
     try:
-        uri = S3Uri.parse(location)
+        uri = check_s3_input(location, storage.bucket_input_roots)
         settings = client_settings(storage)
         s3 = s3ops.client(settings)
         digest = s3ops.sha256_checksum(s3, uri)

@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
 import pytest
 from boto3.s3.transfer import TransferConfig
 
+import mediaq
+from mediaq.errors import SubmissionRefused
 from mediaq.triggers.objects import ObjectVersion, SettleTracker
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 from tests.s3_server import MOTO_SERVER, moto_server
@@ -223,7 +226,8 @@ def _cache_entries(mq: MediaqEnv) -> dict[str, int]:
             for entry in (cache.iterdir() if cache.is_dir() else []) if entry.is_dir()}
 
 
-def test_the_same_content_under_two_keys_is_one_job(store: Store) -> None:
+def test_the_same_content_under_two_keys_is_one_job(store: Store,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     mq = store.mq
     mq.apply_workflow(diagnostic_workflow("T-DD", {"action": "noop"},
                                           dedupe_window_seconds=3600))
@@ -260,3 +264,13 @@ def test_the_same_content_under_two_keys_is_one_job(store: Store) -> None:
     missing = mq.cli("submit", "T-DD", f"s3://{store.inputs}/uploads/nope.bin", check=False)
     assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
     assert "nope.bin" in missing.stderr
+    # Outside the input roots: refused before anything is fetched to be hashed.
+    store.s3.put_object(Bucket=store.outputs, Key="secret.bin", Body=b"not an input")
+    entries = _cache_entries(mq)
+    for name, value in mq.env.items():  # mediaq.submit reads the process's settings
+        if name.startswith(("MEDIAQ_", "AWS_")):
+            monkeypatch.setenv(name, value)
+    with pytest.raises(SubmissionRefused, match="outside the input roots"), psycopg.connect(
+            mq.url, options="-c search_path=mediaq,public") as conn:
+        mediaq.submit(conn, "T-DD", f"s3://{store.outputs}/secret.bin")
+    assert _cache_entries(mq) == entries
