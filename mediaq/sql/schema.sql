@@ -472,12 +472,13 @@ CREATE TABLE watch_files (
     mtime_ns    BIGINT NOT NULL,
     job_id      BIGINT REFERENCES workflow_jobs (id) ON DELETE SET NULL,
     seen_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-    etag        TEXT,  -- an object's version (bucket-prefix watch folders); NULL for a file
-    PRIMARY KEY (folder_id, rel_path, size_bytes, mtime_ns)
+    etag        TEXT NOT NULL DEFAULT '',  -- an object's version (bucket prefixes); '' for a file
+    PRIMARY KEY (folder_id, rel_path, size_bytes, mtime_ns, etag)
 );
--- An object is submitted once per ETag, whatever LastModified each listing reads.
+-- An object is submitted once per ETag, whatever LastModified each listing reads (and
+-- two uploads in the same second, S3's LastModified precision, are two versions).
 CREATE UNIQUE INDEX watch_files_object_version ON watch_files (folder_id, rel_path, etag)
-    WHERE etag IS NOT NULL;
+    WHERE etag <> '';
 -- Deleting a job (mediaq prune) looks up the rows that point at it: without this
 -- index, once per job through the whole table.
 CREATE INDEX watch_files_job ON watch_files (job_id);
@@ -1154,9 +1155,10 @@ BEGIN
     END IF;
     FOR seen IN
         -- Without a conflict target, DO NOTHING covers the primary key (a file's
-        -- version) and the partial unique index (an object's) alike.
+        -- version) and the partial unique index (an object's) alike; a file's etag is ''.
         INSERT INTO watch_files AS w (folder_id, rel_path, size_bytes, mtime_ns, etag)
-        SELECT folder.id, p, s, m, e FROM unnest(rel_paths, sizes, mtimes, etags) AS t(p, s, m, e)
+        SELECT folder.id, p, s, m, coalesce(e, '')
+          FROM unnest(rel_paths, sizes, mtimes, etags) AS t(p, s, m, e)
         ON CONFLICT DO NOTHING
         RETURNING w.rel_path, w.size_bytes, w.mtime_ns, w.etag
     LOOP
@@ -1166,12 +1168,13 @@ BEGIN
                           jsonb_build_object('watch_folder', folder.id,
                                              'size_bytes', seen.size_bytes,
                                              'mtime_ns', seen.mtime_ns)
-                          || CASE WHEN seen.etag IS NULL THEN '{}'::jsonb
+                          || CASE WHEN seen.etag = '' THEN '{}'::jsonb
                                   ELSE jsonb_build_object('etag', seen.etag) END,
                           '{}', NULL, 'watch:' || folder.id);
         UPDATE watch_files w SET job_id = job.id
          WHERE w.folder_id = folder.id AND w.rel_path = seen.rel_path
-           AND w.size_bytes = seen.size_bytes AND w.mtime_ns = seen.mtime_ns;
+           AND w.size_bytes = seen.size_bytes AND w.mtime_ns = seen.mtime_ns
+           AND w.etag = seen.etag;
         rel_path := seen.rel_path;
         job_code := job.job_code;
         RETURN NEXT;

@@ -4,9 +4,13 @@
 
 SET LOCAL search_path = mediaq, public;
 
-ALTER TABLE watch_files ADD COLUMN etag TEXT;
+-- The ETag joins the primary key: two uploads of a key in the same second (S3's
+-- LastModified precision) with the same size are still two versions. A file's is ''.
+ALTER TABLE watch_files ADD COLUMN etag TEXT NOT NULL DEFAULT '';
+ALTER TABLE watch_files DROP CONSTRAINT watch_files_pkey,
+    ADD PRIMARY KEY (folder_id, rel_path, size_bytes, mtime_ns, etag);
 CREATE UNIQUE INDEX watch_files_object_version ON watch_files (folder_id, rel_path, etag)
-    WHERE etag IS NOT NULL;
+    WHERE etag <> '';
 
 DROP FUNCTION watch_submit(integer, text[], bigint[], bigint[]);
 -- Submit the settled files (or objects) a watcher found; only versions no one submitted
@@ -32,9 +36,10 @@ BEGIN
     END IF;
     FOR seen IN
         -- Without a conflict target, DO NOTHING covers the primary key (a file's
-        -- version) and the partial unique index (an object's) alike.
+        -- version) and the partial unique index (an object's) alike; a file's etag is ''.
         INSERT INTO watch_files AS w (folder_id, rel_path, size_bytes, mtime_ns, etag)
-        SELECT folder.id, p, s, m, e FROM unnest(rel_paths, sizes, mtimes, etags) AS t(p, s, m, e)
+        SELECT folder.id, p, s, m, coalesce(e, '')
+          FROM unnest(rel_paths, sizes, mtimes, etags) AS t(p, s, m, e)
         ON CONFLICT DO NOTHING
         RETURNING w.rel_path, w.size_bytes, w.mtime_ns, w.etag
     LOOP
@@ -44,12 +49,13 @@ BEGIN
                           jsonb_build_object('watch_folder', folder.id,
                                              'size_bytes', seen.size_bytes,
                                              'mtime_ns', seen.mtime_ns)
-                          || CASE WHEN seen.etag IS NULL THEN '{}'::jsonb
+                          || CASE WHEN seen.etag = '' THEN '{}'::jsonb
                                   ELSE jsonb_build_object('etag', seen.etag) END,
                           '{}', NULL, 'watch:' || folder.id);
         UPDATE watch_files w SET job_id = job.id
          WHERE w.folder_id = folder.id AND w.rel_path = seen.rel_path
-           AND w.size_bytes = seen.size_bytes AND w.mtime_ns = seen.mtime_ns;
+           AND w.size_bytes = seen.size_bytes AND w.mtime_ns = seen.mtime_ns
+           AND w.etag = seen.etag;
         rel_path := seen.rel_path;
         job_code := job.job_code;
         RETURN NEXT;
