@@ -1,5 +1,6 @@
 """Retention: delete finished jobs older than the retention, with everything that refers
-to them, in short batches; optionally archive them first and remove their outputs.
+to them, in short batches; optionally archive them first and remove their outputs (a
+local folder, or the objects under an ``s3://`` output root's <root>/<job_code>/).
 Also the sweep of staging folders that no live job owns. Shared by `mediaq prune` and
 the worker's pruner (mediaq/worker/maintenance/pruner.py)."""
 
@@ -18,6 +19,8 @@ from typing import Any, TextIO
 from mediaq import db, job_filter
 from mediaq.errors import Refused
 from mediaq.states import TERMINAL, JobStatus
+from mediaq.storage import s3 as s3ops
+from mediaq.storage.uri import S3Uri
 
 BATCH = 1000
 """Jobs deleted per transaction: their row locks are held for one batch only."""
@@ -92,7 +95,7 @@ def preview(conn: db.Connection, older_than: timedelta, *,
 
 
 def prune(conn: db.Connection, older_than: timedelta, *, keep_dead_letters: bool = False,
-          archive: TextIO | None = None, output_root: Path | None = None,
+          archive: TextIO | None = None, output_root: Path | ObjectOutputs | None = None,
           batch: int = BATCH, on_batch: Callable[[PruneReport], None] | None = None,
           pause_seconds: float = 0.0) -> PruneReport:
     """Delete the finished jobs completed before now - ``older_than``, ``batch`` per
@@ -101,8 +104,12 @@ def prune(conn: db.Connection, older_than: timedelta, *, keep_dead_letters: bool
     With ``archive``, each job (with its step executions) is written as one JSON line
     before its batch commits (and flushed, so a line exists for every deleted job). With
     ``output_root``, each pruned job's folder <output_root>/<job_code> is removed once its
-    batch has committed."""
+    batch has committed; in object storage (:class:`ObjectOutputs`), its objects are
+    deleted just before the batch commits, so a store that refuses leaves the batch's
+    jobs in place (to be pruned again) rather than their objects behind unlisted."""
     cutoff = cutoff_for(conn, older_than)
+    if isinstance(output_root, ObjectOutputs):
+        output_root.check()  # a denied or missing bucket: one line, before any delete
     report = PruneReport(cutoff=cutoff)
     params = {"statuses": statuses(keep_dead_letters), "cutoff": cutoff, "batch": batch}
     while True:
@@ -118,12 +125,15 @@ def prune(conn: db.Connection, older_than: timedelta, *, keep_dead_letters: bool
                 archive.flush()
             counts = db.fetch_one(conn, "jobs_prune_delete", {"ids": ids})
             assert counts is not None
+            if isinstance(output_root, ObjectOutputs):
+                report.outputs_removed += output_root.remove([row["job_code"]
+                                                              for row in locked])
         report.batches += 1
         report.jobs += counts["jobs"]
         report.steps += counts["steps"]
         report.events += counts["events"]
         report.notifications += counts["notifications"]
-        if output_root is not None:
+        if isinstance(output_root, Path):
             report.outputs_removed += remove_outputs(output_root,
                                                      [row["job_code"] for row in locked])
         if on_batch is not None:
@@ -135,13 +145,85 @@ def prune(conn: db.Connection, older_than: timedelta, *, keep_dead_letters: bool
     return report
 
 
+def prunable_codes(conn: db.Connection, older_than: timedelta, *,
+                   keep_dead_letters: bool = False) -> list[str]:
+    """The codes of the jobs a prune would remove now (nothing is locked)."""
+    cutoff = cutoff_for(conn, older_than)
+    rows = db.fetch_all(conn, "jobs_prune_codes",
+                        {"statuses": statuses(keep_dead_letters), "cutoff": cutoff})
+    return [row["job_code"] for row in rows]
+
+
+def _safe_code(code: str) -> bool:
+    """A job code that names one folder directly under the root (never the root, a hidden
+    folder such as .staging, or a path)."""
+    return bool(code) and not code.startswith(".") and not any(c in code for c in "/\\\x00")
+
+
+@dataclass
+class ObjectOutputs:
+    """An ``s3://`` output root as a prune sees it: each job's objects are those whose
+    key starts with <root>/<job_code>/ (the trailing "/" keeps J1 from matching J10),
+    listed page by page and deleted 1,000 keys per DeleteObjects request."""
+
+    root: S3Uri
+    s3: Any
+
+    @classmethod
+    def open(cls, root: str, settings: s3ops.ClientSettings) -> ObjectOutputs:
+        return cls(S3Uri.parse(root, prefix=True), s3ops.client(settings))
+
+    def check(self) -> None:
+        """One listing of the root: a refusal is a one-line error before anything goes."""
+        next(iter(s3ops.list_objects(self.s3, self.root, recursive=False)), None)
+
+    def folder(self, code: str) -> S3Uri:
+        return S3Uri(self.root.bucket, f"{self.root.key}{code}/")
+
+    def keys(self, codes: list[str]) -> dict[str, list[str]]:
+        """Each code's object keys (codes without objects are left out)."""
+        found: dict[str, list[str]] = {}
+        for code in codes:
+            if not _safe_code(code):
+                continue
+            folder = self.folder(code)
+            keys = [o.key for o in s3ops.list_objects(self.s3, folder)
+                    if o.key.startswith(folder.key)]
+            if keys:
+                found[code] = keys
+        return found
+
+    def remove(self, codes: list[str]) -> int:
+        """Delete the objects of these jobs' folders; how many folders had any."""
+        found = self.keys(codes)
+        s3ops.delete_keys(self.s3, self.root.bucket,
+                          [key for keys in found.values() for key in keys])
+        return len(found)
+
+    def listing(self, codes: list[str]) -> list[str]:
+        """What :meth:`remove` would delete, as s3:// locations."""
+        return [f"s3://{self.root.bucket}/{key}"
+                for keys in self.keys(codes).values() for key in keys]
+
+
+def would_remove(output_root: Path | ObjectOutputs, codes: list[str]) -> list[str]:
+    """The output folders (local) or objects (s3://) a prune of ``codes`` would remove."""
+    if isinstance(output_root, ObjectOutputs):
+        output_root.check()
+        return output_root.listing(codes)
+    root = output_root.resolve()
+    return [str(root / code) for code in codes if _safe_code(code)
+            and (output_root / code).is_dir() and not (output_root / code).is_symlink()
+            and (output_root / code).resolve().parent == root]
+
+
 def remove_outputs(output_root: Path, job_codes: list[str]) -> int:
     """Remove <output_root>/<code> for each code; never anything outside the output root,
     the root itself, a hidden folder (.staging) or a symlink's target."""
     root = output_root.resolve()
     removed = 0
     for code in job_codes:
-        if not code or code.startswith(".") or "/" in code or "\\" in code or "\x00" in code:
+        if not _safe_code(code):
             continue
         folder = output_root / code
         if folder.is_symlink() or not folder.is_dir():

@@ -142,7 +142,7 @@ def _dedupe_plan(cur: psycopg.Cursor[dict[str, Any]], workflow_code: str,
                            {"workflow_code": workflow_code}).fetchone()
     if workflow is None or not workflow["dedupe_window_seconds"]:
         return None  # an unknown workflow is refused by the submission itself
-    digest = dedupe.content_hash(Path(input_path))
+    digest = dedupe.input_hash(input_path)
     return DedupePlan(dedupe.dedupe_key(workflow_code, workflow["version"], digest, params),
                       digest, workflow["dedupe_window_seconds"])
 

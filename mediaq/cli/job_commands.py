@@ -26,7 +26,7 @@ from mediaq.errors import Refused, SubmissionRefused
 from mediaq.job_filter import parse_filter
 from mediaq.outputs import check_input
 from mediaq.states import TERMINAL
-from mediaq.storage.setup import canonical, check_submitted
+from mediaq.storage.setup import canonical, check_submitted, client_settings
 from mediaq.storage.uri import is_s3
 from mediaq.submit import params_from_pairs, submit, submit_batch
 from mediaq.worker.autoscale import parse_range, workers_for
@@ -422,7 +422,8 @@ def stats(env: Env, as_json_output: bool) -> None:
               help="Append each pruned job (with its step executions) as one JSON line.")
 @click.option("--keep-dead-letters", is_flag=True, help="Keep failed jobs.")
 @click.option("--outputs", "remove_outputs", is_flag=True,
-              help="Also remove each pruned job's folder <output_root>/<job_code>.")
+              help="Also remove each pruned job's folder <output_root>/<job_code> (with "
+                   "an s3:// output root: the objects under it; --dry-run lists them).")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the counts as JSON.")
 @pass_env
 def prune_command(env: Env, older_than: str | None, dry_run: bool, archive_path: Path | None,
@@ -438,24 +439,36 @@ def prune_command(env: Env, older_than: str | None, dry_run: bool, archive_path:
         age = prune.parse_age(f"{days}d")
     else:
         age = prune.parse_age(older_than)
+    storage = env.settings.storage
+    output_root: Path | prune.ObjectOutputs | None = None
+    if remove_outputs:
+        output_root = (prune.ObjectOutputs.open(storage.remote_output_root,
+                                                client_settings(storage))
+                       if storage.remote_output_root else storage.outputs)
+    listed: list[str] | None = None
     if dry_run:
         with env.connect() as conn:
             report = prune.preview(conn, age, keep_dead_letters=keep_dead_letters)
+            if output_root is not None:
+                listed = prune.would_remove(output_root, prune.prunable_codes(
+                    conn, age, keep_dead_letters=keep_dead_letters))
     else:
         with env.connect_batches() as conn:
             if archive_path is None:
                 report = prune.prune(conn, age, keep_dead_letters=keep_dead_letters,
-                                     output_root=env.settings.storage.outputs
-                                     if remove_outputs else None)
+                                     output_root=output_root)
             else:
                 with archive_path.open("a", encoding="utf-8") as archive:
                     report = prune.prune(conn, age, keep_dead_letters=keep_dead_letters,
-                                         archive=archive,
-                                         output_root=env.settings.storage.outputs
-                                         if remove_outputs else None)
+                                         archive=archive, output_root=output_root)
     if as_json_output:
-        click.echo(as_json(report.as_dict()))
+        data = report.as_dict()
+        if listed is not None:
+            data["would_remove"] = listed
+        click.echo(as_json(data))
     else:
+        for location in listed or []:
+            click.echo(f"would remove {location}")
         click.echo(report.summary())
 
 

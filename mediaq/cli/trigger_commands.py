@@ -12,6 +12,7 @@ from mediaq.cli import Env, pass_env, run_in_foreground
 from mediaq.cli.render import console, show_rows
 from mediaq.files import VIDEO_PATTERNS, ScanSummary, parse_patterns, submit_in_batches, walk_files
 from mediaq.outputs import check_input
+from mediaq.storage.uri import is_s3
 from mediaq.submit import params_from_pairs
 from mediaq.triggers import manage
 from mediaq.triggers.runner import Triggers
@@ -46,10 +47,11 @@ def watch_folder() -> None:
 def watch_folder_add(env: Env, path: str, workflow_code: str, patterns: tuple[str, ...],
                      priority: int | None, settle_seconds: int, recursive: bool,
                      params: tuple[str, ...]) -> None:
-    """Watch PATH; prints the watch folder's id as the last word."""
+    """Watch PATH (a folder, or a bucket prefix s3://bucket/prefix/); prints the watch
+    folder's id as the last word."""
     with env.connect() as conn:
         row = manage.add_watch_folder(
-            conn, env.settings, _absolute(path), workflow_code,
+            conn, env.settings, path if is_s3(path) else _absolute(path), workflow_code,
             patterns=parse_patterns(patterns), priority=priority,
             settle_seconds=settle_seconds, recursive=recursive,
             params=params_from_pairs(params))

@@ -1086,6 +1086,17 @@ SELECT (SELECT count(*) FROM doomed) AS jobs,
        (SELECT count(*) FROM workflow_notifications n JOIN doomed d ON d.id = n.job_id)
            AS notifications;
 
+-- name: jobs_prune_codes
+-- The codes of the jobs a prune would remove now, read without locking (a dry run that
+-- lists their output folders).
+SELECT j.job_code
+  FROM workflow_jobs j
+ WHERE j.status = ANY (%(statuses)s::text[])
+   AND j.completed_at < %(cutoff)s
+   AND NOT EXISTS (SELECT 1 FROM workflow_notifications n
+                    WHERE n.job_id = j.id AND n.status IN ('pending', 'sending'))
+ ORDER BY j.job_code;
+
 -- name: jobs_prune_lock_batch
 -- Lock the next batch of finished jobs to prune; rows another session holds (an operator's
 -- retry, another pruner) are skipped, never waited for. A job whose notifications are

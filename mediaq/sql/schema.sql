@@ -462,7 +462,7 @@ CREATE TABLE watch_folders (
     UNIQUE (path, workflow_code)
 );
 
--- Every file version a watch folder has submitted (path, size and mtime). The row and
+-- Every file version a watch folder has submitted (path, size and mtime; an object's ETag). The row and
 -- the job are written in one transaction, so however many workers watch the folder
 -- and however often they restart, a version gets exactly one job.
 CREATE TABLE watch_files (
@@ -472,8 +472,13 @@ CREATE TABLE watch_files (
     mtime_ns    BIGINT NOT NULL,
     job_id      BIGINT REFERENCES workflow_jobs (id) ON DELETE SET NULL,
     seen_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
-    PRIMARY KEY (folder_id, rel_path, size_bytes, mtime_ns)
+    etag        TEXT NOT NULL DEFAULT '',  -- an object's version (bucket prefixes); '' for a file
+    PRIMARY KEY (folder_id, rel_path, size_bytes, mtime_ns, etag)
 );
+-- An object is submitted once per ETag, whatever LastModified each listing reads (and
+-- two uploads in the same second, S3's LastModified precision, are two versions).
+CREATE UNIQUE INDEX watch_files_object_version ON watch_files (folder_id, rel_path, etag)
+    WHERE etag <> '';
 -- Deleting a job (mediaq prune) looks up the rows that point at it: without this
 -- index, once per job through the whole table.
 CREATE INDEX watch_files_job ON watch_files (job_id);
@@ -1127,11 +1132,14 @@ CREATE VIEW mediaq.my_jobs WITH (security_barrier) AS
 COMMENT ON VIEW mediaq.my_jobs IS
     'The jobs submitted by the connected user (session_user): what mediaq_submitter may read.';
 
--- Submit the settled files a watcher found; only versions no one submitted before
--- get a job. Returns the new jobs. A refused submission (workflow gone or disabled)
--- rolls the whole call back, so the files are tried again at the next scan.
+-- Submit the settled files (or objects) a watcher found; only versions no one submitted
+-- before get a job. A file's version is (size, mtime); an object's is its ETag, which
+-- watch_files_object_version keeps unique per key, so every host listing the same
+-- prefix submits an object once however its LastModified reads. Returns the new jobs.
+-- A refused submission (workflow gone or disabled) rolls the whole call back, so the
+-- files are tried again at the next scan.
 CREATE FUNCTION watch_submit(folder_id integer, rel_paths text[],
-                             sizes bigint[], mtimes bigint[])
+                             sizes bigint[], mtimes bigint[], etags text[] DEFAULT NULL)
     RETURNS TABLE (rel_path text, job_code text)
     SET search_path = pg_catalog, mediaq
     LANGUAGE plpgsql AS $$
@@ -1146,21 +1154,27 @@ BEGIN
         RETURN;  -- removed while the scan ran
     END IF;
     FOR seen IN
-        INSERT INTO watch_files AS w (folder_id, rel_path, size_bytes, mtime_ns)
-        SELECT folder.id, p, s, m FROM unnest(rel_paths, sizes, mtimes) AS t(p, s, m)
+        -- Without a conflict target, DO NOTHING covers the primary key (a file's
+        -- version) and the partial unique index (an object's) alike; a file's etag is ''.
+        INSERT INTO watch_files AS w (folder_id, rel_path, size_bytes, mtime_ns, etag)
+        SELECT folder.id, p, s, m, coalesce(e, '')
+          FROM unnest(rel_paths, sizes, mtimes, etags) AS t(p, s, m, e)
         ON CONFLICT DO NOTHING
-        RETURNING w.rel_path, w.size_bytes, w.mtime_ns
+        RETURNING w.rel_path, w.size_bytes, w.mtime_ns, w.etag
     LOOP
         job := submit_job(folder.workflow_code,
                           rtrim(folder.path, '/') || '/' || seen.rel_path,
                           folder.priority, folder.params,
                           jsonb_build_object('watch_folder', folder.id,
                                              'size_bytes', seen.size_bytes,
-                                             'mtime_ns', seen.mtime_ns),
+                                             'mtime_ns', seen.mtime_ns)
+                          || CASE WHEN seen.etag = '' THEN '{}'::jsonb
+                                  ELSE jsonb_build_object('etag', seen.etag) END,
                           '{}', NULL, 'watch:' || folder.id);
         UPDATE watch_files w SET job_id = job.id
          WHERE w.folder_id = folder.id AND w.rel_path = seen.rel_path
-           AND w.size_bytes = seen.size_bytes AND w.mtime_ns = seen.mtime_ns;
+           AND w.size_bytes = seen.size_bytes AND w.mtime_ns = seen.mtime_ns
+           AND w.etag = seen.etag;
         rel_path := seen.rel_path;
         job_code := job.job_code;
         RETURN NEXT;

@@ -23,10 +23,11 @@ SELECT id, path, workflow_code, patterns, settle_seconds, recursive
 DELETE FROM mediaq.watch_folders WHERE id = %(id)s RETURNING id;
 
 -- name: watch_submit
--- Jobs for the settled files a scan found that no one submitted before.
+-- Jobs for the settled files (or objects: with their ETags) a scan found that no one
+-- submitted before.
 SELECT rel_path, job_code
   FROM mediaq.watch_submit(%(folder_id)s, %(rel_paths)s::text[], %(sizes)s::bigint[],
-                           %(mtimes)s::bigint[]);
+                           %(mtimes)s::bigint[], %(etags)s::text[]);
 
 -- name: watch_folder_scanned
 -- A scan ran (and maybe failed): the watch folder list shows when and why.

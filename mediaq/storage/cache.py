@@ -11,6 +11,7 @@ first's download instead of fetching the same bytes again.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -32,6 +33,7 @@ log = structlog.get_logger("mediaq.storage.cache")
 
 Progress = Callable[[float, str], None]
 _DATA = ".data"
+_SHA256 = ".data.sha256"  # the entry's content hash, once someone asked for it
 
 
 @dataclass
@@ -78,6 +80,31 @@ class InputCache:
                 self._pinned[digest] = self._pinned.get(digest, 0) + 1
             held.append(digest)
         return named
+
+    def sha256(self, s3: Any, uri: S3Uri, settings: s3ops.ClientSettings) -> str:
+        """The SHA-256 (hex) of the object's current content, streamed from this host's
+        copy (fetched once, and kept for the worker that runs the job); remembered in
+        the entry, so the same content is hashed once per host."""
+        for _ in range(2):  # an entry evicted between the fetch and the lock: once more
+            entry = self.fetch(s3, uri, settings).parent
+            with self._pin(entry.name), self._entry_lock(entry.name):
+                stored = entry / _SHA256
+                with contextlib.suppress(OSError):
+                    known = stored.read_text().strip()
+                    if len(known) == 64:
+                        return known
+                digest = hashlib.sha256()
+                try:
+                    with (entry / _DATA).open("rb") as fh:
+                        for chunk in iter(lambda: fh.read(1 << 20), b""):
+                            digest.update(chunk)
+                except FileNotFoundError:
+                    continue
+                tmp = entry / f".sha256.{os.getpid()}.{threading.get_ident()}"
+                tmp.write_text(digest.hexdigest())
+                os.replace(tmp, stored)
+                return digest.hexdigest()
+        raise TransientError(f"{uri}: the cached copy was evicted while it was hashed")
 
     def release(self, held: list[str]) -> None:
         with self._lock:

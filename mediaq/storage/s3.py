@@ -9,10 +9,11 @@ the endpoint and the store's error code only.
 
 from __future__ import annotations
 
+import base64
 import mimetypes
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,3 +234,72 @@ def presigned_get(s3: Any, uri: S3Uri, seconds: int) -> str:
         "get_object", ExpiresIn=seconds,
         Params={"Bucket": uri.bucket, "Key": uri.key,
                 "ResponseContentType": content_type(uri.key)}))
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    size: int
+    etag: str  # without quotes
+    modified_ns: int  # LastModified, in nanoseconds since the epoch
+
+
+def list_objects(s3: Any, prefix: S3Uri, *, recursive: bool = True) -> Iterator[ListedObject]:
+    """Every object under ``prefix`` (only those directly under it unless ``recursive``),
+    a page of up to 1,000 at a time; errors as one line naming the prefix."""
+    extra = {} if recursive else {"Delimiter": "/"}
+    with translated(prefix, s3):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=prefix.bucket,
+                                                              Prefix=prefix.key, **extra)
+        for page in pages:
+            for entry in page.get("Contents", []):
+                modified = entry["LastModified"]
+                yield ListedObject(str(entry["Key"]), int(entry["Size"]),
+                                   str(entry["ETag"]).strip('"'),
+                                   int(modified.timestamp()) * 1_000_000_000
+                                   + modified.microsecond * 1000)
+
+
+DELETE_BATCH = 1000
+"""Keys per DeleteObjects request: the most S3 takes in one."""
+
+
+def delete_keys(s3: Any, bucket: str, keys: Sequence[str]) -> int:
+    """Delete ``keys`` of ``bucket``, 1,000 per DeleteObjects request; how many. A key the
+    store refused to delete (the request itself succeeds) is an error naming that key."""
+    removed = 0
+    for start in range(0, len(keys), DELETE_BATCH):
+        chunk = keys[start:start + DELETE_BATCH]
+        with translated(f"s3://{bucket}/{chunk[0]}", s3):
+            answer = s3.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": key} for key in chunk], "Quiet": True})
+        errors = answer.get("Errors") or []
+        if errors:
+            first = errors[0]
+            where = f"s3://{bucket}/{first.get('Key', '')}"
+            code = str(first.get("Code", ""))
+            if code in _DENIED:
+                raise PermanentError(f"{where}: access denied ({code})")
+            raise TransientError(f"{where}: not deleted ({code or 'error'})")
+        removed += len(chunk)
+    return removed
+
+
+def sha256_checksum(s3: Any, uri: S3Uri) -> str | None:
+    """The object's SHA-256 (hex) when the store keeps one for its whole content (it was
+    uploaded with ``ChecksumAlgorithm=SHA256`` in one part); None otherwise. A multipart
+    upload's SHA-256 is a checksum of its parts' checksums (type COMPOSITE), not of the
+    content, like its ETag; S3 has no whole-object SHA-256 for multipart uploads, and
+    some stores (moto) return the composite value without its ``-<parts>`` suffix, so a
+    multipart ETag rules the checksum out too."""
+    with translated(uri, s3, missing=InputRefused):
+        answer = s3.head_object(Bucket=uri.bucket, Key=uri.key, ChecksumMode="ENABLED")
+    value = str(answer.get("ChecksumSHA256") or "")
+    multipart = "-" in str(answer.get("ETag", "")) or "-" in value
+    if not value or multipart or answer.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        digest = base64.b64decode(str(value), validate=True)
+    except ValueError:
+        return None
+    return digest.hex() if len(digest) == 32 else None

@@ -63,9 +63,26 @@ def check_submitted(text: str, storage: StorageSettings) -> str:
     return str(uri)
 
 
+def check_watched_prefix(text: str, storage: StorageSettings) -> str:
+    """A bucket prefix as ``watch-folder add`` checks it: inside a bucket-prefix input root
+    (every object a watcher submits must pass the workers' check) and listable (one
+    LIST request); SubmissionRefused with one line otherwise."""
+    try:
+        prefix = S3Uri.parse(text, prefix=True)
+        roots = [S3Uri.parse(root, prefix=True) for root in storage.bucket_input_roots]
+        if not any(prefix.within(root) for root in roots):
+            allowed = ", ".join(str(r) for r in roots) or "none configured"
+            raise InputRefused(f"{text}: outside the input roots' bucket prefixes ({allowed})")
+        next(iter(s3ops.list_objects(s3ops.client(client_settings(storage)), prefix)), None)
+    except (PermanentError, TransientError) as exc:
+        raise SubmissionRefused(exc.message) from None
+    return str(prefix)
+
+
 def canonical(text: str, storage: StorageSettings) -> str:
     """A local path as the database stores it (``MEDIAQ_PATH_MAP``)."""
     return PathMap.parse(storage.path_map).to_canonical(text)
 
 
-__all__ = ["S3Uri", "canonical", "check_submitted", "client_settings", "object_storage"]
+__all__ = ["S3Uri", "canonical", "check_submitted", "check_watched_prefix", "client_settings",
+           "object_storage"]

@@ -22,6 +22,9 @@ from typing import Any
 
 import structlog
 
+from mediaq.errors import InputRefused
+from mediaq.storage.uri import S3Uri, is_s3
+
 log = structlog.get_logger("mediaq.triggers")
 
 
@@ -33,12 +36,25 @@ class WatchFolder:
     patterns: tuple[str, ...]
     settle_seconds: int
     recursive: bool
+    prefix: S3Uri | None = None  # a bucket prefix (objects.py) instead of a local folder
+    unusable: str | None = None  # why the stored path cannot be watched (edited in SQL)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WatchFolder:
-        return cls(id=row["id"], path=Path(row["path"]), workflow_code=row["workflow_code"],
+        text = row["path"]
+        prefix, unusable = None, None
+        if is_s3(text):
+            try:
+                prefix = S3Uri.parse(text, prefix=True)
+            except InputRefused as exc:  # one bad row must not stop the other folders
+                unusable = exc.message
+        return cls(id=row["id"], path=Path(text), workflow_code=row["workflow_code"],
                    patterns=tuple(row["patterns"] or ()), settle_seconds=row["settle_seconds"],
-                   recursive=row["recursive"])
+                   recursive=row["recursive"], prefix=prefix, unusable=unusable)
+
+    @property
+    def location(self) -> str:
+        return str(self.prefix) if self.prefix is not None else str(self.path)
 
 
 class FolderEvents:
@@ -74,7 +90,9 @@ class FolderEvents:
         """Watch new folders, stop watching removed ones."""
         if self._inotify is None:
             return
-        wanted = {folder.id: folder for folder in folders}
+        # A bucket prefix sends no events: its listings are all there is.
+        wanted = {folder.id: folder for folder in folders
+                  if folder.prefix is None and folder.unusable is None}
         for folder_id in set(self._watched) - set(wanted):
             for descriptor in self._watched.pop(folder_id):
                 sharing = self._folders_of.get(descriptor, set())

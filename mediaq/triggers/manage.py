@@ -13,15 +13,23 @@ from mediaq import db
 from mediaq.config import Settings
 from mediaq.errors import SubmissionRefused
 from mediaq.outputs import check_input
+from mediaq.storage.setup import check_watched_prefix
+from mediaq.storage.uri import is_s3
 from mediaq.triggers.schedules import MISSED_POLICIES, next_slot, zone
 
 
-def add_watch_folder(conn: db.Connection, settings: Settings, path: Path, workflow_code: str, *,
-                     patterns: tuple[str, ...] = (), priority: int | None = None,
-                     settle_seconds: int = 10, recursive: bool = False,
-                     params: dict[str, Any] | None = None) -> db.Row:
-    """Store a watch folder after checking what a worker would refuse later."""
-    folder = check_input(str(path), settings.storage.effective_input_roots, kind="directory")
+def add_watch_folder(conn: db.Connection, settings: Settings, path: Path | str,
+                     workflow_code: str, *, patterns: tuple[str, ...] = (),
+                     priority: int | None = None, settle_seconds: int = 10,
+                     recursive: bool = False, params: dict[str, Any] | None = None) -> db.Row:
+    """Store a watch folder after checking what a worker would refuse later. ``path``
+    may be a bucket prefix (``s3://bucket/prefix/``) inside a bucket-prefix input root."""
+    folder: Path | str
+    if is_s3(path):
+        folder = check_watched_prefix(str(path), settings.storage)
+    else:
+        folder = check_input(str(path), settings.storage.effective_input_roots,
+                             kind="directory")
     _check_workflow(conn, workflow_code)
     _check_priority(priority)
     if settle_seconds < 0:

@@ -17,8 +17,12 @@ import structlog
 
 from mediaq import db
 from mediaq.config import Settings
-from mediaq.files import FoundFile, walk_files
+from mediaq.errors import PermanentError, TransientError
+from mediaq.files import walk_files
+from mediaq.storage import s3 as s3ops
+from mediaq.storage.setup import client_settings
 from mediaq.triggers.folders import FolderEvents, WatchFolder
+from mediaq.triggers.objects import SettleTracker, list_watched
 from mediaq.triggers.schedules import fire_due
 
 log = structlog.get_logger("mediaq.triggers")
@@ -26,7 +30,8 @@ log = structlog.get_logger("mediaq.triggers")
 # After the last event in a folder, look again once its files can have settled.
 SETTLE_MARGIN_S = 0.05
 
-FileKey = tuple[str, int, int]  # rel_path, size, mtime_ns
+# rel_path, size, mtime_ns, and for an object its ETag (what makes it a new version)
+FileKey = tuple[str, int, int, str | None]
 
 
 class Triggers:
@@ -42,6 +47,7 @@ class Triggers:
         # database about new ones; forgotten when the file leaves the folder.
         self.known: dict[int, set[FileKey]] = {}
         self.last_error: dict[int, str] = {}
+        self.settling = SettleTracker()  # bucket prefixes: what each listing saw
         self.submitted = 0
         self.log = log.bind(triggers_id=self.runner_id)
 
@@ -73,6 +79,7 @@ class Triggers:
             folders = [WatchFolder.from_row(r) for r in db.fetch_all(conn,
                                                                      "watch_folders_enabled")]
             self.events.sync(folders)
+            self.settling.forget({folder.id for folder in folders})
             for folder in folders:
                 if once or self.next_scan.get(folder.id, 0.0) <= time.monotonic():
                     self._scan(conn, folder)
@@ -108,16 +115,22 @@ class Triggers:
     def _scan(self, conn: db.Connection, folder: WatchFolder) -> None:
         interval = self.settings.triggers.watch_scan_seconds
         self.next_scan[folder.id] = time.monotonic() + interval
+        if folder.unusable is not None:
+            self._record(conn, folder, folder.unusable)
+            return
+        if folder.prefix is not None:
+            self._scan_prefix(conn, folder)
+            return
         if not folder.path.is_dir():
             self._record(conn, folder, f"{folder.path} is not a directory (unmounted?)")
             return
         now = time.time()
-        ready: list[FoundFile] = []
+        ready: list[FileKey] = []
         soonest: float | None = None  # when the next unsettled file settles (epoch s)
         for found in walk_files(folder.path, folder.patterns, recursive=folder.recursive):
             settles_at = found.changed_at + folder.settle_seconds
             if settles_at <= now:
-                ready.append(found)
+                ready.append((found.rel_path, found.size, found.mtime_ns, None))
             else:
                 soonest = settles_at if soonest is None else min(soonest, settles_at)
         if soonest is not None:
@@ -125,19 +138,37 @@ class Triggers:
                                             time.monotonic() + soonest - now + SETTLE_MARGIN_S)
         self._record(conn, folder, self._submit_new(conn, folder, ready))
 
+    def _scan_prefix(self, conn: db.Connection, folder: WatchFolder) -> None:
+        """List a bucket prefix (objects.py): submit what settled, look again when the
+        next object will have."""
+        assert folder.prefix is not None
+        try:
+            s3 = s3ops.client(client_settings(self.settings.storage))
+            listed = list_watched(s3, folder.prefix, folder.patterns,
+                                  recursive=folder.recursive)
+        except (PermanentError, TransientError) as exc:  # denied, missing, unreachable
+            self._record(conn, folder, exc.message)
+            return
+        now = time.monotonic()
+        ready, soonest = self.settling.ready(folder.id, listed, folder.settle_seconds, now)
+        if soonest is not None:
+            self.next_scan[folder.id] = min(self.next_scan[folder.id], soonest + SETTLE_MARGIN_S)
+        self._record(conn, folder, self._submit_new(conn, folder, [
+            (o.rel_path, o.size, o.modified_ns, o.etag) for o in ready]))
+
     def _submit_new(self, conn: db.Connection, folder: WatchFolder,
-                    ready: list[FoundFile]) -> str | None:
+                    ready: list[FileKey]) -> str | None:
         """Submit versions not known here; an error message if the database refused."""
         known = self.known.setdefault(folder.id, set())
-        keys = {found.rel_path: (found.rel_path, found.size, found.mtime_ns) for found in ready}
-        new = sorted(key for key in keys.values() if key not in known)
-        known &= set(keys.values())
+        new = sorted((key for key in ready if key not in known), key=lambda k: k[0])
+        known &= set(ready)
         if not new:
             return None
         try:
             rows = db.fetch_all(conn, "watch_submit", {
                 "folder_id": folder.id, "rel_paths": [k[0] for k in new],
-                "sizes": [k[1] for k in new], "mtimes": [k[2] for k in new]})
+                "sizes": [k[1] for k in new], "mtimes": [k[2] for k in new],
+                "etags": [k[3] for k in new]})
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.OperationalError):
                 raise
