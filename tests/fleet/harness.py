@@ -274,10 +274,10 @@ class Host(MediaqEnv):
         assert self.ns is not None
         return self.ns
 
-    def cli(self, *args: str, check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, timeout: float = 60,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([*self.namespace.prefix(), *MEDIAQ, *args], env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, timeout=timeout, input=stdin)
         if check and result.returncode != 0:
             raise AssertionError(f"[{self.name}] mediaq {' '.join(args)} failed "
                                  f"({result.returncode}):\n{result.stdout}\n{result.stderr}")
