@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 
-from tests.helpers import MEDIAQ, MediaqEnv, free_port, missing_tool_reason
+from tests.helpers import MEDIAQ, MediaqEnv, free_port, missing_tool_reason, wait_for
 
 NETNS_PREFIX = "mqfleet-"  # mqfleet-<pid>-<tag>-h<i>: the pid tells a stale one
 OWNER = "mediaq_owner"  # the database owner the hosts log in as: not a superuser
@@ -82,8 +84,9 @@ class Bridge:
 @contextmanager
 def bridge() -> Iterator[Bridge]:
     tag = uuid.uuid4().hex[:6]
-    # A /24 of its own per run (10.200-249.x), so concurrent runs never share addresses.
-    subnet = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
+    # A /24 of its own per run (10.220-249.x: tests/chaos's namespaces use 10.213.x), so
+    # concurrent runs (pytest-xdist) do not share addresses.
+    subnet = f"10.{220 + int(tag[:2], 16) % 30}.{int(tag[2:4], 16)}"
     br = Bridge(name=f"mqfb{tag}", subnet=subnet)
     ip("link", "add", br.name, "type", "bridge")
     try:
@@ -333,3 +336,109 @@ def worker_hosts(host: Host, code: str) -> list[dict[str, Any]]:
         "FROM step_executions se JOIN workflow_jobs j ON j.id = se.job_id "
         "LEFT JOIN workers w ON w.worker_id = se.worker_id "
         "WHERE j.job_code = %s ORDER BY se.id", (code,))
+
+
+# -- driving the hosts as a user does -----------------------------------------------------
+
+
+def apply(host: Host, *docs: dict[str, Any]) -> None:
+    """`mediaq workflows apply FILE` from ``host``."""
+    for doc in docs:
+        path = host.root / f"{doc['workflow_code']}.yaml"
+        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+        host.cli("workflows", "apply", str(path))
+
+
+def start_workers(hosts: list[Host], *args: str) -> dict[str, subprocess.Popen[str]]:
+    """One worker per host (id ``<host>-wN``), once each has registered and says it
+    started; worker id -> process."""
+    procs: dict[str, subprocess.Popen[str]] = {}
+    for host in hosts:
+        worker_id = f"{host.name}-w{len(host.workers)}"
+        procs[worker_id] = host.start_worker("--id", worker_id, *args)
+    for host in hosts:
+        proc = host.workers[-1]
+
+        def started(host: Host = host, proc: subprocess.Popen[str] = proc) -> bool:
+            assert proc.poll() is None, host.worker_log(proc)[-3000:]
+            return "worker:started" in host.worker_log(proc)
+
+        wait_for(started, timeout=90, interval=0.1, message=f"{host.name}'s worker to start")
+    return procs
+
+
+def one_execution_completed(host: Host, code: str) -> list[dict[str, Any]]:
+    """The job completed with exactly one completed execution of each step; the rows."""
+    job = host.job(code)
+    assert job["status"] == "completed", (code, job["status"], job["error_message"])
+    rows = worker_hosts(host, code)
+    done = Counter(r["step_id"] for r in rows if r["status"] == "completed")
+    assert set(done.values()) == {1}, rows
+    return rows
+
+
+# -- object storage ---------------------------------------------------------------------------
+
+
+@dataclass
+class Buckets:
+    """An input and an output bucket on the fleet's S3-protocol server, seen from the
+    test's side (boto3, unmocked). The output bucket keeps versions, so every write ever
+    made at a final key can be read back."""
+
+    s3: Any
+    inputs: str
+    outputs: str
+
+    @classmethod
+    def make(cls, endpoint: str) -> Buckets:
+        from tests.s3_server import bucket_name, client
+
+        s3 = client(endpoint)
+        made = cls(s3, bucket_name("fleet-in"), bucket_name("fleet-out"))
+        for bucket in (made.inputs, made.outputs):
+            s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_versioning(Bucket=made.outputs,
+                                 VersioningConfiguration={"Status": "Enabled"})
+        return made
+
+    def settings(self, endpoint: str) -> dict[str, str]:
+        """A host's environment for these buckets: s3:// inputs only, an s3:// output
+        root, nothing shared on disk."""
+        from tests.s3_server import CREDENTIALS
+
+        return {**CREDENTIALS, "MEDIAQ_S3_ENDPOINT_URL": endpoint,
+                "MEDIAQ_INPUT_ROOTS": f"s3://{self.inputs}/uploads/",
+                "MEDIAQ_OUTPUT_ROOT": f"s3://{self.outputs}/jobs/",
+                "MEDIAQ_S3_SWEEP_SECONDS": "1", "MEDIAQ_S3_MULTIPART_MB": "5"}
+
+    def put(self, key: str, data: bytes) -> str:
+        self.s3.put_object(Bucket=self.inputs, Key=f"uploads/{key}", Body=data)
+        return f"s3://{self.inputs}/uploads/{key}"
+
+    def get(self, uri: str, version: str | None = None) -> bytes:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        extra = {"VersionId": version} if version else {}
+        return bytes(self.s3.get_object(Bucket=bucket, Key=key, **extra)["Body"].read())
+
+    def content_type(self, uri: str) -> str:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return str(self.s3.head_object(Bucket=bucket, Key=key)["ContentType"])
+
+    def final_keys(self) -> list[str]:
+        listed = self.s3.list_objects_v2(Bucket=self.outputs, Prefix="jobs/")
+        return sorted(o["Key"] for o in listed.get("Contents", [])
+                      if not o["Key"].startswith("jobs/.staging/"))
+
+    def staged_keys(self) -> list[str]:
+        listed = self.s3.list_objects_v2(Bucket=self.outputs, Prefix="jobs/.staging/")
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+    def multipart_uploads(self) -> list[dict[str, Any]]:
+        return list(self.s3.list_multipart_uploads(Bucket=self.outputs).get("Uploads", []))
+
+    def versions(self, uri: str) -> list[str]:
+        """Every version ever written at the final key of ``uri``."""
+        key = uri.removeprefix(f"s3://{self.outputs}/")
+        listed = self.s3.list_object_versions(Bucket=self.outputs, Prefix=key)
+        return [v["VersionId"] for v in listed.get("Versions", []) if v["Key"] == key]

@@ -8,29 +8,27 @@ network past its lease."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import statistics
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.fleet.conftest import Figure, scaled
-from tests.fleet.harness import Fleet, Host, hosts_on, worker_hosts
+from tests.fleet.harness import (
+    Fleet,
+    Host,
+    apply,
+    hosts_on,
+    one_execution_completed,
+    start_workers,
+)
 from tests.helpers import diagnostic_workflow, wait_for
 
 pytestmark = pytest.mark.chaos
-
-
-def apply(host: Host, *docs: dict[str, Any]) -> None:
-    """`mediaq workflows apply FILE` from ``host``."""
-    for doc in docs:
-        path = host.root / f"{doc['workflow_code']}.yaml"
-        path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-        host.cli("workflows", "apply", str(path))
 
 
 def share(hosts: list[Host], folder: Path, **settings: str) -> None:
@@ -41,34 +39,6 @@ def share(hosts: list[Host], folder: Path, **settings: str) -> None:
         host.inputs = folder
         host.env["MEDIAQ_INPUT_ROOTS"] = str(folder)
         host.env.update({f"MEDIAQ_{k.upper()}": v for k, v in settings.items()})
-
-
-def start_workers(hosts: list[Host], *args: str) -> dict[str, subprocess.Popen[str]]:
-    """One worker per host (id ``<host>-wN``), once each has registered and says it
-    started; worker id -> process."""
-    procs: dict[str, subprocess.Popen[str]] = {}
-    for host in hosts:
-        worker_id = f"{host.name}-w{len(host.workers)}"
-        procs[worker_id] = host.start_worker("--id", worker_id, *args)
-    for host in hosts:
-        proc = host.workers[-1]
-
-        def started(host: Host = host, proc: subprocess.Popen[str] = proc) -> bool:
-            assert proc.poll() is None, host.worker_log(proc)[-3000:]
-            return "worker:started" in host.worker_log(proc)
-
-        wait_for(started, timeout=90, interval=0.1, message=f"{host.name}'s worker to start")
-    return procs
-
-
-def one_execution_completed(host: Host, code: str) -> list[dict[str, Any]]:
-    """The job completed with exactly one completed execution of each step; the rows."""
-    job = host.job(code)
-    assert job["status"] == "completed", (code, job["status"], job["error_message"])
-    rows = worker_hosts(host, code)
-    done = Counter(r["step_id"] for r in rows if r["status"] == "completed")
-    assert set(done.values()) == {1}, rows
-    return rows
 
 
 def test_three_hosts_on_debian_postgresql_spread_and_rescue(
@@ -108,7 +78,7 @@ def test_three_hosts_on_debian_postgresql_spread_and_rescue(
         spans = first.query(
             "SELECT w.host, se.started_at, se.completed_at FROM step_executions se "
             "JOIN workers w ON w.worker_id = se.worker_id ORDER BY w.host, se.started_at")
-        for a, b in zip(spans, spans[1:], strict=False):
+        for a, b in itertools.pairwise(spans):
             if a["host"] == b["host"]:
                 assert b["started_at"] >= a["completed_at"], (a, b)
 
