@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -209,12 +211,9 @@ def test_kill_9_mid_upload_on_one_host_publishes_nothing(
             assert {r["host"] for r in rows if r["status"] == "completed"} == {"host-1"}
             assert [r["error_class"] for r in rows if r["worker_id"] == victim] == ["system"]
             judge(buckets, job, tmp_path)
-            finals = 0
-            for output in job["output_metadata"]["outputs"]:
-                for version in buckets.versions(output["path"]):
-                    data = buckets.get(output["path"], version)
-                    assert hashlib.sha256(data).hexdigest() == output["sha256"], output
-                    finals += 1
+            finals = sum(len(buckets.versions(o["path"]))
+                         for o in job["output_metadata"]["outputs"])
+            assert versions_not_by(buckets, job) == 0
             wait_for(lambda: buckets.multipart_uploads() == [] and buckets.staged_keys() == [],
                      timeout=60, interval=0.2, message="the sweep of the killed attempt")
     finally:
@@ -222,3 +221,54 @@ def test_kill_9_mid_upload_on_one_host_publishes_nothing(
     figure(f"kill -9 mid-upload: 0 objects at final keys before the rescue, {finals} "
            "versions at final keys afterwards, all the survivor's; 0 open uploads after "
            "the sweep")
+
+
+def versions_not_by(buckets: Buckets, job: dict[str, Any]) -> int:
+    """How many versions ever written at the job's final keys hold bytes other than the
+    ones the database recorded (the sleep action's bytes differ per worker process)."""
+    stray = 0
+    for output in job["output_metadata"]["outputs"]:
+        for version in buckets.versions(output["path"]):
+            data = buckets.get(output["path"], version)
+            stray += hashlib.sha256(data).hexdigest() != output["sha256"]
+    return stray
+
+
+def test_a_host_stopped_past_its_lease_publishes_nothing(
+        three_hosts_s3: Fleet, tmp_path: Path, figure: Figure) -> None:
+    """Host 2's worker is frozen (SIGSTOP) mid-step past the lease; host 0 completes the
+    job; after SIGCONT the stale worker writes 0 objects at final keys."""
+    fl = three_hosts_s3
+    assert fl.s3_endpoint is not None
+    buckets = Buckets.make(fl.s3_endpoint)
+    with hosts_on(fl, tmp_path) as hosts:
+        with_credentials(hosts, buckets, fl.s3_endpoint)
+        stale_host, fresh_host = hosts[2], hosts[0]
+        stale_host.cli("db", "upgrade")
+        apply(stale_host, diagnostic_workflow(
+            "F-STOP", {"action": "sleep", "parameters": {"seconds": 2, "output_bytes": 1000}}))
+        code = stale_host.submit("F-STOP", buckets.put("stop.bin", b"input"))
+        (stale, proc), = start_workers([stale_host], "--no-triggers").items()
+        wait_for(lambda: stale_host.job(code)["worker_id"] == stale
+                 and stale_host.job(code)["status"] == "processing", timeout=60,
+                 message="host 2 to run the job")
+        os.kill(proc.pid, signal.SIGSTOP)
+        (fresh, _), = start_workers([fresh_host], "--no-triggers").items()
+        wait_for(lambda: fresh_host.job(code)["status"] == "completed", timeout=120,
+                 interval=0.2, message="host 0 to complete the job")
+        finals = buckets.final_keys()
+        assert finals
+        os.kill(proc.pid, signal.SIGCONT)
+        wait_for(lambda: "job:lease_lost" in stale_host.worker_log(proc), timeout=120,
+                 interval=0.2, message="the stale worker to find its lease gone")
+        stale_host.stop(proc)  # once it has exited it can write nothing more
+        job = fresh_host.job(code)
+        assert job["worker_id"] == fresh
+        assert buckets.final_keys() == finals
+        stray = versions_not_by(buckets, job)
+        assert stray == 0
+        judge(buckets, job, tmp_path)
+        wait_for(lambda: buckets.staged_keys() == [], timeout=60, interval=0.2,
+                 message="the sweep of the stale attempt's staged objects")
+    figure(f"SIGSTOP past the lease, SIGCONT: {stray} objects written by the stale host at "
+           f"final keys ({len(finals)} final keys, the fresh host's)")
