@@ -367,6 +367,18 @@ def start_workers(hosts: list[Host], *args: str) -> dict[str, subprocess.Popen[s
     return procs
 
 
+def wait_listening(hosts: list[Host]) -> None:
+    """Until each host has a session whose last statement was a LISTEN (its worker's
+    listener is subscribed): only then can a NOTIFY alone wake it. Hosts are told apart
+    by their sessions' client addresses."""
+    def listening() -> bool:
+        rows = hosts[0].query("SELECT DISTINCT host(client_addr) AS addr FROM pg_stat_activity"
+                              " WHERE query ILIKE 'LISTEN %%'")
+        return {h.namespace.address for h in hosts} <= {r["addr"] for r in rows}
+
+    wait_for(listening, timeout=60, interval=0.1, message="every host's worker to LISTEN")
+
+
 def one_execution_completed(host: Host, code: str) -> list[dict[str, Any]]:
     """The job completed with exactly one completed execution of each step; the rows."""
     job = host.job(code)

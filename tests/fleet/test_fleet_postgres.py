@@ -29,6 +29,7 @@ from tests.fleet.harness import (
     hosts_on,
     one_execution_completed,
     start_workers,
+    wait_listening,
 )
 from tests.helpers import diagnostic_workflow, wait_for
 
@@ -67,6 +68,7 @@ def test_three_hosts_on_debian_postgresql_spread_and_rescue(
               diagnostic_workflow(
             "F-HOLD", {"action": "sleep", "parameters": {"seconds": 3}}))
         workers = start_workers(hosts, "--limits", "cpu=1", "--no-triggers")
+        wait_listening(hosts)  # polling is off: a worker not yet subscribed would sleep on
 
         # Six jobs in one statement from host 0; three single-slot hosts share them.
         sources = [first.input_file(f"s{i}.bin", bytes([i]) * 64) for i in range(6)]
