@@ -3,7 +3,7 @@ a bridge, and worker "hosts" that are network namespaces joined to that bridge b
 pairs. Each host runs `mediaq` commands and workers through `ip netns exec` with its own
 MEDIAQ_HOME and host id, reaching the servers only over the bridge, as separate machines
 reach a shared server. Everything is torn down by the context managers, also when a test
-fails (and namespaces left by a killed test run are swept at the next start)."""
+fails (and what a killed test run left is swept at the next start)."""
 
 from __future__ import annotations
 
@@ -53,17 +53,37 @@ def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
 
 
-def sweep_stale_namespaces() -> None:
-    """Delete the namespaces of fleet test runs whose process is gone (a killed pytest)."""
+def _dead(pid: str) -> bool:
+    return pid.isdigit() and not Path(f"/proc/{pid}").exists()
+
+
+def sweep_leftovers() -> None:
+    """Remove what fleet test runs whose process is gone (a killed pytest) left behind:
+    their namespaces (named after the pid), bridges (the pid in their alias) and
+    PostgreSQL servers (the pid in ``owner.pid`` beside the data folder)."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                             timeout=20).stdout
     for line in listed.splitlines():
         name = line.split()[0] if line.split() else ""
-        if not name.startswith(NETNS_PREFIX):
-            continue
-        pid = name.removeprefix(NETNS_PREFIX).split("-")[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if name.startswith(NETNS_PREFIX) and _dead(name.removeprefix(NETNS_PREFIX).split("-")[0]):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20)
+    links = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"],
+                           capture_output=True, text=True, timeout=20).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        alias = line.partition(" alias ")[2].split()
+        if (name.startswith("mqfb") and alias and alias[0].startswith(NETNS_PREFIX)
+                and _dead(alias[0].removeprefix(NETNS_PREFIX))):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=20)
+    for root in Path(tempfile.gettempdir()).glob("mediaq-fleet-pg-*"):
+        owner = root / "owner.pid"
+        if owner.exists() and _dead(owner.read_text().strip()):
+            pg_bin = debian_pg_bin()
+            if pg_bin is not None and (root / "pgdata" / "postmaster.pid").exists():
+                subprocess.run([str(pg_bin / "pg_ctl"), "-D", str(root / "pgdata"), "-m",
+                                "immediate", "stop"], capture_output=True, timeout=60,
+                               user="postgres", group="postgres", cwd=root)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- the bridge and the hosts' namespaces ----------------------------------------------------
@@ -90,6 +110,7 @@ def bridge() -> Iterator[Bridge]:
     br = Bridge(name=f"mqfb{tag}", subnet=subnet)
     ip("link", "add", br.name, "type", "bridge")
     try:
+        ip("link", "set", br.name, "alias", f"{NETNS_PREFIX}{os.getpid()}")
         ip("addr", "add", f"{br.address}/24", "dev", br.name)
         ip("link", "set", br.name, "up")
         yield br
@@ -218,6 +239,7 @@ def debian_postgres(address: str) -> Iterator[DebianPostgres]:
     assert pg_bin is not None
     root = Path(tempfile.mkdtemp(prefix="mediaq-fleet-pg-"))
     os.chmod(root, 0o755)
+    (root / "owner.pid").write_text(str(os.getpid()))
     server = DebianPostgres(root, address, pg_bin)
     try:
         server.init()
@@ -248,7 +270,7 @@ class Fleet:
 def fleet(hosts: int, s3: bool = False) -> Iterator[Fleet]:
     from tests.s3_server import moto_server
 
-    sweep_stale_namespaces()
+    sweep_leftovers()
     with ExitStack() as stack:
         br = stack.enter_context(bridge())
         namespaces = [stack.enter_context(netns(br, i)) for i in range(hosts)]
