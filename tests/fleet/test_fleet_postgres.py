@@ -33,7 +33,7 @@ from tests.fleet.harness import (
 )
 from tests.helpers import diagnostic_workflow, wait_for
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 
 def share(hosts: list[Host], folder: Path, **settings: str) -> None:
