@@ -11,9 +11,8 @@ from fastapi.responses import StreamingResponse
 
 from mediaq import db, operations
 from mediaq import hosts as host_switch
-from mediaq.web import gpus
+from mediaq.web import gpus, serialise
 from mediaq.web import live as live_events
-from mediaq.web import serialise
 from mediaq.web.api import signer
 from mediaq.web.auth import Principal, get_conn, require
 
