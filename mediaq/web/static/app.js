@@ -10,6 +10,8 @@ const FAST_MS = 1000, SLOW_MS = 5000, ANALYTICS_MS = 30000;
 // a view reloads when the live row changes, and at least this often (workers come and
 // go, ETAs move, without a job changing)
 const STALE_MS = 15000;
+// streaming, every change arrives as an event: the stale reload only refreshes ages/ETAs
+const STREAM_STALE_MS = 60000;
 const TOKEN_KEY = "mediaq.token";
 const ROLES = ["viewer", "submitter", "operator", "admin"];
 const state = {
@@ -296,7 +298,7 @@ async function tick(pushed) {
   if (!token()) return;
   const gen = ++state.gen;  // a newer tick (a filter change, an event) supersedes this one
   const streaming = !POLLING && state.streaming;
-  let delay = streaming ? STALE_MS : SLOW_MS;
+  let delay = streaming ? STREAM_STALE_MS : SLOW_MS;
   try {
     if (state.role === null) {
       const me = await api("/api/media/dashboard/me");
@@ -312,7 +314,8 @@ async function tick(pushed) {
     // fast only while something runs: a backlog nobody works on changes nothing
     const busy = live.processing > 0;
     const signature = JSON.stringify(live) + state.view;
-    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS : STALE_MS);
+    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS
+      : streaming ? STREAM_STALE_MS : STALE_MS);
     if (signature !== state.lastLive || stale || (!streaming && state.view === "jobs" && state.selected && busy)) {
       state.lastLive = signature;
       state.viewLoadedAt = Date.now();
