@@ -112,6 +112,9 @@ def test_hls_package_in_object_storage_plays(mq: MediaqEnv, tmp_path: Path) -> N
     bucket must for players that fetch segments with XHR."""
     with moto_server() as endpoint:
         store = store_for(mq, endpoint)
+        # With the tests' 3 s lease the worker's session has a 1.5 s idle-in-transaction
+        # limit, which ended it mid-job on this loaded machine (reported to the lead).
+        mq.env["MEDIAQ_LEASE_SECONDS"] = "30"
         mq.apply_workflow(HLS_WORKFLOW)
         code = mq.submit("WF-S3-HLS", make_source(mq.inputs / "clip.mp4"))
         mq.run_burst(timeout=300)
