@@ -30,6 +30,7 @@ from mediaq.storage.setup import Presign
 from mediaq.storage.uri import S3Uri, is_s3
 
 PREFIX = "/api/media/downloads"
+FOLDER = "folder:"  # what a folder link signs, before the job code (no path starts so)
 # Types Python's table lacks or gets wrong for media outputs.
 for _type, _ext in (("application/vnd.apple.mpegurl", ".m3u8"), ("application/dash+xml", ".mpd"),
                     ("video/mp2t", ".ts"), ("video/iso.segment", ".m4s"),
@@ -86,7 +87,7 @@ class Signer:
         output folder (moved to a library, say)."""
         if is_s3(str(path)):
             relative = self.remote_relative(str(path))
-            if relative is not None and is_hls_playlist(relative):
+            if relative is not None and is_manifest(relative):
                 return self.link(relative, now)  # served rewritten by the API
             return (self.presign(str(path), self.job_code, self.ttl_seconds)
                     if self.presign is not None else None)
@@ -119,6 +120,16 @@ class Signer:
         return (f"{self.base_url}{PREFIX}/{self.key_id}/{quote(relative)}"
                 f"?expires={expires}&sig={sig}")
 
+    def folder_link(self, folder: str, now: float | None = None) -> str:
+        """A base URL under which every file of the job's output folder opens (a DASH
+        MPD's BaseURL: its segment templates name files no single link can sign). The
+        signature, over the job's folder, sits in the path, so that a name resolved
+        against it keeps it."""
+        expires = int(now if now is not None else time.time()) + self.ttl_seconds
+        sig = _signature(self.secret, self.job_id, FOLDER + self.job_code, expires)
+        return (f"{self.base_url}{PREFIX}/{self.key_id}/{FOLDER.rstrip(':')}/{expires}/{sig}/"
+                f"{quote(folder.strip('/'))}/")
+
     def outputs(self, outputs: Any) -> list[dict[str, Any]]:
         """A job's ``output_metadata.outputs`` with ``url``, ``name`` and ``contentType``."""
         if not isinstance(outputs, list):
@@ -147,6 +158,25 @@ def relative_output(path: Path, output_root: Path, job_code: str) -> str | None:
 
 def is_hls_playlist(name: str) -> bool:
     return name.lower().endswith(".m3u8")
+
+
+def is_manifest(name: str) -> bool:
+    """An HLS playlist or a DASH MPD: served by the API, rewritten, from object storage."""
+    return name.lower().endswith((".m3u8", ".mpd"))
+
+
+_MPD_OPEN = re.compile(r"<MPD\b[^>]*>")
+
+
+def rewrite_mpd(text: str, base_url: str) -> str:
+    """A DASH MPD whose relative names (SegmentTemplate's initialization and media) resolve
+    against ``base_url`` (Signer.folder_link), inserted as the MPD's first BaseURL."""
+    opening = _MPD_OPEN.search(text)
+    if opening is None:
+        raise ValueError("not a DASH MPD: no <MPD> element")
+    escaped = base_url.replace("&", "&amp;").replace("<", "&lt;")
+    return (text[:opening.end()] + f"\n  <BaseURL>{escaped}</BaseURL>"
+            + text[opening.end():])
 
 
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]*)"')
@@ -216,6 +246,17 @@ def check(conn: db.Connection, key_id: int, relative: str, expires: int, sig: st
         raise LinkRefused(403, "this download link has expired")
     if not row["live"]:
         raise LinkRefused(403, "the token this link was made for was revoked")
+    return row
+
+
+def check_folder(conn: db.Connection, key_id: int, expires: int, sig: str,
+                 relative: str, now: float | None = None) -> db.Row:
+    """A folder link's key row when its signature (over the job's folder) holds and
+    ``relative`` lies in that job's folder; LinkRefused otherwise."""
+    job_code = relative.split("/", 1)[0]
+    row = check(conn, key_id, FOLDER + job_code, expires, sig, now)
+    if str(row["job_code"]) != job_code:  # pragma: no cover - the signature covers it
+        raise LinkRefused(404, f"{relative}: no such output")
     return row
 
 

@@ -40,6 +40,9 @@ HLS_WORKFLOW = {
     "workflow_type": "video", "retry_count": 0,
     "steps": [{"step_number": 1, "step_name": "HLS", "action": "package_hls",
                "parameters": {"renditions": [SMALL], "segment_seconds": 1,
+                              "preset": "ultrafast"}},
+              {"step_number": 2, "step_name": "DASH", "action": "package_dash",
+               "parameters": {"renditions": [SMALL], "segment_seconds": 1,
                               "preset": "ultrafast"}}],
 }
 
@@ -105,10 +108,11 @@ def test_dash_player_and_transcript(mq: MediaqEnv, tmp_path: Path) -> None:
 
 
 @requires_tool("chromium", "ffmpeg")
-def test_hls_package_in_object_storage_plays(mq: MediaqEnv, tmp_path: Path) -> None:
+def test_hls_and_dash_packages_in_object_storage_play(mq: MediaqEnv, tmp_path: Path) -> None:
     """Outputs under an s3:// output root: the master playlist's link is the API's, which
     serves the playlists rewritten (a presigned URL per segment, a signed API link per
-    variant playlist); the bucket allows the dashboard's origin by CORS, as a production
+    variant playlist); a DASH MPD gets a folder link as its BaseURL, which redirects each
+    segment to its presigned URL; the bucket allows the dashboard's origin by CORS, as a production
     bucket must for players that fetch segments with XHR."""
     with moto_server() as endpoint:
         store = store_for(mq, endpoint)
@@ -138,6 +142,16 @@ def test_hls_package_in_object_storage_plays(mq: MediaqEnv, tmp_path: Path) -> N
         segments = [line for line in variant.splitlines() if line and not line.startswith("#")]
         assert segments and all(s.startswith(endpoint + "/") and "Signature=" in s
                                 for s in segments), segments
+        mpd = next(o for o in shown["outputs"] if o["name"].endswith(".mpd"))
+        manifest = web.get(mpd["url"].removeprefix(web.base), role=None).text
+        base_url = manifest.split("<BaseURL>")[1].split("</BaseURL>")[0]
+        assert base_url.startswith(web.base + "/api/media/downloads/"), base_url
+        init = next(p for p in paths if p.endswith("_init.mp4"))
+        moved = web.get(base_url.removeprefix(web.base) + init.rsplit(f"/{code}/", 1)[1],
+                        role=None, allow_redirects=False)
+        assert moved.status_code == 307 and "Signature=" in moved.headers["location"]
+        outside = base_url.removeprefix(web.base).replace(f"/{code}/", "/JOB-OTHER/")
+        assert web.get(outside + "x.m4s", role=None).status_code == 403
         browser = Browser(tmp_path / "chromium")
         try:
             browser.send("Page.enable")
@@ -147,5 +161,6 @@ def test_hls_package_in_object_storage_plays(mq: MediaqEnv, tmp_path: Path) -> N
             show(browser, "jobs/" + code,
                  "!!document.querySelector('#detail-media video[data-kind=hls]')")
             plays_past(browser, "#detail-media video[data-kind=hls]", 1.6)
+            plays_past(browser, "#detail-media video[data-kind=dash]", 1.6)
         finally:
             browser.close()
