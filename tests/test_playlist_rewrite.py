@@ -1,9 +1,12 @@
-"""mediaq.download_links.rewrite_hls: every URI of an HLS playlist kept in object storage
-becomes a link of its own, and nothing outside the job's folder is ever named."""
+"""mediaq.download_links.rewrite_hls and rewrite_mpd: every URI of an HLS playlist kept in
+object storage becomes a link of its own, and nothing outside the job's folder is ever
+named; an MPD's names resolve against a folder link."""
 
 from __future__ import annotations
 
-from mediaq.download_links import rewrite_hls
+import pytest
+
+from mediaq.download_links import rewrite_hls, rewrite_mpd
 
 MASTER = """#EXTM3U
 #EXT-X-VERSION:7
@@ -47,3 +50,13 @@ def test_master_and_variant_uris_become_links() -> None:
 def test_a_refused_uri_becomes_unreachable() -> None:
     out = rewrite_hls(VARIANT, "JOB-1/small/index.m3u8", lambda relative: None)
     assert "seg_00000.m4s" not in out and 'URI="#"' in out
+
+
+def test_an_mpd_gets_the_folder_link_as_its_base_url() -> None:
+    mpd = ('<?xml version="1.0" encoding="utf-8"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011"'
+           ' type="static">\n  <Period id="0"/>\n</MPD>\n')
+    out = rewrite_mpd(mpd, "http://h/api/media/downloads/1/folder/9/s/JOB-1/?a=1&b=2")
+    assert ('type="static">\n  <BaseURL>http://h/api/media/downloads/1/folder/9/s/JOB-1/'
+            '?a=1&amp;b=2</BaseURL>\n  <Period') in out
+    with pytest.raises(ValueError, match="not a DASH MPD"):
+        rewrite_mpd("#EXTM3U\n", "http://h/")
