@@ -26,7 +26,9 @@ def web(env: Env, host: str | None, port: int | None) -> None:
     migrate.require_current_schema(env.url)
     click.echo(f"mediaq web on http://{host}:{port}/", err=True)
     uvicorn.run(create_app(env.settings, env.url), host=host, port=port, log_level="warning",
-                access_log=False, server_header=False)
+                access_log=False, server_header=False,
+                # open event streams never end on their own: stop waiting for them
+                timeout_graceful_shutdown=3)
 
 
 @click.group("tokens")

@@ -431,3 +431,8 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
        max(updated_at) AS changed_at
   FROM workflow_jobs;
+
+-- name: dash_listen
+-- The web process's one live session waits for the dashboard's wake-up (the trigger
+-- jobs_notify_dashboard sends it when a job's shown state changes).
+LISTEN mediaq_dashboard;

@@ -198,7 +198,9 @@ def signer(conn: db.Connection, job: db.Row, request: Request,
     base = settings.web.public_url or str(request.base_url)
     return download_links.Signer.for_job(conn, job, who.token_id, settings.storage.outputs,
                                          base, settings.web.link_ttl_seconds,
-                                         presigner(settings.storage))
+                                         presigner(settings.storage),
+                                         download_links.remote_root_of(
+                                             settings.storage.remote_output_root))
 
 
 @router.post("", status_code=201)

@@ -20,6 +20,7 @@ from mediaq.web import (
     catalog,
     downloads,
     errors,
+    live,
     maintenance,
     metrics,
     openapi_docs,
@@ -45,11 +46,14 @@ def create_app(settings: Settings, url: str, pool_size: int = 8) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = db.make_pool(url, pool_size, application="mediaq-web")
         app.state.admit_pool = db.make_pool(url, 4, application="mediaq-web-admit")
+        app.state.live = live.LiveHub(url)
+        app.state.live.start()
         chores = asyncio.create_task(maintenance.loop(app, MAINTENANCE_SECONDS))
         try:
             yield
         finally:
             chores.cancel()
+            app.state.live.stop()
             app.state.admit_pool.close()
             app.state.pool.close()
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 
 from mediaq import db, operations
 from mediaq import hosts as host_switch
-from mediaq.web import serialise
+from mediaq.web import gpus, serialise
+from mediaq.web import live as live_events
 from mediaq.web.api import signer
 from mediaq.web.auth import Principal, get_conn, require
 
@@ -58,16 +60,30 @@ def live(conn: Conn, _: Viewer) -> dict[str, Any]:
     return serialise.record({**row, "changedAt": row.get("changed_at")})
 
 
+@router.get("/dashboard/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+def events(request: Request, _: Viewer) -> StreamingResponse:
+    """Server-sent events: ``live`` (the ``/dashboard/live`` row and a ``seq`` that moves
+    on every change) at once and whenever a job's shown state changes, ``down`` while
+    the database is unreachable. Fed by one LISTEN session per web process; the stream
+    ends after five minutes and the page opens the next (its token checked again)."""
+    hub: live_events.LiveHub = request.app.state.live
+    return StreamingResponse(live_events.stream(hub), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
 @router.get("/hosts")
-def hosts(conn: Conn, _: Viewer) -> dict[str, Any]:
+def hosts(request: Request, conn: Conn, _: Viewer) -> dict[str, Any]:
     """Each host (VRAM budget and reservation, slots used per category, heartbeat age)
-    with its workers by id and the steps each runs now."""
+    with its workers by id and the steps each runs now; ``nvml``: this web server's own
+    machine (``host``) read live through NVML, or why that is not possible."""
     workers = serialise.rows(db.fetch_all(conn, "dash_workers"))
     out = []
     for host in serialise.rows(db.fetch_all(conn, "dash_hosts")):
         host["workers"] = [w for w in workers if w["host"] == host["host"]]
         out.append(host)
-    return {"data": out}
+    nvml = {"host": request.app.state.settings.worker.host_id, **gpus.read_nvml()}
+    return {"data": out, "nvml": nvml}
 
 
 @router.post("/hosts/{host}/pause")

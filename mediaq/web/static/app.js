@@ -10,11 +10,14 @@ const FAST_MS = 1000, SLOW_MS = 5000, ANALYTICS_MS = 30000;
 // a view reloads when the live row changes, and at least this often (workers come and
 // go, ETAs move, without a job changing)
 const STALE_MS = 15000;
+// streaming, every change arrives as an event: the stale reload only refreshes ages/ETAs
+const STREAM_STALE_MS = 60000;
 const TOKEN_KEY = "mediaq.token";
 const ROLES = ["viewer", "submitter", "operator", "admin"];
 const state = {
   selected: null, timer: null, analyticsAt: 0, workflowsLoaded: false, gen: 0,
   view: "jobs", lastLive: "", viewLoadedAt: 0, role: null, workflows: [], connected: true,
+  stream: null, streaming: false, live: null, retryMs: 1000,
 };
 const VIEWS = {};  // name -> async loader (set by each script)
 
@@ -71,11 +74,11 @@ async function api(path, options = {}) {
 }
 
 // A visible state when the server goes away: the badge turns red until a call succeeds.
-function connection(up) {
+function connection(up, text) {
   state.connected = up;
   const live = $("#live");
   live.classList.toggle("down", !up);
-  if (!up) live.textContent = "disconnected · retrying";
+  if (!up) live.textContent = text || "disconnected · retrying";
 }
 
 function can(role) { return state.role !== null && ROLES.indexOf(state.role) >= ROLES.indexOf(role); }
@@ -90,6 +93,7 @@ function showLogin(message) {
 function logout(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   clearTimeout(state.timer);
+  hangUp();
   state.gen++; state.selected = null; state.workflowsLoaded = false; state.role = null;
   state.lastLive = "";
   $("#detail").hidden = true;
@@ -102,6 +106,7 @@ async function start() {
   $("#nav").hidden = false;
   state.analyticsAt = 0; state.lastLive = "";
   route();
+  listen();
 }
 
 // Views: #/jobs (the landing page), #/jobs/JOB-CODE, #/analytics, #/hosts, ...
@@ -281,14 +286,19 @@ VIEWS.workflows = async () => {
   $("#wf-list").replaceChildren(table(state.workflows));
 };
 
-// The live loop: one cheap row (GET /api/media/dashboard/live) every 1 s while work is
-// under way, 5 s otherwise; the current view reloads only when that row changed (or the
-// open job is running), so an idle dashboard costs one small statement per tick.
-async function tick() {
+// Live updates: the page holds one server-sent event stream (GET
+// /api/media/dashboard/events, fed by the server's one LISTEN session) and reloads its
+// view when an event says something changed, and at least every STALE_MS (ETAs move,
+// workers come and go). With ?poll in the address (a proxy that buffers streams) it
+// polls one cheap row instead: every 1 s while work is under way, 5 s otherwise.
+const POLLING = new URLSearchParams(location.search).has("poll");
+
+async function tick(pushed) {
   clearTimeout(state.timer);
   if (!token()) return;
-  const gen = ++state.gen;  // a newer tick (a filter change) supersedes this one
-  let delay = SLOW_MS;
+  const gen = ++state.gen;  // a newer tick (a filter change, an event) supersedes this one
+  const streaming = !POLLING && state.streaming;
+  let delay = streaming ? STREAM_STALE_MS : SLOW_MS;
   try {
     if (state.role === null) {
       const me = await api("/api/media/dashboard/me");
@@ -297,25 +307,27 @@ async function tick() {
       document.body.dataset.role = me.role;
     }
     if (!state.workflowsLoaded) await loadWorkflows();
-    const live = await api("/api/media/dashboard/live");
+    const live = pushed || (streaming && state.live) || await api("/api/media/dashboard/live");
     if (gen !== state.gen) return;
+    state.live = live;
     renderCounters(live);
     // fast only while something runs: a backlog nobody works on changes nothing
     const busy = live.processing > 0;
     const signature = JSON.stringify(live) + state.view;
-    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS : STALE_MS);
-    if (signature !== state.lastLive || stale || (state.view === "jobs" && state.selected && busy)) {
+    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS
+      : streaming ? STREAM_STALE_MS : STALE_MS);
+    if (signature !== state.lastLive || stale || (!streaming && state.view === "jobs" && state.selected && busy)) {
       state.lastLive = signature;
       state.viewLoadedAt = Date.now();
       const viewBusy = await VIEWS[state.view]();
-      if (viewBusy) delay = FAST_MS;
+      if (viewBusy && !streaming) delay = FAST_MS;
     }
-    if (busy) delay = FAST_MS;
+    if (busy && !streaming) delay = FAST_MS;
     document.body.dataset.loaded = "1";
     if (gen !== state.gen) return;
     const badge = $("#live");
-    badge.textContent = delay === FAST_MS ? "live · 1 s" : "idle · 5 s";
-    badge.classList.toggle("fast", delay === FAST_MS);
+    badge.textContent = streaming ? "live · streaming" : delay === FAST_MS ? "live · 1 s" : "idle · 5 s";
+    badge.classList.toggle("fast", streaming || delay === FAST_MS);
   } catch (e) {
     if (!token()) return;
     report(e);
@@ -323,6 +335,61 @@ async function tick() {
   }
   if (gen !== state.gen) return;
   state.timer = setTimeout(tick, delay);
+}
+
+// The event stream, read with fetch (EventSource cannot send the Authorization header,
+// and the token never goes in a URL or a cookie). A dropped stream shows
+// "disconnected · reconnecting" and is reopened after 1, 2, 4 ... 10 s; the page polls
+// meanwhile so it stays as fresh as a polling page. A hidden tab closes its stream.
+async function listen() {
+  if (POLLING || state.stream || !token() || document.visibilityState === "hidden") return;
+  const abort = new AbortController();
+  state.stream = abort;
+  let opened = false, clean = false;
+  try {
+    const response = await fetch("/api/media/dashboard/events", {
+      headers: { Authorization: "Bearer " + token(), Accept: "text/event-stream" },
+      credentials: "omit", cache: "no-store", signal: abort.signal,
+    });
+    if (response.status === 401) { logout("token refused"); return; }
+    if (!response.ok || !response.body) throw new Error("events: " + response.status);
+    opened = true;
+    state.retryMs = 1000;
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) { clean = true; break; }
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const kind = (block.match(/^event: (.*)$/m) || [])[1];
+        const data = (block.match(/^data: (.*)$/m) || [])[1];
+        if (kind === "live" && data) {
+          state.streaming = true; connection(true); tick(JSON.parse(data));
+        } else if (kind === "down") {
+          connection(false, "database unavailable · waiting");
+        }
+      }
+    }
+  } catch (e) { /* dropped: reconnect below */ }
+  if (state.stream !== abort) return;  // closed on purpose (hidden tab, sign-out)
+  state.stream = null;
+  state.streaming = false;
+  if (!token()) return;
+  if (opened && clean) { listen(); return; }  // the server ended it (STREAM_S): reopen now
+  connection(false, "disconnected · reconnecting");
+  state.retryMs = opened ? 1000 : Math.min(10000, state.retryMs * 2);
+  tick();  // poll while the stream is down
+  setTimeout(listen, state.retryMs);
+}
+
+function hangUp() {
+  const abort = state.stream;
+  state.stream = null; state.streaming = false;
+  if (abort) abort.abort();
 }
 
 async function loadSource() {
@@ -361,5 +428,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#wf-select").addEventListener("change", loadSource);
   $("#wf-apply").addEventListener("click", applySource);
   window.addEventListener("hashchange", () => { if (token()) route(); });
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden") hangUp();
+    else if (token()) { refresh(); listen(); }
+  });
   if (token()) start(); else showLogin("");
 });

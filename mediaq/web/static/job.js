@@ -145,10 +145,12 @@ async function renderMedia(job, outputs) {
     firstVideo = firstVideo || video;
     parts.push(section("Rendition " + o.name + (o.height ? ` (${o.width}×${o.height})` : ""), video));
   }
+  let firstStream = null;
   for (const o of packages) {
     const video = el("video", { controls: true, preload: "metadata", class: "player",
       "aria-label": "stream " + o.name, dataset: { kind: /mpd$/i.test(o.name) ? "dash" : "hls" } });
     parts.push(section((/mpd$/i.test(o.name) ? "DASH" : "HLS") + " package " + o.name, video));
+    firstStream = firstStream || video;
     attachStream(job, o, video).catch((e) => video.after(el("p", { class: "error" }, e.message)));
   }
   if (audios.length || peaks) {
@@ -162,7 +164,8 @@ async function renderMedia(job, outputs) {
   }
   const scenes = job.steps.map((s) => s.outputData && s.outputData.scenes).find(Array.isArray);
   if (scenes) parts.push(section("Scenes", sceneList(scenes, firstVideo)));
-  if (vtt) parts.push(section("Transcript", await transcript(vtt.url, firstVideo)));
+  // the transcript's cue times seek the first rendition, else the first package's player
+  if (vtt) parts.push(section("Transcript", await transcript(vtt.url, firstVideo || firstStream)));
   const quality = job.steps.filter((s) => s.outputData && s.outputData.quality);
   if (quality.length) {
     parts.push(section("Quality", table(quality.map((s) => ({ step: s.stepName,

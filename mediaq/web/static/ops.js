@@ -39,11 +39,23 @@ async function renderBreakers() {
     problems.length ? el("ul", {}, ...problems) : el("p", { class: "muted" }, "every live worker claims"));
 }
 
+// Live GPU figures of the web server's own machine (NVML), or plainly why there are none.
+function renderNvml(nvml) {
+  const box = $("#nvml");
+  if (!nvml) { box.replaceChildren(); return; }
+  box.classList.toggle("muted", !nvml.available);
+  box.dataset.available = nvml.available ? "1" : "0";
+  box.replaceChildren(nvml.available
+    ? "Live NVML on " + nvml.host + ": " + (nvml.gpus.length ? nvml.gpus.map((g) => g.text).join("; ") : "no GPU")
+    : "No live GPU figures on " + nvml.host + " (" + nvml.reason + "); VRAM below is the budget and what jobs reserved.");
+}
+
 VIEWS.hosts = async () => {
   renderBreakers();
   const data = await api("/api/media/hosts");
   $("#hosts-note").textContent = data.data.length + " hosts · a paused host's workers claim " +
     "nothing new (within 10 s); running jobs finish";
+  renderNvml(data.nvml);
   if (!data.data.length) { $("#hosts").replaceChildren(el("p", { class: "muted" }, "no worker has started yet")); return; }
   $("#hosts").replaceChildren(...data.data.map((h) => el("article", { class: "host", dataset: { host: h.host } },
     el("h3", {}, h.host, " ", el("span", { class: "muted" }, h.live_workers + (h.live_workers === 1 ? " live worker" : " live workers") + " · heartbeat " + age(h.heartbeat_age_s) + " ago"),
@@ -54,6 +66,9 @@ VIEWS.hosts = async () => {
       } }, h.paused_by ? "Resume claims" : "Pause claims") : ""),
     el("div", { class: "host-facts" },
       el("span", {}, "VRAM (MB) ", meter(h.vram_reserved_mb, h.vram_budget_mb, "VRAM of " + h.host)),
+      ...(data.nvml && data.nvml.available && data.nvml.host === h.host ? data.nvml.gpus.map((g) =>
+        el("span", { class: "gpu-live" }, "GPU " + g.index + " live (MB) ", meter(g.used_mb, g.total_mb, "live memory of GPU " + g.index + " on " + h.host),
+          g.utilisation_percent === null ? "" : " " + g.utilisation_percent + " % busy")) : []),
       ...Object.entries(h.slots).map(([cat, s]) => el("span", {}, cat + " slots ", meter(s.used, s.total, cat + " slots of " + h.host)))),
     h.workers.length ? el("div", { class: "scroll", tabindex: "0" }, el("table", { class: "workers" },
       el("thead", {}, el("tr", {}, ...["Worker", "Status", "PID", "Categories (limit)", "VRAM budget (MB)",
