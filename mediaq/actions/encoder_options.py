@@ -57,6 +57,16 @@ _LEVEL = r"^[1-6](\.[0-3])?$"
 # (measured); on a host with many cores, frame threads would be faster, but a worker
 # there runs several jobs at once. Every x264 encode (files, ladders, chunks) uses it.
 X264_THREADING = ["sliced-threads=1"]
+# Sources up to this many pixels (1080p) are decoded on one thread when transcoding:
+# decoding them is a small part of libx264's work, and each decoder frame thread keeps
+# frames of its own (~17 MB more at 1080p with FFmpeg's automatic count, measured).
+# Larger sources (4K HEVC decodes at tens of frames a second a core) keep the count.
+SINGLE_THREAD_DECODE_PIXELS = 1920 * 1088
+
+
+def decoder_threads(width: int, height: int) -> int:
+    """Decoder threads for a transcode's source: 1, or 0 (FFmpeg chooses) above 1080p."""
+    return 1 if width * height <= SINGLE_THREAD_DECODE_PIXELS else 0
 
 ENCODING_PROPERTIES: dict[str, Any] = {
     "speed": {"enum": SPEEDS, "default": "veryfast"},

@@ -41,6 +41,24 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
+    # Formats Pillow reads that the actions do not admit: named, so the refusal says
+    # "ICO images are not allowed here" rather than "format not recognised" (issue 22's
+    # corpus: Pillow's own test images). Only unambiguous magic numbers.
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"BLP1", "BLP"),
+    (b"BLP2", "BLP"),
+    (b"%!PS-Adobe", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"8BPS", "PSD"),
+    (b"qoif", "QOI"),
+    (b"\x01\xda", "SGI"),
+    (b"gimp xcf", "XCF"),
 )
 # ISO-BMFF brands (bytes 8-12 after "ftyp") of the HEIF family.
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})

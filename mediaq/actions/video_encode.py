@@ -24,6 +24,7 @@ from mediaq.actions.avio import (
 )
 from mediaq.actions.base import ActionContext
 from mediaq.actions.color import ToneMapper, tag_stream, tone_mapper_for
+from mediaq.actions.encoder_options import decoder_threads
 from mediaq.actions.frames import Scaler, Upright, decode_tolerantly
 from mediaq.actions.media_output import MediaOutput, media_outputs
 from mediaq.actions.video_rendition import Rendition
@@ -100,6 +101,8 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
     with open_media(source) as container, reading(source), media_outputs() as outputs:
         vstream: Any = container.streams.video[0]
         vstream.codec_context.thread_type = "AUTO"
+        vstream.codec_context.thread_count = decoder_threads(  # memory (issue 22)
+            vstream.codec_context.width, vstream.codec_context.height)
         astream = container.streams.audio[0] if container.streams.audio else None
         audio_rate = astream.codec_context.sample_rate if astream else 48_000
         audio_channels = astream.codec_context.channels if astream else 2
