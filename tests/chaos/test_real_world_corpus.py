@@ -30,7 +30,6 @@ import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -162,7 +161,7 @@ def output_problem(path: Path) -> str | None:
                 return "ffmpeg cannot decode it"
         elif suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # noqa: BLE001 - any failure to read it is the finding
+    except Exception as exc:  # any failure to read it is the finding
         return f"unreadable ({type(exc).__name__}: {exc})"
     return None
 
