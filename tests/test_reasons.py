@@ -107,7 +107,8 @@ def test_a_matroska_file_with_mangled_data_is_not_a_valid_mkv(
 
 @requires_tool("convert")
 @pytest.mark.parametrize(("suffix", "named"), [("ico", "ICO"), ("psd", "PSD"),
-                                               ("jp2", "JPEG 2000")])
+                                               ("jp2", "JPEG 2000"), ("ppm", "Netpbm"),
+                                               ("xpm", "XPM")])
 def test_an_image_format_not_admitted_is_named(tmp_path: Path, suffix: str,
                                                named: str) -> None:
     # Pillow's own test images (issue 22's corpus): formats Pillow reads but the actions

@@ -59,7 +59,10 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"qoif", "QOI"),
     (b"\x01\xda", "SGI"),
     (b"gimp xcf", "XCF"),
+    (b"/* XPM */", "XPM"),
 )
+# Netpbm (PBM, PGM, PPM, PAM, PFM): "P1".."P7", "PF" or "Pf", then whitespace.
+_NETPBM = re.compile(rb"P[1-7Ff]\s")
 # ISO-BMFF brands (bytes 8-12 after "ftyp") of the HEIF family.
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
@@ -172,6 +175,8 @@ def claimed_format(head: bytes) -> str | None:
             return "AVIF"
         if brand in _HEIF_BRANDS:
             return "HEIF"
+    if _NETPBM.match(head):
+        return "Netpbm"
     return next((fmt for magic, fmt in _SIGNATURES if head.startswith(magic)), None)
 
 

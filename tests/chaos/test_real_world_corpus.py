@@ -7,7 +7,8 @@ FLIC animations) and pypdf (PDFs from many producers, encrypted ones, broken one
 are fetched from the package registry with pip at test time and cached
 (``MEDIAQ_CORPUS_CACHE``, default ``~/.cache/mediaq/test-corpus``; about 53 MB, the
 first fetch takes a minute or two). A sample of them (all of them under
-``make chaos``) is submitted to WF-IMAGE-PROCESS, WF-AUDIO-TRANSCODE,
+``make chaos``; ``MEDIAQ_CORPUS_SAMPLE_SCALE=4`` for four times the sample) is
+submitted to WF-IMAGE-PROCESS, WF-AUDIO-TRANSCODE,
 WF-VIDEO-TRANSCODE and WF-DOC-PROCESS and run by ``mediaq worker --burst``.
 
 What must hold, file by file: the worker does not crash and logs no traceback; no job
@@ -43,6 +44,8 @@ pytestmark = [pytest.mark.chaos, needs_ffmpeg]
 CACHE = Path(os.environ.get("MEDIAQ_CORPUS_CACHE")
              or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
              / "mediaq" / "test-corpus")
+# Files per package in the reduced run, times this (a larger look without make chaos).
+SAMPLE_SCALE = float(os.environ.get("MEDIAQ_CORPUS_SAMPLE_SCALE", "1"))
 MAX_FILE_BYTES = 4 << 20  # keeps the run short; the large files add nothing new
 BANNED = ("Traceback", "Error(", "<class")
 IMAGE_OUTPUTS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".avif"}
@@ -79,7 +82,7 @@ SOURCES = (
 )
 # Files that must be in the reduced sample: the kinds of failure issue 22 found.
 ALWAYS = re.compile(r"(?i)(\.wma|\.oggtheora|\.ac3|\.eac3|\.tak|\.tta|\.dsf|crazyones|"
-                    r"truncated|webp\.tif|text_chunk)")
+                    r"truncated|webp\.tif|text_chunk|nero-chapters|sugarshack)")
 
 
 def fetch(source: Source) -> Path:
@@ -115,13 +118,14 @@ def pick(source: Source, found: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
     a fixed pseudo-random order (the same sample every run)."""
     if FULL:
         return found
+    wanted = round(source.sample * SAMPLE_SCALE)
     by_suffix: dict[str, list[tarfile.TarInfo]] = defaultdict(list)
     for member in sorted(found, key=lambda m: hashlib.sha1(m.name.encode()).hexdigest()):
         by_suffix[Path(member.name).suffix.lower()].append(member)
-    chosen = [m for m in found if ALWAYS.search(m.name)][: source.sample // 2]
-    while len(chosen) < source.sample and any(by_suffix.values()):
+    chosen = [m for m in found if ALWAYS.search(m.name)][: wanted // 2]
+    while len(chosen) < wanted and any(by_suffix.values()):
         for suffix in sorted(by_suffix):
-            if by_suffix[suffix] and len(chosen) < source.sample:
+            if by_suffix[suffix] and len(chosen) < wanted:
                 member = by_suffix[suffix].pop(0)
                 if member not in chosen:
                     chosen.append(member)
