@@ -75,7 +75,7 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except av.error.FileNotFoundError:
         raise InputRefused(f"{name}: input file {path} does not exist") from None
-    except av.error.PermissionError as exc:
+    except av.error.PermissionError:
         if os.access(path, os.R_OK):  # a decoder's EPERM on damaged data, not the file's mode
             raise PermanentError(f"{name}: corrupt or unsupported media (FFmpeg refused "
                                  "to read or decode its data)") from None
