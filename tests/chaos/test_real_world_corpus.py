@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tarfile
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, str]]:
     """(file, workflow) pairs extracted from the pinned sdists."""
     root = tmp_path_factory.mktemp("corpus")
     files: list[tuple[Path, str]] = []
-    for source in SOURCES:
-        archive = fetch(source)
+    # Fetched side by side: most of a first fetch is pip preparing each sdist's metadata.
+    with ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
+        archives = list(pool.map(fetch, SOURCES))
+    for source, archive in zip(SOURCES, archives, strict=True):
         with tarfile.open(archive) as tar:
             for member in pick(source, members(source, archive)):
                 inner = member.name.split("/", 1)[-1][len(source.folder):]
