@@ -46,11 +46,12 @@ test-deps: ## Install the Debian packages the tests use (ffmpeg, chromium, Image
 test-fast: $(STAMP) ## The suite without the slow multi-process acceptance tests
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
-bench: $(STAMP) ## Ratios from one run: queue, graphs, scale, media vs the ffmpeg CLI, images, upload memory, library, chunked vs one pass (BENCH_QUICK=1: shorter)
+bench: $(STAMP) ## Ratios from one run: queue, graphs, scale, media vs the ffmpeg CLI, transcode memory vs the CLI, images, upload memory, library, chunked vs one pass (BENCH_QUICK=1: shorter)
 	$(BIN)/python -m benchmarks.core
 	$(BIN)/python -m benchmarks.graph
 	$(BIN)/python -m benchmarks.scale
 	$(BIN)/python -m benchmarks.media
+	$(BIN)/python -m benchmarks.transcode_memory
 	$(BIN)/python -m benchmarks.images
 	$(BIN)/python -m benchmarks.uploads
 	$(BIN)/python -m benchmarks.library

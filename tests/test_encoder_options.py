@@ -177,3 +177,17 @@ def test_packaging_takes_the_encoder_options(clip: Path, tmp_path: Path) -> None
     assert result.data["hardware_decision"]["encoder"] == "libx264"
     with pytest.raises(InvalidParameters, match="profile"):
         get_action("package_dash").validate({"profile": "main10"})
+
+
+def test_libx264_encodes_on_sliced_threads_and_1080p_decodes_on_one(clip: Path,
+                                                                     tmp_path: Path) -> None:
+    # The memory choices of issue 22 (benchmarks/transcode_memory.py): x264 writes the
+    # options it ran with into the stream, so the output itself says so.
+    from mediaq.actions.encoder_options import decoder_threads
+
+    _, out = transcode(clip, tmp_path, hardware="never")
+    data = out.read_bytes()
+    settings = data[data.index(b"x264 - core"):][:2000]
+    assert b"sliced_threads=1" in settings
+    assert decoder_threads(1920, 1080) == 1
+    assert decoder_threads(3840, 2160) == 0  # FFmpeg's own count above 1080p

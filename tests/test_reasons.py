@@ -103,3 +103,18 @@ def test_a_matroska_file_with_mangled_data_is_not_a_valid_mkv(
     source = tmp_path / "clip.mkv"
     source.write_bytes(bytes(data))
     assert fails_with(action, source, tmp_path) == "clip.mkv: not a valid MKV file"
+
+
+@requires_tool("convert")
+@pytest.mark.parametrize(("suffix", "named"), [("ico", "ICO"), ("psd", "PSD"),
+                                               ("jp2", "JPEG 2000"), ("ppm", "Netpbm"),
+                                               ("xpm", "XPM")])
+def test_an_image_format_not_admitted_is_named(tmp_path: Path, suffix: str,
+                                               named: str) -> None:
+    # Pillow's own test images (issue 22's corpus): formats Pillow reads but the actions
+    # do not admit said "format not recognised".
+    source = tmp_path / f"icon.{suffix}"
+    subprocess.run([shutil.which("convert-im6.q16") or "convert", "-size", "32x32",
+                    "xc:red", str(source)], check=True, capture_output=True)
+    message = fails_with("validate_image", source, tmp_path)
+    assert f"{named} images are not allowed here" in message

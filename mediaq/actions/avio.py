@@ -8,6 +8,7 @@ Whatever FFmpeg raises is turned into a one-line PermanentError by :func:`readin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -74,10 +75,10 @@ def reading(path: Path) -> Iterator[None]:
         yield
     except av.error.FileNotFoundError:
         raise InputRefused(f"{name}: input file {path} does not exist") from None
-    except av.error.PermissionError as exc:
+    except av.error.PermissionError:
         if os.access(path, os.R_OK):  # a decoder's EPERM on damaged data, not the file's mode
-            raise PermanentError(f"{name}: corrupt or unsupported media ({one_line(exc)})"
-                                 ) from None
+            raise PermanentError(f"{name}: corrupt or unsupported media (FFmpeg refused "
+                                 "to read or decode its data)") from None
         raise InputRefused(f"{name}: cannot be read (permission denied)") from None
     except av.error.MemoryError:
         raise TransientError(f"{name}: out of memory while decoding") from None
@@ -252,7 +253,10 @@ def _video_info(container: InputContainer) -> VideoInfo:
 def _first_frame_facts(container: InputContainer, stream: av.VideoStream) -> tuple[int, bool]:
     """Rotation and interlacing are only known from a decoded frame."""
     for frame in container.decode(stream):
-        container.seek(0)
+        # Nothing is read after this, so a rewind that fails (the partial index of
+        # mutagen's nero-chapters.m4b: EPERM) is no reason to refuse the file (issue 22).
+        with contextlib.suppress(av.error.FFmpegError):
+            container.seek(0)
         # PyAV reports the counter-clockwise angle of the display matrix.
         return (-int(frame.rotation)) % 360, bool(frame.interlaced_frame)
     raise PermanentError(f"{Path(container.name).name}: the video stream has no decodable frame")

@@ -48,6 +48,25 @@ TWO_PASS_CODECS = ("h264", "hevc")
 _SVT_SPEED = dict(zip(SPEEDS, ["12", "11", "10", "9", "8", "7", "6", "5", "4"], strict=True))
 _SVT_TUNE = {"vq": "0", "psnr": "1", "ssim": "2"}
 _LEVEL = r"^[1-6](\.[0-3])?$"
+# libx264 threads on slices of one frame rather than on several frames at once (issue 22).
+# Frame threads (x264's default: 1.5 per core, each with its frames, their half-pel
+# planes and a deeper lookahead queue) held ~75 MB more at 1080p than sliced threads on
+# 2 cores, and grow with the core count; in a worker that also holds Python (~100 MB),
+# they put a 1080p transcode above the ffmpeg CLI's peak memory for the same encode
+# (benchmarks/transcode_memory.py). Slices cost ~0.2 % of size at the same CRF
+# (measured); on a host with many cores, frame threads would be faster, but a worker
+# there runs several jobs at once. Every x264 encode (files, ladders, chunks) uses it.
+X264_THREADING = ["sliced-threads=1"]
+# Sources up to this many pixels (1080p) are decoded on one thread when transcoding:
+# decoding them is a small part of libx264's work, and each decoder frame thread keeps
+# frames of its own (~17 MB more at 1080p with FFmpeg's automatic count, measured).
+# Larger sources (4K HEVC decodes at tens of frames a second a core) keep the count.
+SINGLE_THREAD_DECODE_PIXELS = 1920 * 1088
+
+
+def decoder_threads(width: int, height: int) -> int:
+    """Decoder threads for a transcode's source: 1, or 0 (FFmpeg chooses) above 1080p."""
+    return 1 if width * height <= SINGLE_THREAD_DECODE_PIXELS else 0
 
 ENCODING_PROPERTIES: dict[str, Any] = {
     "speed": {"enum": SPEEDS, "default": "veryfast"},
@@ -182,7 +201,7 @@ def _fixed_gop(options: dict[str, str], gop: int | None) -> None:
 def _x264(encoding: Encoding, gop: int | None, pass_number: int,
           stats: Path | None) -> VideoSettings:
     options = {"preset": encoding.speed}
-    params: list[str] = []
+    params: list[str] = list(X264_THREADING)
     mode = encoding.rate_control
     if mode in ("crf", "capped_crf"):
         options["crf"] = str(encoding.crf)
@@ -202,8 +221,7 @@ def _x264(encoding: Encoding, gop: int | None, pass_number: int,
         assert stats is not None
         options["stats"] = str(stats)
         params.append(f"pass={pass_number}")
-    if params:
-        options["x264-params"] = ":".join(params)
+    options["x264-params"] = ":".join(params)
     bit_rate = encoding.bitrate if mode in ("cbr", "two_pass") else encoding.maxrate
     return VideoSettings(options, bit_rate, gop)
 

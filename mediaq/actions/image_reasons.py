@@ -41,7 +41,28 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
+    # Formats Pillow reads that the actions do not admit: named, so the refusal says
+    # "ICO images are not allowed here" rather than "format not recognised" (issue 22's
+    # corpus: Pillow's own test images). Only unambiguous magic numbers.
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"DDS ", "DDS"),
+    (b"icns", "ICNS"),
+    (b"BLP1", "BLP"),
+    (b"BLP2", "BLP"),
+    (b"%!PS-Adobe", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"8BPS", "PSD"),
+    (b"qoif", "QOI"),
+    (b"\x01\xda", "SGI"),
+    (b"gimp xcf", "XCF"),
+    (b"/* XPM */", "XPM"),
 )
+# Netpbm (PBM, PGM, PPM, PAM, PFM): "P1".."P7", "PF" or "Pf", then whitespace.
+_NETPBM = re.compile(rb"P[1-7Ff]\s")
 # ISO-BMFF brands (bytes 8-12 after "ftyp") of the HEIF family.
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
@@ -154,6 +175,8 @@ def claimed_format(head: bytes) -> str | None:
             return "AVIF"
         if brand in _HEIF_BRANDS:
             return "HEIF"
+    if _NETPBM.match(head):
+        return "Netpbm"
     return next((fmt for magic, fmt in _SIGNATURES if head.startswith(magic)), None)
 
 

@@ -25,6 +25,7 @@ from mediaq.actions.avio import (
 )
 from mediaq.actions.base import ActionContext
 from mediaq.actions.color import ToneMapper, tag_stream, tone_mapper_for
+from mediaq.actions.encoder_options import decoder_threads
 from mediaq.actions.frames import Scaler, Upright, decode_by_stream
 from mediaq.actions.media_output import MediaOutput, media_outputs
 from mediaq.actions.tracks.burn import Burner
@@ -131,6 +132,8 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
     with open_media(source) as container, reading(source), media_outputs() as outputs:
         vstream: Any = container.streams.video[0]
         vstream.codec_context.thread_type = "AUTO"
+        vstream.codec_context.thread_count = decoder_threads(  # memory (issue 22)
+            vstream.codec_context.width, vstream.codec_context.height)
         wanted = {t.index for rendition, _ in targets if rendition.audio_codec
                   for t in rendition.audio_tracks}
         astreams = [s for s in container.streams.audio if s.index in wanted]
