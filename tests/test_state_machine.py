@@ -284,8 +284,7 @@ class JobLifecycle(RuleBasedStateMachine):
         expected.attempt = claimed.attempt
         expected.status = "processing"
         expected.worker = worker
-        held = Held(JobHandle(self.pool, worker, claimed.id, claimed.job_code, claimed.attempt,
-                              "cpu"))
+        held = Held(claimed.handle(self.pool, worker))
         self.held.append(held)
         return held
 
@@ -602,7 +601,7 @@ def test_job_lifecycle_state_machine(rig: Rig, monkeypatch: pytest.MonkeyPatch) 
 def _claim(rig: Rig, worker: str = WORKERS[0]) -> JobHandle:
     claimed = rig.claimers[worker].claim("cpu")
     assert claimed is not None
-    return JobHandle(rig.pool, worker, claimed.id, claimed.job_code, claimed.attempt, "cpu")
+    return claimed.handle(rig.pool, worker)
 
 
 def _end_attempt(rig: Rig, handle: JobHandle, how: str) -> None:

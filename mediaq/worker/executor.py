@@ -1,11 +1,13 @@
-"""Run one claimed job: its workflow's steps in graph order, resuming after finished ones.
+"""Run one claimed task of a job: a step, one item of a fanned-out step, or a one-pass
+group of sibling steps' tasks.
 
-Reads as a pipeline: load the job → resolve its graph → check the input → for each
-unfinished step (``step_plan``: skipped, one task, its items, or a one-pass group):
-start (fenced) → run the action (no transaction open) → decide the step's outcome →
-have the completer write it → end the attempt with the job's outcome. Every decision is
-a value from ``mediaq.worker.outcomes`` (the rules there are pure functions); which
-statement records it is ``mediaq.worker.completer``'s business.
+Reads as a pipeline: load the job → resolve its graph → check the input → recall what
+the finished tasks gave (``task_plan``) → the task's step (``step_plan``: skipped, its
+items made, run, or run in one pass with its ready siblings): start (fenced) → run the
+action (no transaction open) → decide the step's outcome → have the completer write it,
+settling the task (and, for the job's last task, completing the job) in the same commit.
+Every decision is a value from ``mediaq.worker.outcomes`` (the rules there are pure
+functions); which statement records it is ``mediaq.worker.completer``'s business.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import TypeVar
 import psycopg
 import structlog
 
-from mediaq import catalog
+from mediaq import catalog, db
 from mediaq.actions import ActionResult, get_action
 from mediaq.config import Settings
 from mediaq.errors import (
@@ -40,7 +42,7 @@ from mediaq.outputs import (
     staging_dir,
 )
 from mediaq.storage.setup import object_storage
-from mediaq.worker import completer, storage_health
+from mediaq.worker import completer, storage_health, task_plan
 from mediaq.worker.breakers import Breakers
 from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
@@ -59,6 +61,7 @@ from mediaq.worker.outcomes import (
     StepCompleted,
     StepGaveUp,
     StepInterrupted,
+    TaskDone,
     after_failure,
     cannot_store,
     classify,
@@ -88,6 +91,7 @@ class Executor:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.lease_seconds = settings.worker.lease_seconds
         # Operations that survive a bad day (issue 25): breakers on actions, and a hard
         # deadline and stall detector over every step, kept by a thread of their own.
         self.breakers = Breakers(settings)
@@ -122,7 +126,7 @@ class Executor:
             case JobFailed(message=message):
                 bound.info("job:failed", error=message)
             case AttemptLost():
-                bound.warning("job:lease_lost")
+                bound.warning("job:lease_lost", tasks=handle.task_ids)
             case Abandoned(error=error):
                 bound.warning("job:abandoned", error=error)
             case _:  # a retry, a cancel or a hand-back: the job's log says so
@@ -173,22 +177,34 @@ class Executor:
             return self._input_unavailable(handle, run, exc)
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
-        for group in fused_groups(run):
-            if len(group) > 1:
-                fused = self._run_fused(handle, run, group)
-                if fused is None:
-                    continue  # every step of the group is committed
-                if not isinstance(fused, FusedPassFailed):
-                    return fused  # the attempt ended
-            for step in group:
-                ended = self._run_or_skip(handle, run, step)
-                if ended is not None:
-                    return ended
-        if run.completed is not None:
-            return run.completed
-        completion = run.completion()
-        completer.finish(handle, completion)
-        return completion
+        with handle.pool.connection() as conn:
+            tasks = db.fetch_all(conn, "job_tasks_of", {"job_id": handle.job_id})
+        task_plan.recall(self.objects, run, task_plan.item_counts(tasks))
+        mine = next(t for t in tasks if t["id"] == handle.task_ids[0])
+        step = next(s for s in run.steps if s.id == mine["step_id"])
+        if mine["item_index"] is None:
+            ended = self._run_or_skip(handle, run, step)
+        else:
+            count = task_plan.item_counts(tasks).get(step.id, 1)
+            ended = self._run_item(handle, run, step, Item(
+                mine["item_index"], dict(mine["item_params"] or {}), count))
+        if ended is not None:
+            return ended
+        return handle.ended_job if handle.ended_job is not None else TaskDone()
+
+    def _run_item(self, handle: JobHandle, run: JobRun, step: Step,
+                  item: Item) -> JobOutcome | None:
+        """One item of a fanned-out step (its task made by the step's own task)."""
+        done = run.history.get((step.id, item.index))
+        if done is not None and done["completed"]:  # an earlier attempt committed it
+            handle.settle_alone(task_plan.settle(handle, run, step, item, "completed"),
+                                f"Step {step.number} '{step.name}'{item.label} was done")
+            return None
+        stop = self._stop_asked(handle) or self.breakers.admit(handle, step.action)
+        if stop is not None:
+            return stop
+        return self._run_step(handle, run, step, item,
+                              retry_attempt=int(done["executions"]) if done else 0)
 
     def _input_unavailable(self, handle: JobHandle, run: JobRun,
                            exc: TransientError) -> JobOutcome:
@@ -214,16 +230,19 @@ class Executor:
     # -- steps -------------------------------------------------------------------------
 
     def _run_or_skip(self, handle: JobHandle, run: JobRun, step: Step) -> JobOutcome | None:
-        """Run ``step`` (each of its items) unless an earlier attempt finished it or its
-        condition is false; the job's outcome if the attempt ends here, else None."""
+        """Run the task of ``step`` unless an earlier attempt finished it or its condition
+        is false; a fanned-out step's task makes its items' tasks instead. The job's
+        outcome if the attempt ends here, else None (the task is settled)."""
         past = run.history.get((step.id, None))
-        if past is not None and past["skipped"]:
-            return None
-        if step.for_each is None and past is not None and past["completed"]:
-            remember_outputs(self.objects, run, step, SINGLE, past["output_data"] or {})
+        if past is not None and (past["skipped"] or (step.for_each is None
+                                                     and past["completed"])):
+            state = "skipped" if past["skipped"] else "completed"
+            handle.settle_alone(task_plan.settle(handle, run, step, SINGLE, state),
+                                f"Step {step.number} '{step.name}' was {state} already")
             return None
         if past is not None and past["given_up"] and step.on_failure == "continue":
-            run.failed_steps.append({"step": step.number, "name": step.name})
+            handle.settle_alone(task_plan.settle(handle, run, step, SINGLE, "failed"),
+                                f"Step {step.number} '{step.name}' failed already")
             return None
         stop = self._stop_asked(handle)
         if stop is not None:
@@ -233,6 +252,8 @@ class Executor:
             handle.skip_step(step_id=step.id, step_number=step.number, step_name=step.name,
                              reason=planned.reason, progress_percent=run.percent(step, done=True),
                              input_data={"action": step.action, "when": step.when})
+            handle.settle_alone(task_plan.settle(handle, run, step, SINGLE, "skipped"),
+                                f"Step {step.number} '{step.name}' counts as done")
             return None
         waiting = self.breakers.admit(handle, step.action)  # an open breaker: wait, unharmed
         if waiting is not None:
@@ -244,21 +265,46 @@ class Executor:
                 input_data={"action": step.action, "when": step.when,
                             "for_each": step.for_each})
             return self._failed(handle, run, step, execution_id, planned)
-        for item in planned:
-            done = run.history.get((step.id, item.index))
-            if done is not None and done["completed"]:
-                remember_outputs(self.objects, run, step, item, done["output_data"] or {})
-                continue
-            if done is not None and done["given_up"] and step.on_failure == "continue":
-                continue
-            stop = self._stop_asked(handle)
-            if stop is not None:
-                return stop
-            ended = self._run_step(handle, run, step, item,
-                                   retry_attempt=int(done["executions"]) if done else 0)
-            if ended is not None:
-                return ended
-        return None
+        if step.for_each is not None:
+            # The items are tasks of their own, for any worker to claim (this one first).
+            handle.expand(handle.tasks[(step.id, None)], [dict(i.params) for i in planned],
+                          f"Step {step.number} '{step.name}': {len(planned)} item(s)")
+            return None
+        group = self._fuse_with_siblings(handle, run, step)
+        if len(group) > 1:
+            fused = self._run_fused(handle, run, group)
+            if fused is None:
+                return None  # every step of the group is committed
+            if not isinstance(fused, FusedPassFailed):
+                return fused  # the attempt ended
+            for member in group:  # one by one, each with its own retry and failure rules
+                ended = self._run_step(handle, run, member, SINGLE, retry_attempt=1)
+                if ended is not None:
+                    return ended
+            return None
+        return self._run_step(handle, run, step, SINGLE,
+                              retry_attempt=int(past["executions"]) if past else 0)
+
+    def _fuse_with_siblings(self, handle: JobHandle, run: JobRun, step: Step) -> list[Step]:
+        """``step`` and the sibling steps whose ready tasks this worker claims to run with
+        it in one decode-once pass (``fuse: auto``: only while no other worker of the
+        category is idle; otherwise they are left for others to claim: spread)."""
+        group = next((g for g in fused_groups(run) if step in g), [step])
+        siblings = [s for s in group if s is not step]
+        if not siblings:
+            return [step]
+        claimed = handle.claim_siblings([s.number for s in siblings], self.lease_seconds)
+        by_number = {s.number: s for s in siblings}
+        for row in claimed:
+            sibling = by_number[row["step_number"]]
+            handle.add_task(row["task_id"], row["task_attempt"], sibling.id, None)
+        chosen = [s for s in group if s is step or s.number in
+                  {int(r["step_number"]) for r in claimed}]
+        handle.log(f"Step {step.number} '{step.name}': "
+                   + (f"fused with step(s) {', '.join(str(s.number) for s in chosen[1:])}"
+                      " (one decode-once pass)" if len(chosen) > 1
+                      else "siblings left to other workers (spread)"))
+        return chosen
 
     @staticmethod
     def _stop_asked(handle: JobHandle) -> JobOutcome | None:
@@ -386,7 +432,7 @@ class Executor:
             return self._interrupted(handle, run, [(step, execution_id)], signal)
         except StepFailed as failure:
             discard(stage_dir)
-            return self._failed(handle, run, step, execution_id, failure)
+            return self._failed(handle, run, step, execution_id, failure, item=item)
         refused = self._commit_result(handle, run, step, item, execution_id, stage_dir,
                                       result, time.monotonic() - started)
         return None if refused is None else self._failed(handle, run, step, execution_id,
@@ -416,20 +462,16 @@ class Executor:
                                else ErrorClass.PERMANENT)
                 return StepFailed(error_class, exc.message)
             handle.finalize_remote = functools.partial(self.objects.finalize, uploaded)
-        # The workflow's last step completes the job in the same transaction: one commit
-        # (one WAL flush, one wake-up of the triggers) less per job, same end state as
-        # completing it after the loop. Its outputs join the job's before the completion
-        # is built.
-        last = run.is_last(step, item)
+        # The job's last task completes the job in the same transaction (one commit, one
+        # WAL flush less per job): the commit settles the task under the job's lock and
+        # builds the completion when no other task is left (task_plan.completion_builder).
         known = len(run.outputs)
-        if last:
-            remember_outputs(self.objects, run, step, item, output_data, fresh=True)
         outcome = StepCompleted(output_data=output_data, staged_files=staged,
-                                output_dir=output_dir,
-                                completes=run.completion() if last else None)
+                                output_dir=output_dir, completes=None)
         try:
             completer.close_step(handle, execution_id, step, outcome,
-                                 run.percent(step, done=outcome.advances, item=item))
+                                 run.percent(step, done=outcome.advances, item=item),
+                                 settle=task_plan.settle(handle, run, step, item, "completed"))
         except (PermanentError, TransientError) as exc:  # a final copy failed: rolled back
             handle.finalize_remote = None
             discard(stage_dir)
@@ -453,14 +495,12 @@ class Executor:
             forget_outputs(run, step, item)
             assert run.input_path is not None
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
-        run.completed = outcome.completes
         discard(stage_dir)
         self.breakers.succeeded(handle, step.action)
         if self.objects.output_root is not None:
             handle.finalize_remote = None
             self.objects.discard(stage_dir)
-        if not last:
-            remember_outputs(self.objects, run, step, item, output_data, fresh=True)
+        remember_outputs(self.objects, run, step, item, output_data, fresh=True)
         return None
 
     def _classified(self, step: Step, run: JobRun, call: Callable[[], T]) -> T:
@@ -500,7 +540,9 @@ class Executor:
                                      FusedPassFailed(f"step {step.number}: {failure.message}"),
                                      run.percent(later, done=False))
         completer.close_step(handle, execution_id, step, outcome,
-                             run.percent(step, done=outcome.advances, item=item))
+                             run.percent(step, done=outcome.advances, item=item),
+                             settle=(task_plan.settle(handle, run, step, item, "failed")
+                                     if isinstance(outcome, ContinueAfterFailure) else None))
         match outcome:
             case ContinueAfterFailure():
                 run.failed_steps.append({"step": step.number, "name": step.name,
