@@ -155,6 +155,10 @@ class Rig:
                 conn.execute("UPDATE workflow_jobs"
                              "   SET lease_expires_at = now() - interval '1 second'"
                              " WHERE id = ANY(%s)", (job_ids,))
+                # Leases are the tasks' (issue 18): a running task's lease runs out.
+                conn.execute("UPDATE job_tasks"
+                             "   SET lease_expires_at = now() - interval '1 second'"
+                             " WHERE job_id = ANY(%s) AND state = 'running'", (job_ids,))
         return rescue_once(self.pool, "rescuer", max_rescues=max_rescues, lease_seconds=3)
 
 

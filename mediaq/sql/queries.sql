@@ -149,7 +149,7 @@ WITH slot AS (
        AND EXISTS (SELECT 1 FROM workflow_jobs j
                     WHERE j.id = t.job_id AND j.status IN ('pending', 'queued', 'processing')
                       AND NOT j.cancel_requested AND NOT j.pause_requested)
-     ORDER BY t.id
+     ORDER BY t.step_number, t.item_index NULLS FIRST, t.id
      LIMIT 1
        FOR UPDATE SKIP LOCKED
 ), general AS (
@@ -525,6 +525,7 @@ WITH parent AS (
     SELECT p.job_id, p.step_id, p.step_number, i.ordinality - 1, i.params, 'ready',
            p.resource_category, p.vram_required, p.priority, p.queue_name
       FROM parent p, jsonb_array_elements(%(items)s::jsonb) WITH ORDINALITY AS i (params, ordinality)
+     ORDER BY i.ordinality
     RETURNING id
 ), dependents AS (
     UPDATE job_tasks d
@@ -625,8 +626,10 @@ RETURNING id;
 -- (no other task of the job is unfinished: task_remaining, under the job's lock).
 WITH mine AS (
     UPDATE job_tasks t
-       SET state = %(task_state)s, completed_at = now(), lease_expires_at = NULL
-     WHERE t.id = %(task_id)s AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       SET state = CASE WHEN t.id = %(task_id)s::bigint THEN coalesce(%(task_state)s, 'completed')
+                        ELSE 'completed' END,
+           completed_at = now(), lease_expires_at = NULL
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
        AND t.state = 'running'
        AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 )

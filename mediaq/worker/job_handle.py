@@ -80,7 +80,10 @@ class JobHandle:
     @property
     def fence(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "worker_id": self.worker_id, "attempt": self.attempt,
-                "task_ids": self.task_ids, "task_attempts": self.task_attempts}
+                "task_ids": self.task_ids, "task_attempts": self.task_attempts,
+                # job_complete settles one task as told (task_id, task_state), the
+                # others it still runs as completed
+                "task_id": None, "task_state": None}
 
     def continue_with(self, task_id: int, attempt: int, step_id: int,
                       item_index: int | None, job_attempt: int) -> None:
