@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from mediaq.states import TaskState
-from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.helpers import MediaqEnv, diagnostic_workflow, requires_tool, wait_for
+from tests.media_judge import ffmpeg
 
 ITEM_SECONDS = 4  # long enough for three idle workers to pick up the three items
 
@@ -174,3 +175,42 @@ def test_the_task_state_machine_is_the_databases(mq: MediaqEnv) -> None:
                                              match="illegal task state transition"):
         conn.execute("UPDATE job_tasks SET state = 'running' WHERE job_id ="
                      " (SELECT id FROM workflow_jobs WHERE job_code = %s)", (code,))
+
+
+@requires_tool("espeak-ng", "ffmpeg")
+def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_steps(
+        mq: MediaqEnv) -> None:
+    """WF-VIDEO-ANALYZE on two hosts: one serving only `cpu`, one only `gpu_ai` with a
+    VRAM budget. Transcription runs on the second while scenes and thumbnails run on the
+    first, at the same time."""
+    mq.seed()
+    speech = mq.root / "speech.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us+f2", "-s", "140", "-w", str(speech),
+                    "please call me tomorrow morning at nine o'clock"], check=True)
+    source = mq.inputs / "talk.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=320x240:rate=25:d=2",
+           "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:d=3", "-i", speech,
+           "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-map", "2:a",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
+           source)
+    # The GPU host first: a CPU-only fleet would send transcription to its fallback.
+    mq.start_worker("--id", "gpu", "--categories", "gpu_ai", "--vram-mb", "8000",
+                    host_id="host-gpu")
+    wait_for(lambda: mq.query("SELECT 1 FROM workers WHERE worker_id = 'gpu'"
+                              " AND status = 'running'"), timeout=60)
+    mq.start_worker("--id", "cpu", "--categories", "cpu", "--limits", "cpu=2",
+                    host_id="host-cpu")
+    code = mq.submit("WF-VIDEO-ANALYZE", source)
+    wait_for(lambda: mq.job(code)["status"] in ("completed", "failed"), timeout=300)
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    rows = {r["step_name"]: r for r in executions(mq, code) if r["status"] == "completed"}
+    transcribe = rows["Transcribe Audio"]
+    cpu_side = [rows["Detect Scenes"], rows["Generate Thumbnails"]]
+    assert transcribe["worker_id"] == "gpu"
+    assert {r["worker_id"] for r in cpu_side} == {"cpu"}
+    assert rows["Finalize Output"]["worker_id"] == "cpu"
+    # Side by side: transcription started before the CPU steps ended, and they started
+    # before it ended.
+    assert transcribe["started_at"] < max(r["completed_at"] for r in cpu_side)
+    assert min(r["started_at"] for r in cpu_side) < transcribe["completed_at"]

@@ -417,8 +417,13 @@ WITH owners AS MATERIALIZED (
            error_message = 'worker lost during the step',
            duration_seconds = extract(epoch FROM now() - se.started_at)::integer
       FROM tasks tk
-     WHERE se.job_id = tk.job_id AND se.step_id = tk.step_id
-       AND se.item_index IS NOT DISTINCT FROM tk.item_index AND se.status = 'running'
+     WHERE se.job_id = tk.job_id AND se.worker_id = tk.worker_id AND se.status = 'running'
+       -- not an execution of another task that worker still runs in the job
+       AND NOT EXISTS (SELECT 1 FROM job_tasks o
+                        WHERE o.job_id = se.job_id AND o.worker_id = se.worker_id
+                          AND o.state = 'running' AND o.id NOT IN (SELECT id FROM tasks)
+                          AND o.step_id = se.step_id
+                          AND o.item_index IS NOT DISTINCT FROM se.item_index)
     RETURNING se.id
 )
 SELECT r.id, r.job_code, r.status FROM rescued r;
