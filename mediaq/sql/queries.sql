@@ -1529,7 +1529,8 @@ SELECT action, nullif(host, '') AS host, state, failures, failing_hosts, last_er
 -- stops their step; the job is not claimed again before %(until)s, and says why.
 WITH mine AS (
     UPDATE job_tasks t
-       SET state = 'ready', lease_expires_at = NULL, retry_after = %(until)s
+       -- held by the job's retry_after (which closing the breaker clears)
+       SET state = 'ready', lease_expires_at = NULL
      WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
        AND t.state = 'running'
        AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
