@@ -129,7 +129,7 @@ UPDATE worker_slots s
 -- The CTEs are optimisation fences: the planner cannot lock or update more rows than
 -- the LIMITs, and SKIP LOCKED lets concurrent claimers pass each other. The general
 -- candidate walks job_tasks_ready (category, priority DESC, id): never the jobs table.
--- Lock order: slot, task, job (a job row is only waited for, never held, here).
+-- Lock order: slot, task, job (a locked job row is skipped, never waited for).
 WITH slot AS (
     SELECT host, category, slot
       FROM worker_slots
@@ -172,6 +172,15 @@ WITH slot AS (
        FOR UPDATE SKIP LOCKED
 ), candidate AS (
     SELECT id FROM preferred UNION ALL SELECT id FROM general
+), job_locked AS (
+    -- SKIP LOCKED: a job row is locked by a sibling task's commit, which may wait for
+    -- this machine's host row (a GPU slot's VRAM given back) that a GPU claim holds;
+    -- this claim then takes nothing, and the commit's wake-up brings it back.
+    SELECT j.id FROM workflow_jobs j, job_tasks t, candidate
+     WHERE t.id = candidate.id AND j.id = t.job_id
+       AND j.status IN ('pending', 'queued', 'processing')
+       AND NOT j.cancel_requested AND NOT j.pause_requested
+       FOR UPDATE OF j SKIP LOCKED
 ), job AS (
     UPDATE workflow_jobs j
        SET status = 'processing',
@@ -185,10 +194,8 @@ WITH slot AS (
            updated_at = now(),
            log = CASE WHEN j.status = 'processing' THEN j.log
                       ELSE job_log_append(j.log, %(log_line)s) END
-      FROM job_tasks t, candidate
-     WHERE t.id = candidate.id AND j.id = t.job_id
-       AND j.status IN ('pending', 'queued', 'processing')
-       AND NOT j.cancel_requested AND NOT j.pause_requested
+      FROM job_locked
+     WHERE j.id = job_locked.id
     RETURNING j.id, j.job_code, j.attempt, j.workflow_id
 ), claimed AS (
     UPDATE job_tasks t
@@ -292,21 +299,22 @@ SELECT EXISTS (
 -- ===========================================================================
 
 -- name: leases_renew
--- Extend the leases of the tasks this worker still owns (and their jobs'); returns the
--- tasks it still owns.
-WITH renewed AS (
-    UPDATE job_tasks t
-       SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-      FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
-     WHERE t.id = mine.id AND t.attempt = mine.attempt
-       AND t.worker_id = %(worker_id)s AND t.state = 'running'
-    RETURNING t.id, t.job_id
-), jobs AS (
-    UPDATE workflow_jobs j
-       SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-     WHERE j.id IN (SELECT job_id FROM renewed) AND j.status = 'processing'
-)
-SELECT id FROM renewed;
+-- Extend the leases of the tasks this worker still owns; returns the tasks it still owns
+-- and their jobs. Task rows only: committers lock a job, then its tasks, so a statement
+-- that held a task while waiting for its job could deadlock with them.
+UPDATE job_tasks t
+   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
+ WHERE t.id = mine.id AND t.attempt = mine.attempt
+   AND t.worker_id = %(worker_id)s AND t.state = 'running'
+RETURNING t.id, t.job_id;
+
+-- name: job_leases_renew
+-- The jobs' leases follow their running tasks' (shown to operators), in a transaction
+-- of its own after leases_renew (job rows only).
+UPDATE workflow_jobs
+   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+ WHERE id = ANY (%(job_ids)s::bigint[]) AND status = 'processing';
 
 -- name: jobs_control_flags
 -- Cancel and pause requests for the tasks this worker runs (polled every second).
@@ -351,7 +359,6 @@ WITH owners AS MATERIALIZED (
     -- at the same moment): the stop ends them.
     SELECT j.id FROM workflow_jobs j
      WHERE j.status = 'processing' AND (j.cancel_requested OR j.pause_requested)
-       AND coalesce(j.lease_expires_at, '-infinity') < now()
        AND NOT EXISTS (SELECT 1 FROM job_tasks t WHERE t.job_id = j.id AND t.state = 'running')
      LIMIT 100
 ), locked AS MATERIALIZED (
@@ -465,7 +472,7 @@ SELECT step_id, item_index,
 
 -- name: task_claim_siblings
 -- Claim, with a task this worker runs, the ready tasks of the same job's sibling steps
--- %(step_numbers)s for one decode-once pass: with fuse auto only when no other live
+-- %(step_numbers)s (of the pass %(group_numbers)s) for one decode-once pass: with fuse auto only when no other live
 -- worker serving the category is idle (else they are left to spread). Records the choice.
 WITH idle_elsewhere AS (
     SELECT EXISTS (
@@ -477,9 +484,17 @@ WITH idle_elsewhere AS (
                             WHERE r.worker_id = w.worker_id AND r.state = 'running')
     ) AS spread
 ), mine AS (
+    -- ready, or waiting only for steps of the pass itself (a chain of renditions)
     SELECT t.id FROM job_tasks t, idle_elsewhere
      WHERE t.job_id = %(job_id)s AND t.step_number = ANY (%(step_numbers)s::integer[])
-       AND t.item_index IS NULL AND t.state = 'ready'
+       AND t.item_index IS NULL
+       AND (t.state = 'ready'
+            OR (t.state = 'waiting'
+                AND NOT EXISTS (SELECT 1 FROM job_tasks n
+                                 WHERE n.job_id = t.job_id
+                                   AND n.step_number = ANY (t.need_steps)
+                                   AND n.state IN ('waiting', 'ready', 'running')
+                                   AND n.step_number <> ALL (%(group_numbers)s::integer[]))))
        AND (t.retry_after IS NULL OR t.retry_after <= now())
        AND NOT idle_elsewhere.spread
        AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)

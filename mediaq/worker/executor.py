@@ -251,7 +251,8 @@ class Executor(StepRunner):
         siblings = [s for s in group if s is not step]
         if not siblings:
             return [step]
-        claimed = handle.claim_siblings([s.number for s in siblings], self.lease_seconds)
+        claimed = handle.claim_siblings([s.number for s in siblings],
+                                        [s.number for s in group], self.lease_seconds)
         by_number = {s.number: s for s in siblings}
         for row in claimed:
             sibling = by_number[row["step_number"]]

@@ -121,10 +121,16 @@ class Heartbeat(threading.Thread):
             if not handles:
                 return
             asked = {id(h): list(h.task_ids) for h in handles}
-            kept = {r["id"] for r in db.fetch_all(conn, "leases_renew", {
+            rows = db.fetch_all(conn, "leases_renew", {
                 "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
                 **self._ids(handles),
-            })}
+            })
+            kept = {r["id"] for r in rows}
+        if rows:
+            with db.transaction(self.pool) as conn:
+                db.execute(conn, "job_leases_renew", {
+                    "lease_seconds": self.lease_seconds,
+                    "job_ids": sorted({r["job_id"] for r in rows})})
         for handle in handles:
             if not kept.intersection(asked[id(handle)]) and handle.task_ids == asked[id(handle)]:
                 handle.stop_signal.stop(LeaseLost(f"lease of {handle.job_code} was lost"))

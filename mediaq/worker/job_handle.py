@@ -245,13 +245,15 @@ class JobHandle:
                     "items": Jsonb(items)})) is None:
                 raise self._lost()
 
-    def claim_siblings(self, step_numbers: list[int], lease_seconds: int) -> list[db.Row]:
-        """Claim the job's ready tasks of these sibling steps for one fused pass (none
-        when another worker of the category is idle: they are left to spread)."""
+    def claim_siblings(self, step_numbers: list[int], group_numbers: list[int],
+                       lease_seconds: int) -> list[db.Row]:
+        """Claim the job's tasks of these sibling steps of a pass (``group_numbers``) for
+        one fused pass: ready ones, and waiting ones that wait only for the pass's own
+        steps (a chain); none when another worker of the category is idle (spread)."""
         with db.transaction(self.pool) as conn:
             return db.fetch_all(conn, "task_claim_siblings", {
-                **self.fence, "step_numbers": step_numbers, "category": self.category,
-                "lease_seconds": lease_seconds})
+                **self.fence, "step_numbers": step_numbers, "group_numbers": group_numbers,
+                "category": self.category, "lease_seconds": lease_seconds})
 
     def finish(self, name: str, **params: Any) -> db.Row:
         """A job-level transition outside a step (complete, fail, hand back…); which

@@ -37,6 +37,7 @@ INSERT INTO task_state_transitions (from_state, to_state, description) VALUES
     ('waiting', 'ready', 'task_done: the last unfinished step it needs finished; task_expand: a fan-out it needs made no items'),
     ('waiting', 'cancelled', 'job_fail, job_cancelled, jobs_rescue_expired, job_cancel: the job ended first'),
     ('ready', 'running', 'task_claim_next, task_claim_siblings: a worker claims it (attempt + 1, a new lease)'),
+    ('waiting', 'running', 'task_claim_siblings: claimed with the steps it waits for, for one decode-once pass (a chain of renditions)'),
     ('ready', 'cancelled', 'job_fail, job_cancelled, jobs_rescue_expired, job_cancel: the job ended first'),
     ('running', 'completed', 'task_done: its step (item) committed; task_expand: its items were made'),
     ('running', 'skipped', 'task_done: its condition was false'),
