@@ -30,6 +30,7 @@ from mediaq.errors import (
 from mediaq.outputs import (
     discard_earlier_attempts,
 )
+from mediaq.storage.uri import is_s3
 from mediaq.worker import storage_health, task_plan
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.job_input import first_unfinished, local_input
@@ -96,10 +97,20 @@ class Executor(StepRunner):
         return outcome
 
     def _attempt(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
-        run = load_run(handle, workflow_id)
+        # Run-ahead: the job's next task on the same worker reuses what the last one
+        # loaded and checked (the job, its graph, its local input); only what the job's
+        # tasks committed meanwhile, here or elsewhere, is read again.
+        cached = handle.run_cache if isinstance(handle.run_cache, JobRun) else None
+        run = task_plan.refreshed(handle, cached) if cached is not None \
+            else load_run(handle, workflow_id)
+        handle.run_cache = None
         self._held[handle.job_id] = []
         try:
-            return self._run_steps(handle, run)
+            outcome = self._run_steps(handle, run, fresh=cached is None)
+            if isinstance(outcome, TaskDone) and run.input_path is not None \
+                    and not is_s3(str(run.context["input_file_path"])):
+                handle.run_cache = run
+            return outcome
         except (psycopg.Error, UnicodeEncodeError) as exc:
             # The database refused a write for its data (a step's own result is handled
             # where it is committed, see _commit_result): that is for good, so the job
@@ -113,7 +124,32 @@ class Executor(StepRunner):
         finally:
             self.objects.cache.release(self._held.pop(handle.job_id, []))
 
-    def _run_steps(self, handle: JobHandle, run: JobRun) -> JobOutcome:
+    def _run_steps(self, handle: JobHandle, run: JobRun, *, fresh: bool = True) -> JobOutcome:
+        if fresh:
+            prepared = self._prepare(handle, run)
+            if prepared is not None:
+                return prepared
+        (step_id, item_index) = next(iter(handle.tasks))
+        step = next(s for s in run.steps if s.id == step_id)
+        tasks: list[db.Row] = []
+        if item_index is not None or any(index is not None for _, index in run.history):
+            with handle.pool.connection() as conn:  # item parameters and counts
+                tasks = db.fetch_all(conn, "job_tasks_of", {"job_id": handle.job_id})
+        counts = task_plan.item_counts(tasks)
+        task_plan.recall(self.objects, run, counts)
+        if item_index is None:
+            ended = self._run_or_skip(handle, run, step)
+        else:
+            mine = next(t for t in tasks if t["id"] == handle.task_ids[0])
+            ended = self._run_item(handle, run, step, Item(
+                item_index, dict(mine["item_params"] or {}), counts.get(step.id, 1)))
+        if ended is not None:
+            return ended
+        return handle.ended_job if handle.ended_job is not None else TaskDone()
+
+    def _prepare(self, handle: JobHandle, run: JobRun) -> JobOutcome | None:
+        """The job's first task on this worker: its graph, this host's storage and the
+        job's input checked; the job's outcome when it cannot go on, else None."""
         discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
         if not run.steps:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, "the workflow has no steps"))
@@ -139,20 +175,7 @@ class Executor(StepRunner):
             return self._input_unavailable(handle, run, exc)
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
-        with handle.pool.connection() as conn:
-            tasks = db.fetch_all(conn, "job_tasks_of", {"job_id": handle.job_id})
-        task_plan.recall(self.objects, run, task_plan.item_counts(tasks))
-        mine = next(t for t in tasks if t["id"] == handle.task_ids[0])
-        step = next(s for s in run.steps if s.id == mine["step_id"])
-        if mine["item_index"] is None:
-            ended = self._run_or_skip(handle, run, step)
-        else:
-            count = task_plan.item_counts(tasks).get(step.id, 1)
-            ended = self._run_item(handle, run, step, Item(
-                mine["item_index"], dict(mine["item_params"] or {}), count))
-        if ended is not None:
-            return ended
-        return handle.ended_job if handle.ended_job is not None else TaskDone()
+        return None
 
     def _run_item(self, handle: JobHandle, run: JobRun, step: Step,
                   item: Item) -> JobOutcome | None:

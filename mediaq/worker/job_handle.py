@@ -68,6 +68,8 @@ class JobHandle:
     tasks: dict[tuple[int, int | None], int] = field(default_factory=dict)
     # Set by the commit that ended the job (the last task's): its completion.
     ended_job: Any = None
+    # What the executor loaded for the job (a JobRun), kept for run-ahead.
+    run_cache: Any = None
     stop_signal: StopSignal = field(default_factory=StopSignal)
     # Set by the executor before a step's commit when its outputs go to object storage:
     # copies the attempt's uploaded objects to their final keys (mediaq.storage.remote),

@@ -21,6 +21,20 @@ from mediaq.worker.outcomes import JobCompleted
 from mediaq.worker.run_outputs import remember_outputs
 
 
+def refreshed(handle: JobHandle, run: JobRun) -> JobRun:
+    """A run kept from the job's last task on this worker, with what the job's tasks
+    have committed since (``step_history_of_job``) and nothing recalled yet."""
+    with handle.pool.connection() as conn:
+        history = db.fetch_all(conn, "step_history_of_job", {"job_id": handle.job_id})
+    run.history = {(h["step_id"], h["item_index"]): h for h in history}
+    run.outputs.clear()
+    run.failed_steps.clear()
+    run.results.clear()
+    run.primaries.clear()
+    run.completed = None
+    return run
+
+
 def item_counts(pool_rows: list[db.Row]) -> dict[int, int]:
     """Each fanned-out step's item count, by step id (from its expanded task)."""
     return {int(r["step_id"]): int(r["item_count"]) for r in pool_rows
