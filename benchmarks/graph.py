@@ -6,6 +6,14 @@ between two steps), run by one worker process. Figures: jobs per second, and the
 job spends outside its actions per step execution (claim, graph walk, condition and
 item planning, bookkeeping), p50 and p90, from the database's own timestamps.
 
+Then a ladder (three transcode_video rungs of one 720p source, after a probe): fused on
+one worker (one decode-once pass) against spread over three workers on three hosts
+(each rung a task of its own, claimed by an idle worker): the CPU time of the rungs
+(their executions' busy seconds, summed: on two shared cores, three parallel
+encoders each take longer) and the job's wall time, as ratios. On a 2-core
+machine three encoders share two cores, so wall time says little; the CPU time says
+what spreading costs, and the critical path (the slowest rung) what it could win.
+
 Run: make bench (BENCH_QUICK=1 for a shorter run).
 """
 
@@ -23,7 +31,8 @@ from benchmarks.common import (
     table,
     write_results,
 )
-from tests.helpers import MediaqEnv, diagnostic_workflow
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.media_judge import ffmpeg
 
 JOBS = scaled(600, 150)
 
@@ -67,6 +76,57 @@ def run_shape(env: MediaqEnv, workflow: str) -> dict[str, Any]:
     return {"jobs_per_s": JOBS / seconds, **per_task_outside(env, workflow)}
 
 
+LADDER = diagnostic_workflow(
+    "B-LADDER", {"action": "noop", "step_name": "probe"},
+    *({"action": "transcode_video", "step_name": f"rung {r}", "needs": ["probe"],
+       "parameters": {"resolution": r}} for r in ("480p", "360p", "240p")))
+LADDER_JOBS = scaled(4, 2)
+
+
+def run_ladder(env: MediaqEnv, workers: int) -> dict[str, float]:
+    """LADDER_JOBS ladder jobs one after another on ``workers`` workers (one host each):
+    medians of the rungs' CPU seconds (summed durations), the slowest rung, the job's
+    wall seconds, and whether the rungs were fused."""
+    source = env.inputs / "ladder.mp4"
+    if not source.exists():
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-t", "3",
+               "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", source)
+    procs = [env.start_worker("--no-triggers", "--no-notifier", "--id", f"l{workers}-{n}",
+                              "--categories", "cpu", "--limits", "cpu=1",
+                              host_id=f"ladder-{workers}-{n}") for n in range(workers)]
+    wait_for(lambda: env.one("SELECT count(*) AS n FROM workers WHERE status = 'running'"
+                             " AND worker_id LIKE %s", (f"l{workers}-%",))["n"] >= workers,
+             timeout=120)
+    codes = []
+    for _ in range(LADDER_JOBS):
+        code = env.submit("B-LADDER", source)
+        wait_for(lambda c=code: env.job(c)["status"] in ("completed", "failed"), timeout=300)
+        codes.append(code)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(60)
+    row = env.one("""
+        WITH per_job AS (
+            SELECT j.id, extract(epoch FROM j.completed_at - j.started_at) AS wall,
+                   -- a fused pass's executions each last the whole pass
+                   CASE WHEN bool_or(se.input_data ? 'fused_steps') THEN max(se.duration_ms)
+                        ELSE sum(se.duration_ms) END / 1000.0 AS cpu,
+                   max(se.duration_ms) / 1000.0 AS slowest,
+                   bool_or(se.input_data ? 'fused_steps') AS fused,
+                   count(DISTINCT se.worker_id) AS workers
+              FROM workflow_jobs j JOIN step_executions se ON se.job_id = j.id
+              JOIN workflow_steps ws ON ws.id = se.step_id
+             WHERE j.job_code = ANY (%s) AND ws.action = 'transcode_video'
+               AND se.status = 'completed'
+             GROUP BY j.id)
+        SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY cpu) AS cpu,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY slowest) AS slowest,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY wall) AS wall,
+               bool_and(fused) AS fused, max(workers) AS workers FROM per_job""", (codes,))
+    return {k: float(v) for k, v in row.items()}
+
+
 def main() -> None:
     with server("graph") as (admin, root):
         env = fresh_env(admin, root, LINEAR, GRAPH, FANOUT)
@@ -77,6 +137,20 @@ def main() -> None:
             for name, r in results.items()]
     text = table(f"Seven-step no-op jobs, one worker process, {JOBS} jobs per shape",
                  ["shape", "jobs/s", "outside p50 ms/task", "p90", "p50 vs linear"], rows)
+    with server("ladder") as (admin, root):
+        env = fresh_env(admin, root, LADDER)
+        fused = run_ladder(env, 1)
+        spread = run_ladder(env, 3)
+    results["ladder"] = {"fused": fused, "spread": spread}
+    text += "\n" + table(
+        f"A three-rung ladder, {LADDER_JOBS} jobs: fused on one worker vs spread over three",
+        ["run", "rung busy s (sum)", "slowest rung s", "job wall s", "fused", "workers"],
+        [["fused (1 worker)", fused["cpu"], fused["slowest"], fused["wall"], fused["fused"],
+          fused["workers"]],
+         ["spread (3 workers)", spread["cpu"], spread["slowest"], spread["wall"],
+          spread["fused"], spread["workers"]],
+         ["spread / fused", spread["cpu"] / fused["cpu"], spread["slowest"] / fused["slowest"],
+          spread["wall"] / fused["wall"], "", ""]])
     write_results("graph", results, text)
 
 

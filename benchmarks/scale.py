@@ -77,8 +77,12 @@ def fill_backlog(env: MediaqEnv, count: int) -> None:
              WHERE wd.workflow_code = 'B-NOOP' AND wd.is_current""",
                      (str(env.inputs / "in_"), INPUTS, count))
         conn.execute("ALTER TABLE workflow_jobs ENABLE TRIGGER USER")
+        # Their tasks, as the insert trigger would have made them (issue 18).
+        conn.execute("SELECT job_tasks_create(ARRAY(SELECT id FROM workflow_jobs"
+                     " WHERE job_code LIKE 'BK-%%'))")
     with env.connect() as conn:
         conn.execute("VACUUM ANALYZE workflow_jobs")
+        conn.execute("VACUUM ANALYZE job_tasks")
 
 
 def claim_latency(env: MediaqEnv, claims: int, worker_id: str) -> list[float]:
@@ -104,16 +108,19 @@ def claim_latency(env: MediaqEnv, claims: int, worker_id: str) -> list[float]:
 def claim_plan(env: MediaqEnv) -> dict[str, Any]:
     params = {"host": "bench-host", "category": "cpu", "gpu": False, "limit": CLAIMS + 1,
               "vram_free_mb": 2**31 - 1, "queues": None, "worker_id": "w",
-              "lease_seconds": 10, "log_line": "x"}
+              "lease_seconds": 10, "log_line": "x", "prefer_job_id": None,
+              "only_preferred": False}
     with env.connect() as conn:
         conn.execute("SET search_path = mediaq, public")
         conn.execute("BEGIN")
-        plan = conn.execute("EXPLAIN (FORMAT JSON) " + queries["job_claim_next"],
+        plan = conn.execute("EXPLAIN (FORMAT JSON) " + queries["task_claim_next"],
                             params).fetchone()
         conn.execute("ROLLBACK")
     text = json.dumps(plan)
-    return {"uses_claimable_index": "workflow_jobs_claimable" in text,
+    return {"uses_claimable_index": "job_tasks_ready" in text,
             "seq_scan_on_jobs": '"Relation Name": "workflow_jobs", "Node Type": "Seq Scan"'
+                                in text
+                                or '"Relation Name": "job_tasks", "Node Type": "Seq Scan"'
                                 in text}
 
 

@@ -1,7 +1,7 @@
 """Named SQL statements, loaded from the files named in ``QUERY_FILES`` under ``mediaq/sql/``.
 
 Each statement follows a ``-- name: NAME`` line (and a one-line description),
-as procrastinate does; code refers to them as ``queries["job_claim_next"]``.
+as procrastinate does; code refers to them as ``queries["task_claim_next"]``.
 """
 
 from __future__ import annotations

@@ -75,6 +75,36 @@ class StepStatus(StrEnum):
     need it; ``output_data.skipped`` says why."""
 
 
+class TaskState(StrEnum):
+    """The value of ``job_tasks.state`` (the rows of ``mediaq.task_states``; the moves:
+    ``mediaq.task_state_transitions``, enforced by a trigger): one runnable step of a
+    job, or one item of a fanned-out step."""
+
+    WAITING = "waiting"
+    """Some steps it needs are unfinished (``pending_needs`` counts them)."""
+    READY = "ready"
+    """Claimable by any capable worker (once its ``retry_after``, if any, has passed)."""
+    RUNNING = "running"
+    """Owned by one worker (``worker_id``, ``attempt``) until its lease runs out."""
+    COMPLETED = "completed"
+    """Its step (item) committed, or its items were made (a fan-out)."""
+    SKIPPED = "skipped"
+    """Its condition was false: counts as done for the steps that need it."""
+    FAILED = "failed"
+    """Given up on; under ``on_failure: continue`` it counts as done."""
+    CANCELLED = "cancelled"
+    """The job ended (cancelled, failed) before the task finished."""
+
+    @property
+    def terminal(self) -> bool:
+        """No worker touches the task again (a retry of its job may reset it)."""
+        return self in TASK_TERMINAL
+
+
+TASK_TERMINAL: tuple[TaskState, ...] = (TaskState.COMPLETED, TaskState.SKIPPED,
+                                        TaskState.FAILED, TaskState.CANCELLED)
+
+
 class Transition(NamedTuple):
     """One row of ``mediaq.job_status_transitions``."""
 

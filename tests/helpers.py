@@ -302,5 +302,4 @@ def claim_in_process(pool: ConnectionPool[db.Connection], code: str, source: Pat
     claimer.register("test")
     claimed = claimer.claim("cpu")
     assert claimed is not None
-    return JobHandle(pool, worker_id, claimed.id, claimed.job_code, claimed.attempt,
-                     "cpu"), claimed
+    return claimed.handle(pool, worker_id), claimed

@@ -217,7 +217,7 @@ def test_every_statement_that_moves_a_job_is_named_by_its_moves(conn: Conn) -> N
     named = {name for t in transitions(conn) for name in statements_of(t.description)}
     assert named <= set(queries), named - set(queries)
     assert status_writers() == named
-    assert {"job_claim_next", "job_complete", "job_retry", "jobs_rescue_expired"} <= named
+    assert {"task_claim_next", "job_complete", "job_retry", "jobs_rescue_expired"} <= named
 
 
 def test_the_status_lists_of_the_cli_the_api_and_the_dashboard(conn: Conn) -> None:

@@ -155,6 +155,10 @@ class Rig:
                 conn.execute("UPDATE workflow_jobs"
                              "   SET lease_expires_at = now() - interval '1 second'"
                              " WHERE id = ANY(%s)", (job_ids,))
+                # Leases are the tasks' (issue 18): a running task's lease runs out.
+                conn.execute("UPDATE job_tasks"
+                             "   SET lease_expires_at = now() - interval '1 second'"
+                             " WHERE job_id = ANY(%s) AND state = 'running'", (job_ids,))
         return rescue_once(self.pool, "rescuer", max_rescues=max_rescues, lease_seconds=3)
 
 
@@ -284,8 +288,7 @@ class JobLifecycle(RuleBasedStateMachine):
         expected.attempt = claimed.attempt
         expected.status = "processing"
         expected.worker = worker
-        held = Held(JobHandle(self.pool, worker, claimed.id, claimed.job_code, claimed.attempt,
-                              "cpu"))
+        held = Held(claimed.handle(self.pool, worker))
         self.held.append(held)
         return held
 
@@ -602,7 +605,7 @@ def test_job_lifecycle_state_machine(rig: Rig, monkeypatch: pytest.MonkeyPatch) 
 def _claim(rig: Rig, worker: str = WORKERS[0]) -> JobHandle:
     claimed = rig.claimers[worker].claim("cpu")
     assert claimed is not None
-    return JobHandle(rig.pool, worker, claimed.id, claimed.job_code, claimed.attempt, "cpu")
+    return claimed.handle(rig.pool, worker)
 
 
 def _end_attempt(rig: Rig, handle: JobHandle, how: str) -> None:

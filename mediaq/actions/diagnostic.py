@@ -33,7 +33,8 @@ def echo(ctx: ActionContext) -> ActionResult:
     "sleep",
     {"properties": {"seconds": {"type": "number", "minimum": 0, "default": 1},
                     "seconds_per_mb": {"type": "number", "minimum": 0, "default": 0},
-                    "output_bytes": {"type": "integer", "minimum": 0, "default": 0}}},
+                    "output_bytes": {"type": "integer", "minimum": 0, "default": 0},
+                    "value": {"default": None}}},
 )
 def sleep(ctx: ActionContext) -> ActionResult:
     """Sleep for ``seconds``, plus ``seconds_per_mb`` of the input's size (work that grows
@@ -53,7 +54,10 @@ def sleep(ctx: ActionContext) -> ActionResult:
     for i in range(ticks):
         ctx.sleep(seconds / ticks)
         ctx.progress((i + 1) / ticks, "sleeping")
-    return ActionResult(outputs=outputs, data={"slept_seconds": seconds})
+    # ``value`` is given back as echo gives it, so a fan-in of sleeping items shows
+    # what it received, in order.
+    return ActionResult(outputs=outputs, data={"slept_seconds": seconds,
+                                               "value": ctx.params["value"]})
 
 
 @action(

@@ -105,26 +105,31 @@ UPDATE worker_hosts SET vram_reserved_mb = vram_reserved_mb + %(vram_mb)s, updat
  WHERE host = %(host)s;
 
 -- name: slots_release_orphans
--- Free slots whose job is no longer running under that attempt (a belt to the trigger's braces).
+-- Free slots whose task is no longer running (a belt to the triggers' braces).
 UPDATE worker_slots s
-   SET job_id = NULL, job_attempt = NULL, worker_id = NULL, taken_at = NULL, vram_mb = 0
+   SET job_id = NULL, job_attempt = NULL, task_id = NULL, worker_id = NULL, taken_at = NULL,
+       vram_mb = 0
  WHERE s.job_id IS NOT NULL
    AND s.taken_at < now() - interval '5 seconds'
-   AND NOT EXISTS (SELECT 1 FROM workflow_jobs j
-                    WHERE j.id = s.job_id AND j.attempt = s.job_attempt
-                      AND j.status = 'processing');
+   AND NOT EXISTS (SELECT 1 FROM job_tasks t
+                    WHERE t.id = s.task_id AND t.state = 'running'
+                      AND t.worker_id = s.worker_id);
 
 -- ===========================================================================
 -- Claiming
 -- ===========================================================================
 
--- name: job_claim_next
--- Claim the most urgent runnable job of one category that fits the free VRAM, together
--- with a free numbered slot of this machine, in one statement.
+-- name: task_claim_next
+-- Claim the most urgent ready task of one category that fits the free VRAM, together
+-- with a free numbered slot of this machine, in one statement; its job goes to
+-- processing (attempt + 1 when it was waiting: a job keeps its attempt while any of its
+-- tasks run or wait between them).
+-- Run-ahead: a ready task of %(prefer_job_id)s (the job whose task this worker just
+-- committed) comes first, so a chain runs start to finish on one worker.
 -- The CTEs are optimisation fences: the planner cannot lock or update more rows than
--- the LIMITs, and SKIP LOCKED lets concurrent claimers (other processes of this
--- machine racing for slots, other machines racing for jobs) pass each other.
--- Priority: larger is more urgent; FIFO (id) within a priority.
+-- the LIMITs, and SKIP LOCKED lets concurrent claimers pass each other. The general
+-- candidate walks job_tasks_ready (category, priority DESC, id): never the jobs table.
+-- Lock order: slot, task, job (a locked job row is skipped, never waited for).
 WITH slot AS (
     SELECT host, category, slot
       FROM worker_slots
@@ -133,45 +138,87 @@ WITH slot AS (
      ORDER BY slot
      LIMIT 1
        FOR UPDATE SKIP LOCKED
-), candidate AS (
-    SELECT j.id
-      FROM workflow_jobs j
+), preferred AS (
+    SELECT t.id
+      FROM job_tasks t
      WHERE EXISTS (SELECT 1 FROM slot)
-       AND j.status IN ('pending', 'queued')
-       AND j.resource_category = %(category)s
-       AND (j.retry_after IS NULL OR j.retry_after <= now())
-       AND j.vram_required <= %(vram_free_mb)s
-       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
-       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = j.queue_name AND q.paused)
-     ORDER BY j.priority DESC, j.id
+       AND t.job_id = %(prefer_job_id)s AND t.state = 'ready'
+       AND t.resource_category = %(category)s
+       AND (t.retry_after IS NULL OR t.retry_after <= now())
+       AND t.vram_required <= %(vram_free_mb)s
+       AND EXISTS (SELECT 1 FROM workflow_jobs j
+                    WHERE j.id = t.job_id AND j.status IN ('pending', 'queued', 'processing')
+                      AND NOT j.cancel_requested AND NOT j.pause_requested)
+     ORDER BY t.step_number, t.item_index NULLS FIRST, t.id
      LIMIT 1
        FOR UPDATE SKIP LOCKED
-), claimed AS (
+), general AS (
+    SELECT t.id
+      FROM job_tasks t
+     WHERE EXISTS (SELECT 1 FROM slot) AND NOT EXISTS (SELECT 1 FROM preferred)
+       AND NOT %(only_preferred)s
+       AND t.state = 'ready'
+       AND t.resource_category = %(category)s
+       AND (t.retry_after IS NULL OR t.retry_after <= now())
+       AND t.vram_required <= %(vram_free_mb)s
+       AND (%(queues)s::text[] IS NULL OR t.queue_name = ANY (%(queues)s::text[]))
+       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = t.queue_name AND q.paused)
+       AND EXISTS (SELECT 1 FROM workflow_jobs j
+                    WHERE j.id = t.job_id AND j.status IN ('pending', 'queued', 'processing')
+                      AND (j.retry_after IS NULL OR j.retry_after <= now())
+                      AND NOT j.cancel_requested AND NOT j.pause_requested)
+     ORDER BY t.priority DESC, t.id
+     LIMIT 1
+       FOR UPDATE SKIP LOCKED
+), candidate AS (
+    SELECT id FROM preferred UNION ALL SELECT id FROM general
+), job_locked AS (
+    -- SKIP LOCKED: a job row is locked by a sibling task's commit, which may wait for
+    -- this machine's host row (a GPU slot's VRAM given back) that a GPU claim holds;
+    -- this claim then takes nothing, and the commit's wake-up brings it back.
+    SELECT j.id FROM workflow_jobs j, job_tasks t, candidate
+     WHERE t.id = candidate.id AND j.id = t.job_id
+       AND j.status IN ('pending', 'queued', 'processing')
+       AND NOT j.cancel_requested AND NOT j.pause_requested
+       FOR UPDATE OF j SKIP LOCKED
+), job AS (
     UPDATE workflow_jobs j
        SET status = 'processing',
-           attempt = j.attempt + 1,
+           attempt = CASE WHEN j.status = 'processing' THEN j.attempt ELSE j.attempt + 1 END,
            worker_id = %(worker_id)s,
            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
            started_at = coalesce(j.started_at, now()),
            waiting_reason = NULL,
-           progress_stage = 'starting',
+           progress_stage = CASE WHEN j.status = 'processing' THEN j.progress_stage
+                                 ELSE 'starting' END,
            updated_at = now(),
-           log = job_log_append(j.log, %(log_line)s)
-      FROM candidate
-     WHERE j.id = candidate.id
-    RETURNING j.id, j.job_code, j.attempt, j.workflow_id, j.vram_required, j.resource_category
+           log = CASE WHEN j.status = 'processing' THEN j.log
+                      ELSE job_log_append(j.log, %(log_line)s) END
+      FROM job_locked
+     WHERE j.id = job_locked.id
+    RETURNING j.id, j.job_code, j.attempt, j.workflow_id
+), claimed AS (
+    UPDATE job_tasks t
+       SET state = 'running', worker_id = %(worker_id)s, attempt = t.attempt + 1,
+           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+           started_at = now(), completed_at = NULL, fused = NULL
+      FROM candidate, job
+     WHERE t.id = candidate.id AND t.job_id = job.id
+    RETURNING t.id AS task_id, t.attempt AS task_attempt, t.step_id, t.step_number,
+              t.item_index, t.vram_required AS vram_mb
 ), assigned AS (
     UPDATE worker_slots s
-       SET job_id = claimed.id, job_attempt = claimed.attempt, worker_id = %(worker_id)s,
-           vram_mb = CASE WHEN %(gpu)s THEN claimed.vram_required ELSE 0 END,
+       SET job_id = job.id, job_attempt = job.attempt, task_id = claimed.task_id,
+           worker_id = %(worker_id)s,
+           vram_mb = CASE WHEN %(gpu)s THEN claimed.vram_mb ELSE 0 END,
            taken_at = now()
-      FROM slot, claimed
+      FROM slot, claimed, job
      WHERE s.host = slot.host AND s.category = slot.category AND s.slot = slot.slot
-    RETURNING s.slot, s.vram_mb
+    RETURNING s.slot, s.vram_mb AS slot_vram_mb
 )
-SELECT claimed.*, assigned.slot, assigned.vram_mb,
+SELECT job.*, claimed.*, assigned.slot, assigned.slot_vram_mb,
        (SELECT count(*) FROM slot) AS slot_free
-  FROM claimed, assigned;
+  FROM job, claimed, assigned;
 
 -- name: jobs_mark_waiting
 -- Tell operators why runnable jobs of a category are not starting on this machine.
@@ -189,38 +236,62 @@ UPDATE workflow_jobs j
                    FOR UPDATE SKIP LOCKED);
 
 -- name: jobs_fall_back
--- Waiting jobs that no live worker can run (none takes their category with the VRAM
--- they need) move to their workflow's fallback category (a GPU encode done in software
--- on a CPU slot), once; the log says why. A live worker: running, heartbeat in the last
--- minute (as job_etas reads it).
-UPDATE workflow_jobs j
-   SET resource_category = wd.fallback_category, vram_required = 0, waiting_reason = NULL,
-       updated_at = now(),
-       log = job_log_append(j.log, format(
-           '%%s no live worker serves %%s with %%s MB of VRAM: running on %%s instead' || E'\n',
-           %(stamp)s::text, j.resource_category, j.vram_required, wd.fallback_category))
-  FROM workflow_definitions wd
- WHERE wd.id = j.workflow_id AND wd.fallback_category IS NOT NULL
-   AND j.status IN ('pending', 'queued')
-   AND j.resource_category <> wd.fallback_category
-   AND NOT EXISTS (
-       SELECT 1 FROM workers w
-        WHERE w.status = 'running' AND w.heartbeat_at > now() - interval '1 minute'
-          AND (cardinality(w.categories) = 0 OR j.resource_category = ANY (w.categories))
-          AND coalesce((w.limits ->> j.resource_category)::integer, 1) > 0
-          AND j.vram_required <= w.vram_budget_mb)
-RETURNING j.id, j.job_code, j.resource_category;
+-- Waiting tasks that no live worker can run (none takes their category with the VRAM
+-- they need) move to their step's fallback category, else their workflow's (a GPU
+-- encode done in software on a CPU slot), once; the job's log says why. A job that
+-- waits whole moves with them (its category and VRAM, as before tasks). A live worker:
+-- running, heartbeat in the last minute (as job_etas reads it).
+WITH stranded AS MATERIALIZED (
+    SELECT t.id, t.job_id, t.resource_category AS was, t.vram_required AS vram,
+           coalesce(ws.fallback_category, wd.fallback_category) AS fallback
+      FROM job_tasks t
+      JOIN workflow_steps ws ON ws.id = t.step_id
+      JOIN workflow_jobs j ON j.id = t.job_id
+      JOIN workflow_definitions wd ON wd.id = j.workflow_id
+     WHERE t.state IN ('waiting', 'ready')
+       AND j.status IN ('pending', 'queued', 'processing')
+       AND coalesce(ws.fallback_category, wd.fallback_category) IS NOT NULL
+       AND t.resource_category <> coalesce(ws.fallback_category, wd.fallback_category)
+       AND NOT EXISTS (
+           SELECT 1 FROM workers w
+            WHERE w.status = 'running' AND w.heartbeat_at > now() - interval '1 minute'
+              AND (cardinality(w.categories) = 0 OR t.resource_category = ANY (w.categories))
+              AND coalesce((w.limits ->> t.resource_category)::integer, 1) > 0
+              AND t.vram_required <= w.vram_budget_mb)
+), tasks AS (
+    UPDATE job_tasks t SET resource_category = s.fallback, vram_required = 0
+      FROM stranded s WHERE t.id = s.id
+), per_job AS (
+    SELECT DISTINCT ON (job_id) job_id, was, vram, fallback
+      FROM stranded ORDER BY job_id, vram DESC
+), moved AS (
+    UPDATE workflow_jobs j
+       SET resource_category = CASE WHEN j.status <> 'processing' AND j.resource_category = p.was
+                                    THEN p.fallback ELSE j.resource_category END,
+           vram_required = CASE WHEN j.status <> 'processing' AND j.resource_category = p.was
+                                THEN 0 ELSE j.vram_required END,
+           waiting_reason = NULL, updated_at = now(),
+           log = job_log_append(j.log, format(
+               '%%s no live worker serves %%s with %%s MB of VRAM: running on %%s instead' || E'\n',
+               %(stamp)s::text, p.was, p.vram, p.fallback))
+      FROM per_job p
+     WHERE j.id = p.job_id
+    RETURNING j.id, j.job_code, p.fallback AS resource_category
+)
+SELECT id, job_code, resource_category FROM moved;
 
 -- name: jobs_runnable_exists
--- Is any job runnable now or due within a horizon, for the given categories (burst mode exit)?
+-- Is any task runnable now or due within a horizon, for the given categories (burst mode exit)?
 SELECT EXISTS (
-    SELECT 1 FROM workflow_jobs j
-     WHERE j.status IN ('pending', 'queued')
-       AND j.resource_category = ANY (%(categories)s::text[])
+    SELECT 1 FROM job_tasks t JOIN workflow_jobs j ON j.id = t.job_id
+     WHERE t.state = 'ready' AND j.status IN ('pending', 'queued', 'processing')
+       AND NOT j.cancel_requested AND NOT j.pause_requested
+       AND t.resource_category = ANY (%(categories)s::text[])
+       AND (t.retry_after IS NULL OR t.retry_after <= now() + make_interval(secs => %(horizon_seconds)s))
        AND (j.retry_after IS NULL OR j.retry_after <= now() + make_interval(secs => %(horizon_seconds)s))
-       AND (%(queues)s::text[] IS NULL OR j.queue_name = ANY (%(queues)s::text[]))
-       AND (j.resource_category = 'cpu' OR j.vram_required <= %(vram_budget_mb)s)
-       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = j.queue_name AND q.paused)
+       AND (%(queues)s::text[] IS NULL OR t.queue_name = ANY (%(queues)s::text[]))
+       AND (t.resource_category = 'cpu' OR t.vram_required <= %(vram_budget_mb)s)
+       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = t.queue_name AND q.paused)
 ) AS runnable;
 
 -- ===========================================================================
@@ -228,34 +299,46 @@ SELECT EXISTS (
 -- ===========================================================================
 
 -- name: leases_renew
--- Extend the leases of the jobs this worker still owns; returns those it still owns.
-UPDATE workflow_jobs j
+-- Extend the leases of the tasks this worker still owns; returns the tasks it still owns
+-- and their jobs. Task rows only: committers lock a job, then its tasks, so a statement
+-- that held a task while waiting for its job could deadlock with them.
+UPDATE job_tasks t
    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-  FROM unnest(%(job_ids)s::bigint[], %(attempts)s::integer[]) AS mine (id, attempt)
- WHERE j.id = mine.id AND j.attempt = mine.attempt
-   AND j.worker_id = %(worker_id)s AND j.status = 'processing'
-RETURNING j.id;
+  FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
+ WHERE t.id = mine.id AND t.attempt = mine.attempt
+   AND t.worker_id = %(worker_id)s AND t.state = 'running'
+RETURNING t.id, t.job_id;
+
+-- name: job_leases_renew
+-- The jobs' leases follow their running tasks' (shown to operators), in a transaction
+-- of its own after leases_renew (job rows only).
+UPDATE workflow_jobs
+   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+ WHERE id = ANY (%(job_ids)s::bigint[]) AND status = 'processing';
 
 -- name: jobs_control_flags
--- Cancel and pause requests for the jobs this worker runs (polled every second).
-SELECT j.id, j.cancel_requested, j.pause_requested,
-       (j.status = 'processing' AND j.worker_id = %(worker_id)s AND j.attempt = mine.attempt) AS owned
-  FROM workflow_jobs j
-  JOIN unnest(%(job_ids)s::bigint[], %(attempts)s::integer[]) AS mine (id, attempt)
-    ON j.id = mine.id;
+-- Cancel and pause requests for the tasks this worker runs (polled every second).
+SELECT mine.id AS task_id, j.id, j.cancel_requested, j.pause_requested,
+       (j.status = 'processing' AND t.state = 'running' AND t.worker_id = %(worker_id)s
+        AND t.attempt = mine.attempt) AS owned
+  FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
+  JOIN job_tasks t ON t.id = mine.id
+  JOIN workflow_jobs j ON j.id = t.job_id;
 
 -- name: jobs_rescue_expired
--- Hand jobs whose lease ran out, or whose worker's session is gone, back to the queue
--- (no retry spent: the worker died, not the job), or fail them once they were rescued
--- too often. Their running step executions are closed as failed with the "system" class.
+-- Hand tasks whose lease ran out, or whose worker's session is gone, back to ready (no
+-- retry spent: the worker died, not the task), or fail the task and its job once that
+-- task was rescued too often. Their running step executions are closed as failed with
+-- the "system" class. The job goes back to pending (as before tasks) when none of its
+-- tasks runs any more; its siblings running elsewhere go on.
 -- A worker's session is gone when its liveness lock (worker_liveness_lock) is free:
 -- pg_try_advisory_xact_lock takes it for this transaction only, so a rescuer never keeps
--- it. Only workers that own processing jobs are tried (a handful of lock probes a pass;
--- the scalar subquery keeps the planner from probing every row of workers), and such a
--- dead worker is shown stopped at once. A frozen (SIGSTOP) or cut-off worker keeps its
--- session, so its lock stays held and only its lease hands its jobs on.
+-- it. Only workers that own running tasks are tried, and such a dead worker is shown
+-- stopped at once. A frozen (SIGSTOP) or cut-off worker keeps its session, so its lock
+-- stays held and only its lease hands its tasks on. Jobs are locked before their tasks
+-- (the order every committer follows); a locked job waits for the next pass.
 WITH owners AS MATERIALIZED (
-    SELECT DISTINCT worker_id FROM workflow_jobs WHERE status = 'processing'
+    SELECT DISTINCT worker_id FROM job_tasks WHERE state = 'running'
 ), dead AS MATERIALIZED (
     SELECT o.worker_id FROM owners o
      WHERE (SELECT pg_try_advisory_xact_lock(28017, w.liveness_key) FROM workers w
@@ -263,48 +346,91 @@ WITH owners AS MATERIALIZED (
 ), dead_shown AS (
     UPDATE workers w SET status = 'stopped', stopped_at = now()
       FROM dead WHERE w.worker_id = dead.worker_id AND w.status <> 'stopped'
-), expired AS (
-    SELECT id, coalesce(lease_expires_at, '-infinity') >= now() AS session_gone
-      FROM workflow_jobs
-     WHERE status = 'processing'
-       AND (coalesce(lease_expires_at, '-infinity') < now()
-            OR worker_id IN (SELECT worker_id FROM dead))
-     ORDER BY id
+), expired AS MATERIALIZED (
+    SELECT t.id, t.job_id, coalesce(t.lease_expires_at, '-infinity') >= now() AS session_gone
+      FROM job_tasks t
+     WHERE t.state = 'running'
+       AND (coalesce(t.lease_expires_at, '-infinity') < now()
+            OR t.worker_id IN (SELECT worker_id FROM dead))
+     ORDER BY t.id
      LIMIT 100
+), stuck AS MATERIALIZED (
+    -- Jobs left processing with a stop asked and no task running (their last tasks ended
+    -- at the same moment): the stop ends them.
+    SELECT j.id FROM workflow_jobs j
+     WHERE j.status = 'processing' AND (j.cancel_requested OR j.pause_requested)
+       AND NOT EXISTS (SELECT 1 FROM job_tasks t WHERE t.job_id = j.id AND t.state = 'running')
+     LIMIT 100
+), locked AS MATERIALIZED (
+    SELECT j.id FROM workflow_jobs j
+     WHERE j.id IN (SELECT job_id FROM expired UNION SELECT id FROM stuck)
+       AND j.status = 'processing'
+     ORDER BY j.id
        FOR UPDATE SKIP LOCKED
+), tasks AS (
+    UPDATE job_tasks t
+       SET state = CASE WHEN t.rescue_count >= %(max_rescues)s THEN 'failed' ELSE 'ready' END,
+           rescue_count = t.rescue_count + 1, lease_expires_at = NULL
+      FROM expired e
+     WHERE t.id = e.id AND e.job_id IN (SELECT id FROM locked) AND t.state = 'running'
+    RETURNING t.id, t.job_id, t.step_id, t.item_index, t.worker_id, t.state, t.rescue_count,
+              e.session_gone
+), per_job AS (
+    SELECT l.id AS job_id,
+           bool_or(tk.state = 'failed') AS gave_up,
+           coalesce(bool_and(tk.session_gone), FALSE) AS session_gone,
+           max(tk.rescue_count) AS rescues,
+           string_agg(DISTINCT tk.worker_id, ', ') AS workers,
+           EXISTS (SELECT 1 FROM job_tasks o
+                    WHERE o.job_id = l.id AND o.state = 'running'
+                      AND o.id NOT IN (SELECT id FROM tasks)) AS busy
+      FROM locked l LEFT JOIN tasks tk ON tk.job_id = l.id
+     GROUP BY l.id
 ), rescued AS (
     UPDATE workflow_jobs j
-       SET status = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'failed'
+       SET status = CASE WHEN p.gave_up THEN 'failed'
+                         WHEN p.busy THEN 'processing'
                          ELSE after_attempt(j.cancel_requested, j.pause_requested) END,
-           error_class = CASE WHEN j.rescue_count >= %(max_rescues)s THEN 'system'
-                              WHEN j.cancel_requested THEN 'cancelled' END,
-           error_message = CASE WHEN j.rescue_count >= %(max_rescues)s
-               THEN format('worker lost %%s times (last: %%s); giving up', j.rescue_count + 1,
-                           coalesce(j.worker_id, 'unknown'))
+           error_class = CASE WHEN p.gave_up THEN 'system'
+                              WHEN p.busy THEN j.error_class
+                              WHEN j.cancel_requested THEN 'cancelled' ELSE j.error_class END,
+           error_message = CASE WHEN p.gave_up
+               THEN format('worker lost %%s times (last: %%s); giving up', p.rescues,
+                           coalesce(p.workers, j.worker_id, 'unknown'))
                ELSE j.error_message END,
-           completed_at = CASE WHEN j.rescue_count >= %(max_rescues)s OR j.cancel_requested
+           completed_at = CASE WHEN p.gave_up OR (NOT p.busy AND j.cancel_requested)
                                THEN now() END,
-           cancel_requested = FALSE, pause_requested = FALSE,
-           rescue_count = j.rescue_count + 1,
-           lease_expires_at = NULL,
-           progress_stage = NULL,
+           cancel_requested = CASE WHEN p.busy AND NOT p.gave_up THEN j.cancel_requested
+                                   ELSE FALSE END,
+           pause_requested = CASE WHEN p.busy AND NOT p.gave_up THEN j.pause_requested
+                                  ELSE FALSE END,
+           rescue_count = j.rescue_count + CASE WHEN p.workers IS NULL THEN 0 ELSE 1 END,
+           lease_expires_at = CASE WHEN p.busy AND NOT p.gave_up THEN j.lease_expires_at END,
+           progress_stage = CASE WHEN p.busy AND NOT p.gave_up THEN j.progress_stage END,
            updated_at = now(),
-           log = job_log_append(j.log, format(E'[%%s] %%s of %%s %%s; rescued by %%s\n',
+           log = CASE WHEN p.workers IS NULL THEN j.log
+                      ELSE job_log_append(j.log, format(E'[%%s] %%s of %%s %%s; rescued by %%s\n',
                                  to_char(now(), 'YYYY-MM-DD HH24:MI:SS'),
-                                 CASE WHEN expired.session_gone THEN 'Session' ELSE 'Lease' END,
-                                 coalesce(j.worker_id, 'an unknown worker'),
-                                 CASE WHEN expired.session_gone THEN 'ended' ELSE 'expired' END,
-                                 %(worker_id)s::text))
-      FROM expired
-     WHERE j.id = expired.id
+                                 CASE WHEN p.session_gone THEN 'Session' ELSE 'Lease' END,
+                                 p.workers,
+                                 CASE WHEN p.session_gone THEN 'ended' ELSE 'expired' END,
+                                 %(worker_id)s::text)) END
+      FROM per_job p
+     WHERE j.id = p.job_id
     RETURNING j.id, j.job_code, j.status, j.attempt
 ), closed_steps AS (
     UPDATE step_executions se
        SET status = 'failed', error_class = 'system', completed_at = now(),
            error_message = 'worker lost during the step',
            duration_seconds = extract(epoch FROM now() - se.started_at)::integer
-      FROM rescued r
-     WHERE se.job_id = r.id AND se.job_attempt = r.attempt AND se.status = 'running'
+      FROM tasks tk
+     WHERE se.job_id = tk.job_id AND se.worker_id = tk.worker_id AND se.status = 'running'
+       -- not an execution of another task that worker still runs in the job
+       AND NOT EXISTS (SELECT 1 FROM job_tasks o
+                        WHERE o.job_id = se.job_id AND o.worker_id = se.worker_id
+                          AND o.state = 'running' AND o.id NOT IN (SELECT id FROM tasks)
+                          AND o.step_id = se.step_id
+                          AND o.item_index IS NOT DISTINCT FROM se.item_index)
     RETURNING se.id
 )
 SELECT r.id, r.job_code, r.status FROM rescued r;
@@ -339,17 +465,126 @@ SELECT step_id, item_index,
        bool_or(status = 'completed') AS completed,
        bool_or(status = 'skipped') AS skipped,
        bool_or(status = 'failed' AND error_class IN ('permanent', 'exhausted')) AS given_up,
-       (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data
+       (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data,
+       (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failed'))[1] AS error_message
   FROM step_executions WHERE job_id = %(job_id)s
  GROUP BY step_id, item_index;
+
+-- name: task_claim_siblings
+-- Claim, with a task this worker runs, the ready tasks of the same job's sibling steps
+-- %(step_numbers)s (of the pass %(group_numbers)s) for one decode-once pass: with fuse auto only when no other live
+-- worker serving the category is idle (else they are left to spread). Records the choice.
+WITH idle_elsewhere AS (
+    SELECT EXISTS (
+        SELECT 1 FROM workers w
+         WHERE w.worker_id <> %(worker_id)s AND w.status = 'running'
+           AND w.heartbeat_at > now() - interval '1 minute'
+           AND (cardinality(w.categories) = 0 OR %(category)s = ANY (w.categories))
+           AND NOT EXISTS (SELECT 1 FROM job_tasks r
+                            WHERE r.worker_id = w.worker_id AND r.state = 'running')
+    ) AS spread
+), mine AS (
+    -- ready, or waiting only for steps of the pass itself (a chain of renditions)
+    SELECT t.id FROM job_tasks t, idle_elsewhere
+     WHERE t.job_id = %(job_id)s AND t.step_number = ANY (%(step_numbers)s::integer[])
+       AND t.item_index IS NULL
+       AND (t.state = 'ready'
+            OR (t.state = 'waiting'
+                AND NOT EXISTS (SELECT 1 FROM job_tasks n
+                                 WHERE n.job_id = t.job_id
+                                   AND n.step_number = ANY (t.need_steps)
+                                   AND n.state IN ('waiting', 'ready', 'running')
+                                   AND n.step_number <> ALL (%(group_numbers)s::integer[]))))
+       AND (t.retry_after IS NULL OR t.retry_after <= now())
+       AND NOT idle_elsewhere.spread
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+     ORDER BY t.step_number
+       FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE job_tasks t
+   SET state = 'running', worker_id = %(worker_id)s, attempt = t.attempt + 1,
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       started_at = now(), completed_at = NULL, fused = TRUE
+  FROM mine
+ WHERE t.id = mine.id
+RETURNING t.id AS task_id, t.attempt AS task_attempt, t.step_number;
+
+-- name: job_lock_owned
+-- Lock the job row if this worker still owns one of its running tasks: the statements
+-- after it in the transaction see every sibling's commit (they serialise on this row).
+SELECT id FROM workflow_jobs
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+   FOR UPDATE;
+
+-- name: task_remaining
+-- How many tasks of the job are unfinished besides %(task_id)s (the job row is locked).
+SELECT count(*) AS remaining FROM job_tasks
+ WHERE job_id = %(job_id)s AND id <> %(task_id)s AND state IN ('waiting', 'ready', 'running');
+
+-- name: task_done
+-- A task's step (item) is done (completed, skipped, or failed under on_failure
+-- continue): the steps waiting for it count one need less (0: ready). The job row is
+-- locked (job_step_committed or job_lock_owned) in this transaction.
+WITH done AS (
+    UPDATE job_tasks t
+       SET state = %(state)s, completed_at = now(), lease_expires_at = NULL
+     WHERE t.id = %(task_id)s AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+    RETURNING t.id, t.job_id, t.step_number
+), readied AS (
+    UPDATE job_tasks d
+       SET pending_needs = d.pending_needs - 1,
+           state = CASE WHEN d.pending_needs = 1 THEN 'ready' ELSE d.state END
+      FROM done
+     WHERE d.job_id = done.job_id AND d.state = 'waiting' AND d.item_index IS NULL
+       AND done.step_number = ANY (d.need_steps)
+    RETURNING d.id
+)
+SELECT done.id, (SELECT count(*) FROM readied) AS readied FROM done;
+
+-- name: task_expand
+-- A fan-out's task made its items: one ready task per item, and the steps waiting for
+-- it wait for every item instead (a fan-in is its count reaching 0). The job row is
+-- locked in this transaction.
+WITH parent AS (
+    UPDATE job_tasks t
+       SET state = 'completed', completed_at = now(), lease_expires_at = NULL,
+           item_count = %(count)s
+     WHERE t.id = %(task_id)s AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+    RETURNING t.*
+), items AS (
+    INSERT INTO job_tasks (job_id, step_id, step_number, item_index, item_params, state,
+                           resource_category, vram_required, priority, queue_name)
+    SELECT p.job_id, p.step_id, p.step_number, i.ordinality - 1, i.params, 'ready',
+           p.resource_category, p.vram_required, p.priority, p.queue_name
+      FROM parent p, jsonb_array_elements(%(items)s::jsonb) WITH ORDINALITY AS i (params, ordinality)
+     ORDER BY i.ordinality
+    RETURNING id
+), dependents AS (
+    UPDATE job_tasks d
+       SET pending_needs = d.pending_needs + %(count)s - 1,
+           state = CASE WHEN d.pending_needs + %(count)s - 1 = 0 THEN 'ready' ELSE d.state END
+      FROM parent
+     WHERE d.job_id = parent.job_id AND d.state = 'waiting' AND d.item_index IS NULL
+       AND parent.step_number = ANY (d.need_steps)
+)
+SELECT parent.id, (SELECT count(*) FROM items) AS items FROM parent;
+
+-- name: job_tasks_of
+-- The tasks of a job (what a task's run needs of its siblings: item counts and params).
+SELECT id, step_id, step_number, item_index, item_count, item_params, state
+  FROM job_tasks WHERE job_id = %(job_id)s
+ ORDER BY step_number, item_index NULLS FIRST, id;
 
 -- name: job_step_committed
 -- Lock the job row if this worker still owns it (nothing else may change it until
 -- commit) and log the step's outcome and the job's progress.
 UPDATE workflow_jobs
    SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s, updated_at = now()
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: step_start
@@ -359,8 +594,8 @@ WITH fenced AS (
        SET current_step = %(step_number)s, progress_stage = %(step_name)s, updated_at = now(),
            progress_percent = %(progress_percent)s,
            log = job_log_append(log, %(log_line)s)
-     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-       AND status = 'processing'
+     WHERE id = %(job_id)s AND status = 'processing'
+       AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
     RETURNING id
 )
 INSERT INTO step_executions (job_id, step_id, status, input_data, started_at, retry_attempt,
@@ -377,8 +612,8 @@ WITH fenced AS (
     UPDATE workflow_jobs
        SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s,
            updated_at = now()
-     WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-       AND status = 'processing'
+     WHERE id = %(job_id)s AND status = 'processing'
+       AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
     RETURNING id
 )
 INSERT INTO step_executions (job_id, step_id, status, input_data, output_data, started_at,
@@ -402,27 +637,37 @@ UPDATE step_executions
 -- Record progress of the running step, if this worker still owns the job.
 UPDATE workflow_jobs
    SET progress_percent = %(progress_percent)s, progress_stage = %(stage)s, updated_at = now()
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_input_bytes
 -- Record the input's size (for size-scaled estimates), if this worker still owns the job.
 UPDATE workflow_jobs SET input_bytes = %(input_bytes)s
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_append_log
 -- Append lines to the job log, if this worker still owns the job (capped: job_log_append).
 UPDATE workflow_jobs
    SET log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_complete
--- Finish a job successfully, if this worker still owns it.
+-- Finish a job successfully, if this worker still owns the task whose commit ends it
+-- (no other task of the job is unfinished: task_remaining, under the job's lock).
+WITH mine AS (
+    UPDATE job_tasks t
+       SET state = CASE WHEN t.id = %(task_id)s::bigint THEN coalesce(%(task_state)s, 'completed')
+                        ELSE 'completed' END,
+           completed_at = now(), lease_expires_at = NULL
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+)
 UPDATE workflow_jobs
    SET status = 'completed', completed_at = now(), progress_percent = 100,
        progress_stage = NULL, lease_expires_at = NULL, waiting_reason = NULL,
@@ -430,60 +675,124 @@ UPDATE workflow_jobs
        error_message = NULL, error_class = NULL, retry_after = NULL, updated_at = now(),
        cancel_requested = FALSE, pause_requested = FALSE,
        log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_fail
--- Fail a job for good (a dead letter), if this worker still owns it.
+-- Fail a job for good (a dead letter), if this worker still owns one of its tasks: its
+-- tasks fail, the job's other unfinished tasks are cancelled (job_tasks_end_with_job).
+WITH mine AS (
+    UPDATE job_tasks t
+       SET state = 'failed', completed_at = now(), lease_expires_at = NULL
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+)
 UPDATE workflow_jobs
    SET status = 'failed', completed_at = now(), progress_stage = NULL, lease_expires_at = NULL,
        error_message = %(error_message)s, error_class = %(error_class)s,
        output_metadata = %(output_metadata)s, updated_at = now(),
        cancel_requested = FALSE, pause_requested = FALSE,
        log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_schedule_retry
--- Send a job back to wait out its back-off; it resumes at its first unfinished step.
+-- Send a task back to wait out its back-off (the job's retry budget is spent by one);
+-- the job goes back to pending with it when none of its tasks runs any more (it resumes
+-- at its unfinished tasks), else stays processing. Run after job_lock_owned.
+WITH mine AS (
+    UPDATE job_tasks t
+       SET state = 'ready', lease_expires_at = NULL,
+           retry_after = now() + make_interval(secs => %(delay_seconds)s)
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+), others AS (
+    SELECT EXISTS (SELECT 1 FROM job_tasks o
+                    WHERE o.job_id = %(job_id)s AND o.state = 'running'
+                      AND o.id <> ALL (%(task_ids)s)) AS busy
+)
 UPDATE workflow_jobs
-   SET status = after_attempt(cancel_requested, pause_requested),
+   SET status = CASE WHEN others.busy THEN status
+                     ELSE after_attempt(cancel_requested, pause_requested) END,
        retry_count = retry_count + 1,
        retry_after = now() + make_interval(secs => %(delay_seconds)s),
-       completed_at = CASE WHEN cancel_requested THEN now() END,
-       cancel_requested = FALSE, pause_requested = FALSE,
+       completed_at = CASE WHEN cancel_requested AND NOT others.busy THEN now() END,
        error_message = %(error_message)s,
-       error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'transient' END,
-       progress_stage = NULL, lease_expires_at = NULL, updated_at = now(),
+       error_class = CASE WHEN cancel_requested AND NOT others.busy THEN 'cancelled'
+                          ELSE 'transient' END,
+       cancel_requested = others.busy AND cancel_requested,
+       pause_requested = others.busy AND pause_requested,
+       progress_stage = CASE WHEN others.busy THEN progress_stage END,
+       lease_expires_at = CASE WHEN others.busy THEN lease_expires_at END,
+       updated_at = now(),
        log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+  FROM others
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_cancelled
--- Record that a running job stopped on an operator's cancel.
+-- Record that running tasks stopped on an operator's cancel; the last running task to
+-- stop marks the job cancelled (its unfinished tasks are cancelled with it). Run after
+-- job_lock_owned (or job_step_committed).
+WITH mine AS (
+    UPDATE job_tasks t
+       SET state = 'cancelled', completed_at = now(), lease_expires_at = NULL
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+), others AS (
+    SELECT EXISTS (SELECT 1 FROM job_tasks o
+                    WHERE o.job_id = %(job_id)s AND o.state = 'running'
+                      AND o.id <> ALL (%(task_ids)s)) AS busy
+)
 UPDATE workflow_jobs
-   SET status = 'cancelled', completed_at = now(), progress_stage = NULL,
-       lease_expires_at = NULL, error_class = 'cancelled',
-       cancel_requested = FALSE, pause_requested = FALSE,
-       updated_at = now(), log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+   SET status = CASE WHEN others.busy THEN status ELSE 'cancelled' END,
+       completed_at = CASE WHEN others.busy THEN completed_at ELSE now() END,
+       progress_stage = CASE WHEN others.busy THEN progress_stage END,
+       lease_expires_at = CASE WHEN others.busy THEN lease_expires_at END,
+       error_class = CASE WHEN others.busy THEN error_class ELSE 'cancelled' END,
+       cancel_requested = others.busy AND cancel_requested,
+       pause_requested = others.busy AND pause_requested,
+       updated_at = now(),
+       log = CASE WHEN others.busy THEN log ELSE job_log_append(log, %(log_line)s) END
+  FROM others
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
 
 -- name: job_hand_back
--- Give a running job back without spending a retry (worker draining, or paused by an operator).
+-- Give running tasks back without spending a retry (worker draining, or paused by an
+-- operator): they are ready again; the job waits (or pauses) once none of its tasks runs.
+WITH mine AS (
+    UPDATE job_tasks t
+       SET state = 'ready', lease_expires_at = NULL
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+), others AS (
+    SELECT EXISTS (SELECT 1 FROM job_tasks o
+                    WHERE o.job_id = %(job_id)s AND o.state = 'running'
+                      AND o.id <> ALL (%(task_ids)s)) AS busy
+)
 UPDATE workflow_jobs
-   SET status = after_attempt(cancel_requested, pause_requested),
-       completed_at = CASE WHEN cancel_requested THEN now() END,
-       error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_class END,
-       cancel_requested = FALSE, pause_requested = FALSE,
-       progress_stage = NULL, lease_expires_at = NULL,
+   SET status = CASE WHEN others.busy THEN status
+                     ELSE after_attempt(cancel_requested, pause_requested) END,
+       completed_at = CASE WHEN cancel_requested AND NOT others.busy THEN now() END,
+       error_class = CASE WHEN cancel_requested AND NOT others.busy THEN 'cancelled'
+                          ELSE error_class END,
+       cancel_requested = others.busy AND cancel_requested,
+       pause_requested = others.busy AND pause_requested,
+       progress_stage = CASE WHEN others.busy THEN progress_stage END,
+       lease_expires_at = CASE WHEN others.busy THEN lease_expires_at END,
        updated_at = now(), log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+  FROM others
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING status;
 
 -- ===========================================================================
@@ -1242,18 +1551,35 @@ SELECT action, nullif(host, '') AS host, state, failures, failing_hosts, last_er
  ORDER BY action, host;
 
 -- name: job_hand_back_waiting
--- Give a running job back without spending a retry: a breaker (or this host's storage)
--- stops its next step; it is not claimed again before %(until)s, and says why.
+-- Give running tasks back without spending a retry: a breaker (or this host's storage)
+-- stops their step; the job is not claimed again before %(until)s, and says why.
+WITH mine AS (
+    UPDATE job_tasks t
+       -- held by the job's retry_after (which closing the breaker clears)
+       SET state = 'ready', lease_expires_at = NULL
+     WHERE t.id = ANY (%(task_ids)s) AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
+       AND t.state = 'running'
+       AND task_owned(%(job_id)s, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
+), others AS (
+    SELECT EXISTS (SELECT 1 FROM job_tasks o
+                    WHERE o.job_id = %(job_id)s AND o.state = 'running'
+                      AND o.id <> ALL (%(task_ids)s)) AS busy
+)
 UPDATE workflow_jobs
-   SET status = after_attempt(cancel_requested, pause_requested),
+   SET status = CASE WHEN others.busy THEN status
+                     ELSE after_attempt(cancel_requested, pause_requested) END,
        retry_after = %(until)s, waiting_reason = %(reason)s,
-       completed_at = CASE WHEN cancel_requested THEN now() END,
-       error_class = CASE WHEN cancel_requested THEN 'cancelled' ELSE error_class END,
-       cancel_requested = FALSE, pause_requested = FALSE,
-       progress_stage = NULL, lease_expires_at = NULL,
+       completed_at = CASE WHEN cancel_requested AND NOT others.busy THEN now() END,
+       error_class = CASE WHEN cancel_requested AND NOT others.busy THEN 'cancelled'
+                          ELSE error_class END,
+       cancel_requested = others.busy AND cancel_requested,
+       pause_requested = others.busy AND pause_requested,
+       progress_stage = CASE WHEN others.busy THEN progress_stage END,
+       lease_expires_at = CASE WHEN others.busy THEN lease_expires_at END,
        updated_at = now(), log = job_log_append(log, %(log_line)s)
- WHERE id = %(job_id)s AND worker_id = %(worker_id)s AND attempt = %(attempt)s
-   AND status = 'processing'
+  FROM others
+ WHERE id = %(job_id)s AND status = 'processing'
+   AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING status;
 
 -- name: worker_set_claim_problem

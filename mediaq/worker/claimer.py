@@ -1,8 +1,9 @@
-"""Claiming: one short transaction that takes a machine slot, the VRAM and a job.
+"""Claiming: one short transaction that takes a machine slot, the VRAM and a task (one
+runnable step, or one item of a fanned-out step, of a job).
 
-Lock order is always host row → slot → job, so claimers never deadlock with each
-other or with the trigger that frees slots (which locks job → slot → host, but only
-ever waits on the host row, which a claimer holds without waiting on anything).
+Lock order is always host row → slot → task → job, so claimers never deadlock with each
+other or with the triggers that free slots (which lock job → slot → host, but only
+ever wait on the host row, which a claimer holds without waiting on anything).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from mediaq import db
 from mediaq.logs import log_line
+from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.maintenance.rescuer import fall_back
 from mediaq.worker.resources import GPU_CATEGORIES, Capacity
 
@@ -24,12 +26,25 @@ NO_VRAM_LIMIT = 2**31 - 1
 
 @dataclass(frozen=True)
 class ClaimedJob:
+    """A claimed task and its job (``id``, ``attempt``: the job's)."""
+
     id: int
     job_code: str
     attempt: int
     workflow_id: int
     category: str
     vram_required: int
+    task_id: int = 0
+    task_attempt: int = 0
+    step_id: int = 0
+    item_index: int | None = None
+
+    def handle(self, pool: ConnectionPool[db.Connection], worker_id: str) -> JobHandle:
+        """The fenced handle through which the claiming worker writes about this task."""
+        handle = JobHandle(pool, worker_id, self.id, self.job_code, self.attempt,
+                           self.category)
+        handle.add_task(self.task_id, self.task_attempt, self.step_id, self.item_index)
+        return handle
 
 
 class Claimer:
@@ -72,18 +87,23 @@ class Claimer:
             # workflow says so): decided now, before a burst worker looks for work.
             fall_back(conn)
 
-    def claim(self, category: str) -> ClaimedJob | None:
-        """Claim the next job of ``category`` this machine has room for, or None."""
+    def claim(self, category: str, *, prefer_job_id: int | None = None,
+              only_preferred: bool = False) -> ClaimedJob | None:
+        """Claim the next task of ``category`` this machine has room for, or None; a
+        ready task of ``prefer_job_id`` first (run-ahead), or only such a task."""
+        params = {"prefer_job_id": prefer_job_id, "only_preferred": only_preferred}
         if category in GPU_CATEGORIES:
-            row = self._claim_with_vram(category)
+            row = self._claim_with_vram(category, params)
         else:  # one statement, its own transaction
-            row = db.fetch_one_now(self.pool, "job_claim_next",
-                                   self._claim_params(category, NO_VRAM_LIMIT))
+            row = db.fetch_one_now(self.pool, "task_claim_next",
+                                   {**self._claim_params(category, NO_VRAM_LIMIT), **params})
         if row is None:
             return None
         return ClaimedJob(id=row["id"], job_code=row["job_code"], attempt=row["attempt"],
                           workflow_id=row["workflow_id"], category=category,
-                          vram_required=int(row["vram_mb"]))
+                          vram_required=int(row["slot_vram_mb"]),
+                          task_id=row["task_id"], task_attempt=row["task_attempt"],
+                          step_id=row["step_id"], item_index=row["item_index"])
 
     def _claim_params(self, category: str, vram_free: int) -> dict[str, Any]:
         return {
@@ -94,17 +114,19 @@ class Claimer:
             "log_line": log_line(f"Claimed by {self.worker_id} on {self.host}"),
         }
 
-    def _claim_with_vram(self, category: str) -> db.Row | None:
-        """A GPU claim: the machine's VRAM ledger locked, read, and charged with the job's
+    def _claim_with_vram(self, category: str, extra: dict[str, Any]) -> db.Row | None:
+        """A GPU claim: the machine's VRAM ledger locked, read, and charged with the task's
         VRAM in the claim's transaction."""
         with db.transaction(self.pool) as conn:
             vram_free = self._vram_free(conn)
-            row = db.fetch_one(conn, "job_claim_next", self._claim_params(category, vram_free))
+            row = db.fetch_one(conn, "task_claim_next",
+                               {**self._claim_params(category, vram_free), **extra})
             if row is None:
-                self._explain_waiting(conn, category, vram_free)
-            elif row["vram_mb"]:
+                if not extra.get("only_preferred"):
+                    self._explain_waiting(conn, category, vram_free)
+            elif row["slot_vram_mb"]:
                 db.execute(conn, "host_reserve_vram", {"host": self.host,
-                                                       "vram_mb": row["vram_mb"]})
+                                                       "vram_mb": row["slot_vram_mb"]})
         return row
 
     def _vram_free(self, conn: db.Connection) -> int:

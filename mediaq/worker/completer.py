@@ -15,7 +15,7 @@ from psycopg.types.json import Jsonb
 
 from mediaq.logs import log_line
 from mediaq.states import StepStatus
-from mediaq.worker.job_handle import JobHandle
+from mediaq.worker.job_handle import JobHandle, Settle
 from mediaq.worker.outcomes import (
     Abandoned,
     AttemptLost,
@@ -33,6 +33,7 @@ from mediaq.worker.outcomes import (
     StepGaveUp,
     StepInterrupted,
     StepOutcome,
+    TaskDone,
     failed_line,
 )
 
@@ -57,7 +58,7 @@ def job_statement(outcome: JobOutcome) -> tuple[str, dict[str, Any]] | None:
             return "job_cancelled", {"log_line": log_line("--- JOB CANCELLED BY ADMIN ---")}
         case HandedBack():
             return "job_hand_back", {"log_line": log_line("Job handed back by its worker")}
-        case AttemptLost() | Abandoned():
+        case AttemptLost() | Abandoned() | TaskDone():
             return None  # the job is not (or may not be) ours: writing is the new owner's
         case _:
             assert_never(outcome)
@@ -72,9 +73,10 @@ def finish(handle: JobHandle, outcome: JobOutcome) -> None:
 
 
 def close_step(handle: JobHandle, execution_id: int, step: NamedStep, outcome: StepOutcome,
-               progress_percent: float) -> list[Path]:
+               progress_percent: float, settle: Settle | None = None) -> list[Path]:
     """Close a step's execution as ``outcome`` says and, where the outcome moves the job as
-    well, write that in the same transaction (``JobHandle.commit_step``)."""
+    well, write that in the same transaction (``JobHandle.commit_step``); ``settle``: the
+    step's task is done (completed, or failed under continue), in the same commit."""
     status, error_class, error = StepStatus.FAILED, None, None
     output_data: dict[str, Any] | None = None
     staged: tuple[Path, ...] = ()
@@ -115,4 +117,4 @@ def close_step(handle: JobHandle, execution_id: int, step: NamedStep, outcome: S
         error_class=error_class.value if error_class is not None else None,
         staged_files=list(staged), output_dir=output_dir, log_message=message,
         progress_percent=progress_percent,
-        then=job_statement(then) if then is not None else None)
+        then=job_statement(then) if then is not None else None, settle=settle)

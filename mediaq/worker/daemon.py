@@ -37,7 +37,7 @@ from mediaq.worker.listener import Listener
 from mediaq.worker.maintenance.object_sweeper import ObjectSweeper
 from mediaq.worker.maintenance.pruner import Pruner
 from mediaq.worker.maintenance.rescuer import Rescuer
-from mediaq.worker.outcomes import Abandoned, JobOutcome
+from mediaq.worker.outcomes import Abandoned, JobOutcome, TaskDone
 from mediaq.worker.resources import Capacity, read_gpu, vram_budget
 from mediaq.worker.storage_health import StorageWatch
 
@@ -268,15 +268,42 @@ class Worker:
         return claimed_any
 
     def _start(self, job: ClaimedJob) -> None:
-        handle = JobHandle(self.pool, self.worker_id, job.id, job.job_code, job.attempt,
-                           job.category)
+        handle = job.handle(self.pool, self.worker_id)
         self.capacity.take(job.category)
         with self.running_lock:
-            self.running[job.id] = handle
+            self.running[handle.task_ids[0]] = handle
         self.log.info("job:claimed", job_id=job.id, job_code=job.job_code, attempt=job.attempt,
-                      category=job.category)
-        future = self.jobs_pool.submit(self.executor.run, handle, job.workflow_id)
+                      category=job.category, task_id=job.task_id)
+        future = self.jobs_pool.submit(self._run_tasks, handle, job.workflow_id)
         future.add_done_callback(functools.partial(self._finished, handle))
+
+    def _run_tasks(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
+        """Run the claimed task, then (run-ahead) the job's next ready task this slot can
+        run, claimed at once, so a chain runs start to finish on one worker; the last
+        outcome. The slot is released and taken again by the claims (triggers), the
+        process's capacity stays taken throughout."""
+        while True:
+            outcome = self.executor.run(handle, workflow_id)
+            if not isinstance(outcome, TaskDone) or self.stopping.is_set() \
+                    or self.storage.problem is not None:
+                return outcome
+            try:
+                job = self.claimer.claim(handle.category, prefer_job_id=handle.job_id,
+                                         only_preferred=True)
+            except psycopg.OperationalError:
+                return outcome
+            if job is None:
+                return outcome
+            if id(handle) in self.abandoned:  # not this stuck thread's to go on: the
+                return outcome  # claimed task's lease runs out and it is rescued
+            with self.running_lock:
+                self.running.pop(handle.task_ids[0], None)
+                handle.continue_with(job.task_id, job.task_attempt, job.step_id,
+                                     job.item_index, job.attempt)
+                self.running[handle.task_ids[0]] = handle
+                self.processed += 1
+            self.log.info("job:run_ahead", job_id=job.id, job_code=job.job_code,
+                          task_id=job.task_id)
 
     def _abandoned(self, handle: JobHandle) -> None:
         """The watchdog abandoned this job's step (its outcome is written): stop renewing
@@ -284,8 +311,8 @@ class Worker:
         ``recycle_after_abandoned`` such threads the worker drains and exits to be
         restarted (a thread cannot be killed in process)."""
         with self.running_lock:
-            if self.running.get(handle.job_id) is handle:
-                del self.running[handle.job_id]
+            if self.running.get(handle.task_ids[0]) is handle:
+                del self.running[handle.task_ids[0]]
             self.abandoned.add(id(handle))
             stuck = len(self.abandoned)
         self.capacity.give_back(handle.category)
@@ -301,7 +328,7 @@ class Worker:
             if id(handle) in self.abandoned:  # its slot was given back when abandoned
                 self.abandoned.discard(id(handle))
                 return
-            self.running.pop(handle.job_id, None)
+            self.running.pop(handle.task_ids[0], None)
             self.processed += 1
         self.capacity.give_back(handle.category)
         error = future.exception()

@@ -1,100 +1,67 @@
-"""Run one claimed job: its workflow's steps in graph order, resuming after finished ones.
+"""Run one claimed task of a job: a step, one item of a fanned-out step, or a one-pass
+group of sibling steps' tasks.
 
-Reads as a pipeline: load the job → resolve its graph → check the input → for each
-unfinished step (``step_plan``: skipped, one task, its items, or a one-pass group):
-start (fenced) → run the action (no transaction open) → decide the step's outcome →
-have the completer write it → end the attempt with the job's outcome. Every decision is
-a value from ``mediaq.worker.outcomes`` (the rules there are pure functions); which
-statement records it is ``mediaq.worker.completer``'s business.
+Reads as a pipeline: load the job → resolve its graph → check the input → recall what
+the finished tasks gave (``task_plan``) → the task's step (``step_plan``: skipped, its
+items made, run, or run in one pass with its ready siblings): start (fenced) → run the
+action (no transaction open) → decide the step's outcome → have the completer write it,
+settling the task (and, for the job's last task, completing the job) in the same commit.
+Every decision is a value from ``mediaq.worker.outcomes`` (the rules there are pure
+functions); which statement records it is ``mediaq.worker.completer``'s business.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import psycopg
 import structlog
 
-from mediaq import catalog
-from mediaq.actions import ActionResult, get_action
+from mediaq import catalog, db
 from mediaq.config import Settings
 from mediaq.errors import (
-    Cancelled,
     InputRefused,
-    Interrupt,
     LeaseLost,
-    Paused,
     PermanentError,
     StepFailed,
     TransientError,
     WorkflowError,
 )
 from mediaq.outputs import (
-    discard,
     discard_earlier_attempts,
-    job_output_dir,
-    staging_dir,
 )
-from mediaq.storage.setup import object_storage
-from mediaq.worker import completer, storage_health
-from mediaq.worker.breakers import Breakers
-from mediaq.worker.isolation import isolation_wanted, run_isolated
+from mediaq.storage.uri import is_s3
+from mediaq.worker import storage_health, task_plan
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.job_input import first_unfinished, local_input
 from mediaq.worker.job_run import SINGLE, Item, JobRun, Step, load_run, plan_graph
 from mediaq.worker.outcomes import (
     Abandoned,
     AttemptLost,
-    ContinueAfterFailure,
     ErrorClass,
     FusedPassFailed,
     JobCompleted,
     JobFailed,
     JobOutcome,
-    RetryScheduled,
-    StepCompleted,
-    StepGaveUp,
-    StepInterrupted,
-    after_failure,
+    TaskDone,
     cannot_store,
-    classify,
-    stop_outcome,
     unstorable_reason,
 )
-from mediaq.worker.run_outputs import (
-    describe_outputs,
-    forget_outputs,
-    keep_earlier_outputs,
-    remember_outputs,
-)
-from mediaq.worker.step_context import action_context
 from mediaq.worker.step_plan import Skip, fused_groups, plan_items
-from mediaq.worker.watchdog import Watchdog, abandon_step
+from mediaq.worker.step_runner import StepRunner
 
 # JobRun and Step live in job_run (the completer and the rules read them too); they stay
 # importable from here for callers that build a run by hand (tests/test_errors.py).
 __all__ = ["Executor", "JobRun", "Step"]
 
 log = structlog.get_logger("mediaq.executor")
-T = TypeVar("T")
 
 
-class Executor:
-    """Runs claimed jobs; one instance per worker, called from its job threads."""
+class Executor(StepRunner):
+    """Runs claimed tasks; one instance per worker, called from its job threads."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        # Operations that survive a bad day (issue 25): breakers on actions, and a hard
-        # deadline and stall detector over every step, kept by a thread of their own.
-        self.breakers = Breakers(settings)
-        self.watchdog = Watchdog(settings.worker.step_timeout_grace_seconds,
-                                 settings.worker.stall_seconds)
-        # s3:// inputs and outputs, the input cache, path mappings (mediaq.storage).
-        self.objects = object_storage(settings.storage)
+        super().__init__(settings)
         self._held: dict[int, list[str]] = {}  # cache entries pinned by each running job
 
     def run(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
@@ -122,7 +89,7 @@ class Executor:
             case JobFailed(message=message):
                 bound.info("job:failed", error=message)
             case AttemptLost():
-                bound.warning("job:lease_lost")
+                bound.warning("job:lease_lost", tasks=handle.task_ids)
             case Abandoned(error=error):
                 bound.warning("job:abandoned", error=error)
             case _:  # a retry, a cancel or a hand-back: the job's log says so
@@ -130,10 +97,20 @@ class Executor:
         return outcome
 
     def _attempt(self, handle: JobHandle, workflow_id: int) -> JobOutcome:
-        run = load_run(handle, workflow_id)
+        # Run-ahead: the job's next task on the same worker reuses what the last one
+        # loaded and checked (the job, its graph, its local input); only what the job's
+        # tasks committed meanwhile, here or elsewhere, is read again.
+        cached = handle.run_cache if isinstance(handle.run_cache, JobRun) else None
+        run = task_plan.refreshed(handle, cached) if cached is not None \
+            else load_run(handle, workflow_id)
+        handle.run_cache = None
         self._held[handle.job_id] = []
         try:
-            return self._run_steps(handle, run)
+            outcome = self._run_steps(handle, run, fresh=cached is None)
+            if isinstance(outcome, TaskDone) and run.input_path is not None \
+                    and not is_s3(str(run.context["input_file_path"])):
+                handle.run_cache = run
+            return outcome
         except (psycopg.Error, UnicodeEncodeError) as exc:
             # The database refused a write for its data (a step's own result is handled
             # where it is committed, see _commit_result): that is for good, so the job
@@ -147,7 +124,32 @@ class Executor:
         finally:
             self.objects.cache.release(self._held.pop(handle.job_id, []))
 
-    def _run_steps(self, handle: JobHandle, run: JobRun) -> JobOutcome:
+    def _run_steps(self, handle: JobHandle, run: JobRun, *, fresh: bool = True) -> JobOutcome:
+        if fresh:
+            prepared = self._prepare(handle, run)
+            if prepared is not None:
+                return prepared
+        (step_id, item_index) = next(iter(handle.tasks))
+        step = next(s for s in run.steps if s.id == step_id)
+        tasks: list[db.Row] = []
+        if item_index is not None or any(index is not None for _, index in run.history):
+            with handle.pool.connection() as conn:  # item parameters and counts
+                tasks = db.fetch_all(conn, "job_tasks_of", {"job_id": handle.job_id})
+        counts = task_plan.item_counts(tasks)
+        task_plan.recall(self.objects, run, counts)
+        if item_index is None:
+            ended = self._run_or_skip(handle, run, step)
+        else:
+            mine = next(t for t in tasks if t["id"] == handle.task_ids[0])
+            ended = self._run_item(handle, run, step, Item(
+                item_index, dict(mine["item_params"] or {}), counts.get(step.id, 1)))
+        if ended is not None:
+            return ended
+        return handle.ended_job if handle.ended_job is not None else TaskDone()
+
+    def _prepare(self, handle: JobHandle, run: JobRun) -> JobOutcome | None:
+        """The job's first task on this worker: its graph, this host's storage and the
+        job's input checked; the job's outcome when it cannot go on, else None."""
         discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
         if not run.steps:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, "the workflow has no steps"))
@@ -173,28 +175,28 @@ class Executor:
             return self._input_unavailable(handle, run, exc)
         if run.context["input_bytes"] is None and run.input_path.is_file():
             handle.record_input_bytes(run.input_path.stat().st_size)
-        for group in fused_groups(run):
-            if len(group) > 1:
-                fused = self._run_fused(handle, run, group)
-                if fused is None:
-                    continue  # every step of the group is committed
-                if not isinstance(fused, FusedPassFailed):
-                    return fused  # the attempt ended
-            for step in group:
-                ended = self._run_or_skip(handle, run, step)
-                if ended is not None:
-                    return ended
-        if run.completed is not None:
-            return run.completed
-        completion = run.completion()
-        completer.finish(handle, completion)
-        return completion
+        return None
+
+    def _run_item(self, handle: JobHandle, run: JobRun, step: Step,
+                  item: Item) -> JobOutcome | None:
+        """One item of a fanned-out step (its task made by the step's own task)."""
+        done = run.history.get((step.id, item.index))
+        if done is not None and done["completed"]:  # an earlier attempt committed it
+            handle.settle_alone(task_plan.settle(handle, run, step, item, "completed"),
+                                f"Step {step.number} '{step.name}'{item.label} was done")
+            return None
+        stop = self._stop_asked(handle) or self.breakers.admit(handle, step.action)
+        if stop is not None:
+            return stop
+        return self._run_step(handle, run, step, item,
+                              retry_attempt=int(done["executions"]) if done else 0)
 
     def _input_unavailable(self, handle: JobHandle, run: JobRun,
                            exc: TransientError) -> JobOutcome:
         """A transient failure to fetch the input fails the first unfinished step as
         transient, so the step's retry rules (back-off, retry_count) apply to it."""
-        step = first_unfinished(run)
+        step = next((s for s in run.steps if (s.id, None) in handle.tasks), None) \
+            or first_unfinished(run)
         done = run.history.get((step.id, None))
         execution_id = handle.start_step(
             step_id=step.id, step_number=step.number, step_name=step.name,
@@ -206,24 +208,22 @@ class Executor:
         return ended if ended is not None else self._fail(
             handle, JobFailed(ErrorClass.TRANSIENT, exc.message))
 
-    @staticmethod
-    def _fail(handle: JobHandle, failed: JobFailed) -> JobFailed:
-        completer.finish(handle, failed)  # refused (LeaseLost): run() says AttemptLost
-        return failed
-
     # -- steps -------------------------------------------------------------------------
 
     def _run_or_skip(self, handle: JobHandle, run: JobRun, step: Step) -> JobOutcome | None:
-        """Run ``step`` (each of its items) unless an earlier attempt finished it or its
-        condition is false; the job's outcome if the attempt ends here, else None."""
+        """Run the task of ``step`` unless an earlier attempt finished it or its condition
+        is false; a fanned-out step's task makes its items' tasks instead. The job's
+        outcome if the attempt ends here, else None (the task is settled)."""
         past = run.history.get((step.id, None))
-        if past is not None and past["skipped"]:
-            return None
-        if step.for_each is None and past is not None and past["completed"]:
-            remember_outputs(self.objects, run, step, SINGLE, past["output_data"] or {})
+        if past is not None and (past["skipped"] or (step.for_each is None
+                                                     and past["completed"])):
+            state = "skipped" if past["skipped"] else "completed"
+            handle.settle_alone(task_plan.settle(handle, run, step, SINGLE, state),
+                                f"Step {step.number} '{step.name}' was {state} already")
             return None
         if past is not None and past["given_up"] and step.on_failure == "continue":
-            run.failed_steps.append({"step": step.number, "name": step.name})
+            handle.settle_alone(task_plan.settle(handle, run, step, SINGLE, "failed"),
+                                f"Step {step.number} '{step.name}' failed already")
             return None
         stop = self._stop_asked(handle)
         if stop is not None:
@@ -233,6 +233,8 @@ class Executor:
             handle.skip_step(step_id=step.id, step_number=step.number, step_name=step.name,
                              reason=planned.reason, progress_percent=run.percent(step, done=True),
                              input_data={"action": step.action, "when": step.when})
+            handle.settle_alone(task_plan.settle(handle, run, step, SINGLE, "skipped"),
+                                f"Step {step.number} '{step.name}' counts as done")
             return None
         waiting = self.breakers.admit(handle, step.action)  # an open breaker: wait, unharmed
         if waiting is not None:
@@ -244,287 +246,44 @@ class Executor:
                 input_data={"action": step.action, "when": step.when,
                             "for_each": step.for_each})
             return self._failed(handle, run, step, execution_id, planned)
-        for item in planned:
-            done = run.history.get((step.id, item.index))
-            if done is not None and done["completed"]:
-                remember_outputs(self.objects, run, step, item, done["output_data"] or {})
-                continue
-            if done is not None and done["given_up"] and step.on_failure == "continue":
-                continue
-            stop = self._stop_asked(handle)
-            if stop is not None:
-                return stop
-            ended = self._run_step(handle, run, step, item,
-                                   retry_attempt=int(done["executions"]) if done else 0)
-            if ended is not None:
-                return ended
-        return None
-
-    @staticmethod
-    def _stop_asked(handle: JobHandle) -> JobOutcome | None:
-        """Between steps: the job's outcome (written) if a stop was asked, else None."""
-        signal = handle.stop_signal
-        if not signal.is_set() or signal.reason is None:
+        if step.for_each is not None:
+            # The items are tasks of their own, for any worker to claim (this one first).
+            handle.expand(handle.tasks[(step.id, None)], [dict(i.params) for i in planned],
+                          f"Step {step.number} '{step.name}': {len(planned)} item(s)")
             return None
-        stop = stop_outcome(signal.reason)
-        completer.finish(handle, stop)  # a lost lease writes nothing
-        return stop
+        group = self._fuse_with_siblings(handle, run, step)
+        if len(group) > 1:
+            fused = self._run_fused(handle, run, group)
+            if fused is None:
+                return None  # every step of the group is committed
+            if not isinstance(fused, FusedPassFailed):
+                return fused  # the attempt ended
+            for member in group:  # one by one, each with its own retry and failure rules
+                ended = self._run_step(handle, run, member, SINGLE, retry_attempt=1)
+                if ended is not None:
+                    return ended
+            return None
+        return self._run_step(handle, run, step, SINGLE,
+                              retry_attempt=int(past["executions"]) if past else 0)
 
-    # -- fused steps (decode once, encode many) -----------------------------------------
-
-    def _run_fused(self, handle: JobHandle, run: JobRun,
-                   steps: list[Step]) -> JobOutcome | FusedPassFailed | None:
-        """Run ``steps`` in one pass: None when every step is committed, FusedPassFailed
-        when the pass failed (its executions are then closed, and the steps run one by
-        one, each with its own retry and failure rules), or the job's outcome when a stop
-        request ended the attempt."""
-        source = run.source_for(steps[0])
-        stop = self._stop_asked(handle) or self.breakers.admit(handle, steps[0].action)
-        if stop is not None:
-            return stop
-        first, last = steps[0], steps[-1]
-        low, high = run.percent(first, done=False), run.percent(last, done=True)
-        executions = [
-            handle.start_step(step_id=step.id, step_number=step.number, step_name=step.name,
-                              retry_attempt=0, progress_percent=low,
-                              input_data={"source": str(source), "action": step.action,
-                                          "fused_steps": [s.number for s in steps]})
-            for step in steps
-        ]
-        stage_dirs = [staging_dir(self.settings.storage.staging, handle.job_code, handle.attempt,
-                                  step.number) for step in steps]
-        started = time.monotonic()
-        label = " + ".join(step.name for step in steps)
-        try:
-            contexts = [action_context(
-                self.settings, self.objects, handle, run, step, stage_dir, 0,
-                lambda f, stage: handle.progress(low + (high - low) * f, stage or label))
-                for step, stage_dir in zip(steps, stage_dirs, strict=True)]
-            # The pass does every step's work, so it gets their timeouts together.
-            together = time.monotonic() + sum(step.timeout_seconds for step in steps)
-            for ctx in contexts:
-                ctx.deadline = min(together, run.job_deadline)
-            fuse = get_action(first.action).fuse
-            assert fuse is not None
-            with self.watchdog.watching(handle, contexts[0].deadline, functools.partial(
-                    abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
-                    first, executions[0], SINGLE,
-                    also_close=tuple(zip(steps[1:], executions[1:], strict=True)))):
-                if isolation_wanted(self.settings):
-                    results = self._classified(first, run, lambda: run_isolated(
-                        first.action, contexts, fused=True, settings=self.settings))
-                else:
-                    results = self._classified(first, run, lambda: fuse(contexts))
-        except (Cancelled, Paused, LeaseLost) as signal:
-            for stage_dir in stage_dirs:
-                discard(stage_dir)
-            return self._interrupted(handle, run, list(zip(steps, executions, strict=True)),
-                                     signal)
-        except StepFailed as failure:
-            for stage_dir in stage_dirs:
-                discard(stage_dir)
-            fallback = FusedPassFailed(failure.message)
-            for step, execution_id in zip(steps, executions, strict=True):
-                completer.close_step(handle, execution_id, step, fallback, low)
-            run.history.update({(step.id, None): {"executions": 1, "completed": False,
-                                                  "skipped": False, "given_up": False}
-                                for step in steps})
-            return fallback
-        seconds = time.monotonic() - started
-        pending = list(zip(steps, executions, stage_dirs, results, strict=True))
-        for index, (step, execution_id, stage_dir, result) in enumerate(pending):
-            refused = self._commit_result(handle, run, step, SINGLE, execution_id, stage_dir,
-                                          result, seconds)
-            if refused is None:
-                continue
-            # The database refused this step's result: the step fails for good. If that
-            # ends the attempt, the pass's later steps close (unpublished) before the job
-            # fails; with on_failure: continue, they are committed as usual.
-            later = pending[index + 1:]
-            ended = self._failed(handle, run, step, execution_id, refused,
-                                 also_close=[(s, e) for s, e, _, _ in later])
-            if ended is not None:
-                for _, _, later_dir, _ in later:
-                    discard(later_dir)
-                return ended
-        return None
-
-    # -- one step -----------------------------------------------------------------------
-
-    def _run_step(self, handle: JobHandle, run: JobRun, step: Step, item: Item,
-                  retry_attempt: int) -> JobOutcome | None:
-        source = run.source_for(step)
-        percent_at_start = run.percent(step, done=False, item=item)
-        step_share = run.percent(step, done=True, item=item) - percent_at_start
-        execution_id = handle.start_step(
-            step_id=step.id, step_number=step.number, step_name=step.name,
-            retry_attempt=retry_attempt, progress_percent=percent_at_start,
-            input_data={"source": str(source), "action": step.action,
-                        **({"item": item.params} if item.index is not None else {})},
-            item_index=item.index, item_label=item.label,
-        )
-        stage_dir = staging_dir(self.settings.storage.staging, handle.job_code, handle.attempt,
-                                step.number, item.index)
-        started = time.monotonic()
-        try:
-            ctx = action_context(
-                self.settings, self.objects, handle, run, step, stage_dir, retry_attempt,
-                lambda f, stage: handle.progress(percent_at_start + step_share * f,
-                                                 stage or step.name),
-                item=item)
-            fn = get_action(step.action).fn
-            with self.watchdog.watching(handle, ctx.deadline, functools.partial(
-                    abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
-                    step, execution_id, item)):
-                if isolation_wanted(self.settings):  # in a child, under the step limits
-                    result = self._classified(step, run, lambda: run_isolated(
-                        step.action, [ctx], fused=False, settings=self.settings)[0])
-                else:
-                    result = self._classified(step, run, lambda: fn(ctx))
-        except (Cancelled, Paused, LeaseLost) as signal:
-            discard(stage_dir)
-            return self._interrupted(handle, run, [(step, execution_id)], signal)
-        except StepFailed as failure:
-            discard(stage_dir)
-            return self._failed(handle, run, step, execution_id, failure)
-        refused = self._commit_result(handle, run, step, item, execution_id, stage_dir,
-                                      result, time.monotonic() - started)
-        return None if refused is None else self._failed(handle, run, step, execution_id,
-                                                          refused, item=item)
-
-    def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, item: Item,
-                       execution_id: int, stage_dir: Path, result: ActionResult,
-                       seconds: float) -> StepFailed | None:
-        """Publish and record a step's result; None when it is committed, else the
-        step's permanent failure (the database refused the result for its data; nothing
-        was published) for the caller to close the step with."""
-        output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
-        keep_earlier_outputs(run, step, item, result)
-        staged = tuple(o.staging_path for o in result.outputs)
-        output_data = describe_outputs(self.objects, result, output_dir, step, item, seconds,
-                                             handle.job_code)
-        if self.objects.output_root is not None and staged:
-            # Uploaded under this attempt's own keys now; copied to the final keys only
-            # inside the fenced commit (JobHandle.commit_step), so a worker that lost the
-            # job publishes nothing.
-            try:
-                uploaded = self.objects.stage(staged, stage_dir, handle.job_code)
-            except (PermanentError, TransientError) as exc:
-                discard(stage_dir)
-                self.objects.discard(stage_dir)
-                error_class = (ErrorClass.TRANSIENT if isinstance(exc, TransientError)
-                               else ErrorClass.PERMANENT)
-                return StepFailed(error_class, exc.message)
-            handle.finalize_remote = functools.partial(self.objects.finalize, uploaded)
-        # The workflow's last step completes the job in the same transaction: one commit
-        # (one WAL flush, one wake-up of the triggers) less per job, same end state as
-        # completing it after the loop. Its outputs join the job's before the completion
-        # is built.
-        last = run.is_last(step, item)
-        known = len(run.outputs)
-        if last:
-            remember_outputs(self.objects, run, step, item, output_data, fresh=True)
-        outcome = StepCompleted(output_data=output_data, staged_files=staged,
-                                output_dir=output_dir,
-                                completes=run.completion() if last else None)
-        try:
-            completer.close_step(handle, execution_id, step, outcome,
-                                 run.percent(step, done=outcome.advances, item=item))
-        except (PermanentError, TransientError) as exc:  # a final copy failed: rolled back
-            handle.finalize_remote = None
-            discard(stage_dir)
-            self.objects.discard(stage_dir)
-            del run.outputs[known:]
-            forget_outputs(run, step, item)
-            return StepFailed(ErrorClass.TRANSIENT if isinstance(exc, TransientError)
-                              else ErrorClass.PERMANENT, exc.message)
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            # Refused for its data even after ``mediaq.storable`` (a NaN, say): the same
-            # result would be refused again, so the step fails for good, naming the file,
-            # rather than the job being abandoned to its lease and re-run. The
-            # transaction rolled back: nothing was published, the job is still ours.
-            handle.finalize_remote = None
-            reason = unstorable_reason(exc)
-            if reason is None:
-                raise  # a lost connection: run() abandons the attempt to its lease
-            discard(stage_dir)
-            self.objects.discard(stage_dir)
-            del run.outputs[known:]
-            forget_outputs(run, step, item)
-            assert run.input_path is not None
-            return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
-        run.completed = outcome.completes
-        discard(stage_dir)
-        self.breakers.succeeded(handle, step.action)
-        if self.objects.output_root is not None:
-            handle.finalize_remote = None
-            self.objects.discard(stage_dir)
-        if not last:
-            remember_outputs(self.objects, run, step, item, output_data, fresh=True)
-        return None
-
-    def _classified(self, step: Step, run: JobRun, call: Callable[[], T]) -> T:
-        """Run an action with no transaction open; what it raises becomes StepFailed
-        (``outcomes.classify``), except the signals the caller acts on."""
-        try:
-            return call()
-        except Interrupt:  # a stop request, not the step's failure: the caller acts on it
-            raise
-        except psycopg.OperationalError:
-            # The database went away under the step's own writes (progress, log): not the
-            # step's fault. The job is abandoned and its lease decides, as after any outage.
-            raise
-        except Exception as exc:
-            raise classify(exc, step, past_job_deadline=time.monotonic() >= run.job_deadline,
-                           timeout_minutes=run.context["timeout_minutes"]) from None
-
-    # -- failures and interruptions -----------------------------------------------------
-
-    def _failed(self, handle: JobHandle, run: JobRun, step: Step, execution_id: int,
-                failure: StepFailed, also_close: list[tuple[Step, int]] | None = None,
-                item: Item = SINGLE) -> JobOutcome | None:
-        """Close the failed step as the rules say; the job's outcome if the attempt ends.
-        ``also_close``: executions of a one-pass run's later steps, closed as 'fused'
-        first when the failure ends the attempt (the job must still be ours to close
-        them)."""
-        if failure.error_class == ErrorClass.TRANSIENT:
-            self.breakers.failed(handle, step.action, failure.message)
-        outcome = after_failure(
-            failure, step, retries_used=int(run.context["retry_count"] or 0),
-            max_retries=int(run.context["max_retries"] or 0),
-            retry_base_seconds=self.settings.worker.retry_base_seconds,
-            retry_max_seconds=self.settings.worker.retry_max_seconds)
-        if also_close and not isinstance(outcome, ContinueAfterFailure):
-            for later, later_execution in also_close:
-                completer.close_step(handle, later_execution, later,
-                                     FusedPassFailed(f"step {step.number}: {failure.message}"),
-                                     run.percent(later, done=False))
-        completer.close_step(handle, execution_id, step, outcome,
-                             run.percent(step, done=outcome.advances, item=item))
-        match outcome:
-            case ContinueAfterFailure():
-                run.failed_steps.append({"step": step.number, "name": step.name,
-                                         **({"item": item.index} if item.index is not None
-                                            else {}),
-                                         "error": outcome.error})
-                return None
-            case StepGaveUp(job=failed):
-                return self._fail(handle, failed)
-            case RetryScheduled():
-                return outcome
-
-    def _interrupted(self, handle: JobHandle, run: JobRun, executions: list[tuple[Step, int]],
-                     signal: BaseException) -> JobOutcome:
-        """A stop request reached running steps (one, or a one-pass group whose first step
-        moves the job): close them as cancelled and move the job on as the stop asks."""
-        stop = stop_outcome(signal)
-        if isinstance(stop, AttemptLost):
-            return stop  # not ours any more: write nothing
-        (first, first_execution), others = executions[0], executions[1:]
-        for step, execution_id in others:
-            completer.close_step(handle, execution_id, step,
-                                 StepInterrupted(stop, moves_job=False),
-                                 run.percent(step, done=False))
-        completer.close_step(handle, first_execution, first, StepInterrupted(stop),
-                             run.percent(first, done=False))
-        return stop
+    def _fuse_with_siblings(self, handle: JobHandle, run: JobRun, step: Step) -> list[Step]:
+        """``step`` and the sibling steps whose ready tasks this worker claims to run with
+        it in one decode-once pass (``fuse: auto``: only while no other worker of the
+        category is idle; otherwise they are left for others to claim: spread)."""
+        group = next((g for g in fused_groups(run) if step in g), [step])
+        siblings = [s for s in group if s is not step]
+        if not siblings:
+            return [step]
+        claimed = handle.claim_siblings([s.number for s in siblings],
+                                        [s.number for s in group], self.lease_seconds)
+        by_number = {s.number: s for s in siblings}
+        for row in claimed:
+            sibling = by_number[row["step_number"]]
+            handle.add_task(row["task_id"], row["task_attempt"], sibling.id, None)
+        chosen = [s for s in group if s is step or s.number in
+                  {int(r["step_number"]) for r in claimed}]
+        handle.log(f"Step {step.number} '{step.name}': "
+                   + (f"fused with step(s) {', '.join(str(s.number) for s in chosen[1:])}"
+                      " (one decode-once pass)" if len(chosen) > 1
+                      else "siblings left to other workers (spread)"))
+        return chosen

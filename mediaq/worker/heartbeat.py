@@ -84,21 +84,33 @@ class Heartbeat(threading.Thread):
 
     @staticmethod
     def _ids(handles: list[JobHandle]) -> dict[str, list[int]]:
-        return {"job_ids": [h.job_id for h in handles], "attempts": [h.attempt for h in handles]}
+        """Every task the handles run (a fused pass holds several), with its attempt."""
+        pairs = [(t, a) for h in handles for t, a in zip(list(h.task_ids),
+                                                           list(h.task_attempts), strict=False)]
+        return {"task_ids": [t for t, _ in pairs], "task_attempts": [a for _, a in pairs]}
 
     def _apply_control_flags(self, handles: list[JobHandle]) -> None:
         with db.transaction(self.pool) as conn:
             rows = db.fetch_all(conn, "jobs_control_flags",
                                 {"worker_id": self.worker_id, **self._ids(handles)})
-        by_id = {h.job_id: h for h in handles}
+        # A handle is lost when none of its tasks is still its own (a fused pass's
+        # committed siblings are no longer running, the others are).
+        by_task = {t: h for h in handles for t in list(h.task_ids)}
+        asked = {id(h): list(h.task_ids) for h in handles}
+        owned: dict[int, bool] = {}
         for row in rows:
-            handle = by_id[row["id"]]
-            if not row["owned"]:
-                handle.stop_signal.stop(LeaseLost(f"{handle.job_code} is owned elsewhere now"))
-            elif row["cancel_requested"]:
+            handle = by_task.get(row["task_id"])
+            if handle is None:
+                continue
+            owned[id(handle)] = owned.get(id(handle), False) or bool(row["owned"])
+            if row["cancel_requested"]:
                 handle.stop_signal.stop(Cancelled())
             elif row["pause_requested"]:
                 handle.stop_signal.stop(Paused())
+        for handle in handles:
+            # Not when the handle went on to another task meanwhile (run-ahead).
+            if owned.get(id(handle)) is False and handle.task_ids == asked[id(handle)]:
+                handle.stop_signal.stop(LeaseLost(f"{handle.job_code} is owned elsewhere now"))
 
     def _renew(self, handles: list[JobHandle]) -> None:
         resources = self._latest_resources()
@@ -108,10 +120,17 @@ class Heartbeat(threading.Thread):
                                                   "resources": resources})
             if not handles:
                 return
-            kept = {r["id"] for r in db.fetch_all(conn, "leases_renew", {
+            asked = {id(h): list(h.task_ids) for h in handles}
+            rows = db.fetch_all(conn, "leases_renew", {
                 "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
                 **self._ids(handles),
-            })}
+            })
+            kept = {r["id"] for r in rows}
+        if rows:
+            with db.transaction(self.pool) as conn:
+                db.execute(conn, "job_leases_renew", {
+                    "lease_seconds": self.lease_seconds,
+                    "job_ids": sorted({r["job_id"] for r in rows})})
         for handle in handles:
-            if handle.job_id not in kept:
+            if not kept.intersection(asked[id(handle)]) and handle.task_ids == asked[id(handle)]:
                 handle.stop_signal.stop(LeaseLost(f"lease of {handle.job_code} was lost"))

@@ -1,9 +1,12 @@
-"""Every write a worker makes about one claimed job, each fenced by (worker, attempt).
+"""Every write a worker makes about one claimed task of a job, each fenced by the task:
+(task id, task attempt, worker), the task running and its job processing (a fused pass
+holds several sibling tasks; owning any of them is enough for the job-wide writes).
 
 Every parameter goes through ``mediaq.storable.storable`` on its way: text from media
 files (a PDF title, a tag) may hold a NUL, which no JSONB or text column can store.
 
-A fenced statement that touches no row means another worker owns the job now:
+A fenced statement that touches no row means another worker owns the task now (or the
+job ended meanwhile):
 the handle raises LeaseLost and the executor stops without writing anything else.
 """
 
@@ -39,14 +42,34 @@ class StopSignal(threading.Event):
             self.set()
 
 
+@dataclass(frozen=True)
+class Settle:
+    """How a step's commit settles its task: the task's new state (completed, skipped or
+    failed under on_failure continue), and how to build the job's completion when no
+    other task of the job is left (the statement and its parameters, less the fence)."""
+
+    task_id: int
+    state: str
+    completion: Callable[[db.Connection], tuple[str, dict[str, Any]]]
+
+
 @dataclass
 class JobHandle:
     pool: ConnectionPool[db.Connection]
     worker_id: str
     job_id: int
     job_code: str
-    attempt: int
+    attempt: int  # the job's attempt (staging folders, step_executions.job_attempt)
     category: str
+    # The tasks this handle runs (one, or a fused pass's siblings), with their attempts,
+    # and by (step id, item index).
+    task_ids: list[int] = field(default_factory=list)
+    task_attempts: list[int] = field(default_factory=list)
+    tasks: dict[tuple[int, int | None], int] = field(default_factory=dict)
+    # Set by the commit that ended the job (the last task's): its completion.
+    ended_job: Any = None
+    # What the executor loaded for the job (a JobRun), kept for run-ahead.
+    run_cache: Any = None
     stop_signal: StopSignal = field(default_factory=StopSignal)
     # Set by the executor before a step's commit when its outputs go to object storage:
     # copies the attempt's uploaded objects to their final keys (mediaq.storage.remote),
@@ -58,11 +81,34 @@ class JobHandle:
 
     @property
     def fence(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "worker_id": self.worker_id, "attempt": self.attempt}
+        return {"job_id": self.job_id, "worker_id": self.worker_id, "attempt": self.attempt,
+                "task_ids": self.task_ids, "task_attempts": self.task_attempts,
+                # job_complete settles one task as told (task_id, task_state), the
+                # others it still runs as completed
+                "task_id": None, "task_state": None}
+
+    def continue_with(self, task_id: int, attempt: int, step_id: int,
+                      item_index: int | None, job_attempt: int) -> None:
+        """Run-ahead: the same worker goes on with the job's next task (claimed)."""
+        self.task_ids.clear()
+        self.task_attempts.clear()
+        self.tasks.clear()
+        self.add_task(task_id, attempt, step_id, item_index)
+        self.attempt = job_attempt
+        self.ended_job = None
+        self.stop_signal = StopSignal()
+        self.finalize_remote = None
+        self._last_progress, self.progress_percent = 0.0, -1.0
+        self.progress_moved_at = time.monotonic()
+
+    def add_task(self, task_id: int, attempt: int, step_id: int, item_index: int | None) -> None:
+        self.task_ids.append(task_id)
+        self.task_attempts.append(attempt)
+        self.tasks[(step_id, item_index)] = task_id
 
     def _lost(self) -> LeaseLost:
         error = LeaseLost(
-            f"{self.job_code}: attempt {self.attempt} is no longer owned by {self.worker_id}")
+            f"{self.job_code}: tasks {self.task_ids} are no longer owned by {self.worker_id}")
         self.stop_signal.stop(error)
         return error
 
@@ -124,6 +170,7 @@ class JobHandle:
         log_message: str,
         progress_percent: float,
         then: tuple[str, dict[str, Any]] | None = None,
+        settle: Settle | None = None,
     ) -> list[Path]:
         """Close a step and (optionally) move the job on, in one transaction.
 
@@ -146,6 +193,8 @@ class JobHandle:
                 "error_message": error_message,
                 "error_class": error_class,
             }))
+            if settle is not None:
+                then = self._settle(conn, settle)
             if then is not None:
                 name, params = then
                 if db.fetch_one(conn, name, storable({**self.fence, **params})) is None:
@@ -159,7 +208,63 @@ class JobHandle:
                 published.append(publish(staged, output_dir))
         return published
 
+    def _settle(self, conn: db.Connection,
+                settle: Settle) -> tuple[str, dict[str, Any]] | None:
+        """Settle a task in its step's commit (the job row is locked): the job's
+        completion when no other task is left, else the task is done and its dependents
+        count one need less."""
+        left = db.fetch_one(conn, "task_remaining", {"job_id": self.job_id,
+                                                     "task_id": settle.task_id})
+        if left is not None and int(left["remaining"]) == 0:
+            name, params = settle.completion(conn)
+            return name, {**params, "task_id": settle.task_id, "task_state": settle.state}
+        if db.fetch_one(conn, "task_done", {**self.fence, "task_id": settle.task_id,
+                                            "state": settle.state}) is None:
+            raise self._lost()
+        return None
+
+    def settle_alone(self, settle: Settle, log_message: str) -> None:
+        """Settle a task outside a step's commit (an earlier attempt finished its step)."""
+        with db.transaction(self.pool) as conn:
+            if db.fetch_one(conn, "job_lock_owned", self.fence) is None:
+                raise self._lost()
+            then = self._settle(conn, settle)
+            if then is not None:
+                name, params = then
+                if db.fetch_one(conn, name, storable({**self.fence, **params})) is None:
+                    raise self._lost()
+            db.execute(conn, "job_append_log", {**self.fence,
+                                                "log_line": log_line(log_message)})
+
+    def expand(self, task_id: int, items: list[dict[str, Any]], log_message: str) -> None:
+        """A fan-out's task makes one ready task per item (the job row locked)."""
+        with db.transaction(self.pool) as conn:
+            if db.fetch_one(conn, "job_lock_owned", self.fence) is None:
+                raise self._lost()
+            db.execute(conn, "job_append_log", {**self.fence, "log_line": log_line(log_message)})
+            if db.fetch_one(conn, "task_expand", storable({
+                    **self.fence, "task_id": task_id, "count": len(items),
+                    "items": Jsonb(items)})) is None:
+                raise self._lost()
+
+    def claim_siblings(self, step_numbers: list[int], group_numbers: list[int],
+                       lease_seconds: int) -> list[db.Row]:
+        """Claim the job's tasks of these sibling steps of a pass (``group_numbers``) for
+        one fused pass: ready ones, and waiting ones that wait only for the pass's own
+        steps (a chain); none when another worker of the category is idle (spread)."""
+        with db.transaction(self.pool) as conn:
+            return db.fetch_all(conn, "task_claim_siblings", {
+                **self.fence, "step_numbers": step_numbers, "group_numbers": group_numbers,
+                "category": self.category, "lease_seconds": lease_seconds})
+
     def finish(self, name: str, **params: Any) -> db.Row:
         """A job-level transition outside a step (complete, fail, hand back…); which
-        statement records which outcome is ``mediaq.worker.completer``'s to say."""
-        return self._fenced(name, **params)
+        statement records which outcome is ``mediaq.worker.completer``'s to say. The job
+        row is locked first, so sibling tasks ending at once see each other's ends."""
+        with db.transaction(self.pool) as conn:
+            if db.fetch_one(conn, "job_lock_owned", self.fence) is None:
+                raise self._lost()
+            row = db.fetch_one(conn, name, storable({**self.fence, **params}))
+        if row is None:
+            raise self._lost()
+        return row

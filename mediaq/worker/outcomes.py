@@ -157,6 +157,14 @@ class Abandoned:
     error: str
 
 
+@dataclass(frozen=True)
+class TaskDone:
+    """The task committed (its step or item done, skipped, or its items made) and the
+    job goes on with its other tasks: nothing more to write."""
+
+    status: ClassVar[JobStatus | None] = JobStatus.PROCESSING
+
+
 # -- step outcomes: how one execution of one step ended -----------------------------------
 #
 # ``advances``: whether the job's progress counts the step as done when it closes.
@@ -216,7 +224,7 @@ class FusedPassFailed:
 
 
 JobOutcome = (JobCompleted | JobFailed | RetryScheduled | JobCancelled | HandedBack
-              | AttemptLost | Abandoned)
+              | AttemptLost | Abandoned | TaskDone)
 StepOutcome = (StepCompleted | RetryScheduled | ContinueAfterFailure | StepGaveUp
                | StepInterrupted | FusedPassFailed)
 

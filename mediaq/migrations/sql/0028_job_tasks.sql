@@ -1,0 +1,319 @@
+-- mediaq schema, revision 0028: every runnable step of a job (each item of a fanned-out
+-- step) is a task, claimed on its own by any capable worker, with its own lease, fence,
+-- rescue and cancel (issue 18). The task state machine is defined here, as the job's is:
+-- the states, the moves, and a trigger refusing any other move from any client.
+
+SET LOCAL search_path = mediaq, public;
+
+CREATE TABLE task_states (
+    state       TEXT PRIMARY KEY,
+    terminal    BOOLEAN NOT NULL,
+    description TEXT NOT NULL
+);
+COMMENT ON TABLE task_states IS
+    'The states of job_tasks.state; terminal: no worker touches the task again (a job retry may reset it).';
+
+CREATE TABLE task_state_transitions (
+    from_state  TEXT NOT NULL REFERENCES task_states (state),
+    to_state    TEXT NOT NULL REFERENCES task_states (state),
+    description TEXT NOT NULL,
+    PRIMARY KEY (from_state, to_state),
+    CHECK (from_state <> to_state)
+);
+COMMENT ON TABLE task_state_transitions IS
+    'The moves of job_tasks.state that the engine makes; the trigger job_tasks_state_transition refuses any other.';
+GRANT SELECT ON task_states, task_state_transitions TO PUBLIC;
+
+INSERT INTO task_states (state, terminal, description) VALUES
+    ('waiting', FALSE, 'some of the steps it needs are unfinished (pending_needs counts them)'),
+    ('ready', FALSE, 'claimable by any capable worker (a retry_after in the future holds it until then)'),
+    ('running', FALSE, 'owned by one worker (worker_id, attempt) until lease_expires_at'),
+    ('completed', TRUE, 'its step (item) committed, or its items were made (a fan-out)'),
+    ('skipped', TRUE, 'its condition was false: counts as done for the steps that need it'),
+    ('failed', TRUE, 'given up on (error in its step execution); with on_failure continue it counts as done'),
+    ('cancelled', TRUE, 'the job ended (cancelled, failed) before the task finished');
+
+INSERT INTO task_state_transitions (from_state, to_state, description) VALUES
+    ('waiting', 'ready', 'task_done: the last unfinished step it needs finished; task_expand: a fan-out it needs made no items'),
+    ('waiting', 'cancelled', 'job_fail, job_cancelled, jobs_rescue_expired, job_cancel: the job ended first'),
+    ('ready', 'running', 'task_claim_next, task_claim_siblings: a worker claims it (attempt + 1, a new lease)'),
+    ('waiting', 'running', 'task_claim_siblings: claimed with the steps it waits for, for one decode-once pass (a chain of renditions)'),
+    ('ready', 'cancelled', 'job_fail, job_cancelled, jobs_rescue_expired, job_cancel: the job ended first'),
+    ('running', 'completed', 'task_done: its step (item) committed; task_expand: its items were made'),
+    ('running', 'skipped', 'task_done: its condition was false'),
+    ('running', 'failed', 'task_done: failed for good under on_failure continue; job_fail: its failure fails the job; jobs_rescue_expired: its worker was lost once too often'),
+    ('running', 'cancelled', 'job_cancelled: stopped on a cancel request; job_fail: another task failed the job'),
+    ('running', 'ready', 'job_schedule_retry: a transient failure, retried after a back-off; job_hand_back, job_hand_back_waiting: drain, pause, breaker or storage; jobs_rescue_expired: its lease ran out or its worker is gone'),
+    ('failed', 'ready', 'job_retry: an operator retries the job'),
+    ('cancelled', 'ready', 'job_retry: an operator retries the job'),
+    ('failed', 'waiting', 'job_retry: an operator retries the job'),
+    ('cancelled', 'waiting', 'job_retry: an operator retries the job');
+
+-- Steps' needs as step numbers, resolved in SQL (seed 000 inserts steps without `mediaq
+-- workflows apply`): the `needs` column (names, slugs or numbers), or, when NULL, the
+-- step before it (mediaq.graph.resolve_needs says the same in Python).
+CREATE FUNCTION step_slug(name text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$ SELECT btrim(regexp_replace(lower(coalesce(name, '')), '[^0-9a-z]+', '_', 'g'), '_') $$;
+
+CREATE FUNCTION step_need_numbers(step_id integer) RETURNS integer[]
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT CASE WHEN s.needs IS NULL OR jsonb_typeof(s.needs) <> 'array' THEN
+        coalesce((SELECT ARRAY[max(p.step_number)] FROM workflow_steps p
+                   WHERE p.workflow_id = s.workflow_id AND p.step_number < s.step_number
+                  HAVING max(p.step_number) IS NOT NULL), '{}')
+    ELSE
+        coalesce((SELECT array_agg(DISTINCT p.step_number ORDER BY p.step_number)
+                    FROM jsonb_array_elements_text(s.needs) AS n (need)
+                    JOIN workflow_steps p ON p.workflow_id = s.workflow_id
+                     AND p.step_number <> s.step_number
+                     AND (p.step_number::text = n.need OR p.step_name = n.need
+                          OR step_slug(p.step_name) = step_slug(n.need))), '{}')
+    END
+      FROM workflow_steps s WHERE s.id = step_id $$;
+
+CREATE TABLE job_tasks (
+    id                BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    job_id            BIGINT NOT NULL REFERENCES workflow_jobs (id) ON DELETE CASCADE,
+    step_id           INTEGER NOT NULL REFERENCES workflow_steps (id),
+    step_number       INTEGER NOT NULL,
+    item_index        INTEGER,  -- which item of a fanned-out step; NULL otherwise
+    item_count        INTEGER,  -- a fan-out's task: how many items it made
+    item_params       JSONB,
+    need_steps        INTEGER[] NOT NULL DEFAULT '{}',  -- step numbers it waits for
+    pending_needs     INTEGER NOT NULL DEFAULT 0 CHECK (pending_needs >= 0),
+    state             TEXT NOT NULL DEFAULT 'waiting' REFERENCES task_states (state),
+    resource_category TEXT NOT NULL CHECK (resource_category IN ('cpu', 'gpu_encode', 'gpu_ai')),
+    vram_required     INTEGER NOT NULL DEFAULT 0,
+    priority          INTEGER NOT NULL DEFAULT 5,
+    queue_name        TEXT,
+    retry_after       TIMESTAMPTZ,
+    worker_id         TEXT,
+    attempt           INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at  TIMESTAMPTZ,
+    rescue_count      INTEGER NOT NULL DEFAULT 0,
+    fused             BOOLEAN,  -- claimed with its siblings for one decode-once pass
+    started_at        TIMESTAMPTZ,
+    completed_at      TIMESTAMPTZ
+);
+-- The claim walks this index in (priority DESC, id) order per category: never jobs.
+CREATE INDEX job_tasks_ready ON job_tasks (resource_category, priority DESC, id)
+    WHERE state = 'ready';
+CREATE INDEX job_tasks_job ON job_tasks (job_id, step_number);
+CREATE INDEX job_tasks_running_lease ON job_tasks (lease_expires_at) WHERE state = 'running';
+
+ALTER TABLE worker_slots ADD COLUMN task_id BIGINT;
+
+CREATE FUNCTION task_state_transition_check() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM task_state_transitions t
+                    WHERE t.from_state = OLD.state AND t.to_state = NEW.state) THEN
+        RAISE EXCEPTION 'illegal task state transition: % -> %', OLD.state, NEW.state
+            USING ERRCODE = 'check_violation',
+                  SCHEMA = TG_TABLE_SCHEMA, TABLE = TG_TABLE_NAME, COLUMN = 'state',
+                  CONSTRAINT = 'job_tasks_state_transition',
+                  DETAIL = format('task %s of job %s is %s', OLD.id, OLD.job_id, OLD.state),
+                  HINT = 'The moves a task can make are the rows of mediaq.task_state_transitions.';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER job_tasks_state_transition BEFORE UPDATE OF state ON job_tasks
+    FOR EACH ROW WHEN (NEW.state IS DISTINCT FROM OLD.state)
+    EXECUTE FUNCTION task_state_transition_check();
+
+-- A task leaving 'running' frees the slot (and VRAM) it held; a task becoming ready
+-- wakes the workers of its category.
+CREATE FUNCTION task_after_update() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE plpgsql AS $$
+DECLARE
+    released record;
+BEGIN
+    IF OLD.state = 'running' THEN
+        FOR released IN
+            UPDATE worker_slots
+               SET job_id = NULL, job_attempt = NULL, task_id = NULL, worker_id = NULL,
+                   taken_at = NULL, vram_mb = 0
+             WHERE task_id = OLD.id
+            RETURNING host, category
+        LOOP
+            PERFORM pg_notify(wake_channel(released.category, released.host), released.category);
+        END LOOP;
+    END IF;
+    IF NEW.state = 'ready' THEN
+        PERFORM pg_notify(wake_channel(NEW.resource_category), NEW.resource_category);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER job_tasks_after_update AFTER UPDATE OF state ON job_tasks
+    FOR EACH ROW WHEN (NEW.state IS DISTINCT FROM OLD.state)
+    EXECUTE FUNCTION task_after_update();
+
+-- Does this worker still own one of these tasks (ids and attempts in pairs) of the job,
+-- and is the job still running? The fence every worker write carries.
+CREATE FUNCTION task_owned(job bigint, task_ids bigint[], attempts integer[], worker text)
+    RETURNS boolean
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT EXISTS (SELECT 1 FROM job_tasks t
+                     JOIN unnest(task_ids, attempts) AS mine (id, attempt)
+                       ON t.id = mine.id AND t.attempt = mine.attempt
+                    WHERE t.job_id = job AND t.worker_id = worker AND t.state = 'running') $$;
+
+-- One task per step for a new job (of any door: CLI, API, Python, a plain INSERT);
+-- roots are ready. Category and VRAM: the step's, else the job's (a step on the CPU
+-- needs no VRAM unless it says so).
+CREATE FUNCTION job_tasks_create(job_ids bigint[]) RETURNS void
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE sql AS $$
+    INSERT INTO job_tasks (job_id, step_id, step_number, need_steps, pending_needs, state,
+                           resource_category, vram_required, priority, queue_name)
+    SELECT j.id, s.id, coalesce(s.step_number, 0), n.needs, cardinality(n.needs),
+           CASE WHEN cardinality(n.needs) = 0 THEN 'ready' ELSE 'waiting' END,
+           coalesce(s.resource_category, j.resource_category, 'cpu'),
+           coalesce(s.vram_required,
+                    CASE WHEN coalesce(s.resource_category, j.resource_category) = 'cpu' THEN 0
+                         ELSE j.vram_required END, 0),
+           coalesce(j.priority, 5), j.queue_name
+      FROM workflow_jobs j
+      JOIN workflow_steps s ON s.workflow_id = j.workflow_id
+     CROSS JOIN LATERAL (SELECT step_need_numbers(s.id) AS needs) n
+     WHERE j.id = ANY (job_ids)
+     ORDER BY j.id, s.step_number, s.id $$;
+
+CREATE OR REPLACE FUNCTION jobs_after_insert_rows() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO media_queue (job_id, queue_name, priority, scheduled_time, status, worker_id)
+    SELECT n.id, n.queue_name, n.priority, coalesce(n.retry_after, n.submitted_at),
+           queue_status_for(n.status), n.worker_id
+      FROM new_jobs n
+     ORDER BY n.id;
+    PERFORM job_tasks_create(ARRAY(SELECT id FROM new_jobs));
+    PERFORM pg_notify(wake_channel(c.resource_category), c.resource_category)
+       FROM (SELECT DISTINCT resource_category FROM new_jobs
+              WHERE status IN ('pending', 'queued')) AS c;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION job_after_update() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE plpgsql AS $$
+DECLARE
+    released record;
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status OR NEW.attempt <> OLD.attempt
+       OR NEW.retry_after IS DISTINCT FROM OLD.retry_after THEN
+        UPDATE media_queue
+           SET status = queue_status_for(NEW.status),
+               priority = NEW.priority,
+               worker_id = NEW.worker_id,
+               picked_up_at = CASE WHEN NEW.status = 'processing' THEN now() ELSE picked_up_at END,
+               scheduled_time = CASE WHEN NEW.status IN ('pending', 'queued')
+                                     THEN coalesce(NEW.retry_after, now()) ELSE scheduled_time END
+         WHERE job_id = NEW.id;
+    END IF;
+
+    -- Leaving "processing" (or being re-claimed) frees the slots and VRAM its tasks held.
+    IF OLD.status = 'processing' AND (NEW.status <> 'processing' OR NEW.attempt <> OLD.attempt) THEN
+        FOR released IN
+            UPDATE worker_slots
+               SET job_id = NULL, job_attempt = NULL, task_id = NULL, worker_id = NULL,
+                   taken_at = NULL, vram_mb = 0
+             WHERE job_id = OLD.id AND job_attempt = OLD.attempt
+            RETURNING host, category
+        LOOP
+            -- Only that machine's processes can use the slot, and only if work waits.
+            IF EXISTS (SELECT 1 FROM job_tasks t
+                        WHERE t.state = 'ready' AND t.resource_category = released.category) THEN
+                PERFORM pg_notify(wake_channel(released.category, released.host),
+                                  released.category);
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF NEW.status IS DISTINCT FROM OLD.status
+       OR NEW.progress_percent IS DISTINCT FROM OLD.progress_percent THEN
+        PERFORM write_job_notifications(OLD, NEW);
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status AND NEW.status IN ('pending', 'queued') THEN
+        PERFORM pg_notify(wake_channel(NEW.resource_category), NEW.resource_category);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- A job's tasks follow its ending and its retry, whichever statement (or client) moves
+-- it: a job that ends (completed, failed, cancelled) cancels its unfinished tasks and
+-- closes their running step executions (their workers' next fenced write is refused);
+-- a retried job resets the tasks that did not complete, waiting again for the needs
+-- that did not complete either.
+CREATE FUNCTION job_tasks_follow_job() RETURNS trigger
+    SET search_path = pg_catalog, mediaq
+    LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status IN ('completed', 'failed', 'cancelled') THEN
+        UPDATE step_executions
+           SET status = 'cancelled', error_class = 'cancelled',
+               error_message = format('the job was %s meanwhile', NEW.status),
+               completed_at = now(),
+               duration_seconds = round(extract(epoch FROM now() - started_at))::integer,
+               duration_ms = round(extract(epoch FROM now() - started_at) * 1000)::integer
+         WHERE job_id = NEW.id AND status = 'running';
+        UPDATE job_tasks
+           SET state = 'cancelled', completed_at = now(), lease_expires_at = NULL
+         WHERE job_id = NEW.id AND state IN ('waiting', 'ready', 'running');
+    ELSIF OLD.status IN ('failed', 'cancelled') AND NEW.status IN ('pending', 'queued') THEN
+        UPDATE job_tasks t
+           SET pending_needs = n.pending,
+               state = CASE WHEN n.pending = 0 THEN 'ready' ELSE 'waiting' END,
+               retry_after = NULL, rescue_count = 0, completed_at = NULL
+          FROM (SELECT r.id, (SELECT count(*) FROM job_tasks d
+                               WHERE d.job_id = r.job_id AND d.step_number = ANY (r.need_steps)
+                                 AND d.state NOT IN ('completed', 'skipped'))::integer AS pending
+                  FROM job_tasks r
+                 WHERE r.job_id = NEW.id AND r.state IN ('failed', 'cancelled')) n
+         WHERE t.id = n.id;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER job_tasks_end_with_job AFTER UPDATE OF status ON workflow_jobs
+    FOR EACH ROW WHEN (NEW.status IS DISTINCT FROM OLD.status)
+    EXECUTE FUNCTION job_tasks_follow_job();
+
+-- The statements that move jobs now claim and end tasks (tests/test_job_transitions.py).
+UPDATE job_status_transitions
+   SET description = replace(description, 'job_claim_next: a worker claims the job (attempt + 1, a new lease)',
+                             'task_claim_next: a worker claims its first task (attempt + 1, a new lease)')
+ WHERE to_status = 'processing';
+UPDATE job_statuses
+   SET description = 'some of its tasks run (each owned by one worker until its lease runs out), or wait for their needs or a worker'
+ WHERE status = 'processing';
+
+-- Jobs already in the queue get their tasks; the steps they finished count as done
+-- (the moves below are a migration's bookkeeping, not the engine's: the trigger is off).
+SELECT job_tasks_create(ARRAY(SELECT id FROM workflow_jobs
+                               WHERE status IN ('pending', 'queued', 'processing', 'paused')));
+ALTER TABLE job_tasks DISABLE TRIGGER job_tasks_state_transition;
+UPDATE job_tasks t SET state = CASE WHEN se.skipped THEN 'skipped' ELSE 'completed' END
+  FROM (SELECT job_id, step_id, bool_and(status = 'skipped') AS skipped FROM step_executions
+         WHERE status IN ('completed', 'skipped') AND item_index IS NULL
+         GROUP BY job_id, step_id) se
+ WHERE t.job_id = se.job_id AND t.step_id = se.step_id;
+UPDATE job_tasks t
+   SET pending_needs = n.pending,
+       state = CASE WHEN n.pending = 0 THEN 'ready' ELSE 'waiting' END
+  FROM (SELECT t2.id, (SELECT count(*) FROM job_tasks d
+                        WHERE d.job_id = t2.job_id AND d.step_number = ANY (t2.need_steps)
+                          AND d.state NOT IN ('completed', 'skipped'))::integer AS pending
+          FROM job_tasks t2 WHERE t2.state NOT IN ('completed', 'skipped')) n
+ WHERE t.id = n.id;
+ALTER TABLE job_tasks ENABLE TRIGGER job_tasks_state_transition;
