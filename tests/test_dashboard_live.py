@@ -55,6 +55,16 @@ def open_dashboards(browser: Browser, web: Web, query: str) -> None:
     assert browser.js("window.__tabs.every((t) => t.document.visibilityState === 'visible')")
 
 
+def shows_priority(browser: Browser, mq: MediaqEnv, job: str) -> None:
+    """Every open dashboard shows the job's priority as the database has it now (the
+    writer has stopped): streaming pages patched from the events, polling ones reloaded."""
+    want = mq.one("SELECT priority FROM workflow_jobs WHERE job_code = %s", (job,))["priority"]
+    wait_for(lambda: browser.js(f"""window.__tabs.map((t) => {{
+        const cell = t.document.querySelector('#jobs tr[data-job="{job}"] td:nth-child(5)');
+        return cell ? cell.textContent : null; }})""") == [str(want)] * BROWSERS,
+             timeout=60, interval=0.3, message=f"priority {want} of {job} on every page")
+
+
 def close_dashboards(browser: Browser) -> None:
     browser.js("window.__tabs.forEach((t) => t.close()); true")
 
@@ -130,16 +140,20 @@ def test_dashboard_streams_and_load(mq: MediaqEnv, tmp_path: Path) -> None:
 
         # The database load of five open dashboards: streaming, then polling (?poll).
         open_dashboards(browser, web, "")
-        streaming = {"idle": statements_per_second(mq, None),
-                     "changing": statements_per_second(mq, jobs[0])}
+        streaming = {"idle": statements_per_second(mq, None)}
+        calls = browser.js("window.__tabs.map((t) => Number(t.document.body.dataset.apiCalls))")
+        streaming["changing"] = statements_per_second(mq, jobs[0])
+        print("DEBUG calls", calls, browser.js("window.__tabs.map((t) => Number(t.document.body.dataset.apiCalls))"))
         assert browser.js("window.__tabs.every((t) => "
                           "t.document.querySelector('#live').textContent === 'live · streaming')")
+        shows_priority(browser, mq, jobs[0])
         close_dashboards(browser)
         open_dashboards(browser, web, "?poll")
         polling = {"idle": statements_per_second(mq, None),
                    "changing": statements_per_second(mq, jobs[0])}
         assert browser.js("window.__tabs.every((t) => "
                           "t.document.querySelector('#live').textContent.startsWith('idle'))")
+        shows_priority(browser, mq, jobs[0])
         close_dashboards(browser)
         for case, what in (("idle", "nothing changing"),
                            ("changing", f"a job changing every {CHANGE_EVERY_S:g} s")):
@@ -147,5 +161,6 @@ def test_dashboard_streams_and_load(mq: MediaqEnv, tmp_path: Path) -> None:
                   f"{streaming[case]:.2f} transactions/s, polling {polling[case]:.2f}/s, "
                   f"ratio {streaming[case] / polling[case]:.2f}")
         assert streaming["idle"] < polling["idle"]
+        assert streaming["changing"] < polling["changing"]
     finally:
         browser.close()

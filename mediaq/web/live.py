@@ -46,10 +46,14 @@ STREAM_S = 300.0
 authenticates its token again (a revoked token stops getting events)."""
 RETRY_MS = 2000  # the EventSource-style reconnect hint sent to clients
 SHOWN_LIVE = ("pending", "queued", "processing", "paused")  # dash_live_jobs reads them all
+REFRESH_S = 60.0
+"""While someone watches, the rows are read this often even without a change, estimates
+compared too (they move with the clock, and when workers come and go): one read per
+process, instead of each page reloading its jobs table."""
 NEWEST = 200  # the newest jobs diffed whatever their state (the landing page shows 100)
 TRACK_MAX = 2000  # past this many rows an event says "reload" instead of listing changes
 # Estimates move with the clock, not with a change: they travel with a changed row but
-# do not make a row "changed" (pages refresh them with their slow reload).
+# make a row "changed" only on the REFRESH_S read.
 NOT_COMPARED = ("estimatedSeconds", "estimatedStart", "estimatedFinish", "etaBlockedReason")
 
 
@@ -63,9 +67,10 @@ class JobsDiff:
     def tracked(self) -> list[int]:
         return list(self.known or ())
 
-    def update(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def update(self, rows: list[dict[str, Any]], estimates: bool = False) -> dict[str, Any]:
         """``jobs`` and ``gone`` for the event; ``rows`` are serialised jobs, newest
-        first, from ``dash_live_jobs``."""
+        first, from ``dash_live_jobs``; ``estimates``: a row whose ETA moved changed."""
+        compared = (lambda job: job) if estimates else _compared
         before, newest = self.known, self.newest_seen
         partial = len(rows) >= TRACK_MAX
         self.known = {int(job["numericId"]): job for job in rows}
@@ -78,7 +83,7 @@ class JobsDiff:
             old = before.get(key)
             if old is None:
                 changed.append({"job": job, "was": None if key > newest else "?"})
-            elif _compared(old) != _compared(job):
+            elif compared(old) != compared(job):
                 changed.append({"job": job, "was": old["status"]})
         gone = [job for key, job in before.items() if key not in self.known]
         self._forget_settled()
@@ -112,6 +117,7 @@ class LiveHub:
         self.stale = True  # changes were announced while nobody listened
         self.seq = 0
         self.diff = JobsDiff()
+        self.read_at = 0.0  # time.monotonic() of the last read
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -171,8 +177,10 @@ class LiveHub:
             if self.stale and listening and (woken or self.wanted.is_set()):
                 self.wanted.clear()
                 self._read(conn)
+            elif listening and time.monotonic() - self.read_at > REFRESH_S:
+                self._read(conn, estimates=True)
 
-    def _read(self, conn: db.Connection) -> None:
+    def _read(self, conn: db.Connection, estimates: bool = False) -> None:
         """The counters and the jobs pages may show, in one transaction (one snapshot:
         the counters agree with the rows), diffed against the last read."""
         with conn.transaction():
@@ -180,7 +188,8 @@ class LiveHub:
             found = db.fetch_all(conn, "dash_live_jobs", {
                 "newest": NEWEST, "tracked": self.diff.tracked(), "limit": TRACK_MAX})
             found = with_etas(conn, found)
-        changes = self.diff.update([serialise.job(r) for r in found])
+        self.read_at = time.monotonic()
+        changes = self.diff.update([serialise.job(r) for r in found], estimates)
         self.seq += 1
         self.stale = False
         self._publish("live", {**serialise.record(row), "changedAt": serialise.plain(

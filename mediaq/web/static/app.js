@@ -53,6 +53,8 @@ class ApiError extends Error {
 }
 
 async function api(path, options = {}) {
+  // how many calls this page made (tests read it: what an open page costs the server)
+  document.body.dataset.apiCalls = String(Number(document.body.dataset.apiCalls || 0) + 1);
   const headers = { Authorization: "Bearer " + token() };
   let body = options.body;
   if (body !== undefined && !(body instanceof FormData)) {
@@ -376,8 +378,11 @@ async function tick(pushed) {
     // fast only while something runs: a backlog nobody works on changes nothing
     const busy = live.processing > 0;
     const signature = JSON.stringify(live) + state.view;
-    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS
-      : streaming ? STREAM_STALE_MS : STALE_MS);
+    // streaming, the server refreshes the jobs' estimates itself (one read a minute for
+    // all its pages): the Jobs view has no stale reload of its own
+    const stale = !(streaming && state.view === "jobs")
+      && Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS
+        : streaming ? STREAM_STALE_MS : STALE_MS);
     if (signature !== state.lastLive || stale || (!streaming && state.view === "jobs" && state.selected && busy)) {
       state.lastLive = signature;
       state.viewLoadedAt = Date.now();
@@ -459,6 +464,7 @@ function onLive(ev, first) {
   renderCounters(ev);
   if (state.jobsHeld) { state.jobsHeld.push(ev); return; }
   if (!patchJobs(ev)) { refresh(); return; }
+  state.lastLive = JSON.stringify(ev) + state.view;  // shown: the timer's tick loads nothing
   const mine = (j) => j.id === state.selected;
   if (state.selected && (ev.jobs.some((c) => mine(c.job)) || ev.gone.some(mine))) {
     showDetail().catch(report);
