@@ -457,6 +457,7 @@ async function listen() {
 // One event: patch the Jobs view from it, or reload the view (tick) when it cannot be.
 function onLive(ev, first) {
   state.streaming = true; connection(true);
+  document.body.dataset.seq = String(ev.seq);  // tests read it: events this page got
   const previous = state.live;
   const gap = first || !previous || ev.seq !== previous.seq + 1 || ev.jobs === null;
   if (gap || state.view !== "jobs" || !token()) { tick(ev); return; }
