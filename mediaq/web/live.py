@@ -52,9 +52,10 @@ compared too (they move with the clock, and when workers come and go): one read 
 process, instead of each page reloading its jobs table."""
 NEWEST = 200  # the newest jobs diffed whatever their state (the landing page shows 100)
 TRACK_MAX = 2000  # past this many rows an event says "reload" instead of listing changes
-# Estimates move with the clock, not with a change: they travel with a changed row but
-# make a row "changed" only on the REFRESH_S read.
-NOT_COMPARED = ("estimatedSeconds", "estimatedStart", "estimatedFinish", "etaBlockedReason")
+# Estimates move with the clock, not with a change: their values travel with a changed
+# row but make it "changed" only on the REFRESH_S read; an estimate appearing or going
+# (a worker came for that category, or went) and the blocked reason always count.
+ESTIMATES = ("estimatedSeconds", "estimatedStart", "estimatedFinish")
 
 
 class JobsDiff:
@@ -101,7 +102,7 @@ class JobsDiff:
 
 
 def _compared(job: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in job.items() if k not in NOT_COMPARED}
+    return {k: (v is None if k in ESTIMATES else v) for k, v in job.items()}
 
 
 class LiveHub:
