@@ -420,8 +420,11 @@ SELECT w.worker_id, w.host, w.pid, w.status, w.categories, w.limits, w.vram_budg
  ORDER BY w.host, w.worker_id;
 
 -- name: dash_live
--- The one cheap row the dashboard polls for live updates: jobs per status and the newest
--- change (a page refetches its view only when this row changes).
+-- The one cheap row the dashboard polls for live updates: jobs per status, the newest
+-- change and ``shown``, a checksum of what the page shows of each waiting, running or
+-- paused job (the columns the trigger jobs_notify_dashboard watches): a page refetches
+-- its view only when this row changes. ``changed_at`` alone misses a change that does
+-- not touch updated_at (a priority set in SQL), which the trigger does announce.
 SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'queued') AS queued,
        count(*) FILTER (WHERE status = 'processing') AS processing,
@@ -429,8 +432,32 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
-       max(updated_at) AS changed_at
+       max(updated_at) AS changed_at,
+       coalesce(sum(hashtext(concat_ws('|', id, status, progress_percent, progress_stage,
+                                        priority, waiting_reason)))
+                FILTER (WHERE status IN ('pending', 'queued', 'processing', 'paused')), 0)
+           ::text AS shown
   FROM workflow_jobs;
+
+-- name: dash_live_jobs
+-- What the web process's live session diffs on each burst of changes (mediaq/web/live.py),
+-- in the shape of jobs_api_list: every waiting, running or paused job, the newest
+-- %(newest)s jobs (the landing page's), and the jobs of %(tracked)s (those it saw last
+-- time: one that finished or was deleted shows so), newest first, at most %(limit)s.
+SELECT j.id, j.job_code, wd.workflow_code, wd.workflow_name, j.status, j.progress_percent,
+       j.progress_stage, j.current_step,
+       (SELECT count(*) FROM workflow_steps ws WHERE ws.workflow_id = j.workflow_id) AS total_steps,
+       j.resource_category, j.vram_required, j.priority, j.params, j.input_file_path,
+       j.output_file_path, j.retry_count, j.max_retries, j.retry_after, j.waiting_reason,
+       j.error_message, j.submitted_by, j.submitted_at, j.started_at, j.completed_at
+  FROM workflow_jobs j
+  JOIN workflow_definitions wd ON wd.id = j.workflow_id
+ WHERE j.status IN ('pending', 'queued', 'processing', 'paused')
+    OR j.id >= coalesce((SELECT min(n.id) FROM (SELECT id FROM workflow_jobs
+                                                 ORDER BY id DESC LIMIT %(newest)s) n), 0)
+    OR j.id = ANY (%(tracked)s::bigint[])
+ ORDER BY j.id DESC
+ LIMIT %(limit)s;
 
 -- name: dash_listen
 -- The web process's one live session waits for the dashboard's wake-up (the trigger

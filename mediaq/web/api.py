@@ -131,7 +131,7 @@ def list_jobs(
     else:
         row = db.fetch_one(conn, "jobs_api_count", filters)
         total = int(row["total"]) if row else 0
-    return {"data": [serialise.job(r) for r in _with_etas(conn, found)],
+    return {"data": [serialise.job(r) for r in with_etas(conn, found)],
             "pagination": {"page": page, "limit": limit, "total": total,
                            "totalPages": math.ceil(total / limit)}}
 
@@ -167,7 +167,7 @@ def change_job(job_id: str, body: JobChange, request: Request, conn: Conn,
 LIVE = ACTIVE
 
 
-def _with_etas(conn: db.Connection, rows: list[db.Row]) -> list[db.Row]:
+def with_etas(conn: db.Connection, rows: list[db.Row]) -> list[db.Row]:
     """The rows with the ETAs of the waiting and running ones (from the job_etas view)."""
     live = [row["id"] for row in rows if row["status"] in LIVE]
     if not live:
@@ -178,7 +178,7 @@ def _with_etas(conn: db.Connection, rows: list[db.Row]) -> list[db.Row]:
 
 def _detail(conn: db.Connection, ref: str, request: Request,
             who: Principal) -> dict[str, Any]:
-    [row] = _with_etas(conn, [operations.find_job(conn, ref)])
+    [row] = with_etas(conn, [operations.find_job(conn, ref)])
     steps = db.fetch_all(conn, "job_steps_detail",
                          {"job_id": row["id"], "workflow_id": row["workflow_id"]})
     out = serialise.job({**row, "total_steps": len(steps)})

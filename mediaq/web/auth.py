@@ -104,7 +104,9 @@ def admit(request: Request, token: str | None, kind: str = "request") -> Princip
     transaction of its own, committed whatever the request then does. None: no valid
     token. 429 with Retry-After when a bucket is empty."""
     limits: Limits = request.app.state.limits
-    with admission_pool(request).connection() as conn:
+    # one transaction for both statements (the pool is in autocommit): the token is
+    # still checked on every request, so a revoked token is refused at once
+    with admission_pool(request).connection() as conn, conn.transaction():
         principal = authenticate(conn, token) if token else None
         wanted = limits.buckets(client_address(request), principal, kind)
         verdict = rate_limits.take(conn, wanted)

@@ -18,7 +18,11 @@ const state = {
   selected: null, timer: null, analyticsAt: 0, workflowsLoaded: false, gen: 0,
   view: "jobs", lastLive: "", viewLoadedAt: 0, role: null, workflows: [], connected: true,
   stream: null, streaming: false, live: null, retryMs: 1000,
+  // the jobs table as last loaded or patched: its total, or null while it shows nothing
+  // that an event can patch (another filter is being loaded, an error)
+  jobsTotal: null, jobsHeld: null,
 };
+const JOBS_LIMIT = 100;
 const VIEWS = {};  // name -> async loader (set by each script)
 
 const $ = (sel) => document.querySelector(sel);
@@ -49,6 +53,8 @@ class ApiError extends Error {
 }
 
 async function api(path, options = {}) {
+  // how many calls this page made (tests read it: what an open page costs the server)
+  document.body.dataset.apiCalls = String(Number(document.body.dataset.apiCalls || 0) + 1);
   const headers = { Authorization: "Bearer " + token() };
   let body = options.body;
   if (body !== undefined && !(body instanceof FormData)) {
@@ -95,7 +101,7 @@ function logout(message) {
   clearTimeout(state.timer);
   hangUp();
   state.gen++; state.selected = null; state.workflowsLoaded = false; state.role = null;
-  state.lastLive = "";
+  state.lastLive = ""; state.jobsTotal = null; state.live = null;
   $("#detail").hidden = true;
   $("#counters").replaceChildren();
   showLogin(message);
@@ -120,6 +126,7 @@ function route() {
   }
   if (state.view === "jobs" && arg) { state.selected = decodeURIComponent(arg); window.scrollTo(0, 0); }
   state.lastLive = "";  // load the new view now
+  state.jobsTotal = null;  // the table missed the events of another view: reload it
   for (const fig of document.querySelectorAll(".chart[data-drawn]")) delete fig.dataset.drawn;
   tick();
 }
@@ -128,7 +135,7 @@ function when(iso) { return iso ? new Date(iso).toLocaleString() : ""; }
 function clock(iso) { return new Date(iso).toLocaleTimeString(); }
 
 function filters() {
-  const q = new URLSearchParams({ limit: "100" });
+  const q = new URLSearchParams({ limit: String(JOBS_LIMIT) });
   for (const [id, name] of [["#f-status", "status"], ["#f-workflow", "type"],
                             ["#f-category", "resourceCategory"]]) {
     const value = $(id).value;
@@ -163,7 +170,7 @@ function jobRow(job) {
   const buttons = can("operator") ? (ACTIONS[job.status] || []).map((act) =>
     el("button", { type: "button", dataset: { act, job: job.id }, "aria-label": act + " " + job.id,
                    onclick: () => operate(job.id, act) }, act)) : [];
-  const row = el("tr", { dataset: { job: job.id, status: job.status } },
+  const row = el("tr", { dataset: { job: job.id, status: job.status, nid: job.numericId } },
     el("td", {}, el("a", { class: "job", href: "#/jobs/" + encodeURIComponent(job.id) }, job.id)),
     el("td", {}, job.type),
     el("td", {}, el("span", { class: "badge b-" + job.status }, job.status)),
@@ -182,24 +189,73 @@ function jobRow(job) {
   return row;
 }
 
+// A job's new row; the old bar element's width first so the CSS transition animates the move.
+function freshRow(job, before) {
+  const row = jobRow(job);
+  if (before && before.querySelector(".bar")) {
+    const oldBar = before.querySelector(".bar"), newBar = row.querySelector(".bar");
+    const target = newBar.style.width;
+    newBar.style.width = oldBar.style.width;
+    requestAnimationFrame(() => { newBar.style.width = target; });
+  }
+  return row;
+}
+
 function renderJobs(list) {
   const body = $("#jobs tbody");
   const old = new Map([...body.rows].map((r) => [r.dataset.job, r]));
-  const rows = list.data.map((job) => {
-    const row = jobRow(job);
-    const before = old.get(job.id);
-    // keep the old bar element's width first so the CSS transition animates the move
-    if (before && before.querySelector(".bar")) {
-      const oldBar = before.querySelector(".bar"), newBar = row.querySelector(".bar");
-      const target = newBar.style.width;
-      newBar.style.width = oldBar.style.width;
-      requestAnimationFrame(() => { newBar.style.width = target; });
-    }
-    return row;
-  });
+  const rows = list.data.map((job) => freshRow(job, old.get(job.id)));
   body.replaceChildren(...rows);
-  if (!rows.length) body.append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "no jobs")));
-  $("#jobs-total").textContent = list.pagination.total + " jobs";
+  showTotal(list.pagination.total);
+}
+
+function showTotal(total) {
+  const body = $("#jobs tbody");
+  const empty = body.querySelector("tr:not([data-job])");
+  if (body.querySelector("tr[data-job]")) { if (empty) empty.remove(); }
+  else if (!empty) body.append(el("tr", {}, el("td", { colspan: "8", class: "muted" }, "no jobs")));
+  state.jobsTotal = total;
+  $("#jobs-total").textContent = total + " jobs";
+}
+
+// Does the job pass the list's filters (with status ``status`` instead of its own)?
+function listed(job, status) {
+  const s = $("#f-status").value, t = $("#f-workflow").value, c = $("#f-category").value;
+  return (!s || (status === undefined ? job.status : status) === s) && (!t || job.type === t)
+    && (!c || job.resourceCategory === c);
+}
+
+// Patch the jobs table with an event's changes (no API call): a changed row is replaced,
+// one that leaves the filter removed, a new one inserted in place (newest first) and the
+// total moved by those that enter or leave the filter. False: the event cannot be applied
+// (a job this server had not seen change; rows missing past a removal): load the view.
+function patchJobs(ev) {
+  if (state.jobsTotal === null) return false;
+  const body = $("#jobs tbody");
+  const rows = new Map([...body.querySelectorAll("tr[data-job]")].map((r) => [r.dataset.job, r]));
+  let total = state.jobsTotal;
+  for (const job of ev.gone) {
+    if (listed(job)) total -= 1;
+    if (rows.has(job.id)) { rows.get(job.id).remove(); rows.delete(job.id); }
+  }
+  for (const { job, was } of ev.jobs) {
+    if (was === "?") return false;
+    const now = listed(job);
+    total += (now ? 1 : 0) - (was !== null && listed(job, was) ? 1 : 0);
+    const before = rows.get(job.id);
+    if (before && now) before.replaceWith(freshRow(job, before));
+    else if (before) { before.remove(); rows.delete(job.id); }
+    else if (now) {
+      const after = [...body.querySelectorAll("tr[data-job]")]
+        .find((r) => Number(r.dataset.nid) < job.numericId);
+      if (after) after.before(jobRow(job));
+      else if (body.querySelectorAll("tr[data-job]").length < JOBS_LIMIT) body.append(jobRow(job));
+    }
+  }
+  const shown = body.querySelectorAll("tr[data-job]");
+  for (let i = JOBS_LIMIT; i < shown.length; i++) shown[i].remove();
+  showTotal(total);
+  return Math.min(shown.length, JOBS_LIMIT) >= Math.min(JOBS_LIMIT, total);
 }
 
 function renderCounters(live) {
@@ -275,8 +331,13 @@ async function reprioritise(code, priority) {
 }
 
 VIEWS.jobs = async () => {
-  const list = await api("/api/media/jobs?" + filters());
+  // events that arrive while the list loads are applied after it (they may be newer)
+  const held = state.jobsHeld = [];
+  let list;
+  try { list = await api("/api/media/jobs?" + filters()); }
+  finally { if (state.jobsHeld === held) state.jobsHeld = null; }
   renderJobs(list);
+  if (!held.every(patchJobs)) setTimeout(refresh, 0);
   await showDetail();
   return list.data.some((j) => j.status === "processing");
 };
@@ -287,9 +348,12 @@ VIEWS.workflows = async () => {
 };
 
 // Live updates: the page holds one server-sent event stream (GET
-// /api/media/dashboard/events, fed by the server's one LISTEN session) and reloads its
-// view when an event says something changed, and at least every STALE_MS (ETAs move,
-// workers come and go). With ?poll in the address (a proxy that buffers streams) it
+// /api/media/dashboard/events, fed by the server's one LISTEN session). Each event
+// carries the counters and the changed jobs: the Jobs view patches its table from it
+// with no API call (a job's detail is reloaded when that job changed); other views, and
+// the Jobs view when an event cannot be applied (the first of a stream, a skipped seq),
+// reload through the API, at most once per event, and at least every STALE_MS (ETAs
+// move, workers come and go). With ?poll in the address (a proxy that buffers streams) it
 // polls one cheap row instead: every 1 s while work is under way, 5 s otherwise.
 const POLLING = new URLSearchParams(location.search).has("poll");
 
@@ -314,8 +378,11 @@ async function tick(pushed) {
     // fast only while something runs: a backlog nobody works on changes nothing
     const busy = live.processing > 0;
     const signature = JSON.stringify(live) + state.view;
-    const stale = Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS
-      : streaming ? STREAM_STALE_MS : STALE_MS);
+    // streaming, the server refreshes the jobs' estimates itself (one read a minute for
+    // all its pages): the Jobs view has no stale reload of its own
+    const stale = !(streaming && state.view === "jobs")
+      && Date.now() - state.viewLoadedAt > (state.view === "analytics" ? ANALYTICS_MS
+        : streaming ? STREAM_STALE_MS : STALE_MS);
     if (signature !== state.lastLive || stale || (!streaming && state.view === "jobs" && state.selected && busy)) {
       state.lastLive = signature;
       state.viewLoadedAt = Date.now();
@@ -345,7 +412,7 @@ async function listen() {
   if (POLLING || state.stream || !token() || document.visibilityState === "hidden") return;
   const abort = new AbortController();
   state.stream = abort;
-  let opened = false, clean = false;
+  let opened = false, clean = false, first = true;
   try {
     const response = await fetch("/api/media/dashboard/events", {
       headers: { Authorization: "Bearer " + token(), Accept: "text/event-stream" },
@@ -368,7 +435,8 @@ async function listen() {
         const kind = (block.match(/^event: (.*)$/m) || [])[1];
         const data = (block.match(/^data: (.*)$/m) || [])[1];
         if (kind === "live" && data) {
-          state.streaming = true; connection(true); tick(JSON.parse(data));
+          onLive(JSON.parse(data), first);
+          first = false;
         } else if (kind === "down") {
           connection(false, "database unavailable · waiting");
         }
@@ -384,6 +452,24 @@ async function listen() {
   state.retryMs = opened ? 1000 : Math.min(10000, state.retryMs * 2);
   tick();  // poll while the stream is down
   setTimeout(listen, state.retryMs);
+}
+
+// One event: patch the Jobs view from it, or reload the view (tick) when it cannot be.
+function onLive(ev, first) {
+  state.streaming = true; connection(true);
+  document.body.dataset.seq = String(ev.seq);  // tests read it: events this page got
+  const previous = state.live;
+  const gap = first || !previous || ev.seq !== previous.seq + 1 || ev.jobs === null;
+  if (gap || state.view !== "jobs" || !token()) { tick(ev); return; }
+  state.live = ev;
+  renderCounters(ev);
+  if (state.jobsHeld) { state.jobsHeld.push(ev); return; }
+  if (!patchJobs(ev)) { refresh(); return; }
+  state.lastLive = JSON.stringify(ev) + state.view;  // shown: the timer's tick loads nothing
+  const mine = (j) => j.id === state.selected;
+  if (state.selected && (ev.jobs.some((c) => mine(c.job)) || ev.gone.some(mine))) {
+    showDetail().catch(report);
+  }
 }
 
 function hangUp() {
@@ -411,6 +497,9 @@ async function applySource() {
 
 function refresh() { state.lastLive = ""; tick(); }
 
+// A filter changed: the table no longer shows what events would patch until reloaded.
+function refilter() { state.jobsTotal = null; refresh(); }
+
 document.addEventListener("DOMContentLoaded", () => {
   $("#login-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -420,7 +509,7 @@ document.addEventListener("DOMContentLoaded", () => {
     start();
   });
   $("#logout").addEventListener("click", () => logout(""));
-  for (const id of ["#f-status", "#f-workflow", "#f-category"]) $(id).addEventListener("change", refresh);
+  for (const id of ["#f-status", "#f-workflow", "#f-category"]) $(id).addEventListener("change", refilter);
   $("#detail-close").addEventListener("click", () => {
     state.selected = null; $("#detail").hidden = true; location.hash = "#/jobs";
     $("#detail-graph").replaceChildren(); $("#detail-media").replaceChildren(); media.key = "";
