@@ -74,6 +74,13 @@ def test_three_workers_share_a_graph_job(mq: MediaqEnv) -> None:
     mq.apply_workflow(graph("T-TASKS"))
     workers(mq)
     code = mq.submit("T-TASKS", mq.input_file("a.bin"))
+    all_items_running(mq, code)
+    # While the items run side by side, the job's figures are its tasks': probe done and
+    # transcode skipped count whole (2 of 4 steps), the items by their own fractions,
+    # collect not at all; the current step is the lowest one not done.
+    job = mq.job(code)
+    assert 50 <= float(job["progress_percent"]) <= 75, job["progress_percent"]
+    assert job["current_step"] == 3
     wait_for(lambda: mq.job(code)["status"] == "completed", timeout=120)
     rows = executions(mq, code)
     skipped = [r for r in rows if r["step_name"] == "transcode"]
@@ -159,6 +166,23 @@ def test_cancel_stops_every_running_task(mq: MediaqEnv) -> None:
     print(f"every running task stopped {(last_stop - asked).total_seconds():.2f} s after"
           f" `mediaq cancel` started and {(last_stop - cancelled_at).total_seconds():.2f} s"
           f" after it returned (it took {(cancelled_at - asked).total_seconds():.2f} s)")
+
+
+def test_a_job_of_a_workflow_without_steps_fails_saying_so(mq: MediaqEnv) -> None:
+    """Seed 000's own INSERTs can make a workflow with no steps: its job fails at once
+    with the reason, instead of waiting for ever with nothing to claim."""
+    with mq.connect() as conn:
+        conn.execute("INSERT INTO workflow_definitions (workflow_code, workflow_name)"
+                     " VALUES ('T-EMPTY', 'no steps')")
+        conn.execute("INSERT INTO workflow_jobs (workflow_id, input_file_path) SELECT id,"
+                     " %s FROM workflow_definitions WHERE workflow_code = 'T-EMPTY'",
+                     (str(mq.input_file("e.bin")),))
+        code = conn.execute("SELECT job_code FROM workflow_jobs ORDER BY id DESC"
+                            " LIMIT 1").fetchone()["job_code"]
+    mq.run_burst()
+    job = mq.job(code)
+    assert (job["status"], job["error_class"]) == ("failed", "permanent")
+    assert "the workflow has no steps" in job["error_message"]
 
 
 def test_the_task_state_machine_is_the_databases(mq: MediaqEnv) -> None:

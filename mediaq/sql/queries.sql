@@ -581,8 +581,11 @@ SELECT id, step_id, step_number, item_index, item_count, item_params, state
 -- name: job_step_committed
 -- Lock the job row if this worker still owns it (nothing else may change it until
 -- commit) and log the step's outcome and the job's progress.
+-- A step that is done counts its tasks whole in the job's weighted progress.
 UPDATE workflow_jobs
-   SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s, updated_at = now()
+   SET log = job_log_append(log, %(log_line)s), updated_at = now(),
+       progress_percent = CASE WHEN %(done)s THEN job_weighted_progress(id, %(task_ids)s::bigint[], 1::real)
+                               ELSE %(progress_percent)s END
  WHERE id = %(job_id)s AND status = 'processing'
    AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;
@@ -591,8 +594,10 @@ RETURNING id;
 -- Open a step execution and point the job at the step, if this worker still owns the job.
 WITH fenced AS (
     UPDATE workflow_jobs
-       SET current_step = %(step_number)s, progress_stage = %(step_name)s, updated_at = now(),
-           progress_percent = %(progress_percent)s,
+       SET current_step = coalesce(least(job_lowest_unfinished_step(id), %(step_number)s),
+                                   %(step_number)s),
+           progress_stage = %(step_name)s, updated_at = now(),
+           progress_percent = job_weighted_progress(id, %(task_ids)s::bigint[], 0::real),
            log = job_log_append(log, %(log_line)s)
      WHERE id = %(job_id)s AND status = 'processing'
        AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
@@ -610,8 +615,8 @@ RETURNING id;
 -- that need it), if this worker still owns the job.
 WITH fenced AS (
     UPDATE workflow_jobs
-       SET log = job_log_append(log, %(log_line)s), progress_percent = %(progress_percent)s,
-           updated_at = now()
+       SET log = job_log_append(log, %(log_line)s),
+           progress_percent = job_weighted_progress(id, %(task_ids)s::bigint[], 1::real), updated_at = now()
      WHERE id = %(job_id)s AND status = 'processing'
        AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
     RETURNING id
@@ -634,9 +639,18 @@ UPDATE step_executions
  WHERE id = %(execution_id)s AND status = 'running';
 
 -- name: job_progress
--- Record progress of the running step, if this worker still owns the job.
+-- Record progress of the running task (its own fraction done) and the job's, weighted
+-- over its tasks (tasks of one job run side by side on several workers), if this worker
+-- still owns the task. Without a fraction (downloading the input), the figure given.
+WITH mine AS (
+    UPDATE job_tasks SET progress = least(greatest(%(fraction)s::real, 0), 1)
+     WHERE %(fraction)s::real IS NOT NULL AND id = ANY (%(task_ids)s::bigint[])
+       AND job_id = %(job_id)s AND worker_id = %(worker_id)s AND state = 'running'
+)
 UPDATE workflow_jobs
-   SET progress_percent = %(progress_percent)s, progress_stage = %(stage)s, updated_at = now()
+   SET progress_percent = CASE WHEN %(fraction)s::real IS NULL THEN %(progress_percent)s
+           ELSE job_weighted_progress(id, %(task_ids)s::bigint[], %(fraction)s::real) END,
+       progress_stage = %(stage)s, updated_at = now()
  WHERE id = %(job_id)s AND status = 'processing'
    AND task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)
 RETURNING id;

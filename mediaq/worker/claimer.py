@@ -103,7 +103,7 @@ class Claimer:
                           workflow_id=row["workflow_id"], category=category,
                           vram_required=int(row["slot_vram_mb"]),
                           task_id=row["task_id"], task_attempt=row["task_attempt"],
-                          step_id=row["step_id"], item_index=row["item_index"])
+                          step_id=row["step_id"] or 0, item_index=row["item_index"])
 
     def _claim_params(self, category: str, vram_free: int) -> dict[str, Any]:
         return {

@@ -147,15 +147,20 @@ class JobHandle:
             input_data=Jsonb(input_data), output_data=Jsonb({"skipped": reason}),
             log_line=log_line(f"Step {step_number} '{step_name}' skipped: {reason}"))
 
-    def progress(self, percent: float, stage: str | None, *, force: bool = False) -> None:
-        """Write progress at most every half second (and always when ``force``)."""
+    def progress(self, percent: float, stage: str | None, *, force: bool = False,
+                 fraction: float | None = None) -> None:
+        """Write progress at most every half second (and always when ``force``).
+        ``fraction``: how far the running task is (0-1); the job's figure is then
+        weighted over its tasks in the database (siblings run elsewhere), ``percent``
+        only shown where there is none (downloading the input)."""
         now = time.monotonic()
         if percent != self.progress_percent:  # the watchdog's stall detector reads these
             self.progress_percent, self.progress_moved_at = percent, now
         if not force and now - self._last_progress < PROGRESS_INTERVAL_S:
             return
         self._last_progress = now
-        self._fenced("job_progress", progress_percent=round(percent, 2), stage=stage)
+        self._fenced("job_progress", progress_percent=round(percent, 2), stage=stage,
+                     fraction=fraction)
 
     def commit_step(
         self,
@@ -182,7 +187,7 @@ class JobHandle:
         with db.transaction(self.pool) as conn:
             locked = db.fetch_one(conn, "job_step_committed", storable({
                 **self.fence, "log_line": log_line(log_message),
-                "progress_percent": round(progress_percent, 2),
+                "progress_percent": round(progress_percent, 2), "done": status == "completed",
             }))
             if locked is None:
                 raise self._lost()

@@ -39,7 +39,20 @@ def action_context(settings: Settings, objects: ObjectStorage, handle: JobHandle
         workflow_code=run.context["workflow_code"],
         input_roots=settings.storage.effective_input_roots,
         library_roots=settings.storage.effective_library_roots,
-        needs_outputs=run.needs_outputs(step), item_index=item.index,
+        needs_outputs=readable_needs(objects, run.needs_outputs(step)),
+        item_index=item.index,
         submit_files=functools.partial(submit_found_files, handle.pool,
                                        found_by=f"scan:{handle.job_code}"),
     )
+
+
+def readable_needs(objects: ObjectStorage, needs: dict[str, Any]) -> dict[str, Any]:
+    """The results of the needed steps with each output's ``local_path`` where this host
+    reads it: a fan-in's items may have run on other hosts, their outputs in the store."""
+    def readable(result: Any) -> Any:
+        if isinstance(result, list):  # a fanned-out step: one result per item
+            return [readable(r) for r in result]
+        if not isinstance(result, dict) or not result.get("outputs"):
+            return result
+        return {**result, "outputs": objects.with_local_paths(list(result["outputs"]))}
+    return {name: readable(result) for name, result in needs.items()}

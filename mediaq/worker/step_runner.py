@@ -128,7 +128,8 @@ class StepRunner:
         try:
             contexts = [action_context(
                 self.settings, self.objects, handle, run, step, stage_dir, 0,
-                lambda f, stage: handle.progress(low + (high - low) * f, stage or label))
+                lambda f, stage: handle.progress(low + (high - low) * f, stage or label,
+                                                 fraction=f))
                 for step, stage_dir in zip(steps, stage_dirs, strict=True)]
             # The pass does every step's work, so it gets their timeouts together.
             together = time.monotonic() + sum(step.timeout_seconds for step in steps)
@@ -200,7 +201,7 @@ class StepRunner:
             ctx = action_context(
                 self.settings, self.objects, handle, run, step, stage_dir, retry_attempt,
                 lambda f, stage: handle.progress(percent_at_start + step_share * f,
-                                                 stage or step.name),
+                                                 stage or step.name, fraction=f),
                 item=item)
             fn = get_action(step.action).fn
             with self.watchdog.watching(handle, ctx.deadline, functools.partial(

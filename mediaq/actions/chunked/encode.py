@@ -261,6 +261,9 @@ def output_path_of(item: dict[str, Any] | None, what: str) -> Path:
     """The one file a chunk or audio task recorded in its output_data."""
     if not item or not item.get("outputs"):
         raise PermanentError(f"{what} has no recorded output")
-    return Path(item["outputs"][0]["path"])
+    first = item["outputs"][0]
+    # ``local_path``: where this host reads an output recorded as an s3:// object (the
+    # chunk may have been encoded on another host).
+    return Path(first.get("local_path") or first["path"])
 
 

@@ -135,7 +135,7 @@ def rung_file(chunk: dict[str, Any], label: str) -> Path:
     """The file a ladder chunk task wrote for rung ``label``."""
     for output in chunk.get("outputs") or []:
         if output.get("rendition") == label:
-            return Path(output["path"])
+            return Path(output.get("local_path") or output["path"])
     raise PermanentError(f"package_chunked: chunk {chunk['chunk_index']} has no recorded "
                          f"file for rung {label}")
 
