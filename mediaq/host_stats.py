@@ -1,4 +1,5 @@
-"""What a machine has left: disk free on the storage roots, a process's RSS, the load.
+"""What a machine has left: disk free on the storage roots, a process's RSS, the load,
+its GPUs' live memory and utilisation (NVML).
 
 Workers send a snapshot with every heartbeat (kept in ``workers.limits`` under the
 ``_resources`` key, so no schema change); ``mediaq web`` adds its own view of the same
@@ -16,6 +17,7 @@ from typing import Any
 import psutil
 
 from mediaq.config import StorageSettings
+from mediaq.gpu_readings import read_nvml
 
 # The key of workers.limits under which a worker's snapshot is kept.
 RESOURCES_KEY = "_resources"
@@ -50,6 +52,7 @@ def load1() -> float | None:
 
 
 def snapshot(roots: list[tuple[str, Path]]) -> dict[str, Any]:
-    """This process's figures: disks, RSS and the host's 1-minute load."""
+    """This process's figures: disks, RSS, the host's 1-minute load and its GPUs as NVML
+    reads them now (or why it cannot), for the Hosts view."""
     return {"disks": disk_figures(roots), "rss_bytes": psutil.Process().memory_info().rss,
-            "load1": load1()}
+            "load1": load1(), "gpus": read_nvml()}

@@ -1,12 +1,16 @@
-"""The Hosts view's live GPU figures (mediaq/web/gpus.py): a reading made from NVML's own
+"""The Hosts view's live GPU figures (mediaq/gpu_readings.py): a reading made from NVML's own
 ctypes structures (pynvml's, filled as the driver fills them: no GPU here to read), and
 what this machine without a GPU answers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pynvml
 
-from mediaq.web.gpus import MIB, read_nvml, reading
+from mediaq.gpu_readings import MIB, read_nvml, reading
+from mediaq.queries import queries
+from tests.helpers import MediaqEnv, wait_for
 
 
 def test_a_reading_from_nvml_structures_is_formatted_for_people() -> None:
@@ -27,3 +31,21 @@ def test_read_nvml_says_plainly_when_there_is_none() -> None:
     else:
         assert found["reason"].startswith("NVML is not available here: "), found
         assert "\n" not in found["reason"]
+
+
+def test_each_host_shows_what_its_own_worker_read(mq: MediaqEnv) -> None:
+    """Each host's GPU reading travels in its workers' heartbeats, so the Hosts view shows
+    every machine's live figures (here: a machine without a GPU says why), not only the
+    web server's own."""
+    mq.start_worker("--id", "w-gpus", host_id="render-7")
+
+    def reported() -> dict[str, Any] | None:
+        with mq.connect() as conn:
+            rows = conn.execute(queries["dash_hosts"]).fetchall()
+        return next((r["gpus"] for r in rows if r["host"] == "render-7" and r["gpus"]), None)
+
+    gpus = wait_for(reported, timeout=60, message="render-7's GPU reading")
+    here = read_nvml()
+    assert gpus["available"] == here["available"]
+    if not here["available"]:
+        assert gpus["reason"] == here["reason"]

@@ -383,14 +383,19 @@ SELECT extract(epoch FROM least(b.t_end, now()))::bigint AS t, h.host,
 
 -- name: dash_hosts
 -- Each host: VRAM budget and reservation, its live workers, slots in use per category,
--- and its most recent heartbeat's age in seconds.
+-- its most recent heartbeat's age in seconds, and its GPUs as its newest live worker
+-- last read them (NVML, in the heartbeat's resource snapshot).
 SELECT h.host, h.vram_budget_mb, h.vram_reserved_mb, h.paused_by, h.paused_at,
        extract(epoch FROM now() - max(w.heartbeat_at))::float8 AS heartbeat_age_s,
        count(DISTINCT w.worker_id) FILTER (WHERE w.status <> 'stopped') AS live_workers,
        coalesce((SELECT jsonb_object_agg(category, jsonb_build_object('used', used, 'total', total))
                    FROM (SELECT s.category, count(s.job_id) AS used, count(*) AS total
                            FROM worker_slots s WHERE s.host = h.host
-                          GROUP BY s.category) x), '{}'::jsonb) AS slots
+                          GROUP BY s.category) x), '{}'::jsonb) AS slots,
+       (SELECT g.limits -> '_resources' -> 'gpus' FROM workers g
+         WHERE g.host = h.host AND g.status <> 'stopped'
+           AND jsonb_typeof(g.limits -> '_resources' -> 'gpus') = 'object'
+         ORDER BY g.heartbeat_at DESC LIMIT 1) AS gpus
   FROM (SELECT host, vram_budget_mb, vram_reserved_mb, paused_by, paused_at FROM worker_hosts
         UNION
         SELECT DISTINCT host, 0, 0, NULL::text, NULL::timestamptz FROM workers

@@ -11,7 +11,8 @@ from fastapi.responses import StreamingResponse
 
 from mediaq import db, operations
 from mediaq import hosts as host_switch
-from mediaq.web import gpus, serialise
+from mediaq import gpu_readings
+from mediaq.web import serialise
 from mediaq.web import live as live_events
 from mediaq.web.api import signer
 from mediaq.web.auth import Principal, get_conn, require
@@ -74,15 +75,16 @@ def events(request: Request, _: Viewer) -> StreamingResponse:
 
 @router.get("/hosts")
 def hosts(request: Request, conn: Conn, _: Viewer) -> dict[str, Any]:
-    """Each host (VRAM budget and reservation, slots used per category, heartbeat age)
-    with its workers by id and the steps each runs now; ``nvml``: this web server's own
-    machine (``host``) read live through NVML, or why that is not possible."""
+    """Each host (VRAM budget and reservation, slots used per category, heartbeat age,
+    ``gpus``: its GPUs as its newest live worker last read them through NVML, or why it
+    could not) with its workers by id and the steps each runs now; ``nvml``: this web
+    server's own machine (``host``) read live, or why that is not possible."""
     workers = serialise.rows(db.fetch_all(conn, "dash_workers"))
     out = []
     for host in serialise.rows(db.fetch_all(conn, "dash_hosts")):
         host["workers"] = [w for w in workers if w["host"] == host["host"]]
         out.append(host)
-    nvml = {"host": request.app.state.settings.worker.host_id, **gpus.read_nvml()}
+    nvml = {"host": request.app.state.settings.worker.host_id, **gpu_readings.read_nvml()}
     return {"data": out, "nvml": nvml}
 
 

@@ -50,6 +50,21 @@ function renderNvml(nvml) {
     : "No live GPU figures on " + nvml.host + " (" + nvml.reason + "); VRAM below is the budget and what jobs reserved.");
 }
 
+// A host's GPUs, live: read by this web server when it is that host, else as the host's
+// newest worker last read them through NVML; or plainly why there are no figures.
+function gpuFacts(h, nvml) {
+  const reading = nvml && nvml.host === h.host ? nvml : h.gpus;
+  if (!reading) return [];
+  if (!reading.available) {
+    return [el("span", { class: "gpu-live muted", dataset: { available: "0" } }, "No live GPU figures: " + reading.reason)];
+  }
+  if (!reading.gpus.length) return [el("span", { class: "gpu-live muted", dataset: { available: "1" } }, "NVML: no GPU")];
+  return reading.gpus.map((g) =>
+    el("span", { class: "gpu-live", dataset: { available: "1" } }, "GPU " + g.index + " live (MB) ",
+      meter(g.used_mb, g.total_mb, "live memory of GPU " + g.index + " on " + h.host),
+      g.utilisation_percent === null ? "" : " " + g.utilisation_percent + " % busy"));
+}
+
 VIEWS.hosts = async () => {
   renderBreakers();
   const data = await api("/api/media/hosts");
@@ -66,9 +81,7 @@ VIEWS.hosts = async () => {
       } }, h.paused_by ? "Resume claims" : "Pause claims") : ""),
     el("div", { class: "host-facts" },
       el("span", {}, "VRAM (MB) ", meter(h.vram_reserved_mb, h.vram_budget_mb, "VRAM of " + h.host)),
-      ...(data.nvml && data.nvml.available && data.nvml.host === h.host ? data.nvml.gpus.map((g) =>
-        el("span", { class: "gpu-live" }, "GPU " + g.index + " live (MB) ", meter(g.used_mb, g.total_mb, "live memory of GPU " + g.index + " on " + h.host),
-          g.utilisation_percent === null ? "" : " " + g.utilisation_percent + " % busy")) : []),
+      ...gpuFacts(h, data.nvml),
       ...Object.entries(h.slots).map(([cat, s]) => el("span", {}, cat + " slots ", meter(s.used, s.total, cat + " slots of " + h.host)))),
     h.workers.length ? el("div", { class: "scroll", tabindex: "0" }, el("table", { class: "workers" },
       el("thead", {}, el("tr", {}, ...["Worker", "Status", "PID", "Categories (limit)", "VRAM budget (MB)",

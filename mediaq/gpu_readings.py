@@ -1,7 +1,8 @@
-"""Live GPU figures for the Hosts view, read through NVML on the machine that runs
-`mediaq web` (``worker.host_id``): memory used/total and utilisation of each GPU. Other
-hosts show their VRAM budget and reservation from the database only. Without a driver
-or the library (a machine without a GPU) the view says plainly why NVML is absent."""
+"""Live GPU figures, read through NVML: memory used/total and utilisation of each GPU.
+Every worker sends its machine's reading with its heartbeat's resource snapshot
+(``mediaq.host_stats``), so the Hosts view shows each host's GPUs live; ``mediaq web``
+reads its own machine directly. Without a driver or the library (a machine without a
+GPU) the reading says plainly why NVML is absent."""
 
 from __future__ import annotations
 
