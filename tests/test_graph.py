@@ -174,7 +174,9 @@ def test_a_graph_job_skips_fans_out_and_fans_in(mq: MediaqEnv) -> None:
     assert collect["output_data"]["received"] == {"rungs": [1080, 720, 480]}
     assert collect["started_at"] >= max(r["completed_at"] for r in items)
     shown = mq.cli("show", code).stdout
-    assert "rungs" in shown and "completed (3/3 items completed)" in shown
+    assert "rungs" in shown and "3/3 items completed: 1 completed on " in shown
+    # Each item's task is drawn with its state and worker.
+    assert all(f"{n} completed on " in shown for n in (1, 2, 3))
     assert "skipped" in shown
 
 

@@ -152,17 +152,26 @@ def show(env: Env, job: str) -> None:
 
 
 def _task_label(step: dict[str, Any]) -> str:
-    """A step's state in the job's graph: its status (items done, for a fanned-out step)
-    and where it ran."""
-    status = step["status"] or "waiting"
-    if step["items"]:
-        status += f" ({step['items_completed']}/{step['items']} items completed)"
-    if status == "skipped":  # decided, never run: no worker to name
-        return status
-    where = f" on {step['worker_id']}" if step["worker_id"] else ""
-    if step["host"] and step["worker_id"] and step["host"] not in step["worker_id"]:
-        where += f" ({step['host']})"
-    return status + where
+    """A step's state in the job's graph: its task's state and where it runs or ran; a
+    fanned-out step's items each with theirs (they run side by side on several hosts)."""
+    tasks = step.get("tasks") or []
+    items = [t for t in tasks if t.get("item") is not None]
+    if items:
+        done = sum(1 for t in items if t["state"] == "completed")
+        return f"{done}/{len(items)} items completed: " + "; ".join(
+            f"{t['item'] + 1} {_where(t['state'], t)}" for t in items)
+    state = tasks[0]["state"] if tasks else (step["status"] or "waiting")
+    if state == "skipped":  # decided, never run: no worker to name
+        return state
+    worker = {"worker": step["worker_id"], "host": step["host"]} if not tasks else tasks[0]
+    return _where(state, worker)
+
+
+def _where(state: str, task: dict[str, Any]) -> str:
+    worker, host = task.get("worker"), task.get("host")
+    if not worker or state in ("waiting", "ready", "skipped"):
+        return state
+    return f"{state} on {worker}" + (f" ({host})" if host and host not in worker else "")
 
 
 @click.command("watch")

@@ -820,8 +820,8 @@ SELECT j.*, wd.workflow_code, wd.workflow_name, wd.version AS workflow_version
  WHERE j.job_code = %(ref)s OR j.id::text = %(ref)s;
 
 -- name: job_steps_detail
--- Every step of a job's workflow with its latest execution, where it ran, and how many
--- of a fanned-out step's items are done (for `mediaq show`).
+-- Every step of a job's workflow with its latest execution, where it ran, how many of a
+-- fanned-out step's items are done, and its tasks (for `mediaq show` and the API).
 SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure, ws.needs,
        se.status, se.retry_attempt, se.started_at, se.completed_at, se.duration_ms,
        se.error_message, se.output_data, se.worker_id, w.host,
@@ -831,7 +831,16 @@ SELECT ws.step_number, ws.step_name, ws.action, ws.on_failure, ws.needs,
          WHERE x.job_id = %(job_id)s AND x.step_id = ws.id) AS items,
        (SELECT count(DISTINCT x.item_index) FROM step_executions x
          WHERE x.job_id = %(job_id)s AND x.step_id = ws.id AND x.status = 'completed')
-           AS items_completed
+           AS items_completed,
+       -- The step's tasks (its items' for a fanned-out step), each with its state and
+       -- where it runs or ran: tasks of one job run side by side on several hosts.
+       (SELECT jsonb_agg(jsonb_build_object('item', t.item_index, 'state', t.state,
+                                            'worker', t.worker_id, 'host', tw.host,
+                                            'attempt', t.attempt, 'fused', t.fused)
+                         ORDER BY t.item_index NULLS FIRST, t.id)
+          FROM job_tasks t LEFT JOIN workers tw ON tw.worker_id = t.worker_id
+         WHERE t.job_id = %(job_id)s AND t.step_id = ws.id
+           AND (t.item_index IS NOT NULL OR t.item_count IS NULL)) AS tasks
   FROM workflow_steps ws
   LEFT JOIN LATERAL (SELECT * FROM step_executions e
                       WHERE e.job_id = %(job_id)s AND e.step_id = ws.id

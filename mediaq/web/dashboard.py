@@ -9,11 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from mediaq import db, operations
+from mediaq import db, gpu_readings, operations
 from mediaq import hosts as host_switch
-from mediaq import gpu_readings
-from mediaq.web import serialise
 from mediaq.web import live as live_events
+from mediaq.web import serialise
 from mediaq.web.api import signer
 from mediaq.web.auth import Principal, get_conn, require
 

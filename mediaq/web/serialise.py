@@ -79,6 +79,9 @@ def step(row: dict[str, Any]) -> dict[str, Any]:
         # and a fanned-out step's items
         "needs": row.get("needs"), "workerId": row.get("worker_id"), "host": row.get("host"),
         "items": row.get("items") or None, "itemsCompleted": row.get("items_completed"),
+        # its tasks (its items' for a fanned-out step): state, worker, host, attempt and
+        # whether it ran in a decode-once pass with its siblings
+        "tasks": row.get("tasks") or [],
         # what the step reported (quality scores, scene lists, waveform facts): the job
         # page draws its media panels from it
         "outputData": row.get("output_data"),

@@ -28,8 +28,8 @@ const VIEWS = {};  // name -> async loader (set by each script)
 const $ = (sel) => document.querySelector(sel);
 
 function el(tag, attrs = {}, ...children) {
-  const svg = ["svg", "g", "rect", "line", "path", "text", "title", "polyline", "defs",
-    "marker"].includes(tag);
+  const svg = ["svg", "g", "rect", "circle", "line", "path", "text", "title", "polyline",
+    "defs", "marker"].includes(tag);
   const node = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag)
     : document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {

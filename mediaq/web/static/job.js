@@ -107,9 +107,20 @@ function graph(steps) {
       el("rect", { width: W, height: H, rx: "6" }),
       el("text", { x: "8", y: "17", class: "n-name" }, (s.stepName || "").slice(0, 22)),
       el("text", { x: "8", y: "32" }, st + items),
-      el("text", { x: "8", y: "46", class: "n-where" }, where.slice(0, 26))));
+      el("text", { x: "8", y: "46", class: "n-where" }, where.slice(0, 26)),
+      ...itemDots(s, W)));
   }
   return svg;
+}
+
+// A fanned-out step's items, one dot each coloured by its task's state (items run side
+// by side on several workers and hosts), named in their tooltips.
+function itemDots(s, width) {
+  const items = (s.tasks || []).filter((t) => t.item !== null && t.item !== undefined);
+  const shown = items.slice(0, 6);  // right of the state line; the count says the rest
+  return shown.map((t, i) => el("circle", { cx: String(width - 8 - (shown.length - 1 - i) * 10),
+    cy: "28", r: "4", class: "t-" + t.state, dataset: { item: t.item, state: t.state } },
+  el("title", {}, `item ${t.item + 1}: ${t.state}` + (t.worker ? ` on ${t.worker}` + (t.host ? " @ " + t.host : "") : ""))));
 }
 
 function section(label, ...children) {
