@@ -90,6 +90,10 @@ class RegisteredAction:
     # pass (decode once, encode many); one result per context, in order.
     fuse: FusedFn | None = None
     prepare: PrepareFn | None = None
+    # Runs in a child process of its own: its library holds the GIL for long stretches
+    # (pocketsphinx's decoder), which would starve the worker's heartbeat thread and
+    # lose the task's lease while the step is still working.
+    own_process: bool = False
 
     @functools.cached_property
     def _validator(self) -> jsonschema.protocols.Validator:
@@ -147,6 +151,7 @@ def action(
     produces_primary: bool = False,
     input_kind: str = "file",
     prepare: PrepareFn | None = None,
+    own_process: bool = False,
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` as the action ``name``.
 
@@ -154,7 +159,8 @@ def action(
     are refused unless the schema says otherwise). ``produces_primary`` marks
     actions whose primary output becomes the next step's source; ``input_kind``
     "directory" lets a workflow that starts with this action take a folder as input;
-    ``prepare`` rewrites and cross-checks parameters before the schema does (presets).
+    ``prepare`` rewrites and cross-checks parameters before the schema does (presets);
+    ``own_process`` runs it in a child process (a library that holds the GIL).
     """
     full_schema: dict[str, Any] = {"type": "object", "additionalProperties": False}
     full_schema.update(schema or {})
@@ -168,6 +174,7 @@ def action(
             produces_primary=produces_primary,
             input_kind=input_kind,
             prepare=prepare,
+            own_process=own_process,
         )
         return fn
 

@@ -48,8 +48,10 @@ def _forkserver() -> Any:
         return _mp_context
 
 
-def isolation_wanted(settings: Settings) -> bool:
-    return settings.limits.isolated
+def isolation_wanted(settings: Settings, action_name: str) -> bool:
+    """A step runs in a child under the step limits when they are set, and always for an
+    action that asks for a process of its own (it holds the GIL)."""
+    return settings.limits.isolated or get_action(action_name).own_process
 
 
 # --------------------------------------------------------------------------- parent

@@ -141,7 +141,7 @@ class StepRunner:
                     abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
                     first, executions[0], SINGLE,
                     also_close=tuple(zip(steps[1:], executions[1:], strict=True)))):
-                if isolation_wanted(self.settings):
+                if isolation_wanted(self.settings, first.action):
                     results = self._classified(first, run, lambda: run_isolated(
                         first.action, contexts, fused=True, settings=self.settings))
                 else:
@@ -207,7 +207,7 @@ class StepRunner:
             with self.watchdog.watching(handle, ctx.deadline, functools.partial(
                     abandon_step, self.breakers, self.settings, self.watchdog, handle, run,
                     step, execution_id, item)):
-                if isolation_wanted(self.settings):  # in a child, under the step limits
+                if isolation_wanted(self.settings, step.action):  # in a child (step limits)
                     result = self._classified(step, run, lambda: run_isolated(
                         step.action, [ctx], fused=False, settings=self.settings)[0])
                 else:

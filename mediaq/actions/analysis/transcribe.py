@@ -37,7 +37,7 @@ class EngineChoice:
         "model_dir": {"type": "string", "minLength": 1},
         "max_cue_seconds": {"type": "number", "minimum": 1, "maximum": 30, "default": 5.0},
     },
-})
+}, own_process=True)  # pocketsphinx decodes holding the GIL: the worker's leases go on
 def transcribe_audio(ctx: ActionContext) -> ActionResult:
     """Transcribe speech offline into text, WebVTT and SRT sidecars."""
     path = ctx.source_path
