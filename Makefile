@@ -8,8 +8,8 @@ DEMO_HOME ?= $(CURDIR)/.demo
 # The Debian packages of the programs the tests use as independent judges and sources
 # of media (tests/helpers.py TOOL_PACKAGES: which program comes from which), and one
 # program of each to tell whether they are installed.
-TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus prometheus-alertmanager libimage-exiftool-perl
-TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool amtool exiftool
+TEST_PACKAGES := ffmpeg espeak-ng chromium imagemagick libvips-tools libreoffice-writer-nogui prometheus prometheus-alertmanager libimage-exiftool-perl postgresql
+TEST_TOOLS    := ffprobe espeak-ng chromium identify vips soffice promtool amtool exiftool pg_ctlcluster
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
@@ -57,8 +57,8 @@ bench: $(STAMP) ## Ratios from one run: queue, graphs, scale, media vs the ffmpe
 	$(BIN)/python -m benchmarks.chunked
 	$(BIN)/python -m benchmarks.object_storage
 
-chaos: $(STAMP) ## The reliability suite in full: faults, load and hostile input, with figures
-	MEDIAQ_CHAOS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos
+chaos: $(STAMP) ## The reliability suite in full: faults, load, hostile input and the multi-host fleet, with figures
+	MEDIAQ_CHAOS=full $(BIN)/python -m pytest -q -p no:cacheprovider tests/chaos tests/fleet
 
 demo: $(STAMP) ## Embedded PostgreSQL, the five workflows, real sample media, a worker, the dashboard
 	MEDIAQ_HOME=$(DEMO_HOME) $(MQ) db upgrade

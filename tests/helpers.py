@@ -47,6 +47,9 @@ TOOL_PACKAGES = {
     "soffice": "libreoffice-writer-nogui",
     "promtool": "prometheus",
     "amtool": "prometheus-alertmanager",
+    # Debian's PostgreSQL server (tests/fleet runs its initdb/pg_ctl from
+    # /usr/lib/postgresql/NN/bin; pg_ctlcluster is the one of its programs on PATH).
+    "pg_ctlcluster": "postgresql",
 }
 # Every missing-tool skip reason has this shape, so that the terminal summary can
 # find them among the other skips (and across pytest-xdist workers, where only the

@@ -29,13 +29,14 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 @contextmanager
-def moto_server(**env: str) -> Iterator[str]:
-    """``moto_server`` on a free port of 127.0.0.1; its endpoint URL."""
+def moto_server(address: str = "127.0.0.1", **env: str) -> Iterator[str]:
+    """``moto_server`` on a free port of ``address`` (127.0.0.1, or a bridge address that
+    network-namespace hosts reach: tests/fleet); its endpoint URL."""
     port = free_port()
-    proc = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([str(MOTO_SERVER), "-H", address, "-p", str(port)],
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{address}:{port}"
 
     def answers() -> bool:
         assert proc.poll() is None, "moto_server exited"
@@ -73,11 +74,12 @@ class HoldingProxy:
     held: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     server: ThreadingHTTPServer | None = None
+    address: str = "127.0.0.1"  # where it listens (a bridge address for tests/fleet)
 
     @property
     def endpoint(self) -> str:
         assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return f"http://{self.address}:{self.server.server_address[1]}"
 
     def start(self) -> HoldingProxy:
         proxy = self
@@ -115,7 +117,7 @@ class HoldingProxy:
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((self.address, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
