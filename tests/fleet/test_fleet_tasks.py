@@ -18,6 +18,7 @@ figures (hosts per task, rescue time after kill -9) are printed."""
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import subprocess
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.chunk_judge import decode_errors, frame_times
 from tests.fleet.conftest import FULL, Figure, scaled
 from tests.fleet.harness import Buckets, Fleet, Host, apply, hosts_on, start_workers
-from tests.fleet.test_fleet_storage import judge, with_credentials
+from tests.fleet.test_fleet_storage import AUDIO_VIDEO, IMAGES, TEXT, with_credentials
 from tests.helpers import requires_tool, wait_for
 from tests.media_judge import ffmpeg, ffprobe
 from tests.s3_server import MOTO_SERVER
@@ -110,6 +112,51 @@ def video_duration(path: Path) -> float:
     probed = ffprobe(path)
     stream = next(s for s in probed["streams"] if s["codec_type"] == "video")
     return float(stream.get("duration") or probed["format"]["duration"])
+
+
+def fetch(buckets: Buckets, location: str) -> bytes:
+    return buckets.get(location) if location.startswith("s3://") else Path(location).read_bytes()
+
+
+def judge(buckets: Buckets, job: dict[str, Any], scratch: Path) -> dict[str, int]:
+    """Fetch every output the job records (from the bucket or the shared folder) and judge
+    it: bytes as recorded (size, SHA-256), images decode (Pillow), audio and video probe
+    (ffprobe), JSON parses; every manifest entry matches its file's bytes. How many of
+    each kind were judged."""
+    outputs = job["output_metadata"]["outputs"]
+    assert outputs
+    judged: Counter[str] = Counter()
+    for output in outputs:
+        location = output["path"]
+        assert job["job_code"] in location, location
+        data = fetch(buckets, location)
+        assert len(data) == output["size_bytes"], location
+        assert hashlib.sha256(data).hexdigest() == output["sha256"], location
+        suffix = Path(location).suffix.lower()
+        if suffix in IMAGES:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+            judged["image"] += 1
+        elif suffix in AUDIO_VIDEO:
+            local = scratch / f"{job['job_code']}-{Path(location).name}"
+            local.write_bytes(data)
+            assert ffprobe(local)["streams"], location
+            judged["media"] += 1
+        elif suffix in TEXT | {".csv", ".srt"}:
+            text = data.decode("utf-8")
+            if suffix == ".json":
+                json.loads(text)
+            judged["text"] += 1
+        else:
+            raise AssertionError(f"no judge for {location}")
+    manifests = [o for o in outputs if o["path"].endswith("_manifest.json")]
+    assert manifests
+    for manifest in manifests:
+        listed = json.loads(fetch(buckets, manifest["path"]))["outputs"]
+        assert listed
+        for entry in listed:
+            assert hashlib.sha256(fetch(buckets, entry["path"])).hexdigest() == entry["sha256"]
+    return dict(judged)
 
 
 @pytest.fixture
@@ -250,15 +297,11 @@ def submit_film(host: Host, buckets: Buckets, source: Path, name: str) -> str:
                        "--param", f"Encode Chunks.speed={CHUNK_SPEED}")
 
 
-def fetch(buckets: Buckets, location: str) -> bytes:
-    return buckets.get(location) if location.startswith("s3://") else Path(location).read_bytes()
-
-
 def judge_film(host: Host, buckets: Buckets, code: str, source: Path,
                tmp_path: Path) -> tuple[int, float]:
     """The stitched film, fetched from where the job says: no decode error, exactly the
     source's frames at strictly increasing times, its duration within one frame of the
-    source's; every manifest entry matches its file's bytes. (frames, duration)"""
+    source's; every output judged (``judge``). (frames, duration)"""
     job = host.job(code)
     outputs = job["output_metadata"]["outputs"]
     (output,) = [o for o in outputs if o["role"] == "rendition"]
@@ -272,11 +315,7 @@ def judge_film(host: Host, buckets: Buckets, code: str, source: Path,
     assert abs(duration - video_duration(source)) < 1 / 25
     times = frame_times(local)
     assert all(b > a for a, b in itertools.pairwise(times))
-    (manifest,) = [o for o in outputs if o["path"].endswith("_manifest.json")]
-    listed = json.loads(fetch(buckets, manifest["path"]))["outputs"]
-    assert listed
-    for entry in listed:
-        assert hashlib.sha256(fetch(buckets, entry["path"])).hexdigest() == entry["sha256"]
+    judge(buckets, job, tmp_path)
     return frames, duration
 
 
@@ -395,8 +434,8 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_host(
                     "please call me tomorrow morning at nine o'clock " * (3 if FULL else 1)],
                    check=True, timeout=60)
     source = tmp_path / "talk.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=320x240:rate=25:d=2",
-           "-f", "lavfi", "-i", f"testsrc2=size=320x240:rate=25:d={10 if FULL else 3}",
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=640x360:rate=25:d=2",
+           "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=25:d={40 if FULL else 16}",
            "-i", speech, "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]",
            "-map", "2:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
            "-c:a", "aac", source)
@@ -424,5 +463,11 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_host(
         overlap = (min(transcribe["completed_at"], max(r["completed_at"] for r in cpu_side))
                    - max(transcribe["started_at"], min(r["started_at"] for r in cpu_side)))
         judge(buckets, cpu_host.job(code), tmp_path)
-    figure(f"{who_ran(rows)}; transcription and the CPU steps overlapped "
+    origin = done["Extract Metadata"]["completed_at"]
+    spans = "; ".join(
+        f"{name} {(r['started_at'] - origin).total_seconds():.2f}-"
+        f"{(r['completed_at'] - origin).total_seconds():.2f} s"
+        for name, r in (("scenes", cpu_side[0]), ("thumbnails", cpu_side[1]),
+                        ("transcription", transcribe)))
+    figure(f"{who_ran(rows)}; after the metadata: {spans}; overlap "
            f"{overlap.total_seconds():.2f} s")
