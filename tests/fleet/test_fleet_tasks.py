@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow,
 
 # Short in make test, longer in make chaos (MEDIAQ_CHAOS=full).
 LADDER_SECONDS = 6 if FULL else 2
-FILM_SECONDS = 60 if FULL else 8
+FILM_SECONDS = 60 if FULL else 6
 CHUNK_SECONDS = 10 if FULL else 2
 # A slow preset makes each chunk a few seconds of work on small frames: long enough for
 # every host to pick some up, and for a kill -9 to land while one is being encoded.
@@ -435,7 +435,7 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_host(
                    check=True, timeout=60)
     source = tmp_path / "talk.mp4"
     ffmpeg("-f", "lavfi", "-i", "color=c=red:size=640x360:rate=25:d=2",
-           "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=25:d={40 if FULL else 16}",
+           "-f", "lavfi", "-i", f"testsrc2=size=640x360:rate=25:d={60 if FULL else 30}",
            "-i", speech, "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]",
            "-map", "2:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
            "-c:a", "aac", source)
