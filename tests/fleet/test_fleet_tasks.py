@@ -76,7 +76,7 @@ def completed_once(host: Host, code: str) -> list[dict[str, Any]]:
     """The job completed, every step (every item of a fanned-out step) with exactly one
     completed or skipped execution, and every task completed or skipped; the rows."""
     job = host.job(code)
-    assert job["status"] == "completed", (code, job["status"], job["error_message"])
+    assert job["status"] == "completed", (job["status"], job["error_message"], story(host, code))
     rows = executions(host, code)
     done = Counter((r["step_name"], r["item_index"]) for r in rows
                    if r["status"] in ("completed", "skipped"))
@@ -92,6 +92,18 @@ def who_ran(rows: list[dict[str, Any]]) -> str:
         return f"{row['step_name']}{item}@{row['host']}"
 
     return ", ".join(name(r) for r in rows if r["status"] == "completed")
+
+
+def story(host: Host, code: str) -> str:
+    """Every execution (step[item] status/error class@host) and every task (step.item
+    state, attempt, rescues) of job ``code``: what an assertion shows when it fails."""
+    runs = ", ".join(
+        f"{r['step_name']}{'' if r['item_index'] is None else [r['item_index']]} "
+        f"{r['status']}{'/' + r['error_class'] if r['error_class'] else ''}@{r['host']}"
+        for r in executions(host, code))
+    rows = ", ".join(f"{t['step_number']}.{t['item_index']} {t['state']} a{t['attempt']}"
+                     f" r{t['rescue_count']}" for t in tasks(host, code))
+    return f"executions: {runs}; tasks: {rows}"
 
 
 def wait_finished(host: Host, code: str, timeout: float) -> None:
@@ -415,7 +427,7 @@ def test_kill_9_of_one_hosts_worker_mid_chunk_redoes_only_its_chunks(
                 "Validate Input": 1, "Split": 1, "Encode Audio": 1, "Stitch": 1,
                 "Finalize Output": 1}
             rescued = [t for t in tasks(hosts[0], code) if t["rescue_count"]]
-            assert {t["item_index"] for t in rescued} == redone
+            assert {t["item_index"] for t in rescued} == redone, story(hosts[0], code)
             judge_film(hosts[0], buckets, code, source, tmp_path)
     figure(f"{scaled(3, 1)} kill -9 mid-chunk: {redone_total} chunk(s) redone, no other "
            f"chunk twice; redo started {min(rescues):.2f}-{max(rescues):.2f} s after the "
@@ -477,8 +489,8 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_host(
         done = {r["step_name"]: r for r in rows if r["status"] == "completed"}
         transcribe = done["Transcribe Audio"]
         cpu_side = [done["Detect Scenes"], done["Generate Thumbnails"]]
-        assert transcribe["host"] == gpu_host.name, who_ran(rows)
-        assert {r["host"] for r in cpu_side} == {cpu_host.name}, who_ran(rows)
+        assert transcribe["host"] == gpu_host.name, story(cpu_host, code)
+        assert {r["host"] for r in cpu_side} == {cpu_host.name}, story(cpu_host, code)
         assert done["Finalize Output"]["host"] == cpu_host.name
         # Side by side: each side started before the other ended.
         assert transcribe["started_at"] < max(r["completed_at"] for r in cpu_side)
