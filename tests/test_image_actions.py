@@ -121,7 +121,7 @@ def test_postscript_is_never_handed_to_ghostscript(tmp_path: Path) -> None:
     eps = tmp_path / "drawing.eps"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
 
-    with pytest.raises(PermanentError, match="not a supported image"):
+    with pytest.raises(PermanentError, match="EPS images are not allowed here"):
         run_action("validate_image", eps, tmp_path / "out")
 
 

@@ -940,7 +940,8 @@ SELECT id, job_code, retry_count
    FOR UPDATE SKIP LOCKED;
 
 -- name: job_set_priority_if_waiting
--- Change the priority of a waiting (pending, queued or paused) job and of its media_queue row.
+-- Change the priority of a waiting (pending, queued or paused) job, of its tasks not yet
+-- running and of its media_queue row.
 -- The after-update trigger copies the priority to media_queue only on a status change, so
 -- the mirror row (seed dashboards read it) is updated here, in the same statement.
 WITH before AS (
@@ -957,6 +958,10 @@ WITH before AS (
     UPDATE media_queue mq SET priority = job.priority
       FROM job
      WHERE mq.job_id = job.id
+), tasks AS (  -- the claim orders ready tasks by their copy of the job's priority
+    UPDATE job_tasks t SET priority = job.priority
+      FROM job
+     WHERE t.job_id = job.id AND t.state IN ('waiting', 'ready')
 )
 SELECT status, priority, previous_priority FROM job;
 
