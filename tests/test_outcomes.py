@@ -39,7 +39,7 @@ from mediaq.queries import SQL_DIR, queries
 from mediaq.states import JobStatus, StepStatus
 from mediaq.worker import completer, executor
 from mediaq.worker.executor import Executor
-from mediaq.worker.job_handle import StopSignal
+from mediaq.worker.job_handle import JobHandle, Settle, StopSignal
 from mediaq.worker.job_run import JobRun, Step
 from mediaq.worker.outcomes import (
     Abandoned,
@@ -56,6 +56,7 @@ from mediaq.worker.outcomes import (
     StepCompleted,
     StepGaveUp,
     StepInterrupted,
+    TaskDone,
     after_failure,
     classify,
     stop_outcome,
@@ -194,6 +195,7 @@ JOB_OUTCOMES: list[tuple[JobOutcome, str | None]] = [
     (HandedBack(), "job_hand_back"),
     (AttemptLost(), None),
     (Abandoned("connection lost"), None),
+    (TaskDone(), None),  # the job goes on with its other tasks
 ]
 
 
@@ -205,10 +207,13 @@ def test_each_job_outcome_has_one_fenced_statement(outcome: JobOutcome, name: st
         return
     assert statement is not None and statement[0] == name
     text = queries[name]
-    assert "worker_id = %(worker_id)s AND attempt = %(attempt)s" in text, f"{name} is unfenced"
-    assert "status = 'processing'" in text
+    # The fence is the task's: the tasks this worker runs, at their attempts.
+    assert "task_owned(id, %(task_ids)s, %(task_attempts)s, %(worker_id)s)" in text, \
+        f"{name} is unfenced"
+    assert "WHERE id = %(job_id)s AND status = 'processing'" in text
     # The statement's parameters are exactly what the outcome supplies, plus the fence.
-    wanted = set(re.findall(r"%\((\w+)\)s", text)) - {"job_id", "worker_id", "attempt"}
+    fence = set(JobHandle(None, "w", 1, "J", 1, "cpu").fence)  # type: ignore[arg-type]
+    wanted = set(re.findall(r"%\((\w+)\)s", text)) - fence
     assert set(statement[1]) == wanted
     assert outcome.status is None or outcome.status in JobStatus
 
@@ -220,17 +225,44 @@ def test_every_job_outcome_type_is_mapped() -> None:
 @dataclass
 class Recorder:
     """A JobHandle that records the writes asked of it instead of making them; a write
-    named in ``refuse`` raises as a fenced write that touched no row would."""
+    named in ``refuse`` raises as a fenced write that touched no row would.
+
+    It stands for the job's tasks too (one per step, ``claim`` hands it the next): a
+    step's commit that settles the job's last task completes the job in the same commit,
+    built from the executions it recorded, as ``JobHandle._settle`` does under the lock."""
 
     job_code: str = "JOB-T-1"
     job_id: int = 1
     worker_id: str = "w1"
     attempt: int = 1
+    category: str = "cpu"
     pool: Any = None
     stop_signal: StopSignal = field(default_factory=StopSignal)
     writes: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     refuse: dict[str, BaseException] = field(default_factory=dict)
     on_progress: Any = None
+    task_ids: list[int] = field(default_factory=list)
+    task_attempts: list[int] = field(default_factory=list)
+    tasks: dict[tuple[int, int | None], int] = field(default_factory=dict)
+    ended_job: Any = None
+    run_cache: Any = None
+    finalize_remote: Any = None
+    task_count: int = 1
+    settled: dict[int, str] = field(default_factory=dict)  # task id -> its state
+    started: dict[int, dict[str, Any]] = field(default_factory=dict)  # execution id
+    history: dict[tuple[int, int | None], dict[str, Any]] = field(default_factory=dict)
+
+    def claim(self, step: Step) -> None:
+        """The step's task is this handle's (a task's id is its step's id here)."""
+        self.task_ids[:], self.task_attempts[:] = [step.id], [1]
+        self.tasks.clear()
+        self.add_task(step.id, 1, step.id, None)
+        self.ended_job = self.run_cache = None  # each task loads the job afresh
+
+    def add_task(self, task_id: int, attempt: int, step_id: int, item_index: int | None) -> None:
+        self.task_ids.append(task_id)
+        self.task_attempts.append(attempt)
+        self.tasks[(step_id, item_index)] = task_id
 
     def _write(self, name: str, params: dict[str, Any]) -> None:
         assert name in queries, name
@@ -244,18 +276,53 @@ class Recorder:
     def log(self, message: str) -> None:
         self._write("job_append_log", {"message": message})
 
-    def progress(self, percent: float, stage: str | None, *, force: bool = False) -> None:
+    def progress(self, percent: float, stage: str | None, *, force: bool = False,
+                 fraction: float | None = None) -> None:
         self._write("job_progress", {"progress_percent": percent, "stage": stage})
         if self.on_progress is not None:
             self.on_progress(self)
 
     def start_step(self, **params: Any) -> int:
         self._write("step_start", params)
+        self.started[len(self.writes)] = params
         return len(self.writes)
 
-    def commit_step(self, execution_id: int, **params: Any) -> list[Path]:
-        self._write("step_finish", {"execution_id": execution_id, **params})
+    def commit_step(self, execution_id: int, *, settle: Settle | None = None,
+                    **params: Any) -> list[Path]:
+        then = params.get("then")
+        if settle is not None:
+            self.settled[settle.task_id] = settle.state
+            started = self.started[execution_id]
+            self.history[(started["step_id"], started.get("item_index"))] = {
+                "step_id": started["step_id"], "item_index": started.get("item_index"),
+                "completed": params["status"] == StepStatus.COMPLETED, "skipped": False,
+                "given_up": params["status"] == StepStatus.FAILED, "executions": 1,
+                "output_data": params.get("output_data"),
+                "error_message": params.get("error_message")}
+            if len(self.settled) == self.task_count:  # the job's last task
+                then = settle.completion(self)  # type: ignore[arg-type]
+        self._write("step_finish", {"execution_id": execution_id, **params, "then": then,
+                                    "settle": settle.state if settle else None})
         return []
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        """The database's side of the job's completion: its steps' committed history."""
+        assert query == queries["step_history_of_job"]
+        return self
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        return list(self.history.values())
+
+    def settle_alone(self, settle: Settle, log_message: str) -> None:
+        raise AssertionError("no earlier attempt finished a step here")
+
+    def expand(self, task_id: int, items: list[dict[str, Any]], log_message: str) -> None:
+        raise AssertionError("no fan-out here")
+
+    def claim_siblings(self, step_numbers: list[int], group_numbers: list[int],
+                       lease_seconds: int) -> list[dict[str, Any]]:
+        """No other worker is idle: every sibling's task is this pass's."""
+        return [{"step_number": n, "task_id": n, "task_attempt": 1} for n in step_numbers]
 
     def finish(self, name: str, **params: Any) -> None:
         self._write(name, params)
@@ -314,19 +381,34 @@ def settings(tmp_path: Path) -> Settings:
 def run_job(settings: Settings, monkeypatch: pytest.MonkeyPatch, *steps: Step,
             handle: Recorder | None = None, retry_count: int = 0, max_retries: int = 3,
             input_path: Path | None = None) -> tuple[JobOutcome, Recorder]:
-    """Run a job of ``steps`` through ``Executor.run``, its database reads replaced."""
+    """Run a job of ``steps`` through ``Executor.run``, one task (one step) at a time as
+    one worker's run-ahead claims them, its database reads replaced; the last outcome."""
     if input_path is None:
         input_path = settings.storage.effective_input_roots[0] / "in.bin"
         input_path.write_bytes(b"media")
-    run = JobRun(context={
-        "input_file_path": str(input_path), "input_bytes": None, "params": {},
-        "workflow_code": "W", "workflow_version": 1, "retry_count": retry_count,
-        "max_retries": max_retries, "timeout_minutes": 60,
-    }, steps=list(steps), history={})
-    run.job_deadline = time.monotonic() + 3600
-    monkeypatch.setattr(executor, "load_run", lambda handle, workflow_id: run)
     handle = handle or Recorder()
-    return Executor(settings).run(handle, 1), handle  # type: ignore[arg-type]
+    handle.task_count = len(steps)
+
+    def load_run(handle: Recorder, workflow_id: int) -> JobRun:
+        run = JobRun(context={
+            "input_file_path": str(input_path), "input_bytes": None, "params": {},
+            "workflow_code": "W", "workflow_version": 1, "retry_count": retry_count,
+            "max_retries": max_retries, "timeout_minutes": 60,
+        }, steps=list(steps), history=dict(handle.history))
+        run.job_deadline = time.monotonic() + 3600
+        return run
+
+    monkeypatch.setattr(executor, "load_run", load_run)
+    worker = Executor(settings)
+    outcome: JobOutcome = TaskDone()
+    for step in steps:
+        if step.id in handle.settled:
+            continue  # a one-pass run settled it with an earlier step's task
+        handle.claim(step)
+        outcome = worker.run(handle, 1)  # type: ignore[arg-type]
+        if not isinstance(outcome, TaskDone):
+            break
+    return outcome, handle
 
 
 def test_the_last_step_completes_the_job_in_its_own_commit(
@@ -336,6 +418,12 @@ def test_the_last_step_completes_the_job_in_its_own_commit(
     assert isinstance(outcome, JobCompleted) and outcome.status is JobStatus.COMPLETED
     assert handle.names == ["step_start", "step_finish:completed",
                             "step_start", "step_finish:completed+job_complete"]
+    # Each step's close settles its task in the same commit.
+    assert settled(handle) == ["completed", "completed"]
+
+
+def settled(handle: Recorder) -> list[str | None]:
+    return [p["settle"] for n, p in handle.writes if n == "step_finish"]
 
 
 def test_a_permanent_failure_fails_the_job_after_closing_the_step(
@@ -346,6 +434,7 @@ def test_a_permanent_failure_fails_the_job_after_closing_the_step(
     assert outcome == JobFailed(ErrorClass.PERMANENT, "step 1 'fail 1' failed: boom")
     assert handle.names == ["step_start", "step_finish:failed", "job_fail"]
     assert handle.writes[-1][1]["error_class"] == "permanent"
+    assert settled(handle) == [None]  # job_fail ends the task with the job
 
 
 def test_a_transient_failure_schedules_the_retry_with_the_steps_close(
@@ -371,6 +460,7 @@ def test_on_failure_continue_completes_the_job_naming_the_failed_step(
     assert outcome.failed_steps == ({"step": 1, "name": "fail 1", "error": "x"},)
     assert handle.names == ["step_start", "step_finish:failed",
                             "step_start", "step_finish:completed+job_complete"]
+    assert settled(handle) == ["failed", "completed"]  # a continue step's task is done
 
 
 def test_a_refused_input_fails_the_job_before_any_step(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,18 +24,21 @@ from mediaq import actions, db
 from mediaq.actions import ActionContext, ActionResult
 from mediaq.config import Settings
 from mediaq.storable import REPLACEMENT, storable, storable_text
-from mediaq.worker import executor
+from mediaq.worker.claimer import Claimer
 from mediaq.worker.executor import Executor
-from mediaq.worker.job_run import JobRun, Step
+from mediaq.worker.job_run import Step
 from mediaq.worker.outcomes import (
     Abandoned,
     ErrorClass,
     JobCompleted,
     JobFailed,
+    TaskDone,
     unstorable_reason,
 )
+from mediaq.worker.resources import Capacity
 from tests.helpers import MediaqEnv, claim_in_process
 from tests.test_outcomes import Recorder, fusable
+from tests.test_outcomes import run_job as outcomes_run_job
 
 # -- the sanitiser ---------------------------------------------------------------------
 
@@ -140,14 +142,8 @@ def run_job(settings: Settings, monkeypatch: pytest.MonkeyPatch, handle: Recorde
             *steps: Step) -> Any:
     source = settings.storage.effective_input_roots[0] / "report.pdf"
     source.write_bytes(b"%PDF-")
-    run = JobRun(context={
-        "input_file_path": str(source), "input_bytes": None, "params": {},
-        "workflow_code": "W", "workflow_version": 1, "retry_count": 0,
-        "max_retries": 3, "timeout_minutes": 60,
-    }, steps=list(steps), history={})
-    run.job_deadline = time.monotonic() + 3600
-    monkeypatch.setattr(executor, "load_run", lambda handle, workflow_id: run)
-    return Executor(settings).run(handle, 1)  # type: ignore[arg-type]
+    return outcomes_run_job(settings, monkeypatch, *steps, handle=handle,
+                            input_path=source)[0]
 
 
 @pytest.fixture
@@ -233,7 +229,21 @@ def run_claimed(pool: ConnectionPool[db.Connection], settings: Settings) -> tupl
     source.write_bytes(b"%PDF-1.4")
     handle, claimed = claim_in_process(pool, "T-NUL", source, {"action": "t_returns"},
                                        {"action": "noop"})
-    return Executor(settings).run(handle, claimed.workflow_id), claimed.id
+    worker = Executor(settings)
+    outcome = worker.run(handle, claimed.workflow_id)
+    # Each step is a task of its own: the worker goes on with the job's next one
+    # (run-ahead, as `mediaq worker` does) until the job's outcome.
+    claimer = Claimer(pool, worker_id=handle.worker_id, host="test-host",
+                      capacity=Capacity(categories=("cpu",), limits={"cpu": 1},
+                                        vram_budget_mb=0),
+                      queues=None, lease_seconds=300)
+    while isinstance(outcome, TaskDone):
+        following = claimer.claim("cpu", prefer_job_id=claimed.id, only_preferred=True)
+        assert following is not None, "the job's next task is ready for this worker"
+        handle.continue_with(following.task_id, following.task_attempt, following.step_id,
+                             following.item_index, following.attempt)
+        outcome = worker.run(handle, claimed.workflow_id)
+    return outcome, claimed.id
 
 
 def stored(pool: ConnectionPool[db.Connection], job_id: int) -> tuple[dict[str, Any],
