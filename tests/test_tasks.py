@@ -213,8 +213,12 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_steps(
     subprocess.run(["espeak-ng", "-v", "en-us+f2", "-s", "140", "-w", str(speech),
                     "please call me tomorrow morning at nine o'clock"], check=True)
     source = mq.inputs / "talk.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=320x240:rate=25:d=2",
-           "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:d=3", "-i", speech,
+    # A CPU side of some seconds (grainy 640x360, one cpu slot: scenes, then thumbnails),
+    # so the GPU host's claim, woken by the same commit, lands well inside it even on a
+    # loaded machine.
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=640x360:rate=25:d=4",
+           "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:d=16,noise=alls=12:allf=t",
+           "-i", speech,
            "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-map", "2:a",
            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac",
            source)
@@ -223,7 +227,7 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_steps(
                     host_id="host-gpu")
     wait_for(lambda: mq.query("SELECT 1 FROM workers WHERE worker_id = 'gpu'"
                               " AND status = 'running'"), timeout=60)
-    mq.start_worker("--id", "cpu", "--categories", "cpu", "--limits", "cpu=2",
+    mq.start_worker("--id", "cpu", "--categories", "cpu", "--limits", "cpu=1",
                     host_id="host-cpu")
     code = mq.submit("WF-VIDEO-ANALYZE", source)
     wait_for(lambda: mq.job(code)["status"] in ("completed", "failed"), timeout=300)
