@@ -36,7 +36,9 @@ def test_video_transcode_workflow_makes_a_fused_ladder_and_thumbnails(mq: Mediaq
     source = make_1080p_source(mq.inputs / "master.mp4")
     code = mq.submit("WF-VIDEO-TRANSCODE", source)
     started = time.monotonic()
-    mq.run_burst(*GPU_WORKER, timeout=300)
+    # One gpu_encode slot: no other claimer is idle for the rungs, so the engine fuses
+    # them (with two slots the second may take a rung first, and the ladder spreads).
+    mq.run_burst(*GPU_WORKER, "--limits", "gpu_encode=1", timeout=300)
     print(f"WF-VIDEO-TRANSCODE on a 3 s 1080p source: {time.monotonic() - started:.1f} s")
     job = mq.job(code)
     assert job["status"] == "completed", job["error_message"]
