@@ -7,16 +7,10 @@ run by a worker."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import itertools
 import re
 import shutil
-import subprocess
-import tempfile
-import threading
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -38,7 +32,7 @@ from tests.chunk_judge import (
 )
 from tests.helpers import MediaqEnv, action_context, requires_tool
 from tests.media_judge import ffmpeg, needs_ffmpeg
-from tests.test_streaming_actions import CHROMIUM, ResultCatcher
+from tests.test_streaming_actions import ResultCatcher, page_report
 
 pytestmark = needs_ffmpeg
 
@@ -166,35 +160,7 @@ def play_and_seek(folder: Path, query: str, timeout: float = 60) -> dict[str, An
     headless Chromium play, seek and play on; what the page reported."""
     shutil.copy(SEEK_PAGE, folder / "seek.html")
     shutil.copy(HLS_JS, folder / "hls.min.js")
-    results: list[dict[str, Any]] = []
-    handler = type("Handler", (RangeCatcher,), {"results": results})
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    profile = tempfile.mkdtemp(prefix="mediaq-chromium-")
-    url = f"http://127.0.0.1:{server.server_address[1]}/seek.html?{query}"
-    browser = subprocess.Popen(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={profile}",
-         "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while not results and time.monotonic() < deadline and browser.poll() is None:
-            time.sleep(0.2)
-    finally:
-        browser.terminate()
-        try:
-            _, errors = browser.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            browser.kill()
-            _, errors = browser.communicate()
-        server.shutdown()
-        server.server_close()
-        shutil.rmtree(profile, ignore_errors=True)
-    assert results, f"the seek page reported nothing:\n{errors.decode()[-2000:]}"
-    return results[0]
+    return page_report(folder, "seek.html", query, RangeCatcher, timeout)
 
 
 @pytest.mark.slow

@@ -406,13 +406,20 @@ def play_in_chromium(folder: Path, query: str, timeout: float = 60) -> dict[str,
     """Serve ``folder`` with the player page on 127.0.0.1 and let headless Chromium play."""
     for name in ("player.html", "hls.min.js", "dash.all.min.js"):
         shutil.copy(PLAYERS / name, folder / name)
+    return page_report(folder, "player.html", query, timeout=timeout)
+
+
+def page_report(folder: Path, page: str, query: str, catcher: type[ResultCatcher] = ResultCatcher,
+                timeout: float = 60) -> dict[str, Any]:
+    """Serve ``folder`` on 127.0.0.1 (requests handled by ``catcher``), open ``page`` with
+    ``query`` in headless Chromium and return what the page reported."""
     results: list[dict[str, Any]] = []
-    handler = type("Handler", (ResultCatcher,), {"results": results})
+    handler = type("Handler", (catcher,), {"results": results})
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     profile = tempfile.mkdtemp(prefix="mediaq-chromium-")
-    url = f"http://127.0.0.1:{server.server_address[1]}/player.html?{query}"
+    url = f"http://127.0.0.1:{server.server_address[1]}/{page}?{query}"
     browser = subprocess.Popen(
         [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
@@ -433,7 +440,7 @@ def play_in_chromium(folder: Path, query: str, timeout: float = 60) -> dict[str,
         server.shutdown()
         server.server_close()
         shutil.rmtree(profile, ignore_errors=True)
-    assert results, f"the player page reported nothing:\n{errors.decode()[-2000:]}"
+    assert results, f"the page {page} reported nothing:\n{errors.decode()[-2000:]}"
     return results[0]
 
 
