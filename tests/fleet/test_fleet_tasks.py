@@ -21,6 +21,8 @@ import hashlib
 import io
 import itertools
 import json
+import os
+import signal
 import subprocess
 from collections import Counter
 from datetime import datetime
@@ -70,6 +72,13 @@ def tasks(host: Host, code: str) -> list[dict[str, Any]]:
         "SELECT t.id, t.step_number, t.item_index, t.state, t.worker_id, t.attempt,"
         "       t.rescue_count, t.fused FROM job_tasks t JOIN workflow_jobs j ON j.id = t.job_id"
         " WHERE j.job_code = %s ORDER BY t.step_number, t.item_index NULLS FIRST", (code,))
+
+
+def task_state(host: Host, code: str, step_number: int) -> str | None:
+    """The state of job ``code``'s task of step ``step_number`` (a step that does not
+    fan out)."""
+    found = [t["state"] for t in tasks(host, code) if t["step_number"] == step_number]
+    return found[0] if found else None
 
 
 def completed_once(host: Host, code: str) -> list[dict[str, Any]]:
@@ -490,9 +499,20 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_host(
         # fallback.
         start_workers([gpu_host], "--categories", "gpu_ai", "--vram-mb", "8000",
                       "--no-triggers")
-        start_workers([cpu_host], "--categories", "cpu", "--limits", "cpu=2",
-                      "--no-triggers")
+        (_, cpu_worker), = start_workers([cpu_host], "--categories", "cpu", "--limits",
+                                         "cpu=2", "--no-triggers").items()
         code = cpu_host.submit("WF-VIDEO-ANALYZE", buckets.put("talk.mp4", source.read_bytes()))
+        # Side by side, whatever the machine's speed: the CPU host is frozen once its
+        # scene detection runs, and the GPU host must claim transcription meanwhile (a
+        # transcription that waited for the CPU side would never start: the wait fails).
+        wait_for(lambda: task_state(cpu_host, code, 3) == "running", timeout=120,
+                 interval=0.05, message="the CPU host to start scene detection")
+        os.kill(cpu_worker.pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: task_state(cpu_host, code, 5) == "running", timeout=120,
+                     interval=0.05, message="the GPU host to claim transcription")
+        finally:
+            os.kill(cpu_worker.pid, signal.SIGCONT)
         wait_finished(cpu_host, code, timeout=600 if FULL else 300)
         rows = completed_once(cpu_host, code)
         done = {r["step_name"]: r for r in rows if r["status"] == "completed"}
