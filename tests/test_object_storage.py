@@ -332,6 +332,9 @@ def test_a_worker_stopped_past_its_lease_publishes_nothing(store: Store) -> None
     mq.apply_workflow(diagnostic_workflow(
         "T-STOP", {"action": "sleep", "parameters": {"seconds": 2, "output_bytes": 1000}}))
     code = mq.submit("T-STOP", store.put("in.bin", b"input"))
+    # Both workers share the host's cache: the stale one may be frozen holding the input's
+    # entry lock, which the fresh one passes once it has been still this long.
+    mq.env["MEDIAQ_S3_TIMEOUT_SECONDS"] = "5"
     stale = mq.start_worker("--id", "stale")
     wait_for(lambda: mq.job(code)["status"] == "processing"
              and mq.job(code)["worker_id"] == "stale")

@@ -3,9 +3,13 @@ cache (against moto in server mode, boto3 unmocked), and a sweep of dead attempt
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,6 +102,57 @@ def test_cache_fetches_once_verifies_and_evicts_the_least_recently_used(
     s3.put_object(Bucket=bucket, Key="in/c.bin", Body=b"new")
     fresh = cache.fetch(worker_client, S3Uri.parse(f"s3://{bucket}/in/c.bin"), settings)
     assert fresh.read_bytes() == b"new"
+
+
+HOLDER = """
+import fcntl, os, signal, sys, time
+lock, entry, mode = sys.argv[1:]
+fh = open(lock, "a")
+fcntl.flock(fh, fcntl.LOCK_EX)
+print("held", flush=True)
+if mode == "frozen":
+    os.kill(os.getpid(), signal.SIGSTOP)
+os.makedirs(entry, exist_ok=True)
+with open(os.path.join(entry, ".partial.holder"), "ab") as out:
+    for _ in range(60):  # 6 s of a download that moves
+        out.write(b"x" * 1000)
+        out.flush()
+        time.sleep(0.1)
+open(os.path.join(entry, "released"), "w").close()
+os.unlink(os.path.join(entry, ".partial.holder"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["frozen", "working"])
+def test_a_neighbour_waits_for_a_working_cache_holder_and_passes_a_frozen_one(
+        endpoint: str, tmp_path: Path, mode: str) -> None:
+    """Processes of one host share the cache; one frozen (SIGSTOP) while it holds an
+    entry's lock must not hold its neighbours forever: past the stall time they fetch
+    without it. One that shows progress is waited for."""
+    s3 = client(endpoint)
+    bucket = bucket_name("cache-lock")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="in/x.bin", Body=b"z" * 5000)
+    uri = S3Uri.parse(f"s3://{bucket}/in/x.bin")
+    settings = s3ops.ClientSettings(endpoint_url=endpoint, timeout_seconds=2)
+    info = s3ops.head(s3ops.client(settings), uri)
+    digest = hashlib.sha256(f"{info.etag}:{info.size}".encode()).hexdigest()[:40]
+    root = tmp_path / "cache"
+    root.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(root / f".{digest}.lock"),
+                               str(root / digest), mode], stdout=subprocess.PIPE, text=True)
+    pool = ThreadPoolExecutor(1)  # a fetch that never returns fails the test
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        fetched = pool.submit(InputCache(root, 1 << 20).fetch, s3ops.client(settings),
+                              uri, settings).result(timeout=60)
+        assert fetched.read_bytes() == b"z" * 5000
+        # passed only while frozen: a working holder was waited for to the end
+        assert (root / digest / "released").exists() is (mode == "working")
+    finally:
+        holder.kill()  # frees the lock of a fetch still waiting
+        holder.wait(10)
+        pool.shutdown()
 
 
 def test_store_errors_are_one_line_and_classified(endpoint: str, tmp_path: Path) -> None:

@@ -6,7 +6,10 @@ served stale. Entries live at ``<cache_dir>/<digest>/.data`` with a hard link pe
 asked for (``<digest>/<name>``: an action sees the object's own name). Using an entry
 touches it; adding one evicts the least recently used until the cap holds. Processes on
 one host share the folder: a per-entry ``flock`` makes the second one wait for the
-first's download instead of fetching the same bytes again.
+first's download instead of fetching the same bytes again. The wait ends when the holder
+shows no progress for the store's stall time: a frozen process (SIGSTOP, a hung mount)
+keeps its lock, and its neighbours then fill or read the entry without it (each write is
+an ``os.replace``, so an entry is whole either way).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,7 +68,7 @@ class InputCache:
         info = s3ops.head(s3, uri)
         digest = hashlib.sha256(f"{info.etag}:{info.size}".encode()).hexdigest()[:40]
         entry = self.root / digest
-        with self._pin(digest), self._entry_lock(digest):
+        with self._pin(digest), self._entry_lock(digest, settings.timeout_seconds):
             data = entry / _DATA
             if data.is_file() and data.stat().st_size == info.size:
                 with self._lock:
@@ -87,7 +91,7 @@ class InputCache:
         the entry, so the same content is hashed once per host."""
         for _ in range(2):  # an entry evicted between the fetch and the lock: once more
             entry = self.fetch(s3, uri, settings).parent
-            with self._pin(entry.name), self._entry_lock(entry.name):
+            with self._pin(entry.name), self._entry_lock(entry.name, settings.timeout_seconds):
                 stored = entry / _SHA256
                 with contextlib.suppress(OSError):
                     known = stored.read_text().strip()
@@ -196,11 +200,45 @@ class InputCache:
                 self._pinned[digest] -= 1
 
     @contextmanager
-    def _entry_lock(self, digest: str) -> Iterator[None]:
+    def _entry_lock(self, digest: str, stall_seconds: float) -> Iterator[None]:
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / f".{digest}.lock").open("a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # blocks only on a download of the same bytes
+            locked = _lock_unless_stalled(fh, self.root / digest, stall_seconds)
             try:
                 yield
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                if locked:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lock_unless_stalled(fh: Any, entry: Path, stall_seconds: float) -> bool:
+    """Take the entry's lock (blocks only on a download or hash of the same bytes);
+    False, with the lock not taken, once its holder has made no progress in the entry's
+    folder for ``stall_seconds``."""
+    wait, progress, since = 0.02, _progress(entry), time.monotonic()
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        now = _progress(entry)
+        if now != progress:
+            progress, since = now, time.monotonic()
+        elif time.monotonic() - since > stall_seconds:
+            log.warning("cache:lock_holder_stalled", entry=entry.name,
+                        seconds=round(stall_seconds, 1))
+            return False
+        time.sleep(wait)
+        wait = min(wait * 2, 0.5)
+
+
+def _progress(entry: Path) -> frozenset[tuple[str, int, int]]:
+    """What a holder changes as it works: the entry's files, their sizes and times."""
+    seen = set()
+    with contextlib.suppress(OSError):
+        for path in entry.iterdir():
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                seen.add((path.name, stat.st_size, stat.st_mtime_ns))
+    return frozenset(seen)
