@@ -251,15 +251,17 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
-             message: str = "condition") -> Any:
-    """Poll until ``predicate()`` is truthy; its value, or AssertionError after ``timeout``."""
+             message: str = "condition", otherwise: Callable[[], Any] | None = None) -> Any:
+    """Poll until ``predicate()`` is truthy; its value, or AssertionError after ``timeout``
+    (with what ``otherwise()`` says about the state, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            state = f": {otherwise()}" if otherwise is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}{state}")
         time.sleep(interval)
 
 
