@@ -202,6 +202,13 @@ def test_the_task_state_machine_is_the_databases(mq: MediaqEnv) -> None:
                      " (SELECT id FROM workflow_jobs WHERE job_code = %s)", (code,))
 
 
+def running_steps(mq: MediaqEnv, code: str) -> set[int]:
+    """The step numbers of job ``code``'s running tasks."""
+    return {r["step_number"] for r in mq.query(
+        "SELECT t.step_number FROM job_tasks t JOIN workflow_jobs j ON j.id = t.job_id"
+        " WHERE j.job_code = %s AND t.state = 'running'", (code,))}
+
+
 @requires_tool("espeak-ng", "ffmpeg")
 def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_steps(
         mq: MediaqEnv) -> None:
@@ -213,9 +220,7 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_steps(
     subprocess.run(["espeak-ng", "-v", "en-us+f2", "-s", "140", "-w", str(speech),
                     "please call me tomorrow morning at nine o'clock"], check=True)
     source = mq.inputs / "talk.mp4"
-    # A CPU side of some seconds (grainy 640x360, one cpu slot: scenes, then thumbnails),
-    # so the GPU host's claim, woken by the same commit, lands well inside it even on a
-    # loaded machine.
+    # A CPU side of some seconds (grainy 640x360, one cpu slot: scenes, then thumbnails).
     ffmpeg("-f", "lavfi", "-i", "color=c=red:size=640x360:rate=25:d=4",
            "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:d=16,noise=alls=12:allf=t",
            "-i", speech,
@@ -227,9 +232,20 @@ def test_analysis_runs_transcription_on_the_gpu_host_beside_the_cpu_steps(
                     host_id="host-gpu")
     wait_for(lambda: mq.query("SELECT 1 FROM workers WHERE worker_id = 'gpu'"
                               " AND status = 'running'"), timeout=60)
-    mq.start_worker("--id", "cpu", "--categories", "cpu", "--limits", "cpu=1",
-                    host_id="host-cpu")
+    cpu = mq.start_worker("--id", "cpu", "--categories", "cpu", "--limits", "cpu=1",
+                          host_id="host-cpu")
     code = mq.submit("WF-VIDEO-ANALYZE", source)
+    # Side by side whatever the machine's speed: the CPU host is frozen once a CPU step of
+    # the graph runs, and the GPU host must claim transcription meanwhile (one that
+    # waited for the CPU side would never start, and the wait fails).
+    wait_for(lambda: running_steps(mq, code) & {3, 4}, timeout=120, interval=0.05,
+             message="the CPU host to start scenes or thumbnails")
+    os.kill(cpu.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: 5 in running_steps(mq, code), timeout=120, interval=0.05,
+                 message="the GPU host to claim transcription")
+    finally:
+        os.kill(cpu.pid, signal.SIGCONT)
     wait_for(lambda: mq.job(code)["status"] in ("completed", "failed"), timeout=300)
     job = mq.job(code)
     assert job["status"] == "completed", job["error_message"]
