@@ -124,6 +124,7 @@ def register() -> None:
         job_commands,
         notify_commands,
         ops_commands,
+        queue_commands,
         report_commands,
         trigger_commands,
         web_commands,
@@ -132,8 +133,8 @@ def register() -> None:
     )
 
     for module in (asset_commands, db_commands, job_commands, notify_commands, ops_commands,
-                   report_commands,
-                   trigger_commands, web_commands, worker_commands, workflow_commands):
+                   queue_commands, report_commands, trigger_commands, web_commands,
+                   worker_commands, workflow_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 
