@@ -4,6 +4,7 @@ PSNR, decode errors. Shared by tests/test_chunked.py and benchmarks/chunked.py."
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import subprocess
 import time
@@ -11,9 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
+
 from mediaq.actions import get_action
 from tests.helpers import action_context
 from tests.media_judge import FFMPEG, FFPROBE, ffmpeg
+
+AV_TOLERANCE = 0.025  # one AAC frame at 48 kHz (21.3 ms) and rounding
 
 
 @dataclass
@@ -203,3 +208,44 @@ def decode_all_errors(path: Path) -> str:
     result = subprocess.run([FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-map", "0",
                              "-f", "null", "-"], capture_output=True, text=True, timeout=600)
     return result.stderr.strip() + ("" if result.returncode == 0 else " (failed)")
+
+
+def stitched_problems(source: Path, output: Path, *, audio: bool) -> list[str]:
+    """What is wrong with a stitched output against its source, if anything: a decode
+    error, a frame count or frame times other than the source's, a repeated or dropped
+    frame, a duration off by a frame or more, an audio offset off by more than an audio
+    frame."""
+    problems = []
+    if errors := decode_errors(output):
+        problems.append(f"decode errors: {errors[:200]}")
+    want, got = frame_times(source), frame_times(output)
+    if len(got) != len(want):
+        problems.append(f"{len(got)} frames, the source has {len(want)}")
+    origin = min(start_times(source).values()) if audio else want[0]
+    moved = [i for i, (a, b) in enumerate(zip(got, want, strict=False))
+             if abs(a - (b - origin)) > 1e-3]
+    if moved:
+        problems.append(f"{len(moved)} frames not at the source's times (first: {moved[0]})")
+    if not all(b > a for a, b in itertools.pairwise(got)):
+        problems.append("frame times not strictly increasing (a repeated frame)")
+    frame = min(b - a for a, b in itertools.pairwise(want))
+    with av.open(str(output)) as out:
+        video = out.streams.video[0]
+        if bool(out.streams.audio) != audio:
+            problems.append("audio " + ("missing" if audio else "unexpected"))
+        duration = float(video.duration * video.time_base) if (
+            video.duration is not None and video.time_base is not None) else 0.0
+    with av.open(str(source)) as src:
+        stream = src.streams.video[0]
+        want_duration = (float(stream.duration * stream.time_base)
+                         if stream.duration and stream.time_base
+                         else (src.duration or 0) / av.time_base)  # Matroska: the file's
+    if abs(duration - want_duration) >= frame:
+        problems.append(f"duration {duration:.4f} s, the source's {want_duration:.4f} s")
+    if audio:
+        starts_in, starts_out = start_times(source), start_times(output)
+        shift = ((starts_out["audio"] - starts_out["video"])
+                 - (starts_in["audio"] - starts_in["video"]))
+        if abs(shift) > AV_TOLERANCE:
+            problems.append(f"audio moved {shift * 1000:.1f} ms against the video")
+    return problems

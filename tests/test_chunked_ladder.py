@@ -22,6 +22,7 @@ from mediaq.actions import get_action
 from mediaq.actions.chunked.ladder import keyframe_grid
 from mediaq.errors import PermanentError
 from tests.chunk_judge import (
+    AV_TOLERANCE,
     LadderRun,
     decode_all_errors,
     frame_times,
@@ -42,7 +43,6 @@ HLS_JS = ROOT / "mediaq" / "web" / "static" / "vendor" / "hls.min.js"
 WORKFLOW = ROOT / "docs" / "workflows" / "wf-video-chunked-ladder.yaml"
 MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 RUNGS = ["240p", "144p"]
-AV_TOLERANCE = 0.025  # one AAC frame at 48 kHz and rounding, as tests/test_chunked.py
 
 
 @pytest.fixture(scope="module")
