@@ -130,6 +130,7 @@ def decode_only(source: Path) -> int:
 def measure_scenes(work: Path) -> dict[str, Any]:
     """detect_scenes on the five-shot clip: fps and x real time (medians), the cuts."""
     source, cut_times = make_scene_source(work)
+    load_before = os.getloadavg()[0]
     scenes = get_action("detect_scenes").fn
     scans: list[float] = []
     floors: list[float] = []
@@ -148,6 +149,8 @@ def measure_scenes(work: Path) -> dict[str, Any]:
     return {"frames": frames, "source_seconds": SECONDS, "scan_cpu_s": scan_s,
             "decode_only_cpu_s": floor_s, "scan_fps": frames / scan_s,
             "scan_realtime": SECONDS / scan_s, "decode_only_fps": frames / floor_s,
+            "decode_only_realtime": SECONDS / floor_s, "scan_per_decoding": scan_s / floor_s,
+            "load": (load_before, os.getloadavg()[0]),
             "cuts": found, "expected_cuts": cut_times, "cuts_within_one_frame": exact}
 
 
@@ -157,10 +160,16 @@ def report_scenes(figures: dict[str, Any]) -> list[list[Any]]:
     print(f"  detect_scenes         {figures['scan_fps']:7.1f} fps  "
           f"{figures['scan_realtime']:5.2f}x real time")
     print(f"  decoding alone        {figures['decode_only_fps']:7.1f} fps  "
-          f"(scan / decoding alone: {figures['scan_cpu_s'] / figures['decode_only_cpu_s']:.2f})")
-    print(f"  cuts {figures['cuts']} (expected {figures['expected_cuts']})")
+          f"{figures['decode_only_realtime']:5.2f}x real time  "
+          f"(scan / decoding alone: {figures['scan_per_decoding']:.2f})")
+    print(f"  cuts {figures['cuts']} (expected {figures['expected_cuts']}); load average "
+          f"{figures['load'][0]:.1f} before, {figures['load'][1]:.1f} after")
+    # Every frame is decoded (a one-frame flash on a B-frame is a scene), so decoding
+    # alone is the ceiling: what the x real time can reach depends on the machine's load.
     return [["detect_scenes, 1080p30, one core (x real time)", figures["scan_realtime"],
              ">= 8", _verdict(figures["scan_realtime"] >= 8)],
+            ["decoding alone, the same frames (x real time)", figures["decode_only_realtime"],
+             "-", "-"],
             ["detect_scenes cuts within one frame of the known ones",
              figures["cuts_within_one_frame"], "yes", _verdict(figures["cuts_within_one_frame"])]]
 
