@@ -247,6 +247,7 @@ class Recorder:
     ended_job: Any = None
     run_cache: Any = None
     publications_left: bool = False
+    settle_after_publication: Any = None
     task_count: int = 1
     settled: dict[int, str] = field(default_factory=dict)  # task id -> its state
     started: dict[int, dict[str, Any]] = field(default_factory=dict)  # execution id

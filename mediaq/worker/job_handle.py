@@ -73,6 +73,10 @@ class JobHandle:
     # A committed step's outputs this worker could not publish after its commit: the
     # job's next task here publishes them first (mediaq.worker.publications).
     publications_left: bool = False
+    # Set by a commit with outputs that would have completed the job: the job completes
+    # once they are published (settle_alone), so a job is never seen completed before
+    # its outputs are in place, unless publishing them failed.
+    settle_after_publication: Settle | None = None
     _last_progress: float = 0.0
     progress_percent: float = -1.0
     progress_moved_at: float = field(default_factory=time.monotonic)
@@ -95,6 +99,7 @@ class JobHandle:
         self.attempt = job_attempt
         self.ended_job = None
         self.stop_signal = StopSignal()
+        self.settle_after_publication = None
         self._last_progress, self.progress_percent = 0.0, -1.0
         self.progress_moved_at = time.monotonic()
 
@@ -197,7 +202,7 @@ class JobHandle:
                 "error_class": error_class,
             }))
             if settle is not None:
-                then = self._settle(conn, settle)
+                then = self._settle(conn, settle, defer_completion=bool(publications))
             if then is not None:
                 name, params = then
                 if db.fetch_one(conn, name, storable({**self.fence, **params})) is None:
@@ -213,14 +218,18 @@ class JobHandle:
                 ids = [int(row["id"]) for row in rows]
         return ids
 
-    def _settle(self, conn: db.Connection,
-                settle: Settle) -> tuple[str, dict[str, Any]] | None:
+    def _settle(self, conn: db.Connection, settle: Settle, *,
+                defer_completion: bool = False) -> tuple[str, dict[str, Any]] | None:
         """Settle a task in its step's commit (the job row is locked): the job's
         completion when no other task is left, else the task is done and its dependents
-        count one need less."""
+        count one need less. ``defer_completion``: the job's completion waits for
+        ``settle_after_publication`` (the task stays running, under its lease)."""
         left = db.fetch_one(conn, "task_remaining", {"job_id": self.job_id,
                                                      "task_id": settle.task_id})
         if left is not None and int(left["remaining"]) == 0:
+            if defer_completion:
+                self.settle_after_publication = settle
+                return None
             name, params = settle.completion(conn)
             return name, {**params, "task_id": settle.task_id, "task_state": settle.state}
         if db.fetch_one(conn, "task_done", {**self.fence, "task_id": settle.task_id,

@@ -277,6 +277,7 @@ class StepRunner:
             # result would be refused again, so the step fails for good, naming the file,
             # rather than the job being abandoned to its lease and re-run. The
             # transaction rolled back: nothing was published, the job is still ours.
+            handle.settle_after_publication = None  # rolled back with the rest
             reason = unstorable_reason(exc)
             if reason is None:
                 raise  # a lost connection: run() abandons the attempt to its lease
@@ -301,6 +302,11 @@ class StepRunner:
         else:
             discard(stage_dir)
             self.objects.discard(stage_dir)
+        deferred, handle.settle_after_publication = handle.settle_after_publication, None
+        if deferred is not None:  # the job's last task: it completes the job now
+            handle.settle_alone(deferred, f"Step {step.number} '{step.name}'{item.label}: "
+                                + (f"{left} output(s) left to publish" if left
+                                   else f"{len(planned)} output(s) published"))
         self.breakers.succeeded(handle, step.action)
         remember_outputs(self.objects, run, step, item, output_data, fresh=True)
         return None
