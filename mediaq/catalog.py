@@ -26,6 +26,7 @@ from psycopg_pool import ConnectionPool
 from mediaq import db
 from mediaq.errors import MediaqError
 from mediaq.files import walk_files
+from mediaq.storage.uri import is_s3
 
 log = structlog.get_logger("mediaq.catalog")
 
@@ -160,11 +161,13 @@ def record_job(conn: db.Connection, job_id: int) -> list[int]:
     rows = db.fetch_all(conn, "asset_job_facts", {"job_id": job_id})
     if not rows or not rows[0]["input_file_path"]:
         return []
-    source = Path(rows[0]["input_file_path"])
+    source_text = str(rows[0]["input_file_path"])
+    source = Path(source_text)
     steps = [r for r in rows if r["output_data"] is not None]
     touched: list[int] = []
-    input_facts = probe_facts(source) if source.is_file() else AssetFacts(
-        path=str(source), kind=kind_of(source))
+    # An s3:// object is catalogued by its location (Path would fold its "//").
+    input_facts = probe_facts(source) if _local_file(source_text) else AssetFacts(
+        path=source_text if is_s3(source_text) else str(source), kind=kind_of(source))
     outputs: list[tuple[int | None, dict[str, Any]]] = []
     for step in steps:
         data = step["output_data"]
@@ -179,9 +182,10 @@ def record_job(conn: db.Connection, job_id: int) -> list[int]:
         _link(conn, input_id, job_id, "input", None)
         touched.append(input_id)
     for step_number, out in outputs:
-        path = Path(out["path"])
-        found = probe_facts(path) if path.is_file() else AssetFacts(path=str(path),
-                                                                   kind=kind_of(path))
+        text = str(out["path"])
+        path = Path(text)
+        found = probe_facts(path) if _local_file(text) else AssetFacts(
+            path=text if is_s3(text) else str(path), kind=kind_of(path))
         found.content_hash = out.get("sha256") or found.content_hash
         found.duration = found.duration if found.duration is not None else out.get("duration")
         found.facts = {"role": out.get("role"), "step": step_number}
@@ -191,6 +195,10 @@ def record_job(conn: db.Connection, job_id: int) -> list[int]:
         _link(conn, asset_id, job_id, "output", step_number)
         touched.append(asset_id)
     return touched
+
+
+def _local_file(text: str) -> bool:
+    return not is_s3(text) and Path(text).is_file()
 
 
 def record_job_quietly(pool: ConnectionPool[db.Connection], job_id: int) -> None:

@@ -69,16 +69,30 @@ def discard_earlier_attempts(staging_root: Path, job_code: str, attempt: int) ->
 
 def publish(staged: Path, final_dir: Path) -> Path:
     """Rename a staged file into the job's output folder (atomic on one filesystem)."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    final = final_dir / staged.name
-    tmp = final_dir / f".{staged.name}.tmp"
+    return publish_as(staged, final_dir / staged.name)
+
+
+def publish_as(staged: Path, final: Path) -> Path:
+    """Rename a staged file to ``final`` (atomic on one filesystem)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(staged, final)
     except OSError:  # another filesystem: copy beside the target, then rename
+        tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
         shutil.copy2(staged, tmp)
         os.replace(tmp, final)
         staged.unlink(missing_ok=True)
     return final
+
+
+def holds(path: Path, size: int, sha256: str) -> bool:
+    """Whether ``path`` is a file of these bytes (size first: most mismatches are cheap)."""
+    try:
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+        return sha256_of(path) == sha256
+    except OSError:
+        return False
 
 
 def discard(folder: Path) -> None:

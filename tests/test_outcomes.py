@@ -246,7 +246,8 @@ class Recorder:
     tasks: dict[tuple[int, int | None], int] = field(default_factory=dict)
     ended_job: Any = None
     run_cache: Any = None
-    finalize_remote: Any = None
+    publications_left: bool = False
+    settle_after_publication: Any = None
     task_count: int = 1
     settled: dict[int, str] = field(default_factory=dict)  # task id -> its state
     started: dict[int, dict[str, Any]] = field(default_factory=dict)  # execution id
@@ -288,7 +289,7 @@ class Recorder:
         return len(self.writes)
 
     def commit_step(self, execution_id: int, *, settle: Settle | None = None,
-                    **params: Any) -> list[Path]:
+                    **params: Any) -> list[int]:
         then = params.get("then")
         if settle is not None:
             self.settled[settle.task_id] = settle.state
@@ -303,7 +304,7 @@ class Recorder:
                 then = settle.completion(self)  # type: ignore[arg-type]
         self._write("step_finish", {"execution_id": execution_id, **params, "then": then,
                                     "settle": settle.state if settle else None})
-        return []
+        return list(range(1, len(params.get("publications", ())) + 1))
 
     def execute(self, query: str, params: Any = None) -> Any:
         """The database's side of the job's completion: its steps' committed history."""
@@ -342,9 +343,9 @@ class Recorder:
 
 
 @pytest.mark.parametrize(("outcome", "status", "error_class", "then"), [
-    (StepCompleted({"outputs": []}, (), Path("/o"), JobCompleted((), (), "W", 1)),
+    (StepCompleted({"outputs": []}, (), JobCompleted((), (), "W", 1)),
      StepStatus.COMPLETED, None, "job_complete"),
-    (StepCompleted({"outputs": []}, (), Path("/o")), StepStatus.COMPLETED, None, None),
+    (StepCompleted({"outputs": []}, ()), StepStatus.COMPLETED, None, None),
     (RetryScheduled(2.0, "busy", 1, 3), StepStatus.FAILED, "transient", "job_schedule_retry"),
     (ContinueAfterFailure(ErrorClass.PERMANENT, "x"), StepStatus.FAILED, "permanent", None),
     (StepGaveUp(ErrorClass.EXHAUSTED, "x", JobFailed(ErrorClass.TRANSIENT, "m")),

@@ -132,7 +132,7 @@ class RefusesResults(Recorder):
         default_factory=lambda: psycopg.errors.UntranslatableCharacter(
             "unsupported Unicode escape sequence"))
 
-    def commit_step(self, execution_id: int, **params: Any) -> list[Path]:
+    def commit_step(self, execution_id: int, **params: Any) -> list[int]:
         if params["status"] == "completed":
             raise self.error
         return super().commit_step(execution_id, **params)

@@ -459,15 +459,19 @@ SELECT id, step_number, step_name, step_type, action, parameters, timeout_second
 -- name: step_history_of_job
 -- Per step (per item of a fanned-out step): how many executions so far, whether it
 -- completed, was skipped (its condition was false) or was given up on for good (a
--- `continue` step), and the output of the completed one (resume).
+-- `continue` step), the output of the completed one (resume), and whether its outputs
+-- wait to be published still (its worker died after its commit: publications).
 SELECT step_id, item_index,
        count(*) FILTER (WHERE status <> 'skipped') AS executions,
        bool_or(status = 'completed') AS completed,
        bool_or(status = 'skipped') AS skipped,
        bool_or(status = 'failed' AND error_class IN ('permanent', 'exhausted')) AS given_up,
        (array_agg(output_data ORDER BY id DESC) FILTER (WHERE status = 'completed'))[1] AS output_data,
-       (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failed'))[1] AS error_message
-  FROM step_executions WHERE job_id = %(job_id)s
+       (array_agg(error_message ORDER BY id DESC) FILTER (WHERE status = 'failed'))[1] AS error_message,
+       bool_or(status = 'completed' AND EXISTS (
+           SELECT FROM publications p
+            WHERE p.execution_id = e.id AND p.published_at IS NULL)) AS unpublished
+  FROM step_executions e WHERE job_id = %(job_id)s
  GROUP BY step_id, item_index;
 
 -- name: task_claim_siblings
@@ -1491,10 +1495,13 @@ SELECT pg_try_advisory_lock(%(key)s) AS locked;
 SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 
 -- name: staging_jobs_live
--- Of these job codes, the ones whose job exists and is not finished (their staging is live).
-SELECT job_code FROM workflow_jobs
+-- Of these job codes, the ones whose job exists and is not finished, or holds committed
+-- outputs not yet published (their staging is live).
+SELECT job_code FROM workflow_jobs j
  WHERE job_code = ANY (%(codes)s::text[])
-   AND status NOT IN (SELECT status FROM job_statuses WHERE terminal);
+   AND (status NOT IN (SELECT status FROM job_statuses WHERE terminal)
+        OR EXISTS (SELECT FROM publications p
+                    WHERE p.job_id = j.id AND p.published_at IS NULL));
 
 -- ===========================================================================
 -- Operations that survive a bad day (issue 25): circuit breakers on actions,
@@ -1652,9 +1659,13 @@ SELECT worker_id, host, pid, status, categories, started_at, heartbeat_at, versi
 -- name: storage_attempts_live
 -- Of these job codes, (job_code, attempt) of those running now: an object-storage staging
 -- prefix <code>.a<attempt>.… of any other attempt belongs to a dead attempt.
+-- A committed step's staged objects not yet published are live too (publications).
 SELECT job_code, attempt FROM workflow_jobs
  WHERE job_code = ANY (%(codes)s::text[])
-   AND status = 'processing';
+   AND status = 'processing'
+UNION
+SELECT j.job_code, p.job_attempt FROM publications p JOIN workflow_jobs j ON j.id = p.job_id
+ WHERE j.job_code = ANY (%(codes)s::text[]) AND p.published_at IS NULL;
 
 -- ===========================================================================
 -- Hosts paused by an operator (mediaq/hosts.py; read by each worker's admission watch)
@@ -1675,3 +1686,42 @@ RETURNING host;
 -- name: host_paused
 -- Who paused this host's claims, and when (no row or NULL: not paused).
 SELECT paused_by, paused_at FROM worker_hosts WHERE host = %(host)s;
+
+-- ===========================================================================
+-- Publications: outputs made public after their step's commit (issues 19, 20;
+-- mediaq/worker/publications.py)
+-- ===========================================================================
+
+-- name: publications_record
+-- What a step's commit makes its outputs (in the commit, the job row locked): each staged
+-- copy and its final location, size and SHA-256; their ids, in the order given.
+INSERT INTO publications (job_id, execution_id, job_attempt, staged, final, size_bytes,
+                          sha256)
+SELECT %(job_id)s, %(execution_id)s, %(job_attempt)s, p.staged, p.final, p.size_bytes,
+       p.sha256
+  FROM unnest(%(staged)s::text[], %(final)s::text[], %(size_bytes)s::bigint[],
+              %(sha256)s::text[]) WITH ORDINALITY AS p (staged, final, size_bytes, sha256, n)
+ ORDER BY p.n
+RETURNING id;
+
+-- name: publications_done
+-- These publications' files are at their final locations now (a second publisher of the
+-- same one changes nothing).
+UPDATE publications SET published_at = now()
+ WHERE id = ANY (%(ids)s::bigint[]) AND published_at IS NULL;
+
+-- name: publications_pending_of_job
+-- A job's committed outputs not yet at their final locations (a task about to read them
+-- publishes them first).
+SELECT id, staged, final, size_bytes, sha256 FROM publications
+ WHERE job_id = %(job_id)s AND published_at IS NULL
+ ORDER BY id;
+
+-- name: publications_pending
+-- Committed outputs not yet published for at least some seconds (their worker died or
+-- lost its store after its commit), oldest first: the maintenance loop finishes them.
+SELECT id, staged, final, size_bytes, sha256 FROM publications
+ WHERE published_at IS NULL
+   AND created_at < now() - make_interval(secs => %(older_than_s)s)
+ ORDER BY id
+ LIMIT %(limit)s;

@@ -7,7 +7,8 @@ a worker-local cache of them, and per-host path mappings.
   and the one place its errors become one-line permanent or transient errors.
 - ``cache``: whole objects fetched once per host, content-addressed, size-capped, LRU.
 - ``remote``: outputs uploaded under an attempt's own key and copied to their final
-  key only inside the fenced commit; the sweep of what killed attempts left behind.
+  key only after the fenced commit recorded them; the sweep of what killed attempts
+  left behind.
 
 Nothing here touches the database: the worker calls in at its few hooks.
 """

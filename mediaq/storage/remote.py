@@ -1,11 +1,13 @@
 """A worker's view of object storage: inputs through the cache, outputs published in two
-moves (upload under the attempt's own key; copy to the final key inside the fenced
-commit), and the sweep of what dead attempts left behind.
+moves (upload under the attempt's own key before the fenced commit; copy to the final
+key after it, ``mediaq.worker.publications``), and the sweep of what dead attempts left
+behind.
 
 Final keys are ``<output_root>/<job_code>/<name>``; an attempt's are
 ``<output_root>/.staging/<job_code>.a<attempt>.s<step>[.i<item>]/<name>``, so nothing a
 worker uploads before its commit is ever at a final key, and a worker that lost its lease
-(its commit is refused) leaves only objects the sweep removes.
+(its commit is refused) leaves only objects the sweep removes (a committed attempt's
+staged objects stay until they are published).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from mediaq.errors import InputRefused
 from mediaq.outputs import sha256_of
 from mediaq.storage import s3 as s3ops
 from mediaq.storage.cache import InputCache, Progress
@@ -151,12 +154,28 @@ class ObjectStorage:
             staged.append(StagedObject(target, self.final_uri(job_code, path.name)))
         return staged
 
-    def finalize(self, staged: Sequence[StagedObject]) -> list[S3Uri]:
-        """Copy each staged object to its final key (server-side). Called while the
-        job row is locked by the fenced commit; copying again gives the same objects."""
-        for item in staged:
-            s3ops.copy(self.s3, item.staged, item.final, self.client_settings)
-        return [item.final for item in staged]
+    def publish(self, staged: str, final: str, size: int, sha256: str) -> bool:
+        """Copy a committed step's staged object to its final key (server-side), after
+        the commit that recorded it (``mediaq.worker.publications``); True when the
+        final key holds it. A final object of the recorded size (and SHA-256, where the
+        store keeps one) with its staged object gone is taken as published; the staged
+        object is copied otherwise (copying it again gives the same object). False when
+        neither is there."""
+        source, target = S3Uri.parse(staged), S3Uri.parse(final)
+        if self._size(source) == size:
+            s3ops.copy(self.s3, source, target, self.client_settings)
+            return True
+        if self._size(target) == size:  # an earlier publisher copied it, then tidied up
+            checksum = s3ops.sha256_checksum(self.s3, target)
+            return checksum is None or checksum == sha256
+        log.warning("storage:staged_missing", staged=staged, final=final)
+        return False
+
+    def _size(self, uri: S3Uri) -> int | None:
+        try:
+            return s3ops.head(self.s3, uri).size
+        except InputRefused:  # no such object
+            return None
 
     def discard(self, stage_dir: Path) -> None:
         """Remove an attempt's staged objects (after its commit, or when it failed);

@@ -8,7 +8,6 @@ fence (worker, attempt) and a refused one raises LeaseLost.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, assert_never
 
 from psycopg.types.json import Jsonb
@@ -36,6 +35,7 @@ from mediaq.worker.outcomes import (
     TaskDone,
     failed_line,
 )
+from mediaq.worker.publications import Publication
 
 
 def job_statement(outcome: JobOutcome) -> tuple[str, dict[str, Any]] | None:
@@ -73,20 +73,20 @@ def finish(handle: JobHandle, outcome: JobOutcome) -> None:
 
 
 def close_step(handle: JobHandle, execution_id: int, step: NamedStep, outcome: StepOutcome,
-               progress_percent: float, settle: Settle | None = None) -> list[Path]:
+               progress_percent: float, settle: Settle | None = None) -> list[int]:
     """Close a step's execution as ``outcome`` says and, where the outcome moves the job as
     well, write that in the same transaction (``JobHandle.commit_step``); ``settle``: the
-    step's task is done (completed, or failed under continue), in the same commit."""
+    step's task is done (completed, or failed under continue), in the same commit. The
+    ids of the publications the commit recorded (``mediaq.worker.publications``)."""
     status, error_class, error = StepStatus.FAILED, None, None
     output_data: dict[str, Any] | None = None
-    staged: tuple[Path, ...] = ()
-    output_dir: Path | None = None
+    publications: tuple[Publication, ...] = ()
     then: JobOutcome | None = None
     label = f"Step {step.number} '{step.name}'"
     match outcome:
         case StepCompleted():
             status, output_data = StepStatus.COMPLETED, outcome.output_data
-            staged, output_dir, then = outcome.staged_files, outcome.output_dir, outcome.completes
+            publications, then = outcome.publications, outcome.completes
             message = f"{label} completed"
         case RetryScheduled():
             error_class, error, then = ErrorClass.TRANSIENT, outcome.error, outcome
@@ -115,6 +115,6 @@ def close_step(handle: JobHandle, execution_id: int, step: NamedStep, outcome: S
     return handle.commit_step(
         execution_id, status=status.value, output_data=output_data, error_message=error,
         error_class=error_class.value if error_class is not None else None,
-        staged_files=list(staged), output_dir=output_dir, log_message=message,
+        publications=publications, log_message=message,
         progress_percent=progress_percent,
         then=job_statement(then) if then is not None else None, settle=settle)

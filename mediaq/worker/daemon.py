@@ -36,6 +36,7 @@ from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.listener import Listener
 from mediaq.worker.maintenance.object_sweeper import ObjectSweeper
 from mediaq.worker.maintenance.pruner import Pruner
+from mediaq.worker.maintenance.publisher import Publisher
 from mediaq.worker.maintenance.rescuer import Rescuer
 from mediaq.worker.outcomes import Abandoned, JobOutcome, TaskDone
 from mediaq.worker.resources import Capacity, read_gpu, vram_budget
@@ -109,6 +110,8 @@ class Worker:
                                settings.worker.lease_seconds, self.wake)
         self.pruner = Pruner(url, settings.storage.retention_days,
                              settings.storage.staging)
+        # Outputs a worker committed but did not live to publish (publications).
+        self.publisher = Publisher(self.pool, self.executor.objects)
         self.object_sweeper = (ObjectSweeper(url, self.executor.objects,
                                              settings.storage.s3_sweep_seconds)
                                if settings.storage.remote_output_root else None)
@@ -154,6 +157,7 @@ class Worker:
         self.listen_thread.start()
         self.heartbeat.start()
         self.rescuer.start()
+        self.publisher.start()
         if not self.options.burst:
             self.pruner.start()
             if self.object_sweeper is not None:
@@ -361,6 +365,7 @@ class Worker:
         self.heartbeat.halt.set()
         self.storage.halt.set()
         self.rescuer.halt.set()
+        self.publisher.halt.set()
         self.pruner.halt.set()
         if self.object_sweeper is not None:
             self.object_sweeper.halt.set()

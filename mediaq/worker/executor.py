@@ -31,7 +31,7 @@ from mediaq.outputs import (
     discard_earlier_attempts,
 )
 from mediaq.storage.uri import is_s3
-from mediaq.worker import storage_health, task_plan
+from mediaq.worker import publications, storage_health, task_plan
 from mediaq.worker.job_handle import JobHandle
 from mediaq.worker.job_input import first_unfinished, local_input
 from mediaq.worker.job_run import SINGLE, Item, JobRun, Step, load_run, plan_graph
@@ -125,6 +125,13 @@ class Executor(StepRunner):
             self.objects.cache.release(self._held.pop(handle.job_id, []))
 
     def _run_steps(self, handle: JobHandle, run: JobRun, *, fresh: bool = True) -> JobOutcome:
+        if handle.publications_left or any(h.get("unpublished")
+                                           for h in run.history.values()):
+            # Earlier steps' outputs that their worker committed but did not publish (it
+            # died after its COMMIT): published before anything reads them, and before
+            # their staging folders could be taken for leftovers.
+            handle.publications_left = publications.finish_job(
+                handle.pool, self.objects, handle.job_id) > 0
         if fresh:
             prepared = self._prepare(handle, run)
             if prepared is not None:
@@ -150,7 +157,9 @@ class Executor(StepRunner):
     def _prepare(self, handle: JobHandle, run: JobRun) -> JobOutcome | None:
         """The job's first task on this worker: its graph, this host's storage and the
         job's input checked; the job's outcome when it cannot go on, else None."""
-        discard_earlier_attempts(self.settings.storage.staging, handle.job_code, handle.attempt)
+        if not handle.publications_left:  # else they hold committed outputs still
+            discard_earlier_attempts(self.settings.storage.staging, handle.job_code,
+                                     handle.attempt)
         if not run.steps:
             return self._fail(handle, JobFailed(ErrorClass.PERMANENT, "the workflow has no steps"))
         try:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -25,8 +24,8 @@ from psycopg_pool import ConnectionPool
 from mediaq import db
 from mediaq.errors import LeaseLost
 from mediaq.logs import log_line
-from mediaq.outputs import publish
 from mediaq.storable import storable
+from mediaq.worker.publications import Publication
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -71,10 +70,13 @@ class JobHandle:
     # What the executor loaded for the job (a JobRun), kept for run-ahead.
     run_cache: Any = None
     stop_signal: StopSignal = field(default_factory=StopSignal)
-    # Set by the executor before a step's commit when its outputs go to object storage:
-    # copies the attempt's uploaded objects to their final keys (mediaq.storage.remote),
-    # run while the job row is locked, like the renames below.
-    finalize_remote: Callable[[], object] | None = None
+    # A committed step's outputs this worker could not publish after its commit: the
+    # job's next task here publishes them first (mediaq.worker.publications).
+    publications_left: bool = False
+    # Set by a commit with outputs that would have completed the job: the job completes
+    # once they are published (settle_alone), so a job is never seen completed before
+    # its outputs are in place, unless publishing them failed.
+    settle_after_publication: Settle | None = None
     _last_progress: float = 0.0
     progress_percent: float = -1.0
     progress_moved_at: float = field(default_factory=time.monotonic)
@@ -97,7 +99,7 @@ class JobHandle:
         self.attempt = job_attempt
         self.ended_job = None
         self.stop_signal = StopSignal()
-        self.finalize_remote = None
+        self.settle_after_publication = None
         self._last_progress, self.progress_percent = 0.0, -1.0
         self.progress_moved_at = time.monotonic()
 
@@ -170,20 +172,21 @@ class JobHandle:
         output_data: dict[str, Any] | None = None,
         error_message: str | None = None,
         error_class: str | None = None,
-        staged_files: list[Path] | None = None,
-        output_dir: Path | None = None,
+        publications: Sequence[Publication] = (),
         log_message: str,
         progress_percent: float,
         then: tuple[str, dict[str, Any]] | None = None,
         settle: Settle | None = None,
-    ) -> list[Path]:
-        """Close a step and (optionally) move the job on, in one transaction.
+    ) -> list[int]:
+        """Close a step and (optionally) move the job on, in one transaction, which
+        records the step's ``publications`` too; their ids, in order.
 
-        The job row stays locked while staged outputs are renamed into place, so a
-        rescuer cannot hand the job to someone else half-way, and a worker that lost
-        the job publishes nothing.
+        Nothing is published here: the caller moves the files after the COMMIT
+        (``mediaq.worker.publications``), so a file at a final location always belongs
+        to a committed step, a worker that lost the job publishes nothing, and no copy
+        holds the job row's lock.
         """
-        published: list[Path] = []
+        ids: list[int] = []
         with db.transaction(self.pool) as conn:
             locked = db.fetch_one(conn, "job_step_committed", storable({
                 **self.fence, "log_line": log_line(log_message),
@@ -199,28 +202,34 @@ class JobHandle:
                 "error_class": error_class,
             }))
             if settle is not None:
-                then = self._settle(conn, settle)
+                then = self._settle(conn, settle, defer_completion=bool(publications))
             if then is not None:
                 name, params = then
                 if db.fetch_one(conn, name, storable({**self.fence, **params})) is None:
                     raise self._lost()
-            # Last, once every statement is accepted: a result the database refuses
-            # (``outcomes.unstorable_reason``) leaves nothing published.
-            if self.finalize_remote is not None and staged_files:
-                self.finalize_remote()  # raises a storage error: the commit rolls back
-            for staged in staged_files or []:
-                assert output_dir is not None
-                published.append(publish(staged, output_dir))
-        return published
+            if publications:
+                rows = db.fetch_all(conn, "publications_record", storable({
+                    "job_id": self.job_id, "execution_id": execution_id,
+                    "job_attempt": self.attempt,
+                    "staged": [p.staged for p in publications],
+                    "final": [p.final for p in publications],
+                    "size_bytes": [p.size_bytes for p in publications],
+                    "sha256": [p.sha256 for p in publications]}))
+                ids = [int(row["id"]) for row in rows]
+        return ids
 
-    def _settle(self, conn: db.Connection,
-                settle: Settle) -> tuple[str, dict[str, Any]] | None:
+    def _settle(self, conn: db.Connection, settle: Settle, *,
+                defer_completion: bool = False) -> tuple[str, dict[str, Any]] | None:
         """Settle a task in its step's commit (the job row is locked): the job's
         completion when no other task is left, else the task is done and its dependents
-        count one need less."""
+        count one need less. ``defer_completion``: the job's completion waits for
+        ``settle_after_publication`` (the task stays running, under its lease)."""
         left = db.fetch_one(conn, "task_remaining", {"job_id": self.job_id,
                                                      "task_id": settle.task_id})
         if left is not None and int(left["remaining"]) == 0:
+            if defer_completion:
+                self.settle_after_publication = settle
+                return None
             name, params = settle.completion(conn)
             return name, {**params, "task_id": settle.task_id, "task_state": settle.state}
         if db.fetch_one(conn, "task_done", {**self.fence, "task_id": settle.task_id,

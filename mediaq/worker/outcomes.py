@@ -17,7 +17,6 @@ import errno
 import random
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import psycopg
@@ -36,6 +35,7 @@ from mediaq.states import JobStatus
 
 if TYPE_CHECKING:
     from mediaq.worker.job_run import Step
+    from mediaq.worker.publications import Publication
 
 
 class NamedStep(Protocol):
@@ -172,14 +172,14 @@ class TaskDone:
 
 @dataclass(frozen=True)
 class StepCompleted:
-    """The action succeeded: publish its staged files and close the execution. The
-    workflow's last step also completes the job (``completes``) in the same commit: one
-    commit (one WAL flush, one wake-up of the triggers) less per job."""
+    """The action succeeded: close the execution, recording what it publishes (moved
+    into place after the commit). The workflow's last step also completes the job
+    (``completes``) in the same commit: one commit (one WAL flush, one wake-up of the
+    triggers) less per job."""
 
     advances: ClassVar[bool] = True
     output_data: dict[str, Any]
-    staged_files: tuple[Path, ...]
-    output_dir: Path
+    publications: tuple[Publication, ...] = ()
     completes: JobCompleted | None = None
 
 

@@ -1,6 +1,7 @@
 """Running one step's action and writing what it came to: the action in a thread of
 the job (no transaction open), under the watchdog, in a child when isolated; its result
-staged, published and committed with its task (``JobHandle.commit_step``); its failure
+committed with its task (``JobHandle.commit_step``) and published after that commit
+(``mediaq.worker.publications``); its failure
 or interruption closed as the rules say (``mediaq.worker.outcomes``). A one-pass run of
 sibling steps (decode once, encode many) is the same, for several steps at once.
 
@@ -10,6 +11,7 @@ sibling steps (decode once, encode many) is the same, for several steps at once.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -33,10 +35,11 @@ from mediaq.errors import (
 from mediaq.outputs import (
     discard,
     job_output_dir,
+    publish,
     staging_dir,
 )
 from mediaq.storage.setup import object_storage
-from mediaq.worker import completer, task_plan
+from mediaq.worker import completer, publications, task_plan
 from mediaq.worker.breakers import Breakers
 from mediaq.worker.isolation import isolation_wanted, run_isolated
 from mediaq.worker.job_handle import JobHandle
@@ -58,6 +61,7 @@ from mediaq.worker.outcomes import (
     stop_outcome,
     unstorable_reason,
 )
+from mediaq.worker.publications import Publication
 from mediaq.worker.run_outputs import (
     describe_outputs,
     forget_outputs,
@@ -226,18 +230,23 @@ class StepRunner:
     def _commit_result(self, handle: JobHandle, run: JobRun, step: Step, item: Item,
                        execution_id: int, stage_dir: Path, result: ActionResult,
                        seconds: float) -> StepFailed | None:
-        """Publish and record a step's result; None when it is committed, else the
-        step's permanent failure (the database refused the result for its data; nothing
-        was published) for the caller to close the step with."""
+        """Record a step's result, then publish its outputs; None when it is committed,
+        else the step's permanent failure (the database refused the result for its data;
+        nothing was published) for the caller to close the step with.
+
+        The commit records what the step publishes (``mediaq.worker.publications``);
+        the files move only after it, so none is ever at a final location for a step
+        the database does not have, and no copy holds the job row's lock."""
         output_dir = job_output_dir(self.settings.storage.outputs, handle.job_code)
         keep_earlier_outputs(run, step, item, result)
         staged = tuple(o.staging_path for o in result.outputs)
         output_data = describe_outputs(self.objects, result, output_dir, step, item, seconds,
-                                             handle.job_code)
+                                       handle.job_code)
+        records = output_data["outputs"]
         if self.objects.output_root is not None and staged:
             # Uploaded under this attempt's own keys now; copied to the final keys only
-            # inside the fenced commit (JobHandle.commit_step), so a worker that lost the
-            # job publishes nothing.
+            # after the fenced commit recorded them, so a worker that lost the job
+            # publishes nothing.
             try:
                 uploaded = self.objects.stage(staged, stage_dir, handle.job_code)
             except (PermanentError, TransientError) as exc:
@@ -246,31 +255,29 @@ class StepRunner:
                 error_class = (ErrorClass.TRANSIENT if isinstance(exc, TransientError)
                                else ErrorClass.PERMANENT)
                 return StepFailed(error_class, exc.message)
-            handle.finalize_remote = functools.partial(self.objects.finalize, uploaded)
+            planned = [Publication(str(u.staged), str(u.final), int(r["size_bytes"]),
+                                   str(r["sha256"]))
+                       for u, r in zip(uploaded, records, strict=True)]
+        else:
+            planned = [Publication(self.objects.path_map.to_canonical(path), str(r["path"]),
+                                   int(r["size_bytes"]), str(r["sha256"]))
+                       for path, r in zip(staged, records, strict=True)]
         # The job's last task completes the job in the same transaction (one commit, one
         # WAL flush less per job): the commit settles the task under the job's lock and
         # builds the completion when no other task is left (task_plan.completion_builder).
         known = len(run.outputs)
-        outcome = StepCompleted(output_data=output_data, staged_files=staged,
-                                output_dir=output_dir, completes=None)
+        outcome = StepCompleted(output_data=output_data, publications=tuple(planned))
         try:
-            completer.close_step(handle, execution_id, step, outcome,
-                                 run.percent(step, done=outcome.advances, item=item),
-                                 settle=task_plan.settle(handle, run, step, item, "completed"))
-        except (PermanentError, TransientError) as exc:  # a final copy failed: rolled back
-            handle.finalize_remote = None
-            discard(stage_dir)
-            self.objects.discard(stage_dir)
-            del run.outputs[known:]
-            forget_outputs(run, step, item)
-            return StepFailed(ErrorClass.TRANSIENT if isinstance(exc, TransientError)
-                              else ErrorClass.PERMANENT, exc.message)
+            ids = completer.close_step(
+                handle, execution_id, step, outcome,
+                run.percent(step, done=outcome.advances, item=item),
+                settle=task_plan.settle(handle, run, step, item, "completed"))
         except (psycopg.Error, UnicodeEncodeError) as exc:
             # Refused for its data even after ``mediaq.storable`` (a NaN, say): the same
             # result would be refused again, so the step fails for good, naming the file,
             # rather than the job being abandoned to its lease and re-run. The
             # transaction rolled back: nothing was published, the job is still ours.
-            handle.finalize_remote = None
+            handle.settle_after_publication = None  # rolled back with the rest
             reason = unstorable_reason(exc)
             if reason is None:
                 raise  # a lost connection: run() abandons the attempt to its lease
@@ -280,11 +287,27 @@ class StepRunner:
             forget_outputs(run, step, item)
             assert run.input_path is not None
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
-        discard(stage_dir)
-        self.breakers.succeeded(handle, step.action)
+        publications.failpoint("after_commit", step.number)
+        left = publications.publish_committed(handle.pool, self.objects, ids, planned)
         if self.objects.output_root is not None:
-            handle.finalize_remote = None
+            # This host's copy of each output, for later steps here (local_copy checks
+            # it against the record before use): not a published output.
+            for path in staged:
+                with contextlib.suppress(OSError):
+                    publish(path, output_dir)
+        if left:
+            # Kept for the next comer (this worker's next task of the job, another
+            # host's, or the maintenance loop): the staging sweeps keep them too.
+            handle.publications_left = True
+        else:
+            discard(stage_dir)
             self.objects.discard(stage_dir)
+        deferred, handle.settle_after_publication = handle.settle_after_publication, None
+        if deferred is not None:  # the job's last task: it completes the job now
+            handle.settle_alone(deferred, f"Step {step.number} '{step.name}'{item.label}: "
+                                + (f"{left} output(s) left to publish" if left
+                                   else f"{len(planned)} output(s) published"))
+        self.breakers.succeeded(handle, step.action)
         remember_outputs(self.objects, run, step, item, output_data, fresh=True)
         return None
 

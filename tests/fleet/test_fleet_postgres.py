@@ -248,9 +248,6 @@ def completed_count(host: Host) -> int:
 
 
 @pytest.mark.skipif(not FULL, reason="a long run: make chaos only (MEDIAQ_CHAOS=full)")
-@pytest.mark.xfail(reason="issue 19: a step's files are renamed into their final paths before "
-                   "its COMMIT; a restart between the two publishes them again on the rescue "
-                   "(remove this mark with the fix)", strict=False)
 def test_server_restarts_under_load_publish_every_output_once(
         three_hosts: Fleet, tmp_path: Path, figure: Figure) -> None:
     """`pg_ctl restart -m fast` of Debian's server while three hosts commit steps into a
