@@ -142,7 +142,8 @@ def main() -> None:
             "measured_parallel": parallel,
             "seam_pulses_db": pulses,
             "stitched_problems": problems,
-            "targets": {"stitched_exact": verdict(problems == [] if JUDGE else None),"cpu_ratio<=1.1": verdict(cpu_ratio <= 1.1),
+            "targets": {"stitched_exact": verdict(problems == [] if JUDGE else None),
+                        "cpu_ratio<=1.1": verdict(cpu_ratio <= 1.1),
                         "size_within_5%": verdict(abs(size_ratio - 1) <= 0.05),
                         "seams_within_0.5dB": verdict(all(abs(p) <= 0.5 for p in pulses)
                                                       if pulses else None)},
