@@ -65,8 +65,9 @@ class RenditionWriter:
         kept = [t for t in chosen if rendition.subtitles == "keep" and (
             t.is_text or carries(MUXER_OF[rendition.container], t.codec))]
         self.subtitles: list[SubtitleMuxer | BitmapMuxer] = [
-            output.add_stream(functools.partial(SubtitleMuxer if t.is_text else BitmapMuxer,
-                                                track=t, shift=origin))
+            output.add_stream(functools.partial(SubtitleMuxer, track=t, shift=origin))
+            if t.is_text else
+            output.add_stream(functools.partial(BitmapMuxer, track=t, shift=origin))
             for t in kept]
         for muxer in self.subtitles:
             output.drain_on_finish(functools.partial(muxer.due, None))
