@@ -2,15 +2,18 @@
 extracted, burnt in or dropped; several audio languages in HLS and DASH packages.
 
 Sources are made by Debian's ffmpeg (three audio tracks tagged eng/fra/deu, each a sine of
-its own pitch so a track can be told by ear; SRT and ASS text subtitles; a DVD bitmap
-track from a hand-written VobSub muxed by ffmpeg). Outputs are judged by ffprobe and
-ffmpeg (streams, languages, codecs, durations, which pitch each audio track carries, the
-cues ffmpeg reads back), by pixels of decoded frames for burnt subtitles, by the master
-playlist's and the MPD's text (and the MPD schema), and by hls.js in headless Chromium
-switching audio tracks."""
+its own pitch so a track can be told by ear; SRT and ASS text subtitles; DVD bitmap tracks
+from a hand-written VobSub muxed by ffmpeg, a PGS track from a hand-written .sup, a DVB
+track encoded by ffmpeg from the VobSub into MPEG-TS, whose streams start at 1.4 s).
+Outputs are judged by ffprobe and ffmpeg (streams, languages, codecs, durations, which
+pitch each audio track carries, the cues ffmpeg reads back; for pictures, the subtitle
+frames ffprobe decodes and ffmpeg's overlay of them), by pixels of decoded frames for
+burnt subtitles, by the master playlist's and the MPD's text (and the MPD schema), and by
+hls.js in headless Chromium switching audio tracks."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import xml.etree.ElementTree as ET
@@ -24,7 +27,8 @@ from mediaq.actions import get_action
 from mediaq.errors import InvalidParameters, PermanentError
 from tests.dvd_subtitles import write_vobsub
 from tests.helpers import action_context, requires_tool, run_action
-from tests.media_judge import FFMPEG, ffmpeg, ffprobe, needs_ffmpeg
+from tests.media_judge import FFMPEG, FFPROBE, ffmpeg, ffprobe, needs_ffmpeg
+from tests.pgs_subtitles import write_sup
 from tests.test_cmaf import mpd_schema
 from tests.test_streaming_actions import play_in_chromium
 
@@ -72,7 +76,8 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     video = ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25"]
     x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
     made = {"multi": d / "multi.mkv", "dvd": d / "dvd.mkv", "talk": d / "talk.mkv",
-            "late": d / "late.mkv"}
+            "late": d / "late.mkv", "pgs": d / "pgs.mkv", "dvb": d / "dvb.ts",
+            "dvd2": d / "dvd2.mkv"}
     # video, three audio tracks (eng, fra, deu), SRT (eng) and ASS (fra) subtitles
     ffmpeg(*video, *_tones("eng", "fra", "deu"), "-i", d / "eng.srt", "-i", d / "fra.ass",
            "-t", "2", "-map", "0", "-map", "1", "-map", "2", "-map", "3", "-map", "4",
@@ -84,6 +89,19 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     idx = write_vobsub(d / "box", [(0.2, 1.0, (40, 80, 80, 20))], (160, 120))
     ffmpeg(*video, *_tones("eng"), "-i", idx, "-t", "2", "-map", "0", "-map", "1",
            "-map", "2", *x264, "-c:a", "aac", "-c:s", "copy", made["dvd"])
+    # two pictures each: DVD and PGS (Blu-ray) in Matroska, and DVB (encoded by ffmpeg
+    # from a VobSub) in MPEG-TS, whose streams start at 1.4 s and the subtitles 0.2 s later
+    boxes = [(0.2, 1.0, (40, 80, 80, 20)), (1.3, 1.8, (20, 10, 60, 16))]
+    sup = write_sup(d / "boxes.sup", boxes, (160, 120))
+    ffmpeg(*video, *_tones("eng"), "-i", sup, "-t", "2", "-map", "0", "-map", "1",
+           "-map", "2", *x264, "-c:a", "aac", "-c:s", "copy", "-metadata:s:s:0",
+           "language=eng", made["pgs"])
+    boxes_idx = write_vobsub(d / "boxes", boxes, (160, 120))
+    ffmpeg(*video, *_tones("eng"), "-i", boxes_idx, "-t", "2", "-map", "0", "-map", "1",
+           "-map", "2", *x264, "-c:a", "aac", "-c:s", "copy", made["dvd2"])
+    ffmpeg(*video, *_tones("eng"), "-i", boxes_idx, "-t", "2", "-map", "0", "-map", "1",
+           "-map", "2", *x264, "-c:a", "aac", "-c:s", "dvbsub", "-metadata:s:s:0",
+           "language=ger", made["dvb"])
     # 4 s with English and French audio and English subtitles, for the player
     ffmpeg(*video, *_tones("eng", "fra"), "-i", d / "eng.srt", "-t", "4", "-map", "0",
            "-map", "1", "-map", "2", "-map", "3", *x264, "-c:a", "aac", "-c:s", "srt",
@@ -348,12 +366,118 @@ def test_bitmap_subtitles_are_overlaid(sources: dict[str, Path], tmp_path: Path)
     assert np.abs(gray_frame(out, 1.4) - gray_frame(plain, 1.4)).mean() < 2
 
 
-def test_bitmap_subtitles_cannot_be_extracted_as_text(sources: dict[str, Path],
-                                                      tmp_path: Path) -> None:
-    result = run_action("transcode_video", sources["dvd"], tmp_path, resolution="120p",
+def subtitle_frames(path: Path, track: int = 0) -> list[tuple[float, float | None, bool]]:
+    """(shown, hidden or None, has pictures) of each subtitle frame ffprobe decodes from
+    the ``track``-th subtitle stream of ``path``, in seconds on the file's timeline."""
+    assert FFPROBE is not None
+    out = subprocess.run([FFPROBE, "-v", "error", "-select_streams", f"s:{track}",
+                          "-show_frames", "-show_entries",
+                          "subtitle=pts_time,start_display_time,end_display_time,num_rects",
+                          "-of", "json", str(path)], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    frames = []
+    for frame in json.loads(out)["frames"]:
+        at = float(frame["pts_time"])
+        end = int(frame["end_display_time"])
+        frames.append((at + int(frame["start_display_time"]) / 1000,
+                       None if end >= 2**32 - 1 else at + end / 1000,
+                       int(frame["num_rects"]) > 0))
+    return frames
+
+
+def same_pictures(got: Path, source: Path, shift: float, track: int = 0) -> None:
+    """``got``'s subtitle frames are the source's, ``shift`` seconds earlier, within one
+    frame (25 fps); two pictures each, as the sources are made."""
+    expected = subtitle_frames(source)
+    frames = subtitle_frames(got, track)
+    assert sum(1 for f in expected if f[2]) == 2
+    assert [f[2] for f in frames] == [f[2] for f in expected]
+    for (shown, hidden, _), (want_shown, want_hidden, _) in zip(frames, expected, strict=True):
+        assert shown == pytest.approx(want_shown - shift, abs=0.04)
+        if want_hidden is None:
+            assert hidden is None
+        else:
+            assert hidden == pytest.approx(want_hidden - shift, abs=0.04)
+
+
+def box_shown(path: Path, seconds: float) -> bool:
+    """Whether Debian's ffmpeg, overlaying the file's first subtitle track on its video
+    (colours from the track's own palette), shows the first white box at ``seconds``."""
+    assert FFMPEG is not None
+    raw = subprocess.run([FFMPEG, "-v", "error", "-i", str(path), "-filter_complex",
+                          "[0:v][0:s:0]overlay[v]", "-map", "[v]", "-ss", str(seconds),
+                          "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+                         capture_output=True, check=True, timeout=60).stdout
+    frame = np.frombuffer(raw, np.uint8)[:160 * 120].reshape(120, 160)
+    return bool(frame[82:98, 42:118].mean() > 240)
+
+
+# The source of each bitmap codec (two pictures each), its codec and language.
+BITMAPS = {"dvd2": ("dvd_subtitle", "eng"), "pgs": ("hdmv_pgs_subtitle", "eng"),
+           "dvb": ("dvb_subtitle", "deu")}
+
+
+def test_dvd_pictures_are_kept_in_mp4(sources: dict[str, Path], tmp_path: Path) -> None:
+    result = run_action("transcode_video", sources["dvd2"], tmp_path, resolution="120p",
+                        preset="ultrafast", subtitles="keep")
+    out = result.outputs[0].staging_path
+    assert out.suffix == ".mp4"
+    assert [(s["codec_name"], language(s)) for s in streams(out, "subtitle")] == [
+        ("dvd_subtitle", "eng")]
+    same_pictures(out, sources["dvd2"], video_start(sources["dvd2"]) - video_start(out))
+    assert box_shown(out, 0.6)  # the palette travelled with the track
+    assert "left_out" not in result.data["subtitle_tracks"][0]
+
+
+@pytest.mark.parametrize("kind", ["dvd2", "pgs", "dvb"])
+def test_bitmap_subtitles_are_kept_in_matroska(kind: str, sources: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    """Copied as they are, on the output's clock: the DVB source's streams start at
+    1.4 s, the output's at zero, and the pictures keep their distance from the video."""
+    result = run_action("transcode_video", sources[kind], tmp_path, resolution="120p",
+                        preset="ultrafast", subtitles="keep", container="mkv")
+    out = result.outputs[0].staging_path
+    assert out.suffix == ".mkv" and video_start(out) < 0.1
+    assert [(s["codec_name"], language(s)) for s in streams(out, "subtitle")] == [
+        BITMAPS[kind]]
+    same_pictures(out, sources[kind], video_start(sources[kind]) - video_start(out))
+    assert box_shown(out, 0.6)
+    # the audio still plays (AAC in Matroska)
+    assert [s["codec_name"] for s in streams(out, "audio")] == ["aac"]
+
+
+def test_a_container_that_cannot_carry_the_pictures(sources: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    lines: list[str] = []
+    ctx = action_context("transcode_video", sources["pgs"], tmp_path,
+                         {"resolution": "120p", "preset": "ultrafast", "subtitles": "keep"},
+                         on_log=lines.append)
+    result = get_action("transcode_video").fn(ctx)
+    assert streams(result.outputs[0].staging_path, "subtitle") == []
+    reason = ("mp4 cannot carry hdmv_pgs_subtitle pictures (container: mkv can; "
+              "subtitles: burn draws them)")
+    assert result.data["subtitle_tracks"] == [{"source_index": 2, "language": "eng",
+                                               "codec": "hdmv_pgs_subtitle",
+                                               "left_out": reason}]
+    assert f"120p: subtitle track 2 (hdmv_pgs_subtitle, eng) not kept: {reason}" in lines
+
+
+@pytest.mark.parametrize("kind", ["dvd2", "pgs", "dvb"])
+def test_bitmap_subtitles_are_extracted_as_sidecars(kind: str, sources: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    result = run_action("transcode_video", sources[kind], tmp_path, resolution="120p",
                         preset="ultrafast", subtitles="extract")
-    assert [o.staging_path.suffix for o in result.outputs] == [".mp4"]
-    assert result.data["subtitle_tracks"][0]["codec"] == "dvd_subtitle"
+    video, sidecar = (o.staging_path for o in result.outputs)
+    codec, lang = BITMAPS[kind]
+    suffix = "sup" if kind == "pgs" else "mks"
+    assert sidecar.name == f"{sources[kind].stem}_120p.{lang}.{suffix}"
+    assert streams(video, "subtitle") == []  # extracted, not kept
+    assert result.outputs[1].role == "sidecar"
+    assert result.outputs[1].meta["language"] == lang
+    assert result.outputs[1].meta["cues"] == 2
+    assert [s["codec_name"] for s in streams(sidecar, "subtitle")] == [codec]
+    # on the video's clock: the pictures keep their distance from its first frame
+    same_pictures(sidecar, sources[kind], video_start(sources[kind]) - video_start(video))
 
 
 # --------------------------------------------------------------------------- streaming

@@ -28,9 +28,10 @@ from mediaq.actions.color import ToneMapper, tag_stream, tone_mapper_for
 from mediaq.actions.encoder_options import decoder_threads
 from mediaq.actions.frames import Scaler, Upright, decode_by_stream
 from mediaq.actions.media_output import MediaOutput, media_outputs
+from mediaq.actions.tracks.bitmaps import BitmapMuxer, carries
 from mediaq.actions.tracks.burn import Burner
 from mediaq.actions.tracks.subtitles import SubtitleMuxer, SubtitleTrack
-from mediaq.actions.video_rendition import Rendition
+from mediaq.actions.video_rendition import MUXER_OF, Rendition
 
 # A source audio track's (sample rate, channels), by stream index.
 AudioInputs = dict[int, tuple[int, int]]
@@ -59,9 +60,15 @@ class RenditionWriter:
         # Cues are on the source's clock; the output's starts at ``origin``.
         self.burn = (Burner(chosen[0], rendition.width, rendition.height, origin)
                      if rendition.subtitles == "burn" and chosen else None)
-        self.subtitles = [output.add_stream(functools.partial(SubtitleMuxer, track=t,
-                                                              shift=origin))
-                          for t in chosen if rendition.subtitles == "keep" and t.is_text]
+        # Kept: text as the container's text codec, pictures copied where its muxer
+        # takes them (the others are logged and recorded in tracks.output).
+        kept = [t for t in chosen if rendition.subtitles == "keep" and (
+            t.is_text or carries(MUXER_OF[rendition.container], t.codec))]
+        self.subtitles: list[SubtitleMuxer | BitmapMuxer] = [
+            output.add_stream(functools.partial(SubtitleMuxer, track=t, shift=origin))
+            if t.is_text else
+            output.add_stream(functools.partial(BitmapMuxer, track=t, shift=origin))
+            for t in kept]
         for muxer in self.subtitles:
             output.drain_on_finish(functools.partial(muxer.due, None))
 
@@ -145,7 +152,7 @@ def encode_ladder(ctx: ActionContext, info: MediaInfo,
         origin = common_origin(vstream, *astreams)
         tone = tone_mapper_for([rendition.color for rendition, _ in targets])
         writers = [
-            RenditionWriter(outputs.open(path, format=rendition.container,
+            RenditionWriter(outputs.open(path, format=MUXER_OF[rendition.container],
                                          options=_muxer_options(rendition.container)),
                             rendition, rate, vstream.time_base, audio, origin, tone,
                             subtitles)

@@ -32,7 +32,9 @@ from mediaq.actions.tracks.languages import ChosenTrack, choose_tracks, tracks_i
 NAMED_RESOLUTIONS = {"2160p": 2160, "1440p": 1440, "1080p": 1080, "720p": 720, "540p": 540,
                      "480p": 480, "360p": 360, "240p": 240, "144p": 144}
 CONTAINER_OF = {"h264": "mp4", "hevc": "mp4", "av1": "mp4", "vp9": "webm"}
-AUDIO_CODEC_OF = {"mp4": "aac", "webm": "libopus"}
+AUDIO_CODEC_OF = {"mp4": "aac", "webm": "libopus", "mkv": "aac"}
+# The FFmpeg muxer writing each container (the file suffix is the container's name).
+MUXER_OF = {"mp4": "mp4", "webm": "webm", "mkv": "matroska"}
 
 TRANSCODE_SCHEMA: dict[str, Any] = {
     "properties": {
@@ -47,6 +49,9 @@ TRANSCODE_SCHEMA: dict[str, Any] = {
         "fps": {"type": "number", "exclusiveMinimum": 0, "maximum": 240},
         "upscale": {"type": "boolean", "default": False},
         "audio_codec": {"enum": ["aac", "opus", "none", "auto"], "default": "auto"},
+        # auto: MP4 (WebM for vp9); mkv: Matroska, which also carries PGS and DVB
+        # subtitles (subtitles: keep).
+        "container": {"enum": ["auto", "mkv"], "default": "auto"},
         "audio_bitrate": {**BITRATE_SCHEMA, "default": "128k"},
         "hardware": {"enum": ["auto", "never", "require", "nvenc", "qsv"], "default": "auto"},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
@@ -120,7 +125,7 @@ def plan_rendition(ctx: ActionContext, params: dict[str, Any], info: MediaInfo,
     encoding = encoding_from(params)
     rate = _output_rate(info.video, params.get("fps"))
     two_pass = encoding.rate_control == "two_pass" and not choice.hardware
-    container = CONTAINER_OF[codec]
+    container = CONTAINER_OF[codec] if params.get("container", "auto") == "auto" else "mkv"
     audio_codec = _audio_codec_for(params["audio_codec"], container, info)
     audio_tracks, subtitle_tracks, missing = plan_tracks(ctx, params, info)
     # Named after the rung asked for, so a small source still gets one file per step.

@@ -48,11 +48,30 @@ class Cue:
 
 
 @dataclass(frozen=True)
+class RawPacket:
+    """A bitmap track's packet as the source holds it, for carrying without re-encoding:
+    ``pts`` and ``duration`` (0: none) in ``time_base`` on the source's clock."""
+
+    pts: int
+    duration: int
+    time_base: Fraction
+    data: bytes
+
+    @property
+    def seconds(self) -> float:
+        return float(self.pts * self.time_base)
+
+
+@dataclass(frozen=True)
 class SubtitleTrack:
     index: int
     codec: str
     language: str
     cues: list[Cue]
+    # Bitmap tracks: the packets themselves and the file they come from (whose stream is
+    # the template of the stream that carries them).
+    packets: tuple[RawPacket, ...] = ()
+    source: Path | None = None
 
     @property
     def is_text(self) -> bool:
@@ -76,6 +95,7 @@ def read_track(path: Path, index: int, language: str, video_size: tuple[int, int
         palette = _dvd_palette(stream) if codec == "dvd_subtitle" else None
         canvas = _dvd_canvas(stream) or video_size
         cues: list[Cue] = []
+        packets: list[RawPacket] = []
         for packet in container.demux(stream):
             if packet.pts is None or packet.time_base is None:
                 continue
@@ -89,8 +109,19 @@ def read_track(path: Path, index: int, language: str, video_size: tuple[int, int
             cue = _bitmap_cue(stream, packet, codec, start, length, palette, canvas)
             if cue is not None:
                 cues.append(cue)
+            packets.append(_raw(packet, cue if codec == "dvd_subtitle" else None))
     cues.sort(key=lambda c: c.start)
-    return SubtitleTrack(index, codec, language, _close_open_ends(cues))
+    packets.sort(key=lambda p: p.seconds)
+    return SubtitleTrack(index, codec, language, _close_open_ends(cues), tuple(packets), path)
+
+
+def _raw(packet: Any, cue: Cue | None) -> RawPacket:
+    """The packet kept as it is; a DVD subpicture without a duration (Matroska from
+    VobSub) gets its display time, which MP4 needs to keep the sample at all."""
+    duration = packet.duration or 0
+    if not duration and cue is not None and cue.end > cue.start:
+        duration = round((cue.end - float(packet.pts * packet.time_base)) / packet.time_base)
+    return RawPacket(packet.pts, duration, packet.time_base, bytes(packet))
 
 
 def _close_open_ends(cues: list[Cue]) -> list[Cue]:
@@ -285,8 +316,9 @@ class SubtitleMuxer:
     """A text track of one output: its cues muxed as the video passes their start."""
 
     def __init__(self, container: Any, track: SubtitleTrack, shift: float) -> None:
-        self.codec = "mov_text" if container.format.name.startswith("mov") or \
-            "mp4" in container.format.name else "webvtt"
+        name = container.format.name
+        self.codec = ("mov_text" if name.startswith("mov") or "mp4" in name else
+                      "subrip" if name == "matroska" else "webvtt")
         self.stream: Any = container.add_mux_stream(self.codec, time_base=MS)
         self.stream.metadata["language"] = track.language
         self.cues = [c for c in track.cues if c.text and c.end - shift > 0]
