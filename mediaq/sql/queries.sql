@@ -309,6 +309,17 @@ UPDATE job_tasks t
    AND t.worker_id = %(worker_id)s AND t.state = 'running'
 RETURNING t.id, t.job_id;
 
+-- name: task_leases_give_up
+-- End the leases of tasks this worker abandoned (a write it could not finish while the
+-- database was away): the rescuers' next pass hands them on instead of a lease later.
+-- Only tasks still running under this worker and attempt.
+UPDATE job_tasks t
+   SET lease_expires_at = now() - interval '1 millisecond'
+  FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
+ WHERE t.id = mine.id AND t.attempt = mine.attempt
+   AND t.worker_id = %(worker_id)s AND t.state = 'running'
+RETURNING t.id;
+
 -- name: job_leases_renew
 -- The jobs' leases follow their running tasks' (shown to operators), in a transaction
 -- of its own after leases_renew (job rows only).

@@ -337,9 +337,11 @@ class Worker:
         self.capacity.give_back(handle.category)
         error = future.exception()
         if error is not None:
-            # A database outage mid-write: the lease runs out and another worker rescues.
             self.log.error("job:crashed", job_id=handle.job_id, error=repr(error))
         if error is not None or isinstance(future.result(), Abandoned):
+            # A database outage mid-write: whether the task is still ours is unknown; its
+            # lease is given up once the database answers, and a rescuer hands it on.
+            self.rescuer.give_up(handle.task_ids, handle.task_attempts)
             with self.running_lock:
                 self.left_processing.append(handle.job_code)
         self._notice(handle.category)

@@ -298,6 +298,41 @@ def test_sigstopped_worker_past_its_lease_never_writes(mq: MediaqEnv, figure: Fi
            f"{refused['job:abandoned']}x; freeze to done elsewhere {spread(took)}")
 
 
+def test_a_write_lost_to_the_database_hands_the_task_on_at_once(mq: MediaqEnv) -> None:
+    """The worker's step commit is cut (its session terminated while it waits): the worker
+    abandons the task, not knowing whether it is still its own, and gives up its lease
+    once the database answers, so the task runs again within a rescue pass, not a lease
+    later (the lease here, 600 s, is longer than the whole wait)."""
+    mq.apply_workflow(diagnostic_workflow(
+        "C-CUT", {"action": "sleep", "parameters": {"seconds": 3, "output_bytes": 100}}))
+    code = mq.submit("C-CUT", mq.input_file("cut.bin"))
+    worker = mq.start_worker("--id", "cut", lease_seconds="600")
+    wait_for(lambda: mq.query("SELECT 1 FROM step_executions se JOIN workflow_jobs j ON"
+                              " j.id = se.job_id WHERE j.job_code = %s", (code,)),
+             timeout=60, interval=0.05, message="the step to start")
+    with psycopg.connect(mq.url, autocommit=False) as holder:
+        # The job row held: the step's commit (which locks it first) waits behind it.
+        holder.execute("SELECT 1 FROM mediaq.workflow_jobs WHERE job_code = %s FOR UPDATE",
+                       (code,))
+        waiting = wait_for(lambda: mq.query(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'mediaq-worker'"
+            " AND wait_event_type = 'Lock' AND query LIKE '%%progress_percent = CASE WHEN%%'"),
+            timeout=60, interval=0.05, message="the step's commit waiting on the job row",
+            otherwise=lambda: mq.query("SELECT application_name, state, wait_event_type,"
+                                       " left(query, 200) AS query FROM pg_stat_activity"))
+        mq.query("SELECT pg_terminate_backend(%s)", (waiting[0]["pid"],))
+        wait_for(lambda: "job:abandoned" in mq.worker_log(worker), timeout=60,
+                 message="the worker to abandon the task")
+        holder.rollback()
+    wait_for(lambda: mq.job(code)["status"] == "completed", timeout=120,
+             message="the task handed on and run again", otherwise=lambda: mq.job(code))
+    task = mq.one("SELECT t.attempt, t.rescue_count FROM mediaq.job_tasks t JOIN"
+                  " mediaq.workflow_jobs j ON j.id = t.job_id WHERE j.job_code = %s", (code,))
+    assert (task["attempt"], task["rescue_count"]) == (2, 1)
+    assert "leases_given_up" in mq.worker_log(worker)
+    assert_exactly_once(mq, [code], 1)
+
+
 # -- 3. PostgreSQL crashes under load ------------------------------------------------------------
 
 

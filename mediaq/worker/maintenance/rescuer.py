@@ -7,6 +7,11 @@ waiting for the lease, so every worker runs that one statement every
 ``DEAD_SESSION_SCAN_S`` (a kill -9 is rescued within about a second). The rest of the
 pass (orphaned slots, silent workers, fallbacks) keeps its quarter-lease pace. A frozen
 or cut-off worker keeps its session and lock: its lease alone hands its jobs on.
+
+A worker that abandoned a task itself (a write that failed during a database outage or
+restart, so it cannot know whether the task is still its own) gives up the task's lease
+as soon as the database answers again (``give_up``): the next pass, on any worker, hands
+it on, instead of the lease running out a lease later.
 """
 
 from __future__ import annotations
@@ -75,6 +80,30 @@ class Rescuer(threading.Thread):
         self.lease_seconds = lease_seconds
         self.wake = wake
         self.halt = threading.Event()
+        self._given_up: dict[int, int] = {}  # task id -> attempt, leases to give up
+        self._given_up_lock = threading.Lock()
+
+    def give_up(self, task_ids: list[int], attempts: list[int]) -> None:
+        """Give up these tasks' leases at the next pass (retried until the database
+        answers); fenced by attempt, so a task handed on meanwhile is left alone."""
+        with self._given_up_lock:
+            self._given_up.update(zip(task_ids, attempts, strict=True))
+
+    def _expire_given_up(self) -> None:
+        with self._given_up_lock:
+            tasks = dict(self._given_up)
+        if not tasks:
+            return
+        with db.transaction(self.pool) as conn:
+            expired = db.fetch_all(conn, "task_leases_give_up", {
+                "worker_id": self.worker_id, "task_ids": list(tasks),
+                "task_attempts": list(tasks.values())})
+        with self._given_up_lock:
+            for task_id, attempt in tasks.items():
+                if self._given_up.get(task_id) == attempt:
+                    del self._given_up[task_id]
+        if expired:
+            log.info("rescuer:leases_given_up", tasks=[r["id"] for r in expired])
 
     def run(self) -> None:
         # Every worker rescues; jitter keeps a fleet from all scanning at once.
@@ -82,6 +111,7 @@ class Rescuer(threading.Thread):
         next_full = time.monotonic() + random.uniform(0.75 * interval, 1.25 * interval)
         while not self.halt.wait(random.uniform(0.75, 1.25) * DEAD_SESSION_SCAN_S):
             try:
+                self._expire_given_up()
                 if time.monotonic() >= next_full:
                     next_full = time.monotonic() + random.uniform(0.75 * interval,
                                                                   1.25 * interval)
