@@ -81,8 +81,12 @@ UPDATE workers SET status = 'stopped', stopped_at = now(), heartbeat_at = now()
 
 -- name: workers_mark_lost
 -- Workers silent for longer than a lease are shown stopped.
+-- A row locked now is its worker's heartbeat being written: skipped, never waited for.
 UPDATE workers SET status = 'stopped', stopped_at = heartbeat_at
- WHERE status <> 'stopped' AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s);
+ WHERE worker_id IN (SELECT worker_id FROM workers
+                      WHERE status <> 'stopped'
+                        AND heartbeat_at < now() - make_interval(secs => %(lease_seconds)s)
+                        FOR NO KEY UPDATE SKIP LOCKED);
 
 -- name: host_ensure
 -- Create this machine's row; the VRAM budget is the one the latest worker declared.
@@ -299,15 +303,32 @@ SELECT EXISTS (
 -- ===========================================================================
 
 -- name: leases_renew
--- Extend the leases of the tasks this worker still owns; returns the tasks it still owns
--- and their jobs. Task rows only: committers lock a job, then its tasks, so a statement
--- that held a task while waiting for its job could deadlock with them.
-UPDATE job_tasks t
-   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-  FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
- WHERE t.id = mine.id AND t.attempt = mine.attempt
-   AND t.worker_id = %(worker_id)s AND t.state = 'running'
-RETURNING t.id, t.job_id;
+-- Extend the leases of the tasks this worker still owns, each statement its own
+-- transaction (see worker/heartbeat.py). Returns every asked task this worker still owns
+-- (running, same attempt) with its job and whether its lease was extended now. A task row
+-- another transaction holds is skipped, never waited for: its own commit (the job row,
+-- then its tasks) or a rescuer (job, then tasks, then a workers row) may hold it, and a
+-- renewal that waited there would sit in their lock cycle and miss its lease. A skipped
+-- task (renewed FALSE) is renewed again within a fraction of a second.
+WITH asked AS MATERIALIZED (
+    SELECT * FROM unnest(%(task_ids)s::bigint[], %(task_attempts)s::integer[]) AS mine (id, attempt)
+), owned AS MATERIALIZED (
+    SELECT t.id, t.job_id FROM job_tasks t JOIN asked a ON a.id = t.id AND a.attempt = t.attempt
+     WHERE t.worker_id = %(worker_id)s AND t.state = 'running'
+), free AS (
+    -- in id order, as every statement that locks several tasks of a job should
+    SELECT t.id FROM job_tasks t JOIN asked a ON a.id = t.id AND a.attempt = t.attempt
+     WHERE t.worker_id = %(worker_id)s AND t.state = 'running'
+     ORDER BY t.id
+       FOR NO KEY UPDATE OF t SKIP LOCKED
+), renewed AS (
+    UPDATE job_tasks t
+       SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+      FROM free WHERE t.id = free.id
+    RETURNING t.id
+)
+SELECT o.id, o.job_id, EXISTS (SELECT 1 FROM renewed r WHERE r.id = o.id) AS renewed
+  FROM owned o;
 
 -- name: task_leases_give_up
 -- End the leases of tasks this worker abandoned (a write it could not finish while the
@@ -322,10 +343,14 @@ RETURNING t.id;
 
 -- name: job_leases_renew
 -- The jobs' leases follow their running tasks' (shown to operators), in a transaction
--- of its own after leases_renew (job rows only).
-UPDATE workflow_jobs
+-- of its own after leases_renew (job rows only). A job row a commit holds is skipped:
+-- the heartbeat never waits behind a sibling's commit (which may be publishing files).
+UPDATE workflow_jobs j
    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
- WHERE id = ANY (%(job_ids)s::bigint[]) AND status = 'processing';
+ WHERE j.id IN (SELECT id FROM workflow_jobs
+                 WHERE id = ANY (%(job_ids)s::bigint[]) AND status = 'processing'
+                 ORDER BY id
+                   FOR NO KEY UPDATE SKIP LOCKED);
 
 -- name: jobs_control_flags
 -- Cancel and pause requests for the tasks this worker runs (polled every second).
@@ -384,6 +409,11 @@ WITH owners AS MATERIALIZED (
            rescue_count = t.rescue_count + 1, lease_expires_at = NULL
       FROM expired e
      WHERE t.id = e.id AND e.job_id IN (SELECT id FROM locked) AND t.state = 'running'
+       -- Checked again on the row's latest version: a lease renewed after this
+       -- statement's snapshot (its renewal committed while this waited for the row)
+       -- keeps its task; the worker is alive.
+       AND (coalesce(t.lease_expires_at, '-infinity') < now()
+            OR t.worker_id IN (SELECT worker_id FROM dead))
     RETURNING t.id, t.job_id, t.step_id, t.item_index, t.worker_id, t.state, t.rescue_count,
               e.session_gone
 ), per_job AS (

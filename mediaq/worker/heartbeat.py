@@ -1,7 +1,9 @@
 """Leases and operator requests, kept by a thread apart from the media work.
 
 Every second it reads cancel/pause flags of the jobs this worker runs; every third
-of a lease it renews the leases. A job this worker no longer owns is told to stop.
+of a lease it renews the leases (again within a fraction of a second when a renewal
+failed or met a task row another transaction held). A job this worker no longer owns is
+told to stop.
 With each renewal it reports what the machine has left (disk free on the storage roots,
 its RSS, the load: ``mediaq.host_stats``), which ``/metrics`` shows.
 """
@@ -24,6 +26,7 @@ from mediaq.worker.job_handle import JobHandle
 
 log = structlog.get_logger("mediaq.heartbeat")
 CONTROL_INTERVAL_S = 1.0
+RENEW_RETRY_S = 0.2  # a renewal that failed or met a busy task row is tried again this soon
 RESOURCES_INTERVAL_S = 15.0  # how often disk free, RSS and load are measured
 
 
@@ -49,18 +52,34 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         threading.Thread(target=self._measure, name="mediaq-resources", daemon=True).start()
         renew_every = max(0.5, self.lease_seconds / 3)
-        next_renew = 0.0
+        next_renew = next_control = 0.0
+        retry = RENEW_RETRY_S
         while not self.halt.is_set():
-            try:
-                handles = self._snapshot()
-                if handles:
-                    self._apply_control_flags(handles)
-                if time.monotonic() >= next_renew:
+            handles = self._snapshot()
+            if time.monotonic() >= next_control:
+                next_control = time.monotonic() + CONTROL_INTERVAL_S
+                try:
+                    if handles:
+                        self._apply_control_flags(handles)
+                except Exception as exc:  # a database outage: keep trying, leases decide
+                    log.warning("heartbeat:error", error=str(exc))
+            if time.monotonic() >= next_renew:
+                try:
+                    complete = self._renew(handles)
+                except Exception as exc:  # an outage, a connection ended: try again soon
+                    log.warning("heartbeat:renew_failed", error=str(exc))
+                    complete = False
+                # A renewal that failed, or skipped a task row another transaction held,
+                # is tried again within a fraction of a second (backing off towards the
+                # usual pace while it keeps failing), not a third of a lease later: one
+                # miss must not cost the lease.
+                if complete:
+                    retry = RENEW_RETRY_S
                     next_renew = time.monotonic() + renew_every
-                    self._renew(handles)
-            except Exception as exc:  # a database outage: keep trying, leases decide
-                log.warning("heartbeat:error", error=str(exc))
-            self.halt.wait(CONTROL_INTERVAL_S)
+                else:
+                    next_renew = time.monotonic() + retry
+                    retry = min(2 * retry, renew_every)
+            self.halt.wait(max(0.0, min(next_control, next_renew) - time.monotonic()))
 
     def _measure(self) -> None:
         while not self.halt.is_set():
@@ -112,25 +131,33 @@ class Heartbeat(threading.Thread):
             if owned.get(id(handle)) is False and handle.task_ids == asked[id(handle)]:
                 handle.stop_signal.stop(LeaseLost(f"{handle.job_code} is owned elsewhere now"))
 
-    def _renew(self, handles: list[JobHandle]) -> None:
-        resources = self._latest_resources()
-        with db.transaction(self.pool) as conn:
+    def _renew(self, handles: list[JobHandle]) -> bool:
+        """Renew the leases of the tasks the handles run, then show the worker alive;
+        whether every task still owned had its lease extended. Each statement is its own
+        transaction (the pool's connections are in autocommit), so the heartbeat never
+        holds one kind of row (a task, a job, its workers row) while it waits for another:
+        it cannot take part in a lock cycle with commits and rescuers, which lock a job,
+        then its tasks, then (a rescuer) workers rows."""
+        rows: list[db.Row] = []
+        if handles:
+            asked = {id(h): list(h.task_ids) for h in handles}
+            with self.pool.connection() as conn:
+                rows = db.fetch_all(conn, "leases_renew", {
+                    "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
+                    **self._ids(handles),
+                })
+            owned = {r["id"] for r in rows}
+            for handle in handles:
+                mine = asked[id(handle)]
+                if not owned.intersection(mine) and handle.task_ids == mine:
+                    handle.stop_signal.stop(LeaseLost(f"lease of {handle.job_code} was lost"))
+        with self.pool.connection() as conn:
             db.execute(conn, "worker_heartbeat", {"worker_id": self.worker_id,
                                                   "status": self.status,
-                                                  "resources": resources})
-            if not handles:
-                return
-            asked = {id(h): list(h.task_ids) for h in handles}
-            rows = db.fetch_all(conn, "leases_renew", {
-                "worker_id": self.worker_id, "lease_seconds": self.lease_seconds,
-                **self._ids(handles),
-            })
-            kept = {r["id"] for r in rows}
-        if rows:
-            with db.transaction(self.pool) as conn:
-                db.execute(conn, "job_leases_renew", {
-                    "lease_seconds": self.lease_seconds,
-                    "job_ids": sorted({r["job_id"] for r in rows})})
-        for handle in handles:
-            if not kept.intersection(asked[id(handle)]) and handle.task_ids == asked[id(handle)]:
-                handle.stop_signal.stop(LeaseLost(f"lease of {handle.job_code} was lost"))
+                                                  "resources": self._latest_resources()})
+        renewed = sorted({r["job_id"] for r in rows if r["renewed"]})
+        if renewed:
+            with self.pool.connection() as conn:
+                db.execute(conn, "job_leases_renew", {"lease_seconds": self.lease_seconds,
+                                                      "job_ids": renewed})
+        return all(r["renewed"] for r in rows)

@@ -2,7 +2,10 @@
 PostgreSQL server and an S3-protocol server listening on that bridge (tests/fleet/harness.py).
 
 `make test` runs them in a reduced form (one run of each fault); `make chaos`
-(MEDIAQ_CHAOS=full) repeats each fault and prints the figures."""
+(MEDIAQ_CHAOS=full) repeats each fault and prints the figures. The server logs lock
+waits past deadlock_timeout and every deadlock with both statements:
+MEDIAQ_FLEET_PG_LOG=folder keeps its log, MEDIAQ_FLEET_PG_EXTRA adds postgresql.conf
+lines (e.g. a shorter deadlock_timeout to see shorter waits)."""
 
 from __future__ import annotations
 

@@ -201,7 +201,10 @@ class DebianPostgres:
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write(f"listen_addresses = '{self.address}'\nport = {self.port}\n"
                        f"unix_socket_directories = '{self.root}'\n"
-                       "fsync = off\nmax_connections = 200\nlog_min_messages = warning\n")
+                       "fsync = off\nmax_connections = 200\nlog_min_messages = warning\n"
+                       # lock waits past deadlock_timeout and deadlocks' both statements
+                       # land in server.log (kept with MEDIAQ_FLEET_PG_LOG)
+                       "log_lock_waits = on\n" + os.environ.get("MEDIAQ_FLEET_PG_EXTRA", ""))
         with (self.pgdata / "pg_hba.conf").open("a") as hba:
             subnet = self.address.rsplit(".", 1)[0]
             hba.write(f"host all all {subnet}.0/24 scram-sha-256\n")
@@ -249,6 +252,10 @@ def debian_postgres(address: str) -> Iterator[DebianPostgres]:
     finally:
         with suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
             server.stop("immediate")
+        keep = os.environ.get("MEDIAQ_FLEET_PG_LOG")  # a folder to keep the server's log in
+        if keep and (root / "server.log").exists():
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / "server.log", Path(keep) / f"{root.name}.log")
         shutil.rmtree(root, ignore_errors=True)
 
 

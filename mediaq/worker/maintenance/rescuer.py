@@ -34,11 +34,19 @@ def rescue_once(
     pool: ConnectionPool[db.Connection], worker_id: str, max_rescues: int, lease_seconds: int
 ) -> list[db.Row]:
     """One pass: jobs of dead sessions and expired leases back to the queue (or failed if
-    rescued too often), orphaned slots freed, silent workers shown stopped, fallbacks."""
+    rescued too often), orphaned slots freed, silent workers shown stopped, fallbacks.
+
+    Each its own transaction: the rescue holds job rows, then task rows, until it
+    commits; had it then waited for a workers row (a silent worker shown stopped) that a
+    heartbeat held while renewing the task rows, the two would deadlock, and a living
+    worker could lose its renewal, then its task."""
     with db.transaction(pool) as conn:
         rescued = _rescue(conn, worker_id, max_rescues)
+    with db.transaction(pool) as conn:
         db.execute(conn, "slots_release_orphans")
+    with db.transaction(pool) as conn:
         db.execute(conn, "workers_mark_lost", {"lease_seconds": lease_seconds})
+    with db.transaction(pool) as conn:
         fell_back = fall_back(conn)
     return rescued + fell_back
 
