@@ -38,7 +38,7 @@ from mediaq import db
 from mediaq.queries import queries
 from mediaq.worker.claimer import Claimer
 from mediaq.worker.resources import Capacity
-from tests.helpers import MediaqEnv, diagnostic_workflow
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
 BIG_BACKLOG = scaled(1_000_000, 200_000)
 SMALL_BACKLOG = 10_000
@@ -49,6 +49,9 @@ FLEET = (1, 2, 4, 8, 16, 32, 50) if not scaled(0, 1) else (1, 2, 4, 8, 16)
 FLEET_JOBS = scaled(800, 400)
 IMAGES = scaled(24, 12)
 IMAGE_WORKERS = (1, 2, 4)
+IDLE_PROCESSES = scaled(50, 20)
+IDLE_SECONDS = scaled(30, 20)
+IDLE_SETTLE_S = 5.0
 
 
 # ------------------------------------------------------------------ 10k vs 1M queued
@@ -222,6 +225,55 @@ def fleet_scaling(admin: str, root: Path) -> list[dict[str, Any]]:
                      "postgres_cpu_share": pg_cpu / max(1e-9, pg_cpu + worker_cpu)})
     env.stop_workers()
     return rows
+
+
+# ------------------------------------------------------------------ idle fleet
+
+
+def idle_cost(admin: str, root: Path, processes: int = IDLE_PROCESSES,
+              seconds: float = IDLE_SECONDS, pythonpath: str | None = None) -> dict[str, Any]:
+    """``processes`` idle ``mediaq worker --jobs 1`` processes (default settings: lease,
+    poll, notifier and triggers on) on an empty queue for ``seconds``: the PostgreSQL
+    server's CPU (postmaster and every backend, from /proc), its WAL and commits, and the
+    sessions the processes hold. ``pythonpath``: run the workers from another checkout
+    (a before/after comparison in one run)."""
+    env = fresh_env(admin, root)
+    for name in ("MEDIAQ_LEASE_SECONDS", "MEDIAQ_POLL_SECONDS"):
+        env.env.pop(name, None)
+    if pythonpath:
+        env.env["PYTHONPATH"] = pythonpath
+    procs = [env.start_worker("--jobs", "1") for _ in range(processes)]
+    try:
+        wait_for(lambda: env.one("SELECT count(*) AS n FROM workers"
+                                 " WHERE status <> 'stopped'")["n"] >= processes,
+                 timeout=60 + 3 * processes, message=f"{processes} idle workers up")
+        time.sleep(IDLE_SETTLE_S)  # start-up (registration, first checks) behind them
+        meter = CpuMeter(postmaster_pid(root), [p.pid for p in procs])
+        stats_sql = ("SELECT pg_current_wal_lsn() AS lsn, xact_commit AS commits"
+                     " FROM pg_stat_database WHERE datname = current_database()")
+        first, cpu_before, started = env.one(stats_sql), meter.read(), time.monotonic()
+        sessions = [pg_connections(env)]
+        while time.monotonic() - started < seconds:
+            time.sleep(1.0)
+            sessions.append(pg_connections(env))
+        cpu_after, wall = meter.read(), time.monotonic() - started
+        with env.connect() as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn) AS wal,"
+                " (SELECT xact_commit FROM pg_stat_database"
+                "   WHERE datname = current_database()) AS commits",
+                (str(first["lsn"]),)).fetchone()
+            assert row is not None
+            last = {"wal": float(row["wal"]), "commits": int(row["commits"])}
+    finally:
+        env.stop_workers()
+    pg_cpu = cpu_after[0] - cpu_before[0]
+    return {"processes": processes, "seconds": wall,
+            "postgres_core_share": pg_cpu / wall,
+            "workers_core_share": (cpu_after[1] - cpu_before[1]) / wall,
+            "wal_bytes_per_s": last["wal"] / wall,
+            "commits_per_s": (last["commits"] - int(first["commits"])) / wall,
+            "sessions_per_process": max(sessions) / processes}
 
 
 # ------------------------------------------------------------------ CPU-bound image jobs

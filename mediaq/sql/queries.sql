@@ -130,11 +130,25 @@ UPDATE worker_slots s
 -- the LIMITs, and SKIP LOCKED lets concurrent claimers pass each other. The general
 -- candidate walks job_tasks_ready (category, priority DESC, id): never the jobs table.
 -- Lock order: slot, task, job (a locked job row is skipped, never waited for).
+-- The slot is locked only once a read-only look (the ready index for the category, the
+-- job's tasks for run-ahead) saw a ready task that fits: locking a row is a write, and
+-- a claim that finds nothing must write nothing (tests/test_idle_claims.py).
 WITH slot AS (
     SELECT host, category, slot
       FROM worker_slots
      WHERE host = %(host)s AND category = %(category)s AND slot <= %(limit)s
        AND job_id IS NULL
+       AND CASE WHEN %(only_preferred)s
+                THEN EXISTS (SELECT 1 FROM job_tasks r
+                              WHERE r.job_id = %(prefer_job_id)s AND r.state = 'ready'
+                                AND r.resource_category = %(category)s
+                                AND (r.retry_after IS NULL OR r.retry_after <= now())
+                                AND r.vram_required <= %(vram_free_mb)s)
+                ELSE EXISTS (SELECT 1 FROM job_tasks r
+                              WHERE r.state = 'ready' AND r.resource_category = %(category)s
+                                AND (r.retry_after IS NULL OR r.retry_after <= now())
+                                AND r.vram_required <= %(vram_free_mb)s)
+           END
      ORDER BY slot
      LIMIT 1
        FOR UPDATE SKIP LOCKED
@@ -219,6 +233,41 @@ WITH slot AS (
 SELECT job.*, claimed.*, assigned.slot, assigned.slot_vram_mb,
        (SELECT count(*) FROM slot) AS slot_free
   FROM job, claimed, assigned;
+
+-- name: task_ready_categories
+-- Which of these categories hold a ready task that a claim could take now, VRAM aside:
+-- the read-only look an idle worker's poll takes instead of claiming in every category
+-- (a plain SELECT: no transaction id, no WAL, no row lock). Walks job_tasks_ready.
+SELECT c.category
+  FROM unnest(%(categories)s::text[]) AS c (category)
+ WHERE EXISTS (
+     SELECT 1 FROM job_tasks t
+      WHERE t.state = 'ready' AND t.resource_category = c.category
+        AND (t.retry_after IS NULL OR t.retry_after <= now())
+        AND (%(queues)s::text[] IS NULL OR t.queue_name = ANY (%(queues)s::text[]))
+        AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = t.queue_name AND q.paused)
+        AND EXISTS (SELECT 1 FROM workflow_jobs j
+                     WHERE j.id = t.job_id AND j.status IN ('pending', 'queued', 'processing')
+                       AND (j.retry_after IS NULL OR j.retry_after <= now())
+                       AND NOT j.cancel_requested AND NOT j.pause_requested));
+
+-- name: task_fits_vram
+-- Before a GPU claim locks this machine's VRAM ledger (a write, and a wait behind the
+-- machine's other claimers): the VRAM free now (the ledger's, capped by the GPU's own
+-- live figure when known) and whether a ready task of the category fits it (of
+-- %(prefer_job_id)s only, when %(only_preferred)s). Read-only.
+WITH ledger AS (
+    SELECT greatest(0, least(vram_budget_mb - vram_reserved_mb,
+                             coalesce(%(live_free_mb)s::integer, 2147483647))) AS free
+      FROM worker_hosts WHERE host = %(host)s
+)
+SELECT ledger.free AS vram_free_mb,
+       EXISTS (SELECT 1 FROM job_tasks t
+                WHERE t.state = 'ready' AND t.resource_category = %(category)s
+                  AND (t.retry_after IS NULL OR t.retry_after <= now())
+                  AND t.vram_required <= ledger.free
+                  AND (NOT %(only_preferred)s OR t.job_id = %(prefer_job_id)s)) AS fits
+  FROM ledger;
 
 -- name: jobs_mark_waiting
 -- Tell operators why runnable jobs of a category are not starting on this machine.

@@ -228,18 +228,25 @@ class Worker:
     def _forget_idle(self, *, everything: bool) -> None:
         """Make categories claimable again: those named by a wake-up since the last look
         (a NOTIFY's payload is the category with new work or a freed slot; this process's
-        own finished jobs free theirs), or all of them at least every poll interval, busy
-        or not (jobs whose retry time came, slots freed without a NOTIFY), and on any
-        other payload."""
+        own finished jobs free theirs), all of them on any other payload, and at least
+        every poll interval, busy or not (jobs whose retry time came, slots freed without
+        a NOTIFY), those where one read-only statement sees a ready task: an idle
+        worker's poll writes nothing and claims in no category without work."""
         with self.notified_lock:
             named, self.notified = self.notified, set()
-        now = time.monotonic()
-        if everything or not named <= set(self.capacity.categories) \
-                or now - self.idle_since >= self.settings.worker.poll_seconds:
+        self.idle_categories -= named
+        if not named <= set(self.capacity.categories):
             self.idle_categories.clear()
+        now = time.monotonic()
+        if (everything or now - self.idle_since >= self.settings.worker.poll_seconds) \
+                and self.idle_categories:
             self.idle_since = now
-        else:
-            self.idle_categories -= named
+            free = [c for c in self.capacity.free_categories() if c in self.idle_categories]
+            try:
+                self.idle_categories -= self.claimer.ready_categories(free)
+            except psycopg.OperationalError as exc:
+                self.log.warning("claim:database_error", error=str(exc))
+                self.idle_categories.clear()  # the claims retry (and wait) as before
 
     def _claim_while_room(self) -> bool:
         if self.storage.problem is not None:
@@ -260,10 +267,9 @@ class Worker:
                 self._start(job)
                 claimed_any = True
             else:
-                # Skip it until a wake-up names it: an empty claim still writes (its slot
-                # and, for GPU categories, the host row are locked and committed), and
-                # every job's completion wakes the producer, so without this each job cost
-                # one empty claim per other category (two on a GPU-less machine).
+                # Skip it until a wake-up names it or a poll's read-only look sees work
+                # (_forget_idle): every job's completion wakes the producer, so without
+                # this each job cost one empty claim per other category.
                 self.idle_categories.add(category)
         return claimed_any
 
