@@ -143,11 +143,26 @@ WITH slot AS (
                               WHERE r.job_id = %(prefer_job_id)s AND r.state = 'ready'
                                 AND r.resource_category = %(category)s
                                 AND (r.retry_after IS NULL OR r.retry_after <= now())
-                                AND r.vram_required <= %(vram_free_mb)s)
+                                AND r.vram_required <= %(vram_free_mb)s
+                                AND EXISTS (SELECT 1 FROM workflow_jobs j
+                                             WHERE j.id = r.job_id
+                                               AND j.status IN ('pending', 'queued', 'processing')
+                                               AND NOT j.cancel_requested
+                                               AND NOT j.pause_requested))
                 ELSE EXISTS (SELECT 1 FROM job_tasks r
                               WHERE r.state = 'ready' AND r.resource_category = %(category)s
                                 AND (r.retry_after IS NULL OR r.retry_after <= now())
-                                AND r.vram_required <= %(vram_free_mb)s)
+                                AND r.vram_required <= %(vram_free_mb)s
+                                AND (%(queues)s::text[] IS NULL
+                                     OR r.queue_name = ANY (%(queues)s::text[]))
+                                AND NOT EXISTS (SELECT 1 FROM queues q
+                                                 WHERE q.queue_name = r.queue_name AND q.paused)
+                                AND EXISTS (SELECT 1 FROM workflow_jobs j
+                                             WHERE j.id = r.job_id
+                                               AND j.status IN ('pending', 'queued', 'processing')
+                                               AND (j.retry_after IS NULL OR j.retry_after <= now())
+                                               AND NOT j.cancel_requested
+                                               AND NOT j.pause_requested))
            END
      ORDER BY slot
      LIMIT 1
