@@ -590,12 +590,17 @@ SELECT count(*) AS remaining FROM job_tasks
 -- A task's step (item) is done (completed, skipped, or failed under on_failure
 -- continue): the steps waiting for it count one need less (0: ready). The job row is
 -- locked (job_step_committed or job_lock_owned) in this transaction.
+-- The ready task this worker's run-ahead claim takes next (the job's first ready task
+-- of the same category, in the claim's order, when it is one this statement readied)
+-- goes into mediaq.run_ahead_task for the rest of the transaction: task_after_update
+-- wakes no other process for it (they would only race the run-ahead, or find nothing).
+-- Should the worker not claim it after all (stopping), the others' polls find it.
 WITH done AS (
     UPDATE job_tasks t
        SET state = %(state)s, completed_at = now(), lease_expires_at = NULL
      WHERE t.id = %(task_id)s AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
        AND t.state = 'running'
-    RETURNING t.id, t.job_id, t.step_number
+    RETURNING t.id, t.job_id, t.step_number, t.resource_category
 ), readied AS (
     UPDATE job_tasks d
        SET pending_needs = d.pending_needs - 1,
@@ -603,9 +608,22 @@ WITH done AS (
       FROM done
      WHERE d.job_id = done.job_id AND d.state = 'waiting' AND d.item_index IS NULL
        AND done.step_number = ANY (d.need_steps)
-    RETURNING d.id
+    RETURNING d.id, d.state, d.step_number, d.resource_category
+), ahead AS (
+    SELECT set_config('mediaq.run_ahead_task', coalesce((
+        SELECT r.id::text FROM readied r
+         WHERE r.state = 'ready' AND r.resource_category = done.resource_category
+           AND NOT EXISTS (SELECT 1 FROM job_tasks o  -- ready before this statement
+                            WHERE o.job_id = done.job_id AND o.state = 'ready'
+                              AND o.resource_category = done.resource_category
+                              AND o.step_number <= r.step_number)
+         ORDER BY r.step_number, r.id
+         LIMIT 1), ''), true) AS task_id
+      FROM done
 )
-SELECT done.id, (SELECT count(*) FROM readied) AS readied FROM done;
+SELECT done.id, (SELECT count(*) FROM readied) AS readied,
+       (SELECT nullif(task_id, '') FROM ahead) AS run_ahead_task
+  FROM done;
 
 -- name: task_expand
 -- A fan-out's task made its items: one ready task per item, and the steps waiting for
