@@ -6,6 +6,8 @@
   sessions they hold at peak, and where the CPU goes (PostgreSQL vs the workers)
 - CPU-bound image jobs (4000x3000 JPEG -> 300 px thumbnail) with 1, 2 and 4 worker
   processes of one job each: where the cores set the ceiling
+- what idle worker processes cost PostgreSQL (50, quick: 20, for 30 s, default
+  settings): its CPU as a share of one core, WAL, commits, sessions per process
 
 Run: make bench (BENCH_QUICK=1: 200,000 instead of 1,000,000 queued, fewer processes).
 """
@@ -310,6 +312,7 @@ def main() -> None:
         small, big = backlogs(admin, root)
         fleet = fleet_scaling(admin, root)
         images = image_scaling(admin, root)
+        idle = idle_cost(admin, root)
     lat = big["p50_ms"] / small["p50_ms"]
     thr = small["jobs_per_s"] / big["jobs_per_s"]
     plan_ok = big["plan"]["uses_claimable_index"] and not big["plan"]["seq_scan_on_jobs"]
@@ -330,6 +333,15 @@ def main() -> None:
               [[r["processes"], r["jobs_per_s"], r["jobs_per_s"] / fleet[0]["jobs_per_s"],
                 f"{r['connections_idle']}/{r['connections_peak']}", r["per_process_peak"],
                 r["cpu_per_wall"], f"{r['postgres_cpu_share']:.0%}"] for r in fleet]),
+        table(f"Scale: {idle['processes']} idle worker processes (default settings) for "
+              f"{idle['seconds']:.0f} s", ["figure", "value", "target", ""], [
+            ["PostgreSQL CPU, % of one core", 100 * idle["postgres_core_share"],
+             f"<= {2 * idle['processes'] / 50:.1f} (2 % at 50)",
+             verdict(idle["postgres_core_share"] <= 0.02 * idle["processes"] / 50)],
+            ["sessions per process", idle["sessions_per_process"], "<= 1.5",
+             verdict(idle["sessions_per_process"] <= 1.5)],
+            ["WAL bytes/s", idle["wal_bytes_per_s"], "", ""],
+            ["commits/s", idle["commits_per_s"], "", ""]]),
         table(f"Scale: CPU-bound image jobs ({IMAGES} x 4000x3000 JPEG -> 300 px, "
               "--jobs 1 per process)", ["processes", "images/s", "speedup",
                                         "workers CPU/wall", "failed"],
@@ -337,7 +349,7 @@ def main() -> None:
                 r["failed"]] for r in images]),
     ]
     write_results("scale", {"small_backlog": small, "big_backlog": big, "fleet": fleet,
-                            "images": images,
+                            "images": images, "idle": idle,
                             "ratios": {"claim_p50_big_over_small": lat,
                                        "jobs_per_s_small_over_big": thr}},
                   "\n\n".join(text))

@@ -7,6 +7,8 @@ process against a queue that holds only work it cannot take: a GPU task larger t
 its VRAM budget, a task of a paused queue, a task of a job whose pause was asked for.
 Every row of the tables a claim touches keeps its version (ctid, xmin) and stays
 unlocked (xmax) across the polls. Structural: no timing is asserted.
+
+The processes of one machine also share its duties (notifier, triggers): one runs them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from mediaq import db
 from mediaq.config import Settings
 from mediaq.worker.daemon import Worker, WorkerOptions
-from tests.helpers import MediaqEnv, diagnostic_workflow
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
 CLAIM_TABLES = ("worker_slots", "worker_hosts", "job_tasks", "workflow_jobs", "queues",
                 "step_executions")
@@ -115,3 +117,30 @@ def test_a_poll_still_finds_work(mq: MediaqEnv, worker: Worker) -> None:
             "job_id": claimed[0].id if claimed[0] else 0, "attempt": 1,
             "worker_id": "idle-worker", "task_ids": [claimed[0].task_id if claimed[0] else 0],
             "task_attempts": [1]}) is not None
+
+
+def duty_sessions(mq: MediaqEnv) -> dict[str, int]:
+    rows = mq.query("SELECT application_name AS app, count(*) AS n FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    "   AND application_name IN ('mediaq-notifier', 'mediaq-triggers')"
+                    " GROUP BY 1")
+    return {r["app"]: r["n"] for r in rows}
+
+
+def test_one_process_a_machine_runs_its_duties(mq: MediaqEnv) -> None:
+    """Three worker processes of one machine run one notifier and one trigger runner
+    between them (their sessions say so); when that process is killed, another of the
+    machine's processes takes the duties over."""
+    procs = [mq.start_worker("--jobs", "1", host_id="duty-host") for _ in range(3)]
+    wait_for(lambda: mq.one("SELECT count(*) AS n FROM mediaq.workers"
+                            " WHERE status = 'running'")["n"] == 3, message="3 workers")
+    wait_for(lambda: duty_sessions(mq) == {"mediaq-notifier": 1, "mediaq-triggers": 1},
+             timeout=30, message="one notifier and one trigger runner")
+    holders = [p for p in procs if "listen:host_duties" in mq.worker_log(p)]
+    assert len(holders) == 1
+    holders[0].kill()
+    holders[0].wait(15)
+    wait_for(lambda: sum("listen:host_duties" in mq.worker_log(p) for p in procs
+                         if p is not holders[0]) == 1, timeout=60, message="duties taken over")
+    wait_for(lambda: duty_sessions(mq) == {"mediaq-notifier": 1, "mediaq-triggers": 1},
+             timeout=30, message="one notifier and one trigger runner again")

@@ -42,6 +42,14 @@ CREATE SCHEMA IF NOT EXISTS mediaq;
 -- session of this same worker, or a hash twin), and the lease alone protects its jobs.
 SELECT pg_try_advisory_lock(28017, hashtext(%(worker_id)s)) AS held;
 
+-- name: host_duties_lock
+-- Take this machine's duties (the notifier and the watch-folder and schedule triggers
+-- that `mediaq worker` runs beside its jobs) on the listening session: a session-level
+-- advisory lock in namespace 28018 on hashtext(host). One process a machine holds it,
+-- so fifty processes run one notifier and one trigger runner, not fifty; when that
+-- process ends its session ends, and the next process to try takes them over.
+SELECT pg_try_advisory_lock(28018, hashtext(%(host)s)) AS held;
+
 -- name: worker_register
 -- Record a starting worker (a restarted worker with the same id takes its row over);
 -- liveness_key says whether it holds its liveness lock (worker_liveness_lock).
@@ -205,12 +213,16 @@ WITH slot AS (
     -- SKIP LOCKED: a job row is locked by a sibling task's commit, which may wait for
     -- this machine's host row (a GPU slot's VRAM given back) that a GPU claim holds;
     -- this claim then takes nothing, and the commit's wake-up brings it back.
-    SELECT j.id FROM workflow_jobs j, job_tasks t, candidate
+    SELECT j.id, j.job_code, j.attempt, j.workflow_id,
+           j.status = 'processing' AND j.worker_id IS NOT DISTINCT FROM %(worker_id)s AS mine
+      FROM workflow_jobs j, job_tasks t, candidate
      WHERE t.id = candidate.id AND j.id = t.job_id
        AND j.status IN ('pending', 'queued', 'processing')
        AND NOT j.cancel_requested AND NOT j.pause_requested
        FOR UPDATE OF j SKIP LOCKED
-), job AS (
+), job_moved AS (
+    -- A job this worker already runs (run-ahead, the next item) keeps its row as it is:
+    -- no new row version, no job triggers; its lease follows its tasks' (heartbeat).
     UPDATE workflow_jobs j
        SET status = 'processing',
            attempt = CASE WHEN j.status = 'processing' THEN j.attempt ELSE j.attempt + 1 END,
@@ -224,8 +236,12 @@ WITH slot AS (
            log = CASE WHEN j.status = 'processing' THEN j.log
                       ELSE job_log_append(j.log, %(log_line)s) END
       FROM job_locked
-     WHERE j.id = job_locked.id
+     WHERE j.id = job_locked.id AND NOT job_locked.mine
     RETURNING j.id, j.job_code, j.attempt, j.workflow_id
+), job AS (
+    SELECT id, job_code, attempt, workflow_id FROM job_moved
+    UNION ALL
+    SELECT id, job_code, attempt, workflow_id FROM job_locked WHERE mine
 ), claimed AS (
     UPDATE job_tasks t
        SET state = 'running', worker_id = %(worker_id)s, attempt = t.attempt + 1,

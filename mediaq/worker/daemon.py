@@ -130,6 +130,12 @@ class Worker:
                          if settings.notifications.enabled else None)
         self.triggers = (Triggers(settings, url, runner_id=f"{self.worker_id}:triggers")
                          if settings.triggers.enabled and not options.burst else None)
+        # The notifier and the triggers run in one process of each machine, the one whose
+        # listening session holds the machine's duties (listener.py): not in every one.
+        self.duty_threads: list[threading.Thread] = []
+        self.duty_lock = threading.Lock()
+        if (self.notifier is not None and not options.burst) or self.triggers is not None:
+            self.listener.on_duties = self._start_duties
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -158,35 +164,34 @@ class Worker:
             self.pruner.start()
             if self.object_sweeper is not None:
                 self.object_sweeper.start()
-        notifying = self._start_notifier()
-        triggering = self._start_triggers()
         try:
             self._produce()
         finally:
             self._drain()
-            for helper in (self.notifier, self.triggers):
-                if helper is not None:
-                    helper.stop()
-            for thread in (notifying, triggering):
-                if thread is not None:
-                    thread.join()
+            with self.duty_lock:
+                for helper in (self.notifier, self.triggers):
+                    if helper is not None:
+                        helper.stop()
+                threads, self.duty_threads = self.duty_threads, []
+            for thread in threads:
+                thread.join()
         return self.processed
 
-    def _start_notifier(self) -> threading.Thread | None:
-        """Deliver notifications beside the jobs: all along, or (burst) once at the end."""
-        if self.notifier is None or self.options.burst:
-            return None
-        thread = threading.Thread(target=self.notifier.run, name="mediaq-notifier")
-        thread.start()
-        return thread
-
-    def _start_triggers(self) -> threading.Thread | None:
-        """Watch folders and schedules beside the jobs (not in burst mode)."""
-        if self.triggers is None:
-            return None
-        thread = threading.Thread(target=self.triggers.run, name="mediaq-triggers")
-        thread.start()
-        return thread
+    def _start_duties(self) -> None:
+        """This process holds its machine's duties (called by the listener): deliver
+        notifications (all along; burst mode delivers once at the end instead) and run
+        the watch folders and schedules beside the jobs (not in burst mode)."""
+        with self.duty_lock:
+            if self.stopping.is_set() or self.duty_threads:
+                return
+            if self.notifier is not None and not self.options.burst:
+                self.duty_threads.append(threading.Thread(target=self.notifier.run,
+                                                          name="mediaq-notifier"))
+            if self.triggers is not None:
+                self.duty_threads.append(threading.Thread(target=self.triggers.run,
+                                                          name="mediaq-triggers"))
+            for thread in self.duty_threads:
+                thread.start()
 
     def stop(self) -> None:
         """Stop claiming (SIGTERM/SIGINT); running jobs drain within the grace time."""
