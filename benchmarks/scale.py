@@ -6,6 +6,8 @@
   sessions they hold at peak, and where the CPU goes (PostgreSQL vs the workers)
 - CPU-bound image jobs (4000x3000 JPEG -> 300 px thumbnail) with 1, 2 and 4 worker
   processes of one job each: where the cores set the ceiling
+- what idle worker processes cost PostgreSQL (50, quick: 20, for 30 s, default
+  settings): its CPU as a share of one core, WAL, commits, sessions per process
 
 Run: make bench (BENCH_QUICK=1: 200,000 instead of 1,000,000 queued, fewer processes).
 """
@@ -38,7 +40,7 @@ from mediaq import db
 from mediaq.queries import queries
 from mediaq.worker.claimer import Claimer
 from mediaq.worker.resources import Capacity
-from tests.helpers import MediaqEnv, diagnostic_workflow
+from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 
 BIG_BACKLOG = scaled(1_000_000, 200_000)
 SMALL_BACKLOG = 10_000
@@ -49,6 +51,9 @@ FLEET = (1, 2, 4, 8, 16, 32, 50) if not scaled(0, 1) else (1, 2, 4, 8, 16)
 FLEET_JOBS = scaled(800, 400)
 IMAGES = scaled(24, 12)
 IMAGE_WORKERS = (1, 2, 4)
+IDLE_PROCESSES = scaled(50, 20)
+IDLE_SECONDS = scaled(30, 20)
+IDLE_SETTLE_S = 5.0
 
 
 # ------------------------------------------------------------------ 10k vs 1M queued
@@ -224,6 +229,55 @@ def fleet_scaling(admin: str, root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------ idle fleet
+
+
+def idle_cost(admin: str, root: Path, processes: int = IDLE_PROCESSES,
+              seconds: float = IDLE_SECONDS, pythonpath: str | None = None) -> dict[str, Any]:
+    """``processes`` idle ``mediaq worker --jobs 1`` processes (default settings: lease,
+    poll, notifier and triggers on) on an empty queue for ``seconds``: the PostgreSQL
+    server's CPU (postmaster and every backend, from /proc), its WAL and commits, and the
+    sessions the processes hold. ``pythonpath``: run the workers from another checkout
+    (a before/after comparison in one run)."""
+    env = fresh_env(admin, root)
+    for name in ("MEDIAQ_LEASE_SECONDS", "MEDIAQ_POLL_SECONDS"):
+        env.env.pop(name, None)
+    if pythonpath:
+        env.env["PYTHONPATH"] = pythonpath
+    procs = [env.start_worker("--jobs", "1") for _ in range(processes)]
+    try:
+        wait_for(lambda: env.one("SELECT count(*) AS n FROM workers"
+                                 " WHERE status <> 'stopped'")["n"] >= processes,
+                 timeout=60 + 3 * processes, message=f"{processes} idle workers up")
+        time.sleep(IDLE_SETTLE_S)  # start-up (registration, first checks) behind them
+        meter = CpuMeter(postmaster_pid(root), [p.pid for p in procs])
+        stats_sql = ("SELECT pg_current_wal_lsn() AS lsn, xact_commit AS commits"
+                     " FROM pg_stat_database WHERE datname = current_database()")
+        first, cpu_before, started = env.one(stats_sql), meter.read(), time.monotonic()
+        sessions = [pg_connections(env)]
+        while time.monotonic() - started < seconds:
+            time.sleep(1.0)
+            sessions.append(pg_connections(env))
+        cpu_after, wall = meter.read(), time.monotonic() - started
+        with env.connect() as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn) AS wal,"
+                " (SELECT xact_commit FROM pg_stat_database"
+                "   WHERE datname = current_database()) AS commits",
+                (str(first["lsn"]),)).fetchone()
+            assert row is not None
+            last = {"wal": float(row["wal"]), "commits": int(row["commits"])}
+    finally:
+        env.stop_workers()
+    pg_cpu = cpu_after[0] - cpu_before[0]
+    return {"processes": processes, "seconds": wall,
+            "postgres_core_share": pg_cpu / wall,
+            "workers_core_share": (cpu_after[1] - cpu_before[1]) / wall,
+            "wal_bytes_per_s": last["wal"] / wall,
+            "commits_per_s": (last["commits"] - int(first["commits"])) / wall,
+            "sessions_per_process": max(sessions) / processes}
+
+
 # ------------------------------------------------------------------ CPU-bound image jobs
 
 
@@ -258,6 +312,7 @@ def main() -> None:
         small, big = backlogs(admin, root)
         fleet = fleet_scaling(admin, root)
         images = image_scaling(admin, root)
+        idle = idle_cost(admin, root)
     lat = big["p50_ms"] / small["p50_ms"]
     thr = small["jobs_per_s"] / big["jobs_per_s"]
     plan_ok = big["plan"]["uses_claimable_index"] and not big["plan"]["seq_scan_on_jobs"]
@@ -278,6 +333,15 @@ def main() -> None:
               [[r["processes"], r["jobs_per_s"], r["jobs_per_s"] / fleet[0]["jobs_per_s"],
                 f"{r['connections_idle']}/{r['connections_peak']}", r["per_process_peak"],
                 r["cpu_per_wall"], f"{r['postgres_cpu_share']:.0%}"] for r in fleet]),
+        table(f"Scale: {idle['processes']} idle worker processes (default settings) for "
+              f"{idle['seconds']:.0f} s", ["figure", "value", "target", ""], [
+            ["PostgreSQL CPU, % of one core", 100 * idle["postgres_core_share"],
+             f"<= {2 * idle['processes'] / 50:.1f} (2 % at 50)",
+             verdict(idle["postgres_core_share"] <= 0.02 * idle["processes"] / 50)],
+            ["sessions per process", idle["sessions_per_process"], "<= 1.5",
+             verdict(idle["sessions_per_process"] <= 1.5)],
+            ["WAL bytes/s", idle["wal_bytes_per_s"], "", ""],
+            ["commits/s", idle["commits_per_s"], "", ""]]),
         table(f"Scale: CPU-bound image jobs ({IMAGES} x 4000x3000 JPEG -> 300 px, "
               "--jobs 1 per process)", ["processes", "images/s", "speedup",
                                         "workers CPU/wall", "failed"],
@@ -285,7 +349,7 @@ def main() -> None:
                 r["failed"]] for r in images]),
     ]
     write_results("scale", {"small_backlog": small, "big_backlog": big, "fleet": fleet,
-                            "images": images,
+                            "images": images, "idle": idle,
                             "ratios": {"claim_p50_big_over_small": lat,
                                        "jobs_per_s_small_over_big": thr}},
                   "\n\n".join(text))

@@ -42,6 +42,14 @@ CREATE SCHEMA IF NOT EXISTS mediaq;
 -- session of this same worker, or a hash twin), and the lease alone protects its jobs.
 SELECT pg_try_advisory_lock(28017, hashtext(%(worker_id)s)) AS held;
 
+-- name: host_duties_lock
+-- Take this machine's duties (the notifier and the watch-folder and schedule triggers
+-- that `mediaq worker` runs beside its jobs) on the listening session: a session-level
+-- advisory lock in namespace 28018 on hashtext(host). One process a machine holds it,
+-- so fifty processes run one notifier and one trigger runner, not fifty; when that
+-- process ends its session ends, and the next process to try takes them over.
+SELECT pg_try_advisory_lock(28018, hashtext(%(host)s)) AS held;
+
 -- name: worker_register
 -- Record a starting worker (a restarted worker with the same id takes its row over);
 -- liveness_key says whether it holds its liveness lock (worker_liveness_lock).
@@ -134,11 +142,40 @@ UPDATE worker_slots s
 -- the LIMITs, and SKIP LOCKED lets concurrent claimers pass each other. The general
 -- candidate walks job_tasks_ready (category, priority DESC, id): never the jobs table.
 -- Lock order: slot, task, job (a locked job row is skipped, never waited for).
+-- The slot is locked only once a read-only look (the ready index for the category, the
+-- job's tasks for run-ahead) saw a ready task that fits: locking a row is a write, and
+-- a claim that finds nothing must write nothing (tests/test_idle_claims.py).
 WITH slot AS (
     SELECT host, category, slot
       FROM worker_slots
      WHERE host = %(host)s AND category = %(category)s AND slot <= %(limit)s
        AND job_id IS NULL
+       AND CASE WHEN %(only_preferred)s
+                THEN EXISTS (SELECT 1 FROM job_tasks r
+                              WHERE r.job_id = %(prefer_job_id)s AND r.state = 'ready'
+                                AND r.resource_category = %(category)s
+                                AND (r.retry_after IS NULL OR r.retry_after <= now())
+                                AND r.vram_required <= %(vram_free_mb)s
+                                AND EXISTS (SELECT 1 FROM workflow_jobs j
+                                             WHERE j.id = r.job_id
+                                               AND j.status IN ('pending', 'queued', 'processing')
+                                               AND NOT j.cancel_requested
+                                               AND NOT j.pause_requested))
+                ELSE EXISTS (SELECT 1 FROM job_tasks r
+                              WHERE r.state = 'ready' AND r.resource_category = %(category)s
+                                AND (r.retry_after IS NULL OR r.retry_after <= now())
+                                AND r.vram_required <= %(vram_free_mb)s
+                                AND (%(queues)s::text[] IS NULL
+                                     OR r.queue_name = ANY (%(queues)s::text[]))
+                                AND NOT EXISTS (SELECT 1 FROM queues q
+                                                 WHERE q.queue_name = r.queue_name AND q.paused)
+                                AND EXISTS (SELECT 1 FROM workflow_jobs j
+                                             WHERE j.id = r.job_id
+                                               AND j.status IN ('pending', 'queued', 'processing')
+                                               AND (j.retry_after IS NULL OR j.retry_after <= now())
+                                               AND NOT j.cancel_requested
+                                               AND NOT j.pause_requested))
+           END
      ORDER BY slot
      LIMIT 1
        FOR UPDATE SKIP LOCKED
@@ -180,12 +217,16 @@ WITH slot AS (
     -- SKIP LOCKED: a job row is locked by a sibling task's commit, which may wait for
     -- this machine's host row (a GPU slot's VRAM given back) that a GPU claim holds;
     -- this claim then takes nothing, and the commit's wake-up brings it back.
-    SELECT j.id FROM workflow_jobs j, job_tasks t, candidate
+    SELECT j.id, j.job_code, j.attempt, j.workflow_id,
+           j.status = 'processing' AND j.worker_id IS NOT DISTINCT FROM %(worker_id)s AS mine
+      FROM workflow_jobs j, job_tasks t, candidate
      WHERE t.id = candidate.id AND j.id = t.job_id
        AND j.status IN ('pending', 'queued', 'processing')
        AND NOT j.cancel_requested AND NOT j.pause_requested
        FOR UPDATE OF j SKIP LOCKED
-), job AS (
+), job_moved AS (
+    -- A job this worker already runs (run-ahead, the next item) keeps its row as it is:
+    -- no new row version, no job triggers; its lease follows its tasks' (heartbeat).
     UPDATE workflow_jobs j
        SET status = 'processing',
            attempt = CASE WHEN j.status = 'processing' THEN j.attempt ELSE j.attempt + 1 END,
@@ -199,8 +240,12 @@ WITH slot AS (
            log = CASE WHEN j.status = 'processing' THEN j.log
                       ELSE job_log_append(j.log, %(log_line)s) END
       FROM job_locked
-     WHERE j.id = job_locked.id
+     WHERE j.id = job_locked.id AND NOT job_locked.mine
     RETURNING j.id, j.job_code, j.attempt, j.workflow_id
+), job AS (
+    SELECT id, job_code, attempt, workflow_id FROM job_moved
+    UNION ALL
+    SELECT id, job_code, attempt, workflow_id FROM job_locked WHERE mine
 ), claimed AS (
     UPDATE job_tasks t
        SET state = 'running', worker_id = %(worker_id)s, attempt = t.attempt + 1,
@@ -223,6 +268,41 @@ WITH slot AS (
 SELECT job.*, claimed.*, assigned.slot, assigned.slot_vram_mb,
        (SELECT count(*) FROM slot) AS slot_free
   FROM job, claimed, assigned;
+
+-- name: task_ready_categories
+-- Which of these categories hold a ready task that a claim could take now, VRAM aside:
+-- the read-only look an idle worker's poll takes instead of claiming in every category
+-- (a plain SELECT: no transaction id, no WAL, no row lock). Walks job_tasks_ready.
+SELECT c.category
+  FROM unnest(%(categories)s::text[]) AS c (category)
+ WHERE EXISTS (
+     SELECT 1 FROM job_tasks t
+      WHERE t.state = 'ready' AND t.resource_category = c.category
+        AND (t.retry_after IS NULL OR t.retry_after <= now())
+        AND (%(queues)s::text[] IS NULL OR t.queue_name = ANY (%(queues)s::text[]))
+        AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.queue_name = t.queue_name AND q.paused)
+        AND EXISTS (SELECT 1 FROM workflow_jobs j
+                     WHERE j.id = t.job_id AND j.status IN ('pending', 'queued', 'processing')
+                       AND (j.retry_after IS NULL OR j.retry_after <= now())
+                       AND NOT j.cancel_requested AND NOT j.pause_requested));
+
+-- name: task_fits_vram
+-- Before a GPU claim locks this machine's VRAM ledger (a write, and a wait behind the
+-- machine's other claimers): the VRAM free now (the ledger's, capped by the GPU's own
+-- live figure when known) and whether a ready task of the category fits it (of
+-- %(prefer_job_id)s only, when %(only_preferred)s). Read-only.
+WITH ledger AS (
+    SELECT greatest(0, least(vram_budget_mb - vram_reserved_mb,
+                             coalesce(%(live_free_mb)s::integer, 2147483647))) AS free
+      FROM worker_hosts WHERE host = %(host)s
+)
+SELECT ledger.free AS vram_free_mb,
+       EXISTS (SELECT 1 FROM job_tasks t
+                WHERE t.state = 'ready' AND t.resource_category = %(category)s
+                  AND (t.retry_after IS NULL OR t.retry_after <= now())
+                  AND t.vram_required <= ledger.free
+                  AND (NOT %(only_preferred)s OR t.job_id = %(prefer_job_id)s)) AS fits
+  FROM ledger;
 
 -- name: jobs_mark_waiting
 -- Tell operators why runnable jobs of a category are not starting on this machine.
@@ -571,12 +651,17 @@ SELECT count(*) AS remaining FROM job_tasks
 -- A task's step (item) is done (completed, skipped, or failed under on_failure
 -- continue): the steps waiting for it count one need less (0: ready). The job row is
 -- locked (job_step_committed or job_lock_owned) in this transaction.
+-- The ready task this worker's run-ahead claim takes next (the job's first ready task
+-- of the same category, in the claim's order, when it is one this statement readied)
+-- goes into mediaq.run_ahead_task for the rest of the transaction: task_after_update
+-- wakes no other process for it (they would only race the run-ahead, or find nothing).
+-- Should the worker not claim it after all (stopping), the others' polls find it.
 WITH done AS (
     UPDATE job_tasks t
        SET state = %(state)s, completed_at = now(), lease_expires_at = NULL
      WHERE t.id = %(task_id)s AND t.job_id = %(job_id)s AND t.worker_id = %(worker_id)s
        AND t.state = 'running'
-    RETURNING t.id, t.job_id, t.step_number
+    RETURNING t.id, t.job_id, t.step_number, t.resource_category
 ), readied AS (
     UPDATE job_tasks d
        SET pending_needs = d.pending_needs - 1,
@@ -584,9 +669,22 @@ WITH done AS (
       FROM done
      WHERE d.job_id = done.job_id AND d.state = 'waiting' AND d.item_index IS NULL
        AND done.step_number = ANY (d.need_steps)
-    RETURNING d.id
+    RETURNING d.id, d.state, d.step_number, d.resource_category
+), ahead AS (
+    SELECT set_config('mediaq.run_ahead_task', coalesce((
+        SELECT r.id::text FROM readied r
+         WHERE r.state = 'ready' AND r.resource_category = done.resource_category
+           AND NOT EXISTS (SELECT 1 FROM job_tasks o  -- ready before this statement
+                            WHERE o.job_id = done.job_id AND o.state = 'ready'
+                              AND o.resource_category = done.resource_category
+                              AND o.step_number <= r.step_number)
+         ORDER BY r.step_number, r.id
+         LIMIT 1), ''), true) AS task_id
+      FROM done
 )
-SELECT done.id, (SELECT count(*) FROM readied) AS readied FROM done;
+SELECT done.id, (SELECT count(*) FROM readied) AS readied,
+       (SELECT nullif(task_id, '') FROM ahead) AS run_ahead_task
+  FROM done;
 
 -- name: task_expand
 -- A fan-out's task made its items: one ready task per item, and the steps waiting for

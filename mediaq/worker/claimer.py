@@ -105,6 +105,16 @@ class Claimer:
                           task_id=row["task_id"], task_attempt=row["task_attempt"],
                           step_id=row["step_id"] or 0, item_index=row["item_index"])
 
+    def ready_categories(self, categories: list[str]) -> set[str]:
+        """Which of ``categories`` hold a ready task a claim could take now (VRAM aside),
+        in one read-only statement: an idle worker's poll, which writes nothing."""
+        if not categories:
+            return set()
+        with self.pool.connection() as conn:
+            rows = db.fetch_all(conn, "task_ready_categories",
+                                {"categories": categories, "queues": self.queues})
+        return {row["category"] for row in rows}
+
     def _claim_params(self, category: str, vram_free: int) -> dict[str, Any]:
         return {
             "host": self.host, "category": category, "gpu": category in GPU_CATEGORIES,
@@ -116,7 +126,18 @@ class Claimer:
 
     def _claim_with_vram(self, category: str, extra: dict[str, Any]) -> db.Row | None:
         """A GPU claim: the machine's VRAM ledger locked, read, and charged with the task's
-        VRAM in the claim's transaction."""
+        VRAM in the claim's transaction; only once a read-only look saw a ready task that
+        fits the VRAM free (locking the ledger is a write, and the machine's other
+        claimers queue behind it)."""
+        peek = db.fetch_one_now(self.pool, "task_fits_vram", {
+            "host": self.host, "category": category,
+            "live_free_mb": self.capacity.live_vram_free_mb(), **extra})
+        if peek is None or not peek["fits"]:
+            if not extra.get("only_preferred"):
+                with self.pool.connection() as conn:  # writes only reasons that change
+                    self._explain_waiting(conn, category,
+                                          int(peek["vram_free_mb"]) if peek else 0)
+            return None
         with db.transaction(self.pool) as conn:
             vram_free = self._vram_free(conn)
             row = db.fetch_one(conn, "task_claim_next",

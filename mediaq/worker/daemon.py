@@ -133,6 +133,12 @@ class Worker:
                          if settings.notifications.enabled else None)
         self.triggers = (Triggers(settings, url, runner_id=f"{self.worker_id}:triggers")
                          if settings.triggers.enabled and not options.burst else None)
+        # The notifier and the triggers run in one process of each machine, the one whose
+        # listening session holds the machine's duties (listener.py): not in every one.
+        self.duty_threads: list[threading.Thread] = []
+        self.duty_lock = threading.Lock()
+        if (self.notifier is not None and not options.burst) or self.triggers is not None:
+            self.listener.on_duties = self._start_duties
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -162,35 +168,34 @@ class Worker:
             self.pruner.start()
             if self.object_sweeper is not None:
                 self.object_sweeper.start()
-        notifying = self._start_notifier()
-        triggering = self._start_triggers()
         try:
             self._produce()
         finally:
             self._drain()
-            for helper in (self.notifier, self.triggers):
-                if helper is not None:
-                    helper.stop()
-            for thread in (notifying, triggering):
-                if thread is not None:
-                    thread.join()
+            with self.duty_lock:
+                for helper in (self.notifier, self.triggers):
+                    if helper is not None:
+                        helper.stop()
+                threads, self.duty_threads = self.duty_threads, []
+            for thread in threads:
+                thread.join()
         return self.processed
 
-    def _start_notifier(self) -> threading.Thread | None:
-        """Deliver notifications beside the jobs: all along, or (burst) once at the end."""
-        if self.notifier is None or self.options.burst:
-            return None
-        thread = threading.Thread(target=self.notifier.run, name="mediaq-notifier")
-        thread.start()
-        return thread
-
-    def _start_triggers(self) -> threading.Thread | None:
-        """Watch folders and schedules beside the jobs (not in burst mode)."""
-        if self.triggers is None:
-            return None
-        thread = threading.Thread(target=self.triggers.run, name="mediaq-triggers")
-        thread.start()
-        return thread
+    def _start_duties(self) -> None:
+        """This process holds its machine's duties (called by the listener): deliver
+        notifications (all along; burst mode delivers once at the end instead) and run
+        the watch folders and schedules beside the jobs (not in burst mode)."""
+        with self.duty_lock:
+            if self.stopping.is_set() or self.duty_threads:
+                return
+            if self.notifier is not None and not self.options.burst:
+                self.duty_threads.append(threading.Thread(target=self.notifier.run,
+                                                          name="mediaq-notifier"))
+            if self.triggers is not None:
+                self.duty_threads.append(threading.Thread(target=self.triggers.run,
+                                                          name="mediaq-triggers"))
+            for thread in self.duty_threads:
+                thread.start()
 
     def stop(self) -> None:
         """Stop claiming (SIGTERM/SIGINT); running jobs drain within the grace time."""
@@ -232,18 +237,25 @@ class Worker:
     def _forget_idle(self, *, everything: bool) -> None:
         """Make categories claimable again: those named by a wake-up since the last look
         (a NOTIFY's payload is the category with new work or a freed slot; this process's
-        own finished jobs free theirs), or all of them at least every poll interval, busy
-        or not (jobs whose retry time came, slots freed without a NOTIFY), and on any
-        other payload."""
+        own finished jobs free theirs), all of them on any other payload, and at least
+        every poll interval, busy or not (jobs whose retry time came, slots freed without
+        a NOTIFY), those where one read-only statement sees a ready task: an idle
+        worker's poll writes nothing and claims in no category without work."""
         with self.notified_lock:
             named, self.notified = self.notified, set()
-        now = time.monotonic()
-        if everything or not named <= set(self.capacity.categories) \
-                or now - self.idle_since >= self.settings.worker.poll_seconds:
+        self.idle_categories -= named
+        if not named <= set(self.capacity.categories):
             self.idle_categories.clear()
+        now = time.monotonic()
+        if (everything or now - self.idle_since >= self.settings.worker.poll_seconds) \
+                and self.idle_categories:
             self.idle_since = now
-        else:
-            self.idle_categories -= named
+            free = [c for c in self.capacity.free_categories() if c in self.idle_categories]
+            try:
+                self.idle_categories -= self.claimer.ready_categories(free)
+            except psycopg.OperationalError as exc:
+                self.log.warning("claim:database_error", error=str(exc))
+                self.idle_categories.clear()  # the claims retry (and wait) as before
 
     def _claim_while_room(self) -> bool:
         if self.storage.problem is not None:
@@ -264,10 +276,9 @@ class Worker:
                 self._start(job)
                 claimed_any = True
             else:
-                # Skip it until a wake-up names it: an empty claim still writes (its slot
-                # and, for GPU categories, the host row are locked and committed), and
-                # every job's completion wakes the producer, so without this each job cost
-                # one empty claim per other category (two on a GPU-less machine).
+                # Skip it until a wake-up names it or a poll's read-only look sees work
+                # (_forget_idle): every job's completion wakes the producer, so without
+                # this each job cost one empty claim per other category.
                 self.idle_categories.add(category)
         return claimed_any
 

@@ -10,12 +10,16 @@ has room in that category: a busy process is not woken for work it cannot take, 
 freed slot wakes only the processes of its own machine. Listening is reconciled every
 ``RECONCILE_S``; a wake-up missed in between is caught by the producer's polling
 fallback, and a process that finishes a job claims again on its own.
+
+The same session also holds the machine's duties (``host_duties_lock``) in one process
+of each machine: that process runs the notifier and the triggers for all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -28,12 +32,14 @@ from mediaq.worker.resources import Capacity
 
 log = structlog.get_logger("mediaq.listener")
 RECONCILE_S = 0.25  # how often the channels listened to follow this process's room
+DUTIES_RETRY_S = 5.0  # how often a process without its machine's duties asks for them
 
 
 class Listener:
     def __init__(
         self, url: str, pool: ConnectionPool[db.Connection], *, worker_id: str, host: str,
         capacity: Capacity, notice: Callable[[str], None],
+        on_duties: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.pool = pool
@@ -41,6 +47,11 @@ class Listener:
         self.host = host
         self.capacity = capacity
         self.notice = notice
+        # Called once this session holds its machine's duties (``host_duties_lock``):
+        # the daemon then starts the notifier and the triggers; None: not wanted.
+        self.on_duties = on_duties
+        self.duties = False
+        self._duties_tried = 0.0
         # Set by the daemon once its jobs are drained and handed back: the lock must
         # outlive them, or rescuers would take the jobs of a worker that is finishing.
         self.halt = threading.Event()
@@ -65,6 +76,22 @@ class Listener:
         self.conn = conn
         return held
 
+    def _take_duties(self, conn: db.Connection) -> None:
+        """Ask for this machine's duties (at most every ``DUTIES_RETRY_S``) until held;
+        once this process runs them it keeps them, even across a reconnection (another
+        process may then run them too for a while: both claim their rows SKIP LOCKED)."""
+        if self.on_duties is None or self.duties:
+            return
+        now = time.monotonic()
+        if now - self._duties_tried < DUTIES_RETRY_S:
+            return
+        self._duties_tried = now
+        row = db.fetch_one(conn, "host_duties_lock", {"host": self.host})
+        if row and row["held"]:
+            self.duties = True
+            self.log.info("listen:host_duties", host=self.host)
+            self.on_duties()
+
     def run(self) -> None:
         """Wake the producer on NOTIFY; reconnect (and retake the lock) after outages."""
         while not self.halt.is_set():
@@ -79,6 +106,7 @@ class Listener:
                 assert conn is not None
                 while not self.halt.is_set():
                     self._reconcile(conn)
+                    self._take_duties(conn)
                     for notify in conn.notifies(timeout=RECONCILE_S, stop_after=1):
                         self.notice(notify.payload)
             except psycopg.Error as exc:
