@@ -22,6 +22,7 @@ import pytest
 from mediaq import db, prune
 from mediaq.config import load_settings
 from mediaq.storage.setup import object_storage
+from mediaq.worker import publications
 from mediaq.worker.maintenance.object_sweeper import sweep_once
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
 from tests.s3_server import CREDENTIALS, MOTO_SERVER, HoldingProxy, moto_server
@@ -161,6 +162,42 @@ def test_the_last_steps_outputs_are_published_before_the_job_completes(
     assert "publication:finished_leftovers" in mq.worker_log(rescuer)
     assert [len(inodes) for inodes in watch.seen.values()] == [1]
     assert mq.job(code)["output_file_path"] == str(final)
+
+
+def test_a_publication_another_live_publisher_holds_is_left_to_it(mq: MediaqEnv) -> None:
+    """One publisher at a time: a publication a live worker holds (it may be copying a
+    large object now) is not taken by another worker's maintenance pass; once that
+    worker's session is gone its claim ends and the next pass publishes it, once."""
+    mq.apply_workflow(diagnostic_workflow(
+        "T-HELD", {"action": "sleep", "parameters": {"seconds": 0, "output_bytes": 2000}}))
+    source = mq.inputs / "held.bin"
+    source.write_bytes(b"input")
+    code = mq.submit("T-HELD", source)
+    killed_after_commit(mq, code, "after_commit")
+    (pending,) = publications_of(mq, code)
+    assert pending["claimed_by"] == "victim"  # the committing worker held it
+    final = Path(pending["final"])
+    objects = object_storage(load_settings(mq.env).storage)
+    pool = db.make_pool(mq.url, size=2)
+    try:
+        with psycopg.connect(mq.url, autocommit=True) as holder:
+            # A live publisher (its session holds its liveness lock) claims it.
+            holder.execute("INSERT INTO mediaq.workers (worker_id, host, liveness_key)"
+                           " VALUES ('holder', 'elsewhere', hashtext('holder'))")
+            holder.execute("SELECT pg_advisory_lock(28017, hashtext('holder'))")
+            holder.execute("UPDATE mediaq.publications SET claimed_by = 'holder',"
+                           " claimed_until = now() + interval '1 hour' WHERE id = %s",
+                           (pending["id"],))
+            assert publications.publish_leftovers(pool, objects, "sweeper") == (0, 0)
+            assert not final.exists()
+        # The holder's session ended: its claim with it.
+        assert publications.publish_leftovers(pool, objects, "sweeper") == (1, 0)
+        assert publications.publish_leftovers(pool, objects, "sweeper") == (0, 0)
+    finally:
+        pool.close()
+    assert hashlib.sha256(final.read_bytes()).hexdigest() == pending["sha256"]
+    (done,) = publications_of(mq, code)
+    assert done["published_at"] is not None and done["claimed_by"] == "sweeper"
 
 
 # -- object storage --------------------------------------------------------------------------

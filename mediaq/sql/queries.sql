@@ -1834,10 +1834,11 @@ SELECT paused_by, paused_at FROM worker_hosts WHERE host = %(host)s;
 -- name: publications_record
 -- What a step's commit makes its outputs (in the commit, the job row locked): each staged
 -- copy and its final location, size and SHA-256; their ids, in the order given.
+-- The committing worker holds them (claimed) while it moves them after the commit.
 INSERT INTO publications (job_id, execution_id, job_attempt, staged, final, size_bytes,
-                          sha256)
+                          sha256, claimed_by, claimed_until)
 SELECT %(job_id)s, %(execution_id)s, %(job_attempt)s, p.staged, p.final, p.size_bytes,
-       p.sha256
+       p.sha256, %(worker_id)s, now() + make_interval(secs => %(claim_seconds)s)
   FROM unnest(%(staged)s::text[], %(final)s::text[], %(size_bytes)s::bigint[],
               %(sha256)s::text[]) WITH ORDINALITY AS p (staged, final, size_bytes, sha256, n)
  ORDER BY p.n
@@ -1856,11 +1857,29 @@ SELECT id, staged, final, size_bytes, sha256 FROM publications
  WHERE job_id = %(job_id)s AND published_at IS NULL
  ORDER BY id;
 
--- name: publications_pending
--- Committed outputs not yet published for at least some seconds (their worker died or
--- lost its store after its commit), oldest first: the maintenance loop finishes them.
-SELECT id, staged, final, size_bytes, sha256 FROM publications
- WHERE published_at IS NULL
-   AND created_at < now() - make_interval(secs => %(older_than_s)s)
- ORDER BY id
- LIMIT %(limit)s;
+-- name: publications_claim
+-- Take committed outputs not yet published (of one job, or of any when job_id is NULL)
+-- that no live publisher holds: unclaimed, past their claim, or claimed by a worker
+-- whose session is gone (its liveness lock is free, as jobs_rescue_expired tells).
+-- Oldest first; held rows are skipped.
+UPDATE publications p
+   SET claimed_by = %(worker_id)s,
+       claimed_until = now() + make_interval(secs => %(claim_seconds)s)
+ WHERE p.id IN (
+    SELECT q.id FROM publications q
+     WHERE q.published_at IS NULL
+       AND (%(job_id)s::bigint IS NULL OR q.job_id = %(job_id)s::bigint)
+       AND (q.claimed_until IS NULL OR q.claimed_until < now()
+            OR (q.claimed_by IS DISTINCT FROM %(worker_id)s
+                AND (SELECT pg_try_advisory_xact_lock(28017, w.liveness_key) FROM workers w
+                      WHERE w.worker_id = q.claimed_by AND w.liveness_key IS NOT NULL)))
+     ORDER BY q.id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED)
+RETURNING p.id, p.staged, p.final, p.size_bytes, p.sha256;
+
+-- name: publications_release
+-- Let the next comer take these at once (this publisher could not move them: its store
+-- or disk failed).
+UPDATE publications SET claimed_by = NULL, claimed_until = NULL
+ WHERE id = ANY (%(ids)s::bigint[]) AND published_at IS NULL AND claimed_by = %(worker_id)s;

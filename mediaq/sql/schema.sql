@@ -2420,7 +2420,12 @@ CREATE TABLE publications (
     size_bytes   BIGINT NOT NULL CHECK (size_bytes >= 0),
     sha256       TEXT NOT NULL,
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
-    published_at TIMESTAMPTZ
+    published_at TIMESTAMPTZ,
+    -- Who is moving it now, until when (one publisher at a time: a second copy of a large
+    -- object would be a second version at its final key). The committing worker holds
+    -- it from its commit; a claim ends early when its worker's session is gone.
+    claimed_by    TEXT,
+    claimed_until TIMESTAMPTZ
 );
 CREATE INDEX publications_pending ON publications (job_id) WHERE published_at IS NULL;
 CREATE INDEX publications_execution ON publications (execution_id);

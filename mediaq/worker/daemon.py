@@ -111,7 +111,7 @@ class Worker:
         self.pruner = Pruner(url, settings.storage.retention_days,
                              settings.storage.staging)
         # Outputs a worker committed but did not live to publish (publications).
-        self.publisher = Publisher(self.pool, self.executor.objects)
+        self.publisher = Publisher(self.pool, self.executor.objects, self.worker_id)
         self.object_sweeper = (ObjectSweeper(url, self.executor.objects,
                                              settings.storage.s3_sweep_seconds)
                                if settings.storage.remote_output_root else None)

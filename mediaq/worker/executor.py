@@ -127,11 +127,11 @@ class Executor(StepRunner):
     def _run_steps(self, handle: JobHandle, run: JobRun, *, fresh: bool = True) -> JobOutcome:
         if handle.publications_left or any(h.get("unpublished")
                                            for h in run.history.values()):
-            # Earlier steps' outputs that their worker committed but did not publish (it
-            # died after its COMMIT): published before anything reads them, and before
-            # their staging folders could be taken for leftovers.
+            # Earlier steps' outputs committed but not yet in place (their worker died
+            # after its COMMIT, or is still copying them): published, or waited for,
+            # before anything reads them or their staging folders are taken for leftovers.
             handle.publications_left = publications.finish_job(
-                handle.pool, self.objects, handle.job_id) > 0
+                handle.pool, self.objects, handle.worker_id, handle.job_id) > 0
         if fresh:
             prepared = self._prepare(handle, run)
             if prepared is not None:

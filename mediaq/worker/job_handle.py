@@ -25,7 +25,7 @@ from mediaq import db
 from mediaq.errors import LeaseLost
 from mediaq.logs import log_line
 from mediaq.storable import storable
-from mediaq.worker.publications import Publication
+from mediaq.worker.publications import CLAIM_S, Publication
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -210,7 +210,8 @@ class JobHandle:
             if publications:
                 rows = db.fetch_all(conn, "publications_record", storable({
                     "job_id": self.job_id, "execution_id": execution_id,
-                    "job_attempt": self.attempt,
+                    "job_attempt": self.attempt, "worker_id": self.worker_id,
+                    "claim_seconds": CLAIM_S,
                     "staged": [p.staged for p in publications],
                     "final": [p.final for p in publications],
                     "size_bytes": [p.size_bytes for p in publications],

@@ -8,7 +8,10 @@ worker that lost its task (its commit refused) publishes nothing.
 
 Between the commit and the move the worker may die, or its store may fail: the committed
 step's files are then finished by whoever comes next, each idempotent (a final location
-that already holds the recorded bytes is only marked):
+that already holds the recorded bytes is only marked). One publisher at a time moves a
+publication (``claimed_by``/``claimed_until``: the committing worker holds its own from
+the commit; a claim ends when its worker's session does, or after ``CLAIM_S``), so a
+large object is never copied twice to its final key by two hosts at once:
 
 - the same worker, right after its COMMIT (the normal path, ``publish_committed``);
 - a task of the same job about to read earlier outputs, on any host (``finish_job``);
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,12 @@ from mediaq.storage.remote import ObjectStorage
 from mediaq.storage.uri import is_s3
 
 log = structlog.get_logger("mediaq.publications")
+
+CLAIM_S = 300
+"""How long a publisher holds a publication it moves; a copy that outlasts it (an object
+of many gigabytes) may be made a second time by the next comer (the same bytes)."""
+WAIT_POLL_S = 0.5
+"""How often a task waiting for another publisher's move looks again."""
 
 FAILPOINT_ENV = "MEDIAQ_TEST_FAILPOINT"
 """Tests only: ``after_commit`` (or ``after_commit:<step number>``) kills the worker
@@ -111,44 +121,64 @@ def mark_done(pool: ConnectionPool[db.Connection], ids: list[int]) -> None:
             db.execute(conn, "publications_done", {"ids": ids})
 
 
+def release(pool: ConnectionPool[db.Connection], worker_id: str, ids: list[int]) -> None:
+    if ids:
+        with db.transaction(pool) as conn:
+            db.execute(conn, "publications_release", {"ids": ids, "worker_id": worker_id})
+
+
 def publish_committed(pool: ConnectionPool[db.Connection], objects: ObjectStorage,
-                      ids: Sequence[int], planned: Sequence[Publication]) -> int:
+                      worker_id: str, ids: Sequence[int],
+                      planned: Sequence[Publication]) -> int:
     """The committing worker, right after its COMMIT: publish what it recorded (``ids``
-    in the order of ``planned``); how many are left for the next comer."""
+    in the order of ``planned``, claimed by the commit); how many are left for the next
+    comer (released to it at once)."""
     rows = [{"id": pid, "staged": p.staged, "final": p.final, "size_bytes": p.size_bytes,
              "sha256": p.sha256} for pid, p in zip(ids, planned, strict=True)]
     done, left = publish_rows(objects, rows, verify=False)
     try:
         mark_done(pool, done)
+        release(pool, worker_id, [pid for pid in ids if pid not in done])
     except Exception as exc:  # the files are in place; the next comer only marks them
         log.warning("publication:mark_failed", error=str(exc).splitlines()[0])
     return left
 
 
-def finish_job(pool: ConnectionPool[db.Connection], objects: ObjectStorage,
-               job_id: int) -> int:
-    """Before a task reads its job's earlier outputs: publish what committed steps of the
-    job left unpublished (their worker died after its commit); how many are still left."""
-    with pool.connection() as conn:
-        rows = db.fetch_all(conn, "publications_pending_of_job", {"job_id": job_id})
-    if not rows:
-        return 0
-    done, left = publish_rows(objects, rows, verify=True)
-    mark_done(pool, done)
-    log.info("publication:finished_leftovers", job_id=job_id, published=len(done), left=left)
-    return left
-
-
-def publish_leftovers(pool: ConnectionPool[db.Connection], objects: ObjectStorage, *,
-                      older_than_s: float, limit: int = 100) -> tuple[int, int]:
-    """The maintenance loop's pass: committed outputs unpublished for ``older_than_s``
-    (whose worker died, or whose job has no task left to read them); (published, left)."""
-    with pool.connection() as conn:
-        rows = db.fetch_all(conn, "publications_pending",
-                            {"older_than_s": older_than_s, "limit": limit})
+def _claim_and_publish(pool: ConnectionPool[db.Connection], objects: ObjectStorage,
+                       worker_id: str, job_id: int | None, limit: int) -> tuple[int, int]:
+    """Claim what no live publisher holds (of one job, or any), move it; (published,
+    left by this publisher)."""
+    with db.transaction(pool) as conn:
+        rows = db.fetch_all(conn, "publications_claim", {
+            "worker_id": worker_id, "job_id": job_id, "claim_seconds": CLAIM_S,
+            "limit": limit})
     if not rows:
         return 0, 0
     done, left = publish_rows(objects, rows, verify=True)
     mark_done(pool, done)
-    log.info("publication:finished_leftovers", published=len(done), left=left)
+    release(pool, worker_id, [int(r["id"]) for r in rows if int(r["id"]) not in done])
+    log.info("publication:finished_leftovers", job_id=job_id, published=len(done), left=left)
     return len(done), left
+
+
+def finish_job(pool: ConnectionPool[db.Connection], objects: ObjectStorage, worker_id: str,
+               job_id: int, wait_s: float = CLAIM_S) -> int:
+    """Before a task reads its job's earlier outputs: publish what committed steps of the
+    job left unpublished (their worker died after its commit, or its store failed), and
+    wait for those another live publisher is moving now; how many are still left."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        _, left = _claim_and_publish(pool, objects, worker_id, job_id, limit=1000)
+        with pool.connection() as conn:
+            pending = len(db.fetch_all(conn, "publications_pending_of_job",
+                                       {"job_id": job_id}))
+        if pending == 0 or left or time.monotonic() > deadline:
+            return pending
+        time.sleep(WAIT_POLL_S)  # another publisher holds them: its copy lands soon
+
+
+def publish_leftovers(pool: ConnectionPool[db.Connection], objects: ObjectStorage,
+                      worker_id: str, *, limit: int = 100) -> tuple[int, int]:
+    """The maintenance loop's pass: committed outputs no live publisher holds (whose
+    worker died, or whose job has no task left to read them); (published, left)."""
+    return _claim_and_publish(pool, objects, worker_id, None, limit)

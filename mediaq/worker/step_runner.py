@@ -288,7 +288,8 @@ class StepRunner:
             assert run.input_path is not None
             return StepFailed(ErrorClass.PERMANENT, cannot_store(run.input_path.name, reason))
         publications.failpoint("after_commit", step.number)
-        left = publications.publish_committed(handle.pool, self.objects, ids, planned)
+        left = publications.publish_committed(handle.pool, self.objects, handle.worker_id,
+                                                    ids, planned)
         if self.objects.output_root is not None:
             # This host's copy of each output, for later steps here (local_copy checks
             # it against the record before use): not a published output.
