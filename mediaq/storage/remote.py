@@ -78,24 +78,19 @@ class ObjectStorage:
             return self.fetch(S3Uri.parse(location), held=held)
         return Path(self.path_map.to_local(location))
 
-    def local_copy(self, location: str, output_data: dict[str, Any] | None = None,
-                   fresh: bool = False) -> Path:
+    def local_copy(self, location: str, output_data: dict[str, Any] | None = None) -> Path:
         """A path this host can open for a recorded output: an ``s3://`` object is read
         from this host's copy in the local output folder when its size and SHA-256 still
-        match the record (the step ran here; ``fresh``: it is being committed now, its
-        copy lands there with the commit), else fetched through the cache; a local path
-        goes through the path map."""
+        match the record (the step ran here), else fetched through the cache; a local
+        path goes through the path map."""
         if not is_s3(location):
             return Path(self.path_map.to_local(location))
         record = next((o for o in (output_data or {}).get("outputs", [])
                        if o.get("path") == location), None)
         job_code, name = location.rsplit("/", 2)[-2:]
-        if self.local_outputs is not None:
-            here = self.local_outputs / job_code / name
-            if fresh:
-                return here
-            if record is not None and self._matches(here, location, record):
-                return here
+        if self.local_outputs is not None and record is not None \
+                and self._matches(self.local_outputs / job_code / name, location, record):
+            return self.local_outputs / job_code / name
         return self.localize(location)
 
     def _matches(self, here: Path, location: str, record: dict[str, Any]) -> bool:
