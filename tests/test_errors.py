@@ -267,3 +267,38 @@ def test_errors_and_signals_cross_the_process_boundary_intact(tmp_path: Path) ->
     with pytest.raises(Cancelled):
         run_isolated("sleep", [context("sleep", {"seconds": 5}, cancel_event=stop)],
                      fused=False, settings=isolated)
+
+
+def test_an_isolated_step_asks_the_worker_for_what_it_reads(tmp_path: Path) -> None:
+    """A step in a child gets its source, and any earlier output, from the worker when it
+    opens it (the worker's resolver runs in the parent), and only then; it sees its
+    needed steps' results."""
+    stored = tmp_path / "store" / "made.bin"
+    stored.parent.mkdir()
+    stored.write_bytes(b"made by another host")
+    asked: list[str] = []
+
+    def fetch(output: dict[str, object]) -> Path:  # the worker's side: a "download"
+        asked.append(str(output["path"]))
+        return stored
+
+    record = {"path": "s3://bucket/jobs/J/made.bin", "step": 1}
+    ctx = ActionContext(
+        job_code="TEST-1", step_number=2, step_name="checksum", input_path=stored,
+        source_path=lambda: fetch(record), source_location=str(record["path"]),
+        params={}, staging_dir=tmp_path / "stage", resolve_output=fetch,
+        previous_outputs=[record, {"path": "s3://bucket/jobs/J/other.bin", "step": 1}],
+        needs_outputs={"make": {"outputs": [record], "value": 7}}, item_index=None)
+    isolated = Settings().replace(step_isolation=True)
+    (result,) = run_isolated("checksum", [ctx], fused=False, settings=isolated)
+    assert asked == [record["path"]]  # the source alone, not the other output
+    assert result.data["source"] == record["path"]
+    assert result.data["size_bytes"] == stored.stat().st_size
+    (echoed,) = run_isolated("echo", [ActionContext(
+        job_code="TEST-1", step_number=2, step_name="echo", input_path=stored,
+        source_path=lambda: fetch(record), params={"value": 1},
+        staging_dir=tmp_path / "stage", resolve_output=fetch,
+        needs_outputs={"make": {"outputs": [record], "value": 7}})],
+        fused=False, settings=isolated)
+    assert echoed.data["received"] == {"make": 7}
+    assert asked == [record["path"]]  # echo opened nothing

@@ -417,3 +417,68 @@ def test_a_job_resumed_on_another_host_reads_earlier_outputs_from_the_store(
     outputs = check_outputs(store, job)
     assert any(o["path"].endswith("_manifest.json") for o in outputs)
     assert list((mq.root / "host-b" / "cache").iterdir())  # step 1's object came this way
+
+
+def downloads(log: str) -> list[tuple[int | None, str]]:
+    """What a worker fetched into its cache, in order: (the step whose action asked for
+    it, None for the job's input), the object's URI; from its JSON log lines."""
+    fetched = []
+    for line in log.splitlines():
+        if '"cache:downloaded"' in line:
+            event = json.loads(line)
+            fetched.append((event.get("step"), event["uri"]))
+    return fetched
+
+
+def test_a_late_step_on_another_host_fetches_only_the_output_it_reads(store: Store) -> None:
+    """Host A makes three objects (steps 1-3) and is killed in step 4; host B (its own
+    MEDIAQ_HOME and cache, no shared folder) runs step 4, which needs step 2 and reads
+    its object alone: B fetches the job's input and that object, not the two others,
+    until finalize_job (verify_checksums) reads every output."""
+    mq = store.mq
+    made = [{"action": "sleep", "step_name": f"make {n}",
+             "parameters": {"seconds": 0, "output_bytes": 4000 + n}} for n in (1, 2, 3)]
+    mq.apply_workflow(diagnostic_workflow(
+        "T-LAZY", *made,
+        {"action": "sleep", "step_name": "read", "needs": [2], "parameters": {"seconds": 30}},
+        {"action": "finalize_job", "needs": [3, 4], "parameters": {"verify_checksums": True}}))
+    code = mq.submit("T-LAZY", store.put("lazy.bin", b"input"))
+
+    def states() -> dict[int, str]:
+        return {r["step_number"]: r["status"] for r in mq.query(
+            "SELECT ws.step_number, se.status FROM step_executions se JOIN workflow_jobs j"
+            " ON j.id = se.job_id JOIN workflow_steps ws ON ws.id = se.step_id"
+            " WHERE j.job_code = %s", (code,))}
+
+    host_a = mq.start_worker("--id", "host-a", home=str(mq.root / "host-a"))
+    wait_for(lambda: states().get(3) == "completed" and states().get(4) == "running",
+             timeout=60, message="host A to make three objects and start step 4",
+             otherwise=states)
+    os.kill(host_a.pid, signal.SIGKILL)
+    host_a.wait(10)
+    mq.query("UPDATE workflow_steps SET action = 'checksum', parameters = '{}'"
+             " WHERE step_number = 4 AND workflow_id = (SELECT id FROM workflow_definitions"
+             " WHERE workflow_code = 'T-LAZY')")
+    host_b = mq.start_worker("--id", "host-b", home=str(mq.root / "host-b"),
+                             cache_dir=str(mq.root / "host-b" / "cache"))
+    wait_for(lambda: mq.job(code)["status"] in ("completed", "failed"), timeout=120,
+             message="host B to finish the job")
+    job = mq.job(code)
+    assert job["status"] == "completed", job["error_message"]
+    outputs = check_outputs(store, job)  # finalize_job verified every checksum on B
+    objects = {o["step"]: o for o in outputs}
+    read = mq.one("SELECT se.output_data FROM step_executions se JOIN workflow_jobs j ON"
+                  " j.id = se.job_id JOIN workflow_steps ws ON ws.id = se.step_id WHERE"
+                  " j.job_code = %s AND ws.step_number = 4 AND se.status = 'completed'",
+                  (code,))["output_data"]
+    assert (read["source"], read["sha256"]) == (objects[2]["path"], objects[2]["sha256"])
+    fetched = downloads(mq.worker_log(host_b))
+    # Nothing fetched ahead of an action's read: the input alone came without a step.
+    assert [uri for step, uri in fetched if step is None] == [
+        f"s3://{store.inputs}/uploads/lazy.bin"]
+    assert [uri for step, uri in fetched if step == 4] == [objects[2]["path"]]
+    # finalize_job read the two others (step 2's object was in B's cache already).
+    assert sorted(uri for step, uri in fetched if step == 5) == sorted(
+        [objects[1]["path"], objects[3]["path"]])
+    assert len(fetched) == 4
+    assert len([e for e in (mq.root / "host-b" / "cache").iterdir() if e.is_dir()]) == 4

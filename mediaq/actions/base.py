@@ -40,6 +40,10 @@ class ActionResult:
 
 
 ProgressFn = Callable[[float, str | None], None]
+# The worker's way to a path this host can open for an earlier output (a record from
+# ``previous_outputs`` or ``needs_outputs``): an object in a store is fetched then, and
+# only then, through the host's cache.
+OutputResolver = Callable[[dict[str, Any]], Path]
 
 
 class SubmitFiles(Protocol):
@@ -61,7 +65,7 @@ class ActionContext:
         step_number: int,
         step_name: str,
         input_path: Path,
-        source_path: Path,
+        source_path: Path | Callable[[], Path],
         params: dict[str, Any],
         staging_dir: Path,
         attempt: int = 0,
@@ -76,18 +80,29 @@ class ActionContext:
         library_roots: tuple[Path, ...] = (),
         needs_outputs: dict[str, Any] | None = None,
         item_index: int | None = None,
+        resolve_output: OutputResolver | None = None,
+        source_location: str | None = None,
     ) -> None:
         self.job_code = job_code
         self.step_number = step_number
         self.step_name = step_name
         self.input_path = input_path
-        self.source_path = source_path
+        # The source (an earlier step's primary output, else the job's input) as a path
+        # here: a callable is asked the first time an action reads ``source_path``, so a
+        # step that never opens it never fetches it.
+        self._source: Path | Callable[[], Path] = source_path
+        # Where the source is recorded (the output's ``path``: an s3:// object stays one).
+        self.source_location = (source_location if source_location is not None
+                                else str(source_path) if isinstance(source_path, Path) else "")
+        self._resolve_output = resolve_output
+        self._resolve_lock = threading.Lock()
         self.params = params
         self.attempt = attempt  # earlier executions of this step for this job
         self.staging_dir = staging_dir
         self.deadline = deadline
         self.cancel_event = cancel_event or threading.Event()
-        # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256, …).
+        # Outputs of the job's earlier steps, as recorded (path, role, size_bytes, sha256,
+        # …); ``path`` may be an s3:// object: open one through ``local_path(output)``.
         self.previous_outputs = list(previous_outputs or [])
         self.workflow_code = workflow_code
         # The output_data of the steps this one needs, by the step name's slug
@@ -103,6 +118,37 @@ class ActionContext:
         self._submit_files = submit_files
         self._on_progress = on_progress
         self._on_log = on_log
+
+    @property
+    def source_path(self) -> Path:
+        """The file this step reads (fetched on first use where it lives in a store)."""
+        source = self._source
+        if isinstance(source, Path):
+            return source
+        with self._resolve_lock:
+            if not isinstance(self._source, Path):
+                self._source = self._source()
+            return self._source
+
+    @source_path.setter
+    def source_path(self, path: Path) -> None:
+        self._source = path
+        self.source_location = str(path)
+
+    @property
+    def source_if_resolved(self) -> Path | None:
+        """The source's path if it is known without fetching anything, else None."""
+        return self._source if isinstance(self._source, Path) else None
+
+    def local_path(self, output: dict[str, Any]) -> Path:
+        """A path this host can open for ``output`` (an entry of ``previous_outputs`` or
+        of a needed step's ``outputs``): an ``s3://`` object is fetched through the
+        host's cache when this is called (reused when this host made it), a local output
+        is its own path (through the host's path map). Call it only for outputs the
+        action reads: each one called for may be a download."""
+        if self._resolve_output is not None:
+            return self._resolve_output(output)
+        return Path(output.get("local_path") or output["path"])
 
     def output_path(self, filename: str) -> Path:
         """A staging path for an output called ``filename`` in the job's output folder."""

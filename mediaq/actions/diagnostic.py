@@ -10,6 +10,7 @@ import random
 from mediaq.actions import action
 from mediaq.actions.base import ActionContext, ActionResult, OutputFile
 from mediaq.errors import PermanentError, TransientError
+from mediaq.outputs import sha256_of
 
 
 @action("noop", {"properties": {}})
@@ -27,6 +28,15 @@ def echo(ctx: ActionContext) -> ActionResult:
                 for name, out in ctx.needs_outputs.items()}
     return ActionResult(data={"value": ctx.params["value"], "item": ctx.item_index,
                               "received": received})
+
+
+@action("checksum", {"properties": {}})
+def checksum(ctx: ActionContext) -> ActionResult:
+    """The SHA-256 and size of the step's source (an earlier step's primary output, else
+    the job's input): a step that reads one file of the job and nothing else."""
+    path = ctx.source_path
+    return ActionResult(data={"name": path.name, "size_bytes": path.stat().st_size,
+                              "sha256": sha256_of(path), "source": ctx.source_location})
 
 
 @action(

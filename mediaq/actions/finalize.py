@@ -29,7 +29,7 @@ def finalize_job(ctx: ActionContext) -> ActionResult:
     outputs = ctx.previous_outputs
     for index, output in enumerate(outputs, start=1):
         ctx.progress(index / max(len(outputs), 1), "verifying outputs")
-        _verify(output, checksum=ctx.params["verify_checksums"])
+        _verify(ctx, output, checksum=ctx.params["verify_checksums"])
     summary = {
         "job_code": ctx.job_code,
         "output_count": len(outputs),
@@ -44,9 +44,9 @@ def finalize_job(ctx: ActionContext) -> ActionResult:
     return ActionResult(outputs=[OutputFile(path, role="report")], data=summary)
 
 
-def _verify(output: dict[str, Any], *, checksum: bool) -> None:
-    # ``local_path``: where this host reads an output recorded as an s3:// object.
-    path = Path(output.get("local_path") or output["path"])
+def _verify(ctx: ActionContext, output: dict[str, Any], *, checksum: bool) -> None:
+    # An output recorded as an s3:// object is fetched here (reused if this host made it).
+    path = ctx.local_path(output)
     if not path.is_file():
         raise PermanentError(f"output {path.name} of step {output.get('step')} is missing")
     size = path.stat().st_size

@@ -52,18 +52,31 @@ def pixel_source(ctx: ActionContext, header: SourceInfo) -> Path:
     """The file whose pixels ``ctx.source_path`` was encoded from without other change:
     the lossless pixels an earlier step recorded, or the source itself. Anything that
     does not match the source's upright size and frame count is ignored."""
-    source = str(ctx.source_path)
+    # The entry is found by where the source is recorded (an s3:// object stays one), so
+    # no other output is fetched to compare paths; the source itself is open already.
+    here = str(ctx.source_path)
     for entry in reversed(ctx.previous_outputs):
-        if source not in (entry.get("path"), entry.get("local_path")) \
+        if (entry.get("path") != ctx.source_location and entry.get("local_path") != here) \
                 or not entry.get(PIXELS_KEY):
             continue
-        candidate = Path(str(entry[PIXELS_KEY]))
-        if not candidate.is_absolute():
-            candidate = Path(source).parent / candidate
+        candidate = _pixels_path(ctx, entry, str(entry[PIXELS_KEY]))
         if candidate != ctx.source_path and _same_picture(candidate, header):
             return candidate
         break
     return ctx.source_path
+
+
+def _pixels_path(ctx: ActionContext, entry: dict[str, Any], pixels: str) -> Path:
+    """Where ``pixels`` (a name beside ``entry``'s file, or a path) is read here: a
+    sibling output of the same step through ``ctx.local_path`` (fetched now if it
+    lives in a store), else next to the source."""
+    candidate = Path(pixels)
+    if candidate.is_absolute():
+        return candidate
+    sibling = next((o for o in ctx.previous_outputs
+                    if o.get("step") == entry.get("step") and o.get("item") == entry.get("item")
+                    and Path(str(o.get("path", ""))).name == pixels), None)
+    return ctx.local_path(sibling) if sibling is not None else ctx.source_path.parent / candidate
 
 
 def _same_picture(path: Path, header: SourceInfo) -> bool:

@@ -158,7 +158,7 @@ def _filings(ctx: ActionContext) -> Iterable[Filing]:
             continue
         if not roles and output.get("role") == "intermediate":
             continue  # lossless working pixels for later steps, not a deliverable
-        path = Path(output.get("local_path") or output["path"])  # an s3:// output: its copy
+        path = ctx.local_path(output)  # an s3:// output: fetched here as it is filed
         yield Filing(path, {**common, "name": path.stem, "role": output.get("role", "primary"),
                             "rendition": output.get("rendition") or _rendition(path, ctx.job_code),
                             "ext": _ext(path), "step": output.get("step", 0)},

@@ -78,24 +78,19 @@ class ObjectStorage:
             return self.fetch(S3Uri.parse(location), held=held)
         return Path(self.path_map.to_local(location))
 
-    def local_copy(self, location: str, output_data: dict[str, Any] | None = None,
-                   fresh: bool = False) -> Path:
+    def local_copy(self, location: str, output_data: dict[str, Any] | None = None) -> Path:
         """A path this host can open for a recorded output: an ``s3://`` object is read
         from this host's copy in the local output folder when its size and SHA-256 still
-        match the record (the step ran here; ``fresh``: it is being committed now, its
-        copy lands there with the commit), else fetched through the cache; a local path
-        goes through the path map."""
+        match the record (the step ran here), else fetched through the cache; a local
+        path goes through the path map."""
         if not is_s3(location):
             return Path(self.path_map.to_local(location))
         record = next((o for o in (output_data or {}).get("outputs", [])
                        if o.get("path") == location), None)
         job_code, name = location.rsplit("/", 2)[-2:]
-        if self.local_outputs is not None:
-            here = self.local_outputs / job_code / name
-            if fresh:
-                return here
-            if record is not None and self._matches(here, location, record):
-                return here
+        if self.local_outputs is not None and record is not None \
+                and self._matches(self.local_outputs / job_code / name, location, record):
+            return self.local_outputs / job_code / name
         return self.localize(location)
 
     def _matches(self, here: Path, location: str, record: dict[str, Any]) -> bool:
@@ -116,11 +111,53 @@ class ObjectStorage:
 
     def with_local_paths(self, outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Earlier outputs as an action sees them: ``path`` as recorded (an ``s3://``
-        location stays one), ``local_path`` where this host reads it."""
+        location stays one), ``local_path`` where this host already has it (a local
+        output through the path map; an object whose copy here was checked). Nothing is
+        fetched: an action asks for the others through ``ActionContext.local_path``."""
         if self.output_root is None and not self.path_map.pairs:
             return outputs
-        return [{**o, "local_path": str(self.local_copy(str(o["path"]), {"outputs": [o]}))}
-                for o in outputs]
+        readable = []
+        for output in outputs:
+            here = self.known_copy(output)
+            readable.append({**output, "local_path": str(here)} if here is not None
+                            else output)
+        return readable
+
+    def known_copy(self, output: dict[str, Any]) -> Path | None:
+        """A path here for a recorded output without fetching or hashing anything: a
+        local output through the path map, an object's copy in the local output folder
+        already checked against the same record (unchanged since); else None."""
+        location = str(output["path"])
+        if not is_s3(location):
+            return Path(self.path_map.to_local(location))
+        if self.local_outputs is None:
+            return None
+        job_code, name = location.rsplit("/", 2)[-2:]
+        here = self.local_outputs / job_code / name
+        try:
+            stat = here.stat()
+        except OSError:
+            return None
+        key = (location, str(output.get("sha256")))
+        return here if self._checked.get(key) == (stat.st_size, stat.st_mtime_ns) else None
+
+    def trust_local_copy(self, output: dict[str, Any]) -> None:
+        """This host's copy of an output it has just committed (the file it hashed for
+        the record, put in the local output folder): later steps here read it without
+        hashing it again."""
+        location = str(output["path"])
+        if not is_s3(location) or self.local_outputs is None:
+            return
+        job_code, name = location.rsplit("/", 2)[-2:]
+        try:
+            stat = (self.local_outputs / job_code / name).stat()
+        except OSError:
+            return  # not placed here: read from the store when asked for
+        if stat.st_size != output.get("size_bytes"):
+            return
+        if len(self._checked) > 10_000:
+            self._checked.clear()
+        self._checked[(location, str(output.get("sha256")))] = (stat.st_size, stat.st_mtime_ns)
 
     # -- outputs ------------------------------------------------------------------------
 

@@ -5,8 +5,9 @@ The worker has threads and database connections, so children come from a
 it costs milliseconds), never from ``fork`` of the worker itself. The child gets
 ``RLIMIT_AS`` (``step_memory_limit_mb``) and ``RLIMIT_CPU``
 (``step_cpu_seconds_limit``) and runs the action with a context whose callbacks
-talk back over a pipe: progress, log lines and ``submit_files`` reach the parent's
-context; the parent checks cancellation, pauses, lost leases and the deadline
+talk back over a pipe: progress, log lines, ``submit_files`` and the reads of earlier
+outputs (``local_path``, ``source_path``: fetched by the parent, on demand) reach the
+parent's context; the parent checks cancellation, pauses, lost leases and the deadline
 while it waits, and ends the child when the step must stop. A child that runs out
 of memory, past its CPU time, or dies of a signal becomes one clear PermanentError
 and the worker goes on with its next job.
@@ -14,6 +15,7 @@ and the worker goes on with its next job.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -75,7 +77,7 @@ def run_isolated(action_name: str, contexts: list[ActionContext], *, fused: bool
     process.start()
     child_end.close()
     try:
-        return _serve(parent_end, process, lead, settings)
+        return _serve(parent_end, process, contexts, settings)
     finally:
         parent_end.close()
         if process.is_alive():
@@ -85,17 +87,23 @@ def run_isolated(action_name: str, contexts: list[ActionContext], *, fused: bool
 
 
 def _portable(ctx: ActionContext) -> dict[str, Any]:
+    # The source goes as it is if it is a path already; else the child asks for it
+    # (``_child_main``), so the parent fetches it only if the action reads it.
+    source = ctx.source_if_resolved
     return {
         "job_code": ctx.job_code, "step_number": ctx.step_number, "step_name": ctx.step_name,
-        "input_path": ctx.input_path, "source_path": ctx.source_path, "params": ctx.params,
+        "input_path": ctx.input_path, "source_path": source, "params": ctx.params,
+        "source_location": ctx.source_location,
         "staging_dir": ctx.staging_dir, "attempt": ctx.attempt, "deadline": ctx.deadline,
         "previous_outputs": ctx.previous_outputs, "workflow_code": ctx.workflow_code,
         "input_roots": ctx.input_roots, "library_roots": ctx.library_roots,
+        "needs_outputs": ctx.needs_outputs, "item_index": ctx.item_index,
     }
 
 
 def _serve(conn: multiprocessing.connection.Connection, process: Any,
-           lead: ActionContext, settings: Settings) -> list[ActionResult]:
+           contexts: list[ActionContext], settings: Settings) -> list[ActionResult]:
+    lead = contexts[0]
     while True:
         # Cancel, pause, a lost lease or the deadline raise here; the caller's finally
         # then ends the child.
@@ -122,6 +130,14 @@ def _serve(conn: multiprocessing.connection.Connection, process: Any,
                 reply: tuple[Any, ...] = ("ok", lead.submit_files(
                     workflow_code, paths, skip_existing=skip_existing, priority=priority))
             except Exception as exc:  # handed to the child, which raises it in the action
+                reply = ("error", _picklable(exc))
+            conn.send(reply)
+        elif kind == "read":  # an earlier output (None: the source) as a path here
+            _, index, output = message
+            try:
+                ctx = contexts[index]
+                reply = ("ok", ctx.source_path if output is None else ctx.local_path(output))
+            except Exception as exc:  # raised in the action, as if read there
                 reply = ("error", _picklable(exc))
             conn.send(reply)
         elif kind == "result":
@@ -190,11 +206,23 @@ def _child_main(conn: multiprocessing.connection.Connection, payload: dict[str, 
         result: list[str | None] = answer[1]
         return result
 
-    contexts = [ActionContext(**fields, cancel_event=_ChildEvent(),
+    def read(index: int, output: dict[str, Any] | None) -> Path:
+        with lock:
+            conn.send(("read", index, output))
+            answer = conn.recv()
+        if answer[0] == "error":
+            raise answer[1]
+        path: Path = answer[1]
+        return path
+
+    contexts = [ActionContext(**{**fields, "source_path": fields["source_path"]
+                                 or functools.partial(read, index, None)},
+                              cancel_event=_ChildEvent(),
                               on_progress=lambda f, stage: send(("progress", f, stage)),
                               on_log=lambda line: send(("log", line)),
-                              submit_files=submit)
-                for fields in payload["contexts"]]
+                              submit_files=submit,
+                              resolve_output=functools.partial(read, index))
+                for index, fields in enumerate(payload["contexts"])]
     try:
         action = get_action(payload["action"])
         if payload["fused"]:

@@ -66,7 +66,9 @@ class JobRun:
     # What finished steps gave, by step number: output_data, or the list of a fanned-out
     # step's items' output_data. Failed (continue) and skipped steps are absent.
     results: dict[int, Any] = field(default_factory=dict)
-    primaries: dict[int, Path] = field(default_factory=dict)  # step number -> primary output
+    # Step number -> its primary output's record (where it is recorded, size, SHA-256):
+    # read, fetched where it lives in a store, only by a step that opens its source.
+    primaries: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def percent(self, step: Step, *, done: bool, item: Item = SINGLE) -> float:
         """The job's progress at the start (or the end) of ``step`` (of one of its items)."""
@@ -80,16 +82,23 @@ class JobRun:
         last = self.order[-1] if self.order else self.steps[-1]
         return step is last and (item.index is None or item.index == item.count - 1)
 
-    def source_for(self, step: Step) -> Path:
+    def source_output(self, step: Step) -> dict[str, Any] | None:
         """What ``step`` reads: the primary output of the latest step it (indirectly)
-        needs that made one, else the job's input (in a chain: the last primary so far)."""
-        assert self.input_path is not None
+        needs that made one (in a chain: the last primary so far), None for the job's
+        input."""
         before = graph.ancestors(self.needs, step.number) if self.needs else set()
         position = {s.number: i for i, s in enumerate(self.order)}
         made = [n for n in self.primaries if n in before]
         if not made:
-            return self.input_path
+            return None
         return self.primaries[max(made, key=lambda n: position.get(n, n))]
+
+    def source_for(self, step: Step) -> str:
+        """Where ``step``'s source is recorded (an earlier primary output's location,
+        which may be an s3:// object), else the job's input as read here."""
+        assert self.input_path is not None
+        output = self.source_output(step)
+        return str(self.input_path) if output is None else str(output["path"])
 
     def expression_variables(self) -> dict[str, Any]:
         """What a ``when`` or ``for_each`` expression sees: the job's input and

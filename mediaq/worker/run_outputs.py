@@ -60,12 +60,19 @@ def remember_outputs(objects: ObjectStorage, run: JobRun, step: Step, item: Item
                      output_data: dict[str, Any], fresh: bool = False) -> None:
     """What a finished step (item) gave: the job's outputs, the result the steps that
     need it see, and its primary output (the source of the steps after it)."""
-    run.outputs.extend(output_data.get("outputs", []))
+    outputs = output_data.get("outputs", [])
+    run.outputs.extend(outputs)
+    if fresh:  # just committed here: this host's copies need no second hashing
+        for output in outputs:
+            objects.trust_local_copy(output)
     if item.index is None:
         run.results[step.number] = output_data
         primary = output_data.get("primary")
+        record = next((o for o in outputs if o.get("path") == primary), None)
         if primary:
-            run.primaries[step.number] = objects.local_copy(primary, output_data, fresh=fresh)
+            # Only where it is recorded: fetched (if it lives in a store) by the step
+            # that opens it as its source (step_context), not by every step after it.
+            run.primaries[step.number] = record or {"path": primary}
     else:
         items = run.results.setdefault(step.number, [None] * item.count)
         items[item.index] = output_data

@@ -257,13 +257,11 @@ def encode_audio_track(ctx: ActionContext) -> ActionResult:
                         data={"audio_codec": codec, "origin": origin, "file": path.name})
 
 
-def output_path_of(item: dict[str, Any] | None, what: str) -> Path:
-    """The one file a chunk or audio task recorded in its output_data."""
+def output_path_of(ctx: ActionContext, item: dict[str, Any] | None, what: str) -> Path:
+    """The one file a chunk or audio task recorded in its output_data, as a path here
+    (the chunk may have been encoded on another host: its object is fetched now)."""
     if not item or not item.get("outputs"):
         raise PermanentError(f"{what} has no recorded output")
-    first = item["outputs"][0]
-    # ``local_path``: where this host reads an output recorded as an s3:// object (the
-    # chunk may have been encoded on another host).
-    return Path(first.get("local_path") or first["path"])
+    return ctx.local_path(item["outputs"][0])
 
 

@@ -70,7 +70,7 @@ def package_chunked(ctx: ActionContext) -> ActionResult:
     chunks = ordered_chunks(ctx)
     rungs = ladder_of(chunks)
     audio_item = ctx.needs_outputs.get(ctx.params["audio_step"])
-    audio_path = output_path_of(audio_item, "the audio track") if audio_item else None
+    audio_path = output_path_of(ctx, audio_item, "the audio track") if audio_item else None
     clip = inspect_clip(source)
     with open_media(source) as container, reading(source):
         vstream: Any = container.streams.video[0]
@@ -131,11 +131,12 @@ def ladder_of(chunks: list[dict[str, Any]]) -> list[Rung]:
     return [rung_of(r) for r in first]
 
 
-def rung_file(chunk: dict[str, Any], label: str) -> Path:
-    """The file a ladder chunk task wrote for rung ``label``."""
+def rung_file(ctx: ActionContext, chunk: dict[str, Any], label: str) -> Path:
+    """The file a ladder chunk task wrote for rung ``label``, as a path here (fetched
+    now if another host encoded it)."""
     for output in chunk.get("outputs") or []:
         if output.get("rendition") == label:
-            return Path(output.get("local_path") or output["path"])
+            return ctx.local_path(output)
     raise PermanentError(f"package_chunked: chunk {chunk['chunk_index']} has no recorded "
                          f"file for rung {label}")
 
@@ -161,8 +162,8 @@ class Packager:
 
     def video_track(self, outputs: OutputGroup, prefix: str, rung: Rung) -> None:
         chunks = self.chunks
-        inputs = [av.open(str(rung_file(c, rung.label)), options={"protocol_whitelist": "file"})
-                  for c in chunks]
+        inputs = [av.open(str(rung_file(self.ctx, c, rung.label)),
+                          options={"protocol_whitelist": "file"}) for c in chunks]
         try:
             check_same_settings(inputs, chunks)
             # Late: the video starts after the audio (the first chunk's place on the clock).

@@ -42,7 +42,7 @@ def stitch_video(ctx: ActionContext) -> ActionResult:
     source = ctx.source_path
     chunks = ordered_chunks(ctx)
     audio_item = ctx.needs_outputs.get(ctx.params["audio_step"])
-    audio_path = output_path_of(audio_item, "the audio track") if audio_item else None
+    audio_path = output_path_of(ctx, audio_item, "the audio track") if audio_item else None
     with open_media(source) as container, reading(source):
         vstream: Any = container.streams.video[0]
         astream = container.streams.audio[0] if container.streams.audio else None
@@ -52,7 +52,7 @@ def stitch_video(ctx: ActionContext) -> ActionResult:
     path = ctx.output_path(f"{source.stem}_{ctx.params['name']}.mp4")
     total = sum(c["frame_count"] for c in chunks)
     with media_output(path, format="mp4", options=MP4) as out:
-        inputs = [av.open(str(chunk_path(c)), options={"protocol_whitelist": "file"})
+        inputs = [av.open(str(chunk_path(ctx, c)), options={"protocol_whitelist": "file"})
                   for c in chunks]
         audio_in = av.open(str(audio_path)) if audio_path else None
         try:
@@ -100,8 +100,8 @@ def ordered_chunks(ctx: ActionContext) -> list[dict[str, Any]]:
     return chunks
 
 
-def chunk_path(chunk: dict[str, Any]) -> Path:
-    return output_path_of(chunk, f"chunk {chunk['chunk_index']}")
+def chunk_path(ctx: ActionContext, chunk: dict[str, Any]) -> Path:
+    return output_path_of(ctx, chunk, f"chunk {chunk['chunk_index']}")
 
 
 def check_same_settings(inputs: list[Any], chunks: list[dict[str, Any]]) -> None:
