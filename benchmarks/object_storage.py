@@ -6,8 +6,8 @@ Against moto in server mode on 127.0.0.1, the same BENCH_S3_MB object (random by
   mediaq's input cache fetching it (HEAD, the same transfer manager, MD5 check against
   the ETag, the named link); then a second fetch (a cache hit)
 - upload: boto3's ``upload_file`` vs mediaq publishing it as a step's output (upload
-  under the attempt's key + server-side copy to the final key, as the fenced commit
-  does)
+  under the attempt's key + server-side copy to the final key, as a step's commit and
+  its publication after it do)
 
 Each runs BENCH_S3_ROUNDS times and keeps its best round. Run: python -m
 benchmarks.object_storage (BENCH_S3_MB, default 64; BENCH_S3_ROUNDS, default 3).
@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from mediaq.outputs import sha256_of
 from mediaq.storage import s3 as s3ops
 from mediaq.storage.cache import InputCache
 from mediaq.storage.remote import ObjectStorage
@@ -70,8 +71,12 @@ def main() -> None:
             objects = ObjectStorage(settings, cache, "s3://bench-out/jobs/", PathMap())
             stage_dir = work / "JOB-1.a1.s1"
 
-            def publish() -> None:
-                objects.finalize(objects.stage([source], stage_dir, "JOB-1"))
+            digest = sha256_of(source)
+
+            def publish() -> None:  # as after a step's commit: staged, then copied
+                for staged in objects.stage([source], stage_dir, "JOB-1"):
+                    objects.publish(str(staged.staged), str(staged.final),
+                                    source.stat().st_size, digest)
 
             mediaq_up = best(rounds, publish)
             staged_only = best(rounds, lambda: objects.stage([source], stage_dir, "JOB-1"))
