@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.helpers import MediaqEnv, requires_tool, wait_for
@@ -172,3 +173,26 @@ def test_dashboard_streams_and_load(mq: MediaqEnv, tmp_path: Path) -> None:
         assert streaming["changing"] < polling["changing"]
     finally:
         browser.close()
+
+
+def test_a_worker_coming_or_going_wakes_the_dashboard_and_a_heartbeat_does_not(
+        mq: MediaqEnv) -> None:
+    """A waiting job's ETA appears when a worker for its category registers and goes when
+    it stops: both wake the web process's LISTEN session at once (not its minute-long
+    refresh); heartbeats, written every few seconds by every worker, stay silent."""
+    with psycopg.connect(mq.url, autocommit=True) as listener, \
+            psycopg.connect(mq.url, autocommit=True) as writer:
+        listener.execute("LISTEN mediaq_dashboard")
+
+        def woken() -> bool:
+            return any(True for _ in listener.notifies(timeout=1.0, stop_after=1))
+
+        writer.execute("INSERT INTO mediaq.workers (worker_id, host, categories, limits)"
+                       " VALUES ('elsewhere:1', 'elsewhere', '{cpu}', '{\"cpu\": 1}')")
+        assert woken()
+        writer.execute("UPDATE mediaq.workers SET heartbeat_at = now(), status = 'running'"
+                       " WHERE worker_id = 'elsewhere:1'")
+        assert not woken()
+        writer.execute("UPDATE mediaq.workers SET status = 'stopped'"
+                       " WHERE worker_id = 'elsewhere:1'")
+        assert woken()

@@ -2,7 +2,7 @@
 machine only for other work, tasks of a batch resolve each step's needs once.
 
 Revision ID: 0033
-Revises: 0031
+Revises: 0032
 Create Date: 2026-12-05
 """
 
