@@ -9,9 +9,7 @@ PostgreSQL, real worker processes, a real S3-protocol server (moto) for object s
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
-from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from mediaq.storage.setup import object_storage
 from mediaq.worker import publications
 from mediaq.worker.maintenance.object_sweeper import sweep_once
 from tests.helpers import MediaqEnv, diagnostic_workflow, wait_for
+from tests.publication_watch import PublicationWatch
 from tests.s3_server import CREDENTIALS, MOTO_SERVER, HoldingProxy, moto_server
 from tests.test_object_storage import (
     Store,
@@ -32,42 +31,6 @@ from tests.test_object_storage import (
     check_outputs,
     store_for,
 )
-
-
-class FinalPathWatch:
-    """Every file that appears under the job folders of an output root, while it
-    happens: each inode seen at each path, and the SHA-256 of its bytes then."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.seen: dict[str, dict[int, str]] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _look(self) -> None:
-        for folder in self.root.iterdir():
-            if folder.name.startswith(".") or not folder.is_dir():
-                continue
-            for entry in folder.iterdir():
-                with suppress(FileNotFoundError):
-                    inode = entry.stat().st_ino
-                    inodes = self.seen.setdefault(str(entry), {})
-                    if inode not in inodes:
-                        inodes[inode] = hashlib.sha256(entry.read_bytes()).hexdigest()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self._look()
-            self.stop.wait(0.005)
-
-    def __enter__(self) -> FinalPathWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self._look()
 
 
 def publications_of(mq: MediaqEnv, code: str) -> list[dict[str, Any]]:
@@ -108,7 +71,7 @@ def test_outputs_of_a_worker_killed_after_its_commit_are_published_once_by_the_n
     source = mq.inputs / "in.bin"
     source.write_bytes(b"input")
     code = mq.submit("T-PUB", source)
-    with FinalPathWatch(mq.outputs) as watch:
+    with PublicationWatch(mq.outputs, interval=0.005) as watch:
         killed_after_commit(mq, code, "after_commit:1")
         (pending,) = publications_of(mq, code)
         assert pending["step_status"] == "completed" and pending["published_at"] is None
@@ -126,10 +89,10 @@ def test_outputs_of_a_worker_killed_after_its_commit_are_published_once_by_the_n
     recorded = recorded_outputs(mq, code)
     assert str(final) in recorded and final.is_file()
     # One file per final path, ever, holding the bytes of the step that committed it.
-    for path, inodes in watch.seen.items():
-        assert len(inodes) == 1, (path, inodes)
-        assert list(inodes.values()) == [recorded[path]], path
-    assert set(watch.seen) == set(recorded)
+    assert watch.published_twice() == []
+    for path, digests in watch.contents.items():
+        assert digests == {recorded[path]}, path
+    assert set(watch.inodes) == set(recorded)
 
 
 def test_the_last_steps_outputs_are_published_before_the_job_completes(
@@ -143,7 +106,7 @@ def test_the_last_steps_outputs_are_published_before_the_job_completes(
     source = mq.inputs / "last.bin"
     source.write_bytes(b"input")
     code = mq.submit("T-LAST", source)
-    with FinalPathWatch(mq.outputs) as watch:
+    with PublicationWatch(mq.outputs, interval=0.005) as watch:
         killed_after_commit(mq, code, "after_commit")
         assert mq.job(code)["status"] == "processing"
         (pending,) = publications_of(mq, code)
@@ -160,7 +123,7 @@ def test_the_last_steps_outputs_are_published_before_the_job_completes(
         assert publications_of(mq, code)[0]["published_at"] is not None
         assert hashlib.sha256(final.read_bytes()).hexdigest() == pending["sha256"]
     assert "publication:finished_leftovers" in mq.worker_log(rescuer)
-    assert [len(inodes) for inodes in watch.seen.values()] == [1]
+    assert [len(inodes) for inodes in watch.inodes.values()] == [1]
     assert mq.job(code)["output_file_path"] == str(final)
 
 

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
 import statistics
-import threading
 import time
 from collections import Counter
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from tests.fleet.harness import (
     wait_listening,
 )
 from tests.helpers import diagnostic_workflow, wait_for
+from tests.publication_watch import PublicationWatch
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -187,55 +185,6 @@ def test_a_host_cut_off_past_its_lease_writes_nothing_late(
     figure(f"{len(took)} cuts past the 3 s lease: done on another host "
            f"p50 {statistics.median(took):.2f} s after the cut, max {max(took):.2f} s; "
            f"{stale_writes} stale writes")
-
-
-class PublicationWatch:
-    """Watches every final output path under ``root`` (a thread polling every 10 ms): a
-    path whose file is replaced (a new inode: a rename over it) was published twice."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.inodes: dict[str, set[int]] = {}
-        self.contents: dict[str, set[str]] = {}  # the bytes of each publication seen
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _look(self) -> None:
-        with os.scandir(self.root) as folders:
-            for folder in folders:
-                if folder.name.startswith(".") or not folder.is_dir():
-                    continue
-                with os.scandir(folder.path) as files:
-                    for entry in files:
-                        with suppress(FileNotFoundError):
-                            inode = entry.stat(follow_symlinks=False).st_ino
-                            seen = self.inodes.setdefault(entry.path, set())
-                            if inode not in seen:
-                                seen.add(inode)
-                                digest = hashlib.sha256(Path(entry.path).read_bytes())
-                                self.contents.setdefault(entry.path, set()).add(
-                                    digest.hexdigest())
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self._look()
-            self.stop.wait(0.01)
-
-    def __enter__(self) -> PublicationWatch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self._look()
-
-    def published_twice(self) -> list[str]:
-        return sorted(path for path, seen in self.inodes.items() if len(seen) > 1)
-
-    def different_bytes(self) -> list[str]:
-        """Paths published more than once with different bytes (two attempts' outputs)."""
-        return sorted(path for path, seen in self.contents.items() if len(seen) > 1)
 
 
 def completed_count(host: Host) -> int:
