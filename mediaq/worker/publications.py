@@ -95,9 +95,9 @@ def publish_one(objects: ObjectStorage, item: Publication, *, verify: bool) -> b
 
 def publish_rows(objects: ObjectStorage, rows: Sequence[db.Row | dict[str, Any]], *,
                  verify: bool) -> tuple[list[int], int]:
-    """Publish recorded publications (rows of ``publications_pending*``): the ids now
-    published, and how many are left (a store or disk error is logged, not raised: the
-    next comer tries again)."""
+    """Publish recorded publications (rows of ``publications_claim``, or the commit's
+    own): the ids now published, and how many are left (a store or disk error is logged,
+    not raised: the next comer tries again)."""
     done: list[int] = []
     left = 0
     for row in rows:
